@@ -1,0 +1,100 @@
+"""Training regimes: a peft adapter, a linear probe, or full fine-tuning.
+
+Adapter settings are a plain dict handed to peft (``peft_type: LORA, r: 8, ...``), so
+every peft method and every one of its fields is available without re-declaring them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from hf_adapt.backbones import Backbone
+from hf_adapt.errors import ConfigError
+
+REGIMES = ("adapter", "linear_probe", "full")
+
+
+def _target_mapping(peft_type: str) -> dict[str, Any]:
+    from peft.utils import constants
+
+    return getattr(constants, f"TRANSFORMERS_MODELS_TO_{peft_type}_TARGET_MODULES_MAPPING", {})
+
+
+def make_peft_config(adapter: dict[str, Any], backbone: Backbone):
+    """A peft config from a dict, with the head saved beside the adapter and default targets."""
+    from peft import PEFT_TYPE_TO_CONFIG_MAPPING, PeftType
+
+    values = dict(adapter)
+    peft_type = str(values.pop("peft_type", "")).upper()
+    if peft_type not in PEFT_TYPE_TO_CONFIG_MAPPING:
+        raise ConfigError(
+            f"adapter.peft_type {peft_type or None!r} is not a peft method; "
+            f"known: {sorted(str(t.value) for t in PeftType)}"
+        )
+    config_cls = PEFT_TYPE_TO_CONFIG_MAPPING[peft_type]
+    fields = config_cls.__dataclass_fields__
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ConfigError(f"adapter: {config_cls.__name__} has no field(s) {unknown}")
+    is_prompt = getattr(config_cls, "is_prompt_learning", False) or "num_virtual_tokens" in fields
+    if backbone.peft_task_type and "task_type" not in values:
+        values["task_type"] = backbone.peft_task_type
+    elif is_prompt:
+        raise ConfigError(f"adapter: prompt method {peft_type} needs a transformers backbone")
+    if "target_modules" in fields and values.get("target_modules") is None and not is_prompt:
+        model_type = getattr(getattr(backbone.model, "config", None), "model_type", None)
+        if model_type not in _target_mapping(peft_type):
+            values["target_modules"] = backbone.target_modules
+            if "feedforward_modules" in fields and values.get("feedforward_modules") is None:
+                values["feedforward_modules"] = []
+    if "modules_to_save" in fields:
+        values["modules_to_save"] = sorted(set(values.get("modules_to_save") or []) | set(backbone.head_names))
+    try:
+        return config_cls(**values)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"adapter: invalid {config_cls.__name__} settings: {err}") from err
+
+
+def apply_regime(backbone: Backbone, regime: str, adapter: dict[str, Any] | None) -> nn.Module:
+    """The model to train: peft-wrapped, head-only trainable, or fully trainable."""
+    model = backbone.model
+    if regime == "full":
+        model.requires_grad_(True)
+        return model
+    if regime == "linear_probe":
+        model.requires_grad_(False)
+        modules = dict(model.named_modules())
+        for name in backbone.head_names:
+            modules[name].requires_grad_(True)
+        return model
+    if regime == "adapter":
+        from peft import get_peft_model
+
+        if not adapter:
+            raise ConfigError("regime 'adapter' needs an adapter dict, e.g. {peft_type: LORA, r: 8}")
+        try:
+            return get_peft_model(model, make_peft_config(adapter, backbone))
+        except ValueError as err:  # e.g. targets that match no module
+            raise ConfigError(f"adapter could not be attached to {backbone.family} model: {err}") from err
+    raise ConfigError(f"regime {regime!r} is not one of {list(REGIMES)}")
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, sum(p.numel() for p in model.parameters())
+
+
+def freeze_frozen_norm_statistics(model: nn.Module) -> None:
+    """Keep running statistics of norm layers whose weights are frozen fixed (eval mode).
+
+    With LoRA or a linear probe on a conv net, BatchNorm would otherwise keep updating
+    its running mean and variance: the base weights would silently drift and the saved
+    adapter would no longer reproduce the trained model.
+    """
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._NormBase) and module.track_running_stats:
+            if not any(p.requires_grad for p in module.parameters(recurse=False)):
+                module.eval()

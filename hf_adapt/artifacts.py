@@ -1,0 +1,78 @@
+"""Save a trained model as its smallest faithful artifact, and restore it onto a fresh backbone.
+
+- ``adapter``: peft's ``adapter_config.json`` + ``adapter_model.safetensors`` (head included
+  through ``modules_to_save``);
+- ``linear_probe``: ``head.safetensors``;
+- ``full``: ``model.safetensors``.
+
+Next to it: ``label_map.json``, the preprocessor files and ``hf_adapt.json``, which says
+how to rebuild the base model. Everything loads with safetensors; nothing executes code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from hf_adapt.backbones import Backbone
+from hf_adapt.errors import ModelError
+from hf_adapt.outputs import RUN_FILE, read_json, write_json
+
+HEAD_FILE = "head.safetensors"
+MODEL_FILE = "model.safetensors"
+LABEL_FILE = "label_map.json"
+FORMAT_VERSION = 1
+
+
+def save_model(model: nn.Module, backbone: Backbone, regime: str, directory: Path) -> None:
+    from safetensors.torch import save_file, save_model as save_full
+
+    if regime == "adapter":
+        model.save_pretrained(str(directory))
+    elif regime == "linear_probe":
+        state = model.state_dict()
+        prefixes = tuple(f"{name}." for name in backbone.head_names)
+        save_file({k: v.contiguous() for k, v in state.items() if k.startswith(prefixes)}, str(directory / HEAD_FILE))
+    elif regime == "full":
+        save_full(model, str(directory / MODEL_FILE))
+    else:
+        raise ValueError(f"unknown regime {regime!r}")
+
+
+def restore_model(backbone: Backbone, regime: str, directory: Path) -> nn.Module:
+    """Apply the saved adapter, head or full weights in ``directory`` to a fresh backbone."""
+    from safetensors.torch import load_file, load_model
+
+    model = backbone.model
+    if regime == "adapter":
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(model, str(directory))
+    if regime == "linear_probe":
+        missing = set(load_file(str(directory / HEAD_FILE))) - set(model.state_dict())
+        if missing:
+            raise ModelError(f"{directory / HEAD_FILE} holds tensors the model lacks: {sorted(missing)[:5]}")
+        model.load_state_dict(load_file(str(directory / HEAD_FILE)), strict=False)
+        return model
+    if regime == "full":
+        load_model(model, str(directory / MODEL_FILE))
+        return model
+    raise ModelError(f"{directory / RUN_FILE}: unknown regime {regime!r}")
+
+
+def write_run_info(directory: Path, info: dict[str, Any], labels: list[str]) -> None:
+    write_json(directory / RUN_FILE, {"format_version": FORMAT_VERSION, **info})
+    write_json(directory / LABEL_FILE, {
+        "id2label": {str(i): name for i, name in enumerate(labels)},
+        "label2id": {name: i for i, name in enumerate(labels)},
+    })
+
+
+def read_run_info(directory: Path) -> tuple[dict[str, Any], list[str]]:
+    if not (directory / RUN_FILE).is_file():
+        raise ModelError(f"{directory} is not an hf-adapt output: {RUN_FILE} is missing")
+    info = read_json(directory / RUN_FILE)
+    id2label = read_json(directory / LABEL_FILE)["id2label"]
+    return info, [id2label[str(i)] for i in range(len(id2label))]

@@ -1,0 +1,153 @@
+"""Text backbones: any ``AutoModelForSequenceClassification`` checkpoint, Hub id or folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from hf_adapt.backbones.base import Backbone, BackboneSpec, head_prefixes
+from hf_adapt.errors import ModelError
+from hf_adapt.sources import resolve_source
+
+PREPROCESSOR_FILE = "hf_adapt_text.json"
+# Head modules of *ForSequenceClassification models, for checkpoints whose head is kept.
+_KNOWN_HEADS = ("pre_classifier", "classifier", "score")
+
+
+class TextPreprocessor:
+    """Tokenizes a list of texts with per-batch (dynamic) padding."""
+
+    input_kind = "text"
+
+    def __init__(self, tokenizer: Any, max_length: int):
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+
+    def collate(self, inputs: list[str], train: bool) -> dict[str, torch.Tensor]:
+        return dict(
+            self.tokenizer(
+                list(inputs),
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="pt",
+            )
+        )
+
+    def save(self, directory: str) -> None:
+        self.tokenizer.save_pretrained(directory)
+        Path(directory, PREPROCESSOR_FILE).write_text(json.dumps({"max_length": self.max_length}, indent=2))
+
+
+def _forward(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    return model(**inputs).logits
+
+
+def _load_config(path: str, spec: BackboneSpec):
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(
+            path, revision=spec.revision, trust_remote_code=spec.trust_remote_code
+        )
+    except (OSError, ValueError) as err:
+        raise ModelError(
+            f"model {spec.name_or_path!r} could not be loaded: no transformers checkpoint at that "
+            f"local path or Hub id ({type(err).__name__}: {str(err).splitlines()[0]})"
+        ) from err
+
+
+def _load_tokenizer(path: str, spec: BackboneSpec):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(
+        path, revision=spec.revision, trust_remote_code=spec.trust_remote_code
+    )
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ModelError(f"tokenizer of {spec.name_or_path!r} has neither a pad nor an eos token")
+        tokenizer.pad_token = tokenizer.eos_token  # decoder LMs: pad with eos, as is customary
+    return tokenizer
+
+
+def _check_existing_head(config: Any, spec: BackboneSpec) -> None:
+    """Refuse to silently drop a trained classification head of another size."""
+    architectures = getattr(config, "architectures", None) or []
+    has_head = any(a.endswith("ForSequenceClassification") for a in architectures)
+    if has_head and config.num_labels != spec.num_labels and not spec.reset_head:
+        labels = list(getattr(config, "id2label", {}).values())
+        raise ModelError(
+            f"model {spec.name_or_path!r} has a trained {config.num_labels}-label classification head "
+            f"({labels}) but the data has {spec.num_labels} labels; set reset_head: true to replace it"
+        )
+
+
+class TransformersBuilder:
+    def claims(self, name_or_path: str) -> bool:
+        config = Path(resolve_source(name_or_path), "config.json")
+        if not config.is_file():
+            return False
+        try:
+            return "model_type" in json.loads(config.read_text())
+        except ValueError:
+            return False
+
+    def build(self, spec: BackboneSpec) -> Backbone:
+        from transformers import AutoModelForSequenceClassification
+
+        path = resolve_source(spec.name_or_path, field="model_name_or_path")
+        config = _load_config(path, spec)
+        _check_existing_head(config, spec)
+        tokenizer = _load_tokenizer(path, spec)
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            path,
+            num_labels=spec.num_labels,
+            ignore_mismatched_sizes=spec.reset_head,
+            output_loading_info=True,
+            revision=spec.revision,
+            trust_remote_code=spec.trust_remote_code,
+            dtype=torch.float32,
+            **spec.model_kwargs,
+        )
+        if model.config.pad_token_id is None:
+            model.config.pad_token_id = tokenizer.pad_token_id
+        new_keys = list(info["missing_keys"]) + [key[0] for key in info.get("mismatched_keys", [])]
+        head_names = head_prefixes(new_keys, model)
+        if not head_names:  # the checkpoint's own head is kept
+            modules = dict(model.named_modules())
+            head_names = [name for name in _KNOWN_HEADS if name in modules]
+            if spec.reset_head:
+                for name in head_names:
+                    for module in modules[name].modules():
+                        if hasattr(module, "reset_parameters"):
+                            module.reset_parameters()
+        if not head_names:
+            raise ModelError(f"cannot find the classification head of {spec.name_or_path!r}")
+        return Backbone(
+            family="transformers",
+            model=model,
+            head_names=head_names,
+            target_modules=_default_targets(model),
+            preprocessor=TextPreprocessor(tokenizer, spec.max_length),
+            forward=_forward,
+            peft_task_type="SEQ_CLS",
+            num_parameters=sum(p.numel() for p in model.parameters()),
+            info={"model_type": model.config.model_type, "new_modules": head_names},
+        )
+
+    def load_preprocessor(self, directory: str, spec: BackboneSpec) -> TextPreprocessor:
+        from transformers import AutoTokenizer
+
+        settings = json.loads(Path(directory, PREPROCESSOR_FILE).read_text())
+        return TextPreprocessor(AutoTokenizer.from_pretrained(directory), settings["max_length"])
+
+
+def _default_targets(model: nn.Module) -> list[str] | None:
+    """peft's own per-architecture LoRA targets (e.g. BERT: query, value), else None."""
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+
+    return TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(model.config.model_type)

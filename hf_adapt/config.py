@@ -1,0 +1,186 @@
+"""Dataclass configs and the one parser every recipe and subcommand shares.
+
+A recipe declares a single dataclass. Values come, in order of precedence, from
+the dataclass defaults, then ``--config file.yaml``, then command-line flags.
+Unknown keys are an error wherever they appear, and every field documents itself
+through ``metadata={"help": ...}`` so ``--help`` is always complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from hf_adapt.errors import ConfigError
+
+T = TypeVar("T")
+
+_TRUE = {"true", "1", "yes", "y", "on"}
+_FALSE = {"false", "0", "no", "n", "off"}
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean, got {text!r}")
+
+
+def _parse_yaml_value(text: str) -> Any:
+    """Parse a CLI value that stands for a dict or list, e.g. ``'{peft_type: LORA, r: 8}'``."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise argparse.ArgumentTypeError(f"not valid YAML: {text!r} ({err})") from err
+
+
+def _unwrap_optional(tp: Any) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return tp
+
+
+def _converter(tp: Any):
+    """Turn a field's type annotation into an argparse ``type=`` callable."""
+    tp = _unwrap_optional(tp)
+    origin = typing.get_origin(tp) or tp
+    if tp is bool:
+        return _parse_bool
+    if tp in (int, float, str):
+        return tp
+    if typing.get_origin(tp) is typing.Literal:
+        return str
+    if origin in (dict, list, tuple):
+        return _parse_yaml_value
+    return str
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _check_value(cls: type, name: str, tp: Any, value: Any, source: str) -> Any:
+    """Validate (and lightly coerce) one value against its annotation."""
+    if value is None:
+        return None
+    base = _unwrap_optional(tp)
+    if typing.get_origin(base) is typing.Literal:
+        choices = typing.get_args(base)
+        if value not in choices:
+            raise ConfigError(f"{source}: {name}={value!r} is not one of {list(choices)}")
+        return value
+    origin = typing.get_origin(base) or base
+    if base is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if base is float and isinstance(value, str):
+        try:
+            return float(value)  # YAML reads "1e-3" as a string
+        except ValueError:
+            pass
+    if origin in (bool, int, float, str, dict, list) and not isinstance(value, origin):
+        raise ConfigError(
+            f"{source}: {name} must be {getattr(origin, '__name__', origin)}, got {value!r}"
+        )
+    if base is int and isinstance(value, bool):
+        raise ConfigError(f"{source}: {name} must be int, got {value!r}")
+    return value
+
+
+def config_from_dict(cls: type[T], values: dict[str, Any], source: str = "config") -> T:
+    """Build ``cls`` from a mapping, refusing unknown keys and ill-typed values."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{source}: expected a mapping of field names to values, got {type(values).__name__}")
+    known = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown key(s) {unknown} for {cls.__name__}; "
+            f"known keys are {sorted(known)}"
+        )
+    hints = _field_types(cls)
+    checked = {k: _check_value(cls, k, hints[k], v, source) for k, v in values.items()}
+    return cls(**checked)
+
+
+def load_yaml_config(cls: type[T], path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    config_from_dict(cls, values, source=str(path))  # fail early on unknown keys
+    return values
+
+
+def make_parser(cls: type, prog: str | None = None, description: str | None = None) -> argparse.ArgumentParser:
+    """An argparse parser with ``--config`` plus one flag per dataclass field."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=description or (cls.__doc__ or "").strip(),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        argument_default=argparse.SUPPRESS,  # only flags actually given override the YAML
+    )
+    parser.add_argument("--config", help="YAML file with field values; CLI flags override it.")
+    hints = _field_types(cls)
+    for field in dataclasses.fields(cls):
+        if not field.init:
+            continue
+        tp = hints[field.name]
+        help_text = field.metadata.get("help", "")
+        default = field.default if field.default is not dataclasses.MISSING else (
+            field.default_factory() if field.default_factory is not dataclasses.MISSING else None
+        )
+        base = _unwrap_optional(tp)
+        choices = typing.get_args(base) if typing.get_origin(base) is typing.Literal else None
+        kwargs: dict[str, Any] = {"type": _converter(tp), "help": f"{help_text} (default: {default!r})"}
+        if choices:
+            kwargs["choices"] = choices
+        if base is bool:
+            kwargs["nargs"] = "?"
+            kwargs["const"] = True
+        parser.add_argument(f"--{field.name}", **kwargs)
+    parser.set_defaults(_config_cls=cls)
+    return parser
+
+
+def parse_config(cls: type[T], argv: list[str] | None = None, prog: str | None = None) -> T:
+    """Parse ``argv`` (``--config`` YAML, then flags) into a ``cls`` instance."""
+    parser = make_parser(cls, prog=prog)
+    return config_from_namespace(parser.parse_args(argv))
+
+
+def config_from_namespace(ns: argparse.Namespace) -> Any:
+    values = vars(ns).copy()
+    cls = values.pop("_config_cls")
+    values.pop("command", None)
+    path = values.pop("config", None)
+    merged: dict[str, Any] = load_yaml_config(cls, path) if path else {}
+    merged.update(values)
+    return config_from_dict(cls, merged, source=path or "command line")
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Any, path: str | Path) -> None:
+    """Write the resolved config as YAML (readable, and re-loadable with ``--config``)."""
+    Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+
+
+def to_json(obj: Any) -> str:
+    return json.dumps(obj, indent=2, sort_keys=True, default=str)

@@ -1,0 +1,21 @@
+"""Exceptions meant for people: each names the file, row or field at fault."""
+
+
+class HfAdaptError(Exception):
+    """Base class for errors hf-adapt raises on bad input or state."""
+
+
+class ConfigError(HfAdaptError, ValueError):
+    """A config file or flag is missing, unknown, or of the wrong type."""
+
+
+class DataError(HfAdaptError, ValueError):
+    """A data file, split, column or row cannot be used as given."""
+
+
+class ModelError(HfAdaptError, ValueError):
+    """A backbone, head or adapter cannot be built or loaded as asked."""
+
+
+class OutputError(HfAdaptError, FileExistsError):
+    """The output directory holds something we must not overwrite."""

@@ -1,0 +1,207 @@
+"""The one Accelerate training and evaluation loop.
+
+A task turns a batch into ``{"loss", "logits"}``; the loop never moves tensors by hand
+and never asks whether it runs distributed: ``accelerator.prepare``, ``accumulate``,
+``backward`` and ``gather_for_metrics`` take care of that.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from hf_adapt.adapters import freeze_frozen_norm_statistics
+from hf_adapt.metrics import classification_metrics, is_better
+
+logger = logging.getLogger(__name__)
+
+
+class Task(Protocol):
+    def __call__(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """``{"loss": scalar, "logits": [batch, ...]}`` for one batch."""
+
+
+class ClassificationTask:
+    """Cross-entropy on the backbone's logits."""
+
+    def __init__(self, logits_fn: Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor]):
+        self.logits_fn = logits_fn
+
+    def __call__(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        logits = self.logits_fn(model, batch["inputs"])
+        return {"loss": F.cross_entropy(logits.float(), batch["labels"]), "logits": logits}
+
+
+class ExampleDataset(Dataset):
+    """Raw inputs (texts or images) with integer labels."""
+
+    def __init__(self, inputs: list[Any], labels: list[int]):
+        if len(inputs) != len(labels):
+            raise ValueError(f"{len(inputs)} inputs but {len(labels)} labels")
+        self.inputs, self.labels = inputs, labels
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        return self.inputs[index], self.labels[index]
+
+
+def make_loader(dataset: ExampleDataset, collate: Callable, batch_size: int, train: bool, seed: int,
+                num_workers: int = 0) -> DataLoader:
+    def collate_fn(examples):
+        inputs, labels = zip(*examples)
+        return {"inputs": collate(list(inputs), train), "labels": torch.tensor(labels, dtype=torch.long)}
+
+    generator = torch.Generator().manual_seed(seed) if train else None
+    return DataLoader(dataset, batch_size=batch_size, shuffle=train, collate_fn=collate_fn,
+                      generator=generator, num_workers=num_workers)
+
+
+@dataclass
+class LoopSettings:
+    num_train_epochs: int
+    max_steps: int = -1
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.01
+    lr_scheduler_type: str = "linear"
+    warmup_ratio: float = 0.0
+    max_grad_norm: float = 1.0
+    metric_for_best_model: str = "auroc"
+    early_stopping_patience: int | None = None
+    logging_steps: int = 10
+
+
+@dataclass
+class FitResult:
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_epoch: int | None = None
+    best_metrics: dict[str, float] = field(default_factory=dict)
+    steps: int = 0
+    train_seconds: float = 0.0
+
+
+@torch.no_grad()
+def predict(accelerator, model: nn.Module, task: Task, loader: DataLoader) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and labels over a prepared loader, gathered from all processes (no duplicates)."""
+    model.eval()
+    all_logits, all_labels = [], []
+    for batch in loader:
+        logits = task(model, batch)["logits"]
+        logits, labels = accelerator.gather_for_metrics((logits.float(), batch["labels"]))
+        all_logits.append(logits.cpu())
+        all_labels.append(labels.cpu())
+    return torch.cat(all_logits).numpy(), torch.cat(all_labels).numpy()
+
+
+def evaluate(accelerator, model: nn.Module, task: Task, loader: DataLoader) -> dict[str, float]:
+    logits, labels = predict(accelerator, model, task, loader)
+    return classification_metrics(logits, labels)
+
+
+def _trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """CPU copy of what training changes: trainable parameters and all buffers."""
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    buffers = {n for n, _ in model.named_buffers()}
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if k in trainable | buffers}
+
+
+def make_optimizer(model: nn.Module, settings: LoopSettings) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim < 2 else decay).append(param)
+    groups = [{"params": decay, "weight_decay": settings.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=settings.learning_rate)
+
+
+def fit(accelerator, model: nn.Module, task: Task, train_loader: DataLoader, eval_loader: DataLoader,
+        settings: LoopSettings) -> tuple[nn.Module, FitResult]:
+    """Train with per-epoch evaluation, keep the best epoch's weights, stop early if asked.
+
+    ``model`` and the loaders must not be prepared yet. Returns the prepared model with
+    the best weights restored, and the history.
+    """
+    from transformers import get_scheduler
+
+    optimizer = make_optimizer(model, settings)
+    model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
+    steps_per_epoch = math.ceil(len(train_loader) / accelerator.gradient_accumulation_steps)
+    total_steps = settings.max_steps if settings.max_steps > 0 else steps_per_epoch * settings.num_train_epochs
+    epochs = math.ceil(total_steps / steps_per_epoch)
+    scheduler = get_scheduler(
+        settings.lr_scheduler_type,
+        optimizer,
+        # AcceleratedScheduler steps once per process per optimizer step
+        num_warmup_steps=int(settings.warmup_ratio * total_steps) * accelerator.num_processes,
+        num_training_steps=total_steps * accelerator.num_processes,
+    )
+    scheduler = accelerator.prepare(scheduler)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    result = FitResult()
+    best_state, stale, step = None, 0, 0
+    metric = settings.metric_for_best_model
+    progress = _progress(total_steps, accelerator.is_local_main_process)
+    start = time.perf_counter()
+    for epoch in range(1, epochs + 1):
+        model.train()
+        freeze_frozen_norm_statistics(model)
+        running, seen = 0.0, 0
+        for batch in train_loader:
+            with accelerator.accumulate(model):
+                loss = task(model, batch)["loss"]
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and settings.max_grad_norm:
+                    accelerator.clip_grad_norm_(trainable, settings.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            running, seen = running + loss.detach().item(), seen + 1
+            if accelerator.sync_gradients:
+                step += 1
+                progress.update(1)
+                if step % settings.logging_steps == 0:
+                    accelerator.log({"train/loss": running / seen, "train/lr": scheduler.get_last_lr()[0]}, step=step)
+                    progress.set_postfix(loss=f"{running / seen:.4f}")
+            if step >= total_steps:
+                break
+        metrics = evaluate(accelerator, model, task, eval_loader)
+        metrics["train_loss"] = running / max(seen, 1)
+        result.history.append({"epoch": epoch, "step": step, **metrics})
+        accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=step)
+        logger.info("epoch %d: %s", epoch, _fmt(metrics))
+        if is_better(metric, metrics[metric], result.best_metrics.get(metric)):
+            result.best_epoch, result.best_metrics = epoch, metrics
+            best_state, stale = _trainable_state(accelerator.unwrap_model(model)), 0
+        else:
+            stale += 1
+            if settings.early_stopping_patience is not None and stale >= settings.early_stopping_patience:
+                logger.info("early stopping: %s did not improve for %d epochs", metric, stale)
+                break
+        if step >= total_steps:
+            break
+    progress.close()
+    result.steps, result.train_seconds = step, time.perf_counter() - start
+    if best_state is not None:
+        accelerator.unwrap_model(model).load_state_dict(best_state, strict=False)
+        logger.info("restored best epoch %s (%s=%.4f)", result.best_epoch, metric, result.best_metrics[metric])
+    return model, result
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, disable=not enabled, desc="train", dynamic_ncols=True)
+
+
+def _fmt(metrics: dict[str, float]) -> str:
+    return " ".join(f"{k}={v:.4f}" for k, v in metrics.items())

