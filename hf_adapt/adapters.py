@@ -24,7 +24,7 @@ def _target_mapping(peft_type: str) -> dict[str, Any]:
 
 def make_peft_config(adapter: dict[str, Any], backbone: Backbone):
     """A peft config from a dict, with the head saved beside the adapter and default targets."""
-    from peft import PEFT_TYPE_TO_CONFIG_MAPPING, PeftType
+    from peft import PEFT_TYPE_TO_CONFIG_MAPPING, PeftType, PromptLearningConfig
 
     values = dict(adapter)
     peft_type = str(values.pop("peft_type", "")).upper()
@@ -38,7 +38,7 @@ def make_peft_config(adapter: dict[str, Any], backbone: Backbone):
     unknown = sorted(set(values) - set(fields))
     if unknown:
         raise ConfigError(f"adapter: {config_cls.__name__} has no field(s) {unknown}")
-    is_prompt = getattr(config_cls, "is_prompt_learning", False) or "num_virtual_tokens" in fields
+    is_prompt = issubclass(config_cls, PromptLearningConfig)
     if backbone.peft_task_type and "task_type" not in values:
         values["task_type"] = backbone.peft_task_type
     elif is_prompt:
@@ -74,8 +74,9 @@ def apply_regime(backbone: Backbone, regime: str, adapter: dict[str, Any] | None
 
         if not adapter:
             raise ConfigError("regime 'adapter' needs an adapter dict, e.g. {peft_type: LORA, r: 8}")
+        peft_config = make_peft_config(adapter, backbone)
         try:
-            return get_peft_model(model, make_peft_config(adapter, backbone))
+            return get_peft_model(model, peft_config)
         except ValueError as err:  # e.g. targets that match no module
             raise ConfigError(f"adapter could not be attached to {backbone.family} model: {err}") from err
     raise ConfigError(f"regime {regime!r} is not one of {list(REGIMES)}")

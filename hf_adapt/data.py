@@ -281,6 +281,8 @@ def render_row(row: dict[str, Any], feature_columns: list[str], template: str | 
 def _open_image(value: Any, where: str):
     from PIL import Image
 
+    if isinstance(value, Image.Image):  # already decoded by datasets
+        return value
     try:
         if isinstance(value, dict):  # datasets Image(decode=False): {"bytes", "path"}
             source = io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"]

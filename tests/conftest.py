@@ -91,8 +91,8 @@ def tiny_bert(tmp_path_factory, german_credit_csv) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_timm_convnet(tmp_path_factory) -> Path:
-    """A narrow EfficientNet-Lite0 (BatchNorm, depthwise convs) saved as a timm folder."""
-    return _timm_folder(tmp_path_factory, "efficientnet_lite0", {"channel_multiplier": 0.25, "depth_multiplier": 0.25})
+    """A narrow MobileNetV2 (BatchNorm, depthwise convs, like EfficientNet-Lite) saved as a timm folder."""
+    return _timm_folder(tmp_path_factory, "mobilenetv2_035", {})
 
 
 @pytest.fixture(scope="session")

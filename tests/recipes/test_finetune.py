@@ -1,0 +1,147 @@
+"""The finetune recipe end to end on small real data with tiny models: artifacts, card, reload."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+from huggingface_hub import ModelCard
+
+import hf_adapt
+from hf_adapt.config import config_from_dict
+from hf_adapt.recipes.finetune import FinetuneConfig, main
+
+
+def _text_config(tiny_bert, credit_sample, tmp_path, **overrides) -> FinetuneConfig:
+    values = dict(
+        model_name_or_path=str(tiny_bert), base_model_id="hf-adapt-tests/tiny-bert", data=str(credit_sample),
+        output_dir=str(tmp_path / "out"), num_train_epochs=2, per_device_train_batch_size=16,
+        learning_rate=5e-3, max_length=128, report_to="none",
+    )
+    values.update(overrides)
+    return config_from_dict(FinetuneConfig, values)
+
+
+def _test_logits(result) -> torch.Tensor:
+    inputs = result.data.inputs("test", result.backbone.preprocessor.input_kind)[:16]
+    batch = result.backbone.preprocessor.collate(inputs, train=False)
+    result.model.eval()
+    with torch.no_grad():
+        return result.backbone.logits(result.model, batch)
+
+
+@pytest.fixture(scope="module")
+def text_run(tiny_bert, credit_sample, tmp_path_factory):
+    cfg = _text_config(tiny_bert, credit_sample, tmp_path_factory.mktemp("text_run"))
+    return cfg, main(cfg)
+
+
+def test_text_run_writes_every_artifact(text_run):
+    cfg, result = text_run
+    out = result.output_dir
+    for name in ("adapter_config.json", "adapter_model.safetensors", "label_map.json", "tokenizer.json",
+                 "eval_results.json", "train_results.json", "config.yaml", "hf_adapt.json", "README.md"):
+        assert (out / name).is_file(), name
+    assert not list(out.parent.glob(".out.partial-*")), "staging dir left behind"
+    assert json.loads((out / "label_map.json").read_text())["id2label"] == {"0": "bad", "1": "good"}
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert config_from_dict(FinetuneConfig, saved) == cfg
+    metrics = json.loads((out / "eval_results.json").read_text())
+    assert set(metrics) == {"accuracy", "macro_f1", "auroc", "log_loss", "ece"}
+    assert metrics == pytest.approx(result.test_metrics)
+    history = json.loads((out / "train_results.json").read_text())["history"]
+    assert [row["epoch"] for row in history] == [1, 2]
+
+
+def test_adapter_holds_the_trained_head(text_run):
+    _, result = text_run
+    from safetensors.torch import load_file
+
+    keys = load_file(str(result.output_dir / "adapter_model.safetensors"))
+    assert any("lora_A" in k for k in keys)
+    assert any(k.endswith("classifier.modules_to_save.weight") or "classifier" in k for k in keys)
+
+
+def test_card_metadata_carries_real_metrics(text_run):
+    _, result = text_run
+    card = ModelCard.load(result.output_dir / "README.md")
+    assert card.data.base_model == "hf-adapt-tests/tiny-bert"
+    assert card.data.library_name == "peft"
+    assert card.data.pipeline_tag == "text-classification"
+    assert card.data.license == "apache-2.0"
+    assert "licence" not in card.data.to_dict()
+    reported = {r.metric_type: r.metric_value for r in card.data.eval_results}
+    assert reported["accuracy"] == round(result.test_metrics["accuracy"], 4)
+    assert reported["roc_auc"] == round(result.test_metrics["auroc"], 4)
+    assert "logistic regression" in card.text
+    assert "[More Information Needed]" not in card.content
+
+
+def test_reload_gives_identical_logits(text_run):
+    _, result = text_run
+    expected = _test_logits(result)
+    predictor = hf_adapt.load_adapted(str(result.output_dir))
+    inputs = result.data.inputs("test", "text")[:16]
+    assert torch.equal(predictor.logits(inputs), expected)
+    merged = hf_adapt.load_adapted(str(result.output_dir), merge=True)
+    assert not any("lora" in n for n, _ in merged.model.named_parameters())
+    torch.testing.assert_close(merged.logits(inputs), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_predictor_takes_table_rows(text_run):
+    _, result = text_run
+    predictor = hf_adapt.load_adapted(str(result.output_dir))
+    test = result.data.splits["test"]
+    rows = [{c: test[i][c] for c in result.data.feature_columns} for i in range(4)]
+    rendered = result.data.inputs("test", "text")[:4]
+    out = predictor.predict(rows)
+    assert [o["label"] for o in out] == [o["label"] for o in predictor.predict(rendered)]
+    assert all(abs(sum(o["probabilities"].values()) - 1) < 1e-5 for o in out)
+
+
+def test_existing_output_dir_is_refused_then_replaced(text_run, tiny_bert, credit_sample):
+    cfg, result = text_run
+    from hf_adapt.errors import OutputError
+
+    with pytest.raises(OutputError, match="different hf-adapt run"):
+        main(cfg)
+    before = (result.output_dir / "adapter_model.safetensors").read_bytes()
+    again = config_from_dict(FinetuneConfig, {**vars(cfg), "overwrite_output_dir": True, "max_steps": 1})
+    main(again)
+    assert (result.output_dir / "adapter_model.safetensors").read_bytes() != before
+
+
+@pytest.mark.parametrize("regime", ["linear_probe", "full"])
+def test_other_regimes_reload_identically(regime, tiny_bert, credit_sample, tmp_path):
+    cfg = _text_config(tiny_bert, credit_sample, tmp_path, regime=regime, num_train_epochs=1)
+    result = main(cfg)
+    expected = _test_logits(result)
+    predictor = hf_adapt.load_adapted(str(result.output_dir))
+    assert torch.equal(predictor.logits(result.data.inputs("test", "text")[:16]), expected)
+    assert not (result.output_dir / "adapter_config.json").exists()
+
+
+def test_image_folder_with_conv_net_lora(tiny_timm_convnet, digits_folder, tmp_path):
+    cfg = config_from_dict(FinetuneConfig, dict(
+        model_name_or_path=str(tiny_timm_convnet), base_model_id=None, data=str(digits_folder),
+        label_column="label", reset_head=True, image_size=32, num_train_epochs=2, learning_rate=5e-3,
+        metric_for_best_model="accuracy", output_dir=str(tmp_path / "img"), report_to="none",
+        adapter={"peft_type": "LORA", "r": 4, "lora_alpha": 8},
+    ))
+    from safetensors.torch import load_file
+
+    base = load_file(str(tiny_timm_convnet / "model.safetensors"))
+    result = main(cfg)
+    # BatchNorm statistics stay frozen, so the base model is unchanged and the adapter reproduces the model
+    trained = {k.removeprefix("base_model.model."): v for k, v in result.model.state_dict().items()}
+    stats = [k for k in base if k.endswith(("running_mean", "running_var"))]
+    assert len(stats) > 10
+    assert all(torch.equal(trained[k], base[k]) for k in stats)
+    card = ModelCard.load(result.output_dir / "README.md")
+    assert card.data.pipeline_tag == "image-classification"
+    assert card.data.base_model is None
+    predictor = hf_adapt.load_adapted(str(result.output_dir))
+    images = result.data.inputs("test", "image")[:16]  # same batch as _test_logits: bitwise equal
+    assert torch.equal(predictor.logits(images), _test_logits(result))
