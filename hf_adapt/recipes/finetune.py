@@ -6,7 +6,6 @@ Shared by ``recipes/finetune.py`` (``accelerate launch``) and ``hf-adapt finetun
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -101,26 +100,6 @@ class FinetuneConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
 
 
-def _trackers(report_to: str) -> list[str]:
-    import importlib.util
-
-    if report_to == "none":
-        return []
-    if report_to == "auto":
-        return [name for name in ("tensorboard", "trackio") if importlib.util.find_spec(name)]
-    return [name.strip() for name in report_to.split(",") if name.strip()]
-
-
-def _set_threads(cfg: FinetuneConfig, accelerator) -> None:
-    import torch
-
-    threads = cfg.torch_num_threads
-    if threads is None and accelerator.device.type == "cpu" and (os.cpu_count() or 1) <= 4:
-        threads = 1
-    if threads:
-        torch.set_num_threads(threads)
-
-
 def data_spec(cfg: FinetuneConfig):
     from hf_adapt.data import DataSpec
 
@@ -162,7 +141,6 @@ class FinetuneResult:
 
 
 def main(cfg: FinetuneConfig) -> FinetuneResult:
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
 
     from hf_adapt import baselines, outputs
@@ -170,16 +148,12 @@ def main(cfg: FinetuneConfig) -> FinetuneResult:
     from hf_adapt.backbones import build_backbone, resolve_family
     from hf_adapt.data import load_labelled
     from hf_adapt.loop import ClassificationTask, ExampleDataset, LoopSettings, evaluate, fit, make_loader
+    from hf_adapt.runtime import make_accelerator, set_cpu_threads
 
     started = time.perf_counter()
     outputs.check_output_dir(cfg.output_dir, cfg.overwrite_output_dir)
-    trackers = _trackers(cfg.report_to)
-    accelerator = Accelerator(
-        mixed_precision=None if os.environ.get("ACCELERATE_MIXED_PRECISION") else cfg.mixed_precision,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        log_with=trackers or None,
-    )
-    _set_threads(cfg, accelerator)
+    accelerator = make_accelerator(cfg.mixed_precision, cfg.gradient_accumulation_steps, cfg.report_to)
+    set_cpu_threads(cfg.torch_num_threads, accelerator)
     set_seed(cfg.seed)
     logging.basicConfig(level=logging.INFO if accelerator.is_main_process else logging.WARNING,
                         format="%(asctime)s %(name)s: %(message)s")
@@ -205,7 +179,7 @@ def main(cfg: FinetuneConfig) -> FinetuneResult:
 
     staging = outputs.staging_dir(cfg.output_dir) if accelerator.is_main_process else None
     try:
-        if trackers:
+        if accelerator.log_with:
             accelerator.project_configuration.set_directories(str(staging or "."))
             accelerator.init_trackers("hf-adapt", config=_flat(asdict(cfg)))
         settings = LoopSettings(
@@ -222,7 +196,6 @@ def main(cfg: FinetuneConfig) -> FinetuneResult:
         baseline = None
         if cfg.baseline == "logistic_regression" or (cfg.baseline == "auto" and data.kind == "table"):
             baseline = baselines.logistic_regression(data, seed=cfg.seed)
-        accelerator.end_training()
         unwrapped = accelerator.unwrap_model(model)
         if accelerator.is_main_process:
             _write_outputs(staging, cfg, accelerator, unwrapped, backbone, family, data, history,
@@ -230,6 +203,7 @@ def main(cfg: FinetuneConfig) -> FinetuneResult:
             outputs.commit(staging, cfg.output_dir)
             logger.info("wrote %s", cfg.output_dir)
         accelerator.wait_for_everyone()
+        accelerator.end_training()  # also tears down the process group: last
     except BaseException:
         outputs.discard(staging)
         raise
@@ -268,6 +242,7 @@ def _write_outputs(directory: Path, cfg, accelerator, model, backbone, family, d
     write_json(directory / "train_results.json", {
         "best_epoch": history.best_epoch, "best_validation": history.best_metrics, "history": history.history,
         "steps": history.steps, "train_seconds": history.train_seconds, "wall_seconds": wall_seconds,
+        "num_processes": accelerator.num_processes,
         "baseline": {"logistic_regression": baseline} if baseline else None,
         "data": data.origin,
     })

@@ -1,0 +1,46 @@
+"""Two CPU processes under ``accelerate launch`` (gloo): same artifacts, written once."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import hf_adapt
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.distributed
+@pytest.mark.timeout(600)
+def test_two_process_run_trains_and_writes_once(tiny_bert, credit_sample, tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+        str(REPO / "recipes" / "finetune.py"),
+        "--model_name_or_path", str(tiny_bert), "--base_model_id", "hf-adapt-tests/tiny-bert",
+        "--data", str(credit_sample), "--output_dir", str(out), "--num_train_epochs", "2",
+        "--per_device_train_batch_size", "8", "--learning_rate", "5e-3", "--max_length", "128",
+        "--report_to", "none",
+    ]
+    # teardown of gloo groups has hung before: a hard timeout keeps CI from stalling
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=540)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    results = json.loads((out / "train_results.json").read_text())
+    assert results["num_processes"] == 2
+    # each step consumes 2 processes x 8 rows: half the steps one process would take
+    train_rows = results["data"]["splits"]["train"]
+    assert results["steps"] == 2 * math.ceil(train_rows / 16)
+    assert (out / "adapter_model.safetensors").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["ddp"], "stray staging dirs from another rank"
+    metrics = json.loads((out / "eval_results.json").read_text())
+    predictor = hf_adapt.load_adapted(str(out))
+    assert predictor.labels == ["bad", "good"]
+    assert 0 <= metrics["accuracy"] <= 1
