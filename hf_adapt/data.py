@@ -74,6 +74,25 @@ def _format_of(path: Path) -> str | None:
     return _TABLE_FORMATS.get(suffixes[-1]) if suffixes else None
 
 
+def _count_rows_at_least_one(path: Path, fmt: str) -> bool:
+    """Whether a data file holds at least one row (datasets fails obscurely on header-only files)."""
+    import pandas as pd
+
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(path).metadata.num_rows > 0
+    if fmt == "csv":
+        sep = "\t" if ".tsv" in path.suffixes else ","
+        try:
+            return len(pd.read_csv(path, nrows=1, sep=sep)) > 0
+        except pd.errors.EmptyDataError:
+            return False
+    with pd.io.common.get_handle(path, "r", compression="infer") as handle:
+        head = handle.handle.read(4096).strip()
+    return head not in ("", "[]")
+
+
 def _load_files(files: dict[str, str], spec: DataSpec):
     from datasets import load_dataset
 
@@ -82,8 +101,8 @@ def _load_files(files: dict[str, str], spec: DataSpec):
         path = Path(resolve_source(name, field=f"data_files.{split}"))
         if not path.exists():
             raise DataError(f"data file for split {split!r} not found: {path}")
-        if path.stat().st_size == 0:
-            raise DataError(f"data file for split {split!r} is empty: {path}")
+        if path.stat().st_size == 0 or not _count_rows_at_least_one(path, _format_of(path) or ""):
+            raise DataError(f"split {split!r} is empty: {path} holds no rows")
         resolved[_SPLIT_NAMES.get(split, split)] = str(path)
     formats = {_format_of(Path(p)) for p in resolved.values()}
     if len(formats) != 1 or None in formats:

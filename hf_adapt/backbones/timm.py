@@ -100,9 +100,9 @@ def _load_weights_file(model: nn.Module, spec: BackboneSpec, path: str) -> None:
     head_keys = [k for k in state if k.startswith(head)]
     if any(state[k].shape != own[k].shape for k in head_keys):
         if not spec.reset_head:
-            shape = tuple(state[head_keys[0]].shape)
+            classes = state[head_keys[0]].shape[0]
             raise ModelError(
-                f"weights file {spec.weights_file} has a classification head of shape {shape} but "
+                f"weights file {spec.weights_file} has a {classes}-class classification head but "
                 f"the data has {spec.num_labels} labels; set reset_head: true to replace it"
             )
     if spec.reset_head:
