@@ -71,8 +71,11 @@ def _match_keys(state: dict[str, torch.Tensor], model: nn.Module, source: str) -
     own = model.state_dict()
     if set(state) <= set(own):
         return state
-    own_items = [(k, v) for k, v in own.items() if not k.endswith("num_batches_tracked")]
-    theirs = [(k, v) for k, v in state.items() if not k.endswith("num_batches_tracked")]
+    if source.endswith(".safetensors"):  # safetensors stores keys sorted: order says nothing
+        unknown = sorted(set(state) - set(own))[:5]
+        raise ModelError(f"weights file {source}: names {unknown} do not match the model's")
+    own_items = [(k, v) for k, v in own.items() if not _is_counter(v)]
+    theirs = [(k, v) for k, v in state.items() if not _is_counter(v)]
     if len(own_items) != len(theirs):
         raise ModelError(
             f"weights file {source}: {len(theirs)} tensors with foreign names, but the model has "
@@ -87,6 +90,11 @@ def _match_keys(state: dict[str, torch.Tensor], model: nn.Module, source: str) -
             )
         mapped[own_key] = value
     return mapped
+
+
+def _is_counter(tensor: torch.Tensor) -> bool:
+    """BatchNorm's num_batches_tracked: a scalar integer some exporters keep and others drop."""
+    return tensor.ndim == 0 and not tensor.is_floating_point()
 
 
 def _head_prefix(model: nn.Module) -> str:
