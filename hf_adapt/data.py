@@ -33,6 +33,7 @@ class DataSpec:
     feature_columns: list[str] | None = None
     text_template: str | None = None
     pixel_shape: list[int] | None = None
+    load_kwargs: dict[str, Any] = field(default_factory=dict)
     validation_size: float = 0.15
     test_size: float = 0.3
     seed: int = 42
@@ -110,6 +111,7 @@ def _load_files(files: dict[str, str], spec: DataSpec):
             f"data files {sorted(resolved.values())} must share one format among {sorted(set(_TABLE_FORMATS))}"
         )
     kwargs = {"delimiter": "\t"} if any(p.endswith((".tsv", ".tsv.gz")) for p in resolved.values()) else {}
+    kwargs.update(spec.load_kwargs)
     try:
         return load_dataset(formats.pop(), data_files=resolved, **kwargs)
     except Exception as err:  # datasets/pyarrow raise many kinds; say which file failed
@@ -137,7 +139,7 @@ def load_raw(spec: DataSpec):
     if source.startswith(("/", "./", "../", "~")) or path.suffix in _TABLE_FORMATS:
         raise DataError(f"data not found: {source}")
     try:
-        return load_dataset(source, spec.subset, revision=spec.revision)
+        return load_dataset(source, spec.subset, revision=spec.revision, **spec.load_kwargs)
     except Exception as err:
         raise DataError(f"could not load dataset {source!r} from the Hub: {err}") from err
 
@@ -324,7 +326,7 @@ def rows_to_inputs(dataset, input_kind: str, data: LabelledData) -> list[Any]:
         from PIL import Image
 
         shape = tuple(data.origin["pixel_shape"])
-        table = np.stack([np.asarray(dataset[c], dtype=np.float32) for c in data.feature_columns], axis=1)
+        table = dataset.select_columns(data.feature_columns).to_pandas().to_numpy(dtype=np.float32)
         return [Image.fromarray(np.clip(r, 0, 255).astype(np.uint8).reshape(shape)) for r in table]
     if data.kind == "image":
         return [_open_image(v, f"split row {i} column {data.input_column!r}") for i, v in enumerate(dataset[data.input_column])]

