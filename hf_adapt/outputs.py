@@ -29,13 +29,10 @@ def check_output_dir(path: str | Path, overwrite: bool) -> None:
     raise OutputError(f"output_dir {path} already holds {what}; pick another or pass --overwrite_output_dir")
 
 
-def staging_dir(path: str | Path) -> Path:
-    """A fresh hidden sibling of ``path`` to write into before :func:`commit`."""
+def staging_path(path: str | Path) -> Path:
+    """A fresh hidden sibling of ``path`` to write into before :func:`commit` (not yet created)."""
     path = Path(path).absolute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.parent / f".{path.name}.partial-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
-    return staging
+    return path.parent / f".{path.name}.partial-{uuid.uuid4().hex[:8]}"
 
 
 def commit(staging: Path, path: str | Path) -> Path:

@@ -17,7 +17,12 @@ def make_accelerator(mixed_precision: str, gradient_accumulation_steps: int, rep
     """
     import torch
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
 
+    # Several runs in one process (tests, studies) may differ in precision or accumulation:
+    # start each from a fresh AcceleratorState; the process group (PartialState) is kept.
+    AcceleratorState._reset_state()
+    GradientState._reset_state()
     world = int(os.environ.get("WORLD_SIZE", "1"))
     cpu = world > 1 and not torch.accelerator.is_available()
     trackers = trackers_for(report_to)

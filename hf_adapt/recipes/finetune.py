@@ -155,7 +155,9 @@ def main(cfg: FinetuneConfig) -> FinetuneResult:
 
     started = time.perf_counter()
     outputs.check_output_dir(cfg.output_dir, cfg.overwrite_output_dir)
-    accelerator = make_accelerator(cfg.mixed_precision, cfg.gradient_accumulation_steps, cfg.report_to)
+    staging = outputs.staging_path(cfg.output_dir)  # created by the main process once inputs are valid
+    accelerator = make_accelerator(cfg.mixed_precision, cfg.gradient_accumulation_steps, cfg.report_to,
+                                   project_dir=str(staging))
     set_cpu_threads(cfg.torch_num_threads, accelerator)
     set_seed(cfg.seed)
     logging.basicConfig(level=logging.INFO if accelerator.is_main_process else logging.WARNING,
@@ -180,11 +182,13 @@ def main(cfg: FinetuneConfig) -> FinetuneResult:
     trainable, total = count_parameters(model)
     logger.info("%s backbone, %d labels, %s trainable of %s parameters", family, data.num_labels, f"{trainable:,}", f"{total:,}")
 
-    staging = outputs.staging_dir(cfg.output_dir) if accelerator.is_main_process else None
+    if accelerator.is_main_process:
+        staging.mkdir(parents=True)
+    else:
+        staging = None
     try:
         if accelerator.log_with:
-            accelerator.project_configuration.set_directories(str(staging or "."))
-            accelerator.init_trackers("hf-adapt", config=_flat(asdict(cfg)))
+            accelerator.init_trackers("runs", config=_flat(asdict(cfg)))
         settings = LoopSettings(
             num_train_epochs=cfg.num_train_epochs, max_steps=cfg.max_steps, learning_rate=cfg.learning_rate,
             weight_decay=cfg.weight_decay, lr_scheduler_type=cfg.lr_scheduler_type, warmup_ratio=cfg.warmup_ratio,

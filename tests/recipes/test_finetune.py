@@ -145,3 +145,27 @@ def test_image_folder_with_conv_net_lora(tiny_timm_convnet, digits_folder, tmp_p
     predictor = hf_adapt.load_adapted(str(result.output_dir))
     images = result.data.inputs("test", "image")[:16]  # same batch as _test_logits: bitwise equal
     assert torch.equal(predictor.logits(images), _test_logits(result))
+
+
+@pytest.mark.parametrize("overrides, error", [
+    ({"label_column": "target"}, "label column 'target' not found"),
+    ({"model_name_or_path": "/nonexistent/model"}, "could not be loaded"),
+    ({"adapter": {"peft_type": "NOT_A_METHOD"}}, "is not a peft method"),
+    ({"text_template": "{no_such_column}"}, "does not fit columns"),
+])
+def test_bad_input_fails_before_training_and_leaves_nothing(overrides, error, tiny_bert, credit_sample, tmp_path):
+    from hf_adapt.errors import HfAdaptError
+
+    cfg = _text_config(tiny_bert, credit_sample, tmp_path, **overrides)
+    with pytest.raises(HfAdaptError, match=error):
+        main(cfg)
+    assert list(tmp_path.iterdir()) == [], "partial output left behind"
+
+
+def test_cli_reports_bad_input_in_one_line(tiny_bert, credit_sample, tmp_path, capsys):
+    from hf_adapt.cli import main as cli_main
+
+    code = cli_main(["finetune", "--model_name_or_path", str(tiny_bert), "--data", str(credit_sample),
+                     "--label_column", "target", "--output_dir", str(tmp_path / "o")])
+    assert code == 2
+    assert "hf-adapt finetune: error: label column 'target' not found" in capsys.readouterr().err
