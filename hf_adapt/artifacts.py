@@ -27,7 +27,8 @@ FORMAT_VERSION = 1
 
 
 def save_model(model: nn.Module, backbone: Backbone, regime: str, directory: Path) -> None:
-    from safetensors.torch import save_file, save_model as save_full
+    from safetensors.torch import save_file
+    from safetensors.torch import save_model as save_full
 
     if regime == "adapter":
         model.save_pretrained(str(directory))

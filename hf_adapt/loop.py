@@ -10,8 +10,9 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -117,7 +118,7 @@ def _trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def make_optimizer(model: nn.Module, settings: LoopSettings) -> torch.optim.Optimizer:
     decay, no_decay = [], []
-    for name, param in model.named_parameters():
+    for param in model.parameters():
         if param.requires_grad:
             (no_decay if param.ndim < 2 else decay).append(param)
     groups = [{"params": decay, "weight_decay": settings.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
@@ -155,7 +156,7 @@ def fit(accelerator, model: nn.Module, task: Task, train_loader: DataLoader, eva
     for epoch in range(1, epochs + 1):
         model.train()
         freeze_frozen_norm_statistics(model)
-        running, seen = 0.0, 0
+        running, seen = torch.zeros((), device=accelerator.device), 0  # a tensor: no GPU sync per step
         for batch in train_loader:
             with accelerator.accumulate(model):
                 loss = task(model, batch)["loss"]
@@ -165,17 +166,18 @@ def fit(accelerator, model: nn.Module, task: Task, train_loader: DataLoader, eva
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad()
-            running, seen = running + loss.detach().item(), seen + 1
+            running, seen = running + loss.detach().float(), seen + 1
             if accelerator.sync_gradients:
                 step += 1
                 progress.update(1)
                 if step % settings.logging_steps == 0:
-                    accelerator.log({"train/loss": running / seen, "train/lr": scheduler.get_last_lr()[0]}, step=step)
-                    progress.set_postfix(loss=f"{running / seen:.4f}")
+                    mean_loss = running.item() / seen
+                    accelerator.log({"train/loss": mean_loss, "train/lr": scheduler.get_last_lr()[0]}, step=step)
+                    progress.set_postfix(loss=f"{mean_loss:.4f}")
             if step >= total_steps:
                 break
         metrics = evaluate(accelerator, model, task, eval_loader)
-        metrics["train_loss"] = running / max(seen, 1)
+        metrics["train_loss"] = running.item() / max(seen, 1)
         result.history.append({"epoch": epoch, "step": step, **metrics})
         accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=step)
         logger.info("epoch %d: %s", epoch, _fmt(metrics))

@@ -9,8 +9,9 @@ turns raw inputs (texts or images) into model inputs. Nothing outside
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import nn
