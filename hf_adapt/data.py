@@ -276,11 +276,28 @@ def _detect_kind(dataset, spec: DataSpec) -> tuple[str, str | None, list[str]]:
         if spec.text_column not in columns:
             raise DataError(f"text column {spec.text_column!r} not found; columns are {columns}")
         return "text", spec.text_column, []
-    features = spec.feature_columns or columns
+    named = template_columns(spec.text_template)
+    if named and not spec.feature_columns and any(c not in columns for c in named):
+        raise DataError(
+            f"text_template names columns {[c for c in named if c not in columns]} that the data lacks "
+            f"(columns: {columns}); pass --text_template null to render every column as 'column: value', "
+            "or a template over your columns"
+        )
+    features = spec.feature_columns or named or columns
     missing = [c for c in features if c not in columns]
     if missing:
         raise DataError(f"feature columns {missing} not found; columns are {columns}")
     return "table", None, features
+
+
+def template_columns(template: str | None) -> list[str]:
+    """The columns a ``str.format`` template names, in order of first use."""
+    if not template:
+        return []
+    import string
+
+    names = [field for _, field, _, _ in string.Formatter().parse(template) if field]
+    return list(dict.fromkeys(name.split(".")[0].split("[")[0] for name in names))
 
 
 def _format_value(value: Any) -> str:

@@ -73,6 +73,8 @@ class LoopSettings:
     num_train_epochs: int
     max_steps: int = -1
     learning_rate: float = 1e-3
+    head_learning_rate: float | None = None
+    head_names: list[str] = field(default_factory=list)
     weight_decay: float = 0.01
     lr_scheduler_type: str = "linear"
     warmup_ratio: float = 0.0
@@ -116,13 +118,31 @@ def _trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if k in trainable | buffers}
 
 
+def _is_head(name: str, head_names: list[str]) -> bool:
+    dotted = f".{name}"
+    return any(f".{head}." in dotted for head in head_names)
+
+
 def make_optimizer(model: nn.Module, settings: LoopSettings) -> torch.optim.Optimizer:
-    decay, no_decay = [], []
-    for param in model.parameters():
+    """AdamW; no decay on biases and norms; the new head at ``head_learning_rate`` if set.
+
+    A freshly initialised head on a frozen (or LoRA-adapted) backbone learns far slower
+    than the adapter at the same rate, so it gets its own rate.
+    """
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for name, param in model.named_parameters():
         if param.requires_grad:
-            (no_decay if param.ndim < 2 else decay).append(param)
-    groups = [{"params": decay, "weight_decay": settings.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=settings.learning_rate)
+            head = settings.head_learning_rate is not None and _is_head(name, settings.head_names)
+            groups.setdefault((head, param.ndim < 2), []).append(param)
+    param_groups = [
+        {
+            "params": params,
+            "weight_decay": 0.0 if no_decay else settings.weight_decay,
+            "lr": settings.head_learning_rate if head else settings.learning_rate,
+        }
+        for (head, no_decay), params in sorted(groups.items())
+    ]
+    return torch.optim.AdamW(param_groups, lr=settings.learning_rate)
 
 
 def fit(accelerator, model: nn.Module, task: Task, train_loader: DataLoader, eval_loader: DataLoader,

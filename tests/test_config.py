@@ -86,3 +86,10 @@ def test_resolved_config_round_trips(tmp_path):
     cfg = config_from_dict(FinetuneConfig, {"adapter": {"peft_type": "LORA", "r": 4}, "image_size": 64})
     save_config(cfg, tmp_path / "config.yaml")
     assert parse_config(FinetuneConfig, ["--config", str(tmp_path / "config.yaml")]) == cfg
+
+
+def test_quickstart_config_spells_out_the_defaults():
+    cfg = parse_config(FinetuneConfig, ["--config", str(REPO / "recipes/configs/credit_minilm_lora.yaml")])
+    default = FinetuneConfig()
+    differing = {f.name for f in dataclasses.fields(cfg) if getattr(cfg, f.name) != getattr(default, f.name)}
+    assert differing == {"intended_use", "output_dir"}

@@ -14,7 +14,7 @@ from hf_adapt.recipes.finetune import FinetuneConfig, main
 def _run(tiny_bert, credit_sample, tmp_path, **overrides):
     values = dict(model_name_or_path=str(tiny_bert), base_model_id=None, data=str(credit_sample),
                   output_dir=str(tmp_path / "out"), per_device_train_batch_size=16, learning_rate=5e-3,
-                  max_length=64, report_to="none", num_train_epochs=1)
+                  max_length=64, report_to="none", num_train_epochs=1, torch_num_threads=1)
     values.update(overrides)
     result = main(config_from_dict(FinetuneConfig, values))
     return result, json.loads((result.output_dir / "train_results.json").read_text())
@@ -28,7 +28,7 @@ def test_gradient_accumulation_counts_optimizer_steps(tiny_bert, credit_sample, 
 
 def test_early_stopping_and_best_epoch(tiny_bert, credit_sample, tmp_path):
     # learning rate 0: validation never improves after epoch 1, so patience 1 stops after epoch 2
-    result, info = _run(tiny_bert, credit_sample, tmp_path, learning_rate=0.0, num_train_epochs=5,
+    result, info = _run(tiny_bert, credit_sample, tmp_path, learning_rate=0.0, head_learning_rate=None, num_train_epochs=5,
                         early_stopping_patience=1, metric_for_best_model="log_loss")
     assert [row["epoch"] for row in info["history"]] == [1, 2]
     assert info["best_epoch"] == 1

@@ -18,7 +18,7 @@ def _text_config(tiny_bert, credit_sample, tmp_path, **overrides) -> FinetuneCon
     values = dict(
         model_name_or_path=str(tiny_bert), base_model_id="hf-adapt-tests/tiny-bert", data=str(credit_sample),
         output_dir=str(tmp_path / "out"), num_train_epochs=2, per_device_train_batch_size=16,
-        learning_rate=5e-3, max_length=128, report_to="none",
+        learning_rate=5e-3, max_length=128, report_to="none", torch_num_threads=1,
     )
     values.update(overrides)
     return config_from_dict(FinetuneConfig, values)
@@ -128,7 +128,7 @@ def test_image_folder_with_conv_net_lora(tiny_timm_convnet, digits_folder, tmp_p
         model_name_or_path=str(tiny_timm_convnet), base_model_id=None, data=str(digits_folder),
         label_column="label", reset_head=True, image_size=32, num_train_epochs=2, learning_rate=5e-3,
         metric_for_best_model="accuracy", output_dir=str(tmp_path / "img"), report_to="none",
-        adapter={"peft_type": "LORA", "r": 4, "lora_alpha": 8},
+        adapter={"peft_type": "LORA", "r": 4, "lora_alpha": 8}, torch_num_threads=1,
     ))
     from safetensors.torch import load_file
 
@@ -151,7 +151,7 @@ def test_image_folder_with_conv_net_lora(tiny_timm_convnet, digits_folder, tmp_p
     ({"label_column": "target"}, "label column 'target' not found"),
     ({"model_name_or_path": "/nonexistent/model"}, "could not be loaded"),
     ({"adapter": {"peft_type": "NOT_A_METHOD"}}, "is not a peft method"),
-    ({"text_template": "{no_such_column}"}, "does not fit columns"),
+    ({"text_template": "{no_such_column}"}, r"text_template names columns \['no_such_column'\] that the data lacks"),
 ])
 def test_bad_input_fails_before_training_and_leaves_nothing(overrides, error, tiny_bert, credit_sample, tmp_path):
     from hf_adapt.errors import HfAdaptError
