@@ -140,3 +140,15 @@ def test_single_class_is_refused(tmp_path):
     pd.DataFrame({"text": list("abcd"), "label": ["x"] * 4}).to_csv(path, index=False)
     with pytest.raises(DataError, match="single class"):
         load_labelled(DataSpec(source=str(path)))
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".jsonl"])
+def test_parquet_and_json_files(credit_sample, tmp_path, suffix):
+    frame = pd.read_csv(credit_sample)
+    path = tmp_path / f"credit{suffix}"
+    if suffix == ".parquet":
+        frame.to_parquet(path)
+    else:
+        frame.to_json(path, orient="records", lines=True)
+    data = load_labelled(_credit(path))
+    assert data.labels == ["bad", "good"] and sum(data.origin["splits"].values()) == len(frame)

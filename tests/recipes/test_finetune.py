@@ -169,3 +169,29 @@ def test_cli_reports_bad_input_in_one_line(tiny_bert, credit_sample, tmp_path, c
                      "--label_column", "target", "--output_dir", str(tmp_path / "o")])
     assert code == 2
     assert "hf-adapt finetune: error: label column 'target' not found" in capsys.readouterr().err
+
+
+def test_load_adapted_from_a_hub_repo(text_run, tmp_path):
+    """The Hub path: snapshot_download from a local Hub server, then identical predictions."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.hub_server import LocalHub
+
+    _, result = text_run
+    texts = result.data.inputs("test", "text")[:4]
+    expected = hf_adapt.load_adapted(str(result.output_dir)).logits(texts)
+    script = (
+        "import json, sys, hf_adapt\n"
+        "p = hf_adapt.load_adapted('hf-adapt-tests/credit-lora')\n"
+        "print(json.dumps(p.logits(json.loads(sys.argv[1])).tolist()))\n"
+    )
+    with LocalHub({"hf-adapt-tests/credit-lora": result.output_dir}) as hub:
+        env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0", "HF_HOME": str(tmp_path / "hf"),
+               "HF_TOKEN": "hf_fake_token_for_tests", "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_XET": "1"}
+        proc = subprocess.run([sys.executable, "-c", script, json.dumps(texts)], env=env, capture_output=True,
+                              text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert any("/resolve/" in r and "adapter_model.safetensors" in r for r in hub.requests)
+    assert torch.equal(torch.tensor(json.loads(proc.stdout.strip().splitlines()[-1])), expected)
