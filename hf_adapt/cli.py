@@ -23,6 +23,9 @@ def recipe_parser(name: str) -> argparse.ArgumentParser:
 
 def run_recipe(name: str, argv: list[str] | None = None) -> int:
     """Parse ``argv`` for recipe ``name`` and run it; bad input exits 2 with a one-line reason."""
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     module = importlib.import_module(RECIPES[name][0])
     parser = recipe_parser(name)
     args = parser.parse_args(argv)

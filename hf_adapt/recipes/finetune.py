@@ -172,8 +172,8 @@ def main(cfg: FinetuneConfig) -> FinetuneResult:
                                    project_dir=str(staging))
     set_cpu_threads(cfg.torch_num_threads, accelerator)
     set_seed(cfg.seed)
-    logging.basicConfig(level=logging.INFO if accelerator.is_main_process else logging.WARNING,
-                        format="%(asctime)s %(name)s: %(message)s")
+    if not accelerator.is_main_process:
+        logging.getLogger("hf_adapt").setLevel(logging.WARNING)  # logs come from the main process only
 
     # Everything that can fail on bad input happens before training.
     data = load_labelled(data_spec(cfg))
