@@ -33,6 +33,9 @@ def make_peft_config(adapter: dict[str, Any], backbone: Backbone):
             f"adapter.peft_type {peft_type or None!r} is not a peft method; "
             f"known: {sorted(str(t.value) for t in PeftType)}"
         )
+    if peft_type == "ADALORA":  # needs update_and_allocate() each step, which this loop does not call
+        raise ConfigError("adapter.peft_type ADALORA is not supported yet; use LORA, DORA (use_dora: true), "
+                          "IA3, LOHA or LOKR")
     config_cls = PEFT_TYPE_TO_CONFIG_MAPPING[peft_type]
     fields = config_cls.__dataclass_fields__
     unknown = sorted(set(values) - set(fields))

@@ -109,8 +109,8 @@ def _check_value(cls: type, name: str, tp: Any, value: Any, source: str) -> Any:
     return value
 
 
-def config_from_dict(cls: type[T], values: dict[str, Any], source: str = "config") -> T:
-    """Build ``cls`` from a mapping, refusing unknown keys and ill-typed values."""
+def check_values(cls: type, values: dict[str, Any], source: str = "config") -> dict[str, Any]:
+    """Refuse unknown keys and ill-typed values; return the values lightly coerced."""
     if not isinstance(values, dict):
         raise ConfigError(f"{source}: expected a mapping of field names to values, got {type(values).__name__}")
     known = {f.name: f for f in dataclasses.fields(cls) if f.init}
@@ -121,8 +121,12 @@ def config_from_dict(cls: type[T], values: dict[str, Any], source: str = "config
             f"known keys are {sorted(known)}"
         )
     hints = _field_types(cls)
-    checked = {k: _check_value(cls, k, hints[k], v, source) for k, v in values.items()}
-    return cls(**checked)
+    return {k: _check_value(cls, k, hints[k], v, source) for k, v in values.items()}
+
+
+def config_from_dict(cls: type[T], values: dict[str, Any], source: str = "config") -> T:
+    """Build ``cls`` from a mapping; cross-field checks run in the dataclass's ``__post_init__``."""
+    return cls(**check_values(cls, values, source))
 
 
 def load_yaml_config(cls: type[T], path: str | Path) -> dict[str, Any]:
@@ -133,7 +137,7 @@ def load_yaml_config(cls: type[T], path: str | Path) -> dict[str, Any]:
         values = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from err
-    config_from_dict(cls, values, source=str(path))  # fail early on unknown keys
+    check_values(cls, values, source=str(path))  # unknown keys fail now; cross-field checks after CLI merge
     return values
 
 
@@ -188,9 +192,21 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
+_SECRET = ("token", "secret", "password", "key", "storage_options", "credential")
+
+
+def redact(values: Any) -> Any:
+    """A copy with values under secret-looking keys replaced, for files and trackers."""
+    if isinstance(values, dict):
+        return {k: "<redacted>" if any(s in str(k).lower() for s in _SECRET) else redact(v) for k, v in values.items()}
+    if isinstance(values, list):
+        return [redact(v) for v in values]
+    return values
+
+
 def save_config(cfg: Any, path: str | Path) -> None:
-    """Write the resolved config as YAML (readable, and re-loadable with ``--config``)."""
-    Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    """Write the resolved config as YAML (re-loadable with ``--config``), secrets redacted."""
+    Path(path).write_text(yaml.safe_dump(redact(config_to_dict(cfg)), sort_keys=False))
 
 
 def to_json(obj: Any) -> str:

@@ -102,7 +102,14 @@ def _load_files(files: dict[str, str], spec: DataSpec):
         path = Path(resolve_source(name, field=f"data_files.{split}"))
         if not path.exists():
             raise DataError(f"data file for split {split!r} not found: {path}")
-        if path.stat().st_size == 0 or not _count_rows_at_least_one(path, _format_of(path) or ""):
+        fmt = _format_of(path)
+        if fmt is None:
+            raise DataError(f"data file {path}: unsupported format; use one of {sorted(_TABLE_FORMATS)}")
+        try:
+            has_rows = path.stat().st_size > 0 and _count_rows_at_least_one(path, fmt)
+        except Exception as err:  # pandas/pyarrow/codec errors on corrupt files
+            raise DataError(f"data file {path} cannot be read as {fmt}: {type(err).__name__}: {err}") from err
+        if not has_rows:
             raise DataError(f"split {split!r} is empty: {path} holds no rows")
         resolved[_SPLIT_NAMES.get(split, split)] = str(path)
     formats = {_format_of(Path(p)) for p in resolved.values()}
@@ -164,6 +171,11 @@ def label_names(dataset_dict, column: str) -> list[str]:
     first = next(iter(dataset_dict.values()))
     feature = first.features.get(column)
     if feature is not None and type(feature).__name__ == "ClassLabel":
+        for split, dataset in dataset_dict.items():
+            bad = [i for i, v in enumerate(dataset[column]) if not 0 <= v < len(feature.names)]
+            if bad:
+                raise DataError(f"split {split!r} row {bad[0]}: label {dataset[column][bad[0]]} is not one of the "
+                                f"{len(feature.names)} classes ({len(bad)} such rows; -1 marks unlabelled rows)")
         return list(feature.names)
     seen: dict[Any, tuple[str, int]] = {}
     for split, dataset in dataset_dict.items():
@@ -183,7 +195,7 @@ def label_names(dataset_dict, column: str) -> list[str]:
         described = ", ".join(f"{k} {v!r} (split {w[0]!r} row {w[1]})" for k, (v, w) in examples.items())
         raise DataError(f"label column {column!r} mixes types: {described}")
     values = list(seen)
-    if all(isinstance(v, float) for v in values):
+    if any(isinstance(v, float) for v in values):
         if not all(float(v).is_integer() for v in values):
             raise DataError(f"label column {column!r} holds continuous values; classification needs classes")
         values = sorted({int(v) for v in values})
@@ -381,6 +393,10 @@ def load_labelled(spec: DataSpec) -> LabelledData:
     encoded = {split: _encode_labels(ds, spec.label_column, names) for split, ds in raw.items()}
     splits, how = make_splits(encoded, spec)
     kind, column, features = _detect_kind(splits["train"], spec)
+    for split, dataset in splits.items():  # every split must carry the columns the inputs need
+        absent = [c for c in (features + ([column] if column else [])) if c not in dataset.column_names]
+        if absent:
+            raise DataError(f"split {split!r} lacks column(s) {absent}; columns are {dataset.column_names}")
     if kind == "image" and column is not None:
         _check_images(splits, column)
     if spec.text_template is not None and kind == "table":

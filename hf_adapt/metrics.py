@@ -53,9 +53,11 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, 
         auroc = float(roc_auc_score(labels, sub, multi_class="ovr", average="macro", labels=present))
     return {
         "accuracy": float(accuracy_score(labels, predictions)),
-        "macro_f1": float(f1_score(labels, predictions, average="macro", labels=classes, zero_division=0)),
+        # over the classes that occur (in labels or predictions), like AUROC above
+        "macro_f1": float(f1_score(labels, predictions, average="macro", labels=np.union1d(labels, predictions),
+                                   zero_division=0)),
         "auroc": auroc,
-        "log_loss": float(log_loss(labels, np.clip(probs, 1e-7, 1.0), labels=classes)),
+        "log_loss": float(log_loss(labels, probs, labels=classes)),
         "ece": expected_calibration_error(probs, labels),
     }
 

@@ -23,10 +23,14 @@ def check_output_dir(path: str | Path, overwrite: bool) -> None:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise OutputError(f"output_dir {path} exists and is not a directory")
-    if not path.is_dir() or not any(path.iterdir()) or overwrite:
+    if not path.is_dir() or not any(path.iterdir()):
         return
-    what = "a different hf-adapt run" if (path / RUN_FILE).is_file() else "other files"
-    raise OutputError(f"output_dir {path} already holds {what}; pick another or pass --overwrite_output_dir")
+    is_run = (path / RUN_FILE).is_file()
+    if overwrite and is_run:
+        return
+    if not is_run:  # never delete a folder hf-adapt did not write, flag or not
+        raise OutputError(f"output_dir {path} holds files that are not an hf-adapt run; pick another directory")
+    raise OutputError(f"output_dir {path} already holds a different hf-adapt run; pick another or pass --overwrite_output_dir")
 
 
 def staging_path(path: str | Path) -> Path:

@@ -11,6 +11,7 @@ import torch
 from hf_adapt.artifacts import read_run_info, restore_model
 from hf_adapt.backbones import BackboneSpec, get_builder
 from hf_adapt.data import render_row
+from hf_adapt.errors import ModelError
 from hf_adapt.metrics import softmax
 
 
@@ -47,7 +48,10 @@ class Predictor:
         return item
 
     @torch.no_grad()
-    def logits(self, inputs: list[Any]) -> torch.Tensor:
+    def logits(self, inputs: Any) -> torch.Tensor:
+        """Raw logits as a CPU float tensor, one row per input (a single input may be passed bare)."""
+        if not isinstance(inputs, list):
+            inputs = [inputs]
         out = []
         for start in range(0, len(inputs), self.batch_size):
             chunk = [self._to_input(x) for x in inputs[start:start + self.batch_size]]
@@ -55,7 +59,8 @@ class Predictor:
             out.append(self.backbone.logits(self.model, batch).float().cpu())
         return torch.cat(out)
 
-    def predict_proba(self, inputs: list[Any]) -> np.ndarray:
+    def predict_proba(self, inputs: Any) -> np.ndarray:
+        """Class probabilities as a numpy array, columns in ``self.labels`` order."""
         return softmax(self.logits(inputs).numpy().astype(np.float64))
 
     def predict(self, inputs: Any) -> list[dict[str, Any]]:
@@ -81,7 +86,7 @@ def _local_dir(path_or_repo_id: str, revision: str | None) -> Path:
 
 
 def load_adapted(path_or_repo_id: str, merge: bool = False, device: str = "cpu",
-                 revision: str | None = None) -> Predictor:
+                 revision: str | None = None, trust_remote_code: bool = False) -> Predictor:
     """Rebuild a trained model from an output dir or Hub repo.
 
     Args:
@@ -90,10 +95,15 @@ def load_adapted(path_or_repo_id: str, merge: bool = False, device: str = "cpu",
             Methods that cannot be merged (e.g. prompt tuning) stay unmerged.
         device: where to run the model.
         revision: branch, tag or commit, for Hub repos.
+        trust_remote_code: allow a base model whose code lives in its repo; an output folder
+            cannot turn this on by itself, since folders from the Hub are untrusted.
     """
     directory = _local_dir(path_or_repo_id, revision)
     info, labels = read_run_info(directory)
     model_info = info["model"]
+    if model_info.get("trust_remote_code") and not trust_remote_code:
+        raise ModelError(f"{path_or_repo_id}: the base model needs trust_remote_code=True, which runs code "
+                         "from its repo; pass it to load_adapted only if you trust that code")
     spec = BackboneSpec(
         name_or_path=model_info["name_or_path"],
         num_labels=len(labels),
@@ -102,7 +112,7 @@ def load_adapted(path_or_repo_id: str, merge: bool = False, device: str = "cpu",
         pretrained=model_info.get("pretrained", True),
         reset_head=True,  # the trained head comes from the saved artifact
         revision=model_info.get("revision"),
-        trust_remote_code=model_info.get("trust_remote_code", False),
+        trust_remote_code=trust_remote_code,
         image_size=model_info.get("image_size"),
         max_length=model_info.get("max_length", 256),
         pooling=model_info.get("pooling") or "model",

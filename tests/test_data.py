@@ -152,3 +152,14 @@ def test_parquet_and_json_files(credit_sample, tmp_path, suffix):
         frame.to_json(path, orient="records", lines=True)
     data = load_labelled(_credit(path))
     assert data.labels == ["bad", "good"] and sum(data.origin["splits"].values()) == len(frame)
+
+
+def test_unlabelled_rows_are_refused(digits_folder, tmp_path):
+    from datasets import ClassLabel, Dataset
+
+    frame = pd.DataFrame({"text": [f"t{i}" for i in range(20)], "label": [0, 1] * 9 + [-1, 1]})
+    path = tmp_path / "ds"
+    Dataset.from_pandas(frame).cast_column("label", ClassLabel(names=["a", "b"])).to_parquet(str(path) + ".parquet")
+    # parquet keeps ClassLabel metadata; the -1 (unlabelled) row is named
+    with pytest.raises(DataError, match=r"row 18: label -1 is not one of the 2 classes"):
+        load_labelled(DataSpec(source=str(path) + ".parquet"))

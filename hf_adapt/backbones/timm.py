@@ -51,11 +51,16 @@ def _forward(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
 
 def _load_state_dict(path: str) -> dict[str, torch.Tensor]:
     """Weights from safetensors, or a pickle read with ``weights_only=True`` (never runs code)."""
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
+    if not Path(path).is_file():
+        raise ModelError(f"weights_file not found: {path}")
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
 
-        return load_file(path)
-    state = torch.load(path, map_location="cpu", weights_only=True)
+            return load_file(path)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # corrupt file, or a pickle that needs code to load (refused)
+        raise ModelError(f"weights_file {path} cannot be loaded safely: {type(err).__name__}: {err}") from err
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

@@ -44,7 +44,7 @@ class FinetuneConfig:
     family: Literal["auto", "timm", "transformers"] = field(default="auto", metadata={"help": "Backbone family; auto picks timm for timm names and folders, transformers otherwise."})
     weights_file: str | None = field(default=None, metadata={"help": "timm only: local weights file (safetensors, or a state dict read with weights_only=True) to load instead of Hub weights."})
     pretrained: bool = field(default=True, metadata={"help": "Load pretrained weights (false: random init, for from-scratch baselines)."})
-    base_model_id: str | None = field(default="sentence-transformers/all-MiniLM-L6-v2", metadata={"help": "Hub id of the base model, recorded as base_model in the card when the model is loaded from a local path."})
+    base_model_id: str | None = field(default=None, metadata={"help": "Hub id of the base model for the card's base_model when the model is loaded from a local path (Hub ids and known pkg:// copies need none)."})
     model_revision: str | None = field(default=None, metadata={"help": "Hub branch, tag or commit of the model."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the Hub repo to run (off by default)."})
     reset_head: bool = field(default=False, metadata={"help": "Replace an existing classification head whose size differs from the number of labels."})
@@ -59,7 +59,7 @@ class FinetuneConfig:
     data_subset: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
     data_revision: str | None = field(default=None, metadata={"help": "Hub dataset branch, tag or commit."})
     dataset_id: str | None = field(default=None, metadata={"help": "Hub dataset id recorded in the card's metadata (e.g. when data is a local copy)."})
-    dataset_name: str | None = field(default="German Credit (UCI Statlog)", metadata={"help": "Human-readable dataset name for the card."})
+    dataset_name: str | None = field(default=None, metadata={"help": "Human-readable dataset name for the card (default: the data source's name)."})
     label_column: str = field(default="creditability", metadata={"help": "Column holding the class label."})
     text_column: str | None = field(default=None, metadata={"help": "Column holding the text; unset with a text backbone renders table rows as text."})
     image_column: str | None = field(default=None, metadata={"help": "Column holding images or image paths (auto-detected for image folders)."})
@@ -98,7 +98,7 @@ class FinetuneConfig:
     num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes."})
     report_to: str = field(default="auto", metadata={"help": "Accelerate trackers: auto (those installed: tensorboard, trackio), none, or a comma list."})
     logging_steps: int = field(default=10, metadata={"help": "Log the training loss every N optimiser steps."})
-    license: str | None = field(default="apache-2.0", metadata={"help": "License of the published adapter (card metadata)."})
+    license: str | None = field(default=None, metadata={"help": "License of the published adapter, e.g. apache-2.0 (card metadata; omitted when unset)."})
     intended_use: str | None = field(default=None, metadata={"help": "Intended use, for the card."})
     out_of_scope_use: str | None = field(default=None, metadata={"help": "Out-of-scope use, for the card."})
     limitations: str | None = field(default=None, metadata={"help": "Known limitations to add to the card."})
@@ -109,9 +109,22 @@ class FinetuneConfig:
                 raise ConfigError(f"{name} must be between 0 and 1, got {getattr(self, name)}")
         if self.validation_size + self.test_size >= 1:
             raise ConfigError("validation_size + test_size must leave rows for training")
-        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps", "num_train_epochs"):
+        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+                     "num_train_epochs", "logging_steps", "max_length"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.num_workers < 0:
+            raise ConfigError(f"num_workers must be >= 0, got {self.num_workers}")
+        if not self.pretrained and self.regime != "full":
+            raise ConfigError(f"pretrained: false needs regime: full; a {self.regime} run saves only part of the "
+                              "weights, and a random base cannot be rebuilt when the output is loaded")
+        from transformers import SchedulerType
+
+        schedulers = [s.value for s in SchedulerType]
+        if self.lr_scheduler_type not in schedulers:
+            raise ConfigError(f"lr_scheduler_type {self.lr_scheduler_type!r} is not one of {schedulers}")
 
 
 def data_spec(cfg: FinetuneConfig):
@@ -161,6 +174,7 @@ def main(cfg: FinetuneConfig) -> FinetuneResult:
     from hf_adapt import baselines, outputs
     from hf_adapt.adapters import apply_regime, count_parameters
     from hf_adapt.backbones import build_backbone, resolve_family
+    from hf_adapt.config import redact
     from hf_adapt.data import load_labelled
     from hf_adapt.loop import ClassificationTask, ExampleDataset, LoopSettings, evaluate, fit, make_loader
     from hf_adapt.runtime import make_accelerator, set_cpu_threads
@@ -177,6 +191,8 @@ def main(cfg: FinetuneConfig) -> FinetuneResult:
 
     # Everything that can fail on bad input happens before training.
     data = load_labelled(data_spec(cfg))
+    if cfg.baseline == "logistic_regression" and data.kind != "table":
+        raise ConfigError(f"baseline: logistic_regression needs table data; this data is {data.kind}")
     spec = backbone_spec(cfg, data.num_labels)
     family = resolve_family(spec)
     backbone = build_backbone(spec)
@@ -200,7 +216,7 @@ def main(cfg: FinetuneConfig) -> FinetuneResult:
         staging = None
     try:
         if accelerator.log_with:
-            accelerator.init_trackers("runs", config=_flat(asdict(cfg)))
+            accelerator.init_trackers("runs", config=_flat(redact(asdict(cfg))))
         settings = LoopSettings(
             num_train_epochs=cfg.num_train_epochs, max_steps=cfg.max_steps, learning_rate=cfg.learning_rate,
             head_learning_rate=cfg.head_learning_rate, head_names=backbone.head_names,
@@ -241,7 +257,7 @@ def _write_outputs(directory: Path, cfg, accelerator, model, backbone, family, d
     from hf_adapt.artifacts import save_model, write_run_info
     from hf_adapt.config import save_config
     from hf_adapt.outputs import write_json
-    from hf_adapt.sources import is_local
+    from hf_adapt.sources import is_local, known_dataset_name, known_hub_id
 
     save_model(model, backbone, cfg.regime, directory)
     backbone.preprocessor.save(str(directory))
@@ -263,11 +279,14 @@ def _write_outputs(directory: Path, cfg, accelerator, model, backbone, family, d
         "best_epoch": history.best_epoch, "best_validation": history.best_metrics, "history": history.history,
         "steps": history.steps, "train_seconds": history.train_seconds, "wall_seconds": wall_seconds,
         "num_processes": accelerator.num_processes,
+        "mixed_precision": accelerator.mixed_precision,
+        "gradient_accumulation_steps": accelerator.gradient_accumulation_steps,
         "baseline": {"logistic_regression": baseline} if baseline else None,
         "data": data.origin,
     })
     save_config(cfg, directory / "config.yaml")
-    base_model = cfg.base_model_id or (None if is_local(cfg.model_name_or_path) else cfg.model_name_or_path)
+    base_model = cfg.base_model_id or known_hub_id(cfg.model_name_or_path) or (
+        None if is_local(cfg.model_name_or_path) else cfg.model_name_or_path)
     example = data.splits["test"][0]
     if data.kind == "table":
         example_input = repr({c: example[c] for c in data.feature_columns})
@@ -285,7 +304,7 @@ def _write_outputs(directory: Path, cfg, accelerator, model, backbone, family, d
         "adapter": cfg.adapter if cfg.regime == "adapter" else None,
         "license": cfg.license,
         "dataset_id": cfg.dataset_id,
-        "dataset_name": cfg.dataset_name or str(cfg.data),
+        "dataset_name": cfg.dataset_name or known_dataset_name(cfg.data) or Path(str(cfg.data)).name,
         "data_source": cfg.data_files or cfg.data,
         "data_revision": cfg.data_revision,
         "data_kind": data.kind,
@@ -305,6 +324,8 @@ def _write_outputs(directory: Path, cfg, accelerator, model, backbone, family, d
         "trainable_parameters": trainable,
         "total_parameters": total,
         "num_processes": accelerator.num_processes,
+        "mixed_precision": accelerator.mixed_precision,
+        "gradient_accumulation_steps": accelerator.gradient_accumulation_steps,
         "hardware": cards.hardware_description(accelerator),
         "config": cfg,
         "recipe": "finetune",
@@ -321,8 +342,11 @@ def _summary(cfg, family, base_model, data) -> str:
     base = f"`{base_model}`" if base_model else f"`{cfg.model_name_or_path}`"
     how = {"adapter": f"a peft {cfg.adapter.get('peft_type', '')} adapter", "linear_probe": "a linear probe",
            "full": "full fine-tuning"}[cfg.regime]
+    from hf_adapt.sources import known_dataset_name
+
+    name = cfg.dataset_name or known_dataset_name(cfg.data) or cfg.data
     return (f"A {len(data.labels)}-class classifier ({', '.join(data.labels)}) adapted from {base} with {how}, "
-            f"trained with hf-adapt on {cfg.dataset_name or cfg.data}.")
+            f"trained with hf-adapt on {name}.")
 
 
 def _input_description(data) -> str:

@@ -18,7 +18,7 @@ def _text_config(tiny_bert, credit_sample, tmp_path, **overrides) -> FinetuneCon
     values = dict(
         model_name_or_path=str(tiny_bert), base_model_id="hf-adapt-tests/tiny-bert", data=str(credit_sample),
         output_dir=str(tmp_path / "out"), num_train_epochs=2, per_device_train_batch_size=16,
-        learning_rate=5e-3, max_length=128, report_to="none", torch_num_threads=1,
+        learning_rate=5e-3, max_length=128, report_to="none", torch_num_threads=1, license="apache-2.0",
     )
     values.update(overrides)
     return config_from_dict(FinetuneConfig, values)
@@ -142,6 +142,7 @@ def test_image_folder_with_conv_net_lora(tiny_timm_convnet, digits_folder, tmp_p
     card = ModelCard.load(result.output_dir / "README.md")
     assert card.data.pipeline_tag == "image-classification"
     assert card.data.base_model is None
+    assert card.data.license is None  # not given: omitted, never guessed
     predictor = hf_adapt.load_adapted(str(result.output_dir))
     images = result.data.inputs("test", "image")[:16]  # same batch as _test_logits: bitwise equal
     assert torch.equal(predictor.logits(images), _test_logits(result))
@@ -195,3 +196,38 @@ def test_load_adapted_from_a_hub_repo(text_run, tmp_path):
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert any("/resolve/" in r and "adapter_model.safetensors" in r for r in hub.requests)
     assert torch.equal(torch.tensor(json.loads(proc.stdout.strip().splitlines()[-1])), expected)
+
+
+def test_output_folder_cannot_switch_on_remote_code(text_run, tmp_path):
+    import shutil
+
+    from hf_adapt.errors import ModelError
+    from hf_adapt.outputs import read_json, write_json
+
+    _, result = text_run
+    copy = tmp_path / "copy"
+    shutil.copytree(result.output_dir, copy)
+    info = read_json(copy / "hf_adapt.json")
+    info["model"]["trust_remote_code"] = True
+    write_json(copy / "hf_adapt.json", info)
+    with pytest.raises(ModelError, match="needs trust_remote_code=True"):
+        hf_adapt.load_adapted(str(copy))
+
+
+def test_overwrite_never_deletes_a_folder_hf_adapt_did_not_write(tiny_bert, credit_sample, tmp_path):
+    from hf_adapt.errors import OutputError
+
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "notes.txt").write_text("keep me")
+    cfg = _text_config(tiny_bert, credit_sample, tmp_path, overwrite_output_dir=True)
+    with pytest.raises(OutputError, match="not an hf-adapt run"):
+        main(cfg)
+    assert (tmp_path / "out" / "notes.txt").read_text() == "keep me"
+
+
+def test_secrets_in_data_kwargs_are_not_written(tiny_bert, credit_sample, tmp_path):
+    cfg = _text_config(tiny_bert, credit_sample, tmp_path, max_steps=1,
+                       data_kwargs={"token": "hf_secret_value", "encoding": "utf-8"})
+    result = main(cfg)
+    saved = (result.output_dir / "config.yaml").read_text()
+    assert "hf_secret_value" not in saved and "<redacted>" in saved and "utf-8" in saved
