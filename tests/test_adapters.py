@@ -114,3 +114,14 @@ def test_foreign_weight_names_map_by_position(tiny_timm_convnet, tmp_path):
                                            weights_file=str(tmp_path / "foreign.pth")))
     loaded = backbone.model.state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in state.items())
+
+
+def test_fixed_size_vit_is_built_for_the_requested_resolution(tiny_timm_vit):
+    """A ViT saved at 32 px trains at 48 px: built with img_size, position embeddings resampled."""
+    from PIL import Image
+
+    backbone = build_backbone(BackboneSpec(name_or_path=str(tiny_timm_vit), num_labels=3, reset_head=True,
+                                           image_size=48))
+    batch = backbone.preprocessor.collate([Image.new("L", (28, 28))] * 2, train=False)
+    assert batch["pixel_values"].shape[-1] == 48
+    assert backbone.logits(backbone.model, batch).shape == (2, 3)

@@ -155,10 +155,18 @@ class TimmBuilder:
 
         name = _model_name(resolve_source(spec.name_or_path, field="model_name_or_path"))
         use_hub_weights = spec.pretrained and spec.weights_file is None
+        kwargs = dict(spec.model_kwargs)
         try:
-            model = timm.create_model(
-                name, pretrained=use_hub_weights, num_classes=spec.num_labels, **spec.model_kwargs
-            )
+            try:
+                # models with a fixed input size (ViTs) must be built for the requested one;
+                # timm resamples their position embeddings when loading pretrained weights
+                sized = {"img_size": spec.image_size} if spec.image_size else {}
+                model = timm.create_model(name, pretrained=use_hub_weights, num_classes=spec.num_labels,
+                                          **sized, **kwargs)
+            except TypeError as err:
+                if "img_size" not in str(err):
+                    raise
+                model = timm.create_model(name, pretrained=use_hub_weights, num_classes=spec.num_labels, **kwargs)
         except RuntimeError as err:
             if "Unknown model" in str(err):
                 raise ModelError(

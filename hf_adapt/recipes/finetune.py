@@ -169,7 +169,7 @@ class FinetuneResult:
 
 
 def main(cfg: FinetuneConfig) -> FinetuneResult:
-    from accelerate.utils import set_seed
+    from accelerate.utils import broadcast_object_list, set_seed
 
     from hf_adapt import baselines, outputs
     from hf_adapt.adapters import apply_regime, count_parameters
@@ -233,12 +233,20 @@ def main(cfg: FinetuneConfig) -> FinetuneResult:
         if cfg.baseline == "logistic_regression" or (cfg.baseline == "auto" and data.kind == "table"):
             baseline = baselines.logistic_regression(data, seed=cfg.seed)
         unwrapped = accelerator.unwrap_model(model)
+        write_error = None
         if accelerator.is_main_process:
-            _write_outputs(staging, cfg, accelerator, unwrapped, backbone, family, data, history,
-                           test_metrics, baseline, trainable, total, time.perf_counter() - started)
-            outputs.commit(staging, cfg.output_dir)
-            logger.info("wrote %s", cfg.output_dir)
-        accelerator.wait_for_everyone()
+            try:
+                _write_outputs(staging, cfg, accelerator, unwrapped, backbone, family, data, history,
+                               test_metrics, baseline, trainable, total, time.perf_counter() - started)
+                outputs.commit(staging, cfg.output_dir)
+                logger.info("wrote %s", cfg.output_dir)
+            except Exception as err:  # tell the other ranks, or they would wait at the barrier forever
+                write_error = err
+        (failed,) = broadcast_object_list([write_error is not None])
+        if write_error is not None:
+            raise write_error
+        if failed:
+            raise RuntimeError("the main process failed to write the outputs; see its error")
         accelerator.end_training()  # also tears down the process group: last
     except BaseException:
         outputs.discard(staging)
