@@ -171,7 +171,8 @@ class TransformersBuilder:
                 preprocessor=TextPreprocessor(tokenizer, spec.max_length),
                 forward=_forward,
                 num_parameters=sum(p.numel() for p in model.parameters()),
-                info={"model_type": config.model_type, "pooling": "mean"},
+                info={"model_type": config.model_type, "pooling": "mean",
+                      "commit": getattr(config, "_commit_hash", None)},
             )
         model, info = AutoModelForSequenceClassification.from_pretrained(
             path,
@@ -206,7 +207,8 @@ class TransformersBuilder:
             forward=_forward,
             peft_task_type="SEQ_CLS",
             num_parameters=sum(p.numel() for p in model.parameters()),
-            info={"model_type": model.config.model_type, "new_modules": head_names, "pooling": "model"},
+            info={"model_type": model.config.model_type, "new_modules": head_names, "pooling": "model",
+                  "commit": getattr(config, "_commit_hash", None)},
         )
 
     def load_preprocessor(self, directory: str, spec: BackboneSpec) -> TextPreprocessor:

@@ -276,7 +276,8 @@ def _write_outputs(directory: Path, cfg, accelerator, model, backbone, family, d
         "family": family,
         "regime": cfg.regime,
         "model": {"name_or_path": cfg.model_name_or_path, "weights_file": cfg.weights_file,
-                  "pretrained": cfg.pretrained, "revision": cfg.model_revision,
+                  # pin Hub bases to the commit trained on, so reloads cannot drift
+                  "pretrained": cfg.pretrained, "revision": cfg.model_revision or backbone.info.get("commit"),
                   "trust_remote_code": cfg.trust_remote_code, "image_size": cfg.image_size,
                   "max_length": cfg.max_length, "pooling": backbone.info.get("pooling"), "base_model_id": cfg.base_model_id},
         "head_names": backbone.head_names,
