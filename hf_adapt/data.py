@@ -97,7 +97,7 @@ def _count_rows_at_least_one(path: Path, fmt: str) -> bool:
 def _load_files(files: dict[str, str], spec: DataSpec):
     from datasets import load_dataset
 
-    resolved = {}
+    resolved, formats = {}, set()
     for split, name in files.items():
         path = Path(resolve_source(name, field=f"data_files.{split}"))
         if not path.exists():
@@ -112,8 +112,8 @@ def _load_files(files: dict[str, str], spec: DataSpec):
         if not has_rows:
             raise DataError(f"split {split!r} is empty: {path} holds no rows")
         resolved[_SPLIT_NAMES.get(split, split)] = str(path)
-    formats = {_format_of(Path(p)) for p in resolved.values()}
-    if len(formats) != 1 or None in formats:
+        formats.add(fmt)
+    if len(formats) != 1:
         raise DataError(
             f"data files {sorted(resolved.values())} must share one format among {sorted(set(_TABLE_FORMATS))}"
         )
@@ -172,9 +172,10 @@ def label_names(dataset_dict, column: str) -> list[str]:
     feature = first.features.get(column)
     if feature is not None and type(feature).__name__ == "ClassLabel":
         for split, dataset in dataset_dict.items():
-            bad = [i for i, v in enumerate(dataset[column]) if not 0 <= v < len(feature.names)]
+            ids = dataset[column]
+            bad = [i for i, v in enumerate(ids) if not 0 <= v < len(feature.names)]
             if bad:
-                raise DataError(f"split {split!r} row {bad[0]}: label {dataset[column][bad[0]]} is not one of the "
+                raise DataError(f"split {split!r} row {bad[0]}: label {ids[bad[0]]} is not one of the "
                                 f"{len(feature.names)} classes ({len(bad)} such rows; -1 marks unlabelled rows)")
         return list(feature.names)
     seen: dict[Any, tuple[str, int]] = {}

@@ -173,7 +173,7 @@ def main(cfg: FinetuneConfig) -> FinetuneResult:
 
     from hf_adapt import baselines, outputs
     from hf_adapt.adapters import apply_regime, count_parameters
-    from hf_adapt.backbones import build_backbone, resolve_family
+    from hf_adapt.backbones import build_backbone
     from hf_adapt.config import redact
     from hf_adapt.data import load_labelled
     from hf_adapt.loop import ClassificationTask, ExampleDataset, LoopSettings, evaluate, fit, make_loader
@@ -194,8 +194,8 @@ def main(cfg: FinetuneConfig) -> FinetuneResult:
     if cfg.baseline == "logistic_regression" and data.kind != "table":
         raise ConfigError(f"baseline: logistic_regression needs table data; this data is {data.kind}")
     spec = backbone_spec(cfg, data.num_labels)
-    family = resolve_family(spec)
     backbone = build_backbone(spec)
+    family = backbone.family
     model = apply_regime(backbone, cfg.regime, cfg.adapter)
     kind = backbone.preprocessor.input_kind
     loaders = {
@@ -296,6 +296,7 @@ def _write_outputs(directory: Path, cfg, accelerator, model, backbone, family, d
     save_config(cfg, directory / "config.yaml")
     base_model = cfg.base_model_id or known_hub_id(cfg.model_name_or_path) or (
         None if is_local(cfg.model_name_or_path) else cfg.model_name_or_path)
+    dataset_name = cfg.dataset_name or known_dataset_name(cfg.data) or Path(str(cfg.data)).name
     example = data.splits["test"][0]
     if data.kind == "table":
         example_input = repr({c: example[c] for c in data.feature_columns})
@@ -305,7 +306,7 @@ def _write_outputs(directory: Path, cfg, accelerator, model, backbone, family, d
         example_input = '"image.png"'
     facts = {
         "model_name": Path(cfg.output_dir).name,
-        "summary": _summary(cfg, family, base_model, data),
+        "summary": _summary(cfg, base_model, dataset_name, data),
         "base_model": base_model,
         "model_source": cfg.model_name_or_path,
         "family": family,
@@ -313,7 +314,7 @@ def _write_outputs(directory: Path, cfg, accelerator, model, backbone, family, d
         "adapter": cfg.adapter if cfg.regime == "adapter" else None,
         "license": cfg.license,
         "dataset_id": cfg.dataset_id,
-        "dataset_name": cfg.dataset_name or known_dataset_name(cfg.data) or Path(str(cfg.data)).name,
+        "dataset_name": dataset_name,
         "data_source": cfg.data_files or cfg.data,
         "data_revision": cfg.data_revision,
         "data_kind": data.kind,
@@ -347,15 +348,12 @@ def _write_outputs(directory: Path, cfg, accelerator, model, backbone, family, d
     cards.render_card(facts).save(str(directory / "README.md"))
 
 
-def _summary(cfg, family, base_model, data) -> str:
+def _summary(cfg, base_model, dataset_name, data) -> str:
     base = f"`{base_model}`" if base_model else f"`{cfg.model_name_or_path}`"
     how = {"adapter": f"a peft {cfg.adapter.get('peft_type', '')} adapter", "linear_probe": "a linear probe",
            "full": "full fine-tuning"}[cfg.regime]
-    from hf_adapt.sources import known_dataset_name
-
-    name = cfg.dataset_name or known_dataset_name(cfg.data) or cfg.data
     return (f"A {len(data.labels)}-class classifier ({', '.join(data.labels)}) adapted from {base} with {how}, "
-            f"trained with hf-adapt on {name}.")
+            f"trained with hf-adapt on {dataset_name}.")
 
 
 def _input_description(data) -> str:
