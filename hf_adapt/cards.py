@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
+import subprocess
 from importlib import metadata, resources
 from pathlib import Path
 from typing import Any
 
+from hf_adapt.outputs import read_json, write_json
+
+FACTS_FILE = "card_facts.json"
+_MARK = "<!-- hf-adapt card sha256:"
 # metric key -> (model-index metric type, display name)
 _METRICS = {
     "accuracy": ("accuracy", "Accuracy"),
@@ -76,7 +82,8 @@ def card_data(facts: dict[str, Any]):
     return ModelCardData(
         model_name=facts["model_name"],
         base_model=facts.get("base_model"),
-        base_model_relation="adapter" if facts["regime"] == "adapter" else "finetune",
+        base_model_relation=(("adapter" if facts["regime"] == "adapter" else "finetune")
+                             if facts.get("base_model") else None),
         library_name="peft" if facts["regime"] == "adapter" else facts["family"],
         pipeline_tag=task_type,
         license=facts.get("license"),
@@ -86,17 +93,68 @@ def card_data(facts: dict[str, Any]):
     )
 
 
-def render_card(facts: dict[str, Any], template: str = "classifier.md"):
-    """A ``huggingface_hub.ModelCard`` filled only with the measured facts given."""
+def git_commit(path: str | Path = ".") -> dict[str, Any] | None:
+    """The commit (and whether the tree was dirty) of the git checkout holding ``path``, if any."""
+    try:
+        run = {"cwd": str(path), "capture_output": True, "text": True, "timeout": 10}
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], check=True, **run).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], check=True, **run).stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": commit, "dirty": dirty}
+
+
+def write_facts(directory: Path, facts: dict[str, Any]) -> None:
+    """Keep the measured facts next to the card, so a push can re-render it for its repo."""
+    write_json(directory / FACTS_FILE, facts)
+
+
+def read_facts(directory: Path) -> dict[str, Any]:
+    from hf_adapt.errors import ModelError
+
+    if not (directory / FACTS_FILE).is_file():
+        raise ModelError(f"{directory} has no {FACTS_FILE}; it was written by an older hf-adapt, rerun the recipe")
+    return read_json(directory / FACTS_FILE)
+
+
+def fingerprint(text: str) -> str:
+    """``text`` ending with a hash of itself, so a later push can tell whether someone edited it."""
+    body = strip_fingerprint(text).rstrip("\n") + "\n"
+    return f"{body}\n{_MARK}{hashlib.sha256(body.encode()).hexdigest()} -->\n"
+
+
+def strip_fingerprint(text: str) -> str:
+    index = text.rfind(_MARK)
+    return text if index < 0 else text[:index].rstrip("\n") + "\n"
+
+
+def is_unedited(text: str) -> bool:
+    """True for a card exactly as hf-adapt wrote it (its fingerprint still matches)."""
+    return _MARK in text and fingerprint(text) == text
+
+
+def render_card(facts: dict[str, Any], load_path: str | None = None, revision: str | None = None,
+                template: str = "classifier.md"):
+    """A fingerprinted ``huggingface_hub.ModelCard`` filled only with the measured facts given.
+
+    ``load_path`` is what the usage snippet loads: a Hub repo id once pushed, the output
+    directory before.
+    """
     from huggingface_hub import ModelCard
 
     adapter = facts.get("adapter")
     history = facts["history"]
+    load_path = load_path or facts["output_dir"]
+    on_hub = load_path != facts["output_dir"]
     context = {
         **facts,
         "adapter_json": json.dumps(adapter, sort_keys=True) if adapter else None,
         "history_metrics": [m for m in ("accuracy", "auroc", "log_loss") if history and m in history[0]],
         "model_column": "this model",
-        "versions": library_versions(),
+        "load_args": json.dumps(load_path) + (f", revision={json.dumps(revision)}" if revision else ""),
+        "on_hub": on_hub,
+        "load_path": load_path,
+        "revision": revision,
     }
-    return ModelCard.from_template(card_data(facts), template_path=str(template_path(template)), **context)
+    card = ModelCard.from_template(card_data(facts), template_path=str(template_path(template)), **context)
+    return ModelCard(fingerprint(card.content))

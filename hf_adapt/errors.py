@@ -19,3 +19,7 @@ class ModelError(HfAdaptError, ValueError):
 
 class OutputError(HfAdaptError, FileExistsError):
     """The output directory holds something we must not overwrite."""
+
+
+class HubError(HfAdaptError, RuntimeError):
+    """A push to (or read from) the Hugging Face Hub failed or was refused; the local output is intact."""

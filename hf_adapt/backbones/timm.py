@@ -200,7 +200,9 @@ class TimmBuilder:
             preprocessor=ImagePreprocessor(dict(data_config), spec.train_transform),
             forward=_forward,
             num_parameters=sum(p.numel() for p in model.parameters()),
-            info={"architecture": model.default_cfg.get("architecture", name)},
+            # the Hub repo the weights came from (timm names resolve to timm/<arch>.<tag>); none for local weights
+            info={"architecture": model.default_cfg.get("architecture", name),
+                  "hub_id": model.pretrained_cfg.get("hf_hub_id") if use_hub_weights and not name.startswith("local-dir:") else None},
         )
 
     def load_preprocessor(self, directory: str, spec: BackboneSpec) -> ImagePreprocessor:

@@ -11,7 +11,7 @@ from torch import nn
 
 from hf_adapt.backbones.base import Backbone, BackboneSpec, adapter_target_names, head_prefixes
 from hf_adapt.errors import ModelError
-from hf_adapt.sources import resolve_source
+from hf_adapt.sources import is_local, known_hub_id, resolve_source
 
 PREPROCESSOR_FILE = "hf_adapt_text.json"
 # Head modules of *ForSequenceClassification models, for checkpoints whose head is kept.
@@ -143,6 +143,13 @@ def _check_existing_head(config: Any, spec: BackboneSpec) -> None:
         )
 
 
+def _hub_id(spec: BackboneSpec) -> str | None:
+    """The Hub repo the pretrained weights came from: the source itself, its known id, or none when local."""
+    if not spec.pretrained:
+        return None
+    return known_hub_id(spec.name_or_path) or (None if is_local(spec.name_or_path) else spec.name_or_path)
+
+
 class TransformersBuilder:
     def claims(self, name_or_path: str) -> bool:
         config = Path(resolve_source(name_or_path), "config.json")
@@ -172,7 +179,7 @@ class TransformersBuilder:
                 forward=_forward,
                 num_parameters=sum(p.numel() for p in model.parameters()),
                 info={"model_type": config.model_type, "pooling": "mean",
-                      "commit": getattr(config, "_commit_hash", None)},
+                      "commit": getattr(config, "_commit_hash", None), "hub_id": _hub_id(spec)},
             )
         model, info = AutoModelForSequenceClassification.from_pretrained(
             path,
@@ -208,7 +215,7 @@ class TransformersBuilder:
             peft_task_type="SEQ_CLS",
             num_parameters=sum(p.numel() for p in model.parameters()),
             info={"model_type": model.config.model_type, "new_modules": head_names, "pooling": "model",
-                  "commit": getattr(config, "_commit_hash", None)},
+                  "commit": getattr(config, "_commit_hash", None), "hub_id": _hub_id(spec)},
         )
 
     def load_preprocessor(self, directory: str, spec: BackboneSpec) -> TextPreprocessor:

@@ -11,7 +11,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from hf_adapt.errors import ConfigError
+from hf_adapt.errors import ConfigError, HubError
+from hf_adapt.hub import PublishOptions
 
 logger = logging.getLogger("hf_adapt.finetune")
 
@@ -32,7 +33,7 @@ def _default_adapter() -> dict[str, Any]:
 
 
 @dataclass
-class FinetuneConfig:
+class FinetuneConfig(PublishOptions):
     """Fine-tune a timm or transformers backbone on labelled data and write an evaluated adapter with a model card.
 
     With no arguments: LoRA on the pretrained MiniLM-L6 (sentence-transformers/all-MiniLM-L6-v2,
@@ -90,6 +91,10 @@ class FinetuneConfig:
     # --- evaluation and selection
     metric_for_best_model: Literal["accuracy", "macro_f1", "auroc", "log_loss", "ece"] = field(default="auroc", metadata={"help": "Validation metric that picks the best epoch."})
     early_stopping_patience: int | None = field(default=None, metadata={"help": "Stop after this many epochs without improvement (unset: never)."})
+    sensitive_columns: list | None = field(default=None, metadata={"help": "Columns to evaluate per group on test (e.g. [age_in_years, personal_status_and_sex]); the card reports per-group metrics and fairness gaps. They need not be model inputs."})
+    sensitive_bins: dict | None = field(default=None, metadata={"help": "Bin edges for numeric sensitive columns, e.g. {age_in_years: [25, 35, 50]}."})
+    positive_label: str | None = field(default=None, metadata={"help": "Binary tasks: the label that counts as positive for sensitivity and selection rate (default: the second label)."})
+    card_examples: int = field(default=4, metadata={"help": "Images: test images saved with the model (the card's usage snippet) and shown with Grad-CAM maps; 0 for none."})
     baseline: Literal["auto", "none", "logistic_regression"] = field(default="auto", metadata={"help": "Reference model on the same split for the card; auto = logistic regression for tables."})
     # --- runtime and outputs
     output_dir: str = field(default="outputs/finetune", metadata={"help": "Where the adapter, metrics and card go (written atomically)."})
@@ -166,6 +171,7 @@ class FinetuneResult:
     model: Any
     backbone: Any
     data: Any
+    push: Any = None  # hf_adapt.hub.PushResult when pushed
 
 
 def main(cfg: FinetuneConfig) -> FinetuneResult:
@@ -176,11 +182,14 @@ def main(cfg: FinetuneConfig) -> FinetuneResult:
     from hf_adapt.backbones import build_backbone
     from hf_adapt.config import redact
     from hf_adapt.data import load_labelled
-    from hf_adapt.loop import ClassificationTask, ExampleDataset, LoopSettings, evaluate, fit, make_loader
+    from hf_adapt.loop import ClassificationTask, ExampleDataset, LoopSettings, fit, make_loader, predict
+    from hf_adapt.metrics import classification_metrics
+    from hf_adapt.report import check_subgroups
     from hf_adapt.runtime import make_accelerator, set_cpu_threads
 
     started = time.perf_counter()
     outputs.check_output_dir(cfg.output_dir, cfg.overwrite_output_dir)
+    cfg.check_push(cfg.base_model_id)
     staging = outputs.staging_path(cfg.output_dir)  # created by the main process once inputs are valid
     accelerator = make_accelerator(cfg.mixed_precision, cfg.gradient_accumulation_steps, cfg.report_to,
                                    project_dir=str(staging))
@@ -193,6 +202,7 @@ def main(cfg: FinetuneConfig) -> FinetuneResult:
     data = load_labelled(data_spec(cfg))
     if cfg.baseline == "logistic_regression" and data.kind != "table":
         raise ConfigError(f"baseline: logistic_regression needs table data; this data is {data.kind}")
+    check_subgroups(data.splits, data.labels, cfg.sensitive_columns, cfg.sensitive_bins, cfg.positive_label)
     spec = backbone_spec(cfg, data.num_labels)
     backbone = build_backbone(spec)
     family = backbone.family
@@ -227,7 +237,8 @@ def main(cfg: FinetuneConfig) -> FinetuneResult:
         task = ClassificationTask(backbone.logits)
         model, history = fit(accelerator, model, task, loaders["train"], loaders["validation"], settings)
         test_loader = accelerator.prepare(loaders["test"])
-        test_metrics = evaluate(accelerator, model, task, test_loader)
+        test_logits, test_labels = predict(accelerator, model, task, test_loader)
+        test_metrics = classification_metrics(test_logits, test_labels)
         logger.info("test: %s", " ".join(f"{k}={v:.4f}" for k, v in test_metrics.items()))
         baseline = None
         if cfg.baseline == "logistic_regression" or (cfg.baseline == "auto" and data.kind == "table"):
@@ -237,7 +248,8 @@ def main(cfg: FinetuneConfig) -> FinetuneResult:
         if accelerator.is_main_process:
             try:
                 _write_outputs(staging, cfg, accelerator, unwrapped, backbone, family, data, history,
-                               test_metrics, baseline, trainable, total, time.perf_counter() - started)
+                               (test_metrics, test_logits, test_labels), baseline, trainable, total,
+                               time.perf_counter() - started)
                 outputs.commit(staging, cfg.output_dir)
                 logger.info("wrote %s", cfg.output_dir)
             except Exception as err:  # tell the other ranks, or they would wait at the barrier forever
@@ -251,7 +263,16 @@ def main(cfg: FinetuneConfig) -> FinetuneResult:
     except BaseException:
         outputs.discard(staging)
         raise
-    return FinetuneResult(Path(cfg.output_dir), test_metrics, baseline, history, unwrapped, backbone, data)
+    pushed = None
+    if cfg.push_to_hub and accelerator.is_main_process:
+        from hf_adapt.hub import push_output
+
+        try:
+            pushed = push_output(cfg.output_dir, cfg.push_settings())
+        except HubError as err:
+            raise HubError(f"{err}. The trained output is intact in {cfg.output_dir}; push it again with "
+                           f"`hf-adapt push {cfg.output_dir} --repo-id {cfg.hub_model_id}`") from None
+    return FinetuneResult(Path(cfg.output_dir), test_metrics, baseline, history, unwrapped, backbone, data, pushed)
 
 
 def _flat(values: dict[str, Any]) -> dict[str, Any]:
@@ -259,14 +280,17 @@ def _flat(values: dict[str, Any]) -> dict[str, Any]:
     return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in values.items()}
 
 
-def _write_outputs(directory: Path, cfg, accelerator, model, backbone, family, data, history, test_metrics,
+def _write_outputs(directory: Path, cfg, accelerator, model, backbone, family, data, history, test,
                    baseline, trainable, total, wall_seconds) -> None:
-    from hf_adapt import cards
+    from hf_adapt import cards, report
     from hf_adapt.artifacts import save_model, write_run_info
-    from hf_adapt.config import save_config
+    from hf_adapt.config import config_to_dict, redact, save_config
+    from hf_adapt.metrics import softmax
     from hf_adapt.outputs import write_json
-    from hf_adapt.sources import is_local, known_dataset_name, known_hub_id
+    from hf_adapt.sources import known_dataset_name
 
+    test_metrics, test_logits, y_true = test
+    probs = softmax(test_logits.astype("float64"))
     save_model(model, backbone, cfg.regime, directory)
     backbone.preprocessor.save(str(directory))
     input_info = {"kind": data.kind, "feature_columns": data.feature_columns, "text_template": data.text_template,
@@ -294,16 +318,24 @@ def _write_outputs(directory: Path, cfg, accelerator, model, backbone, family, d
         "data": data.origin,
     })
     save_config(cfg, directory / "config.yaml")
-    base_model = cfg.base_model_id or known_hub_id(cfg.model_name_or_path) or (
-        None if is_local(cfg.model_name_or_path) else cfg.model_name_or_path)
+    base_model = cfg.base_model_id or backbone.info.get("hub_id")
     dataset_name = cfg.dataset_name or known_dataset_name(cfg.data) or Path(str(cfg.data)).name
     example = data.splits["test"][0]
+    example_input, example_file, gradcam = None, None, []
     if data.kind == "table":
         example_input = repr({c: example[c] for c in data.feature_columns})
     elif data.kind == "text":
         example_input = repr(example[data.input_column])
-    else:
-        example_input = '"image.png"'
+    if backbone.preprocessor.input_kind == "image" and cfg.card_examples > 0:
+        rows = report.example_indices(y_true, cfg.card_examples)
+        test_images = data.inputs("test", "image")
+        images = [test_images[i] for i in rows]
+        example_file = report.write_examples(directory, images)[0]
+        gradcam = report.write_gradcam(directory, model, backbone, images, probs[rows], y_true[rows], data.labels)
+    figures = report.write_figures(directory, history.history, cfg.metric_for_best_model, probs, y_true, data.labels)
+    subgroups, subgroup_sentences = report.subgroup_facts(
+        data.splits["test"], probs, y_true, data.labels, cfg.sensitive_columns, cfg.sensitive_bins, cfg.positive_label)
+    config = redact(config_to_dict(cfg))
     facts = {
         "model_name": Path(cfg.output_dir).name,
         "summary": _summary(cfg, base_model, dataset_name, data),
@@ -337,14 +369,23 @@ def _write_outputs(directory: Path, cfg, accelerator, model, backbone, family, d
         "mixed_precision": accelerator.mixed_precision,
         "gradient_accumulation_steps": accelerator.gradient_accumulation_steps,
         "hardware": cards.hardware_description(accelerator),
-        "config": cfg,
+        "config": config,
+        "config_yaml": (directory / "config.yaml").read_text(),
+        "git": cards.git_commit(),
+        "versions": cards.library_versions(),
         "recipe": "finetune",
-        "load_path": "path/to/this/folder",
+        "output_dir": cfg.output_dir,
         "example_input": example_input,
+        "example_file": example_file,
+        "figures": figures,
+        "gradcam": gradcam,
+        "subgroups": subgroups,
+        "subgroup_sentences": subgroup_sentences,
         "intended_use": cfg.intended_use,
         "out_of_scope_use": cfg.out_of_scope_use,
         "limitations": cfg.limitations,
     }
+    cards.write_facts(directory, facts)
     cards.render_card(facts).save(str(directory / "README.md"))
 
 

@@ -1,0 +1,293 @@
+"""PNG figures for the model card: training curves, confusion matrix, reliability diagram, Grad-CAM.
+
+Figures are built on ``matplotlib.figure.Figure`` objects, never through ``pyplot``: no
+backend is switched, no global figure list grows, and nothing needs a display. PNGs are
+small (a few inches at 100 dpi, tens of KB) and written atomically: to a hidden temporary file in
+the same folder first, then renamed, so a crash never leaves a half-written figure where
+the card links one. Each PNG carries its title in the PNG ``Title`` text field too.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from hf_adapt.errors import ConfigError
+from hf_adapt.metrics import expected_calibration_error, is_better
+
+if TYPE_CHECKING:
+    import torch
+    from matplotlib.figure import Figure
+    from PIL.Image import Image
+
+logger = logging.getLogger("hf_adapt.figures")
+
+DPI = 100
+
+
+def _figure(**kwargs: Any) -> Figure:
+    from matplotlib.figure import Figure
+
+    return Figure(dpi=DPI, layout="constrained", **kwargs)
+
+
+def _save(fig: Figure, path: str | os.PathLike, title: str) -> Path:
+    """Write ``fig`` as PNG to ``path`` atomically; the title also goes into the PNG metadata."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        fig.savefig(tmp, format="png", dpi=DPI, metadata={"Title": title})
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+@contextmanager
+def _eval_mode(model: Any) -> Iterator[None]:
+    """Eval mode inside; every submodule gets its own training flag back afterwards. Non-modules pass through."""
+    import torch
+
+    modules = list(model.modules()) if isinstance(model, torch.nn.Module) else []
+    flags = [m.training for m in modules]
+    if modules:
+        model.eval()  # through eval(), so modules that override train() get their say
+    try:
+        yield
+    finally:
+        for m, flag in zip(modules, flags):
+            m.training = flag
+
+
+def training_curves(history: list[dict[str, Any]], metric: str, path: str | os.PathLike) -> Path:
+    """Train loss and validation log loss (left), validation ``metric`` with its best epoch (right).
+
+    Args:
+        history: one row per epoch, as the loop logs it: ``epoch``, ``train_loss`` and the
+            validation metrics (``log_loss``, ``accuracy``, ``auroc`` ...).
+        metric: the validation metric that picked the best epoch; lower is better for
+            ``hf_adapt.metrics.LOWER_IS_BETTER``, higher for the rest.
+        path: where the PNG goes.
+    """
+    if not history:
+        raise ValueError("training_curves needs at least one epoch of history")
+    if any(metric not in row for row in history):
+        raise ConfigError(f"metric {metric!r} is missing from the training history; rows hold {sorted(history[0])}")
+    epochs = [row["epoch"] for row in history]
+
+    def series(key: str) -> list[float]:
+        return [float("nan") if row.get(key) is None else float(row[key]) for row in history]
+
+    values = series(metric)
+    best = None  # index of the best epoch; NaN (e.g. AUROC of a one-class split) never wins
+    for i, value in enumerate(values):
+        if is_better(metric, value, None if best is None else values[best]):
+            best = i
+
+    from matplotlib.ticker import MaxNLocator
+
+    fig = _figure(figsize=(8, 3.5))
+    loss_ax, metric_ax = fig.subplots(1, 2)
+    loss_ax.plot(epochs, series("train_loss"), "o-", label="train loss")
+    if any("log_loss" in row for row in history):
+        loss_ax.plot(epochs, series("log_loss"), "s-", label="validation log loss")
+    loss_ax.set(xlabel="epoch", ylabel="loss", title="Loss")
+    loss_ax.legend(fontsize=8)
+    metric_ax.plot(epochs, values, "o-", color="tab:green", label=f"validation {metric}")
+    if best is not None:
+        metric_ax.plot([epochs[best]], [values[best]], "*", color="tab:red", markersize=14,
+                       label=f"best epoch {epochs[best]}")
+    metric_ax.set(xlabel="epoch", ylabel=metric, title=f"Validation {metric}")
+    metric_ax.legend(fontsize=8)
+    for ax in (loss_ax, metric_ax):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    best_text = f"best epoch {epochs[best]}" if best is not None else "no epoch with a defined value"
+    return _save(fig, path, f"Training curves; validation {metric}, {best_text}")
+
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, labels: Sequence[str], path: str | os.PathLike) -> Path:
+    """Confusion matrix of label indices on the test split, counts in the cells.
+
+    Counts are written in the cells up to 20 classes; beyond that only the colours are.
+    """
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    k = len(labels)
+    for name, values in (("y_true", y_true), ("y_pred", y_pred)):
+        if values.size and (values.min() < 0 or values.max() >= k):  # sklearn would drop such rows silently
+            raise ValueError(f"{name} holds label indices outside 0..{k - 1} for labels {list(labels)}")
+    side = min(4.0 + 0.35 * max(k - 4, 0), 12.0)
+    fig = _figure(figsize=(side + 1.0, side))
+    ax = fig.subplots()
+    rotate = 45 if k > 3 and max(len(str(label)) for label in labels) > 6 else "horizontal"
+    ConfusionMatrixDisplay.from_predictions(
+        y_true, y_pred, labels=list(range(k)), display_labels=list(labels), ax=ax, colorbar=True,
+        include_values=k <= 20, values_format="d", xticks_rotation=rotate, cmap="Blues",
+    )
+    title = f"Confusion matrix, test split (n={len(y_true)})"
+    ax.set_title(title)
+    return _save(fig, path, title)
+
+
+def reliability_bins(probs: np.ndarray, y_true: np.ndarray, n_bins: int = 15) -> dict[str, np.ndarray]:
+    """Per-bin count, mean top-label confidence and accuracy, binned exactly like ``expected_calibration_error``.
+
+    Bins are equal-width and right-closed (``(0.4, 0.467]``), the lowest one also holding 0.
+    Empty bins have count 0 and NaN confidence and accuracy. The count-weighted mean of
+    ``|accuracy - confidence|`` over the bins is the ECE.
+    """
+    probs, y_true = np.asarray(probs, dtype=np.float64), np.asarray(y_true)
+    if probs.ndim != 2 or len(probs) != len(y_true):
+        raise ValueError(f"probs must be (n, k) with n = len(y_true) = {len(y_true)}; got shape {probs.shape}")
+    # the same three lines as hf_adapt.metrics.expected_calibration_error, so plot and number agree
+    confidence = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == y_true
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    bins = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, n_bins - 1)
+    count = np.bincount(bins, minlength=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_confidence = np.bincount(bins, weights=confidence, minlength=n_bins) / count
+        accuracy = np.bincount(bins, weights=correct.astype(np.float64), minlength=n_bins) / count
+    return {"edges": edges, "count": count, "confidence": mean_confidence, "accuracy": accuracy}
+
+
+def reliability_diagram(probs: np.ndarray, y_true: np.ndarray, path: str | os.PathLike, n_bins: int = 15) -> Path:
+    """Accuracy against top-label confidence per bin, with the confidence histogram beneath.
+
+    The title's ECE is ``hf_adapt.metrics.expected_calibration_error`` with the same bins.
+    """
+    stats = reliability_bins(probs, y_true, n_bins)
+    ece = expected_calibration_error(np.asarray(probs, dtype=np.float64), np.asarray(y_true), n_bins)
+    edges, count = stats["edges"], stats["count"]
+    width = 1.0 / n_bins
+    full = count > 0
+
+    fig = _figure(figsize=(5, 5))
+    top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
+    top.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
+    top.bar(edges[:-1][full], stats["accuracy"][full], width=width, align="edge", alpha=0.35,
+            edgecolor="tab:blue", label="accuracy per bin")
+    top.plot(stats["confidence"][full], stats["accuracy"][full], "o", color="tab:blue",
+             label="(mean confidence, accuracy)")
+    top.set(ylabel="accuracy", xlim=(0, 1), ylim=(0, 1.02))
+    top.legend(fontsize=8, loc="upper left")
+    bottom.bar(edges[:-1], count, width=width, align="edge", color="tab:grey", edgecolor="white")
+    bottom.set(xlabel="top-label confidence", ylabel="count")
+    title = f"Reliability, test split: ECE = {ece:.4f} ({n_bins} bins)"
+    top.set_title(title, fontsize=10)
+    return _save(fig, path, title)
+
+
+def gradcam_target_layer(model: torch.nn.Module, example: torch.Tensor | None = None) -> torch.nn.Module | None:
+    """The last feature stage of a timm CNN, to attribute Grad-CAM to; None where Grad-CAM does not apply.
+
+    Rule: unwrap peft (``get_base_model``), take ``feature_info[-1]["module"]`` and keep it
+    only if one forward pass shows it returns an ``(N, C, H, W)`` map with ``C`` the
+    stage's ``num_chs``. That returns None for models without timm ``feature_info``
+    (transformers backbones), token-sequence models (ViT, DeiT, EfficientFormer's last
+    stage) and channels-last stages (Swin, MambaOut), whose maps Grad-CAM would misread.
+    The check runs on the first row of ``example`` (a preprocessed batch) or on zeros of
+    the model's default input size, under ``no_grad`` in eval mode; modes are restored.
+    """
+    import torch
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    info = getattr(base, "feature_info", None)
+    if not info:
+        return None
+    try:
+        last = info[-1]
+        layer = base.get_submodule(last["module"])
+    except (AttributeError, KeyError, TypeError, IndexError):
+        return None
+    if example is None:
+        from timm.data import resolve_model_data_config
+
+        example = torch.zeros(1, *resolve_model_data_config(base)["input_size"])
+    seen: list[tuple[int, ...]] = []
+
+    def record(module, inputs, output):
+        seen.append(tuple(output.shape) if isinstance(output, torch.Tensor) else ())
+
+    handle = layer.register_forward_hook(record)
+    try:
+        with _eval_mode(base), torch.no_grad():
+            base(example[:1])
+    except Exception as err:  # a model that cannot run on this input gets no Grad-CAM, not a failed card
+        logger.warning("Grad-CAM skipped: probing %s failed (%s: %s)", last["module"], type(err).__name__, err)
+        return None
+    finally:
+        handle.remove()
+    if not seen or len(seen[-1]) != 4 or seen[-1][1] != last.get("num_chs", seen[-1][1]):
+        return None
+    return layer
+
+
+def gradcam_maps(model: Callable[[torch.Tensor], torch.Tensor], target_layer: torch.nn.Module, batch: torch.Tensor,
+                 class_indices: Sequence[int]) -> np.ndarray:
+    """Grad-CAM (captum ``LayerGradCam``) per row of ``batch``, upsampled to its size, ReLU'd, scaled to [0, 1].
+
+    Args:
+        model: returns logits ``(n, classes)`` for ``batch``; an ``nn.Module`` (a peft
+            model included) or any callable. A module runs in eval mode and gets its
+            training flags back, so BatchNorm statistics never move.
+        target_layer: the module whose output is attributed (``gradcam_target_layer``).
+        batch: ``(n, 3, H, W)``, preprocessed as for prediction.
+        class_indices: the class to explain for each row (usually the predicted one).
+
+    Returns:
+        ``(n, H, W)`` float array; a row whose map is zero everywhere stays zero.
+
+    Parameters, their ``requires_grad`` flags and ``.grad`` are left as they were: captum
+    differentiates with respect to the layer's output only, which works with every
+    parameter frozen, and gradients are switched on just for this call.
+    """
+    import torch
+    from captum.attr import LayerAttribution, LayerGradCam
+
+    if len(class_indices) != len(batch):
+        raise ValueError(f"{len(class_indices)} class indices for a batch of {len(batch)}")
+    with _eval_mode(model), torch.enable_grad():
+        attributions = LayerGradCam(model, target_layer).attribute(
+            batch, target=[int(c) for c in class_indices], relu_attributions=True
+        )
+    maps = LayerAttribution.interpolate(attributions.detach(), tuple(batch.shape[-2:]), interpolate_mode="bilinear")
+    maps = maps[:, 0].clamp_min(0).float().cpu().numpy()
+    peak = maps.reshape(len(maps), -1).max(axis=1)
+    return np.divide(maps, peak[:, None, None], out=np.zeros_like(maps), where=peak[:, None, None] > 0)
+
+
+def gradcam_overlays(model: Callable[[torch.Tensor], torch.Tensor], target_layer: torch.nn.Module,
+                     images: Sequence[Image], batch: torch.Tensor, class_indices: Sequence[int],
+                     titles: Sequence[str], directory: str | os.PathLike, prefix: str = "gradcam") -> list[Path]:
+    """One PNG per image: the Grad-CAM map (jet, alpha 0.4) over the image resized to the batch's H x W.
+
+    ``images[i]`` must be the picture ``batch[i]`` was made from. It is resized, not
+    cropped, so with a centre-crop preprocessing pass the images as cropped for exact
+    alignment. Files are ``{prefix}_{i}.png`` in ``directory``; see ``gradcam_maps`` for
+    ``model``, ``target_layer`` and ``class_indices``.
+    """
+    if not len(images) == len(batch) == len(class_indices) == len(titles):
+        raise ValueError(f"gradcam_overlays needs as many images ({len(images)}), batch rows ({len(batch)}), "
+                         f"class indices ({len(class_indices)}) and titles ({len(titles)})")
+    maps = gradcam_maps(model, target_layer, batch, class_indices)
+    height, width = maps.shape[1:]
+    paths = []
+    for i, (image, heat, title) in enumerate(zip(images, maps, titles)):
+        fig = _figure(figsize=(3, 3.3))
+        ax = fig.subplots()
+        ax.imshow(np.asarray(image.convert("RGB").resize((width, height))))
+        ax.imshow(heat, cmap="jet", alpha=0.4, vmin=0.0, vmax=1.0)
+        ax.set_axis_off()
+        ax.set_title(title, fontsize=9, wrap=True)
+        paths.append(_save(fig, Path(directory) / f"{prefix}_{i}.png", title))
+    return paths

@@ -1,0 +1,132 @@
+"""What a classifier's output directory shows about its test split: figures, examples, subgroups.
+
+Each function writes into an output directory (paths returned relative to it, as the card
+links them) or returns JSON-ready facts for the card. Recipes call them after testing.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hf_adapt.errors import ConfigError
+
+logger = logging.getLogger("hf_adapt.report")
+
+FIGURES = "figures"
+EXAMPLES = "examples"
+
+
+def write_figures(directory: Path, history: list[dict[str, Any]], metric: str, probs: np.ndarray,
+                  y_true: np.ndarray, labels: list[str]) -> dict[str, str]:
+    """Training curves, test confusion matrix and reliability diagram as PNGs."""
+    from hf_adapt import figures
+
+    (directory / FIGURES).mkdir(exist_ok=True)
+    paths = {
+        "training_curves": figures.training_curves(history, metric, directory / FIGURES / "training_curves.png"),
+        "confusion_matrix": figures.confusion_matrix(y_true, probs.argmax(1), labels,
+                                                     directory / FIGURES / "confusion_matrix.png"),
+        "reliability": figures.reliability_diagram(probs, y_true, directory / FIGURES / "reliability.png"),
+    }
+    return {name: str(Path(path).relative_to(directory)) for name, path in paths.items()}
+
+
+def example_indices(y_true: np.ndarray, count: int) -> list[int]:
+    """Up to ``count`` test rows, one class after another, so every class shows up if it can."""
+    by_class = [list(np.flatnonzero(y_true == c)) for c in np.unique(y_true)]
+    picked: list[int] = []
+    while len(picked) < count and any(by_class):
+        for rows in by_class:
+            if rows and len(picked) < count:
+                picked.append(int(rows.pop(0)))
+    return picked
+
+
+def write_examples(directory: Path, images: list[Any]) -> list[str]:
+    """Save test images as PNGs (``examples/0.png`` ...) so the card's snippet has a real input."""
+    (directory / EXAMPLES).mkdir(exist_ok=True)
+    paths = []
+    for i, image in enumerate(images):
+        path = directory / EXAMPLES / f"{i}.png"
+        image.save(path)
+        paths.append(str(path.relative_to(directory)))
+    return paths
+
+
+def write_gradcam(directory: Path, model, backbone, images: list[Any], probs: np.ndarray, y_true: np.ndarray,
+                  labels: list[str]) -> list[dict[str, str]]:
+    """Grad-CAM overlays for the predicted class of each image; empty for models without a conv feature map."""
+    import torch
+
+    from hf_adapt import figures
+
+    if not images:
+        return []
+    device = next(model.parameters()).device
+    batch = backbone.preprocessor.collate(images, train=False)["pixel_values"].to(device)
+    layer = figures.gradcam_target_layer(model, example=batch)
+    if layer is None:
+        logger.info("no Grad-CAM maps: the backbone has no convolutional feature map to attribute")
+        return []
+    predicted = [int(p.argmax()) for p in probs]
+    titles = [f"true {labels[t]}, predicted {labels[p]} ({probs[i, p]:.2f})"
+              for i, (t, p) in enumerate(zip(y_true, predicted))]
+
+    def forward(pixels: torch.Tensor) -> torch.Tensor:
+        return backbone.logits(model, {"pixel_values": pixels})
+
+    (directory / FIGURES).mkdir(exist_ok=True)
+    shown = _as_seen(batch, backbone.preprocessor.data_config)  # the model's view: resized, cropped
+    paths = figures.gradcam_overlays(forward, layer, shown, batch, predicted, titles, directory / FIGURES)
+    return [{"path": str(Path(p).relative_to(directory)), "title": t} for p, t in zip(paths, titles)]
+
+
+def _as_seen(batch, data_config: dict[str, Any]) -> list[Any]:
+    """The preprocessed batch back as PIL images (normalisation undone), aligned pixel for pixel with Grad-CAM."""
+    import torch
+    from PIL import Image
+
+    mean = torch.tensor(data_config["mean"], dtype=torch.float32).view(-1, 1, 1)
+    std = torch.tensor(data_config["std"], dtype=torch.float32).view(-1, 1, 1)
+    pixels = (batch.detach().float().cpu() * std + mean).clamp(0, 1).mul(255).round().to(torch.uint8)
+    return [Image.fromarray(p.permute(1, 2, 0).squeeze(-1).numpy()) for p in pixels]
+
+
+# ---------------------------------------------------------------- subgroups
+
+
+def check_subgroups(splits: dict[str, Any], labels: list[str], columns: list[str] | None,
+                    bins: dict[str, list[float]] | None, positive_label: str | None) -> None:
+    """Fail before training on sensitive columns that are missing or cannot be grouped."""
+    from hf_adapt.subgroups import group_values
+
+    bins = bins or {}
+    for name in bins:
+        if name not in (columns or []):
+            raise ConfigError(f"sensitive_bins names {name!r}, which is not in sensitive_columns {columns}")
+    if positive_label is not None and positive_label not in labels:
+        raise ConfigError(f"positive_label {positive_label!r} is not one of the labels {labels}")
+    for name in columns or []:
+        test = splits["test"]
+        if name not in test.column_names:
+            raise ConfigError(f"sensitive column {name!r} is not in the test split; columns: {test.column_names}")
+        group_values(list(test[name]), bins.get(name), name)
+
+
+def subgroup_facts(test_split, probs: np.ndarray, y_true: np.ndarray, labels: list[str], columns: list[str],
+                   bins: dict[str, list[float]] | None, positive_label: str | None) -> tuple[dict | None, list[str]]:
+    """Per-group test metrics and gaps for the card, and limitation sentences drawn from them."""
+    if not columns:
+        return None, []
+    from hf_adapt.subgroups import group_values, limitation_sentences, subgroup_report
+
+    bins = bins or {}
+    groups = {name: group_values(list(test_split[name]), bins.get(name), name) for name in columns}
+    positive = positive_label or (labels[1] if len(labels) == 2 else None)
+    score = probs[:, labels.index(positive)] if positive else probs
+    report = subgroup_report(y_true, probs.argmax(1), score, groups, labels, positive, bins=bins)
+    return report, limitation_sentences(report)
