@@ -146,6 +146,8 @@ def render_card(facts: dict[str, Any], load_path: str | None = None, revision: s
     history = facts["history"]
     load_path = load_path or facts["output_dir"]
     on_hub = load_path != facts["output_dir"]
+    if on_hub:  # the card's title and model-index name follow the repo
+        facts = {**facts, "model_name": load_path.split("/")[-1]}
     context = {
         **facts,
         "adapter_json": json.dumps(adapter, sort_keys=True) if adapter else None,

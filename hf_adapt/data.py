@@ -6,6 +6,7 @@ the file, split, row or column at fault.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import math
 from dataclasses import dataclass, field
@@ -123,6 +124,27 @@ def _load_files(files: dict[str, str], spec: DataSpec):
         return load_dataset(formats.pop(), data_files=resolved, **kwargs)
     except Exception as err:  # datasets/pyarrow raise many kinds; say which file failed
         raise DataError(f"could not read {sorted(resolved.values())}: {err}") from err
+
+
+def data_version(spec: DataSpec) -> dict[str, str | None]:
+    """What pins the exact data for the card: a sha256 over local files (paths and bytes), or a Hub dataset's commit."""
+    sources = list(spec.data_files.values()) if spec.data_files else [spec.source]
+    paths = [Path(resolve_source(s, field="data")) for s in sources]
+    if all(p.exists() for p in paths):
+        digest = hashlib.sha256()
+        for root in paths:
+            for file in [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file()):
+                digest.update(f"{file.relative_to(root) if root.is_dir() else file.name}\0".encode())
+                with open(file, "rb") as handle:
+                    for chunk in iter(lambda: handle.read(1 << 20), b""):  # noqa: B023 - consumed in the loop
+                        digest.update(chunk)
+        return {"revision": spec.revision, "sha256": digest.hexdigest()}
+    try:  # a Hub dataset: the commit the revision resolved to (network errors leave it unknown)
+        from huggingface_hub import HfApi
+
+        return {"revision": HfApi().dataset_info(spec.source, revision=spec.revision).sha, "sha256": None}
+    except Exception:  # noqa: BLE001 - offline or no such repo: the revision stays as given
+        return {"revision": spec.revision, "sha256": None}
 
 
 def load_raw(spec: DataSpec):
@@ -407,7 +429,7 @@ def load_labelled(spec: DataSpec) -> LabelledData:
             raise DataError(f"text_template {spec.text_template!r} does not fit columns {features}: {err}") from err
     origin = {
         "source": spec.data_files or spec.source,
-        "revision": spec.revision,
+        **data_version(spec),
         "splits": {k: len(v) for k, v in splits.items()},
         "split_method": how,
         "pixel_shape": spec.pixel_shape,

@@ -40,7 +40,9 @@ _TRANSIENT_ERRORS = {"TimeoutException", "NetworkError", "RemoteProtocolError", 
 # Files an earlier version may have pushed that this one replaces: deleted from the branch
 # unless this version has them too, so a repo never mixes two versions' weights.
 VERSIONED_FILES = ["adapter_model.safetensors", "adapter_config.json", "head.safetensors", "model.safetensors",
-                   "figures/*", "examples/*", "*.json", "config.yaml"]
+                   "hf_adapt.json", "hf_adapt_text.json", "label_map.json", "preprocessor_config.json",
+                   "eval_results.json", "train_results.json", "card_facts.json", "config.yaml", "tokenizer*",
+                   "special_tokens_map.json", "vocab.*", "merges.txt", "figures/*", "examples/*", "runs/*"]
 _CONFIG_NOISE = {"output_dir", "overwrite_output_dir", "report_to", "logging_steps", "torch_num_threads",
                  "num_workers", "push_to_hub", "hub_model_id", "hub_private", "hub_revision", "hub_tag",
                  "hub_create_pr", "overwrite_card", "parent", "update_parent", "per_device_eval_batch_size"}

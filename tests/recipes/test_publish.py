@@ -294,3 +294,32 @@ def test_image_card_has_gradcam_and_a_runnable_snippet(tiny_timm_convnet, digits
                               cwd=cwd)
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert "'label': '" in proc.stdout
+
+
+def test_a_new_version_replaces_the_old_weights_but_keeps_user_files(credit_run, hub, tiny_bert, credit_sample,
+                                                                     tmp_path):
+    from huggingface_hub import HfApi
+
+    _, adapter_run = credit_run
+    probe = main(_credit_config(tiny_bert, credit_sample, tmp_path / "probe", regime="linear_probe",
+                                num_train_epochs=1, sensitive_columns=None, sensitive_bins=None))
+    push_output(probe.output_dir, _fast())
+    HfApi().upload_file(path_or_fileobj=b"validated by the risk team", path_in_repo="NOTES.md", repo_id=REPO)
+    push_output(adapter_run.output_dir, _fast())
+    files = hub.repo(REPO).files("main")
+    assert "head.safetensors" not in files and "adapter_model.safetensors" in files
+    assert files["NOTES.md"] == b"validated by the risk team"
+    assert "head.safetensors" in hub.repo(REPO).files("v1")  # the old version stays loadable by its tag
+    texts = adapter_run.data.inputs("test", "text")[:4]
+    assert torch.equal(hf_adapt.load_adapted(REPO, revision="v1").logits(texts),
+                       hf_adapt.load_adapted(str(probe.output_dir)).logits(texts))
+
+
+def test_card_names_the_repo_and_pins_the_data(credit_run, credit_sample, hub):
+    _, result = credit_run
+    push_output(result.output_dir, _fast())
+    card = ModelCard(hub.repo(REPO).files("main")["README.md"].decode())
+    assert card.text.lstrip().startswith("# credit-lora")
+    assert card.data.model_name == "credit-lora"  # the model-index name
+    digest = hashlib.sha256(b"credit.csv\0" + Path(credit_sample).read_bytes()).hexdigest()
+    assert f"sha256 of the files: `{digest}`" in card.text
