@@ -133,30 +133,40 @@ def is_unedited(text: str) -> bool:
     return _MARK in text and fingerprint(text) == text
 
 
-def render_card(facts: dict[str, Any], load_path: str | None = None, revision: str | None = None,
+def render_card(facts: dict[str, Any], repo_id: str | None = None, revision: str | None = None,
                 template: str = "classifier.md"):
     """A fingerprinted ``huggingface_hub.ModelCard`` filled only with the measured facts given.
 
-    ``load_path`` is what the usage snippet loads: a Hub repo id once pushed, the output
-    directory before.
+    With ``repo_id`` the card is the one pushed there: named after the repo, its usage snippet
+    loads the repo (at ``revision``), and local paths of the training machine are shown by
+    file name only. Without, it describes the local output directory.
     """
     from huggingface_hub import ModelCard
 
     adapter = facts.get("adapter")
     history = facts["history"]
-    load_path = load_path or facts["output_dir"]
-    on_hub = load_path != facts["output_dir"]
-    if on_hub:  # the card's title and model-index name follow the repo
-        facts = {**facts, "model_name": load_path.split("/")[-1]}
+    load_path = repo_id or facts["output_dir"]
+    if repo_id:
+        facts = {**facts, "model_name": repo_id.split("/")[-1],
+                 "data_source": _public_source(facts["data_source"]), "model_source": _public_source(facts["model_source"])}
     context = {
         **facts,
         "adapter_json": json.dumps(adapter, sort_keys=True) if adapter else None,
         "history_metrics": [m for m in ("accuracy", "auroc", "log_loss") if history and m in history[0]],
         "model_column": "this model",
         "load_args": json.dumps(load_path) + (f", revision={json.dumps(revision)}" if revision else ""),
-        "on_hub": on_hub,
-        "load_path": load_path,
-        "revision": revision,
+        "on_hub": repo_id is not None,
+        "example_path": json.dumps(f"{load_path}/{facts['example_file']}") if facts.get("example_file") else None,
     }
     card = ModelCard.from_template(card_data(facts), template_path=str(template_path(template)), **context)
     return ModelCard(fingerprint(card.content))
+
+
+def _public_source(source: Any) -> Any:
+    """A data or model source as a public card may show it: local paths by file name (``pkg://`` and ids as given)."""
+    if isinstance(source, dict):
+        return {split: _public_source(value) for split, value in source.items()}
+    text = str(source)
+    if text.startswith("pkg://") or not (text.startswith(("/", ".", "~")) or "\\" in text or Path(text).exists()):
+        return source
+    return f"{Path(text).name} (a local file of the training machine)"

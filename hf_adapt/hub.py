@@ -1,7 +1,8 @@
 """Publish an hf-adapt output directory to the Hub as one versioned commit.
 
 ``push_output(output_dir, PushSettings(repo_id=...))`` creates the repo (private unless
-asked), re-renders the card for its new home, and makes one ``upload_folder`` commit with
+asked), re-renders the card for its new home, and makes one commit (``create_commit``:
+with ``hf_xet`` installed, ``upload_folder`` may split a folder over several commits) with
 everything the output holds: adapter or weights, label map, preprocessing files, resolved
 config, results, card and figures. Each push to a branch gets a tag (``v1``, ``v2``, ... by
 default), so every version stays loadable by name.
@@ -17,6 +18,7 @@ Safety:
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -24,28 +26,21 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
 from hf_adapt import cards
 from hf_adapt.errors import HubError
-from hf_adapt.outputs import read_json
+from hf_adapt.outputs import RUN_FILE
 
 logger = logging.getLogger("hf_adapt.hub")
 
 T = TypeVar("T")
 TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
-_TRANSIENT_ERRORS = {"TimeoutException", "NetworkError", "RemoteProtocolError", "ConnectionError", "TimeoutError"}
-# Files an earlier version may have pushed that this one replaces: deleted from the branch
-# unless this version has them too, so a repo never mixes two versions' weights.
-VERSIONED_FILES = ["adapter_model.safetensors", "adapter_config.json", "head.safetensors", "model.safetensors",
-                   "hf_adapt.json", "hf_adapt_text.json", "label_map.json", "preprocessor_config.json",
-                   "eval_results.json", "train_results.json", "card_facts.json", "config.yaml", "tokenizer*",
-                   "special_tokens_map.json", "vocab.*", "merges.txt", "figures/*", "examples/*", "runs/*"]
-_CONFIG_NOISE = {"output_dir", "overwrite_output_dir", "report_to", "logging_steps", "torch_num_threads",
-                 "num_workers", "push_to_hub", "hub_model_id", "hub_private", "hub_revision", "hub_tag",
-                 "hub_create_pr", "overwrite_card", "parent", "update_parent", "per_device_eval_batch_size"}
+# config fields that change how a run is executed or logged, not what it learns: left out of lineage diffs
+_RUN_ONLY = {"output_dir", "overwrite_output_dir", "report_to", "logging_steps", "torch_num_threads", "num_workers",
+             "per_device_eval_batch_size", "card_examples"}
 
 
 @dataclass
@@ -157,7 +152,8 @@ def check_card(card) -> None:
     if "licence" in metadata:
         raise HubError("the model card has a misspelled 'licence' key; the Hub reads 'license'")
     check_base_model(metadata.get("base_model"))
-    found = [p for p in PLACEHOLDERS if p in card.text]
+    prose = re.sub(r"<details>.*?</details>", "", card.text, flags=re.S)  # the resolved config may hold braces
+    found = [p for p in PLACEHOLDERS if p in prose]
     if found:
         raise HubError(f"the model card still holds placeholder text {found}")
 
@@ -178,11 +174,24 @@ def _status(err: BaseException) -> int | None:
     return getattr(response, "status_code", None)
 
 
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """Network-level failures: the builtin ones and the HTTP client's (httpx2 for huggingface_hub 2.x, httpx for 1.x)."""
+    import importlib
+
+    errors: list[type[BaseException]] = [ConnectionError, TimeoutError]
+    for name in ("httpx2", "httpx"):
+        try:
+            errors.append(importlib.import_module(name).TransportError)
+        except (ImportError, AttributeError):
+            continue
+    return tuple(errors)
+
+
 def _is_transient(err: BaseException) -> bool:
     status = _status(err)
     if status is not None:
         return status in TRANSIENT_STATUS
-    return any(cls.__name__ in _TRANSIENT_ERRORS for cls in type(err).__mro__)
+    return isinstance(err, _transport_errors())
 
 
 def _describe(err: BaseException) -> str:
@@ -192,8 +201,13 @@ def _describe(err: BaseException) -> str:
 
 
 def with_retries(what: str, call: Callable[[], T], retries: int = 4, backoff_seconds: float = 2.0) -> T:
-    """Run ``call``; retry transient failures with exponential backoff; raise :class:`HubError` otherwise."""
+    """Run ``call``; retry transient failures with exponential backoff; raise :class:`HubError` otherwise.
+
+    The error raised carries neither cause nor context: the HTTP error it replaces holds
+    the request, and the request holds the token.
+    """
     for attempt in range(1, retries + 2):
+        failure = None
         try:
             return call()
         except HubError:
@@ -201,18 +215,32 @@ def with_retries(what: str, call: Callable[[], T], retries: int = 4, backoff_sec
         except Exception as err:  # noqa: BLE001 - every failure becomes a clear HubError below
             status = _status(err)
             if status in (401, 403):
-                raise HubError(f"{what}: the Hub refused the token (HTTP {status}); check that HF_TOKEN or "
-                               "`hf auth login` holds a token with write access to this repo") from None
-            if not _is_transient(err) or attempt > retries:
+                failure = (f"{what}: the Hub refused the token (HTTP {status}); check that HF_TOKEN or "
+                           "`hf auth login` holds a token with write access to this repo")
+            elif not _is_transient(err) or attempt > retries:
                 tries = f" after {attempt} attempts" if attempt > 1 else ""
-                raise HubError(f"{what} failed{tries}: {_describe(err)}") from None
-            delay = min(backoff_seconds * 2 ** (attempt - 1), 60.0)
-            logger.warning("%s: %s; retrying in %.1f s (%d/%d)", what, _describe(err), delay, attempt, retries)
-            time.sleep(delay)
+                failure = f"{what} failed{tries}: {_describe(err)}"
+            else:
+                delay = min(backoff_seconds * 2 ** (attempt - 1), 60.0)
+                logger.warning("%s: %s; retrying in %.1f s (%d/%d)", what, _describe(err), delay, attempt, retries)
+            del err
+        if failure is not None:
+            raise HubError(failure)  # outside the except block: no __context__ pointing at the request
+        time.sleep(delay)
     raise AssertionError("unreachable")
 
 
 # ---------------------------------------------------------------- push
+
+
+@dataclass
+class _Remote:
+    """A branch as the push found it: its head commit and files, and the card and manifest hf-adapt left there."""
+
+    head: str
+    files: set[str]
+    card: str | None
+    manifest: list[str]
 
 
 def push_output(output_dir: str | Path, settings: PushSettings) -> PushResult:
@@ -222,39 +250,37 @@ def push_output(output_dir: str | Path, settings: PushSettings) -> PushResult:
     from hf_adapt.artifacts import read_run_info
 
     directory = Path(output_dir)
-    read_run_info(directory)  # refuses folders hf-adapt did not write
+    run_info, _ = read_run_info(directory)  # refuses folders hf-adapt did not write
     facts = cards.read_facts(directory)
     preflight(settings.repo_id, facts.get("base_model"), settings.revision, settings.create_pr)
-    if settings.parent:
-        check_repo_id(settings.parent.partition("@")[0], "parent")
+    run_info = portable_run_info(run_info, facts)
     api = HfApi()
     retry = {"retries": settings.retries, "backoff_seconds": settings.backoff_seconds}
     repo_id, branch = settings.repo_id, settings.revision or "main"
 
     if settings.parent:
+        check_repo_id(settings.parent.partition("@")[0], "parent")
         facts["lineage"] = parent_lineage(api, settings.parent, facts, retry)
-    card = cards.render_card(facts, load_path=repo_id, revision=None if branch == "main" else branch)
+    card = cards.render_card(facts, repo_id=repo_id, revision=None if branch == "main" else branch)
     check_card(card)
 
     with_retries(f"create repo {repo_id}", lambda: api.create_repo(repo_id, private=settings.private, exist_ok=True), **retry)
     if branch != "main":
         with_retries(f"create branch {branch}", lambda: api.create_branch(repo_id, branch=branch, exist_ok=True), **retry)
-    tag = None if settings.create_pr else _tag_name(api, repo_id, settings.tag, retry)
-    remote = _remote_card(api, repo_id, branch, retry)
-    if remote is not None and not settings.overwrite_card and not cards.is_unedited(remote):
+    remote = _read_remote(api, repo_id, branch, retry)
+    if remote.card is not None and not settings.overwrite_card and not cards.is_unedited(remote.card):
         raise HubError(f"README.md on {repo_id}@{branch} was edited on the Hub after hf-adapt wrote it (or was not "
-                       "written by hf-adapt); pass --overwrite_card to replace it, or copy the edits into "
-                       f"{directory / 'README.md'} first")
+                       "written by hf-adapt). hf-adapt renders the card from measured facts, so edits there cannot be "
+                       "merged; pass --overwrite_card to replace it (the edited text stays in the repo's history), or "
+                       "move the edits into the config (intended_use, out_of_scope_use, limitations) and retrain")
+    tag = None if settings.create_pr else _check_tag(api, repo_id, settings.tag, retry)
 
     message = settings.commit_message or _commit_message(facts)
     with tempfile.TemporaryDirectory(prefix="hf-adapt-push-") as tmp:
-        folder = _stage(directory, Path(tmp), card)
-        commit = with_retries(f"upload to {repo_id}@{branch}", lambda: api.upload_folder(
-            repo_id=repo_id, folder_path=str(folder), revision=branch, commit_message=message,
-            create_pr=settings.create_pr, delete_patterns=VERSIONED_FILES), **retry)
+        folder = _stage(directory, Path(tmp), card, run_info)
+        commit = _commit(api, repo_id, branch, folder, remote, message, settings)
     if tag:
-        with_retries(f"tag {tag}", lambda: api.create_tag(repo_id, tag=tag, revision=commit.oid,
-                                                          tag_message=message), **retry)
+        tag = _tag(api, repo_id, tag, settings.tag == "auto", commit.oid, message, retry)
     logger.info("pushed %s to %s@%s (commit %s%s)", directory, repo_id, branch, commit.oid[:10],
                 f", tag {tag}" if tag else "")
     if commit.pr_url:
@@ -264,12 +290,81 @@ def push_output(output_dir: str | Path, settings: PushSettings) -> PushResult:
     return PushResult(repo_id, branch, commit.oid, str(commit.commit_url), tag, commit.pr_url)
 
 
-def _stage(directory: Path, tmp: Path, card) -> Path:
-    """A copy of the output (hard links where possible) with the card rendered for the Hub; hidden files skipped."""
+def push_command(output_dir: str | Path, settings: PushSettings) -> str:
+    """The ``hf-adapt push`` command line that repeats (or resumes) a push with these settings."""
+    import shlex
+
+    parts = ["hf-adapt", "push", str(output_dir), "--repo-id", settings.repo_id]
+    if not settings.private:
+        parts.append("--public")
+    if settings.revision:
+        parts += ["--revision", settings.revision]
+    if settings.tag != "auto":
+        parts += ["--tag", settings.tag or "none"]
+    if settings.create_pr:
+        parts.append("--create-pr")
+    if settings.overwrite_card:
+        parts.append("--overwrite-card")
+    if settings.parent:
+        parts += ["--parent", settings.parent]
+    if settings.update_parent:
+        parts.append("--update-parent")
+    return shlex.join(parts)
+
+
+def _is_disk_path(source: str | None) -> bool:
+    if not source or source.startswith("pkg://"):  # packaged copies resolve on any machine with the package
+        return False
+    return source.startswith(("/", ".", "~", "local-dir:")) or "\\" in source or Path(source).exists()
+
+
+def portable_run_info(info: dict[str, Any], facts: dict[str, Any]) -> dict[str, Any]:
+    """``hf_adapt.json`` as pushed: a base model loaded from a local folder is named by its Hub id.
+
+    Whoever loads the repo must be able to rebuild the base; a path on the trainer's disk
+    would not resolve anywhere else.
+    """
+    model = dict(info["model"])
+    source = model["name_or_path"]
+    if _is_disk_path(source):
+        base = facts.get("base_model")
+        if not base:
+            raise HubError(f"the base model was loaded from the local folder {source!r}, which no one who downloads "
+                           "the repo can load; set base_model_id to its Hub id, or train from the Hub id")
+        model["name_or_path"] = f"hf-hub:{base}" if info["family"] == "timm" else base
+    if _is_disk_path(model.get("weights_file")):
+        raise HubError(f"weights_file {model['weights_file']!r} is a file on this disk, which no one who downloads "
+                       "the repo can load; publish those weights on the Hub (or ship them in a package, pkg://...)")
+    return {**info, "model": model}
+
+
+def _read_remote(api, repo_id: str, branch: str, retry: dict[str, Any]) -> _Remote:
+    """The branch head, and the card and file manifest there; any failure to read them stops the push."""
+
+    def fetch(name: str, sha: str) -> str:
+        return Path(api.hf_hub_download(repo_id, name, revision=sha)).read_text(encoding="utf-8")
+
+    info = with_retries(f"read {repo_id}@{branch}", lambda: api.model_info(repo_id, revision=branch), **retry)
+    files = {s.rfilename for s in info.siblings or []}
+    card = with_retries(f"read README.md of {repo_id}", lambda: fetch("README.md", info.sha), **retry) \
+        if "README.md" in files else None
+    manifest: list[str] = []
+    if RUN_FILE in files:
+        text = with_retries(f"read {RUN_FILE} of {repo_id}", lambda: fetch(RUN_FILE, info.sha), **retry)
+        manifest = json.loads(text).get("files", [])
+    return _Remote(info.sha, files, card, manifest)
+
+
+def _stage(directory: Path, tmp: Path, card, run_info: dict[str, Any]) -> Path:
+    """What the commit holds: the output (hard links where possible; hidden files skipped) with the card and
+    ``hf_adapt.json`` rewritten for the Hub; ``hf_adapt.json`` lists the files, so the next version can delete
+    exactly these."""
     folder = tmp / "repo"
+    folder.mkdir(parents=True)
     for path in sorted(directory.rglob("*")):
         relative = path.relative_to(directory)
-        if any(part.startswith(".") for part in relative.parts) or not path.is_file() or relative.name == "README.md":
+        if any(part.startswith(".") for part in relative.parts) or not path.is_file() or \
+                relative.as_posix() in ("README.md", RUN_FILE):
             continue
         target = folder / relative
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -277,12 +372,58 @@ def _stage(directory: Path, tmp: Path, card) -> Path:
             os.link(path, target)
         except OSError:
             shutil.copy2(path, target)
-    folder.mkdir(parents=True, exist_ok=True)
     card.save(str(folder / "README.md"))
+    files = sorted({p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()} | {RUN_FILE})
+    (folder / RUN_FILE).write_text(json.dumps({**run_info, "files": files}, indent=2) + "\n")
     return folder
 
 
-def _tag_name(api, repo_id: str, wanted: str | None, retry: dict[str, Any]) -> str | None:
+def _commit(api, repo_id: str, branch: str, folder: Path, remote: _Remote, message: str, settings: PushSettings):
+    """One commit on top of the head the push read: every staged file, and the previous version's files that
+    this one no longer has. A retry first checks whether the failed attempt landed after all."""
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete
+
+    staged = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    stale = sorted((set(remote.manifest) & remote.files) - set(staged))
+    operations = [CommitOperationDelete(path) for path in stale] + [
+        CommitOperationAdd(path_in_repo=path, path_or_fileobj=str(folder / path)) for path in staged]
+    attempts = 0
+
+    def attempt():
+        nonlocal attempts
+        attempts += 1
+        if attempts > 1 and (landed := _landed(api, repo_id, branch, remote.head, message)):
+            return landed
+        return api.create_commit(repo_id, operations=operations, commit_message=message, revision=branch,
+                                 create_pr=settings.create_pr, parent_commit=remote.head)
+
+    # a pull request cannot be checked for a landed attempt, so it is not retried (it could open two)
+    retries = 0 if settings.create_pr else settings.retries
+    try:
+        return with_retries(f"upload to {repo_id}@{branch}", attempt, retries, settings.backoff_seconds)
+    except HubError as err:
+        if "HTTP 412" in str(err):
+            raise HubError(f"{repo_id}@{branch} changed while pushing (someone else committed); rerun the push") from None
+        raise
+
+
+@dataclass
+class _Landed:
+    oid: str
+    commit_url: str
+    pr_url: str | None = None
+
+
+def _landed(api, repo_id: str, branch: str, head: str, message: str) -> _Landed | None:
+    """The commit an earlier attempt made, if its response was lost: the branch moved and its top commit is ours."""
+    commits = api.list_repo_commits(repo_id, revision=branch)
+    if commits and commits[0].commit_id != head and commits[0].title == message:
+        return _Landed(commits[0].commit_id, f"{api.endpoint}/{repo_id}/commit/{commits[0].commit_id}")
+    return None
+
+
+def _check_tag(api, repo_id: str, wanted: str | None, retry: dict[str, Any]) -> str | None:
+    """The tag this version will get (``auto``: ``v1``, ``v2``, ...); an explicit tag must be free."""
     if wanted is None:
         return None
     refs = with_retries(f"list refs of {repo_id}", lambda: api.list_repo_refs(repo_id), **retry)
@@ -295,16 +436,22 @@ def _tag_name(api, repo_id: str, wanted: str | None, retry: dict[str, Any]) -> s
     return wanted
 
 
-def _remote_card(api, repo_id: str, revision: str, retry: dict[str, Any]) -> str | None:
-    from huggingface_hub.errors import EntryNotFoundError, RevisionNotFoundError
-
-    def fetch():
-        try:
-            return Path(api.hf_hub_download(repo_id, "README.md", revision=revision)).read_text(encoding="utf-8")
-        except (EntryNotFoundError, RevisionNotFoundError):
-            return None
-
-    return with_retries(f"read README.md of {repo_id}@{revision}", fetch, **retry)
+def _tag(api, repo_id: str, tag: str, auto: bool, commit: str, message: str, retry: dict[str, Any]) -> str:
+    """Tag ``commit``. A repeated push that committed nothing new keeps the version tag its commit already has."""
+    refs = with_retries(f"list refs of {repo_id}", lambda: api.list_repo_refs(repo_id), **retry)
+    targets = {t.name: t.target_commit for t in refs.tags}
+    if auto:
+        versions = sorted(name for name, target in targets.items() if target == commit and re.fullmatch(r"v\d+", name))
+        if versions:
+            logger.info("commit %s is already version %s", commit[:10], versions[0])
+            return versions[0]
+        if tag in targets:  # taken since the push began
+            tag = _check_tag(api, repo_id, "auto", retry)
+    elif targets.get(tag) == commit:
+        return tag
+    with_retries(f"tag {tag}", lambda: api.create_tag(repo_id, tag=tag, revision=commit, tag_message=message,
+                                                      exist_ok=True), **retry)
+    return tag
 
 
 def _commit_message(facts: dict[str, Any]) -> str:
@@ -318,49 +465,54 @@ def _commit_message(facts: dict[str, Any]) -> str:
 
 
 def parent_lineage(api, parent: str, facts: dict[str, Any], retry: dict[str, Any]) -> dict[str, Any]:
-    """What this version inherits from ``parent`` (``org/name[@revision]``) and what changed."""
-    import yaml
-
+    """What this version inherits from ``parent`` (``org/name[@revision]``) and what changed, from the parent's
+    own ``card_facts.json`` at the commit the revision resolves to."""
     repo, _, revision = parent.partition("@")
     info = with_retries(f"read {parent}", lambda: api.model_info(repo, revision=revision or None), **retry)
-
-    def fetch(name: str) -> Path:
-        return Path(api.hf_hub_download(repo, name, revision=info.sha))
-
-    try:
-        run_file = with_retries(f"read {parent}", lambda: fetch("hf_adapt.json"), **retry)
-    except HubError as err:
-        raise HubError(f"parent {parent} is not an hf-adapt output ({err})") from None
-    parent_info = read_json(run_file)
-    parent_metrics = read_json(with_retries(f"read {parent}", lambda: fetch("eval_results.json"), **retry))
-    parent_config = yaml.safe_load(with_retries(f"read {parent}", lambda: fetch("config.yaml"), **retry).read_text())
-    config = facts["config"]
+    if cards.FACTS_FILE not in {s.rfilename for s in info.siblings or []}:
+        raise HubError(f"parent {parent} is not an hf-adapt output: it has no {cards.FACTS_FILE}")
+    path = with_retries(f"read {parent}", lambda: api.hf_hub_download(repo, cards.FACTS_FILE, revision=info.sha),
+                        **retry)
+    theirs = json.loads(Path(path).read_text())
+    ours_config, their_config = facts["config"], theirs["config"]
+    ignored = {f.name for f in fields(PublishOptions)} | _RUN_ONLY
     changes = [
-        {"field": key, "parent": parent_config.get(key), "this": config.get(key)}
-        for key in sorted(set(config) | set(parent_config))
-        if key not in _CONFIG_NOISE and parent_config.get(key) != config.get(key)
+        {"field": key, "parent": their_config.get(key), "this": ours_config.get(key)}
+        for key in sorted(set(ours_config) | set(their_config))
+        if key not in ignored and their_config.get(key) != ours_config.get(key)
     ]
-    metrics = {key: {"parent": parent_metrics[key], "this": value}
-               for key, value in facts["test_metrics"].items() if key in parent_metrics}
-    same_test = (parent_config.get("data") == config.get("data") and parent_config.get("seed") == config.get("seed")
-                 and parent_config.get("test_size") == config.get("test_size"))
-    return {"parent": repo, "revision": info.sha, "relation": facts.get("lineage", {}).get("relation", "new version"),
-            "parent_regime": parent_info.get("regime"), "changes": changes, "metrics": metrics,
-            "same_test_data": same_test}
+    metrics = {key: {"parent": theirs["test_metrics"][key], "this": value}
+               for key, value in facts["test_metrics"].items() if key in theirs["test_metrics"]}
+    return {
+        "parent": repo, "revision": info.sha, "relation": facts.get("lineage", {}).get("relation", "new version"),
+        "parent_regime": theirs.get("regime"), "changes": changes, "metrics": metrics,
+        "same_test_data": _same_test_split(theirs, facts),
+    }
+
+
+def _same_test_split(theirs: dict[str, Any], ours: dict[str, Any]) -> bool:
+    """Both versions were scored on the same rows: same data content, split settings and test size."""
+    same_data = (ours.get("data_sha256") or ours.get("data_revision")) is not None and all(
+        theirs.get(key) == ours.get(key) for key in ("data_sha256", "data_revision"))
+    split_keys = ("seed", "test_size", "validation_size", "max_eval_samples", "label_column", "data_files")
+    same_split = all(theirs["config"].get(k) == ours["config"].get(k) for k in split_keys)
+    return same_data and same_split and theirs["split_sizes"]["test"] == ours["split_sizes"]["test"]
 
 
 def link_successor(api, parent: str, successor: str, retry: dict[str, Any]) -> None:
-    """Set ``new_version: successor`` in the parent repo's card metadata (its text is kept)."""
+    """Set ``new_version: successor`` in the card metadata on the parent's main branch (its text is kept).
+
+    ``new_version`` is a repo-level pointer, so it goes on main whatever revision the parent was named by.
+    """
     from huggingface_hub import ModelCard
 
-    text = _remote_card(api, parent, "main", retry)
-    if text is None:
+    remote = _read_remote(api, parent, "main", retry)
+    if remote.card is None:
         raise HubError(f"parent {parent} has no README.md to point at {successor}")
-    unedited = cards.is_unedited(text)
-    card = ModelCard(cards.strip_fingerprint(text))
+    card = ModelCard(cards.strip_fingerprint(remote.card))
     card.data.new_version = successor
-    body = cards.fingerprint(str(card)) if unedited else str(card)
+    body = cards.fingerprint(str(card)) if cards.is_unedited(remote.card) else str(card)
     with_retries(f"update the card of {parent}", lambda: api.upload_file(
         path_or_fileobj=body.encode("utf-8"), path_in_repo="README.md", repo_id=parent,
-        commit_message=f"new_version: {successor}"), **retry)
+        commit_message=f"new_version: {successor}", parent_commit=remote.head), **retry)
     logger.info("card of %s now points to %s", parent, successor)

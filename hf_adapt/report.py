@@ -32,7 +32,7 @@ def write_figures(directory: Path, history: list[dict[str, Any]], metric: str, p
                                                      directory / FIGURES / "confusion_matrix.png"),
         "reliability": figures.reliability_diagram(probs, y_true, directory / FIGURES / "reliability.png"),
     }
-    return {name: str(Path(path).relative_to(directory)) for name, path in paths.items()}
+    return {name: Path(path).relative_to(directory).as_posix() for name, path in paths.items()}
 
 
 def example_indices(y_true: np.ndarray, count: int) -> list[int]:
@@ -53,7 +53,7 @@ def write_examples(directory: Path, images: list[Any]) -> list[str]:
     for i, image in enumerate(images):
         path = directory / EXAMPLES / f"{i}.png"
         image.save(path)
-        paths.append(str(path.relative_to(directory)))
+        paths.append(path.relative_to(directory).as_posix())
     return paths
 
 
@@ -82,7 +82,7 @@ def write_gradcam(directory: Path, model, backbone, images: list[Any], probs: np
     (directory / FIGURES).mkdir(exist_ok=True)
     shown = _as_seen(batch, backbone.preprocessor.data_config)  # the model's view: resized, cropped
     paths = figures.gradcam_overlays(forward, layer, shown, batch, predicted, titles, directory / FIGURES)
-    return [{"path": str(Path(p).relative_to(directory)), "title": t} for p, t in zip(paths, titles)]
+    return [{"path": Path(p).relative_to(directory).as_posix(), "title": t} for p, t in zip(paths, titles)]
 
 
 def _as_seen(batch, data_config: dict[str, Any]) -> list[Any]:
@@ -110,6 +110,8 @@ def check_subgroups(splits: dict[str, Any], labels: list[str], columns: list[str
             raise ConfigError(f"sensitive_bins names {name!r}, which is not in sensitive_columns {columns}")
     if positive_label is not None and positive_label not in labels:
         raise ConfigError(f"positive_label {positive_label!r} is not one of the labels {labels}")
+    if positive_label is not None and len(labels) != 2:
+        raise ConfigError(f"positive_label applies to binary tasks; this one has {len(labels)} labels")
     for name in columns or []:
         test = splits["test"]
         if name not in test.column_names:

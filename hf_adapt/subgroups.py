@@ -151,8 +151,9 @@ def subgroup_report(y_true: Sequence[int], y_pred: Sequence[int], y_score: np.nd
     and the gaps ``demographic_parity_difference`` (selection rates), ``equal_opportunity_difference``
     (true positive rates) and ``equalized_odds_difference`` (the larger of the TPR and FPR
     gaps). Multiclass tasks get ``n``, ``accuracy``, ``macro_f1`` and ``accuracy_difference``.
-    Every gap is max minus min over the groups where the metric is defined. Groups with
-    fewer than 30 rows are marked ``small``. Undefined values are None.
+    Every gap is max minus min over the groups where the metric is defined that have at
+    least 30 rows and a real value (not ``missing``): smaller groups are marked ``small``,
+    listed, and left out of gaps their noise would dominate. Undefined values are None.
     """
     import pandas as pd
     from fairlearn.metrics import MetricFrame, count, selection_rate
@@ -190,23 +191,23 @@ def subgroup_report(y_true: Sequence[int], y_pred: Sequence[int], y_score: np.nd
         frame = MetricFrame(metrics=metrics, y_true=y_true, y_pred=y_pred, sample_params=sample_params,
                             sensitive_features=pd.Series(list(values), name=column, dtype=object))
         by_group = frame.by_group
-        gap = frame.difference()  # max - min per metric, NaN groups skipped
         rows = {}
         for name in sorted(by_group.index, key=lambda g: _order_key(str(g))):
             row = {"n": int(by_group.loc[name, "n"])}
             row.update({m: _json_float(by_group.loc[name, m]) for m in metrics if m != "n"})
             row["small"] = row["n"] < SMALL_GROUP
             rows[str(name)] = row
+        judged = [row for name, row in rows.items() if _judged(name, row)]
         if binary:
-            # fairlearn's equalized odds (worst of the two gaps), over the groups where each rate is defined
-            odds = gap[["true_positive_rate", "false_positive_rate"]].max()  # skips NaN; NaN when both are
+            # equalized odds: the worse of the TPR and FPR gaps, as fairlearn defines it
+            tpr, fpr = _spread(judged, "true_positive_rate"), _spread(judged, "false_positive_rate")
             gaps = {
-                "demographic_parity_difference": _json_float(gap["selection_rate"]),
-                "equal_opportunity_difference": _json_float(gap["true_positive_rate"]),
-                "equalized_odds_difference": _json_float(odds),
+                "demographic_parity_difference": _spread(judged, "selection_rate"),
+                "equal_opportunity_difference": tpr,
+                "equalized_odds_difference": max((g for g in (tpr, fpr) if g is not None), default=None),
             }
         else:
-            gaps = {"accuracy_difference": _json_float(gap["accuracy"])}
+            gaps = {"accuracy_difference": _spread(judged, "accuracy")}
         overall = {m: int(v) if m == "n" else _json_float(v) for m, v in frame.overall.items()}
         column_bins = (bins or {}).get(column)
         columns[column] = {
@@ -219,6 +220,16 @@ def subgroup_report(y_true: Sequence[int], y_pred: Sequence[int], y_score: np.nd
     return {"positive_label": positive_label, "labels": list(labels), "n": n, "columns": columns}
 
 
+def _judged(name: str, row: Mapping[str, Any]) -> bool:
+    """Groups large enough to compare: at least ``SMALL_GROUP`` rows, and a real value (not ``missing``)."""
+    return not row["small"] and name != MISSING
+
+
+def _spread(rows: list[Mapping[str, Any]], metric: str) -> float | None:
+    values = [row[metric] for row in rows if row.get(metric) is not None]
+    return float(max(values) - min(values)) if len(values) >= 2 else None
+
+
 def _describe(column: str, report: Mapping[str, Any], group: str) -> str:
     rows = report["groups"]
     where = f"{column} {group}" if report.get("bins") is not None and group != MISSING else f"{column} = {group!r}"
@@ -227,7 +238,8 @@ def _describe(column: str, report: Mapping[str, Any], group: str) -> str:
 
 def _extremes(report: Mapping[str, Any], metric: str) -> tuple[str, str] | None:
     """The groups with the lowest and the highest defined ``metric``."""
-    defined = {g: row[metric] for g, row in report["groups"].items() if row.get(metric) is not None}
+    defined = {g: row[metric] for g, row in report["groups"].items()
+               if row.get(metric) is not None and _judged(g, row)}
     if len(defined) < 2:
         return None
     return min(defined, key=defined.get), max(defined, key=defined.get)

@@ -20,10 +20,6 @@ class _HTTPError(Exception):
         self.response = _Response(status)
 
 
-class NetworkError(Exception):  # named like httpx's, which is how transient transport errors are recognised
-    pass
-
-
 def test_fingerprint_detects_any_edit():
     card = cards.fingerprint("---\nlicense: mit\n---\n\n# Model\n\nText.\n")
     assert cards.is_unedited(card)
@@ -71,7 +67,7 @@ def test_transient_failures_retry_then_succeed(monkeypatch):
     def flaky():
         calls.append(1)
         if len(calls) == 1:
-            raise NetworkError("connection reset")
+            raise ConnectionResetError("connection reset")
         if len(calls) < 4:
             raise _HTTPError(503)
         return "ok"

@@ -76,7 +76,7 @@ def test_binary_report_matches_sklearn_on_each_group(credit):
     for column, names in groups.items():
         col = report["columns"][column]
         assert sum(row["n"] for row in col["groups"].values()) == len(y_true)
-        tprs = []
+        tprs, judged = [], np.zeros(len(y_true), dtype=bool)
         for group, row in col["groups"].items():
             mask = np.array(names) == group
             assert row["n"] == mask.sum() and row["small"] == (mask.sum() < 30)
@@ -84,14 +84,17 @@ def test_binary_report_matches_sklearn_on_each_group(credit):
             assert row["true_positive_rate"] == pytest.approx(recall_score(y_true[mask], y_pred[mask], pos_label=1))
             assert row["selection_rate"] == pytest.approx(np.mean(y_pred[mask] == 1))
             assert row["auroc"] == pytest.approx(roc_auc_score(y_true[mask], probs[mask, 1]))
-            tprs.append(recall_score(y_true[mask], y_pred[mask], pos_label=1))
+            if not row["small"]:  # gaps compare only groups of at least 30 rows
+                tprs.append(recall_score(y_true[mask], y_pred[mask], pos_label=1))
+                judged |= mask
         gaps = col["gaps"]
         assert gaps["equal_opportunity_difference"] == pytest.approx(max(tprs) - min(tprs))
-        # every group holds both classes here, so fairlearn's own functions must agree
+        # every group holds both classes here, so fairlearn's own functions must agree on the judged groups
+        kept = np.array(names)[judged]
         assert gaps["demographic_parity_difference"] == pytest.approx(
-            demographic_parity_difference(y_true, y_pred, sensitive_features=names))
+            demographic_parity_difference(y_true[judged], y_pred[judged], sensitive_features=kept))
         assert gaps["equalized_odds_difference"] == pytest.approx(
-            equalized_odds_difference(y_true, y_pred, sensitive_features=names))
+            equalized_odds_difference(y_true[judged], y_pred[judged], sensitive_features=kept))
 
 
 def test_positive_label_flips_the_rates(credit):
@@ -109,12 +112,13 @@ def test_positive_label_flips_the_rates(credit):
 
 
 def test_undefined_rates_are_none_and_left_out_of_gaps():
-    y_true = np.array([1, 1, 0, 0, 0, 0])  # group b has no positives: its sensitivity is undefined, not 0
-    y_pred = np.array([1, 0, 1, 0, 1, 1])
-    report = subgroup_report(y_true, y_pred, None, {"site": ["a", "a", "a", "a", "b", "b"]}, ["no", "yes"], None)
+    # group b has no positives: its sensitivity is undefined, not 0 (each pattern repeated to 30+ rows per group)
+    y_true = np.tile([1, 1, 0, 0, 0, 0], 15)
+    y_pred = np.tile([1, 0, 1, 0, 1, 1], 15)
+    report = subgroup_report(y_true, y_pred, None, {"site": ["a", "a", "a", "a", "b", "b"] * 15}, ["no", "yes"], None)
     site = report["columns"]["site"]
     assert site["groups"]["b"]["true_positive_rate"] is None and site["groups"]["a"]["true_positive_rate"] == 0.5
-    assert site["gaps"]["equal_opportunity_difference"] == 0.0  # one defined group: nothing to compare
+    assert site["gaps"]["equal_opportunity_difference"] is None  # one defined group: nothing to compare
     assert site["gaps"]["equalized_odds_difference"] == pytest.approx(1.0 - 0.5)  # FPR a 1/2, b 2/2
     assert "auroc" not in site["metric_names"] and report["positive_label"] == "yes"
 
@@ -164,3 +168,19 @@ def test_multiclass_report_on_digits():
     [sentence] = limitation_sentences(report, min_gap=0.0)
     assert sentence.startswith(f"Accuracy is {gap:.2f} lower for parity = ")
     assert limitation_sentences(report, min_gap=gap + 0.01)[0].startswith("Gaps in accuracy between the groups of parity")
+
+
+def test_small_and_missing_groups_are_listed_but_not_compared():
+    rng = np.random.default_rng(0)
+    y_true = rng.integers(0, 2, 100)
+    y_pred = y_true.copy()
+    y_pred[90:] = 1 - y_pred[90:]  # the 10 rows of the small group are all wrong
+    sites = ["a"] * 50 + ["b"] * 40 + [None] * 10
+    report = subgroup_report(y_true, y_pred, None, {"site": group_values(sites, None, "site")}, ["no", "yes"], None)
+    site = report["columns"]["site"]
+    assert site["groups"]["missing"]["n"] == 10 and site["groups"]["missing"]["accuracy"] == 0.0
+    assert site["gaps"]["demographic_parity_difference"] is not None
+    assert site["gaps"]["equal_opportunity_difference"] == 0.0  # a and b are both perfect
+    sentences = " ".join(limitation_sentences(report))
+    assert "too small to judge: site = 'missing' (n=10)" in sentences
+    assert "for site = 'missing'" not in sentences  # never one side of a gap

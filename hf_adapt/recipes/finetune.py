@@ -265,13 +265,13 @@ def main(cfg: FinetuneConfig) -> FinetuneResult:
         raise
     pushed = None
     if cfg.push_to_hub and accelerator.is_main_process:
-        from hf_adapt.hub import push_output
+        from hf_adapt.hub import push_command, push_output
 
         try:
             pushed = push_output(cfg.output_dir, cfg.push_settings())
         except HubError as err:
             raise HubError(f"{err}. The trained output is intact in {cfg.output_dir}; push it again with "
-                           f"`hf-adapt push {cfg.output_dir} --repo-id {cfg.hub_model_id}`") from None
+                           f"`{push_command(cfg.output_dir, cfg.push_settings())}`") from None
     return FinetuneResult(Path(cfg.output_dir), test_metrics, baseline, history, unwrapped, backbone, data, pushed)
 
 

@@ -37,7 +37,9 @@ def _credit_config(tiny_bert, credit_sample, output_dir, **overrides) -> Finetun
         license="apache-2.0", dataset_id="hf-adapt-tests/german-credit",
         intended_use="Ranking loan applications for manual review by a credit officer.",
         out_of_scope_use="Automated approval or rejection without human review.",
-        sensitive_columns=["age_in_years", "personal_status_and_sex"], sensitive_bins={"age_in_years": [25, 35, 50]},
+        # 90 test rows: two age bands of 30+ rows each, so a gap between them is defined
+        test_size=0.45, sensitive_columns=["age_in_years", "personal_status_and_sex"],
+        sensitive_bins={"age_in_years": [35]},
     )
     values.update(overrides)
     return config_from_dict(FinetuneConfig, values)
@@ -50,8 +52,9 @@ def credit_run(tiny_bert, credit_sample, tmp_path_factory):
 
 
 @pytest.fixture
-def hub(monkeypatch, tmp_path):
-    with LocalHub() as server:
+def hub(monkeypatch, tmp_path, tiny_bert, tiny_timm_convnet):
+    """A Hub holding the tiny base models, so a pushed adapter resolves its base there, as a user's would."""
+    with LocalHub({"hf-adapt-tests/tiny-bert": tiny_bert, "hf-adapt-tests/tiny-convnet": tiny_timm_convnet}) as server:
         hub_env(monkeypatch, server, tmp_path, token=TOKEN)
         yield server
 
@@ -70,6 +73,9 @@ def _snippet(card_text: str) -> str:
 
 
 def test_recipe_pushes_one_commit_with_every_file(tiny_bert, credit_sample, tmp_path, hub, capsys, caplog):
+    import logging
+
+    caplog.set_level(logging.DEBUG)
     cfg = _credit_config(tiny_bert, credit_sample, tmp_path / "out", num_train_epochs=1, push_to_hub=True,
                          hub_model_id=REPO)
     result = main(cfg)
@@ -85,14 +91,20 @@ def test_recipe_pushes_one_commit_with_every_file(tiny_bert, credit_sample, tmp_
                  "card_facts.json", "README.md", "figures/training_curves.png", "figures/confusion_matrix.png",
                  "figures/reliability.png"):
         assert name in files, name
-    for name in local - {"README.md"}:  # everything but the card arrives byte for byte
+    for name in local - {"README.md", "hf_adapt.json"}:  # everything but the card and run file arrives as is
         assert files[name] == (result.output_dir / name).read_bytes(), name
+    # the run file names the base by its Hub id (the trainer's folder exists nowhere else) and lists the files
+    pushed_info = json.loads(files["hf_adapt.json"])
+    assert json.loads((result.output_dir / "hf_adapt.json").read_text())["model"]["name_or_path"] == str(tiny_bert)
+    assert pushed_info["model"]["name_or_path"] == "hf-adapt-tests/tiny-bert"
+    assert pushed_info["files"] == sorted(set(files) - {".gitattributes"})
     assert repo.tags == {"v1": repo.branches["main"]}
     assert result.push.tag == "v1" and result.push.commit_oid == repo.branches["main"]
 
     # the token reached the server only as a header: nowhere in files, logs or output
     captured = capsys.readouterr()
-    for text in (captured.out, captured.err, caplog.text, *hub.requests):
+    assert "pushed" in caplog.text
+    for text in (captured.out, captured.err, caplog.text):
         assert TOKEN not in text
     for name, content in files.items():
         assert TOKEN.encode() not in content, name
@@ -142,8 +154,9 @@ def test_card_body_holds_only_measured_facts(credit_run):
     age = subgroups["age_in_years"]
     assert sum(g["n"] for g in age["groups"].values()) == facts["split_sizes"]["test"]
     assert "## Subgroup evaluation" in text and "**age_in_years**" in text
+    assert not any(g["small"] for g in age["groups"].values())
     gap = age["gaps"]["equal_opportunity_difference"]
-    assert f"equal opportunity difference: {gap:.3f}" in text
+    assert gap is not None and f"equal opportunity difference: {gap:.3f}" in text
     assert facts["subgroup_sentences"] and all(s in text for s in facts["subgroup_sentences"])
 
 
@@ -153,6 +166,7 @@ def test_pushed_adapter_loads_back_and_its_snippet_runs(credit_run, hub, tmp_pat
     texts = result.data.inputs("test", "text")[:8]
     expected = hf_adapt.load_adapted(str(result.output_dir)).logits(texts)
     assert torch.equal(hf_adapt.load_adapted(REPO).logits(texts), expected)
+    assert any(r.startswith("GET /hf-adapt-tests/tiny-bert/resolve/") for r in hub.requests)  # base from the Hub
     assert torch.equal(hf_adapt.load_adapted(REPO, revision="v1").logits(texts), expected)
 
     snippet = _snippet(hub.repo(REPO).files("main")["README.md"].decode())
@@ -193,18 +207,34 @@ def test_auth_failures_say_so_without_the_token(credit_run, hub, status):
     hub.fail("POST", "/api/repos/create", status, body={"error": f"Bearer {TOKEN} is not allowed"})
     with pytest.raises(HubError, match=f"refused the token \\(HTTP {status}\\)") as err:
         push_output(result.output_dir, _fast())
-    assert TOKEN not in str(err.value) and err.value.__cause__ is None
+    assert TOKEN not in str(err.value)
+    assert err.value.__cause__ is None and err.value.__context__ is None  # the HTTP error holds the token
 
 
-def test_an_edited_card_is_not_overwritten(credit_run, hub):
+def test_an_edited_card_is_not_overwritten(credit_run, hub, tmp_path):
+    import shutil
+
     from huggingface_hub import HfApi
 
     _, result = credit_run
     push_output(result.output_dir, _fast())
-    push_output(result.output_dir, _fast())  # our own unedited card: replaced freely
+    again = push_output(result.output_dir, _fast())  # nothing new: no commit, and the version keeps its tag
+    assert again.tag == "v1" and len(hub.repo(REPO).commits) == 2
+    reworded = tmp_path / "reworded"  # same weights, a card with other facts: our own card is replaced freely
+    shutil.copytree(result.output_dir, reworded)
+    facts = cards.read_facts(reworded)
+    cards.write_facts(reworded, {**facts, "intended_use": "Ranking loan applications (second wording)."})
+    push_output(reworded, _fast())
     assert set(hub.repo(REPO).tags) == {"v1", "v2"}
+    assert "second wording" in hub.repo(REPO).files("main")["README.md"].decode()
     edited = hub.repo(REPO).files("main")["README.md"].decode().replace("## Limitations", "## Limitations\n\n- Reviewed by the model risk team.")
     HfApi().upload_file(path_or_fileobj=edited.encode(), path_in_repo="README.md", repo_id=REPO)
+    hub.fail("HEAD", "/README.md", 503, times=100)  # the card cannot be read: the push stops, it does not guess
+    hub.fail("GET", "/README.md", 503, times=100)
+    with pytest.raises(HubError, match="read README.md"):
+        push_output(result.output_dir, _fast())
+    hub._failures.clear()
+    assert hub.repo(REPO).files("main")["README.md"].decode() == edited
     with pytest.raises(HubError, match="edited on the Hub"):
         push_output(result.output_dir, _fast())
     assert hub.repo(REPO).files("main")["README.md"].decode() == edited
@@ -281,6 +311,7 @@ def test_image_card_has_gradcam_and_a_runnable_snippet(tiny_timm_convnet, digits
         image_size=32, num_train_epochs=1, learning_rate=5e-3, metric_for_best_model="accuracy",
         output_dir=str(tmp_path / "img"), report_to="none", adapter={"peft_type": "LORA", "r": 4, "lora_alpha": 8},
         torch_num_threads=1, card_examples=3, push_to_hub=True, hub_model_id="hf-adapt-tests/digits-lora",
+        base_model_id="hf-adapt-tests/tiny-convnet",
     ))
     result = main(cfg)
     out = result.output_dir
@@ -294,6 +325,7 @@ def test_image_card_has_gradcam_and_a_runnable_snippet(tiny_timm_convnet, digits
                               cwd=cwd)
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert "'label': '" in proc.stdout
+    assert any(r.startswith("GET /hf-adapt-tests/tiny-convnet/resolve/") for r in hub.requests)
 
 
 def test_a_new_version_replaces_the_old_weights_but_keeps_user_files(credit_run, hub, tiny_bert, credit_sample,
@@ -304,11 +336,13 @@ def test_a_new_version_replaces_the_old_weights_but_keeps_user_files(credit_run,
     probe = main(_credit_config(tiny_bert, credit_sample, tmp_path / "probe", regime="linear_probe",
                                 num_train_epochs=1, sensitive_columns=None, sensitive_bins=None))
     push_output(probe.output_dir, _fast())
-    HfApi().upload_file(path_or_fileobj=b"validated by the risk team", path_in_repo="NOTES.md", repo_id=REPO)
+    for user_file in ("NOTES.md", "figures/architecture.png", "tokenizer_NOTES.md"):
+        HfApi().upload_file(path_or_fileobj=b"validated by the risk team", path_in_repo=user_file, repo_id=REPO)
     push_output(adapter_run.output_dir, _fast())
     files = hub.repo(REPO).files("main")
     assert "head.safetensors" not in files and "adapter_model.safetensors" in files
-    assert files["NOTES.md"] == b"validated by the risk team"
+    for user_file in ("NOTES.md", "figures/architecture.png", "tokenizer_NOTES.md"):  # not hf-adapt's to delete
+        assert files[user_file] == b"validated by the risk team"
     assert "head.safetensors" in hub.repo(REPO).files("v1")  # the old version stays loadable by its tag
     texts = adapter_run.data.inputs("test", "text")[:4]
     assert torch.equal(hf_adapt.load_adapted(REPO, revision="v1").logits(texts),
@@ -323,3 +357,33 @@ def test_card_names_the_repo_and_pins_the_data(credit_run, credit_sample, hub):
     assert card.data.model_name == "credit-lora"  # the model-index name
     digest = hashlib.sha256(b"credit.csv\0" + Path(credit_sample).read_bytes()).hexdigest()
     assert f"sha256 of the files: `{digest}`" in card.text
+
+
+def test_a_base_only_on_this_disk_cannot_be_pushed(credit_run, tiny_bert, hub, tmp_path):
+    import shutil
+
+    from hf_adapt import cards as card_module
+
+    _, result = credit_run
+    copy = tmp_path / "no-base-id"
+    shutil.copytree(result.output_dir, copy)
+    facts = card_module.read_facts(copy)
+    card_module.write_facts(copy, {**facts, "base_model": None})
+    with pytest.raises(HubError, match="loaded from the local folder .* set base_model_id"):
+        push_output(copy, _fast())
+    assert not [r for r in hub.requests if r.startswith("POST")]
+
+
+def test_push_through_the_xet_client_path(credit_run, hub, monkeypatch):
+    """With hf_xet installed (as users have it) the client takes other code paths; the push must not care."""
+    import huggingface_hub.constants as constants
+
+    monkeypatch.delenv("HF_HUB_DISABLE_XET")
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", False)
+    _, result = credit_run
+    pushed = push_output(result.output_dir, _fast())
+    assert [c.summary for c in hub.repo(REPO).commits][-1].startswith("hf-adapt finetune")
+    assert len(hub.repo(REPO).commits) == 2  # one commit for the whole output
+    texts = result.data.inputs("test", "text")[:4]
+    assert torch.equal(hf_adapt.load_adapted(REPO, revision=pushed.tag).logits(texts),
+                       hf_adapt.load_adapted(str(result.output_dir)).logits(texts))
