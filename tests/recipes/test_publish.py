@@ -24,7 +24,7 @@ from hf_adapt.config import config_from_dict
 from hf_adapt.errors import HfAdaptError, HubError
 from hf_adapt.hub import PushSettings, push_output
 from hf_adapt.recipes.finetune import FinetuneConfig, main
-from tests.hub_server import LocalHub, hub_env
+from tests.hub_server import LocalHub, hub_env, record_backoff
 
 TOKEN = "hf_TestTokenThatMustNeverLeak0123456789"
 REPO = "hf-adapt-tests/credit-lora"
@@ -56,6 +56,7 @@ def hub(monkeypatch, tmp_path, tiny_bert, tiny_timm_convnet):
     """A Hub holding the tiny base models, so a pushed adapter resolves its base there, as a user's would."""
     with LocalHub({"hf-adapt-tests/tiny-bert": tiny_bert, "hf-adapt-tests/tiny-convnet": tiny_timm_convnet}) as server:
         hub_env(monkeypatch, server, tmp_path, token=TOKEN)
+        record_backoff(monkeypatch)  # the client's own retries (1-8 s waits) run without sleeping
         yield server
 
 
