@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from hf_adapt.outputs import read_json, write_json
+from hf_adapt.sources import is_disk_path
 
 FACTS_FILE = "card_facts.json"
 _MARK = "<!-- hf-adapt card sha256:"
@@ -167,6 +168,6 @@ def _public_source(source: Any) -> Any:
     if isinstance(source, dict):
         return {split: _public_source(value) for split, value in source.items()}
     text = str(source)
-    if text.startswith("pkg://") or not (text.startswith(("/", ".", "~")) or "\\" in text or Path(text).exists()):
+    if not is_disk_path(text):
         return source
     return f"{Path(text).name} (a local file of the training machine)"

@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 from hf_adapt import cards
 from hf_adapt.errors import HubError
 from hf_adapt.outputs import RUN_FILE
+from hf_adapt.sources import is_disk_path
 
 logger = logging.getLogger("hf_adapt.hub")
 
@@ -114,7 +115,7 @@ def check_base_model(base_model: str | None) -> None:
     """``base_model`` must be a Hub id: never a disk path or a ``pkg://`` copy."""
     if base_model is None:
         return
-    if "://" in base_model or base_model.startswith(("/", ".", "~")) or "\\" in base_model or Path(base_model).exists():
+    if "://" in base_model or is_disk_path(base_model):
         raise HubError(f"base_model {base_model!r} is a local path, not a Hub id; set base_model_id to the Hub id "
                        "the weights came from (or leave it unset when they come from no Hub repo)")
     check_repo_id(base_model, "base_model")
@@ -312,12 +313,6 @@ def push_command(output_dir: str | Path, settings: PushSettings) -> str:
     return shlex.join(parts)
 
 
-def _is_disk_path(source: str | None) -> bool:
-    if not source or source.startswith("pkg://"):  # packaged copies resolve on any machine with the package
-        return False
-    return source.startswith(("/", ".", "~", "local-dir:")) or "\\" in source or Path(source).exists()
-
-
 def portable_run_info(info: dict[str, Any], facts: dict[str, Any]) -> dict[str, Any]:
     """``hf_adapt.json`` as pushed: a base model loaded from a local folder is named by its Hub id.
 
@@ -328,13 +323,13 @@ def portable_run_info(info: dict[str, Any], facts: dict[str, Any]) -> dict[str, 
     source = model["name_or_path"]
     if source.startswith("pkg://") and facts.get("base_model"):  # a packaged copy of a Hub model: name the model
         source = model["name_or_path"] = f"hf-hub:{facts['base_model']}" if info["family"] == "timm" else facts["base_model"]
-    if _is_disk_path(source):
+    if is_disk_path(source):
         base = facts.get("base_model")
         if not base:
             raise HubError(f"the base model was loaded from the local folder {source!r}, which no one who downloads "
                            "the repo can load; set base_model_id to its Hub id, or train from the Hub id")
         model["name_or_path"] = f"hf-hub:{base}" if info["family"] == "timm" else base
-    if _is_disk_path(model.get("weights_file")):
+    if is_disk_path(model.get("weights_file")):
         raise HubError(f"weights_file {model['weights_file']!r} is a file on this disk, which no one who downloads "
                        "the repo can load; publish those weights on the Hub (or ship them in a package, pkg://...)")
     return {**info, "model": model}

@@ -50,6 +50,13 @@ def known_dataset_name(source: str) -> str | None:
     return _KNOWN_DATASETS.get(source)
 
 
+def is_disk_path(source: str | None) -> bool:
+    """A path on this machine's disk, which no other machine can resolve (``pkg://`` sources and Hub ids are not)."""
+    if not source or source.startswith(PKG_SCHEME):
+        return False
+    return source.startswith(("/", ".", "~", "local-dir:")) or "\\" in source or Path(source).exists()
+
+
 def is_local(source: str) -> bool:
     """True for ``pkg://`` sources and paths that exist on disk."""
     return source.startswith(PKG_SCHEME) or Path(source).exists()
