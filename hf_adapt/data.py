@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,9 @@ class DataSpec:
     test_size: float = 0.3
     seed: int = 42
     max_samples: dict[str, int] = field(default_factory=dict)
+    train_fraction: float | None = None  # label budget: this share of each class's training rows
+    train_samples_per_class: int | None = None  # label budget: this many training rows per class
+    class_names: list[str] | None = None  # set by load_labelled, for messages
 
 
 @dataclass
@@ -267,6 +270,34 @@ def _stratified_split(dataset, fraction: float, seed: int, name: str):
     return dataset.select(sorted(keep)), dataset.select(sorted(held))
 
 
+def label_budget(labels, fraction: float | None, per_class: int | None, seed: int,
+                 names: list[str] | None = None):
+    """Row indices of a stratified, seeded label budget: ``per_class`` rows of every class, or
+    ``fraction`` of each class's rows (at least one).
+
+    Each class's rows are drawn in one seeded order and the budget takes its head, so smaller
+    budgets are subsets of larger ones: a study's label-budget curve compares nested sets.
+    """
+    import numpy as np
+
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for label in np.unique(labels):
+        rows = np.flatnonzero(labels == label)
+        rows = rows[rng.permutation(len(rows))]
+        if per_class is not None:
+            if per_class > len(rows):
+                name = names[label] if names else label
+                raise DataError(f"train_samples_per_class {per_class} is larger than the {len(rows)} training "
+                                f"rows of class {name!r}; lower it, or use train_fraction")
+            take = per_class
+        else:
+            take = max(1, round(fraction * len(rows)))
+        chosen.append(rows[:take])
+    return np.sort(np.concatenate(chosen))
+
+
 def make_splits(dataset_dict, spec: DataSpec) -> tuple[dict[str, Any], str]:
     """Named splits as given; missing test/validation carved from train (stratified, seeded)."""
     splits = {_SPLIT_NAMES.get(k, k): v for k, v in dataset_dict.items()}
@@ -281,6 +312,13 @@ def make_splits(dataset_dict, spec: DataSpec) -> tuple[dict[str, Any], str]:
         splits["train"], splits["validation"] = _stratified_split(splits["train"], share, spec.seed, "validation")
         how.append(f"validation: stratified {spec.validation_size:.0%} of the data (seed {spec.seed})")
     splits = {k: splits[k] for k in ("train", "validation", "test")}
+    if spec.train_fraction is not None or spec.train_samples_per_class is not None:
+        rows = label_budget(splits["train"]["label"], spec.train_fraction, spec.train_samples_per_class, spec.seed,
+                            spec.class_names)
+        splits["train"] = splits["train"].select(rows)
+        budget = (f"{spec.train_samples_per_class} per class" if spec.train_samples_per_class is not None
+                  else f"{spec.train_fraction:.0%} of each class")
+        how.append(f"train: label budget of {budget} (stratified, seed {spec.seed})")
     for name, dataset in splits.items():
         limit = spec.max_samples.get(name)
         if limit is not None and len(dataset) > limit:
@@ -414,7 +452,7 @@ def load_labelled(spec: DataSpec) -> LabelledData:
             )
     names = label_names(raw, spec.label_column)
     encoded = {split: _encode_labels(ds, spec.label_column, names) for split, ds in raw.items()}
-    splits, how = make_splits(encoded, spec)
+    splits, how = make_splits(encoded, replace(spec, class_names=names))
     kind, column, features = _detect_kind(splits["train"], spec)
     for split, dataset in splits.items():  # every split must carry the columns the inputs need
         absent = [c for c in (features + ([column] if column else [])) if c not in dataset.column_names]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,6 +41,20 @@ class ClassificationTask:
     def __call__(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         logits = self.logits_fn(model, batch["inputs"])
         return {"loss": F.cross_entropy(logits.float(), batch["labels"]), "logits": logits}
+
+
+class Callback:
+    """Hooks into :func:`fit`; override what you need. Strategies (gradual unfreezing, continual
+    learning) are callbacks on this one loop, never a second loop."""
+
+    def on_train_start(self, accelerator, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        """Once, after ``accelerator.prepare``."""
+
+    def on_epoch_start(self, epoch: int, model: nn.Module) -> None:
+        """Before each epoch's first batch, after ``model.train()``."""
+
+    def before_optimizer_step(self, model: nn.Module) -> None:
+        """After the gradients of an optimiser step are synchronised and clipped, before ``optimizer.step()``."""
 
 
 class ExampleDataset(Dataset):
@@ -82,6 +97,7 @@ class LoopSettings:
     metric_for_best_model: str = "auroc"
     early_stopping_patience: int | None = None
     logging_steps: int = 10
+    layer_lr_decay: float | None = None  # lr of layer d = lr * decay ** (top - d); None: one rate for all
 
 
 @dataclass
@@ -123,35 +139,72 @@ def _is_head(name: str, head_names: list[str]) -> bool:
     return any(f".{head}." in dotted for head in head_names)
 
 
+# "<...>.layer.3.<...>", "blocks.2.", "layers.11.", "h.5.": the numbered stack of a transformer or timm net
+_LAYER = re.compile(r"(?:^|\.)(?:layer|layers|blocks|block|h|stages|stage)\.(\d+)\.")
+
+
+def layer_depths(names: list[str], head_names: list[str]) -> tuple[dict[str, int], int]:
+    """Depth of each parameter for layer-wise rates and gradual unfreezing, and the top depth.
+
+    Embeddings and stems (before the first numbered block) are depth 0, block ``i`` is
+    ``i + 1``, what follows the stack (final norms, timm's ``conv_head``) is one above the
+    last block, and the head is the top. For timm nets with nested stages
+    (``blocks.2.1``) the outer index counts.
+    """
+    depths: dict[str, int] = {}
+    last_block, seen_block = 0, False
+    for name in names:
+        if _is_head(name, head_names):
+            continue
+        match = _LAYER.search(name)
+        if match:
+            depths[name] = int(match.group(1)) + 1
+            last_block, seen_block = max(last_block, depths[name]), True
+        else:
+            depths[name] = -1 if seen_block else 0  # -1: after the stack, resolved below
+    top = last_block + 2
+    for name in names:
+        if _is_head(name, head_names):
+            depths[name] = top
+        elif depths[name] == -1:
+            depths[name] = last_block + 1
+    return depths, top
+
+
 def make_optimizer(model: nn.Module, settings: LoopSettings) -> torch.optim.Optimizer:
-    """AdamW; no decay on biases and norms; the new head at ``head_learning_rate`` if set.
+    """AdamW; no decay on biases and norms; the new head at ``head_learning_rate`` if set;
+    with ``layer_lr_decay``, each layer's rate shrinks geometrically with its distance from the top.
 
     A freshly initialised head on a frozen (or LoRA-adapted) backbone learns far slower
     than the adapter at the same rate, so it gets its own rate.
     """
-    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
-    for name, param in model.named_parameters():
-        if param.requires_grad:
-            head = settings.head_learning_rate is not None and _is_head(name, settings.head_names)
-            groups.setdefault((head, param.ndim < 2), []).append(param)
-    param_groups = [
-        {
-            "params": params,
-            "weight_decay": 0.0 if no_decay else settings.weight_decay,
-            "lr": settings.head_learning_rate if head else settings.learning_rate,
-        }
-        for (head, no_decay), params in sorted(groups.items())
-    ]
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    depths, top = layer_depths([n for n, _ in named], settings.head_names)
+    groups: dict[tuple[bool, bool, int], list[nn.Parameter]] = {}
+    for name, param in named:
+        head = settings.head_learning_rate is not None and _is_head(name, settings.head_names)
+        depth = depths[name] if settings.layer_lr_decay is not None else top
+        groups.setdefault((head, param.ndim < 2, depth), []).append(param)
+    param_groups = []
+    for (head, no_decay, depth), params in sorted(groups.items()):
+        lr = settings.head_learning_rate if head else settings.learning_rate
+        if settings.layer_lr_decay is not None and not head:
+            lr *= settings.layer_lr_decay ** max(top - 1 - depth, 0)  # the top layer below the head keeps lr
+        param_groups.append({"params": params, "weight_decay": 0.0 if no_decay else settings.weight_decay, "lr": lr})
     return torch.optim.AdamW(param_groups, lr=settings.learning_rate)
 
 
 def fit(accelerator, model: nn.Module, task: Task, train_loader: DataLoader, eval_loader: DataLoader,
-        settings: LoopSettings) -> tuple[nn.Module, FitResult]:
+        settings: LoopSettings, evaluate_fn: Callable[..., dict[str, float]] | None = None,
+        callbacks: list[Callback] | tuple[Callback, ...] = ()) -> tuple[nn.Module, FitResult]:
     """Train with per-epoch evaluation, keep the best epoch's weights, stop early if asked.
 
-    ``model`` and the loaders must not be prepared yet. Returns the prepared model with
-    the best weights restored, and the history.
+    ``model`` and the loaders must not be prepared yet. ``evaluate_fn(accelerator, model, task,
+    loader)`` scores an epoch (default: classification metrics); its dict must hold
+    ``settings.metric_for_best_model``. Returns the prepared model with the best weights
+    restored, and the history.
     """
+    evaluate_fn = evaluate_fn or evaluate
     from transformers import get_scheduler
 
     optimizer = make_optimizer(model, settings)
@@ -168,6 +221,8 @@ def fit(accelerator, model: nn.Module, task: Task, train_loader: DataLoader, eva
     )
     scheduler = accelerator.prepare(scheduler)
     trainable = [p for p in model.parameters() if p.requires_grad]
+    for callback in callbacks:
+        callback.on_train_start(accelerator, model, optimizer)
     result = FitResult()
     best_state, stale, step = None, 0, 0
     metric = settings.metric_for_best_model
@@ -176,13 +231,18 @@ def fit(accelerator, model: nn.Module, task: Task, train_loader: DataLoader, eva
     for epoch in range(1, epochs + 1):
         model.train()
         freeze_frozen_norm_statistics(model)
+        for callback in callbacks:
+            callback.on_epoch_start(epoch, model)
         running, seen = torch.zeros((), device=accelerator.device), 0  # a tensor: no GPU sync per step
         for batch in train_loader:
             with accelerator.accumulate(model):
                 loss = task(model, batch)["loss"]
                 accelerator.backward(loss)
-                if accelerator.sync_gradients and settings.max_grad_norm:
-                    accelerator.clip_grad_norm_(trainable, settings.max_grad_norm)
+                if accelerator.sync_gradients:
+                    if settings.max_grad_norm:
+                        accelerator.clip_grad_norm_(trainable, settings.max_grad_norm)
+                    for callback in callbacks:
+                        callback.before_optimizer_step(model)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad()
@@ -196,7 +256,7 @@ def fit(accelerator, model: nn.Module, task: Task, train_loader: DataLoader, eva
                     progress.set_postfix(loss=f"{mean_loss:.4f}")
             if step >= total_steps:
                 break
-        metrics = evaluate(accelerator, model, task, eval_loader)
+        metrics = evaluate_fn(accelerator, model, task, eval_loader)
         metrics["train_loss"] = running.item() / max(seen, 1)
         result.history.append({"epoch": epoch, "step": step, **metrics})
         accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=step)

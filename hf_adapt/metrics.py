@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 # Metrics where lower is better; everything else is maximised.
-LOWER_IS_BETTER = {"log_loss", "ece", "loss"}
+LOWER_IS_BETTER = {"log_loss", "ece", "loss", "perplexity"}
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

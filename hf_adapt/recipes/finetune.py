@@ -71,9 +71,16 @@ class FinetuneConfig(PublishOptions):
     test_size: float = field(default=0.3, metadata={"help": "Share of all rows held out for test when no test split is given."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Use at most this many training rows (seeded subsample)."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use at most this many validation and test rows each."})
+    train_fraction: float | None = field(default=None, metadata={"help": "Label budget: train on this share of each class's training rows (stratified, seeded; smaller budgets are subsets of larger ones)."})
+    train_samples_per_class: int | None = field(default=None, metadata={"help": "Label budget: train on this many rows of each class (stratified, seeded, nested like train_fraction)."})
+    # --- transfer
+    init_from: str | None = field(default=None, metadata={"help": "Start from the backbone of an earlier hf-adapt output (a folder or Hub repo; a finetune or pretrain run): its adapter is merged, its head dropped, and a new head is trained for this data. The base model comes from that output; model_name_or_path may only name the same one."})
+    init_from_revision: str | None = field(default=None, metadata={"help": "Hub branch, tag or commit of init_from."})
     # --- regime and adapter
-    regime: Literal["adapter", "linear_probe", "full"] = field(default="adapter", metadata={"help": "adapter: peft method on a frozen backbone; linear_probe: head only; full: all weights."})
+    regime: Literal["adapter", "linear_probe", "full", "gradual_unfreeze"] = field(default="adapter", metadata={"help": "adapter: peft method on a frozen backbone; linear_probe: head only; full: all weights; gradual_unfreeze: the head first, then one more layer group from the top every unfreeze_every_epochs epochs (saved as full)."})
     adapter: dict = field(default_factory=_default_adapter, metadata={"help": "peft config as a dict: peft_type plus that method's fields, e.g. {peft_type: LORA, r: 8}."})
+    unfreeze_every_epochs: int = field(default=1, metadata={"help": "gradual_unfreeze: epochs between unfreezing one more layer group."})
+    layer_lr_decay: float | None = field(default=None, metadata={"help": "Layer-wise learning-rate decay, e.g. 0.8: each layer below the top trains at decay x the rate of the layer above (embeddings/stem lowest); unset: one rate."})
     # --- optimisation
     num_train_epochs: int = field(default=3, metadata={"help": "Epochs over the training split."})
     max_steps: int = field(default=-1, metadata={"help": "Stop after this many optimiser steps (overrides epochs when > 0)."})
@@ -122,7 +129,17 @@ class FinetuneConfig(PublishOptions):
             raise ConfigError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.num_workers < 0:
             raise ConfigError(f"num_workers must be >= 0, got {self.num_workers}")
-        if not self.pretrained and self.regime != "full":
+        if self.train_fraction is not None and self.train_samples_per_class is not None:
+            raise ConfigError("set train_fraction or train_samples_per_class, not both")
+        if self.train_fraction is not None and not 0 < self.train_fraction <= 1:
+            raise ConfigError(f"train_fraction must be in (0, 1], got {self.train_fraction}")
+        if self.train_samples_per_class is not None and self.train_samples_per_class < 1:
+            raise ConfigError(f"train_samples_per_class must be >= 1, got {self.train_samples_per_class}")
+        if self.layer_lr_decay is not None and not 0 < self.layer_lr_decay <= 1:
+            raise ConfigError(f"layer_lr_decay must be in (0, 1], got {self.layer_lr_decay}")
+        if self.unfreeze_every_epochs < 1:
+            raise ConfigError(f"unfreeze_every_epochs must be >= 1, got {self.unfreeze_every_epochs}")
+        if not self.pretrained and self.regime not in ("full", "gradual_unfreeze"):
             raise ConfigError(f"pretrained: false needs regime: full; a {self.regime} run saves only part of the "
                               "weights, and a random base cannot be rebuilt when the output is loaded")
         from transformers import SchedulerType
@@ -145,7 +162,8 @@ def data_spec(cfg: FinetuneConfig):
         revision=cfg.data_revision, text_column=cfg.text_column, image_column=cfg.image_column,
         feature_columns=cfg.feature_columns, text_template=cfg.text_template, pixel_shape=cfg.pixel_shape,
         validation_size=cfg.validation_size, test_size=cfg.test_size, seed=cfg.seed, max_samples=limits,
-        load_kwargs=cfg.data_kwargs or {},
+        load_kwargs=cfg.data_kwargs or {}, train_fraction=cfg.train_fraction,
+        train_samples_per_class=cfg.train_samples_per_class,
     )
 
 
