@@ -13,7 +13,7 @@ from torch import nn
 from hf_adapt.backbones import Backbone
 from hf_adapt.errors import ConfigError
 
-REGIMES = ("adapter", "linear_probe", "full")
+REGIMES = ("adapter", "linear_probe", "full", "gradual_unfreeze")
 
 
 def _target_mapping(peft_type: str) -> dict[str, Any]:
@@ -63,7 +63,7 @@ def make_peft_config(adapter: dict[str, Any], backbone: Backbone):
 def apply_regime(backbone: Backbone, regime: str, adapter: dict[str, Any] | None) -> nn.Module:
     """The model to train: peft-wrapped, head-only trainable, or fully trainable."""
     model = backbone.model
-    if regime == "full":
+    if regime in ("full", "gradual_unfreeze"):  # gradual_unfreeze: the loop's GradualUnfreeze drops frozen gradients
         model.requires_grad_(True)
         return model
     if regime == "linear_probe":

@@ -24,12 +24,15 @@ HEAD_FILE = "head.safetensors"
 MODEL_FILE = "model.safetensors"
 LABEL_FILE = "label_map.json"
 FORMAT_VERSION = 1
+# what each regime saves: gradual unfreezing ends with every weight trained
+ARTIFACT_KIND = {"adapter": "adapter", "linear_probe": "linear_probe", "full": "full", "gradual_unfreeze": "full"}
 
 
 def save_model(model: nn.Module, backbone: Backbone, regime: str, directory: Path) -> None:
     from safetensors.torch import save_file
     from safetensors.torch import save_model as save_full
 
+    regime = ARTIFACT_KIND.get(regime, regime)
     if regime == "adapter":
         model.save_pretrained(str(directory))
     elif regime == "linear_probe":
@@ -47,6 +50,7 @@ def restore_model(backbone: Backbone, regime: str, directory: Path) -> nn.Module
     from safetensors.torch import load_file, load_model
 
     model = backbone.model
+    regime = ARTIFACT_KIND.get(regime, regime)
     if regime == "adapter":
         from peft import PeftModel
 

@@ -22,6 +22,7 @@ _METRICS = {
     "auroc": ("roc_auc", "AUROC"),
     "log_loss": ("log_loss", "Log loss"),
     "ece": ("ece", "Expected calibration error"),
+    "perplexity": ("perplexity", "Perplexity"),
 }
 _PIPELINE = {"text": "text-classification", "image": "image-classification"}
 _VERSIONED = ("hf-adapt", "torch", "transformers", "peft", "timm", "accelerate", "datasets")
@@ -60,7 +61,7 @@ def card_data(facts: dict[str, Any]):
     """YAML metadata: base model, library, pipeline, tags and the test metrics (model-index)."""
     from huggingface_hub import EvalResult, ModelCardData
 
-    task_type = _PIPELINE[facts["input_kind"]]
+    task_type = facts.get("pipeline_tag") or _PIPELINE[facts["input_kind"]]  # language models name their own
     dataset_name = facts["dataset_name"]
     results = [
         EvalResult(
@@ -83,8 +84,9 @@ def card_data(facts: dict[str, Any]):
     return ModelCardData(
         model_name=facts["model_name"],
         base_model=facts.get("base_model"),
-        base_model_relation=(("adapter" if facts["regime"] == "adapter" else "finetune")
-                             if facts.get("base_model") else None),
+        # an adapter trained on a transferred backbone does not apply to the base alone
+        base_model_relation=(("adapter" if facts["regime"] == "adapter" and not facts["config"].get("init_from")
+                              else "finetune") if facts.get("base_model") else None),
         library_name="peft" if facts["regime"] == "adapter" else facts["family"],
         pipeline_tag=task_type,
         license=facts.get("license"),
@@ -135,7 +137,7 @@ def is_unedited(text: str) -> bool:
 
 
 def render_card(facts: dict[str, Any], repo_id: str | None = None, revision: str | None = None,
-                template: str = "classifier.md"):
+                template: str | None = None):
     """A fingerprinted ``huggingface_hub.ModelCard`` filled only with the measured facts given.
 
     With ``repo_id`` the card is the one pushed there: named after the repo, its usage snippet
@@ -144,6 +146,7 @@ def render_card(facts: dict[str, Any], repo_id: str | None = None, revision: str
     """
     from huggingface_hub import ModelCard
 
+    template = template or facts.get("card_template", "classifier.md")  # facts name their template, so a push re-renders it
     adapter = facts.get("adapter")
     history = facts["history"]
     load_path = repo_id or facts["output_dir"]

@@ -54,7 +54,7 @@ class Callback:
         """Before each epoch's first batch, after ``model.train()``."""
 
     def before_optimizer_step(self, model: nn.Module) -> None:
-        """After the gradients of an optimiser step are synchronised and clipped, before ``optimizer.step()``."""
+        """Once the gradients of an optimiser step are synchronised, before clipping and ``optimizer.step()``."""
 
 
 class ExampleDataset(Dataset):
@@ -171,6 +171,42 @@ def layer_depths(names: list[str], head_names: list[str]) -> tuple[dict[str, int
     return depths, top
 
 
+class GradualUnfreeze(Callback):
+    """ULMFiT-style gradual unfreezing: the head alone first, then one more layer group from the top
+    every ``every_epochs`` epochs, down to the embeddings or stem.
+
+    Every parameter stays ``requires_grad`` (DDP fixes its set of gradients when it wraps the
+    model); the frozen groups' gradients are dropped before each step, so AdamW neither moves
+    nor decays them, and their norm layers keep their running statistics.
+    """
+
+    def __init__(self, head_names: list[str], every_epochs: int = 1):
+        self.head_names, self.every_epochs = head_names, every_epochs
+        self.frozen: list[nn.Parameter] = []
+
+    def on_train_start(self, accelerator, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        named = list(accelerator.unwrap_model(model).named_parameters())
+        depths, self.top = layer_depths([n for n, _ in named], self.head_names)
+        self.params = [(depths[n], p) for n, p in named]
+        self.model = accelerator.unwrap_model(model)
+
+    def on_epoch_start(self, epoch: int, model: nn.Module) -> None:
+        lowest = self.top - (epoch - 1) // self.every_epochs  # depth of the lowest trainable group
+        frozen_ids = {id(p) for d, p in self.params if d < lowest}
+        self.frozen = [p for d, p in self.params if d < lowest]
+        for module in self.model.modules():
+            own = list(module.parameters(recurse=False))
+            if isinstance(module, nn.modules.batchnorm._NormBase) and own and all(id(p) in frozen_ids for p in own):
+                module.eval()
+        trainable = sum(p.numel() for d, p in self.params if d >= lowest)
+        logger.info("epoch %d: training layer groups %d-%d of 0-%d (%s parameters)", epoch, max(lowest, 0), self.top,
+                    self.top, f"{trainable:,}")
+
+    def before_optimizer_step(self, model: nn.Module) -> None:
+        for param in self.frozen:
+            param.grad = None
+
+
 def make_optimizer(model: nn.Module, settings: LoopSettings) -> torch.optim.Optimizer:
     """AdamW; no decay on biases and norms; the new head at ``head_learning_rate`` if set;
     with ``layer_lr_decay``, each layer's rate shrinks geometrically with its distance from the top.
@@ -239,10 +275,10 @@ def fit(accelerator, model: nn.Module, task: Task, train_loader: DataLoader, eva
                 loss = task(model, batch)["loss"]
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
-                    if settings.max_grad_norm:
-                        accelerator.clip_grad_norm_(trainable, settings.max_grad_norm)
                     for callback in callbacks:
                         callback.before_optimizer_step(model)
+                    if settings.max_grad_norm:
+                        accelerator.clip_grad_norm_(trainable, settings.max_grad_norm)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -9,10 +10,11 @@ import numpy as np
 import torch
 
 from hf_adapt.artifacts import read_run_info, restore_model
-from hf_adapt.backbones import BackboneSpec, get_builder
+from hf_adapt.backbones import get_builder
 from hf_adapt.data import render_row
 from hf_adapt.errors import ModelError
 from hf_adapt.metrics import softmax
+from hf_adapt.transfer import backbone_spec
 
 
 class Predictor:
@@ -104,21 +106,12 @@ def load_adapted(path_or_repo_id: str, merge: bool = False, device: str = "cpu",
     if model_info.get("trust_remote_code") and not trust_remote_code:
         raise ModelError(f"{path_or_repo_id}: the base model needs trust_remote_code=True, which runs code "
                          "from its repo; pass it to load_adapted only if you trust that code")
-    spec = BackboneSpec(
-        name_or_path=model_info["name_or_path"],
-        num_labels=len(labels),
-        family=info["family"],
-        weights_file=model_info.get("weights_file"),
-        pretrained=model_info.get("pretrained", True),
-        reset_head=True,  # the trained head comes from the saved artifact
-        revision=model_info.get("revision"),
-        trust_remote_code=trust_remote_code,
-        image_size=model_info.get("image_size"),
-        max_length=model_info.get("max_length", 256),
-        pooling=model_info.get("pooling") or "model",
-    )
     builder = get_builder(info["family"])
-    backbone = builder.build(spec)
+    with tempfile.TemporaryDirectory(prefix="hf-adapt-load-") as workdir:  # a transfer chain's backbone, written out
+        spec = backbone_spec(directory, model_info, len(labels), Path(workdir), trust_remote_code,
+                             image_size=model_info.get("image_size"), max_length=model_info.get("max_length", 256),
+                             pooling=model_info.get("pooling") or "model")
+        backbone = builder.build(spec)
     model = restore_model(backbone, info["regime"], directory)
     if merge and hasattr(model, "merge_and_unload"):
         try:

@@ -163,3 +163,35 @@ def test_unlabelled_rows_are_refused(digits_folder, tmp_path):
     # parquet keeps ClassLabel metadata; the -1 (unlabelled) row is named
     with pytest.raises(DataError, match=r"row 18: label -1 is not one of the 2 classes"):
         load_labelled(DataSpec(source=str(path) + ".parquet"))
+
+
+def test_label_budget_is_stratified_seeded_and_nested(credit_sample):
+    from dataclasses import replace
+
+    full = load_labelled(_credit(credit_sample))
+    train_ids = lambda data: list(zip(*(data.splits["train"][c] for c in ("duration_in_month", "credit_amount", "age_in_years"))))  # noqa: E731
+    all_rows = set(train_ids(full))
+    small = load_labelled(replace(_credit(credit_sample), train_samples_per_class=5))
+    large = load_labelled(replace(_credit(credit_sample), train_samples_per_class=20))
+    assert small.label_counts("train") == {"bad": 5, "good": 5}
+    assert large.label_counts("train") == {"bad": 20, "good": 20}
+    assert set(train_ids(small)) <= set(train_ids(large)) <= all_rows  # nested, drawn from the train split
+    again = load_labelled(replace(_credit(credit_sample), train_samples_per_class=5))
+    assert train_ids(again) == train_ids(small)  # same seed, same rows
+    other = load_labelled(replace(_credit(credit_sample), train_samples_per_class=5, seed=7))
+    assert train_ids(other) != train_ids(small)
+    # validation and test are untouched by the budget
+    assert small.origin["splits"]["test"] == full.origin["splits"]["test"]
+    assert small.splits["validation"]["credit_amount"] == full.splits["validation"]["credit_amount"]
+
+    half = load_labelled(replace(_credit(credit_sample), train_fraction=0.5))
+    counts, full_counts = half.label_counts("train"), full.label_counts("train")
+    assert all(abs(counts[k] - full_counts[k] / 2) <= 0.5 for k in counts)  # each class halved: stratified
+    assert "label budget of 50% of each class" in half.origin["split_method"]
+
+
+def test_label_budget_larger_than_a_class_is_refused(credit_sample):
+    from dataclasses import replace
+
+    with pytest.raises(DataError, match=r"train_samples_per_class 500 is larger than the \d+ training rows of class 'bad'"):
+        load_labelled(replace(_credit(credit_sample), train_samples_per_class=500))

