@@ -18,12 +18,14 @@ from typing import Any
 
 from hf_adapt.backbones import BackboneSpec
 from hf_adapt.errors import ConfigError
-from hf_adapt.outputs import RUN_FILE, read_json
+from hf_adapt.outputs import RUN_FILE, read_json, write_json
 
 logger = logging.getLogger(__name__)
 
 INIT_DIR = "init"
 BACKBONE_FILE = "backbone.safetensors"
+# where the root base comes from: kept only in the top-level hf_adapt.json
+_ROOT_KEYS = ("name_or_path", "weights_file", "pretrained", "revision", "trust_remote_code", "base_model_id")
 _CARRIED = ("adapter_config.json", "adapter_model.safetensors", "head.safetensors", "model.safetensors",
             "config.json", "generation_config.json", "label_map.json", RUN_FILE)
 
@@ -130,8 +132,11 @@ def carry(parent: Parent, directory: Path) -> None:
     target = directory / INIT_DIR
     target.mkdir(parents=True)
     for name in _CARRIED:
-        if (parent.directory / name).is_file():
+        if (parent.directory / name).is_file() and name != RUN_FILE:
             shutil.copy2(parent.directory / name, target / name)
+    # the base is named once, in the top-level hf_adapt.json (which a push rewrites to its Hub id)
+    model = {k: v for k, v in parent.info["model"].items() if k not in _ROOT_KEYS}
+    write_json(target / RUN_FILE, {**parent.info, "model": model})
     if (parent.directory / INIT_DIR).is_dir():
         shutil.copytree(parent.directory / INIT_DIR, target / INIT_DIR)
     for name in _tokenizer_files(parent.directory):  # pretrain outputs: the base LM's own tokenizer
@@ -256,8 +261,7 @@ def start_spec(parent: Parent, config_spec: BackboneSpec, workdir: Path) -> Back
 
 def root_model(parent: Parent, model_info: dict[str, Any]) -> dict[str, Any]:
     """The new run's ``model`` block: the root base of the parent's chain, with the new run's input settings."""
-    keep = ("name_or_path", "weights_file", "pretrained", "revision", "trust_remote_code", "base_model_id")
-    return {**model_info, **{k: parent.info["model"].get(k) for k in keep}}
+    return {**model_info, **{k: parent.info["model"].get(k) for k in _ROOT_KEYS}}
 
 
 def base_model(parent: Parent) -> str | None:

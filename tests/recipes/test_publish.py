@@ -388,3 +388,24 @@ def test_push_through_the_xet_client_path(credit_run, hub, monkeypatch):
     texts = result.data.inputs("test", "text")[:4]
     assert torch.equal(hf_adapt.load_adapted(REPO, revision=pushed.tag).logits(texts),
                        hf_adapt.load_adapted(str(result.output_dir)).logits(texts))
+
+
+def test_transfer_from_a_hub_repo_and_publish_the_child(credit_run, hub, tmp_path):
+    """init_from a pushed repo: the card links it at its commit, and the pushed child rebuilds from the Hub alone."""
+    _, parent = credit_run
+    pushed = push_output(parent.output_dir, _fast())
+    cfg = config_from_dict(FinetuneConfig, dict(
+        init_from=REPO, data=credit_run[0].data,
+        label_column="housing", text_template="{purpose}, {credit_amount} DM, age {age_in_years}", regime="adapter",
+        max_steps=2, report_to="none", torch_num_threads=1, output_dir=str(tmp_path / "child"),
+        push_to_hub=True, hub_model_id="hf-adapt-tests/housing-from-credit", license="apache-2.0"))
+    child = main(cfg)
+    facts = json.loads((child.output_dir / "card_facts.json").read_text())
+    assert facts["lineage"]["parent"] == REPO and facts["lineage"]["hub"]
+    assert facts["lineage"]["revision"] == pushed.commit_oid
+    card = hub.repo("hf-adapt-tests/housing-from-credit").files("main")["README.md"].decode()
+    assert f"[`{REPO}`](https://huggingface.co/{REPO}) at revision `{pushed.commit_oid}`" in card
+    assert "base_model: hf-adapt-tests/tiny-bert" in card
+    texts = child.data.inputs("test", "text")[:8]
+    expected = hf_adapt.load_adapted(str(child.output_dir)).logits(texts)
+    assert torch.equal(hf_adapt.load_adapted("hf-adapt-tests/housing-from-credit").logits(texts), expected)
