@@ -12,6 +12,8 @@ from hf_adapt.errors import HfAdaptError
 # subcommand -> (module with <Name>Config and main, config class name, one-line help)
 RECIPES = {
     "finetune": ("hf_adapt.recipes.finetune", "FinetuneConfig", "fine-tune a backbone with an adapter, a linear probe or fully"),
+    "pretrain": ("hf_adapt.recipes.pretrain", "PretrainConfig", "continue pretraining a text backbone (masked or causal LM), or pretrain on a labelled source set"),
+    "transfer_study": ("hf_adapt.recipes.transfer_study", "TransferStudyConfig", "compare arms across label budgets: a table and a transfer curve"),
 }
 
 

@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 
 from hf_adapt import cards
 from hf_adapt.errors import HubError
-from hf_adapt.outputs import RUN_FILE
+from hf_adapt.outputs import RUN_FILE, read_json
 from hf_adapt.sources import is_disk_path
 
 logger = logging.getLogger("hf_adapt.hub")
@@ -251,7 +251,10 @@ def push_output(output_dir: str | Path, settings: PushSettings) -> PushResult:
     from hf_adapt.artifacts import read_run_info
 
     directory = Path(output_dir)
-    run_info, _ = read_run_info(directory)  # refuses folders hf-adapt did not write
+    if (directory / RUN_FILE).is_file() and read_json(directory / RUN_FILE).get("recipe") == "pretrain":
+        run_info = read_json(directory / RUN_FILE)  # a language model: no label map
+    else:
+        run_info, _ = read_run_info(directory)  # refuses folders hf-adapt did not write
     facts = cards.read_facts(directory)
     preflight(settings.repo_id, facts.get("base_model"), settings.revision, settings.create_pr)
     run_info = portable_run_info(run_info, facts)
@@ -481,7 +484,7 @@ def parent_lineage(api, parent: str, facts: dict[str, Any], retry: dict[str, Any
     metrics = {key: {"parent": theirs["test_metrics"][key], "this": value}
                for key, value in facts["test_metrics"].items() if key in theirs["test_metrics"]}
     return {
-        "parent": repo, "revision": info.sha, "relation": facts.get("lineage", {}).get("relation", "new version"),
+        "parent": repo, "revision": info.sha, "relation": (facts.get("lineage") or {}).get("relation", "new version"),
         "parent_regime": theirs.get("regime"), "changes": changes, "metrics": metrics,
         "same_test_data": _same_test_split(theirs, facts),
     }

@@ -27,7 +27,7 @@ BACKBONE_FILE = "backbone.safetensors"
 # where the root base comes from: kept only in the top-level hf_adapt.json
 _ROOT_KEYS = ("name_or_path", "weights_file", "pretrained", "revision", "trust_remote_code", "base_model_id")
 _CARRIED = ("adapter_config.json", "adapter_model.safetensors", "head.safetensors", "model.safetensors",
-            "config.json", "generation_config.json", "label_map.json", RUN_FILE)
+            "lm_head.safetensors", "config.json", "generation_config.json", "label_map.json", RUN_FILE)
 
 
 @dataclass

