@@ -321,3 +321,28 @@ def test_two_processes_score_exactly_as_one(tiny_bert, reviews_csv, tmp_path):
     assert ddp["eval_loss_before"] == pytest.approx(single.metrics["eval_loss_before"], rel=1e-9)
     assert read_json(tmp_path / "ddp" / "train_results.json")["num_processes"] == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp", "single"], "stray staging dirs from another rank"
+
+
+def test_finetune_from_a_pretrain_output_carries_the_adapted_encoder(mlm_lora, credit_sample, tmp_path):
+    import hf_adapt
+    from hf_adapt.recipes.finetune import FinetuneConfig
+    from hf_adapt.recipes.finetune import main as finetune
+
+    _, parent = mlm_lora
+    child = finetune(config_from_dict(FinetuneConfig, dict(
+        init_from=str(parent.output_dir), data=str(credit_sample), regime="linear_probe", max_steps=4,
+        output_dir=str(tmp_path / "child"), report_to="none", torch_num_threads=1, card_examples=0)))
+    lm_model, _, _ = load_pretrained_lm(parent.output_dir)
+    encoder = {k: v for k, v in lm_model.bert.state_dict().items() if not k.startswith("pooler.")}
+    carried = {k.removeprefix("bert."): v for k, v in child.model.state_dict().items() if k.startswith("bert.")}
+    assert encoder and all(torch.equal(encoder[k], carried[k]) for k in encoder)
+    for name in ("adapter_model.safetensors", "lm_head.safetensors", "hf_adapt.json"):
+        assert (child.output_dir / "init" / name).is_file(), name
+    texts = child.data.inputs("test", "text")[:8]
+    child.model.eval()
+    with torch.no_grad():
+        expected = child.backbone.logits(child.model, child.backbone.preprocessor.collate(texts, train=False))
+    assert torch.equal(hf_adapt.load_adapted(str(child.output_dir)).logits(texts), expected)
+    card = ModelCard.load(child.output_dir / "README.md")
+    assert "Kept from the parent: the backbone weights after the parent's MLM continued pretraining" in card.text
+    assert "the parent is a pretrain run" in card.text
