@@ -98,6 +98,16 @@ class PublishOptions:
         if self.hub_parent:
             check_repo_id(self.hub_parent.partition("@")[0], "hub_parent")
 
+    def push_after_run(self, output_dir: str | Path, accelerator) -> PushResult | None:
+        """Push a finished run's output from the main process, if asked; a failed push says how to resume."""
+        if not self.push_to_hub or not accelerator.is_main_process:
+            return None
+        try:
+            return push_output(output_dir, self.push_settings())
+        except HubError as err:
+            raise HubError(f"{err}. The trained output is intact in {output_dir}; push it again with "
+                           f"`{push_command(output_dir, self.push_settings())}`") from None
+
 
 # ---------------------------------------------------------------- checks before any work
 

@@ -7,15 +7,18 @@ end, so a crash never leaves a half-written artifact where a good one is expecte
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from hf_adapt.errors import OutputError
 
 RUN_FILE = "hf_adapt.json"
+logger = logging.getLogger("hf_adapt.outputs")
 
 
 def check_output_dir(path: str | Path, overwrite: bool) -> None:
@@ -63,3 +66,23 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text())
+
+
+def write_on_main(accelerator, staging: Path | None, path: str | Path, write: Callable[[Path], None]) -> None:
+    """On the main process, ``write(staging)`` and :func:`commit` it to ``path``; every process learns whether
+    that failed (the others would otherwise wait at their next collective forever) and raises."""
+    from accelerate.utils import broadcast_object_list
+
+    error = None
+    if accelerator.is_main_process:
+        try:
+            write(staging)
+            commit(staging, path)
+            logger.info("wrote %s", path)
+        except Exception as err:  # noqa: BLE001 - re-raised below, after the other ranks are told
+            error = err
+    (failed,) = broadcast_object_list([error is not None])
+    if error is not None:
+        raise error
+    if failed:
+        raise RuntimeError("the main process failed to write the outputs; see its error")

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from hf_adapt.errors import ConfigError, HubError
+from hf_adapt.errors import ConfigError
 from hf_adapt.hub import PublishOptions
 
 logger = logging.getLogger("hf_adapt.finetune")
@@ -200,7 +200,7 @@ class FinetuneResult:
 
 
 def main(cfg: FinetuneConfig) -> FinetuneResult:
-    from accelerate.utils import broadcast_object_list, set_seed
+    from accelerate.utils import set_seed
 
     from hf_adapt import baselines, outputs, transfer
     from hf_adapt.adapters import apply_regime, count_parameters
@@ -289,34 +289,14 @@ def main(cfg: FinetuneConfig) -> FinetuneResult:
         if cfg.baseline == "logistic_regression" or (cfg.baseline == "auto" and data.kind == "table"):
             baseline = baselines.logistic_regression(data, seed=cfg.seed)
         unwrapped = accelerator.unwrap_model(model)
-        write_error = None
-        if accelerator.is_main_process:
-            try:
-                _write_outputs(staging, cfg, accelerator, unwrapped, backbone, family, data, history,
-                               (test_metrics, test_logits, test_labels), baseline, trainable, total,
-                               time.perf_counter() - started, parent)
-                outputs.commit(staging, cfg.output_dir)
-                logger.info("wrote %s", cfg.output_dir)
-            except Exception as err:  # tell the other ranks, or they would wait at the barrier forever
-                write_error = err
-        (failed,) = broadcast_object_list([write_error is not None])
-        if write_error is not None:
-            raise write_error
-        if failed:
-            raise RuntimeError("the main process failed to write the outputs; see its error")
+        outputs.write_on_main(accelerator, staging, cfg.output_dir, lambda directory: _write_outputs(
+            directory, cfg, accelerator, unwrapped, backbone, family, data, history,
+            (test_metrics, test_logits, test_labels), baseline, trainable, total, time.perf_counter() - started, parent))
         accelerator.end_training()  # also tears down the process group: last
     except BaseException:
         outputs.discard(staging)
         raise
-    pushed = None
-    if cfg.push_to_hub and accelerator.is_main_process:
-        from hf_adapt.hub import push_command, push_output
-
-        try:
-            pushed = push_output(cfg.output_dir, cfg.push_settings())
-        except HubError as err:
-            raise HubError(f"{err}. The trained output is intact in {cfg.output_dir}; push it again with "
-                           f"`{push_command(cfg.output_dir, cfg.push_settings())}`") from None
+    pushed = cfg.push_after_run(cfg.output_dir, accelerator)
     return FinetuneResult(Path(cfg.output_dir), test_metrics, baseline, history, unwrapped, backbone, data, pushed)
 
 

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
-from hf_adapt.errors import ConfigError, HubError
+from hf_adapt.errors import ConfigError
 from hf_adapt.hub import PublishOptions
 
 logger = logging.getLogger("hf_adapt.pretrain")
@@ -176,7 +176,7 @@ def main(cfg: PretrainConfig):
 
 
 def _pretrain_lm(cfg: PretrainConfig) -> PretrainResult:
-    from accelerate.utils import broadcast_object_list, set_seed
+    from accelerate.utils import set_seed
 
     from hf_adapt import lm, outputs
     from hf_adapt.adapters import apply_regime, count_parameters
@@ -241,34 +241,15 @@ def _pretrain_lm(cfg: PretrainConfig) -> PretrainResult:
                     tokens)
         unwrapped = accelerator.unwrap_model(model)
         token_counts = {split: sum(len(ids) for ids in blocks[split]["input_ids"]) for split in blocks}
-        write_error = None
-        if accelerator.is_main_process:
-            try:
-                _write_outputs(staging, cfg, accelerator, unwrapped, backbone, objective, corpus, history, metrics,
-                               {"blocks": {k: len(v) for k, v in blocks.items()}, "tokens": token_counts},
-                               trainable, total, time.perf_counter() - started)
-                outputs.commit(staging, cfg.output_dir)
-                logger.info("wrote %s", cfg.output_dir)
-            except Exception as err:  # tell the other ranks, or they would wait at the barrier forever
-                write_error = err
-        (failed,) = broadcast_object_list([write_error is not None])
-        if write_error is not None:
-            raise write_error
-        if failed:
-            raise RuntimeError("the main process failed to write the outputs; see its error")
+        sizes = {"blocks": {k: len(v) for k, v in blocks.items()}, "tokens": token_counts}
+        outputs.write_on_main(accelerator, staging, cfg.output_dir, lambda directory: _write_outputs(
+            directory, cfg, accelerator, unwrapped, backbone, objective, corpus, history, metrics, sizes,
+            trainable, total, time.perf_counter() - started))
         accelerator.end_training()  # also tears down the process group: last
     except BaseException:
         outputs.discard(staging)
         raise
-    pushed = None
-    if cfg.push_to_hub and accelerator.is_main_process:
-        from hf_adapt.hub import push_command, push_output
-
-        try:
-            pushed = push_output(cfg.output_dir, cfg.push_settings())
-        except HubError as err:
-            raise HubError(f"{err}. The trained output is intact in {cfg.output_dir}; push it again with "
-                           f"`{push_command(cfg.output_dir, cfg.push_settings())}`") from None
+    pushed = cfg.push_after_run(cfg.output_dir, accelerator)
     return PretrainResult(Path(cfg.output_dir), metrics, objective, history, unwrapped, backbone, corpus, pushed)
 
 
