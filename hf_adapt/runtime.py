@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 
@@ -17,13 +19,16 @@ def make_accelerator(mixed_precision: str, gradient_accumulation_steps: int, rep
     """
     import torch
     from accelerate import Accelerator
-    from accelerate.state import AcceleratorState, GradientState
+    from accelerate.state import AcceleratorState, GradientState, PartialState
 
     # Several runs in one process (tests, studies) may differ in precision or accumulation:
     # start each from a fresh AcceleratorState; the process group (PartialState) is kept.
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and PartialState._shared_state and not torch.distributed.is_initialized():
+        raise RuntimeError("an earlier run in this process ended the process group; run several recipes in "
+                           "one multi-process launch inside hf_adapt.runtime.one_process_group()")
     AcceleratorState._reset_state()
     GradientState._reset_state()
-    world = int(os.environ.get("WORLD_SIZE", "1"))
     cpu = world > 1 and not torch.accelerator.is_available()
     trackers = trackers_for(report_to)
     accelerator = Accelerator(
@@ -38,6 +43,29 @@ def make_accelerator(mixed_precision: str, gradient_accumulation_steps: int, rep
     if accelerator.num_processes != world:
         raise RuntimeError(f"launched {world} processes but Accelerate joined {accelerator.num_processes}")
     return accelerator
+
+
+@contextmanager
+def one_process_group() -> Iterator[None]:
+    """Keep one process group for several runs in this process (a study's cells), ended once on leaving.
+
+    Each run's ``accelerator.end_training()`` destroys the process group. Joining again would
+    not be safe: torch names the new default group like the old one, so under ``accelerate
+    launch`` its rendezvous keys in the launcher's store are the old ones, and a rank that
+    arrives first reads a peer's stale address (gloo: "connectFullMesh failed ... Connection
+    refused"). Inside this block ``end_training()`` leaves the group alone.
+    """
+    import torch
+    from accelerate.state import PartialState
+
+    destroy = PartialState.destroy_process_group
+    PartialState.destroy_process_group = lambda self, group=None: None
+    try:
+        yield
+    finally:
+        PartialState.destroy_process_group = destroy
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            PartialState().destroy_process_group()
 
 
 def trackers_for(report_to: str) -> list[str]:
