@@ -10,7 +10,7 @@ import pytest
 
 from hf_adapt.cli import RECIPES, recipe_parser
 from hf_adapt.cli import main as cli_main
-from hf_adapt.config import config_from_dict, make_parser, parse_config
+from hf_adapt.config import config_from_dict, parse_config
 from hf_adapt.errors import ConfigError
 from hf_adapt.recipes.finetune import FinetuneConfig
 
