@@ -312,6 +312,9 @@ def make_splits(dataset_dict, spec: DataSpec) -> tuple[dict[str, Any], str]:
         splits["train"], splits["validation"] = _stratified_split(splits["train"], share, spec.seed, "validation")
         how.append(f"validation: stratified {spec.validation_size:.0%} of the data (seed {spec.seed})")
     splits = {k: splits[k] for k in ("train", "validation", "test")}
+    limit = spec.max_samples.get("train")  # first: the pool a label budget draws from, so budgets stay stratified
+    if limit is not None and len(splits["train"]) > limit:
+        splits["train"] = splits["train"].shuffle(seed=spec.seed).select(range(limit))
     if spec.train_fraction is not None or spec.train_samples_per_class is not None:
         rows = label_budget(splits["train"]["label"], spec.train_fraction, spec.train_samples_per_class, spec.seed,
                             spec.class_names)

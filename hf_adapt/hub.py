@@ -274,7 +274,7 @@ def push_output(output_dir: str | Path, settings: PushSettings) -> PushResult:
 
     if settings.parent:
         check_repo_id(settings.parent.partition("@")[0], "parent")
-        facts["lineage"] = parent_lineage(api, settings.parent, facts, retry)
+        facts["lineage"] = {**(facts.get("lineage") or {}), **parent_lineage(api, settings.parent, facts, retry)}
     card = cards.render_card(facts, repo_id=repo_id, revision=None if branch == "main" else branch)
     check_card(card)
 
@@ -345,7 +345,10 @@ def portable_run_info(info: dict[str, Any], facts: dict[str, Any]) -> dict[str, 
     if is_disk_path(model.get("weights_file")):
         raise HubError(f"weights_file {model['weights_file']!r} is a file on this disk, which no one who downloads "
                        "the repo can load; publish those weights on the Hub (or ship them in a package, pkg://...)")
-    return {**info, "model": model}
+    init_from = info.get("init_from")
+    if init_from and is_disk_path(init_from.get("source")):  # the parent's weights travel in init/; its path does not
+        init_from = {**init_from, "source": Path(init_from["source"]).name}
+    return {**info, "model": model, "init_from": init_from}
 
 
 def _read_remote(api, repo_id: str, branch: str, retry: dict[str, Any]) -> _Remote:

@@ -139,8 +139,8 @@ def _is_head(name: str, head_names: list[str]) -> bool:
     return any(f".{head}." in dotted for head in head_names)
 
 
-# "<...>.layer.3.<...>", "blocks.2.", "layers.11.", "h.5.": the numbered stack of a transformer or timm net
-_LAYER = re.compile(r"(?:^|\.)(?:layer|layers|blocks|block|h|stages|stage)\.(\d+)\.")
+# "<...>.layer.3.<...>", "blocks.2.", "layers.11.", "h.5.", ResNet's "layer4.1.": the numbered stack of a net
+_LAYER = re.compile(r"(?:^|\.)(?:(?:layer|layers|blocks|block|stages|stage)\.?|h\.)(\d+)\.")
 
 
 def layer_depths(names: list[str], head_names: list[str]) -> tuple[dict[str, int], int]:

@@ -61,7 +61,7 @@ class Parent:
 
 def find_parent(init_from: str, revision: str | None = None) -> Parent:
     """The output ``init_from`` names: a local folder, or a Hub repo downloaded at ``revision``."""
-    path = Path(init_from)
+    path = Path(init_from).expanduser()
     if path.is_dir():
         directory, commit = path, None
     elif init_from.startswith((".", "/", "~")) or path.exists():
@@ -159,8 +159,10 @@ def backbone_spec(directory: Path, root_model: dict[str, Any], num_labels: int, 
     """
     info = read_json(directory / RUN_FILE)
     spec = _root_spec(info, root_model, num_labels, trust_remote_code)
-    if info.get("init_from"):
-        spec = materialize(directory / INIT_DIR, root_model, num_labels, workdir, trust_remote_code)
+    if info.get("init_from"):  # start from the layer below, read with this output's own input settings
+        own = {k: getattr(spec, k) for k in ("image_size", "max_length", "pooling")}
+        spec = replace(materialize(directory / INIT_DIR, root_model, num_labels, workdir, trust_remote_code),
+                       **{k: v for k, v in own.items() if v is not None})
     return replace(spec, **overrides)
 
 
@@ -261,7 +263,8 @@ def start_spec(parent: Parent, config_spec: BackboneSpec, workdir: Path) -> Back
 
 def root_model(parent: Parent, model_info: dict[str, Any]) -> dict[str, Any]:
     """The new run's ``model`` block: the root base of the parent's chain, with the new run's input settings."""
-    return {**model_info, **{k: parent.info["model"].get(k) for k in _ROOT_KEYS}}
+    inherited = {"image_size": model_info.get("image_size") or parent.info["model"].get("image_size")}
+    return {**model_info, **inherited, **{k: parent.info["model"].get(k) for k in _ROOT_KEYS}}
 
 
 def base_model(parent: Parent) -> str | None:

@@ -195,3 +195,8 @@ def test_label_budget_larger_than_a_class_is_refused(credit_sample):
 
     with pytest.raises(DataError, match=r"train_samples_per_class 500 is larger than the \d+ training rows of class 'bad'"):
         load_labelled(replace(_credit(credit_sample), train_samples_per_class=500))
+
+
+def test_label_budget_draws_from_the_max_train_samples_pool(credit_sample):
+    data = load_labelled(_credit(credit_sample, max_samples={"train": 60}, train_samples_per_class=10))
+    assert data.label_counts("train") == {"bad": 10, "good": 10}  # the limit makes the pool; the budget stays stratified

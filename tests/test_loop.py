@@ -96,3 +96,12 @@ def test_layer_lr_decay_shrinks_rates_towards_the_input():
     assert lr_of[id(params["bert.embeddings.word_embeddings.weight"])] == 0.0625
     flat = make_optimizer(model, LoopSettings(num_train_epochs=1, learning_rate=1.0))
     assert {g["lr"] for g in flat.param_groups} == {1.0}
+
+
+def test_layer_depths_read_resnet_style_stages():
+    from hf_adapt.loop import layer_depths
+
+    names = ["conv1.weight", "bn1.weight", "layer1.0.conv1.weight", "layer4.1.bn2.weight", "fc.weight"]
+    depths, top = layer_depths(names, ["fc"])
+    assert depths["conv1.weight"] == 0 < depths["layer1.0.conv1.weight"] < depths["layer4.1.bn2.weight"] < top
+    assert depths["fc.weight"] == top

@@ -144,8 +144,8 @@ class FinetuneConfig(PublishOptions):
         if self.unfreeze_every_epochs < 1:
             raise ConfigError(f"unfreeze_every_epochs must be >= 1, got {self.unfreeze_every_epochs}")
         if not self.pretrained and self.regime not in ("full", "gradual_unfreeze"):
-            raise ConfigError(f"pretrained: false needs regime: full; a {self.regime} run saves only part of the "
-                              "weights, and a random base cannot be rebuilt when the output is loaded")
+            raise ConfigError(f"pretrained: false needs regime: full or gradual_unfreeze; a {self.regime} run saves "
+                              "only part of the weights, and a random base cannot be rebuilt when the output is loaded")
         if self.init_from and (self.weights_file or not self.pretrained):
             raise ConfigError("init_from takes the backbone weights from that output; unset weights_file and "
                               "pretrained: false")
