@@ -513,8 +513,8 @@ def load_pretrained_lm(directory: str | Path, trust_remote_code: bool = False, b
 
         source = model_info["name_or_path"]
         try:
-            base = auto_class.from_pretrained(resolve_source(source, field="model.name_or_path"),
-                                              revision=model_info.get("revision"), **kwargs)
+            base_lm = auto_class.from_pretrained(resolve_source(source, field="model.name_or_path"),
+                                                 revision=model_info.get("revision"), **kwargs)
         except (OSError, ValueError) as err:
             raise ModelError(f"{directory}: base model {source!r} could not be loaded: "
                              f"{str(err).splitlines()[0]}") from err
@@ -522,10 +522,10 @@ def load_pretrained_lm(directory: str | Path, trust_remote_code: bool = False, b
         if head.is_file():
             from safetensors.torch import load_file
 
-            unexpected = base.load_state_dict(load_file(str(head)), strict=False).unexpected_keys
+            unexpected = base_lm.load_state_dict(load_file(str(head)), strict=False).unexpected_keys
             if unexpected:
                 raise ModelError(f"{head} holds tensors the base model lacks: {unexpected[:5]}")
-        model = PeftModel.from_pretrained(base, str(directory)).merge_and_unload()
+        model = PeftModel.from_pretrained(base_lm, str(directory)).merge_and_unload()
     else:
         raise ModelError(f"{directory / RUN_FILE}: unknown regime {info['regime']!r}")
     return model.eval(), AutoTokenizer.from_pretrained(str(directory)), info

