@@ -13,6 +13,7 @@ from hf_adapt.errors import HfAdaptError
 RECIPES = {
     "finetune": ("hf_adapt.recipes.finetune", "FinetuneConfig", "fine-tune a backbone with an adapter, a linear probe or fully"),
     "pretrain": ("hf_adapt.recipes.pretrain", "PretrainConfig", "continue pretraining a text backbone (masked or causal LM), or pretrain on a labelled source set"),
+    "continual": ("hf_adapt.recipes.continual", "ContinualConfig", "learn a stream of experiences, measure forgetting, gate the release on it"),
     "transfer_study": ("hf_adapt.recipes.transfer_study", "TransferStudyConfig", "compare arms across label budgets: a table and a transfer curve"),
 }
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hf_adapt.errors import ConfigError
-from hf_adapt.metrics import expected_calibration_error, is_better
+from hf_adapt.metrics import LOWER_IS_BETTER, expected_calibration_error, is_better
 
 if TYPE_CHECKING:
     import torch
@@ -291,3 +291,34 @@ def gradcam_overlays(model: Callable[[torch.Tensor], torch.Tensor], target_layer
         ax.set_title(title, fontsize=9, wrap=True)
         paths.append(_save(fig, Path(directory) / f"{prefix}_{i}.png", title))
     return paths
+
+
+def accuracy_matrix(matrix: Sequence[Sequence[float | None]], row_names: Sequence[str], column_names: Sequence[str],
+                    metric: str, path: str | os.PathLike) -> Path:
+    """Heat map of a continual run's matrix: rows are the model after each experience, columns the test sets.
+
+    Undefined cells (classes the head did not know yet) are left blank; values are written in the cells.
+    """
+    values = np.array([[np.nan if v is None else float(v) for v in row] for row in matrix], dtype=float)
+    if values.shape != (len(row_names), len(column_names)):
+        raise ValueError(f"matrix of shape {values.shape} for {len(row_names)} rows and {len(column_names)} columns")
+    lower = metric in LOWER_IS_BETTER
+    fig = _figure(figsize=(1.6 + 1.0 * len(column_names), 1.2 + 0.55 * len(row_names)))
+    ax = fig.subplots()
+    finite = values[np.isfinite(values)]
+    bounds = (0.0, 1.0) if finite.size == 0 or (finite.min() >= 0 and finite.max() <= 1) else (finite.min(), finite.max())
+    image = ax.imshow(np.ma.masked_invalid(values), cmap="viridis_r" if lower else "viridis", vmin=bounds[0],
+                      vmax=bounds[1], aspect="auto")
+    for r in range(values.shape[0]):
+        for c in range(values.shape[1]):
+            if np.isfinite(values[r, c]):
+                dark = (values[r, c] - bounds[0]) / ((bounds[1] - bounds[0]) or 1) < 0.5
+                ax.text(c, r, f"{values[r, c]:.2f}", ha="center", va="center", fontsize=8,
+                        color=("white" if dark != lower else "black"))
+    ax.set_xticks(range(len(column_names)), labels=list(column_names), rotation=30, ha="right", fontsize=8)
+    ax.set_yticks(range(len(row_names)), labels=list(row_names), fontsize=8)
+    ax.set(xlabel="test set of experience", ylabel="model after")
+    fig.colorbar(image, ax=ax, label=metric)
+    title = f"Continual learning: test {metric} of each experience after each step"
+    ax.set_title(title, fontsize=9)
+    return _save(fig, path, title)

@@ -58,25 +58,30 @@ class Callback:
 
 
 class ExampleDataset(Dataset):
-    """Raw inputs (texts or images) with integer labels."""
+    """Raw inputs (texts or images) with integer labels, and optionally the task id of each (continual learning)."""
 
-    def __init__(self, inputs: list[Any], labels: list[int]):
-        if len(inputs) != len(labels):
-            raise ValueError(f"{len(inputs)} inputs but {len(labels)} labels")
-        self.inputs, self.labels = inputs, labels
+    def __init__(self, inputs: list[Any], labels: list[int], tasks: list[int] | None = None):
+        if len(inputs) != len(labels) or (tasks is not None and len(tasks) != len(labels)):
+            raise ValueError(f"{len(inputs)} inputs, {len(labels)} labels and {len(tasks or labels)} task ids")
+        self.inputs, self.labels, self.tasks = inputs, labels, tasks
 
     def __len__(self) -> int:
         return len(self.inputs)
 
-    def __getitem__(self, index: int) -> tuple[Any, int]:
-        return self.inputs[index], self.labels[index]
+    def __getitem__(self, index: int) -> tuple[Any, ...]:
+        if self.tasks is None:
+            return self.inputs[index], self.labels[index]
+        return self.inputs[index], self.labels[index], self.tasks[index]
 
 
 def make_loader(dataset: ExampleDataset, collate: Callable, batch_size: int, train: bool, seed: int,
                 num_workers: int = 0) -> DataLoader:
     def collate_fn(examples):
-        inputs, labels = zip(*examples)
-        return {"inputs": collate(list(inputs), train), "labels": torch.tensor(labels, dtype=torch.long)}
+        inputs, labels, *tasks = zip(*examples)
+        batch = {"inputs": collate(list(inputs), train), "labels": torch.tensor(labels, dtype=torch.long)}
+        if tasks:
+            batch["task"] = torch.tensor(tasks[0], dtype=torch.long)
+        return batch
 
     generator = torch.Generator().manual_seed(seed) if train else None
     return DataLoader(dataset, batch_size=batch_size, shuffle=train, collate_fn=collate_fn,
@@ -98,6 +103,7 @@ class LoopSettings:
     early_stopping_patience: int | None = None
     logging_steps: int = 10
     layer_lr_decay: float | None = None  # lr of layer d = lr * decay ** (top - d); None: one rate for all
+    restore_best: bool = True  # False: keep the last epoch's weights (epochs are still evaluated and logged)
 
 
 @dataclass
@@ -299,7 +305,8 @@ def fit(accelerator, model: nn.Module, task: Task, train_loader: DataLoader, eva
         logger.info("epoch %d: %s", epoch, _fmt(metrics))
         if is_better(metric, metrics[metric], result.best_metrics.get(metric)):
             result.best_epoch, result.best_metrics = epoch, metrics
-            best_state, stale = _trainable_state(accelerator.unwrap_model(model)), 0
+            best_state = _trainable_state(accelerator.unwrap_model(model)) if settings.restore_best else None
+            stale = 0
         else:
             stale += 1
             if settings.early_stopping_patience is not None and stale >= settings.early_stopping_patience:
@@ -309,7 +316,7 @@ def fit(accelerator, model: nn.Module, task: Task, train_loader: DataLoader, eva
             break
     progress.close()
     result.steps, result.train_seconds = step, time.perf_counter() - start
-    if best_state is not None:
+    if best_state is not None and settings.restore_best:
         accelerator.unwrap_model(model).load_state_dict(best_state, strict=False)
         logger.info("restored best epoch %s (%s=%.4f)", result.best_epoch, metric, result.best_metrics[metric])
     return model, result

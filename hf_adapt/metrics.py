@@ -46,6 +46,9 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, 
         auroc = float("nan")
     elif num_classes == 2:
         auroc = float(roc_auc_score(labels, probs[:, 1]))
+    elif len(present) == 2:  # two of more classes present: one binary AUROC between them, renormalised
+        sub = probs[:, present[1]] / (probs[:, present[0]] + probs[:, present[1]])
+        auroc = float(roc_auc_score(labels == present[1], sub))
     else:
         # one-vs-rest over the classes present, renormalised, so a class absent from
         # a small split does not make AUROC undefined

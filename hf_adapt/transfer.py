@@ -59,8 +59,10 @@ class Parent:
         return [id2label[str(i)] for i in range(len(id2label))]
 
 
-def find_parent(init_from: str, revision: str | None = None) -> Parent:
-    """The output ``init_from`` names: a local folder, or a Hub repo downloaded at ``revision``."""
+def find_parent(init_from: str, revision: str | None = None, recipes: tuple[str, ...] = ("finetune", "pretrain"),
+                what: str = "a backbone to start from") -> Parent:
+    """The output ``init_from`` names: a local folder, or a Hub repo downloaded at ``revision``,
+    made by one of ``recipes``."""
     path = Path(init_from).expanduser()
     if path.is_dir():
         directory, commit = path, None
@@ -78,9 +80,9 @@ def find_parent(init_from: str, revision: str | None = None) -> Parent:
     if not (directory / RUN_FILE).is_file():
         raise ConfigError(f"init_from {init_from!r} is not an hf-adapt output: {RUN_FILE} is missing")
     info = read_json(directory / RUN_FILE)
-    if info.get("recipe", "finetune") not in ("finetune", "pretrain"):
-        raise ConfigError(f"init_from {init_from!r} is a {info['recipe']!r} output; only finetune and pretrain "
-                          "outputs carry a backbone to start from")
+    if info.get("recipe", "finetune") not in recipes:
+        raise ConfigError(f"init_from {init_from!r} is a {info['recipe']!r} output; only {' and '.join(recipes)} "
+                          f"outputs carry {what}")
     return Parent(init_from, directory, info, commit)
 
 

@@ -1,0 +1,104 @@
+"""One adapter (with its own head copy) per experience; old adapters are frozen, so nothing is forgotten in them.
+
+Which adapter answers an input is the routing rule:
+
+- ``task_id`` (task-incremental runs): the adapter of the example's task.
+- ``confidence`` (class- and domain-incremental runs, where no task id exists at test time):
+  every adapter scores the input over its own experience's classes, and the adapter with the
+  highest top-class probability answers. Overconfident adapters win inputs they never saw,
+  so this rule is where such a model forgets; the accuracy matrix measures it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hf_adapt.continual.base import MASKED, ContinualRun, ContinualTask, Experience, Strategy
+from hf_adapt.errors import ConfigError
+
+ROUTINGS = ("auto", "task_id", "confidence")
+FIRST = "default"  # peft's name for the first adapter: outputs load with PeftModel.from_pretrained as usual
+
+
+class AdapterPerExperience(Strategy):
+    name = "adapter_per_experience"
+
+    def __init__(self, routing: str = "auto"):
+        if routing not in ROUTINGS:
+            raise ConfigError(f"strategy_options.routing {routing!r} is not one of {list(ROUTINGS)}")
+        self.routing = routing
+        self.adapters: dict[str, str] = {}  # experience name -> adapter name
+
+    @property
+    def description(self) -> str:
+        return f"a separate adapter per experience, chosen by {self.routing.replace('_', ' ')}"
+
+    def check(self, run: ContinualRun, regime: str) -> None:
+        if regime != "adapter":
+            raise ConfigError(f"strategy adapter_per_experience needs regime: adapter, not {regime!r}")
+        if self.routing == "task_id" and run.scenario != "task":
+            raise ConfigError(f"routing: task_id needs the task id at test time, which a {run.scenario}-incremental "
+                              "run does not have; use scenario: task, or routing: confidence")
+        if self.routing == "auto":
+            self.routing = "task_id" if run.scenario == "task" else "confidence"
+
+    def before_experience(self, run: ContinualRun, experience: Experience, model: nn.Module) -> nn.Module:
+        for earlier in run.experiences:  # a parent trained with one adapter: it answers for all its experiences
+            if earlier.trained_at == 0 and earlier.name not in self.adapters:
+                self.adapters[earlier.name] = FIRST
+        name = FIRST if not self.adapters else f"exp{experience.task}"
+        if name != FIRST:
+            model.add_adapter(name, model.peft_config[FIRST])
+        model.set_adapter(name)  # the active adapter (and its head copy) trains; the others are frozen
+        self.adapters[experience.name] = name
+        return model
+
+    def _task_classes(self, run: ContinualRun, num_classes: int) -> torch.Tensor:
+        mask = torch.zeros(len(run.experiences), num_classes, dtype=torch.bool)
+        for e in run.experiences:
+            mask[e.task, [c for c in e.classes if c < num_classes]] = True
+        return mask
+
+    def training_task(self, run: ContinualRun, task: ContinualTask, model: nn.Module):
+        # each adapter learns its own experience's classes only, so the confidences routing compares are comparable
+        return ContinualTask(task.logits_fn, self._task_classes(run, max(run.seen_classes()) + 1))
+
+    def evaluation_task(self, run: ContinualRun, task: ContinualTask, model: nn.Module):
+        unwrapped = model
+        masks = self._task_classes(run, max(run.seen_classes()) + 1)
+        learnt = [e for e in run.learnt() if e.name in self.adapters]
+        active = unwrapped.active_adapter
+
+        def routed(model_, batch):
+            scores, outputs = [], []
+            for e in learnt:
+                unwrapped.set_adapter(self.adapters[e.name])
+                logits = task.logits_fn(model_, batch["inputs"]).float()
+                logits = logits.masked_fill(~masks[e.task].to(logits.device), MASKED)
+                outputs.append(logits)
+                scores.append(F.softmax(logits, dim=-1).amax(dim=-1))
+            unwrapped.set_adapter(active)
+            stacked = torch.stack(outputs)  # [adapters, batch, classes]
+            if self.routing == "task_id":
+                positions = {e.task: i for i, e in enumerate(learnt)}
+                choice = torch.tensor([positions[int(t)] for t in batch["task"]], device=stacked.device)
+            else:
+                choice = torch.stack(scores).argmax(dim=0)
+            logits = stacked[choice, torch.arange(stacked.shape[1], device=stacked.device)]
+            return {"loss": F.cross_entropy(logits, batch["labels"]), "logits": logits}
+
+        return routed
+
+    def state(self) -> tuple[dict[str, Any], dict]:
+        return {"adapters": self.adapters, "routing": self.routing}, {}
+
+    def load_state(self, facts: dict[str, Any], tensors: dict) -> None:
+        self.adapters = dict(facts["adapters"])
+        self.routing = facts["routing"]
+
+    def card_facts(self) -> dict[str, Any]:
+        return {"routing": self.routing, "adapters": dict(self.adapters)}

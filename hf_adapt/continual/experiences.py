@@ -1,0 +1,143 @@
+"""Experiences from config: each a dataset, or a class subset or row filter of one, with its own splits.
+
+An entry is a dict::
+
+    {name: digits-0-1, classes: [0, 1]}                 # class subset of the run's data
+    {name: store-b, where: {product: [B001, B002]}}      # rows whose column takes one of these values
+    {name: scanner-2, data: path/to/other.csv}           # its own source (any data field of the recipe)
+
+Rows are split once per source (stratified, seeded), and experiences cut from the same
+source take their rows from those splits, so no test row of one experience trains another.
+Label ids in the run's label map are given in order of first appearance, so the classes
+learnt so far always form a prefix of the head.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from hf_adapt.continual.base import Experience
+from hf_adapt.errors import ConfigError, DataError
+
+SCENARIOS = ("class", "domain", "task")
+# data fields an experience may set for its own source (those of FinetuneConfig)
+DATA_FIELDS = ("data", "data_files", "data_kwargs", "data_subset", "data_revision", "label_column", "text_column",
+               "image_column", "feature_columns", "text_template", "pixel_shape", "max_train_samples",
+               "max_eval_samples", "train_fraction", "train_samples_per_class")
+# what reading an experience's rows depends on: recorded with it, so a later version re-reads the same rows
+SPEC_FIELDS = (*DATA_FIELDS, "validation_size", "test_size", "seed")
+KEYS = ("name", "classes", "where", *SPEC_FIELDS)
+
+
+def check_entries(entries: list[Any]) -> None:
+    """Shape checks that need no data: called from the config, so a bad entry fails before anything loads."""
+    if not isinstance(entries, list) or not entries:
+        raise ConfigError("experiences: give a list of at least one experience, e.g. "
+                          "[{name: a, classes: [0, 1]}, {name: b, classes: [2, 3]}]")
+    names = []
+    for i, entry in enumerate(entries):
+        where = f"experiences[{i}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where} must be a dict with a name, got {entry!r}")
+        unknown = sorted(set(entry) - set(KEYS))
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {list(KEYS)}")
+        name = entry.get("name")
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"{where} needs a name (a non-empty string)")
+        if name in names:
+            raise ConfigError(f"{where}: experience name {name!r} is used twice")
+        names.append(name)
+        if "classes" in entry and (not isinstance(entry["classes"], list) or not entry["classes"]):
+            raise ConfigError(f"experience {name!r}: classes must be a non-empty list of labels")
+        filters = entry.get("where", {})
+        if not isinstance(filters, dict) or any(not isinstance(v, list) or not v for v in filters.values()):
+            raise ConfigError(f"experience {name!r}: where must map column names to non-empty lists of values, "
+                              f"e.g. {{product: [B001, B002]}}")
+
+
+def load_experiences(cfg, entries: list[dict[str, Any]], label_names: list[str], first_task: int,
+                     trained_at: int | None) -> list[Experience]:
+    """Load the data of ``entries`` and cut the experiences from it.
+
+    ``label_names`` is the run's label map so far; it is extended in place with labels seen for
+    the first time. ``trained_at`` is the matrix row of the first entry (entries follow one per
+    row), or None for already-learnt experiences (a parent's: row 0).
+    """
+    from hf_adapt.data import load_labelled
+    from hf_adapt.recipes.finetune import data_spec
+
+    loaded: dict[str, Any] = {}
+    experiences = []
+    for i, entry in enumerate(entries):
+        name = entry["name"]
+        overrides = {k: entry[k] for k in SPEC_FIELDS if k in entry}
+        try:
+            resolved = dataclasses.replace(cfg, **overrides)
+        except ConfigError as err:
+            raise ConfigError(f"experience {name!r}: {err}") from err
+        spec = data_spec(resolved)
+        key = repr(spec)
+        if key not in loaded:
+            try:
+                loaded[key] = load_labelled(spec)
+            except DataError as err:
+                raise DataError(f"experience {name!r}: {err}") from err
+        data = loaded[key]
+        splits = _cut(name, data, entry)
+        present = sorted({label for split in splits.values() for label in split["label"]})
+        classes = []
+        for label in present:
+            text = data.labels[label]
+            if text not in label_names:
+                label_names.append(text)
+            classes.append(label_names.index(text))
+        remap = {label: label_names.index(data.labels[label]) for label in present}
+        experiences.append(Experience(
+            name=name, task=first_task + i, classes=sorted(classes),
+            labels={s: [remap[x] for x in split["label"]] for s, split in splits.items()},
+            splits=splits, data=data, trained_at=0 if trained_at is None else trained_at + i,
+            description={"source": str(data.origin["source"]), "where": entry.get("where"),
+                         "rows": {s: len(split) for s, split in splits.items()},
+                         "data_config": {"classes": entry.get("classes"), "where": entry.get("where"),
+                                         **{k: getattr(resolved, k) for k in SPEC_FIELDS}}},
+        ))
+    return experiences
+
+
+def _cut(name: str, data, entry: dict[str, Any]) -> dict[str, Any]:
+    splits = dict(data.splits)
+    if entry.get("classes"):
+        wanted = [str(c) for c in entry["classes"]]
+        unknown = [c for c in wanted if c not in data.labels]
+        if unknown:
+            raise DataError(f"experience {name!r}: classes {unknown} are not labels of its data; labels are {data.labels}")
+        ids = {data.labels.index(c) for c in wanted}
+        splits = {s: d.filter(lambda row: row["label"] in ids) for s, d in splits.items()}
+    for column, values in (entry.get("where") or {}).items():
+        if column not in data.splits["train"].column_names:
+            raise DataError(f"experience {name!r}: where names column {column!r}, which the data lacks; "
+                            f"columns are {data.splits['train'].column_names}")
+        allowed = {str(v) for v in values}
+        splits = {s: d.filter(lambda row: str(row[column]) in allowed) for s, d in splits.items()}
+    for split, rows in splits.items():
+        if len(rows) == 0:
+            raise DataError(f"experience {name!r} has no {split} rows after its classes/where filter")
+    return splits
+
+
+def check_scenario(scenario: str, experiences: list[Experience], label_names: list[str], parent_labels: list[str] | None) -> None:
+    """Refuse a stream the scenario cannot mean."""
+    if scenario == "domain":
+        reference = parent_labels or [label_names[c] for c in experiences[0].classes]
+        origin = "the parent model" if parent_labels else f"experience {experiences[0].name!r}"
+        for e in experiences:
+            extra = [label_names[c] for c in e.classes if label_names[c] not in reference]
+            if extra:
+                shared = [label_names[c] for c in e.classes if label_names[c] in reference]
+                how = "disjoint from" if not shared else "not all in"
+                raise ConfigError(f"domain-incremental experiences share one label space, but experience {e.name!r} has "
+                                  f"labels {extra} {how} those of {origin} ({reference}); use scenario: class for new labels")
+    if parent_labels is not None and label_names[: len(parent_labels)] != parent_labels:
+        raise ConfigError(f"the parent's label map {parent_labels} conflicts with this run's {label_names}")

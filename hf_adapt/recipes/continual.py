@@ -1,0 +1,492 @@
+"""Continual learning: teach one model a stream of experiences, measure what it forgets, gate the release on it.
+
+Shared by ``recipes/continual.py`` (``accelerate launch``) and ``hf-adapt continual``. Every
+experience trains through the one loop (:func:`hf_adapt.loop.fit`); the strategy
+(:mod:`hf_adapt.continual`) only chooses rows, adds loss terms and changes adapters. After each
+experience the model is tested on every experience, which fills the accuracy matrix.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from hf_adapt.errors import ConfigError, DataError, HfAdaptError
+from hf_adapt.recipes.finetune import FinetuneConfig
+
+logger = logging.getLogger("hf_adapt.continual")
+
+RESULTS_FILE = "continual_results.json"
+STATE_FILE = "continual_state.json"
+STATE_TENSORS = "continual_state.safetensors"
+MATRIX_FIGURE = "continual_matrix.png"
+CARD_METRICS = ("accuracy", "macro_f1", "auroc")
+
+
+class ReleaseGateError(HfAdaptError):
+    """An earlier experience lost more than ``max_forgetting``: the outputs are written, nothing is pushed."""
+
+
+@dataclass
+class ContinualConfig(FinetuneConfig):
+    """Learn an ordered list of experiences with one model (class-, domain- or task-incremental), test every
+    experience after each one, and write the accuracy matrix, forgetting, a heat map and a model card.
+
+    Every field of `hf-adapt finetune` applies to each experience (model, adapter, optimisation); the
+    data fields are the defaults each experience may override.
+    """
+
+    experiences: list | None = field(default=None, metadata={"help": "The stream, in order: a list of dicts, each with a name and a class subset ({name: a, classes: [0, 1]}), a row filter ({name: b, where: {product: [X, Y]}}) and/or its own data fields (data, data_files, label_column, text_column, ...). Each keeps its own validation and test rows."})
+    scenario: Literal["class", "domain", "task"] = field(default="class", metadata={"help": "class: new labels extend the head; domain: every experience has the same labels; task: the task id (the experience) is known at test time and picks its classes."})
+    strategy: str = field(default="naive", metadata={"help": "naive, replay, ewc, lwf, adapter_per_experience or joint (the upper bound), or one added with hf_adapt.continual.register_strategy."})
+    strategy_options: dict | None = field(default=None, metadata={"help": "The strategy's settings, e.g. replay {buffer_size: 200, selection: class_balanced|reservoir}; ewc {ewc_lambda: 1000, fisher_samples: 256, decay: 1.0}; lwf {alpha: 1.0, temperature: 2.0}; adapter_per_experience {routing: auto|task_id|confidence}."})
+    continual_metric: Literal["accuracy", "macro_f1", "auroc", "log_loss", "ece"] = field(default="accuracy", metadata={"help": "Test metric of the accuracy matrix, forgetting and the release gate."})
+    max_forgetting: float | None = field(default=None, metadata={"help": "Release gate: when any earlier experience loses more than this much of continual_metric (from its best to the end), the run writes its outputs, refuses to push and exits non-zero."})
+    keep_best_epoch: bool = field(default=False, metadata={"help": "Keep each experience's best epoch on its validation rows (default: the last epoch; choosing on new data alone favours forgetting)."})
+    init_from: str | None = field(default=None, metadata={"help": "Update a served version: an earlier finetune or continual output (folder or Hub repo) whose adapter, head and label map go on learning the new experiences. Its test data is scored before and after (old vs new in the card), and a continual parent's strategy state (replay buffer, Fisher) carries over."})
+    metric_for_best_model: Literal["accuracy", "macro_f1", "auroc", "log_loss", "ece"] = field(default="accuracy", metadata={"help": "Validation metric logged each epoch (and used with keep_best_epoch)."})
+    baseline: Literal["none"] = field(default="none", metadata={"help": "Continual runs have no reference baseline."})
+    output_dir: str = field(default="outputs/continual", metadata={"help": "Where the model, the matrix, its heat map and the card go (written atomically)."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        from hf_adapt.continual import make_strategy
+        from hf_adapt.continual.experiences import check_entries
+
+        if self.experiences is None:
+            raise ConfigError("experiences: not set; give the stream as a list, e.g. "
+                              "[{name: a, classes: [0, 1]}, {name: b, classes: [2, 3]}] (see recipes/configs/continual_*.yaml)")
+        check_entries(self.experiences)
+        if self.regime == "gradual_unfreeze":
+            raise ConfigError("regime gradual_unfreeze is not a continual regime; use adapter, linear_probe or full")
+        if self.max_forgetting is not None and self.max_forgetting < 0:
+            raise ConfigError(f"max_forgetting must be >= 0, got {self.max_forgetting}")
+        if self.sensitive_columns:
+            raise ConfigError("sensitive_columns: per-group reports are not available in continual runs yet")
+        make_strategy(self.strategy, self.strategy_options)  # unknown strategies and options fail here
+
+
+@dataclass
+class ContinualResult:
+    output_dir: Path
+    results: dict[str, Any]
+    model: Any
+    backbone: Any
+    strategy: Any
+    push: Any = None
+
+
+def main(cfg: ContinualConfig) -> ContinualResult:
+    from accelerate.utils import set_seed
+
+    from hf_adapt import outputs, transfer
+    from hf_adapt.adapters import apply_regime, count_parameters
+    from hf_adapt.backbones import build_backbone
+    from hf_adapt.continual import make_strategy
+    from hf_adapt.continual.base import ContinualRun, ContinualTask
+    from hf_adapt.continual.experiences import check_scenario, load_experiences
+    from hf_adapt.continual.heads import grow_head
+    from hf_adapt.loop import LoopSettings, fit, make_loader
+    from hf_adapt.recipes.finetune import DEFAULT_MODEL, backbone_spec
+    from hf_adapt.runtime import make_accelerator, set_cpu_threads
+
+    started = time.perf_counter()
+    outputs.check_output_dir(cfg.output_dir, cfg.overwrite_output_dir)
+    cfg.check_push(cfg.base_model_id)
+    staging = outputs.staging_path(cfg.output_dir)
+    accelerator = make_accelerator(cfg.mixed_precision, cfg.gradient_accumulation_steps, cfg.report_to,
+                                   project_dir=str(staging))
+    set_cpu_threads(cfg.torch_num_threads, accelerator)
+    set_seed(cfg.seed)
+    if not accelerator.is_main_process:
+        logging.getLogger("hf_adapt").setLevel(logging.WARNING)
+
+    # Everything that can fail on bad input happens before training.
+    strategy = make_strategy(cfg.strategy, cfg.strategy_options)
+    parent, label_names, experiences = None, [], []
+    if cfg.init_from:
+        parent = transfer.find_parent(cfg.init_from, cfg.init_from_revision, recipes=("finetune", "continual"),
+                                      what="a classifier to continue")
+        label_names = parent.labels()
+        experiences = _parent_experiences(parent, list(label_names))
+    parent_labels = list(label_names) if parent else None
+    names = {e.name for e in experiences}
+    clash = [entry["name"] for entry in cfg.experiences if entry["name"] in names]
+    if clash:
+        raise ConfigError(f"experience name(s) {clash} are already used by the parent's experiences {sorted(names)}")
+    experiences += load_experiences(cfg, cfg.experiences, label_names, first_task=len(experiences), trained_at=1)
+    check_scenario(cfg.scenario, experiences, label_names, parent_labels)
+    new = [e for e in experiences if e.trained_at > 0]
+    kind = "image" if new[0].data.kind == "image" else "text"
+
+    if parent is None:
+        first_head = len(label_names) if cfg.scenario == "domain" else max(new[0].classes) + 1
+        backbone = build_backbone(backbone_spec(cfg, first_head))
+        model = apply_regime(backbone, cfg.regime, cfg.adapter)
+        state = None
+    else:
+        transfer.check_parent(parent, cfg.family, cfg.model_name_or_path, DEFAULT_MODEL, kind)
+        state = _parent_state(parent, cfg)
+        if parent.info.get("regime") != cfg.regime:
+            raise ConfigError(f"init_from {cfg.init_from!r} was trained with regime {parent.info.get('regime')!r}; an "
+                              f"update continues its weights, so set regime: {parent.info.get('regime')}")
+        backbone, model = _resume(parent, parent_labels, cfg, state)
+        logger.info("continuing %s (%s, %d labels)", cfg.init_from, parent.recipe, len(parent_labels))
+    if backbone.preprocessor.input_kind != kind:
+        raise ConfigError(f"the model reads {backbone.preprocessor.input_kind} inputs but the experiences hold {kind} data")
+    if state is not None:
+        strategy.load_state(*state)
+    run = ContinualRun(cfg.scenario, experiences, label_names, backbone, accelerator, cfg.seed)
+    strategy.check(run, cfg.regime)
+    head = _head_size(parent_labels, cfg.scenario, label_names, new[0])
+    settings = LoopSettings(
+        num_train_epochs=cfg.num_train_epochs, max_steps=cfg.max_steps, learning_rate=cfg.learning_rate,
+        head_learning_rate=cfg.head_learning_rate, head_names=backbone.head_names, weight_decay=cfg.weight_decay,
+        lr_scheduler_type=cfg.lr_scheduler_type, warmup_ratio=cfg.warmup_ratio, max_grad_norm=cfg.max_grad_norm,
+        metric_for_best_model=cfg.metric_for_best_model, early_stopping_patience=cfg.early_stopping_patience,
+        logging_steps=cfg.logging_steps, layer_lr_decay=cfg.layer_lr_decay, restore_best=cfg.keep_best_epoch,
+    )
+    collate = backbone.preprocessor.collate
+
+    if accelerator.is_main_process:
+        staging.mkdir(parents=True)
+    else:
+        staging = None
+    try:
+        rows = [_evaluate_all(run, strategy, model, head, cfg)]
+        row_names, histories = ["before"], []
+        for experience in new:
+            run.step = experience.trained_at
+            needed = max(run.seen_classes()) + 1
+            if needed > head:
+                grow_head(model, backbone.head_names, head, needed)
+                logger.info("head grown from %d to %d classes", head, needed)
+                head = needed
+            model = strategy.before_experience(run, experience, model)
+            task = strategy.training_task(run, ContinualTask(backbone.logits, run.task_classes(head)), model)
+            train = strategy.train_rows(run, experience)
+            logger.info("experience %d/%d %r: %d training rows (%d of its own), classes %s", experience.trained_at,
+                        len(new), experience.name, len(train), len(experience.labels["train"]),
+                        [label_names[c] for c in experience.classes])
+            loaders = [make_loader(run.dataset(train), collate, cfg.per_device_train_batch_size, train=True,
+                                   seed=cfg.seed + run.step, num_workers=cfg.num_workers),
+                       make_loader(run.dataset(strategy.validation_rows(run, experience), "validation"), collate,
+                                   cfg.per_device_eval_batch_size, train=False, seed=cfg.seed, num_workers=cfg.num_workers)]
+            prepared, history = fit(accelerator, model, task, *loaders, settings)
+            model = accelerator.unwrap_model(prepared)
+            model.eval()
+            strategy.after_experience(run, experience, model)
+            histories.append({"experience": experience.name, "rows": len(train), "best_epoch": history.best_epoch,
+                              "steps": history.steps, "train_seconds": history.train_seconds, "history": history.history})
+            rows.append(_evaluate_all(run, strategy, model, head, cfg))
+            row_names.append(experience.name)
+            accelerator.free_memory()  # drop the prepared copies of this experience before the next
+        results = _results(cfg, run, strategy, rows, row_names, histories)
+        trainable, total = count_parameters(model)
+        outputs.write_on_main(accelerator, staging, cfg.output_dir, lambda directory: _write_outputs(
+            directory, cfg, accelerator, model, backbone, run, strategy, results, parent, trainable, total,
+            time.perf_counter() - started))
+        accelerator.end_training()
+    except BaseException:
+        outputs.discard(staging)
+        raise
+    result = ContinualResult(Path(cfg.output_dir), results, model, backbone, strategy)
+    gate = results["gate"]
+    if not gate["passed"]:
+        from hf_adapt.continual.metrics import describe_regressions
+
+        raise ReleaseGateError(
+            f"release gate failed, not pushed: forgetting above max_forgetting {gate['max_forgetting']:g} "
+            f"({cfg.continual_metric}): {describe_regressions(gate, cfg.continual_metric)}. The outputs are in "
+            f"{cfg.output_dir} ({RESULTS_FILE})")
+    result.push = cfg.push_after_run(cfg.output_dir, accelerator)
+    return result
+
+
+def _head_size(parent_labels, scenario: str, label_names: list[str], first) -> int:
+    if parent_labels is not None:
+        return len(parent_labels)
+    return len(label_names) if scenario == "domain" else max(first.classes) + 1
+
+
+def _evaluate_all(run, strategy, model, head: int, cfg) -> list[dict[str, Any] | None]:
+    """Test metrics of every experience whose classes the head knows (None for the others)."""
+    from hf_adapt.continual.base import ContinualTask
+    from hf_adapt.loop import ExampleDataset, make_loader, predict
+    from hf_adapt.metrics import classification_metrics
+
+    task = strategy.evaluation_task(run, ContinualTask(run.backbone.logits, run.task_classes(head)), model)
+    row = []
+    for experience in run.experiences:
+        if max(experience.classes) >= head:
+            row.append(None)
+            continue
+        labels = experience.labels["test"]
+        dataset = ExampleDataset(experience.inputs("test", run.input_kind), labels, [experience.task] * len(labels))
+        loader = run.accelerator.prepare(make_loader(dataset, run.backbone.preprocessor.collate,
+                                                     cfg.per_device_eval_batch_size, train=False, seed=cfg.seed))
+        logits, y = predict(run.accelerator, model, task, loader)
+        row.append({**classification_metrics(logits, y), "_logits": logits, "_labels": y})
+    return row
+
+
+def _results(cfg, run, strategy, rows, row_names, histories) -> dict[str, Any]:
+    import numpy as np
+
+    from hf_adapt.continual.metrics import gate, summarize
+    from hf_adapt.metrics import classification_metrics
+
+    names = [e.name for e in run.experiences]
+    trained_at = [e.trained_at for e in run.experiences]
+    metrics = [k for k in rows[-1][0] if not k.startswith("_")]
+    matrices = {m: [[None if cell is None else cell[m] for cell in row] for row in rows] for m in metrics}
+    matrix = matrices[cfg.continual_metric]
+    summary = summarize(matrix, trained_at, names, cfg.continual_metric)
+    last = rows[-1]
+    overall = classification_metrics(np.concatenate([c["_logits"] for c in last]), np.concatenate([c["_labels"] for c in last]))
+    facts, _ = strategy.state()
+    return {
+        "scenario": cfg.scenario,
+        "strategy": {"name": strategy.name, "description": strategy.description, "options": strategy.card_facts()},
+        "metric": cfg.continual_metric,
+        "experiences": [{"name": e.name, "task": e.task, "trained_at": e.trained_at, "learnt_in_this_run": e.trained_at > 0,
+                         "classes": [run.label_names[c] for c in e.classes], **e.description,
+                         "data_sha256": e.data.origin.get("sha256")} for e in run.experiences],
+        "rows": row_names,
+        "matrix": matrix,
+        "matrices": matrices,
+        "summary": summary,
+        "gate": gate(summary, cfg.max_forgetting, names, matrix, row_names),
+        "test_metrics": overall,  # the final model on the union of every experience's test rows
+        "training": histories,
+        "labels": run.label_names,
+    }
+
+
+def _parent_experiences(parent, label_names: list[str]):
+    """The parent's experiences (a finetune parent: its whole data set) re-read from their data sources, with
+    the rows it was tested on: what "old versus new" is measured on, and what replay may draw from."""
+    from hf_adapt.config import config_from_dict
+    from hf_adapt.continual.experiences import SPEC_FIELDS, load_experiences
+    from hf_adapt.outputs import read_json
+    from hf_adapt.recipes.finetune import FinetuneConfig
+
+    if parent.recipe == "continual":  # each experience was recorded with every data field it was read with
+        entries = [{"name": e["name"], **e["data_config"]} for e in read_json(parent.directory / RESULTS_FILE)["experiences"]]
+    else:
+        import yaml
+
+        path = parent.directory / "config.yaml"
+        if not path.is_file():
+            raise ConfigError(f"init_from {parent.source!r} has no config.yaml; its test data cannot be found")
+        values = yaml.safe_load(path.read_text()) or {}
+        entries = [{"name": Path(parent.source).name, **{k: values[k] for k in SPEC_FIELDS if k in values}}]
+    before = list(label_names)
+    try:
+        experiences = load_experiences(config_from_dict(FinetuneConfig, {}), entries, label_names, first_task=0,
+                                       trained_at=None)
+    except (DataError, ConfigError) as err:
+        raise DataError(f"init_from {parent.source!r}: its data could not be re-read for the old-versus-new "
+                        f"comparison and replay: {err}") from err
+    if label_names != before:
+        raise DataError(f"init_from {parent.source!r}: its data now holds labels {label_names[len(before):]} that its "
+                        f"label map {before} lacks; the data changed since the parent was trained")
+    return experiences
+
+
+def _parent_state(parent, cfg) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The parent's strategy state, when it was trained with the same strategy."""
+    from hf_adapt.outputs import read_json
+
+    info = parent.info.get("continual") or {}
+    if info.get("strategy") != cfg.strategy or not (parent.directory / STATE_FILE).is_file():
+        if info.get("strategy") and info["strategy"] != cfg.strategy:
+            logger.warning("the parent was trained with strategy %s; its state does not carry over to %s",
+                           info["strategy"], cfg.strategy)
+        return None
+    tensors = {}
+    if (parent.directory / STATE_TENSORS).is_file():
+        from safetensors.torch import load_file
+
+        tensors = load_file(str(parent.directory / STATE_TENSORS))
+    return read_json(parent.directory / STATE_FILE)["state"], tensors
+
+
+def _resume(parent, labels: list[str], cfg, state):
+    """The parent rebuilt as it was trained: its starting backbone, its adapter(s) trainable again, its head."""
+    from hf_adapt import transfer
+    from hf_adapt.artifacts import restore_model
+    from hf_adapt.backbones import build_backbone
+
+    model_info = parent.info["model"]
+    with tempfile.TemporaryDirectory(prefix="hf-adapt-continue-") as workdir:
+        spec = transfer.backbone_spec(parent.directory, model_info, len(labels), Path(workdir), cfg.trust_remote_code,
+                                      image_size=model_info.get("image_size"), max_length=model_info.get("max_length", 256),
+                                      pooling=model_info.get("pooling") or "model")
+        backbone = build_backbone(spec)
+    regime = parent.info["regime"]
+    if regime == "adapter":
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(backbone.model, str(parent.directory), is_trainable=True)
+        adapters = set((parent.info.get("continual") or {}).get("adapters", {}).values()) - {"default"}
+        for name in sorted(adapters):  # adapter_per_experience: the old experiences' adapters, frozen
+            model.load_adapter(str(parent.directory / name), adapter_name=name, is_trainable=False)
+        model.set_adapter("default")
+        return backbone, model
+    model = restore_model(backbone, regime, parent.directory)
+    model.requires_grad_(regime == "full")
+    if regime == "linear_probe":
+        modules = dict(model.named_modules())
+        for name in backbone.head_names:
+            modules[name].requires_grad_(True)
+    return backbone, model
+
+
+def _write_outputs(directory: Path, cfg, accelerator, model, backbone, run, strategy, results, parent, trainable, total,
+                   wall_seconds) -> None:
+    from hf_adapt import cards, figures, transfer
+    from hf_adapt.artifacts import save_model, write_run_info
+    from hf_adapt.config import config_to_dict, redact, save_config
+    from hf_adapt.continual.metrics import markdown_table
+    from hf_adapt.outputs import write_json
+    from hf_adapt.sources import known_dataset_name
+
+    save_model(model, backbone, cfg.regime, directory)
+    backbone.preprocessor.save(str(directory))
+    new = [e for e in run.experiences if e.trained_at > 0]
+    data = new[0].data
+    if parent is None:
+        model_info = {"name_or_path": cfg.model_name_or_path, "weights_file": cfg.weights_file,
+                      "pretrained": cfg.pretrained, "revision": cfg.model_revision or backbone.info.get("commit"),
+                      "trust_remote_code": cfg.trust_remote_code, "image_size": cfg.image_size,
+                      "max_length": cfg.max_length, "pooling": backbone.info.get("pooling"),
+                      "base_model_id": cfg.base_model_id}
+        chain = None
+    else:  # the same starting backbone as the parent: its base, and its own init/ chain if it has one
+        model_info, chain = parent.info["model"], parent.info.get("init_from")
+        if (parent.directory / transfer.INIT_DIR).is_dir():
+            import shutil
+
+            shutil.copytree(parent.directory / transfer.INIT_DIR, directory / transfer.INIT_DIR)
+    state_facts, state_tensors = strategy.state()
+    write_json(directory / STATE_FILE, {"strategy": strategy.name, "state": state_facts})
+    if state_tensors:
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in state_tensors.items()}, str(directory / STATE_TENSORS))
+    adapters = state_facts.get("adapters") if strategy.name == "adapter_per_experience" else None
+    write_run_info(directory, {
+        "recipe": "continual",
+        "family": backbone.family,
+        "regime": cfg.regime,
+        "model": model_info,
+        "init_from": chain,
+        "continues": {"source": parent.source, "revision": parent.revision} if parent else None,
+        "head_names": backbone.head_names,
+        "data": {"kind": data.kind, "feature_columns": data.feature_columns, "text_template": data.text_template,
+                 "pixel_shape": cfg.pixel_shape, "input_column": data.input_column},
+        "continual": {"scenario": cfg.scenario, "strategy": strategy.name, "adapters": adapters,
+                      "tasks": {e.name: {"task": e.task, "classes": e.classes} for e in run.experiences}},
+    }, run.label_names)
+    write_json(directory / RESULTS_FILE, results)
+    summary = results["summary"]
+    metric = cfg.continual_metric
+    write_json(directory / "eval_results.json", {
+        **results["test_metrics"], f"continual_average_{metric}": summary["average"],
+        "continual_average_forgetting": summary["average_forgetting"], "continual_max_forgetting": summary["max_forgetting"],
+        "continual_backward_transfer": summary["backward_transfer"], "continual_forward_transfer": summary["forward_transfer"],
+    })
+    write_json(directory / "train_results.json", {
+        "experiences": results["training"], "wall_seconds": wall_seconds, "num_processes": accelerator.num_processes,
+        "mixed_precision": accelerator.mixed_precision, "data": data.origin,
+    })
+    save_config(cfg, directory / "config.yaml")
+    figure = figures.accuracy_matrix(results["matrix"], results["rows"], [e.name for e in run.experiences], metric,
+                                     directory / MATRIX_FIGURE)
+    base_model = cfg.base_model_id or (transfer.base_model(parent) if parent else backbone.info.get("hub_id"))
+    dataset_name = cfg.dataset_name or known_dataset_name(cfg.data) or Path(str(cfg.data)).name
+    history = [dict(epoch=i + 1, **{k: v for k, v in h["history"][-1].items() if k != "epoch"})
+               for i, h in enumerate(results["training"])]
+    facts = {
+        "card_template": "continual.md",
+        "model_name": Path(cfg.output_dir).name,
+        "summary": (f"A {len(run.label_names)}-class classifier ({', '.join(run.label_names)}) on `{base_model or cfg.model_name_or_path}`, "
+                    f"taught {len(new)} experience(s) in turn ({cfg.scenario}-incremental, strategy `{strategy.name}`) with hf-adapt."),
+        "base_model": base_model,
+        "model_source": model_info["name_or_path"],
+        "family": backbone.family,
+        "regime": cfg.regime,
+        "adapter": cfg.adapter if cfg.regime == "adapter" else None,
+        "license": cfg.license,
+        "dataset_id": cfg.dataset_id,
+        "dataset_name": dataset_name,
+        "data_source": cfg.data_files or cfg.data,
+        "data_kind": data.kind,
+        "input_kind": backbone.preprocessor.input_kind,
+        "labels": run.label_names,
+        "test_metrics": results["test_metrics"],
+        "history": history,
+        "scenario": cfg.scenario,
+        "strategy": results["strategy"],
+        "metric": metric,
+        "experiences": results["experiences"],
+        "matrix_table": markdown_table(results["matrix"], results["rows"], [e.name for e in run.experiences]),
+        "matrix_figure": figure.name,
+        "continual_summary": summary,
+        "gate": results["gate"],
+        "old_vs_new": _old_vs_new(results, run) if parent else None,
+        "lineage": _lineage(parent, results) if parent else None,
+        "trainable_parameters": trainable,
+        "total_parameters": total,
+        "num_processes": accelerator.num_processes,
+        "mixed_precision": accelerator.mixed_precision,
+        "hardware": cards.hardware_description(accelerator),
+        "config": redact(config_to_dict(cfg)),
+        "config_yaml": (directory / "config.yaml").read_text(),
+        "git": cards.git_commit(),
+        "versions": cards.library_versions(),
+        "recipe": "continual",
+        "output_dir": cfg.output_dir,
+        "wall_seconds": wall_seconds,
+        "intended_use": cfg.intended_use,
+        "out_of_scope_use": cfg.out_of_scope_use,
+        "limitations": cfg.limitations,
+    }
+    cards.write_facts(directory, facts)
+    cards.render_card(facts).save(str(directory / "README.md"))
+
+
+def _old_vs_new(results, run) -> list[dict[str, Any]]:
+    """Each parent experience's test metrics under the parent (row 0) and under this version (last row)."""
+    rows = []
+    for j, e in enumerate(run.experiences):
+        if e.trained_at == 0:
+            for m in CARD_METRICS:
+                before, after = results["matrices"][m][0][j], results["matrices"][m][-1][j]
+                rows.append({"experience": e.name, "metric": m, "before": before, "after": after,
+                             "change": None if before is None or after is None else after - before})
+    return rows
+
+
+def _lineage(parent, results) -> dict[str, Any]:
+    from hf_adapt.outputs import read_json
+    from hf_adapt.sources import is_disk_path
+
+    on_hub = not is_disk_path(parent.source)
+    path = parent.directory / "eval_results.json"
+    return {
+        "parent": parent.source if on_hub else Path(parent.source).name,
+        "hub": on_hub,
+        "revision": parent.revision,
+        "relation": "continued (incremental update)",
+        "parent_recipe": parent.recipe,
+        "parent_regime": parent.info.get("regime"),
+        "parent_metrics": {k: v for k, v in read_json(path).items() if isinstance(v, (int, float))} if path.is_file() else {},
+        "kept": "the parent's weights, adapter, head and label map, trained further",
+        "new": ", ".join(e["name"] for e in results["experiences"] if e["learnt_in_this_run"]),
+    }
