@@ -46,14 +46,14 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, 
         auroc = float("nan")
     elif num_classes == 2:
         auroc = float(roc_auc_score(labels, probs[:, 1]))
-    elif len(present) == 2:  # two of more classes present: one binary AUROC between them, renormalised
-        sub = probs[:, present[1]] / (probs[:, present[0]] + probs[:, present[1]])
-        auroc = float(roc_auc_score(labels == present[1], sub))
     else:
-        # one-vs-rest over the classes present, renormalised, so a class absent from
-        # a small split does not make AUROC undefined
-        sub = probs[:, present] / probs[:, present].sum(axis=1, keepdims=True)
-        auroc = float(roc_auc_score(labels, sub, multi_class="ovr", average="macro", labels=present))
+        # over the classes present, renormalised (a softmax of their logits: stable where their probabilities
+        # underflow), so a class absent from a small split does not make AUROC undefined
+        sub = softmax(logits[:, present])
+        if len(present) == 2:  # two of more classes present: one binary AUROC between them
+            auroc = float(roc_auc_score(labels == present[1], sub[:, 1]))
+        else:
+            auroc = float(roc_auc_score(labels, sub, multi_class="ovr", average="macro", labels=present))
     return {
         "accuracy": float(accuracy_score(labels, predictions)),
         # over the classes that occur (in labels or predictions), like AUROC above

@@ -105,7 +105,9 @@ def adapter_target_names(model: nn.Module, exclude: list[str]) -> list[str]:
             continue
         if isinstance(module, nn.Conv2d) and module.groups != 1:
             continue
-        leaf = name.rsplit(".", 1)[-1]
+        parts = name.split(".")
+        # a Sequential index ("downsample.0") keeps its parent: a bare "0" would also match whole blocks ("layer1.0")
+        leaf = ".".join(parts[-2:]) if parts[-1].isdigit() and len(parts) > 1 else parts[-1]
         if name in excluded or name.startswith(tuple(e + "." for e in excluded)):
             head_leaves.add(leaf)
         else:

@@ -15,8 +15,8 @@ from hf_adapt.errors import ConfigError
 if TYPE_CHECKING:
     from hf_adapt.continual.base import Strategy
 
-# name -> "module:Class", imported when used
-STRATEGIES: dict[str, str] = {
+# name -> "module:Class" (imported when used) or the class itself
+STRATEGIES: dict[str, str | type] = {
     "naive": "hf_adapt.continual.naive:Naive",
     "replay": "hf_adapt.continual.replay:Replay",
     "ewc": "hf_adapt.continual.ewc:EWC",
@@ -32,13 +32,20 @@ def register_strategy(name: str, target: str | type) -> None:
         raise ValueError(f"strategy name {name!r} must be an identifier")
     if name in STRATEGIES:
         raise ValueError(f"strategy {name!r} is already registered ({STRATEGIES[name]})")
-    STRATEGIES[name] = target if isinstance(target, str) else f"{target.__module__}:{target.__qualname__}"
+    from hf_adapt.continual.base import Strategy
+
+    if not isinstance(target, str) and not (isinstance(target, type) and issubclass(target, Strategy)):
+        raise TypeError(f"strategy {name!r}: {target!r} is neither a Strategy subclass nor a 'module:Class' path")
+    STRATEGIES[name] = target
 
 
 def strategy_class(name: str) -> type[Strategy]:
     if name not in STRATEGIES:
         raise ConfigError(f"strategy {name!r} is not one of {sorted(STRATEGIES)}")
-    module, _, attr = STRATEGIES[name].partition(":")
+    target = STRATEGIES[name]
+    if isinstance(target, type):
+        return target
+    module, _, attr = target.partition(":")
     return getattr(importlib.import_module(module), attr)
 
 

@@ -45,11 +45,11 @@ class AdapterPerExperience(Strategy):
                               "run does not have; use scenario: task, or routing: confidence")
         if self.routing == "auto":
             self.routing = "task_id" if run.scenario == "task" else "confidence"
-
-    def before_experience(self, run: ContinualRun, experience: Experience, model: nn.Module) -> nn.Module:
         for earlier in run.experiences:  # a parent trained with one adapter: it answers for all its experiences
             if earlier.trained_at == 0 and earlier.name not in self.adapters:
                 self.adapters[earlier.name] = FIRST
+
+    def before_experience(self, run: ContinualRun, experience: Experience, model: nn.Module) -> nn.Module:
         name = FIRST if not self.adapters else f"exp{experience.task}"
         if name != FIRST:
             model.add_adapter(name, model.peft_config[FIRST])
@@ -69,8 +69,9 @@ class AdapterPerExperience(Strategy):
 
     def evaluation_task(self, run: ContinualRun, task: ContinualTask, model: nn.Module):
         unwrapped = model
-        masks = self._task_classes(run, max(run.seen_classes()) + 1)
         learnt = [e for e in run.learnt() if e.name in self.adapters]
+        if not learnt:  # before the first experience: the one fresh adapter
+            return task
         active = unwrapped.active_adapter
 
         def routed(model_, batch):
@@ -78,7 +79,8 @@ class AdapterPerExperience(Strategy):
             for e in learnt:
                 unwrapped.set_adapter(self.adapters[e.name])
                 logits = task.logits_fn(model_, batch["inputs"]).float()
-                logits = logits.masked_fill(~masks[e.task].to(logits.device), MASKED)
+                allowed = self._task_classes(run, logits.shape[1])[e.task].to(logits.device)
+                logits = logits.masked_fill(~allowed, MASKED)
                 outputs.append(logits)
                 scores.append(F.softmax(logits, dim=-1).amax(dim=-1))
             unwrapped.set_adapter(active)

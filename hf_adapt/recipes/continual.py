@@ -122,6 +122,8 @@ def main(cfg: ContinualConfig) -> ContinualResult:
     check_scenario(cfg.scenario, experiences, label_names, parent_labels)
     new = [e for e in experiences if e.trained_at > 0]
     kind = "image" if new[0].data.kind == "image" else "text"
+    run = ContinualRun(cfg.scenario, experiences, label_names, None, accelerator, cfg.seed)
+    strategy.check(run, cfg.regime)
 
     if parent is None:
         first_head = len(label_names) if cfg.scenario == "domain" else max(new[0].classes) + 1
@@ -140,8 +142,7 @@ def main(cfg: ContinualConfig) -> ContinualResult:
         raise ConfigError(f"the model reads {backbone.preprocessor.input_kind} inputs but the experiences hold {kind} data")
     if state is not None:
         strategy.load_state(*state)
-    run = ContinualRun(cfg.scenario, experiences, label_names, backbone, accelerator, cfg.seed)
-    strategy.check(run, cfg.regime)
+    run.backbone = backbone
     head = _head_size(parent_labels, cfg.scenario, label_names, new[0])
     settings = LoopSettings(
         num_train_epochs=cfg.num_train_epochs, max_steps=cfg.max_steps, learning_rate=cfg.learning_rate,
