@@ -297,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny sizes, 1 epoch")
     parser.add_argument("--streams", default=",".join(STREAMS), help=f"comma list of {STREAMS}")
     parser.add_argument("--strategies", default=",".join(STRATEGIES), help=f"comma list of {STRATEGIES}")
-    parser.add_argument("--torch_num_threads", type=int, default=None,
+    parser.add_argument("--torch_num_threads", type=int, default=1,
                         help="threads per run (default: the recipe's, the machine's cores; as benchmarks/transfer.py)")
     parser.add_argument("--output_dir", default=None, help="default benchmarks/results/continual/<quick|full>")
     parser.add_argument("--work_dir", default=None, help="run folders and the review CSV (default: under the temp dir)")

@@ -50,32 +50,64 @@ class Predictor:
         return item
 
     @torch.no_grad()
-    def logits(self, inputs: Any) -> torch.Tensor:
-        """Raw logits as a CPU float tensor, one row per input (a single input may be passed bare)."""
+    def logits(self, inputs: Any, task: str | None = None) -> torch.Tensor:
+        """Raw logits as a CPU float tensor, one row per input (a single input may be passed bare).
+
+        ``task``: for a task-incremental continual model, the experience the inputs belong to (its
+        classes alone compete); other models take none.
+        """
         if not isinstance(inputs, list):
             inputs = [inputs]
+        route = self._route(task)
         out = []
         for start in range(0, len(inputs), self.batch_size):
             chunk = [self._to_input(x) for x in inputs[start:start + self.batch_size]]
             batch = {k: v.to(self.device) for k, v in self.preprocessor.collate(chunk, train=False).items()}
-            out.append(self.backbone.logits(self.model, batch).float().cpu())
+            out.append(route(batch).float().cpu())
         return torch.cat(out)
 
-    def predict_proba(self, inputs: Any) -> np.ndarray:
-        """Class probabilities as a numpy array, columns in ``self.labels`` order."""
-        return softmax(self.logits(inputs).numpy().astype(np.float64))
+    def _route(self, task: str | None):
+        """How a batch becomes logits: the model as is, or through a continual model's tasks and adapters."""
+        continual = self.info.get("continual") or {}
+        tasks = continual.get("tasks") or {}
+        if continual.get("scenario") == "task" and task is None:
+            raise ModelError(f"this model is task-incremental: pass task= one of {sorted(tasks)}")
+        if task is not None and task not in tasks:
+            raise ModelError(f"task {task!r} is not one of this model's experiences {sorted(tasks)}"
+                             if tasks else "this model takes no task")
+        from hf_adapt.continual.routing import mask_logits, routed_logits
 
-    def predict(self, inputs: Any) -> list[dict[str, Any]]:
+        def allowed(name: str) -> torch.Tensor:
+            mask = torch.zeros(len(self.labels), dtype=torch.bool)
+            mask[tasks[name]["classes"]] = True
+            return mask
+
+        adapters = continual.get("adapters")
+        if adapters and len(set(adapters.values())) > 1:
+            experts = [(adapters[name], allowed(name)) for name in adapters if task is None or name == task]
+            return lambda batch: routed_logits(self.model, self.backbone.logits, batch, experts,
+                                               torch.zeros(len(next(iter(batch.values()))), dtype=torch.long)
+                                               if task is not None else None)
+        if task is not None:
+            return lambda batch: mask_logits(self.backbone.logits(self.model, batch), allowed(task))
+        return lambda batch: self.backbone.logits(self.model, batch)
+
+    def predict_proba(self, inputs: Any, task: str | None = None) -> np.ndarray:
+        """Class probabilities as a numpy array, columns in ``self.labels`` order."""
+        return softmax(self.logits(inputs, task).numpy().astype(np.float64))
+
+    def predict(self, inputs: Any, task: str | None = None) -> list[dict[str, Any]]:
         """One ``{"label", "probabilities"}`` per input; a single input may be passed bare."""
         if not isinstance(inputs, list):
             inputs = [inputs]
-        probs = self.predict_proba(inputs)
+        probs = self.predict_proba(inputs, task)
         return [
             {"label": self.labels[int(p.argmax())], "probabilities": dict(zip(self.labels, map(float, p)))}
             for p in probs
         ]
 
-    __call__ = predict
+    def __call__(self, inputs: Any, task: str | None = None) -> list[dict[str, Any]]:
+        return self.predict(inputs, task)
 
 
 def _local_dir(path_or_repo_id: str, revision: str | None) -> Path:
@@ -113,7 +145,10 @@ def load_adapted(path_or_repo_id: str, merge: bool = False, device: str = "cpu",
                              pooling=model_info.get("pooling") or "model")
         backbone = builder.build(spec)
     model = restore_model(backbone, info["regime"], directory)
-    if merge and hasattr(model, "merge_and_unload"):
+    adapters = (info.get("continual") or {}).get("adapters") or {}
+    for name in sorted(set(adapters.values()) - {"default"}):  # one adapter per experience
+        model.load_adapter(str(directory / name), adapter_name=name)
+    if merge and hasattr(model, "merge_and_unload") and len(set(adapters.values())) <= 1:  # several: routed, unmerged
         try:
             model = model.merge_and_unload()
         except (AttributeError, ValueError, NotImplementedError):

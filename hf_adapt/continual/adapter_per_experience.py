@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hf_adapt.continual.base import MASKED, ContinualRun, ContinualTask, Experience, Strategy
+from hf_adapt.continual.base import ContinualRun, ContinualTask, Experience, Strategy
+from hf_adapt.continual.routing import routed_logits
 from hf_adapt.errors import ConfigError
 
 ROUTINGS = ("auto", "task_id", "confidence")
@@ -68,29 +69,18 @@ class AdapterPerExperience(Strategy):
         return ContinualTask(task.logits_fn, self._task_classes(run, max(run.seen_classes()) + 1))
 
     def evaluation_task(self, run: ContinualRun, task: ContinualTask, model: nn.Module):
-        unwrapped = model
         learnt = [e for e in run.learnt() if e.name in self.adapters]
         if not learnt:  # before the first experience: the one fresh adapter
             return task
-        active = unwrapped.active_adapter
+        positions = {e.task: i for i, e in enumerate(learnt)}
+        masks = self._task_classes(run, max(run.seen_classes()) + 1)
+        experts = [(self.adapters[e.name], masks[e.task]) for e in learnt]
 
         def routed(model_, batch):
-            scores, outputs = [], []
-            for e in learnt:
-                unwrapped.set_adapter(self.adapters[e.name])
-                logits = task.logits_fn(model_, batch["inputs"]).float()
-                allowed = self._task_classes(run, logits.shape[1])[e.task].to(logits.device)
-                logits = logits.masked_fill(~allowed, MASKED)
-                outputs.append(logits)
-                scores.append(F.softmax(logits, dim=-1).amax(dim=-1))
-            unwrapped.set_adapter(active)
-            stacked = torch.stack(outputs)  # [adapters, batch, classes]
+            choice = None
             if self.routing == "task_id":
-                positions = {e.task: i for i, e in enumerate(learnt)}
-                choice = torch.tensor([positions[int(t)] for t in batch["task"]], device=stacked.device)
-            else:
-                choice = torch.stack(scores).argmax(dim=0)
-            logits = stacked[choice, torch.arange(stacked.shape[1], device=stacked.device)]
+                choice = torch.tensor([positions[int(t)] for t in batch["task"]])
+            logits = routed_logits(model_, task.logits_fn, batch["inputs"], experts, choice)
             return {"loss": F.cross_entropy(logits, batch["labels"]), "logits": logits}
 
         return routed

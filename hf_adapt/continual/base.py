@@ -18,10 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hf_adapt.continual.routing import mask_logits
 from hf_adapt.loop import Callback, ExampleDataset, Task
 
 Row = tuple[str, int]  # (experience name, row of its train split)
-MASKED = -1e4  # the logit of a class outside the example's task: softmax gives it ~0, unlike -inf it stays finite
 
 
 @dataclass
@@ -104,8 +104,7 @@ class ContinualTask:
     def logits(self, model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
         logits = self.logits_fn(model, batch["inputs"])
         if self.task_classes is not None:
-            allowed = self.task_classes.to(logits.device)[batch["task"]]
-            logits = logits.masked_fill(~allowed, MASKED)
+            logits = mask_logits(logits, self.task_classes.to(logits.device)[batch["task"]])
         return logits
 
     def __call__(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:

@@ -30,10 +30,18 @@ class Replay(Strategy):
         self.buffer: list[Row] = []
         self.labels: list[int] = []  # label of each buffered row, for class balance
         self.seen = 0  # rows offered to the reservoir so far
+        self.offered: list[str] = []  # experiences whose rows the buffer has drawn from
 
     @property
     def description(self) -> str:
         return f"replay of at most {self.buffer_size} old training rows ({self.selection.replace('_', '-')} buffer)"
+
+    def before_experience(self, run: ContinualRun, experience: Experience, model):
+        # experiences learnt before this run (a parent's) that no saved buffer has drawn from yet
+        for earlier in run.experiences:
+            if earlier.trained_at < run.step and earlier.name not in self.offered:
+                self.after_experience(run, earlier, model)
+        return model
 
     def train_rows(self, run: ContinualRun, experience: Experience) -> list[Row]:
         return experience.rows("train") + [row for row in self.buffer if row[0] != experience.name]
@@ -41,6 +49,7 @@ class Replay(Strategy):
     def after_experience(self, run: ContinualRun, experience: Experience, model) -> None:
         rng = random.Random(f"{run.seed}-{experience.name}")
         rows, labels = experience.rows("train"), experience.labels["train"]
+        self.offered.append(experience.name)
         if self.selection == "reservoir":  # Vitter's algorithm R over the stream of all training rows
             for row, label in zip(rows, labels):
                 self.seen += 1
@@ -72,11 +81,13 @@ class Replay(Strategy):
             self.labels += [key[1]] * len(keep)
 
     def state(self) -> tuple[dict[str, Any], dict]:
-        return {"buffer": [list(row) for row in self.buffer], "labels": self.labels, "seen": self.seen}, {}
+        return {"buffer": [list(row) for row in self.buffer], "labels": self.labels, "seen": self.seen,
+                "offered": self.offered}, {}
 
     def load_state(self, facts: dict[str, Any], tensors: dict) -> None:
         self.buffer = [(name, int(row)) for name, row in facts["buffer"]]
         self.labels, self.seen = list(facts["labels"]), int(facts["seen"])
+        self.offered = list(facts.get("offered", sorted({name for name, _ in self.buffer})))
 
     def card_facts(self) -> dict[str, Any]:
         return {"buffer_size": self.buffer_size, "selection": self.selection, "rows_in_buffer": len(self.buffer)}

@@ -334,7 +334,7 @@ def _resume(parent, labels: list[str], cfg, state):
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(backbone.model, str(parent.directory), is_trainable=True)
-        adapters = set((parent.info.get("continual") or {}).get("adapters", {}).values()) - {"default"}
+        adapters = set(((parent.info.get("continual") or {}).get("adapters") or {}).values()) - {"default"}
         for name in sorted(adapters):  # adapter_per_experience: the old experiences' adapters, frozen
             model.load_adapter(str(parent.directory / name), adapter_name=name, is_trainable=False)
         model.set_adapter("default")

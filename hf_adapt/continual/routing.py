@@ -1,0 +1,54 @@
+"""Which adapter and which classes answer an input: shared by training-time evaluation and serving.
+
+- A task-incremental model knows the task of each input: only that task's classes compete, and
+  with one adapter per experience, that experience's adapter answers.
+- With one adapter per experience and no task id, every adapter scores the input over its own
+  experience's classes and the most confident one answers (``confidence`` routing).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+MASKED = -1e4  # the logit of a class an input may not take: softmax gives it ~0, and unlike -inf it stays finite
+
+
+def mask_logits(logits: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """``allowed`` is ``[classes]`` or ``[batch, classes]`` (bool)."""
+    return logits.masked_fill(~allowed.to(logits.device), MASKED)
+
+
+def routed_logits(model: nn.Module, logits_fn: Callable[[nn.Module, Any], torch.Tensor], inputs: Any,
+                  experts: list[tuple[str, torch.Tensor]], choice: torch.Tensor | None = None) -> torch.Tensor:
+    """Logits of the adapter that answers each input.
+
+    Args:
+        model: what ``logits_fn`` runs (possibly wrapped by DDP).
+        experts: ``(adapter name, allowed classes)`` per experience, in order; the peft model whose
+            ``set_adapter`` switches them is ``model`` unwrapped, found by :func:`_peft`.
+        choice: per input, the index into ``experts`` (task-incremental); None: the most confident.
+    """
+    peft_model = _peft(model)
+    active = peft_model.active_adapter
+    outputs, confidence = [], []
+    try:
+        for adapter, allowed in experts:
+            peft_model.set_adapter(adapter)
+            logits = mask_logits(logits_fn(model, inputs).float(), allowed)
+            outputs.append(logits)
+            confidence.append(F.softmax(logits, dim=-1).amax(dim=-1))
+    finally:
+        peft_model.set_adapter(active)
+    stacked = torch.stack(outputs)  # [experts, batch, classes]
+    if choice is None:
+        choice = torch.stack(confidence).argmax(dim=0)
+    return stacked[choice.to(stacked.device), torch.arange(stacked.shape[1], device=stacked.device)]
+
+
+def _peft(model: nn.Module) -> nn.Module:
+    return model.module if hasattr(model, "module") and not hasattr(model, "set_adapter") else model
