@@ -27,7 +27,8 @@ What it reports
 Per stream and strategy, read from each run's ``continual_results.json``: average accuracy (the
 final model over every experience's test split), average forgetting (best earlier accuracy minus
 final, mean over experiences learnt before the last), backward transfer (final minus just-learnt)
-and the run's wall seconds; then replay's gap recovery ``(replay - naive) / (joint - naive)`` on
+the just-learnt accuracy (the matrix diagonal: whether each experience was learnt at all) and the run's
+wall seconds; then replay's gap recovery ``(replay - naive) / (joint - naive)`` on
 average accuracy against the target "replay recovers >= 80 % of the naive -> joint gap with a buffer
 <= 10 % of the seen data". Where the gap itself is small the ratio is noise, and the line says so.
 
@@ -92,12 +93,14 @@ class Plan:
     text_batch: int = 16
 
 
-# Sized from a measured run on the 2-core machine: MiniLM LoRA at 96 tokens ~0.9 s per step of 16;
-# EfficientNet-Lite0 LoRA at 48 px ~0.25 s per step of 32.
-FULL = Plan(mnist_epochs=2, mnist_max_train=None, mnist_max_eval=None, text_epochs=2, text_max_train=600,
-            text_max_eval=300, text_max_length=96)
-QUICK = Plan(mnist_epochs=1, mnist_max_train=300, mnist_max_eval=100, text_epochs=1, text_max_train=60,
-             text_max_eval=30, text_max_length=48, text_batch=8)
+# Sized from measured runs on the 2-core machine shared with another job, one torch thread: EfficientNet-Lite0
+# LoRA at 48 px ~0.3 s per step of 32 (naive Split-MNIST, 2 epochs: 96 s a run); MiniLM LoRA ~2 s per step of
+# 16 reviews at 96 tokens and ~45 ms per review scored (600 train / 300 test rows, 2 epochs: 235 s a run, too
+# slow for six strategies); hence 64 tokens, 450 / 240 rows and one epoch of batch 8 (as many steps as 2 of 16).
+FULL = Plan(mnist_epochs=2, mnist_max_train=None, mnist_max_eval=None, text_epochs=1, text_max_train=450,
+            text_max_eval=240, text_max_length=64, text_batch=8)
+QUICK = Plan(mnist_epochs=1, mnist_max_train=150, mnist_max_eval=60, text_epochs=1, text_max_train=45,
+             text_max_eval=30, text_max_length=32, text_batch=8)
 
 
 def strategy_options(strategy: str, buffer_size: int) -> dict | None:
@@ -205,12 +208,14 @@ def run_strategy(values: dict, strategy: str, options: dict | None, out: Path, t
     continual_main(cfg)
     wall = time.perf_counter() - started
     results = read_json(out / RESULTS_FILE)
-    summary = results["summary"]
+    summary, learnt = results["summary"], results["experiences"]
+    diagonal = [results["matrix"][e["trained_at"]][j] for j, e in enumerate(learnt) if e["trained_at"] > 0]
     return {"strategy": strategy, "options": options, "wall_seconds": wall,
             "average": summary["average"], "average_forgetting": summary["average_forgetting"],
             "backward_transfer": summary["backward_transfer"], "max_forgetting": summary["max_forgetting"],
+            "just_learnt": sum(diagonal) / len(diagonal), "train_rows": {e["name"]: e["rows"]["train"] for e in learnt},
             "strategy_facts": results["strategy"], "summary": summary, "rows": results["rows"],
-            "experiences": [e["name"] for e in results["experiences"]], "matrix": results["matrix"],
+            "experiences": [e["name"] for e in learnt], "matrix": results["matrix"],
             "training": [{k: h[k] for k in ("experience", "rows", "steps", "train_seconds")} for h in results["training"]],
             "output_dir": str(out)}
 
@@ -237,13 +242,14 @@ def fmt(value, spec: str = ".3f") -> str:
 def stream_report(title: str, notes: list[str], runs: dict[str, dict], recovery: dict, buffer: int, seen: int) -> str:
     lines = [f"## {title}", "", *[f"- {n}" for n in notes],
              f"- replay buffer: {buffer} rows = {buffer / seen:.1%} of the {seen} training rows of the stream", "",
-             "| strategy | average accuracy | average forgetting | backward transfer | wall s |", "|---|---:|---:|---:|---:|"]
+             "| strategy | average accuracy | average forgetting | backward transfer | just-learnt accuracy | wall s |",
+             "|---|---:|---:|---:|---:|---:|"]
     for name, r in runs.items():
         if "error" in r:
-            lines.append(f"| {name} | failed: {r['error']} | | | {fmt(r.get('wall_seconds'), '.0f')} |")
+            lines.append(f"| {name} | failed: {r['error']} | | | | {fmt(r.get('wall_seconds'), '.0f')} |")
         else:
             lines.append(f"| {name} | {fmt(r['average'])} | {fmt(r['average_forgetting'])} | "
-                         f"{fmt(r['backward_transfer'])} | {r['wall_seconds']:.0f} |")
+                         f"{fmt(r['backward_transfer'])} | {fmt(r['just_learnt'])} | {r['wall_seconds']:.0f} |")
     ratio = fmt(recovery["ratio"], ".1%")
     lines += ["", f"Replay gap recovery (replay - naive) / (joint - naive) on average accuracy: **{ratio}** "
               f"(naive -> joint gap {fmt(recovery.get('gap'))}); target >= {TARGET:.0%} with a buffer <= "
@@ -259,32 +265,38 @@ def stream_report(title: str, notes: list[str], runs: dict[str, dict], recovery:
 
 def run_stream(name: str, args, plan: Plan, work: Path) -> tuple[str, dict]:
     values, notes = (mnist_stream if name == "mnist" else text_stream)(plan, work)
-    per_experience = train_rows_per_experience(values)
-    seen = sum(per_experience.values())
-    buffer = int(REPLAY_SHARE * seen)
-    print(f"[{name}] training rows per experience {per_experience}; replay buffer {buffer} rows = "
-          f"{buffer / seen:.1%} of {seen}", flush=True)
+    counts = None  # training rows per experience: from the first finished run, or read from the data for replay
     runs = {}
     for strategy in args.strategies:
+        if strategy == "replay" and counts is None:
+            counts = train_rows_per_experience(values)
+        buffer = int(REPLAY_SHARE * sum(counts.values())) if counts else 0
+        if strategy == "replay":
+            print(f"[{name}] training rows per experience {counts}; replay buffer {buffer} rows = "
+                  f"{buffer / sum(counts.values()):.1%} of {sum(counts.values())}", flush=True)
         options = strategy_options(strategy, buffer)
         LOG.info("== %s / %s %s", name, strategy, options or "")
         started = time.perf_counter()
         try:
             runs[strategy] = run_strategy(values, strategy, options, work / name / strategy, args.torch_num_threads)
+            counts = counts or runs[strategy]["train_rows"]
         except Exception as err:  # one failed strategy does not hide the others
             traceback.print_exc()
             runs[strategy] = {"strategy": strategy, "error": f"{type(err).__name__}: {err}",
                               "wall_seconds": time.perf_counter() - started}
         r = runs[strategy]
         print(f"[{name}] {strategy}: average {fmt(r.get('average'))}, forgetting {fmt(r.get('average_forgetting'))}, "
-              f"BWT {fmt(r.get('backward_transfer'))}, {r['wall_seconds']:.0f} s", flush=True)
+              f"BWT {fmt(r.get('backward_transfer'))}, just-learnt {fmt(r.get('just_learnt'))}, "
+              f"{r['wall_seconds']:.0f} s", flush=True)
+    counts = counts or train_rows_per_experience(values)
+    seen = sum(counts.values())
+    buffer = int(REPLAY_SHARE * seen)
     recovery = gap_recovery(runs, buffer / seen)
     title = ("Split-MNIST, class-incremental (5 x 2 digits, EfficientNet-Lite0 + LoRA)" if name == "mnist" else
              f"Fine-food reviews, domain-incremental ({TEXT_GROUPS} product-id blocks, MiniLM-L6 + LoRA)")
-    notes = [*notes, f"training rows per experience: {per_experience}",
-             "strategy settings: " + "; ".join(f"{s} {strategy_options(s, buffer)}" for s in args.strategies
-                                               if strategy_options(s, buffer))]
-    facts = {"notes": notes, "train_rows": per_experience, "buffer_size": buffer, "buffer_share": buffer / seen,
+    settings = [f"{s} {strategy_options(s, buffer)}" for s in args.strategies if strategy_options(s, buffer)]
+    notes = [*notes, f"training rows per experience: {counts}", "strategy settings: " + "; ".join(settings)]
+    facts = {"notes": notes, "train_rows": counts, "buffer_size": buffer, "buffer_share": buffer / seen,
              "recovery": recovery, "runs": runs}
     return stream_report(title, notes, runs, recovery, buffer, seen), facts
 
@@ -347,7 +359,8 @@ def run(args: argparse.Namespace) -> None:
               f"{args.torch_num_threads or 'recipe default (all cores)'}, seed 42, one run per strategy",
               "- average accuracy: the final model on every experience's test split, mean over experiences; "
               "forgetting: best earlier accuracy minus final (mean over experiences before the last); backward "
-              "transfer: final minus just-learnt (negative = forgetting)",
+              "transfer: final minus just-learnt (negative = forgetting); just-learnt accuracy: each experience right "
+              "after learning it, mean over experiences (the matrix diagonal: did the strategy learn it at all?)",
               f"- total wall time {total / 60:.1f} min", ""]
     report = "\n".join(header + parts)
     print(report)

@@ -265,6 +265,13 @@ def push_output(output_dir: str | Path, settings: PushSettings) -> PushResult:
         run_info = read_json(directory / RUN_FILE)  # a language model: no label map
     else:
         run_info, _ = read_run_info(directory)  # refuses folders hf-adapt did not write
+    gate = (read_json(directory / "continual_results.json").get("gate") or {}
+            if (directory / "continual_results.json").is_file() else {})
+    if gate.get("passed") is False:
+        from hf_adapt.continual.metrics import describe_regressions
+
+        raise HubError(f"{directory} failed its release gate (max_forgetting {gate['max_forgetting']}): "
+                       f"{describe_regressions(gate, 'the gated metric')}; it is not pushed")
     facts = cards.read_facts(directory)
     preflight(settings.repo_id, facts.get("base_model"), settings.revision, settings.create_pr)
     run_info = portable_run_info(run_info, facts)

@@ -101,6 +101,37 @@ def tiny_timm_vit(tmp_path_factory) -> Path:
                         {"img_size": 32, "patch_size": 8, "depth": 2, "embed_dim": 48, "num_heads": 2})
 
 
+@pytest.fixture(scope="session")
+def block_resnet(tmp_path_factory) -> Path:
+    """A one-block-per-stage ResNet-18: it learns ``blocks_csv`` in an epoch, where the tiny MobileNet and ViT
+    need far more steps."""
+    return _timm_folder(tmp_path_factory, "resnet18", {"layers": [1, 1, 1, 1]})
+
+
+@pytest.fixture(scope="session")
+def blocks_csv(tmp_path_factory) -> Path:
+    """Separable synthetic images for continual learning: 8 classes x 3 sites x 40 rows of 10x10 pixels
+    (columns p0..p99, label, site). Class k lights its own 2x2 block, away from the border a center crop
+    trims; each site shifts the brightness (a domain).
+    """
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for site in range(3):
+        for label in range(8):
+            for _ in range(40):
+                image = rng.normal(40 + 30 * site, 15, size=(10, 10))
+                r, c = 1 + 4 * (label // 4), 1 + 2 * (label % 4)
+                image[r:r + 2, c:c + 2] += 150
+                rows.append([*np.clip(image, 0, 255).round().astype(int).ravel(), label, f"site{site}"])
+    frame = pd.DataFrame(rows, columns=[f"p{i}" for i in range(100)] + ["label", "site"])
+    path = tmp_path_factory.mktemp("blocks") / "blocks.csv"
+    frame.to_csv(path, index=False)
+    return path
+
+
 def _timm_folder(tmp_path_factory, name: str, model_args: dict) -> Path:
     import timm
     import torch

@@ -120,7 +120,7 @@ def _cut(name: str, data, entry: dict[str, Any]) -> dict[str, Any]:
             raise DataError(f"experience {name!r}: where names column {column!r}, which the data lacks; "
                             f"columns are {data.splits['train'].column_names}")
         allowed = {str(v) for v in values}
-        splits = {s: d.filter(lambda row: str(row[column]) in allowed) for s, d in splits.items()}
+        splits = {s: d.filter(lambda row, c=column, ok=allowed: str(row[c]) in ok) for s, d in splits.items()}
     for split, rows in splits.items():
         if len(rows) == 0:
             raise DataError(f"experience {name!r} has no {split} rows after its classes/where filter")

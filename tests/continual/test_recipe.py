@@ -1,8 +1,5 @@
-"""The continual recipe end to end on synthetic, separable images with a tiny random convnet.
-
-Each class lights up its own 2x2 block of a 10x10 image (away from the border a center crop trims); each "site" adds its own brightness
-shift (a domain). The net is a one-block-per-stage ResNet: it learns these in an epoch, where the
-tiny MobileNet and ViT of the other tests need far more steps. Naive fine-tuning must forget, replay and joint must forget less, the matrix
+"""The continual recipe end to end on synthetic, separable images (``blocks_csv``) with a tiny random ResNet
+(``block_resnet``), both from conftest. Naive fine-tuning must forget, replay and joint must forget less, the matrix
 must have the right shape, undefined cells and values, and the release gate must trip.
 """
 
@@ -10,7 +7,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
 
@@ -22,36 +18,9 @@ from hf_adapt.recipes.continual import ContinualConfig, ReleaseGateError, main
 SPLIT = [{"name": "ab", "classes": [0, 1]}, {"name": "cd", "classes": [2, 3]}, {"name": "ef", "classes": [4, 5]}]
 
 
-@pytest.fixture(scope="module")
-def convnet(tmp_path_factory):
-    from tests.conftest import _timm_folder
-
-    return _timm_folder(tmp_path_factory, "resnet18", {"layers": [1, 1, 1, 1]})
-
-
-@pytest.fixture(scope="module")
-def blocks_csv(tmp_path_factory):
-    """8 classes x 3 sites x 40 images; class k lights the 2x2 block k of the top half or bottom half."""
-    rng = np.random.default_rng(0)
-    rows = []
-    for site in range(3):
-        for label in range(8):
-            for _ in range(40):
-                image = rng.normal(40 + 30 * site, 15, size=(10, 10))
-                r, c = 1 + 4 * (label // 4), 1 + 2 * (label % 4)
-                image[r:r + 2, c:c + 2] += 150
-                rows.append([*np.clip(image, 0, 255).round().astype(int).ravel(), label, f"site{site}"])
-    import pandas as pd
-
-    frame = pd.DataFrame(rows, columns=[f"p{i}" for i in range(100)] + ["label", "site"])
-    path = tmp_path_factory.mktemp("blocks") / "blocks.csv"
-    frame.to_csv(path, index=False)
-    return path
-
-
-def _config(tmp_path, convnet, data, name="run", **values) -> ContinualConfig:
+def _config(tmp_path, block_resnet, data, name="run", **values) -> ContinualConfig:
     defaults = dict(
-        model_name_or_path=str(convnet), family="timm", reset_head=True, image_size=32, data=str(data),
+        model_name_or_path=str(block_resnet), family="timm", reset_head=True, image_size=32, data=str(data),
         label_column="label", feature_columns=[f"p{i}" for i in range(100)], text_template=None, pixel_shape=[10, 10],
         validation_size=0.2, test_size=0.25, experiences=SPLIT, regime="full", num_train_epochs=3,
         per_device_train_batch_size=16, learning_rate=3e-3, head_learning_rate=3e-3, warmup_ratio=0.0,
@@ -61,8 +30,8 @@ def _config(tmp_path, convnet, data, name="run", **values) -> ContinualConfig:
 
 
 @pytest.fixture(scope="module")
-def naive_run(convnet, blocks_csv, tmp_path_factory):
-    return main(_config(tmp_path_factory.mktemp("naive"), convnet, blocks_csv))
+def naive_run(block_resnet, blocks_csv, tmp_path_factory):
+    return main(_config(tmp_path_factory.mktemp("naive"), block_resnet, blocks_csv))
 
 
 def test_naive_forgets_and_the_matrix_has_the_right_shape(naive_run):
@@ -99,17 +68,17 @@ def test_outputs_card_and_reload(naive_run):
 
 
 @pytest.mark.parametrize("strategy, options", [("replay", {"buffer_size": 24}), ("joint", None)])
-def test_replay_and_joint_forget_less_than_naive(strategy, options, naive_run, convnet, blocks_csv, tmp_path):
-    run = main(_config(tmp_path, convnet, blocks_csv, strategy=strategy, strategy_options=options))
+def test_replay_and_joint_forget_less_than_naive(strategy, options, naive_run, block_resnet, blocks_csv, tmp_path):
+    run = main(_config(tmp_path, block_resnet, blocks_csv, strategy=strategy, strategy_options=options))
     naive = naive_run.results["summary"]
     summary = run.results["summary"]
     assert summary["average_forgetting"] < naive["average_forgetting"] - 0.2, (summary, naive)
     assert summary["average"] > naive["average"] + 0.2
 
 
-def test_gate_trips_writes_outputs_and_refuses_to_push(convnet, blocks_csv, tmp_path, monkeypatch):
+def test_gate_trips_writes_outputs_and_refuses_to_push(block_resnet, blocks_csv, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_fake_token_for_the_gate_test")
-    cfg = _config(tmp_path, convnet, blocks_csv, experiences=SPLIT[:2], max_forgetting=0.05,
+    cfg = _config(tmp_path, block_resnet, blocks_csv, experiences=SPLIT[:2], max_forgetting=0.05,
                   push_to_hub=True, hub_model_id="hf-adapt-tests/never-pushed", base_model_id="timm/mobilenetv2_035.ra_in1k")
     with pytest.raises(ReleaseGateError, match=r"ab lost \d\.\d{4} accuracy \(\d\.\d{4} after ab -> \d\.\d{4} now\)") as err:
         main(cfg)
@@ -118,12 +87,18 @@ def test_gate_trips_writes_outputs_and_refuses_to_push(convnet, blocks_csv, tmp_
     assert results["gate"]["passed"] is False
     assert results["gate"]["regressions"][0]["experience"] == "ab"
     assert "**failed**" in (tmp_path / "run" / "README.md").read_text()
+    # and `hf-adapt push` refuses it later too, before any request
+    from hf_adapt.errors import HubError
+    from hf_adapt.hub import PushSettings, push_output
+
+    with pytest.raises(HubError, match="failed its release gate"):
+        push_output(tmp_path / "run", PushSettings(repo_id="hf-adapt-tests/never-pushed"))
 
 
-def test_gate_failure_exits_two_from_the_command_line(convnet, blocks_csv, tmp_path, capsys):
+def test_gate_failure_exits_two_from_the_command_line(block_resnet, blocks_csv, tmp_path, capsys):
     from hf_adapt.cli import main as cli
 
-    cfg = _config(tmp_path, convnet, blocks_csv)
+    cfg = _config(tmp_path, block_resnet, blocks_csv)
     (tmp_path / "c.yaml").write_text(json.dumps({k: getattr(cfg, k) for k in (
         "model_name_or_path", "family", "reset_head", "image_size", "data", "label_column", "feature_columns",
         "text_template", "pixel_shape", "validation_size", "test_size", "regime", "report_to", "torch_num_threads")}))
@@ -134,9 +109,9 @@ def test_gate_failure_exits_two_from_the_command_line(convnet, blocks_csv, tmp_p
     assert (tmp_path / "cli" / "continual_results.json").is_file()
 
 
-def test_domain_incremental_keeps_the_head_and_measures_forward_transfer(convnet, blocks_csv, tmp_path):
+def test_domain_incremental_keeps_the_head_and_measures_forward_transfer(block_resnet, blocks_csv, tmp_path):
     sites = [{"name": f"site{i}", "where": {"site": [f"site{i}"]}} for i in range(3)]
-    run = main(_config(tmp_path, convnet, blocks_csv, scenario="domain", experiences=sites,
+    run = main(_config(tmp_path, block_resnet, blocks_csv, scenario="domain", experiences=sites,
                        num_train_epochs=2))
     matrix = run.results["matrix"]
     assert all(v is not None for row in matrix for v in row)  # one label space: every cell is defined
@@ -146,8 +121,8 @@ def test_domain_incremental_keeps_the_head_and_measures_forward_transfer(convnet
     assert sum(e["rows"]["test"] for e in run.results["experiences"]) == 240
 
 
-def test_task_incremental_predicts_within_the_task(convnet, blocks_csv, tmp_path):
-    run = main(_config(tmp_path, convnet, blocks_csv, scenario="task", num_train_epochs=2))
+def test_task_incremental_predicts_within_the_task(block_resnet, blocks_csv, tmp_path):
+    run = main(_config(tmp_path, block_resnet, blocks_csv, scenario="task", num_train_epochs=2))
     matrix = run.results["matrix"]
     # with the task id known, old tasks only compete with their own two classes: far less forgetting
     assert run.results["summary"]["average"] > 0.8, matrix
@@ -171,8 +146,8 @@ def test_task_incremental_predicts_within_the_task(convnet, blocks_csv, tmp_path
     ({"experiences": None}, ConfigError, "experiences: not set"),
     ({"strategy": "magic"}, ConfigError, "strategy 'magic' is not one of"),
 ])
-def test_bad_input_fails_before_training(values, error, message, convnet, blocks_csv, tmp_path):
+def test_bad_input_fails_before_training(values, error, message, block_resnet, blocks_csv, tmp_path):
     with pytest.raises(error, match=message):
-        main(_config(tmp_path, convnet, blocks_csv, **values))
+        main(_config(tmp_path, block_resnet, blocks_csv, **values))
     assert not (tmp_path / "run").exists()
     assert not list(tmp_path.glob(".run.partial-*"))

@@ -17,7 +17,7 @@ from hf_adapt.errors import ConfigError, ModelError
 from hf_adapt.recipes.continual import STATE_FILE, STATE_TENSORS, main
 from hf_adapt.recipes.finetune import FinetuneConfig
 from hf_adapt.recipes.finetune import main as finetune
-from tests.continual.test_recipe import SPLIT, _config, blocks_csv, convnet  # noqa: F401 - fixtures
+from tests.continual.test_recipe import SPLIT, _config
 
 LORA = {"peft_type": "LORA", "r": 4, "lora_alpha": 8}
 
@@ -25,9 +25,9 @@ LORA = {"peft_type": "LORA", "r": 4, "lora_alpha": 8}
 @pytest.fixture(scope="module", params=[("replay", {"buffer_size": 16}), ("ewc", {"fisher_samples": 16}),
                                         ("lwf", None), ("adapter_per_experience", None)],
                 ids=lambda p: p[0])
-def lora_run(request, convnet, blocks_csv, tmp_path_factory):  # noqa: F811
+def lora_run(request, block_resnet, blocks_csv, tmp_path_factory):
     strategy, options = request.param
-    cfg = _config(tmp_path_factory.mktemp(strategy), convnet, blocks_csv, experiences=SPLIT[:2], regime="adapter",
+    cfg = _config(tmp_path_factory.mktemp(strategy), block_resnet, blocks_csv, experiences=SPLIT[:2], regime="adapter",
                   adapter=LORA, strategy=strategy, strategy_options=options, num_train_epochs=2)
     return main(cfg)
 
@@ -56,7 +56,7 @@ def test_state_survives_save_and_reload(lora_run):
         assert len(facts["buffer"]) == 16
 
 
-def test_saved_model_reproduces_the_reported_matrix(lora_run, blocks_csv):  # noqa: F811
+def test_saved_model_reproduces_the_reported_matrix(lora_run, blocks_csv):
     predictor = hf_adapt.load_adapted(str(lora_run.output_dir))
     results = lora_run.results
     info = json.loads((lora_run.output_dir / "hf_adapt.json").read_text())["continual"]
@@ -78,12 +78,12 @@ def test_saved_model_reproduces_the_reported_matrix(lora_run, blocks_csv):  # no
 
 
 @pytest.fixture(scope="module")
-def finetune_parent(convnet, blocks_csv, tmp_path_factory):  # noqa: F811
+def finetune_parent(block_resnet, blocks_csv, tmp_path_factory):
     """A served model: LoRA on classes 0-3 only, with the finetune recipe."""
     tmp = tmp_path_factory.mktemp("parent")
     frame = pd.read_csv(blocks_csv)
     frame[frame["label"] < 4].to_csv(tmp / "first_four.csv", index=False)
-    base = _config(tmp, convnet, blocks_csv)
+    base = _config(tmp, block_resnet, blocks_csv)
     values = {k: getattr(base, k) for k in ("model_name_or_path", "family", "reset_head", "image_size", "label_column",
                                              "feature_columns", "text_template", "pixel_shape", "validation_size",
                                              "test_size", "learning_rate", "head_learning_rate", "warmup_ratio",
@@ -94,8 +94,8 @@ def finetune_parent(convnet, blocks_csv, tmp_path_factory):  # noqa: F811
     return finetune(cfg)
 
 
-def test_update_adds_classes_and_reports_old_versus_new(finetune_parent, convnet, blocks_csv, tmp_path):  # noqa: F811
-    cfg = _config(tmp_path, convnet, blocks_csv, init_from=str(finetune_parent.output_dir), regime="adapter",
+def test_update_adds_classes_and_reports_old_versus_new(finetune_parent, block_resnet, blocks_csv, tmp_path):
+    cfg = _config(tmp_path, block_resnet, blocks_csv, init_from=str(finetune_parent.output_dir), regime="adapter",
                   adapter=LORA, experiences=[{"name": "new-classes", "classes": [4, 5]}], strategy="replay",
                   strategy_options={"buffer_size": 24}, output_dir=str(tmp_path / "served-v2"))
     update = main(cfg)
@@ -115,12 +115,12 @@ def test_update_adds_classes_and_reports_old_versus_new(finetune_parent, convnet
     assert f"| served-v1 | accuracy | {results['matrix'][0][0]:.4f} | {results['matrix'][-1][0]:.4f} |" in card
     info = json.loads((update.output_dir / "hf_adapt.json").read_text())
     assert info["continues"]["source"] == str(finetune_parent.output_dir)
-    assert info["model"]["name_or_path"] == str(convnet)
+    assert info["model"]["name_or_path"] == str(block_resnet)
     predictor = hf_adapt.load_adapted(str(update.output_dir))
     assert predictor.labels == results["labels"]
 
     # and a third version continues the second: its buffer (references to v1's rows) carries over
-    cfg3 = _config(tmp_path, convnet, blocks_csv, init_from=str(update.output_dir), regime="adapter", adapter=LORA,
+    cfg3 = _config(tmp_path, block_resnet, blocks_csv, init_from=str(update.output_dir), regime="adapter", adapter=LORA,
                    experiences=[{"name": "more", "classes": [6, 7]}], strategy="replay",
                    strategy_options={"buffer_size": 24}, output_dir=str(tmp_path / "served-v3"), num_train_epochs=1)
     third = main(cfg3)
@@ -130,18 +130,18 @@ def test_update_adds_classes_and_reports_old_versus_new(finetune_parent, convnet
     assert names == {"served-v1", "new-classes", "more"}
 
 
-def test_update_refuses_a_conflicting_label_map(finetune_parent, convnet, blocks_csv, tmp_path):  # noqa: F811
-    cfg = _config(tmp_path, convnet, blocks_csv, init_from=str(finetune_parent.output_dir), regime="adapter",
+def test_update_refuses_a_conflicting_label_map(finetune_parent, block_resnet, blocks_csv, tmp_path):
+    cfg = _config(tmp_path, block_resnet, blocks_csv, init_from=str(finetune_parent.output_dir), regime="adapter",
                   adapter=LORA, scenario="domain", experiences=[{"name": "site-2", "where": {"site": ["site2"]}}])
     with pytest.raises(ConfigError, match=r"labels \['4', '5', '6', '7'\] not all in those of the parent model"):
         main(cfg)
     with pytest.raises(ConfigError, match="regime 'adapter'; an update continues its weights"):
-        main(_config(tmp_path, convnet, blocks_csv, init_from=str(finetune_parent.output_dir), regime="full"))
+        main(_config(tmp_path, block_resnet, blocks_csv, init_from=str(finetune_parent.output_dir), regime="full"))
     assert not (tmp_path / "run").exists()
 
 
-def test_task_incremental_model_needs_its_task_at_serving_time(convnet, blocks_csv, tmp_path):  # noqa: F811
-    run = main(_config(tmp_path, convnet, blocks_csv, scenario="task", experiences=SPLIT[:2], num_train_epochs=2,
+def test_task_incremental_model_needs_its_task_at_serving_time(block_resnet, blocks_csv, tmp_path):
+    run = main(_config(tmp_path, block_resnet, blocks_csv, scenario="task", experiences=SPLIT[:2], num_train_epochs=2,
                        regime="adapter", adapter=LORA, strategy="adapter_per_experience"))
     predictor = hf_adapt.load_adapted(str(run.output_dir))
     image = np.zeros((10, 10), dtype=np.float32)

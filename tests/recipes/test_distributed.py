@@ -44,3 +44,38 @@ def test_two_process_run_trains_and_writes_once(tiny_bert, credit_sample, tmp_pa
     predictor = hf_adapt.load_adapted(str(out))
     assert predictor.labels == ["bad", "good"]
     assert 0 <= metrics["accuracy"] <= 1
+
+
+@pytest.mark.distributed
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("strategy", ["ewc", "adapter_per_experience"])
+def test_two_process_continual_run(strategy, block_resnet, blocks_csv, tmp_path):
+    """Experiences re-prepare the model (a grown head, a new adapter) under DDP; EWC's Fisher is summed
+    over both processes' examples; the matrix is gathered without duplicates."""
+    import yaml
+
+    out = tmp_path / "continual"
+    config = {
+        "model_name_or_path": str(block_resnet), "family": "timm", "reset_head": True, "image_size": 32,
+        "data": str(blocks_csv), "label_column": "label", "feature_columns": [f"p{i}" for i in range(100)],
+        "text_template": None, "pixel_shape": [10, 10], "validation_size": 0.2, "test_size": 0.25,
+        "experiences": [{"name": "ab", "classes": [0, 1]}, {"name": "cd", "classes": [2, 3]}],
+        "strategy": strategy, "regime": "adapter", "adapter": {"peft_type": "LORA", "r": 4, "lora_alpha": 8},
+        "num_train_epochs": 1, "per_device_train_batch_size": 8, "report_to": "none", "output_dir": str(out),
+    }
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+        str(REPO / "recipes" / "continual.py"), "--config", str(tmp_path / "c.yaml"),
+    ]
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=540)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    results = json.loads((out / "continual_results.json").read_text())
+    assert json.loads((out / "train_results.json").read_text())["num_processes"] == 2
+    assert [e["rows"]["test"] for e in results["experiences"]] == [60, 60]  # 2 classes x 120 rows x 25 %
+    assert results["matrix"][-1][0] is not None and results["matrix"][-1][1] is not None
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    predictor = hf_adapt.load_adapted(str(out))
+    assert predictor.labels == ["0", "1", "2", "3"]
