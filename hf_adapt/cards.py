@@ -96,6 +96,25 @@ def card_data(facts: dict[str, Any]):
     )
 
 
+def run_facts(cfg: Any, accelerator: Any, directory: Path, recipe: str) -> dict[str, Any]:
+    """What every card says about how and where a run ran: processes, precision, hardware, the resolved
+    config (secrets redacted), code and library versions."""
+    from hf_adapt.config import config_to_dict, redact
+
+    return {
+        "num_processes": accelerator.num_processes,
+        "mixed_precision": accelerator.mixed_precision,
+        "gradient_accumulation_steps": accelerator.gradient_accumulation_steps,
+        "hardware": hardware_description(accelerator),
+        "config": redact(config_to_dict(cfg)),
+        "config_yaml": (directory / "config.yaml").read_text(),
+        "git": git_commit(),
+        "versions": library_versions(),
+        "recipe": recipe,
+        "output_dir": cfg.output_dir,
+    }
+
+
 def git_commit(path: str | Path = ".") -> dict[str, Any] | None:
     """The commit (and whether the tree was dirty) of the git checkout holding ``path``, if any."""
     try:

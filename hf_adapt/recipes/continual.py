@@ -352,7 +352,7 @@ def _write_outputs(directory: Path, cfg, accelerator, model, backbone, run, stra
                    wall_seconds) -> None:
     from hf_adapt import cards, figures, transfer
     from hf_adapt.artifacts import save_model, write_run_info
-    from hf_adapt.config import config_to_dict, redact, save_config
+    from hf_adapt.config import save_config
     from hf_adapt.continual.metrics import markdown_table
     from hf_adapt.outputs import write_json
     from hf_adapt.sources import known_dataset_name
@@ -444,15 +444,7 @@ def _write_outputs(directory: Path, cfg, accelerator, model, backbone, run, stra
         "lineage": _lineage(parent, results) if parent else None,
         "trainable_parameters": trainable,
         "total_parameters": total,
-        "num_processes": accelerator.num_processes,
-        "mixed_precision": accelerator.mixed_precision,
-        "hardware": cards.hardware_description(accelerator),
-        "config": redact(config_to_dict(cfg)),
-        "config_yaml": (directory / "config.yaml").read_text(),
-        "git": cards.git_commit(),
-        "versions": cards.library_versions(),
-        "recipe": "continual",
-        "output_dir": cfg.output_dir,
+        **cards.run_facts(cfg, accelerator, directory, "continual"),
         "wall_seconds": wall_seconds,
         "intended_use": cfg.intended_use,
         "out_of_scope_use": cfg.out_of_scope_use,

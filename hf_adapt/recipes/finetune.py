@@ -309,7 +309,7 @@ def _write_outputs(directory: Path, cfg, accelerator, model, backbone, family, d
                    baseline, trainable, total, wall_seconds, parent) -> None:
     from hf_adapt import cards, report, transfer
     from hf_adapt.artifacts import save_model, write_run_info
-    from hf_adapt.config import config_to_dict, redact, save_config
+    from hf_adapt.config import save_config
     from hf_adapt.metrics import softmax
     from hf_adapt.outputs import write_json
     from hf_adapt.sources import known_dataset_name
@@ -365,7 +365,6 @@ def _write_outputs(directory: Path, cfg, accelerator, model, backbone, family, d
     figures = report.write_figures(directory, history.history, cfg.metric_for_best_model, probs, y_true, data.labels)
     subgroups, subgroup_sentences = report.subgroup_facts(
         data.splits["test"], probs, y_true, data.labels, cfg.sensitive_columns, cfg.sensitive_bins, cfg.positive_label)
-    config = redact(config_to_dict(cfg))
     facts = {
         "model_name": Path(cfg.output_dir).name,
         "summary": _summary(cfg, base_model, dataset_name, data),
@@ -396,16 +395,7 @@ def _write_outputs(directory: Path, cfg, accelerator, model, backbone, family, d
         "train_seconds": history.train_seconds,
         "trainable_parameters": trainable,
         "total_parameters": total,
-        "num_processes": accelerator.num_processes,
-        "mixed_precision": accelerator.mixed_precision,
-        "gradient_accumulation_steps": accelerator.gradient_accumulation_steps,
-        "hardware": cards.hardware_description(accelerator),
-        "config": config,
-        "config_yaml": (directory / "config.yaml").read_text(),
-        "git": cards.git_commit(),
-        "versions": cards.library_versions(),
-        "recipe": "finetune",
-        "output_dir": cfg.output_dir,
+        **cards.run_facts(cfg, accelerator, directory, "finetune"),
         "example_input": example_input,
         "example_file": example_file,
         "figures": figures,

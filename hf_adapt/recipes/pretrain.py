@@ -254,7 +254,7 @@ def _write_outputs(directory: Path, cfg: PretrainConfig, accelerator, model, bac
                    metrics, sizes, trainable, total, wall_seconds) -> None:
     from hf_adapt import cards
     from hf_adapt.artifacts import FORMAT_VERSION
-    from hf_adapt.config import config_to_dict, redact, save_config
+    from hf_adapt.config import save_config
     from hf_adapt.lm import LM_HEAD_FILE, PIPELINE_TAGS, save_lm
     from hf_adapt.outputs import RUN_FILE, write_json
     from hf_adapt.sources import known_dataset_name
@@ -326,16 +326,7 @@ def _write_outputs(directory: Path, cfg: PretrainConfig, accelerator, model, bac
         "train_seconds": history.train_seconds,
         "trainable_parameters": trainable,
         "total_parameters": total,
-        "num_processes": accelerator.num_processes,
-        "mixed_precision": accelerator.mixed_precision,
-        "gradient_accumulation_steps": accelerator.gradient_accumulation_steps,
-        "hardware": cards.hardware_description(accelerator),
-        "config": redact(config_to_dict(cfg)),
-        "config_yaml": (directory / "config.yaml").read_text(),
-        "git": cards.git_commit(),
-        "versions": cards.library_versions(),
-        "recipe": "pretrain",
-        "output_dir": cfg.output_dir,
+        **cards.run_facts(cfg, accelerator, directory, "pretrain"),
         "intended_use": cfg.intended_use,
         "limitations": cfg.limitations,
     }
