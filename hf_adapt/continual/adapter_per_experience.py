@@ -46,6 +46,11 @@ class AdapterPerExperience(Strategy):
                               "run does not have; use scenario: task, or routing: confidence")
         if self.routing == "auto":
             self.routing = "task_id" if run.scenario == "task" else "confidence"
+        single = [e.name for e in run.experiences if len(e.classes) < 2]
+        if self.routing == "confidence" and single:
+            raise ConfigError(f"routing: confidence cannot serve experience(s) {single} with a single class: their "
+                              "adapter would learn nothing and answer every input with certainty; merge them, or "
+                              "use scenario: task")
         for earlier in run.experiences:  # a parent trained with one adapter: it answers for all its experiences
             if earlier.trained_at == 0 and earlier.name not in self.adapters:
                 self.adapters[earlier.name] = FIRST
@@ -66,20 +71,20 @@ class AdapterPerExperience(Strategy):
 
     def training_task(self, run: ContinualRun, task: ContinualTask, model: nn.Module):
         # each adapter learns its own experience's classes only, so the confidences routing compares are comparable
-        return ContinualTask(task.logits_fn, self._task_classes(run, max(run.seen_classes()) + 1))
+        return ContinualTask(task.logits_fn, self._task_classes(run, run.head_size))
 
     def evaluation_task(self, run: ContinualRun, task: ContinualTask, model: nn.Module):
         learnt = [e for e in run.learnt() if e.name in self.adapters]
         if not learnt:  # before the first experience: the one fresh adapter
             return task
         positions = {e.task: i for i, e in enumerate(learnt)}
-        masks = self._task_classes(run, max(run.seen_classes()) + 1)
+        masks = self._task_classes(run, run.head_size)
         experts = [(self.adapters[e.name], masks[e.task]) for e in learnt]
 
         def routed(model_, batch):
             choice = None
-            if self.routing == "task_id":
-                choice = torch.tensor([positions[int(t)] for t in batch["task"]])
+            if self.routing == "task_id":  # -1: a task not learnt yet, answered by confidence
+                choice = torch.tensor([positions.get(int(t), -1) for t in batch["task"]])
             logits = routed_logits(model_, task.logits_fn, batch["inputs"], experts, choice)
             return {"loss": F.cross_entropy(logits, batch["labels"]), "logits": logits}
 
@@ -89,6 +94,9 @@ class AdapterPerExperience(Strategy):
         return {"adapters": self.adapters, "routing": self.routing}, {}
 
     def load_state(self, facts: dict[str, Any], tensors: dict) -> None:
+        if self.routing not in ("auto", facts["routing"]):
+            raise ConfigError(f"strategy_options.routing {self.routing!r} differs from the parent's "
+                              f"{facts['routing']!r}; an update keeps its parent's routing")
         self.adapters = dict(facts["adapters"])
         self.routing = facts["routing"]
 

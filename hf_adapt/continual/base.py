@@ -61,6 +61,7 @@ class ContinualRun:
     accelerator: Any
     seed: int
     step: int = 0  # the experience being learnt (its matrix row), 0 before the first
+    head_size: int = 0  # outputs of the head now (the recipe grows it)
 
     @property
     def input_kind(self) -> str:
@@ -108,8 +109,12 @@ class ContinualTask:
         return logits
 
     def __call__(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        logits = self.logits(model, batch)
-        return {"loss": F.cross_entropy(logits.float(), batch["labels"]), "logits": logits}
+        raw = self.logits_fn(model, batch["inputs"])
+        logits = raw
+        if self.task_classes is not None:
+            logits = mask_logits(raw, self.task_classes.to(raw.device)[batch["task"]])
+        # raw_logits: before the task mask, for losses over other tasks' classes (distillation)
+        return {"loss": F.cross_entropy(logits.float(), batch["labels"]), "logits": logits, "raw_logits": raw}
 
 
 class Strategy(Callback):

@@ -59,12 +59,16 @@ class EWC(Strategy):
         params = {n: p for n, p in model.named_parameters() if p.requires_grad}
         generator = torch.Generator().manual_seed(run.seed)
         rows = experience.rows("train")
-        pick = torch.randperm(len(rows), generator=generator)[: self.fisher_samples].tolist()
+        pick = sorted(torch.randperm(len(rows), generator=generator)[: self.fisher_samples].tolist())
+        mine = pick[accelerator.process_index::accelerator.num_processes]  # each example once, on one process
+        from accelerate.data_loader import prepare_data_loader
+
         from hf_adapt.loop import make_loader
 
-        loader = accelerator.prepare(make_loader(run.dataset([rows[i] for i in sorted(pick)]),
-                                                 run.backbone.preprocessor.collate, 1, train=False, seed=run.seed))
-        task = ContinualTask(run.backbone.logits, run.task_classes(_head_size(model, run)))
+        loader = prepare_data_loader(make_loader(run.dataset([rows[i] for i in mine]), run.backbone.preprocessor.collate,
+                                                 1, train=False, seed=run.seed),
+                                     accelerator.device, num_processes=1, process_index=0, put_on_device=True)
+        task = ContinualTask(run.backbone.logits, run.task_classes(run.head_size))
         sums = {n: torch.zeros_like(p) for n, p in params.items()}
         count = torch.zeros((), device=accelerator.device)
         model.eval()
@@ -94,7 +98,3 @@ class EWC(Strategy):
 
     def card_facts(self) -> dict[str, Any]:
         return {"ewc_lambda": self.ewc_lambda, "fisher_samples": self.fisher_samples, "decay": self.decay}
-
-
-def _head_size(model: nn.Module, run: ContinualRun) -> int:
-    return max(run.seen_classes()) + 1

@@ -127,6 +127,26 @@ def _cut(name: str, data, entry: dict[str, Any]) -> dict[str, Any]:
     return splits
 
 
+SOURCE_FIELDS = ("data", "data_files", "data_subset", "data_revision", "data_kwargs")
+SPLIT_FIELDS = ("seed", "validation_size", "test_size", "max_eval_samples")
+
+
+def check_splits(experiences: list[Experience]) -> None:
+    """Experiences cut from one source must split it alike, or one's test rows could train another
+    (a parent's experiences are re-read with the parent's own split settings)."""
+    first: dict[str, Experience] = {}
+    for e in experiences:
+        config = e.description["data_config"]
+        key = repr([config.get(k) for k in SOURCE_FIELDS])
+        other = first.setdefault(key, e)
+        differ = [k for k in SPLIT_FIELDS if config.get(k) != other.description["data_config"].get(k)]
+        if differ:
+            raise ConfigError(f"experiences {other.name!r} and {e.name!r} read the same data with different "
+                              f"{', '.join(differ)}; rows one tests on could train the other. Use the same "
+                              f"{', '.join(differ)} (an update: the parent's, "
+                              f"{ {k: other.description['data_config'].get(k) for k in differ} })")
+
+
 def check_scenario(scenario: str, experiences: list[Experience], label_names: list[str], parent_labels: list[str] | None) -> None:
     """Refuse a stream the scenario cannot mean."""
     if scenario == "domain":

@@ -1,4 +1,5 @@
-"""Joint training: every experience trains on all data seen so far. The upper bound, and the cost of it."""
+"""Joint (cumulative) training: each experience trains on all data seen so far, continuing from the current
+weights. The reference ceiling for the stream, and what keeping every old row costs."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from hf_adapt.continual.base import ContinualRun, Experience, Row, Strategy
 
 class Joint(Strategy):
     name = "joint"
-    description = "retraining on every experience seen so far (the upper bound; keeps all old data)"
+    description = "cumulative training on every experience seen so far (the ceiling; keeps all old data)"
 
     def train_rows(self, run: ContinualRun, experience: Experience) -> list[Row]:
         return [row for e in run.learnt() for row in e.rows("train")]

@@ -47,9 +47,10 @@ class LwF(Strategy):
 
         def distilled(model_, batch):
             out = task(model_, batch)
+            # before any task mask: in task-incremental runs the old classes are exactly the masked ones
             with torch.no_grad():
-                target = F.softmax(task.logits(teacher, batch)[:, :n].float() / t, dim=-1)
-            student = F.log_softmax(out["logits"][:, :n].float() / t, dim=-1)
+                target = F.softmax(task.logits_fn(teacher, batch["inputs"])[:, :n].float() / t, dim=-1)
+            student = F.log_softmax(out["raw_logits"][:, :n].float() / t, dim=-1)
             out["loss"] = out["loss"] + self.alpha * t * t * F.kl_div(student, target, reduction="batchmean")
             return out
 

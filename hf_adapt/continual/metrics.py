@@ -34,16 +34,20 @@ def summarize(matrix: list[list[float | None]], trained_at: list[int], names: li
     final = matrix[last]
     forgetting: dict[str, float] = {}
     peak_row: dict[str, int] = {}
+    undefined: list[str] = []  # learnt earlier, but the metric is undefined where forgetting needs it
     for j, name in enumerate(names):
         start = trained_at[j]
         if start >= last:  # learnt in the last step: nothing to forget yet
             continue
         rows = [r for r in range(start, last) if matrix[r][j] is not None]
+        if not rows or final[j] is None:
+            undefined.append(name)
+            continue
         best = max(rows, key=lambda r: sign * matrix[r][j])
         forgetting[name] = sign * (matrix[best][j] - final[j])
         peak_row[name] = best
     bwt = [sign * (final[j] - matrix[trained_at[j]][j]) for j in range(len(names))
-           if trained_at[j] < last and matrix[trained_at[j]][j] is not None]
+           if trained_at[j] < last and matrix[trained_at[j]][j] is not None and final[j] is not None]
     later = [j for j in range(len(names)) if trained_at[j] >= 2]
     fwt_defined = all(matrix[trained_at[j] - 1][j] is not None and matrix[0][j] is not None for j in later)
     fwt_terms = [sign * (matrix[trained_at[j] - 1][j] - matrix[0][j]) for j in later] if fwt_defined else []
@@ -54,6 +58,7 @@ def summarize(matrix: list[list[float | None]], trained_at: list[int], names: li
         "max_forgetting": max(forgetting.values()) if forgetting else None,
         "forgetting": forgetting,
         "peak_row": peak_row,
+        "undefined": undefined,
         "backward_transfer": _mean(bwt),
         # undefined where an experience's classes are unknown before it is learnt (class-incremental)
         "forward_transfer": _mean(fwt_terms),
@@ -66,7 +71,9 @@ def gate(summary: dict[str, Any], max_forgetting: float | None, names: list[str]
     """The release gate: which earlier experiences lost more than ``max_forgetting`` of the metric."""
     if max_forgetting is None:
         return {"max_forgetting": None, "passed": True, "regressions": []}
-    regressions = []
+    # an experience whose metric is undefined (e.g. AUROC over one class) cannot be shown not to regress
+    regressions = [{"experience": name, "forgetting": None, "best": None, "best_after": None, "final": None}
+                   for name in summary["undefined"]]
     for name, amount in summary["forgetting"].items():
         if amount > max_forgetting:
             j = names.index(name)
@@ -77,7 +84,9 @@ def gate(summary: dict[str, Any], max_forgetting: float | None, names: list[str]
 
 
 def describe_regressions(result: dict[str, Any], metric: str) -> str:
-    return "; ".join(f"{r['experience']} lost {r['forgetting']:.4f} {metric} ({r['best']:.4f} after {r['best_after']} "
+    return "; ".join(f"{r['experience']}: {metric} undefined on its test rows (e.g. AUROC over one class)"
+                     if r["forgetting"] is None else
+                     f"{r['experience']} lost {r['forgetting']:.4f} {metric} ({r['best']:.4f} after {r['best_after']} "
                      f"-> {r['final']:.4f} now)" for r in result["regressions"])
 
 

@@ -73,12 +73,11 @@ class Replay(Strategy):
             rng.shuffle(candidates)
             groups[key] = candidates
         order = sorted(groups, key=lambda key: (run.experience(key[0]).task, key[1]))
-        share, extra = divmod(self.buffer_size, len(order))
+        quota = _balanced_quota([len(groups[key]) for key in order], self.buffer_size)
         self.buffer, self.labels = [], []
-        for i, key in enumerate(order):
-            keep = groups[key][: share + (1 if i < extra else 0)]
-            self.buffer += keep
-            self.labels += [key[1]] * len(keep)
+        for key, size in zip(order, quota):
+            self.buffer += groups[key][:size]
+            self.labels += [key[1]] * size
 
     def state(self) -> tuple[dict[str, Any], dict]:
         return {"buffer": [list(row) for row in self.buffer], "labels": self.labels, "seen": self.seen,
@@ -91,3 +90,24 @@ class Replay(Strategy):
 
     def card_facts(self) -> dict[str, Any]:
         return {"buffer_size": self.buffer_size, "selection": self.selection, "rows_in_buffer": len(self.buffer)}
+
+
+def _balanced_quota(sizes: list[int], budget: int) -> list[int]:
+    """Equal shares of ``budget`` for groups of these sizes; what a small group cannot fill goes to the others
+    (and with fewer slots than groups, the earlier groups get one each)."""
+    quota = [0] * len(sizes)
+    left = budget
+    while left > 0:
+        open_groups = [i for i, size in enumerate(sizes) if quota[i] < size]
+        if not open_groups:
+            break
+        share = left // len(open_groups)
+        if share == 0:
+            for i in open_groups[:left]:
+                quota[i] += 1
+            break
+        for i in open_groups:
+            take = min(share, sizes[i] - quota[i])
+            quota[i] += take
+            left -= take
+    return quota

@@ -31,7 +31,7 @@ def routed_logits(model: nn.Module, logits_fn: Callable[[nn.Module, Any], torch.
         model: what ``logits_fn`` runs (possibly wrapped by DDP).
         experts: ``(adapter name, allowed classes)`` per experience, in order; the peft model whose
             ``set_adapter`` switches them is ``model`` unwrapped, found by :func:`_peft`.
-        choice: per input, the index into ``experts`` (task-incremental); None: the most confident.
+        choice: per input, the index into ``experts`` (task-incremental), -1 or None: the most confident.
     """
     peft_model = _peft(model)
     active = peft_model.active_adapter
@@ -45,8 +45,9 @@ def routed_logits(model: nn.Module, logits_fn: Callable[[nn.Module, Any], torch.
     finally:
         peft_model.set_adapter(active)
     stacked = torch.stack(outputs)  # [experts, batch, classes]
-    if choice is None:
-        choice = torch.stack(confidence).argmax(dim=0)
+    confident = torch.stack(confidence).argmax(dim=0)
+    choice = confident if choice is None else torch.where(choice.to(confident.device) < 0, confident,
+                                                          choice.to(confident.device))
     return stacked[choice.to(stacked.device), torch.arange(stacked.shape[1], device=stacked.device)]
 
 

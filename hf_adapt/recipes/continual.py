@@ -88,7 +88,7 @@ def main(cfg: ContinualConfig) -> ContinualResult:
     from hf_adapt.backbones import build_backbone
     from hf_adapt.continual import make_strategy
     from hf_adapt.continual.base import ContinualRun, ContinualTask
-    from hf_adapt.continual.experiences import check_scenario, load_experiences
+    from hf_adapt.continual.experiences import check_scenario, check_splits, load_experiences
     from hf_adapt.continual.heads import grow_head
     from hf_adapt.loop import LoopSettings, fit, make_loader
     from hf_adapt.recipes.finetune import DEFAULT_MODEL, backbone_spec
@@ -108,11 +108,14 @@ def main(cfg: ContinualConfig) -> ContinualResult:
     # Everything that can fail on bad input happens before training.
     strategy = make_strategy(cfg.strategy, cfg.strategy_options)
     parent, label_names, experiences = None, [], []
+    state = None
     if cfg.init_from:
         parent = transfer.find_parent(cfg.init_from, cfg.init_from_revision, recipes=("finetune", "continual"),
                                       what="a classifier to continue")
+        _check_parent(parent, cfg)
         label_names = parent.labels()
         experiences = _parent_experiences(parent, list(label_names))
+        state = _parent_state(parent, cfg)
     parent_labels = list(label_names) if parent else None
     names = {e.name for e in experiences}
     clash = [entry["name"] for entry in cfg.experiences if entry["name"] in names]
@@ -122,6 +125,9 @@ def main(cfg: ContinualConfig) -> ContinualResult:
     check_scenario(cfg.scenario, experiences, label_names, parent_labels)
     new = [e for e in experiences if e.trained_at > 0]
     kind = "image" if new[0].data.kind == "image" else "text"
+    check_splits(experiences)
+    if state is not None:
+        strategy.load_state(*state)
     run = ContinualRun(cfg.scenario, experiences, label_names, None, accelerator, cfg.seed)
     strategy.check(run, cfg.regime)
 
@@ -129,21 +135,14 @@ def main(cfg: ContinualConfig) -> ContinualResult:
         first_head = len(label_names) if cfg.scenario == "domain" else max(new[0].classes) + 1
         backbone = build_backbone(backbone_spec(cfg, first_head))
         model = apply_regime(backbone, cfg.regime, cfg.adapter)
-        state = None
     else:
         transfer.check_parent(parent, cfg.family, cfg.model_name_or_path, DEFAULT_MODEL, kind)
-        state = _parent_state(parent, cfg)
-        if parent.info.get("regime") != cfg.regime:
-            raise ConfigError(f"init_from {cfg.init_from!r} was trained with regime {parent.info.get('regime')!r}; an "
-                              f"update continues its weights, so set regime: {parent.info.get('regime')}")
-        backbone, model = _resume(parent, parent_labels, cfg, state)
+        backbone, model = _resume(parent, parent_labels, cfg)
         logger.info("continuing %s (%s, %d labels)", cfg.init_from, parent.recipe, len(parent_labels))
     if backbone.preprocessor.input_kind != kind:
         raise ConfigError(f"the model reads {backbone.preprocessor.input_kind} inputs but the experiences hold {kind} data")
-    if state is not None:
-        strategy.load_state(*state)
     run.backbone = backbone
-    head = _head_size(parent_labels, cfg.scenario, label_names, new[0])
+    head = run.head_size = _head_size(parent_labels, cfg.scenario, label_names, new[0])
     settings = LoopSettings(
         num_train_epochs=cfg.num_train_epochs, max_steps=cfg.max_steps, learning_rate=cfg.learning_rate,
         head_learning_rate=cfg.head_learning_rate, head_names=backbone.head_names, weight_decay=cfg.weight_decay,
@@ -158,6 +157,7 @@ def main(cfg: ContinualConfig) -> ContinualResult:
     else:
         staging = None
     try:
+        model = accelerator.prepare_model(model, evaluation_mode=True)  # on the device for row 0; fit wraps it later
         rows = [_evaluate_all(run, strategy, model, head, cfg)]
         row_names, histories = ["before"], []
         for experience in new:
@@ -166,7 +166,7 @@ def main(cfg: ContinualConfig) -> ContinualResult:
             if needed > head:
                 grow_head(model, backbone.head_names, head, needed)
                 logger.info("head grown from %d to %d classes", head, needed)
-                head = needed
+                head = run.head_size = needed
             model = strategy.before_experience(run, experience, model)
             task = strategy.training_task(run, ContinualTask(backbone.logits, run.task_classes(head)), model)
             train = strategy.train_rows(run, experience)
@@ -244,7 +244,9 @@ def _results(cfg, run, strategy, rows, row_names, histories) -> dict[str, Any]:
     names = [e.name for e in run.experiences]
     trained_at = [e.trained_at for e in run.experiences]
     metrics = [k for k in rows[-1][0] if not k.startswith("_")]
-    matrices = {m: [[None if cell is None else cell[m] for cell in row] for row in rows] for m in metrics}
+    # None: undefined (classes the head did not know yet, or e.g. AUROC over a single class)
+    matrices = {m: [[None if cell is None or cell[m] != cell[m] else cell[m] for cell in row] for row in rows]
+                for m in metrics}
     matrix = matrices[cfg.continual_metric]
     summary = summarize(matrix, trained_at, names, cfg.continual_metric)
     last = rows[-1]
@@ -299,6 +301,20 @@ def _parent_experiences(parent, label_names: list[str]):
     return experiences
 
 
+def _check_parent(parent, cfg) -> None:
+    """Refuse an update that cannot continue the parent as it was trained."""
+    info = parent.info.get("continual") or {}
+    if parent.info.get("regime") != cfg.regime:
+        raise ConfigError(f"init_from {cfg.init_from!r} was trained with regime {parent.info.get('regime')!r}; an "
+                          f"update continues its weights, so set regime: {parent.info.get('regime')}")
+    if info and info["scenario"] != cfg.scenario:
+        raise ConfigError(f"init_from {cfg.init_from!r} is {info['scenario']}-incremental; an update keeps its "
+                          f"scenario, so set scenario: {info['scenario']}")
+    if len(set((info.get("adapters") or {}).values())) > 1 and cfg.strategy != info["strategy"]:
+        raise ConfigError(f"init_from {cfg.init_from!r} has one adapter per experience; continue it with strategy: "
+                          f"{info['strategy']}, or its routing would be lost")
+
+
 def _parent_state(parent, cfg) -> tuple[dict[str, Any], dict[str, Any]] | None:
     """The parent's strategy state, when it was trained with the same strategy."""
     from hf_adapt.outputs import read_json
@@ -317,7 +333,7 @@ def _parent_state(parent, cfg) -> tuple[dict[str, Any], dict[str, Any]] | None:
     return read_json(parent.directory / STATE_FILE)["state"], tensors
 
 
-def _resume(parent, labels: list[str], cfg, state):
+def _resume(parent, labels: list[str], cfg):
     """The parent rebuilt as it was trained: its starting backbone, its adapter(s) trainable again, its head."""
     from hf_adapt import transfer
     from hf_adapt.artifacts import restore_model

@@ -72,3 +72,13 @@ def test_markdown_table_marks_undefined_cells():
     table = markdown_table([[0.5, None], [0.25, 1.0]], ["before", "a"], ["a", "b"])
     assert table.splitlines()[2] == "| before | 0.500 | – |"
     assert table.splitlines()[3] == "| a | 0.250 | 1.000 |"
+
+
+def test_an_undefined_metric_fails_the_gate_instead_of_passing_it():
+    # AUROC of an experience whose test rows hold one class is NaN: the recipe stores None
+    matrix = [[0.5, None], [None, None], [None, 0.9]]
+    s = summarize(matrix, [1, 2], ["one-class", "b"], "auroc")
+    assert s["undefined"] == ["one-class"] and s["forgetting"] == {}
+    result = gate(s, 0.05, ["one-class", "b"], matrix, ["before", "one-class", "b"])
+    assert not result["passed"]
+    assert describe_regressions(result, "auroc") == "one-class: auroc undefined on its test rows (e.g. AUROC over one class)"

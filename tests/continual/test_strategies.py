@@ -166,3 +166,34 @@ def test_ewc_penalises_moving_important_parameters_and_its_state_round_trips():
     again.load_state(facts, tensors)
     torch.testing.assert_close(again.fisher["classifier.weight"], ewc.fisher["classifier.weight"])
     torch.testing.assert_close(again.anchor["classifier.weight"], ewc.anchor["classifier.weight"])
+
+
+def test_buffer_slots_a_small_class_cannot_fill_go_to_the_others():
+    from hf_adapt.continual.replay import _balanced_quota
+
+    assert _balanced_quota([2, 30, 30], 20) == [2, 9, 9]
+    assert _balanced_quota([5, 5], 20) == [5, 5]
+    assert _balanced_quota([9, 9, 9], 2) == [1, 1, 0]
+    a = _experience("a", 0, [0] * 2 + [1] * 40, 1)
+    replay = make_strategy("replay", {"buffer_size": 20})
+    replay.after_experience(_run([a]), a, None)
+    assert len(replay.buffer) == 20 and replay.labels.count(0) == 2
+
+
+def test_lwf_distils_the_old_tasks_even_where_the_task_mask_hides_them():
+    a, b = _experience("a", 0, [0, 1], 1), _experience("b", 1, [2, 3], 2)
+    run = _run([a, b], "task")
+    run.step, run.head_size = 2, 4
+    torch.manual_seed(0)
+    model = Tiny(4)
+    lwf = make_strategy("lwf", {"alpha": 1.0, "temperature": 2.0})
+    lwf.before_experience(run, b, model)
+    assert lwf.old_classes == 2
+    with torch.no_grad():
+        model.classifier.weight[0] += 1.0  # the student drifts on the old task's classes
+    base = ContinualTask(lambda m, inputs: m(inputs), run.task_classes(4))
+    batch = {"inputs": torch.randn(6, 4), "labels": torch.tensor([2, 3] * 3), "task": torch.ones(6, dtype=torch.long)}
+    extra = lwf.training_task(run, base, model)(model, batch)["loss"] - base(model, batch)["loss"]
+    assert extra.item() > 1e-3
+    extra.backward()
+    assert model.classifier.weight.grad[:2].abs().sum() > 0

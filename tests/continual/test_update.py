@@ -137,6 +137,11 @@ def test_update_refuses_a_conflicting_label_map(finetune_parent, block_resnet, b
         main(cfg)
     with pytest.raises(ConfigError, match="regime 'adapter'; an update continues its weights"):
         main(_config(tmp_path, block_resnet, blocks_csv, init_from=str(finetune_parent.output_dir), regime="full"))
+    # the parent's source split another way could put its test rows into the new training rows
+    source = finetune_parent.data.origin["source"]
+    with pytest.raises(ConfigError, match="read the same data with different seed"):
+        main(_config(tmp_path, block_resnet, source, init_from=str(finetune_parent.output_dir), regime="adapter",
+                     adapter=LORA, seed=7, experiences=[{"name": "again", "classes": [0, 1]}]))
     assert not (tmp_path / "run").exists()
 
 
