@@ -328,6 +328,23 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def code_version() -> str:
+    """Where hf_adapt was imported from, and the repository commit (other people may be editing the tree)."""
+    import subprocess
+
+    import hf_adapt
+
+    def git(*cmd: str) -> str:
+        try:
+            return subprocess.run(["git", "-C", str(REPO), *cmd], capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    dirty = "modified" if git("status", "--porcelain", "hf_adapt") else "clean"
+    return (f"hf_adapt imported from `{Path(hf_adapt.__file__).parent}`; repository HEAD {git('rev-parse', '--short', 'HEAD') or '?'}"
+            f" (its hf_adapt/: {dirty})")
+
+
 def run(args: argparse.Namespace) -> None:
     started = time.perf_counter()
 
@@ -358,6 +375,7 @@ def run(args: argparse.Namespace) -> None:
               f"- torch {torch.__version__}, transformers {transformers.__version__}, Python "
               f"{platform.python_version()}, {os.cpu_count()} CPU cores, torch threads per run "
               f"{args.torch_num_threads or 'recipe default (all cores)'}, seed 42, one run per strategy",
+              f"- {code_version()}",
               "- average accuracy: the final model on every experience's test split, mean over experiences; "
               "forgetting: best earlier accuracy minus final (mean over experiences before the last); backward "
               "transfer: final minus just-learnt (negative = forgetting); just-learnt accuracy: each experience right "

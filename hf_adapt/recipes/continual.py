@@ -131,9 +131,9 @@ def main(cfg: ContinualConfig) -> ContinualResult:
     run = ContinualRun(cfg.scenario, experiences, label_names, None, accelerator, cfg.seed)
     strategy.check(run, cfg.regime)
 
+    head = run.head_size = _head_size(parent_labels, cfg.scenario, label_names, new[0])
     if parent is None:
-        first_head = len(label_names) if cfg.scenario == "domain" else max(new[0].classes) + 1
-        backbone = build_backbone(backbone_spec(cfg, first_head))
+        backbone = build_backbone(backbone_spec(cfg, head))
         model = apply_regime(backbone, cfg.regime, cfg.adapter)
     else:
         transfer.check_parent(parent, cfg.family, cfg.model_name_or_path, DEFAULT_MODEL, kind)
@@ -142,7 +142,6 @@ def main(cfg: ContinualConfig) -> ContinualResult:
     if backbone.preprocessor.input_kind != kind:
         raise ConfigError(f"the model reads {backbone.preprocessor.input_kind} inputs but the experiences hold {kind} data")
     run.backbone = backbone
-    head = run.head_size = _head_size(parent_labels, cfg.scenario, label_names, new[0])
     settings = LoopSettings(
         num_train_epochs=cfg.num_train_epochs, max_steps=cfg.max_steps, learning_rate=cfg.learning_rate,
         head_learning_rate=cfg.head_learning_rate, head_names=backbone.head_names, weight_decay=cfg.weight_decay,
@@ -209,6 +208,7 @@ def main(cfg: ContinualConfig) -> ContinualResult:
 
 
 def _head_size(parent_labels, scenario: str, label_names: list[str], first) -> int:
+    """Outputs of the head before the first new experience: the parent's, every label (domain), or the first's."""
     if parent_labels is not None:
         return len(parent_labels)
     return len(label_names) if scenario == "domain" else max(first.classes) + 1
