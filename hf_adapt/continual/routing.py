@@ -12,7 +12,6 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 MASKED = -1e4  # the logit of a class an input may not take: softmax gives it ~0, and unlike -inf it stays finite
@@ -41,7 +40,7 @@ def routed_logits(model: nn.Module, logits_fn: Callable[[nn.Module, Any], torch.
             peft_model.set_adapter(adapter)
             logits = mask_logits(logits_fn(model, inputs).float(), allowed)
             outputs.append(logits)
-            confidence.append(F.softmax(logits, dim=-1).amax(dim=-1))
+            confidence.append(_margin(logits))
     finally:
         peft_model.set_adapter(active)
     stacked = torch.stack(outputs)  # [experts, batch, classes]
@@ -49,6 +48,17 @@ def routed_logits(model: nn.Module, logits_fn: Callable[[nn.Module, Any], torch.
     choice = confident if choice is None else torch.where(choice.to(confident.device) < 0, confident,
                                                           choice.to(confident.device))
     return stacked[choice.to(stacked.device), torch.arange(stacked.shape[1], device=stacked.device)]
+
+
+def _margin(logits: torch.Tensor) -> torch.Tensor:
+    """How sure each row is of its top class: ``log p_top - log(1 - p_top)``, from the logits directly.
+
+    The top probability itself rounds to exactly 1.0 in float32 once the top logit leads by ~17,
+    and ties would then all go to the first adapter; this margin keeps growing.
+    """
+    top, index = logits.max(dim=-1)
+    rest = logits.scatter(-1, index[:, None], float("-inf"))
+    return top - torch.logsumexp(rest, dim=-1)
 
 
 def _peft(model: nn.Module) -> nn.Module:

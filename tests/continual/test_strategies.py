@@ -197,3 +197,12 @@ def test_lwf_distils_the_old_tasks_even_where_the_task_mask_hides_them():
     assert extra.item() > 1e-3
     extra.backward()
     assert model.classifier.weight.grad[:2].abs().sum() > 0
+
+
+def test_confidence_routing_ranks_adapters_beyond_float32_saturation():
+    from hf_adapt.continual.routing import _margin
+
+    logits = torch.tensor([[40.0, 0.0, -1e4], [25.0, 0.0, -1e4]])  # both softmax to exactly 1.0 in float32
+    assert torch.softmax(logits, -1).amax(-1).tolist() == [1.0, 1.0]
+    margin = _margin(logits)
+    assert margin[0] > margin[1] > 20
