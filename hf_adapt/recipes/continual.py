@@ -90,8 +90,8 @@ def main(cfg: ContinualConfig) -> ContinualResult:
     from hf_adapt.continual.base import ContinualRun, ContinualTask
     from hf_adapt.continual.experiences import check_scenario, check_splits, load_experiences
     from hf_adapt.continual.heads import grow_head
-    from hf_adapt.loop import LoopSettings, fit, make_loader
-    from hf_adapt.recipes.finetune import DEFAULT_MODEL, backbone_spec
+    from hf_adapt.loop import fit, make_loader
+    from hf_adapt.recipes.finetune import DEFAULT_MODEL, backbone_spec, loop_settings
     from hf_adapt.runtime import make_accelerator, set_cpu_threads
 
     started = time.perf_counter()
@@ -142,13 +142,7 @@ def main(cfg: ContinualConfig) -> ContinualResult:
     if backbone.preprocessor.input_kind != kind:
         raise ConfigError(f"the model reads {backbone.preprocessor.input_kind} inputs but the experiences hold {kind} data")
     run.backbone = backbone
-    settings = LoopSettings(
-        num_train_epochs=cfg.num_train_epochs, max_steps=cfg.max_steps, learning_rate=cfg.learning_rate,
-        head_learning_rate=cfg.head_learning_rate, head_names=backbone.head_names, weight_decay=cfg.weight_decay,
-        lr_scheduler_type=cfg.lr_scheduler_type, warmup_ratio=cfg.warmup_ratio, max_grad_norm=cfg.max_grad_norm,
-        metric_for_best_model=cfg.metric_for_best_model, early_stopping_patience=cfg.early_stopping_patience,
-        logging_steps=cfg.logging_steps, layer_lr_decay=cfg.layer_lr_decay, restore_best=cfg.keep_best_epoch,
-    )
+    settings = loop_settings(cfg, backbone, restore_best=cfg.keep_best_epoch)
     collate = backbone.preprocessor.collate
 
     if accelerator.is_main_process:
@@ -336,6 +330,7 @@ def _parent_state(parent, cfg) -> tuple[dict[str, Any], dict[str, Any]] | None:
 def _resume(parent, labels: list[str], cfg):
     """The parent rebuilt as it was trained: its starting backbone, its adapter(s) trainable again, its head."""
     from hf_adapt import transfer
+    from hf_adapt.adapters import apply_regime
     from hf_adapt.artifacts import restore_model
     from hf_adapt.backbones import build_backbone
 
@@ -355,13 +350,8 @@ def _resume(parent, labels: list[str], cfg):
             model.load_adapter(str(parent.directory / name), adapter_name=name, is_trainable=False)
         model.set_adapter("default")
         return backbone, model
-    model = restore_model(backbone, regime, parent.directory)
-    model.requires_grad_(regime == "full")
-    if regime == "linear_probe":
-        modules = dict(model.named_modules())
-        for name in backbone.head_names:
-            modules[name].requires_grad_(True)
-    return backbone, model
+    restore_model(backbone, regime, parent.directory)  # loads into backbone.model
+    return backbone, apply_regime(backbone, regime, None)  # the parent's trainable parameters, as it trained them
 
 
 def _write_outputs(directory: Path, cfg, accelerator, model, backbone, run, strategy, results, parent, trainable, total,
@@ -371,6 +361,7 @@ def _write_outputs(directory: Path, cfg, accelerator, model, backbone, run, stra
     from hf_adapt.config import save_config
     from hf_adapt.continual.metrics import markdown_table
     from hf_adapt.outputs import write_json
+    from hf_adapt.recipes.finetune import base_model_info
     from hf_adapt.sources import known_dataset_name
 
     save_model(model, backbone, cfg.regime, directory)
@@ -378,11 +369,7 @@ def _write_outputs(directory: Path, cfg, accelerator, model, backbone, run, stra
     new = [e for e in run.experiences if e.trained_at > 0]
     data = new[0].data
     if parent is None:
-        model_info = {"name_or_path": cfg.model_name_or_path, "weights_file": cfg.weights_file,
-                      "pretrained": cfg.pretrained, "revision": cfg.model_revision or backbone.info.get("commit"),
-                      "trust_remote_code": cfg.trust_remote_code, "image_size": cfg.image_size,
-                      "max_length": cfg.max_length, "pooling": backbone.info.get("pooling"),
-                      "base_model_id": cfg.base_model_id}
+        model_info = base_model_info(cfg, backbone)
         chain = None
     else:  # the same starting backbone as the parent: its base, and its own init/ chain if it has one
         model_info, chain = parent.info["model"], parent.info.get("init_from")

@@ -185,6 +185,29 @@ def backbone_spec(cfg: FinetuneConfig, num_labels: int):
     )
 
 
+def loop_settings(cfg: FinetuneConfig, backbone, **overrides):
+    """The loop's settings from a classification config (``overrides`` for what a recipe sets itself)."""
+    from hf_adapt.loop import LoopSettings
+
+    return LoopSettings(
+        num_train_epochs=cfg.num_train_epochs, max_steps=cfg.max_steps, learning_rate=cfg.learning_rate,
+        head_learning_rate=cfg.head_learning_rate, head_names=backbone.head_names,
+        weight_decay=cfg.weight_decay, lr_scheduler_type=cfg.lr_scheduler_type, warmup_ratio=cfg.warmup_ratio,
+        max_grad_norm=cfg.max_grad_norm, metric_for_best_model=cfg.metric_for_best_model,
+        early_stopping_patience=cfg.early_stopping_patience, logging_steps=cfg.logging_steps,
+        layer_lr_decay=cfg.layer_lr_decay, **overrides,
+    )
+
+
+def base_model_info(cfg: FinetuneConfig, backbone) -> dict[str, Any]:
+    """The ``model`` block of ``hf_adapt.json``: how to rebuild the base this run started from."""
+    return {"name_or_path": cfg.model_name_or_path, "weights_file": cfg.weights_file,
+            # pin Hub bases to the commit trained on, so reloads cannot drift
+            "pretrained": cfg.pretrained, "revision": cfg.model_revision or backbone.info.get("commit"),
+            "trust_remote_code": cfg.trust_remote_code, "image_size": cfg.image_size,
+            "max_length": cfg.max_length, "pooling": backbone.info.get("pooling"), "base_model_id": cfg.base_model_id}
+
+
 @dataclass
 class FinetuneResult:
     """What a run produced; ``model`` is the unwrapped, best-epoch model."""
@@ -211,7 +234,6 @@ def main(cfg: FinetuneConfig) -> FinetuneResult:
         ClassificationTask,
         ExampleDataset,
         GradualUnfreeze,
-        LoopSettings,
         fit,
         make_loader,
         predict,
@@ -269,14 +291,7 @@ def main(cfg: FinetuneConfig) -> FinetuneResult:
     try:
         if accelerator.log_with:
             accelerator.init_trackers("runs", config=_flat(redact(asdict(cfg))))
-        settings = LoopSettings(
-            num_train_epochs=cfg.num_train_epochs, max_steps=cfg.max_steps, learning_rate=cfg.learning_rate,
-            head_learning_rate=cfg.head_learning_rate, head_names=backbone.head_names,
-            weight_decay=cfg.weight_decay, lr_scheduler_type=cfg.lr_scheduler_type, warmup_ratio=cfg.warmup_ratio,
-            max_grad_norm=cfg.max_grad_norm, metric_for_best_model=cfg.metric_for_best_model,
-            early_stopping_patience=cfg.early_stopping_patience, logging_steps=cfg.logging_steps,
-            layer_lr_decay=cfg.layer_lr_decay,
-        )
+        settings = loop_settings(cfg, backbone)
         task = ClassificationTask(backbone.logits)
         callbacks = [GradualUnfreeze(backbone.head_names, cfg.unfreeze_every_epochs)] if cfg.regime == "gradual_unfreeze" else []
         model, history = fit(accelerator, model, task, loaders["train"], loaders["validation"], settings,
@@ -318,11 +333,7 @@ def _write_outputs(directory: Path, cfg, accelerator, model, backbone, family, d
     probs = softmax(test_logits.astype("float64"))
     save_model(model, backbone, cfg.regime, directory)
     backbone.preprocessor.save(str(directory))
-    model_info = {"name_or_path": cfg.model_name_or_path, "weights_file": cfg.weights_file,
-                  # pin Hub bases to the commit trained on, so reloads cannot drift
-                  "pretrained": cfg.pretrained, "revision": cfg.model_revision or backbone.info.get("commit"),
-                  "trust_remote_code": cfg.trust_remote_code, "image_size": cfg.image_size,
-                  "max_length": cfg.max_length, "pooling": backbone.info.get("pooling"), "base_model_id": cfg.base_model_id}
+    model_info = base_model_info(cfg, backbone)
     if parent is not None:  # the base is the root of the parent's chain; the parent's weights go in init/
         model_info = transfer.root_model(parent, model_info)
         transfer.carry(parent, directory)
