@@ -63,22 +63,16 @@ class AdapterPerExperience(Strategy):
         self.adapters[experience.name] = name
         return model
 
-    def _task_classes(self, run: ContinualRun, num_classes: int) -> torch.Tensor:
-        mask = torch.zeros(len(run.experiences), num_classes, dtype=torch.bool)
-        for e in run.experiences:
-            mask[e.task, [c for c in e.classes if c < num_classes]] = True
-        return mask
-
     def training_task(self, run: ContinualRun, task: ContinualTask, model: nn.Module):
         # each adapter learns its own experience's classes only, so the confidences routing compares are comparable
-        return ContinualTask(task.logits_fn, self._task_classes(run, run.head_size))
+        return ContinualTask(task.logits_fn, run.task_classes(run.head_size, always=True))
 
     def evaluation_task(self, run: ContinualRun, task: ContinualTask, model: nn.Module):
         learnt = [e for e in run.learnt() if e.name in self.adapters]
         if not learnt:  # before the first experience: the one fresh adapter
             return task
         positions = {e.task: i for i, e in enumerate(learnt)}
-        masks = self._task_classes(run, run.head_size)
+        masks = run.task_classes(run.head_size, always=True)
         experts = [(self.adapters[e.name], masks[e.task]) for e in learnt]
 
         def routed(model_, batch):

@@ -86,9 +86,10 @@ class ContinualRun:
             tasks.append(experience.task)
         return ExampleDataset(inputs, labels, tasks)
 
-    def task_classes(self, num_classes: int) -> torch.Tensor | None:
-        """For task-incremental runs, ``[tasks, classes]``: which classes each task may predict; else None."""
-        if self.scenario != "task":
+    def task_classes(self, num_classes: int, always: bool = False) -> torch.Tensor | None:
+        """``[tasks, classes]``: which classes each experience may predict. None outside task-incremental runs,
+        unless ``always`` (a strategy that masks by experience in any scenario)."""
+        if self.scenario != "task" and not always:
             return None
         mask = torch.zeros(len(self.experiences), num_classes, dtype=torch.bool)
         for experience in self.experiences:
@@ -102,17 +103,17 @@ class ContinualTask:
     def __init__(self, logits_fn, task_classes: torch.Tensor | None = None):
         self.logits_fn, self.task_classes = logits_fn, task_classes
 
+    def mask(self, logits: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+        if self.task_classes is None:
+            return logits
+        return mask_logits(logits, self.task_classes.to(logits.device)[batch["task"]])
+
     def logits(self, model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
-        logits = self.logits_fn(model, batch["inputs"])
-        if self.task_classes is not None:
-            logits = mask_logits(logits, self.task_classes.to(logits.device)[batch["task"]])
-        return logits
+        return self.mask(self.logits_fn(model, batch["inputs"]), batch)
 
     def __call__(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         raw = self.logits_fn(model, batch["inputs"])
-        logits = raw
-        if self.task_classes is not None:
-            logits = mask_logits(raw, self.task_classes.to(raw.device)[batch["task"]])
+        logits = self.mask(raw, batch)
         # raw_logits: before the task mask, for losses over other tasks' classes (distillation)
         return {"loss": F.cross_entropy(logits.float(), batch["labels"]), "logits": logits, "raw_logits": raw}
 
