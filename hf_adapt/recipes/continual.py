@@ -245,7 +245,6 @@ def _results(cfg, run, strategy, rows, row_names, histories) -> dict[str, Any]:
     summary = summarize(matrix, trained_at, names, cfg.continual_metric)
     last = rows[-1]
     overall = classification_metrics(np.concatenate([c["_logits"] for c in last]), np.concatenate([c["_labels"] for c in last]))
-    facts, _ = strategy.state()
     return {
         "scenario": cfg.scenario,
         "strategy": {"name": strategy.name, "description": strategy.description, "options": strategy.card_facts()},
