@@ -23,6 +23,8 @@ _METRICS = {
     "log_loss": ("log_loss", "Log loss"),
     "ece": ("ece", "Expected calibration error"),
     "perplexity": ("perplexity", "Perplexity"),
+    "preference_accuracy": ("accuracy", "Held-out preference accuracy"),
+    "win_rate": ("win_rate", "Win rate against the parent"),
 }
 _PIPELINE = {"text": "text-classification", "image": "image-classification"}
 _VERSIONED = ("hf-adapt", "torch", "transformers", "peft", "timm", "accelerate", "datasets")

@@ -18,8 +18,16 @@ RECIPES = {
 }
 
 
+# recipes reached through a command group: ``hf-adapt feedback train``
+GROUPED_RECIPES = {"feedback train": ("hf_adapt.recipes.feedback", "FeedbackConfig", "train a new version on a feedback log")}
+
+
+def _recipe(name: str) -> tuple[str, str, str]:
+    return RECIPES.get(name) or GROUPED_RECIPES[name]
+
+
 def recipe_parser(name: str) -> argparse.ArgumentParser:
-    module, cls_name, _ = RECIPES[name]
+    module, cls_name, _ = _recipe(name)
     cls = getattr(importlib.import_module(module), cls_name)
     return make_parser(cls, prog=f"hf-adapt {name}")
 
@@ -29,7 +37,7 @@ def run_recipe(name: str, argv: list[str] | None = None) -> int:
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    module = importlib.import_module(RECIPES[name][0])
+    module = importlib.import_module(_recipe(name)[0])
     parser = recipe_parser(name)
     args = parser.parse_args(argv)
     try:
@@ -82,8 +90,74 @@ def push(argv: list[str] | None = None) -> int:
     return 0
 
 
+def feedback_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hf-adapt feedback", description="Learn from user feedback logs.")
+    commands = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    inspect = commands.add_parser("inspect", help="counts, label balance, duplicates, conflicts and revisions of a log")
+    inspect.add_argument("log", help="a .jsonl/.json/.parquet file, a folder of them, or a Hub dataset repo")
+    inspect.add_argument("--json", action="store_true", help="print the full summary as JSON")
+    convert = commands.add_parser("convert", help="a log as the dataset one TRL trainer reads (or, with --dry_run, "
+                                  "only the report of what it would hold)")
+    convert.add_argument("log")
+    convert.add_argument("--to", required=True, choices=["sft", "reward", "dpo", "kto", "orpo", "grpo", "experience"],
+                         help="the trainer to convert for; experience: corrected labels as a CSV for hf-adapt continual")
+    convert.add_argument("--output", help="where to write the rows (.jsonl; .csv for experience)")
+    convert.add_argument("--dry_run", "--dry-run", dest="dry_run", action="store_true", help="report only, write nothing")
+    convert.add_argument("--on_bad_record", "--on-bad-record", dest="on_bad_record", choices=["error", "skip"],
+                         default="error")
+    convert.add_argument("--include_up", action="store_true", help="sft: also completions voted up")
+    convert.add_argument("--max_pairs_per_prompt", type=int)
+    commands.add_parser("train", help=GROUPED_RECIPES["feedback train"][2], add_help=False)
+    return parser
+
+
+def feedback(argv: list[str] | None = None) -> int:
+    """``hf-adapt feedback inspect|convert|train``."""
+    argv = list(argv or [])
+    if argv and argv[0] == "train":
+        return run_recipe("feedback train", argv[1:])
+    args = feedback_parser().parse_args(argv)
+    from hf_adapt.feedback.log import read_feedback
+
+    try:
+        log = read_feedback(args.log, getattr(args, "on_bad_record", "skip"))
+        if args.action == "inspect":
+            from hf_adapt.config import to_json
+            from hf_adapt.feedback.inspect import format_summary, summarize
+
+            summary = summarize(log)
+            print(to_json(summary) if args.json else format_summary(summary))
+            return 0
+        return _convert(args, log)
+    except HfAdaptError as err:
+        print(f"hf-adapt feedback {args.action}: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _convert(args: argparse.Namespace, log) -> int:
+    from hf_adapt.errors import ConfigError
+    from hf_adapt.feedback import convert
+
+    if not args.dry_run and not args.output:
+        raise ConfigError("--output is needed to write the rows (or pass --dry_run for the report only)")
+    if args.to == "experience":
+        if args.dry_run:
+            raise ConfigError("--to experience writes a CSV; give --output instead of --dry_run")
+        conversion = convert.corrections_to_experience(log.records, args.output)
+    else:
+        conversion = convert.convert(log.records, args.to, include_up=args.include_up,
+                                     max_pairs_per_prompt=args.max_pairs_per_prompt)
+        if not args.dry_run:
+            convert.write_rows(conversion.rows, args.output)
+    print(conversion.describe())
+    if args.output and not args.dry_run:
+        print(f"wrote {args.output}")
+    return 0
+
+
 # commands that are not recipes: name -> (entry point, one-line help)
-COMMANDS = {"push": (push, "publish an output directory to the Hugging Face Hub")}
+COMMANDS = {"push": (push, "publish an output directory to the Hugging Face Hub"),
+            "feedback": (feedback, "inspect feedback logs, convert them for TRL, train the next version on them")}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,3 +23,7 @@ class OutputError(HfAdaptError, FileExistsError):
 
 class HubError(HfAdaptError, RuntimeError):
     """A push to (or read from) the Hugging Face Hub failed or was refused; the local output is intact."""
+
+
+class ReleaseGateError(HfAdaptError):
+    """A run missed its release gate (forgetting, win rate): the outputs are written, nothing is pushed."""

@@ -261,17 +261,11 @@ def push_output(output_dir: str | Path, settings: PushSettings) -> PushResult:
     from hf_adapt.artifacts import read_run_info
 
     directory = Path(output_dir)
-    if (directory / RUN_FILE).is_file() and read_json(directory / RUN_FILE).get("recipe") == "pretrain":
-        run_info = read_json(directory / RUN_FILE)  # a language model: no label map
+    if (directory / RUN_FILE).is_file() and read_json(directory / RUN_FILE).get("recipe") in ("pretrain", "feedback"):
+        run_info = read_json(directory / RUN_FILE)  # a language or reward model: no label map
     else:
         run_info, _ = read_run_info(directory)  # refuses folders hf-adapt did not write
-    gate = (read_json(directory / "continual_results.json").get("gate") or {}
-            if (directory / "continual_results.json").is_file() else {})
-    if gate.get("passed") is False:
-        from hf_adapt.continual.metrics import describe_regressions
-
-        raise HubError(f"{directory} failed its release gate (max_forgetting {gate['max_forgetting']}): "
-                       f"{describe_regressions(gate, 'the gated metric')}; it is not pushed")
+    check_release_gate(directory)
     facts = cards.read_facts(directory)
     preflight(settings.repo_id, facts.get("base_model"), settings.revision, settings.create_pr)
     run_info = portable_run_info(run_info, facts)
@@ -309,6 +303,21 @@ def push_output(output_dir: str | Path, settings: PushSettings) -> PushResult:
     if settings.update_parent and facts.get("lineage") and not settings.create_pr:
         link_successor(api, facts["lineage"]["parent"], repo_id, retry)
     return PushResult(repo_id, branch, commit.oid, str(commit.commit_url), tag, commit.pr_url)
+
+
+def check_release_gate(directory: Path) -> None:
+    """Refuse an output that failed the release gate its run was given (forgetting, win rate)."""
+    continual, feedback = directory / "continual_results.json", directory / "feedback_results.json"
+    if continual.is_file() and (read_json(continual).get("gate") or {}).get("passed") is False:
+        from hf_adapt.continual.metrics import describe_regressions
+
+        gate = read_json(continual)["gate"]
+        raise HubError(f"{directory} failed its release gate (max_forgetting {gate['max_forgetting']}): "
+                       f"{describe_regressions(gate, 'the gated metric')}; it is not pushed")
+    if feedback.is_file() and (read_json(feedback).get("gate") or {}).get("passed") is False:
+        gate = read_json(feedback)["gate"]
+        raise HubError(f"{directory} failed its release gate: win rate {gate['win_rate']} against its parent is below "
+                       f"min_win_rate {gate['min_win_rate']}; it is not pushed")
 
 
 def push_command(output_dir: str | Path, settings: PushSettings) -> str:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from hf_adapt.errors import ConfigError, DataError, HfAdaptError
+from hf_adapt.errors import ConfigError, DataError, ReleaseGateError
 from hf_adapt.recipes.finetune import FinetuneConfig
 
 logger = logging.getLogger("hf_adapt.continual")
@@ -25,10 +25,6 @@ STATE_FILE = "continual_state.json"
 STATE_TENSORS = "continual_state.safetensors"
 MATRIX_FIGURE = "continual_matrix.png"
 CARD_METRICS = ("accuracy", "macro_f1", "auroc")
-
-
-class ReleaseGateError(HfAdaptError):
-    """An earlier experience lost more than ``max_forgetting``: the outputs are written, nothing is pushed."""
 
 
 @dataclass

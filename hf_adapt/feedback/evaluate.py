@@ -1,0 +1,262 @@
+"""How a feedback round did, on prompts it never trained on, against the model it started from.
+
+The policy is a peft model; its parent is the same model with the parent's adapter (a feedback
+output it continued) or with no adapter (the base). :func:`as_parent` switches between them, so
+both are scored with one copy of the weights.
+
+- **Held-out pairs** (``prompt``, ``chosen``, ``rejected``): a model *prefers* the chosen answer when
+  it gives it the higher log-likelihood. ``preference_accuracy`` is how often it does, for the parent
+  (``_before``) and the policy. The policy *wins* a pair when it prefers the chosen answer by a larger
+  log-likelihood margin than the parent: that is DPO's implicit-reward accuracy, and the pairs judge's
+  ``win_rate`` (a tie counts half). ``reward_margin`` is the mean implicit-reward margin,
+  beta x (policy margin - parent margin).
+- **A judge** (a rule function or a reward model): both models answer each held-out prompt
+  (greedy), the judge scores both answers, and the policy wins where it scores higher.
+- ``kl_drift``: the mean per-token KL(policy || parent) over held-out completions, in nats.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from hf_adapt.errors import ConfigError
+
+PARENT_ADAPTER = "hf_adapt_parent"
+
+
+@contextmanager
+def as_parent(model) -> Iterator[None]:
+    """Inside, ``model`` computes as its parent: the parent's adapter if one is loaded, else the base."""
+    if PARENT_ADAPTER in getattr(model, "peft_config", {}):
+        active = model.active_adapter
+        model.set_adapter(PARENT_ADAPTER)
+        try:
+            yield
+        finally:
+            model.set_adapter(active)
+    else:
+        with model.disable_adapter():
+            yield
+
+
+def as_text(tokenizer, prompt: Any, completion: Any = None) -> tuple[str, str | None]:
+    """Prompt and completion as the text the model sees: through the chat template when conversational."""
+    from trl.data_utils import maybe_apply_chat_template
+
+    example = {"prompt": prompt} if completion is None else {"prompt": prompt, "completion": completion}
+    text = maybe_apply_chat_template(example, tokenizer)
+    return text["prompt"], text.get("completion")
+
+
+def encode(tokenizer, prompt: Any, completion: Any, max_length: int) -> tuple[list[int], int]:
+    """Token ids of prompt + completion (standard text gets the eos token, as TRL appends it) and the
+    prompt's length; over ``max_length`` the prompt loses its oldest tokens first, then the completion its end."""
+    prompt_text, completion_text = as_text(tokenizer, prompt, completion)
+    prompt_ids = tokenizer(prompt_text, add_special_tokens=True)["input_ids"]
+    completion_ids = tokenizer(completion_text, add_special_tokens=False)["input_ids"]
+    if isinstance(completion, str) and tokenizer.eos_token_id is not None:
+        completion_ids = completion_ids + [tokenizer.eos_token_id]
+    completion_ids = completion_ids[:max_length - 1]
+    prompt_ids = prompt_ids[-(max_length - len(completion_ids)):]
+    return prompt_ids + completion_ids, len(prompt_ids)
+
+
+def _batches(items: list, size: int) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def _padded(encoded: list[tuple[list[int], int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """input_ids, attention_mask and a mask of the completion tokens each position predicts."""
+    width = max(len(ids) for ids, _ in encoded)
+    ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(encoded), width), dtype=torch.long)
+    completion = torch.zeros((len(encoded), width), dtype=torch.bool)
+    for row, (tokens, prompt_len) in enumerate(encoded):
+        ids[row, :len(tokens)] = torch.tensor(tokens)
+        attention[row, :len(tokens)] = 1
+        completion[row, prompt_len:len(tokens)] = True
+    return ids.to(device), attention.to(device), completion.to(device)
+
+
+def _token_logits(model, ids, attention) -> torch.Tensor:
+    """Logits that predict tokens 1..n from positions 0..n-1."""
+    return model(input_ids=ids, attention_mask=attention).logits[:, :-1].float()
+
+
+@torch.no_grad()
+def sequence_logprobs(model, tokenizer, rows: list[dict[str, Any]], max_length: int, batch_size: int = 8) -> torch.Tensor:
+    """log p(completion | prompt), summed over the completion's tokens, for each row (``prompt``, ``completion``)."""
+    device = next(model.parameters()).device
+    out = []
+    for batch in _batches(rows, batch_size):
+        encoded = [encode(tokenizer, row["prompt"], row["completion"], max_length) for row in batch]
+        ids, attention, completion = _padded(encoded, tokenizer.pad_token_id, device)
+        logps = torch.log_softmax(_token_logits(model, ids, attention), dim=-1)
+        token = logps.gather(-1, ids[:, 1:, None]).squeeze(-1)
+        out.append((token * completion[:, 1:]).sum(-1).cpu())
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+@torch.no_grad()
+def kl_drift(model, tokenizer, rows: list[dict[str, Any]], max_length: int, batch_size: int = 8) -> float:
+    """Mean per-token KL(policy || parent) over the completion tokens of ``rows``, in nats."""
+    device = next(model.parameters()).device
+    total, tokens = 0.0, 0
+    for batch in _batches(rows, batch_size):
+        encoded = [encode(tokenizer, row["prompt"], row["completion"], max_length) for row in batch]
+        ids, attention, completion = _padded(encoded, tokenizer.pad_token_id, device)
+        policy = torch.log_softmax(_token_logits(model, ids, attention), dim=-1)
+        with as_parent(model):
+            parent = torch.log_softmax(_token_logits(model, ids, attention), dim=-1)
+        per_token = F.kl_div(parent, policy, log_target=True, reduction="none").sum(-1)  # KL(policy || parent)
+        mask = completion[:, 1:]
+        total += float(per_token[mask].sum())
+        tokens += int(mask.sum())
+    return total / tokens if tokens else math.nan
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: list[Any], max_new_tokens: int, batch_size: int = 8) -> list[Any]:
+    """Greedy answers to ``prompts``; conversational prompts get ``[{"role": "assistant", "content": ...}]``."""
+    device = next(model.parameters()).device
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    answers = []
+    try:
+        for batch in _batches(prompts, batch_size):
+            texts = [as_text(tokenizer, prompt)[0] for prompt in batch]
+            inputs = tokenizer(texts, return_tensors="pt", padding=True).to(device)
+            output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                                    pad_token_id=tokenizer.pad_token_id)
+            for prompt, row in zip(batch, output[:, inputs["input_ids"].shape[1]:]):
+                text = tokenizer.decode(row, skip_special_tokens=True)
+                answers.append(text if isinstance(prompt, str) else [{"role": "assistant", "content": text}])
+    finally:
+        tokenizer.padding_side = side
+    return answers
+
+
+def load_function(path: str, field: str) -> Callable:
+    """``module:function`` (or ``module.function``) imported; the module must be importable here."""
+    module_name, sep, name = path.partition(":")
+    if not sep:
+        module_name, _, name = path.rpartition(".")
+    try:
+        function = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise ConfigError(f"{field}: cannot import {path!r} ({type(err).__name__}: {err}); give module:function "
+                          "of an importable module") from None
+    if not callable(function):
+        raise ConfigError(f"{field}: {path!r} is not callable")
+    return function
+
+
+def rule_judge(path: str, field: str = "judge") -> Callable[[list, list], list[float]]:
+    """A TRL-style reward function ``f(prompts, completions, **kwargs) -> list[float]`` as a judge."""
+    function = load_function(path, field)
+
+    def judge(prompts: list, completions: list) -> list[float]:
+        scores = function(prompts=prompts, completions=completions)
+        return [math.nan if s is None else float(s) for s in scores]
+
+    judge.name = path
+    return judge
+
+
+def reward_model_judge(source: str, max_length: int, batch_size: int = 8) -> Callable[[list, list], list[float]]:
+    """A reward model written by ``hf-adapt feedback train --trainer reward`` as a judge."""
+    from hf_adapt.feedback.model import load_reward_model
+
+    model, tokenizer = load_reward_model(source)
+
+    @torch.no_grad()
+    def judge(prompts: list, completions: list) -> list[float]:
+        scores = []
+        rows = list(zip(prompts, completions))
+        for batch in _batches(rows, batch_size):
+            encoded = [encode(tokenizer, p, c, max_length) for p, c in batch]
+            ids, attention, _ = _padded(encoded, tokenizer.pad_token_id, next(model.parameters()).device)
+            scores += model(input_ids=ids, attention_mask=attention).logits[:, 0].float().tolist()
+        return scores
+
+    judge.name = f"reward model {source}"
+    return judge
+
+
+def _wins(ours: torch.Tensor, theirs: torch.Tensor) -> float:
+    return float(((ours > theirs).float() + 0.5 * (ours == theirs).float()).mean()) if len(ours) else math.nan
+
+
+def pair_metrics(model, tokenizer, pairs: list[dict[str, Any]], max_length: int, beta: float,
+                 batch_size: int = 8) -> dict[str, float]:
+    """Preference accuracy before and after, win rate and implicit-reward margin on held-out pairs."""
+    chosen = [{"prompt": p["prompt"], "completion": p["chosen"]} for p in pairs]
+    rejected = [{"prompt": p["prompt"], "completion": p["rejected"]} for p in pairs]
+    policy = sequence_logprobs(model, tokenizer, chosen, max_length, batch_size) - \
+        sequence_logprobs(model, tokenizer, rejected, max_length, batch_size)
+    with as_parent(model):
+        parent = sequence_logprobs(model, tokenizer, chosen, max_length, batch_size) - \
+            sequence_logprobs(model, tokenizer, rejected, max_length, batch_size)
+    return {
+        "preference_accuracy": float((policy > 0).float().mean()),
+        "preference_accuracy_before": float((parent > 0).float().mean()),
+        "pair_win_rate": _wins(policy, parent),
+        "reward_margin": float(beta * (policy - parent).mean()),
+        "held_out_pairs": len(pairs),
+    }
+
+
+@torch.no_grad()
+def reward_model_metrics(model, tokenizer, pairs: list[dict[str, Any]], max_length: int,
+                         batch_size: int = 8) -> dict[str, float]:
+    """For a reward model: how often it scores the chosen answer higher, before and after, and its win rate."""
+    device = next(model.parameters()).device
+
+    def margins() -> torch.Tensor:
+        out = []
+        for batch in _batches(pairs, batch_size):
+            scores = []
+            for side in ("chosen", "rejected"):
+                encoded = [encode(tokenizer, p["prompt"], p[side], max_length) for p in batch]
+                ids, attention, _ = _padded(encoded, tokenizer.pad_token_id, device)
+                scores.append(model(input_ids=ids, attention_mask=attention).logits[:, 0].float().cpu())
+            out.append(scores[0] - scores[1])
+        return torch.cat(out) if out else torch.zeros(0)
+
+    policy = margins()
+    with as_parent(model):
+        parent = margins()
+    return {
+        "preference_accuracy": float((policy > 0).float().mean()),
+        "preference_accuracy_before": float((parent > 0).float().mean()),
+        "pair_win_rate": _wins(policy, parent),
+        "reward_margin": float((policy - parent).mean()),
+        "held_out_pairs": len(pairs),
+    }
+
+
+def judged_metrics(model, tokenizer, prompts: list[Any], judge, max_new_tokens: int,
+                   batch_size: int = 8) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Both models answer every held-out prompt; the judge scores both. Returns the metrics and a few examples."""
+    answers = generate(model, tokenizer, prompts, max_new_tokens, batch_size)
+    with as_parent(model):
+        parent_answers = generate(model, tokenizer, prompts, max_new_tokens, batch_size)
+    ours = torch.tensor(judge(prompts, answers), dtype=torch.float64)
+    theirs = torch.tensor(judge(prompts, parent_answers), dtype=torch.float64)
+    metrics = {
+        "judged_win_rate": _wins(ours, theirs),
+        "judged_reward": float(ours.mean()),
+        "judged_reward_before": float(theirs.mean()),
+        "judged_prompts": len(prompts),
+    }
+    examples = [{"prompt": p, "parent": b, "policy": a, "parent_score": float(s0), "policy_score": float(s1)}
+                for p, a, b, s1, s0 in list(zip(prompts, answers, parent_answers, ours, theirs))[:3]]
+    return metrics, examples

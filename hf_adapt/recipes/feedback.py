@@ -1,0 +1,554 @@
+"""Learn from user feedback: a feedback log -> a TRL trainer with a peft adapter -> an evaluated, gated new version.
+
+Shared by ``recipes/feedback.py`` (``accelerate launch``) and ``hf-adapt feedback train``. One
+round reads the log (the window since the served version, when continuing one), holds out a
+share of its prompts, converts the rest for the chosen trainer, trains with TRL, scores the new
+version against its parent on the held-out prompts, and writes an output whose card says what it
+learned from and whether it got better. ``min_win_rate`` gates the push.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from hf_adapt.errors import ConfigError, DataError, ReleaseGateError
+from hf_adapt.hub import PublishOptions
+
+logger = logging.getLogger("hf_adapt.feedback")
+
+DEFAULT_POLICY = "HuggingFaceTB/SmolLM2-135M-Instruct"
+RESULTS_FILE = "feedback_results.json"
+TRAINER_CLASSES = {  # trainer -> (module, config class, trainer class)
+    "sft": ("trl", "SFTConfig", "SFTTrainer"),
+    "reward": ("trl", "RewardConfig", "RewardTrainer"),
+    "dpo": ("trl", "DPOConfig", "DPOTrainer"),
+    "kto": ("trl", "KTOConfig", "KTOTrainer"),
+    "orpo": ("trl.experimental.orpo", "ORPOConfig", "ORPOTrainer"),
+    "grpo": ("trl", "GRPOConfig", "GRPOTrainer"),
+}
+# TRL config fields hf-adapt sets from its own config; trainer_args may not set them twice
+_OWN_ARGS = ("output_dir", "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+             "learning_rate", "num_train_epochs", "max_steps", "lr_scheduler_type", "warmup_steps", "weight_decay",
+             "max_grad_norm", "seed", "logging_steps", "report_to", "bf16", "fp16", "max_length", "use_cpu",
+             "dataloader_num_workers")
+
+
+def _default_adapter() -> dict[str, Any]:
+    return {"peft_type": "LORA", "r": 16, "lora_alpha": 32, "lora_dropout": 0.05}
+
+
+@dataclass
+class FeedbackConfig(PublishOptions):
+    """Train the next version of a model on what its users said about its answers, with a TRL trainer and a peft
+    adapter, and score it against the version it started from on held-out prompts."""
+
+    # --- the model
+    model_name_or_path: str = field(default=DEFAULT_POLICY, metadata={"help": "Base causal LM: Hub id, local folder or pkg://package/path. With init_from, the parent's base is used and this must be left at its default or name the same model."})
+    model_revision: str | None = field(default=None, metadata={"help": "Hub branch, tag or commit of the base model (the output pins the commit trained on)."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the Hub repo to run (off by default)."})
+    base_model_id: str | None = field(default=None, metadata={"help": "Hub id of the base model for the card when it is loaded from a local path."})
+    gguf_file: str | None = field(default=None, metadata={"help": "A .gguf file inside model_name_or_path to load (dequantised to float32; needs the gguf package)."})
+    init_from: str | None = field(default=None, metadata={"help": "The served version to improve: an earlier hf-adapt feedback output (folder or Hub repo). Its adapter continues training and is the parent every number is compared with."})
+    init_from_revision: str | None = field(default=None, metadata={"help": "Hub branch, tag or commit of init_from (the card records the commit)."})
+    adapter: dict[str, Any] = field(default_factory=_default_adapter, metadata={"help": "peft config as a dict (peft_type plus that config's fields); target_modules default to peft's for the architecture. Ignored with init_from (the parent's adapter continues)."})
+    max_length: int = field(default=512, metadata={"help": "Tokens per example (prompt + completion); longer prompts lose their oldest tokens."})
+
+    # --- the feedback
+    feedback: str | None = field(default=None, metadata={"help": "Feedback log: a .jsonl/.json/.parquet file, a folder of them, or a Hub dataset repo (see hf_adapt.feedback.log for the record schema)."})
+    feedback_revision: str | None = field(default=None, metadata={"help": "Hub revision of a feedback dataset repo."})
+    feedback_since: str | None = field(default=None, metadata={"help": "Use only records after this time: an ISO-8601 time, or 'parent' for after the last record the parent (init_from) trained on. Records without a timestamp are then left out, and counted."})
+    feedback_revisions: list[str] | None = field(default=None, metadata={"help": "Use only records whose model_revision is one of these ('parent': the init_from revision)."})
+    feedback_models: list[str] | None = field(default=None, metadata={"help": "Model ids whose feedback this round accepts; records naming another model are refused. Default: the base model, init_from and hub_model_id."})
+    on_bad_record: Literal["error", "skip"] = field(default="error", metadata={"help": "A malformed record stops the run with its file and line (error), or is skipped, counted and reported (skip)."})
+
+    # --- the trainer
+    trainer: Literal["sft", "reward", "dpo", "kto", "orpo", "grpo"] = field(default="dpo", metadata={"help": "TRL trainer: sft (corrections), reward (a reward model from pairs and scores), dpo / orpo (pairs), kto (thumbs), grpo (prompts, scored by reward_funcs)."})
+    trainer_args: dict[str, Any] = field(default_factory=dict, metadata={"help": "Fields of the TRL config class of the trainer (e.g. {beta: 0.1, loss_type: sigmoid} for DPOConfig); checked against it."})
+    reward_funcs: list[str] | None = field(default=None, metadata={"help": "grpo: reward functions as module:function import paths, TRL's signature f(prompts, completions, **kwargs) -> list[float]."})
+    allow_single_label: bool = field(default=False, metadata={"help": "kto: train even when every thumb is up (or every one down); KTO learns nothing useful from one side unless you mean it."})
+    sft_include_up: bool = field(default=False, metadata={"help": "sft: train on completions voted up as well as on corrections."})
+    max_pairs_per_prompt: int | None = field(default=None, metadata={"help": "dpo/orpo/reward: at most this many pairs per prompt (the first in log order)."})
+
+    # --- evaluation and the gate
+    eval_size: float = field(default=0.2, metadata={"help": "Share of the distinct prompts held out from training to score the round (grouped by prompt, seeded)."})
+    max_eval_prompts: int = field(default=200, metadata={"help": "At most this many held-out prompts."})
+    judge: str = field(default="auto", metadata={"help": "How the round is scored against its parent: pairs (held-out preference pairs), rule:module:function (a reward function judging both models' greedy answers), reward_model:PATH (a reward model written by this recipe), or auto (grpo: its first reward function; otherwise pairs)."})
+    max_new_tokens: int = field(default=64, metadata={"help": "Tokens each model may generate per held-out prompt (judged evaluation) and per grpo completion."})
+    min_win_rate: float | None = field(default=None, metadata={"help": "Release gate: push only if the new version beats its parent on at least this share of held-out comparisons (ties count half). Below it, the outputs are written, nothing is pushed, and the run exits non-zero."})
+
+    # --- optimisation (TRL's defaults otherwise; trainer_args override)
+    learning_rate: float = field(default=1e-4, metadata={"help": "Peak learning rate."})
+    num_train_epochs: float = field(default=1.0, metadata={"help": "Passes over the converted feedback."})
+    max_steps: int = field(default=-1, metadata={"help": "Stop after this many optimiser steps (-1: use num_train_epochs)."})
+    per_device_train_batch_size: int = field(default=4, metadata={"help": "Examples (pairs, thumbs, prompts) per device per step."})
+    per_device_eval_batch_size: int = field(default=8, metadata={"help": "Examples per forward pass in the evaluation."})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Steps accumulated per optimiser update."})
+    lr_scheduler_type: str = field(default="linear", metadata={"help": "transformers scheduler name."})
+    warmup_ratio: float = field(default=0.0, metadata={"help": "Share of the steps spent warming up."})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm."})
+    mixed_precision: Literal["no", "fp16", "bf16"] = field(default="no", metadata={"help": "no: float32 (TRL's bf16 default is turned off: on CPU it is ~4x slower)."})
+    seed: int = field(default=42, metadata={"help": "Seed of the held-out split, the trainer and the adapter init."})
+
+    # --- run
+    output_dir: str = field(default="outputs/feedback", metadata={"help": "Where the new version is written (atomically)."})
+    overwrite_output_dir: bool = field(default=False, metadata={"help": "Replace an earlier hf-adapt output there."})
+    logging_steps: int = field(default=10, metadata={"help": "Log the trainer's metrics every this many steps."})
+    report_to: str = field(default="none", metadata={"help": "Trackers for TRL's logs: none, or a comma list (tensorboard, trackio, ...)."})
+    torch_num_threads: int | None = field(default=None, metadata={"help": "CPU threads per process (default: cores / processes)."})
+    num_workers: int = field(default=0, metadata={"help": "Data loader workers."})
+
+    # --- card
+    license: str | None = field(default=None, metadata={"help": "License for the card metadata."})
+    dataset_name: str | None = field(default=None, metadata={"help": "Name of the feedback data for the card (default: the log's file name)."})
+    intended_use: str | None = field(default=None, metadata={"help": "Intended use, for the card."})
+    limitations: str | None = field(default=None, metadata={"help": "Known limitations, for the card."})
+
+    def __post_init__(self) -> None:
+        if not self.feedback:
+            raise ConfigError("feedback: name the feedback log (a .jsonl/.json/.parquet file, a folder or a Hub "
+                              "dataset repo)")
+        if not 0 < self.eval_size < 1:
+            raise ConfigError(f"eval_size must be in (0, 1), got {self.eval_size}")
+        if self.min_win_rate is not None and not 0 <= self.min_win_rate <= 1:
+            raise ConfigError(f"min_win_rate must be in [0, 1], got {self.min_win_rate}")
+        if self.trainer == "grpo" and not self.reward_funcs:
+            raise ConfigError("trainer grpo needs reward_funcs: module:function paths of reward functions")
+        if self.reward_funcs and self.trainer != "grpo":
+            raise ConfigError(f"reward_funcs are for trainer grpo, not {self.trainer}; to score a round with a "
+                              "function use judge: rule:module:function")
+        if self.feedback_since == "parent" and not self.init_from:
+            raise ConfigError("feedback_since: parent needs init_from (the version the feedback is about)")
+        if self.feedback_revisions and "parent" in self.feedback_revisions and not self.init_from:
+            raise ConfigError("feedback_revisions: 'parent' needs init_from")
+        if self.trainer == "reward" and self.judge not in ("auto", "pairs"):
+            raise ConfigError("a reward model is scored on held-out pairs: judge must be auto or pairs")
+        if not (self.judge in ("auto", "pairs") or self.judge.startswith(("rule:", "reward_model:"))):
+            raise ConfigError(f"judge {self.judge!r}: use auto, pairs, rule:module:function or reward_model:PATH")
+        clash = sorted(set(self.trainer_args) & set(_OWN_ARGS))
+        if clash:
+            raise ConfigError(f"trainer_args sets {clash}, which are hf-adapt fields here: set them directly "
+                              "(e.g. --learning_rate; warmup_steps is warmup_ratio)")
+        if self.feedback_since not in (None, "parent"):
+            from hf_adapt.feedback.log import parse_time
+
+            try:
+                parse_time(self.feedback_since, "feedback_since")
+            except ValueError as err:
+                raise ConfigError(str(err)) from None
+
+
+@dataclass
+class FeedbackResult:
+    output_dir: Path
+    metrics: dict[str, Any]
+    gate: dict[str, Any]
+    model: Any
+    tokenizer: Any
+    push: Any = None
+
+
+# ----------------------------------------------------------------------------- the window and the split
+
+
+@dataclass
+class Window:
+    """The records a round uses, and what was left out of the log and why."""
+
+    log: Any  # FeedbackSet of the records in the window
+    left_out: dict[str, int]
+    since: str | None
+    revisions: list[str] | None
+
+
+def select_window(log, cfg: FeedbackConfig, parent, served: set[str]) -> Window:
+    """The records in the configured window; records about another model are refused, not filtered."""
+    from hf_adapt.feedback.log import parse_time
+
+    others: dict[str, list[str]] = {}
+    for record, where in zip(log.records, log.where):
+        if record.get("model") and record["model"] not in served:
+            others.setdefault(record["model"], []).append(where)
+    if others:
+        names = "; ".join(f"{name!r} ({len(lines)} records, e.g. {lines[0]})" for name, lines in others.items())
+        raise DataError(f"feedback log {cfg.feedback}: records about another model: {names}. This round trains "
+                        f"{sorted(served)}; filter the log, or list the model in feedback_models if it is the same")
+    since = cfg.feedback_since
+    if since == "parent":
+        since = (parent.info.get("feedback") or {}).get("last") or parent.info.get("trained_at")
+        if not since:
+            raise ConfigError(f"feedback_since: parent, but {cfg.init_from} records no feedback window or time")
+    revisions = cfg.feedback_revisions
+    if revisions:
+        parent_revision = cfg.init_from_revision or (parent.revision if parent else None)
+        revisions = [parent_revision if r == "parent" else r for r in revisions]
+    keep, left_out = [], {"before the window": 0, "no timestamp": 0, "other model revision": 0}
+    start = parse_time(since) if since else None
+    for index, record in enumerate(log.records):
+        if start is not None:
+            if not record.get("timestamp"):
+                left_out["no timestamp"] += 1
+                continue
+            if parse_time(record["timestamp"]) <= start:
+                left_out["before the window"] += 1
+                continue
+        if revisions and record.get("model_revision") not in revisions:
+            left_out["other model revision"] += 1
+            continue
+        keep.append(index)
+    return Window(log.select(keep), {k: v for k, v in left_out.items() if v}, since, revisions)
+
+
+def split_prompts(records: list[dict[str, Any]], eval_size: float, max_eval: int, seed: int) -> tuple[list[int], list[int]]:
+    """(train, held-out) record indices; every record of a prompt falls on one side."""
+    from hf_adapt.feedback.convert import key
+
+    prompts = sorted({key(r["prompt"]) for r in records})
+    if len(prompts) < 2:
+        raise DataError(f"the feedback holds {len(prompts)} distinct prompt(s); a round needs at least 2, one to "
+                        "train on and one held out to score it")
+    random.Random(seed).shuffle(prompts)
+    held = set(prompts[:min(max_eval, max(1, round(eval_size * len(prompts))))])
+    train = [i for i, r in enumerate(records) if key(r["prompt"]) not in held]
+    return train, [i for i, r in enumerate(records) if key(r["prompt"]) in held]
+
+
+def check_rows(conversion, cfg: FeedbackConfig, source: str) -> None:
+    """Refuse, before any model loads, training data a trainer cannot learn from."""
+    if not conversion.rows:
+        raise DataError(f"feedback {source}: nothing for trainer {cfg.trainer} to train on ({conversion.describe()})")
+    if cfg.trainer == "kto" and not cfg.allow_single_label:
+        counts = conversion.counts
+        if not counts["desirable"] or not counts["undesirable"]:
+            side = "up" if counts["desirable"] else "down"
+            raise DataError(f"feedback {source}: every thumb in the training window is {side} "
+                            f"({counts['desirable']} desirable, {counts['undesirable']} undesirable); KTO needs both. "
+                            "Pass --allow_single_label true to train on one side anyway")
+
+
+def kto_weights(counts: dict[str, int], trainer_args: dict[str, Any]) -> dict[str, float]:
+    """KTO's desirable/undesirable weights so that both sides weigh the same in total (TRL asks for a ratio of
+    desirable_weight x desirable / (undesirable_weight x undesirable) in [1, 4/3]); the user's win."""
+    desirable, undesirable = counts["desirable"], counts["undesirable"]
+    if "desirable_weight" in trainer_args or "undesirable_weight" in trainer_args or not desirable or not undesirable:
+        return {}
+    if desirable >= undesirable:
+        return {"desirable_weight": 1.0, "undesirable_weight": round(desirable / undesirable, 4)}
+    return {"desirable_weight": round(undesirable / desirable, 4), "undesirable_weight": 1.0}
+
+
+# ----------------------------------------------------------------------------- TRL
+
+
+def trl_classes(trainer: str):
+    import importlib
+
+    module, config_name, trainer_name = TRAINER_CLASSES[trainer]
+    imported = importlib.import_module(module)
+    return getattr(imported, config_name), getattr(imported, trainer_name)
+
+
+def trl_config(cfg: FeedbackConfig, workdir: str, counts: dict[str, int], num_processes: int):
+    """The TRL config of ``cfg.trainer``: hf-adapt's fields, the class-balance defaults, then ``trainer_args``."""
+    import dataclasses
+
+    import torch
+
+    from hf_adapt.runtime import trackers_for
+
+    config_class, _ = trl_classes(cfg.trainer)
+    known = {f.name for f in dataclasses.fields(config_class)}
+    unknown = sorted(set(cfg.trainer_args) - known)
+    if unknown:
+        raise ConfigError(f"trainer_args: {config_class.__name__} has no field(s) {unknown}")
+    values: dict[str, Any] = {
+        "output_dir": workdir, "per_device_train_batch_size": cfg.per_device_train_batch_size,
+        "per_device_eval_batch_size": cfg.per_device_eval_batch_size,
+        "gradient_accumulation_steps": cfg.gradient_accumulation_steps, "learning_rate": cfg.learning_rate,
+        "num_train_epochs": cfg.num_train_epochs, "max_steps": cfg.max_steps, "lr_scheduler_type": cfg.lr_scheduler_type,
+        "warmup_steps": cfg.warmup_ratio, "weight_decay": cfg.weight_decay, "max_grad_norm": cfg.max_grad_norm,
+        "seed": cfg.seed, "logging_steps": cfg.logging_steps, "report_to": trackers_for(cfg.report_to) or "none",
+        "save_strategy": "no", "bf16": cfg.mixed_precision == "bf16", "fp16": cfg.mixed_precision == "fp16",
+        "gradient_checkpointing": False, "max_length": cfg.max_length, "dataloader_num_workers": cfg.num_workers,
+        # several ranks on a machine without an accelerator: let Accelerate join them on CPU (gloo)
+        "use_cpu": num_processes > 1 and not torch.accelerator.is_available(),
+        "disable_tqdm": True,
+    }
+    if cfg.trainer == "kto":
+        values.update(kto_weights(counts, cfg.trainer_args))
+    if cfg.trainer == "grpo":
+        values["max_completion_length"] = cfg.max_new_tokens
+        if "num_generations" not in cfg.trainer_args:
+            per_step = cfg.per_device_train_batch_size * num_processes * cfg.gradient_accumulation_steps
+            values["num_generations"] = next((g for g in (8, 4, 2) if per_step % g == 0), None)
+            if values["num_generations"] is None:
+                raise ConfigError(f"grpo compares several completions of each prompt: per_device_train_batch_size x "
+                                  f"processes x gradient_accumulation_steps ({per_step}) must be even")
+    values = {k: v for k, v in values.items() if k in known}  # e.g. GRPOConfig has no max_length
+    values.update(cfg.trainer_args)
+    try:
+        return config_class(**values)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"trainer {cfg.trainer}: invalid {config_class.__name__} settings: {err}") from err
+
+
+def make_trainer(cfg: FeedbackConfig, model, tokenizer, rows: list[dict[str, Any]], args):
+    from datasets import Dataset
+
+    from hf_adapt.feedback.evaluate import load_function
+
+    _, trainer_class = trl_classes(cfg.trainer)
+    kwargs: dict[str, Any] = {"model": model, "args": args, "train_dataset": Dataset.from_list(rows),
+                              "processing_class": tokenizer}
+    if cfg.trainer == "grpo":
+        kwargs["reward_funcs"] = [load_function(path, "reward_funcs") for path in cfg.reward_funcs]
+    return trainer_class(**kwargs)
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def main(cfg: FeedbackConfig) -> FeedbackResult:
+    from accelerate import PartialState
+    from accelerate.utils import set_seed
+
+    from hf_adapt import outputs, transfer
+    from hf_adapt.feedback.convert import convert
+    from hf_adapt.feedback.inspect import summarize
+    from hf_adapt.feedback.log import read_feedback
+    from hf_adapt.feedback.model import build_model, check_chat_template, check_parent_model, objective_of
+    from hf_adapt.runtime import set_cpu_threads
+
+    started = time.perf_counter()
+    outputs.check_output_dir(cfg.output_dir, cfg.overwrite_output_dir)
+    state = PartialState()
+    set_cpu_threads(cfg.torch_num_threads, state)
+    set_seed(cfg.seed)
+    if not state.is_main_process:
+        logging.getLogger("hf_adapt").setLevel(logging.WARNING)
+    objective = objective_of(cfg.trainer)
+
+    # Everything that can fail on bad input happens before a model loads.
+    parent = None
+    model_block = {"name_or_path": cfg.model_name_or_path, "revision": cfg.model_revision,
+                   "trust_remote_code": cfg.trust_remote_code, "max_length": cfg.max_length, "gguf_file": cfg.gguf_file,
+                   "base_model_id": cfg.base_model_id}
+    if cfg.init_from:
+        parent = transfer.find_parent(cfg.init_from, cfg.init_from_revision, recipes=("feedback",),
+                                      what="a served version to improve")
+        check_parent_model(parent.info, objective, cfg.trainer, cfg.init_from)
+        if cfg.model_name_or_path not in (DEFAULT_POLICY, parent.info["model"]["name_or_path"]):
+            raise ConfigError(f"init_from {cfg.init_from!r} was trained on {parent.info['model']['name_or_path']!r}, "
+                              f"not model_name_or_path {cfg.model_name_or_path!r}; leave model_name_or_path unset")
+        model_block = {**parent.info["model"], "max_length": cfg.max_length}
+    base_model = model_block.get("base_model_id") or _hub_id(model_block["name_or_path"])
+    cfg.check_push(base_model)
+    served = {name for name in (cfg.model_name_or_path, model_block["name_or_path"], base_model, cfg.hub_model_id,
+                                cfg.init_from, (parent.info.get("hub_repo") if parent else None)) if name}
+    served |= set(cfg.feedback_models or [])
+    log = read_feedback(cfg.feedback, cfg.on_bad_record, cfg.feedback_revision)
+    if not log.records:
+        raise DataError(f"feedback log {cfg.feedback} holds no records" +
+                        (f" ({len(log.bad)} bad records skipped)" if log.bad else ""))
+    window = select_window(log, cfg, parent, served)
+    if not window.log.records:
+        raise DataError(f"no feedback records in the window (since {window.since}, revisions {window.revisions}) of "
+                        f"{cfg.feedback}: {window.left_out}")
+    records = window.log.records
+    train_idx, eval_idx = split_prompts(records, cfg.eval_size, cfg.max_eval_prompts, cfg.seed)
+    train_records = [records[i] for i in train_idx]
+    eval_records = [records[i] for i in eval_idx]
+    conversion = convert(train_records, cfg.trainer, include_up=cfg.sft_include_up,
+                         max_pairs_per_prompt=cfg.max_pairs_per_prompt)
+    check_rows(conversion, cfg, cfg.feedback)
+    held_out = held_out_sets(eval_records, cfg)
+    judge_name = resolve_judge(cfg)
+    if judge_name == "pairs" and not held_out["pairs"]:
+        raise DataError(f"the {len(eval_records)} held-out records ({len(held_out['prompts'])} prompts) give no "
+                        "preference pairs to score the round on; log pairs, up and down answers to one prompt, or "
+                        "corrections, raise eval_size, or judge with a rule (judge: rule:module:function)")
+    summary = summarize(window.log)
+    logger.info("feedback: %d records in the window (%s left out), %d train / %d held-out; %s", len(records),
+                window.left_out or "none", len(train_records), len(eval_records), conversion.describe())
+
+    backbone_model, backbone = build_model(model_block, objective, cfg.adapter,
+                                           parent.directory if parent else None)
+    tokenizer = backbone.preprocessor.tokenizer
+    check_chat_template(tokenizer, summary["conversational"], model_block["name_or_path"])
+    workdir = tempfile.mkdtemp(prefix="hf-adapt-trl-")
+    try:
+        args = trl_config(cfg, workdir, conversion.counts, state.num_processes)
+        trainer = make_trainer(cfg, backbone_model, tokenizer, conversion.rows, args)
+        train_output = trainer.train()
+        accelerator = trainer.accelerator
+        model = accelerator.unwrap_model(trainer.model)
+        metrics, examples, gate = {}, [], {}
+        if accelerator.is_main_process:
+            metrics, examples = evaluate_round(cfg, model, tokenizer, held_out, judge_name, parent, args)
+            gate = gate_result(metrics, cfg.min_win_rate)
+            staging = outputs.staging_path(cfg.output_dir)
+        else:
+            staging = None
+        facts = {"window": window, "conversion": conversion, "summary": summary, "train_records": len(train_records),
+                 "eval_records": len(eval_records), "held_out": {k: len(v) for k, v in held_out.items()},
+                 "judge": judge_name, "examples": examples, "gate": gate, "args": args, "parent": parent,
+                 "model_block": model_block, "base_model": base_model, "log_history": trainer.state.log_history,
+                 "train_seconds": train_output.metrics.get("train_runtime"), "steps": trainer.state.global_step}
+        try:
+            if staging is not None:
+                staging.mkdir(parents=True)
+            outputs.write_on_main(accelerator, staging, cfg.output_dir, lambda directory: _write_outputs(
+                directory, cfg, accelerator, model, tokenizer, backbone, metrics, facts,
+                time.perf_counter() - started))
+        except BaseException:
+            outputs.discard(staging)
+            raise
+        accelerator.wait_for_everyone()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    result = FeedbackResult(Path(cfg.output_dir), metrics, gate, model, tokenizer)
+    if state.is_main_process and gate.get("passed") is False:
+        raise ReleaseGateError(f"release gate failed, not pushed: win rate {metrics['win_rate']:.4f} against the parent "
+                               f"is below min_win_rate {cfg.min_win_rate:g}. The outputs are in {cfg.output_dir} "
+                               f"({RESULTS_FILE})")
+    result.push = cfg.push_after_run(cfg.output_dir, accelerator)
+    return result
+
+
+def _hub_id(name_or_path: str) -> str | None:
+    from hf_adapt.sources import is_disk_path, known_hub_id
+
+    if name_or_path.startswith("pkg://"):
+        return known_hub_id(name_or_path)
+    return None if is_disk_path(name_or_path) else name_or_path
+
+
+def resolve_judge(cfg: FeedbackConfig) -> str:
+    if cfg.judge == "auto":
+        return f"rule:{cfg.reward_funcs[0]}" if cfg.trainer == "grpo" else "pairs"
+    return cfg.judge
+
+
+def held_out_sets(records: list[dict[str, Any]], cfg: FeedbackConfig) -> dict[str, list]:
+    """What the round is scored on: held-out pairs (every source), prompts, and completions (for KL drift)."""
+    from hf_adapt.feedback.convert import key, to_pairs, to_prompts
+
+    pairs = to_pairs(records).rows
+    seen, completions = set(), []
+    for record in records:
+        for completion in ([record["completion"]] if "completion" in record else []) + (
+                [record["correction"]] if record.get("correction") is not None else []):
+            ident = (key(record["prompt"]), key(completion))
+            if ident not in seen:
+                seen.add(ident)
+                completions.append({"prompt": record["prompt"], "completion": completion})
+    return {"pairs": pairs, "prompts": [row["prompt"] for row in to_prompts(records).rows],
+            "completions": completions[:4 * cfg.max_eval_prompts]}
+
+
+def evaluate_round(cfg: FeedbackConfig, model, tokenizer, held_out: dict[str, list], judge_name: str, parent,
+                   args) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The round's numbers against its parent, on the held-out prompts (main process only)."""
+    from hf_adapt.feedback import evaluate as ev
+
+    if parent is not None:
+        model.load_adapter(str(parent.directory), adapter_name=ev.PARENT_ADAPTER)
+    model.eval()
+    batch = cfg.per_device_eval_batch_size
+    metrics: dict[str, Any] = {"judge": judge_name}
+    examples: list[dict[str, Any]] = []
+    try:
+        if cfg.trainer == "reward":
+            if held_out["pairs"]:
+                metrics.update(ev.reward_model_metrics(model, tokenizer, held_out["pairs"], cfg.max_length, batch))
+        else:
+            if held_out["pairs"]:
+                beta = float(getattr(args, "beta", 1.0) or 1.0)
+                metrics.update(ev.pair_metrics(model, tokenizer, held_out["pairs"], cfg.max_length, beta, batch))
+            if held_out["completions"]:
+                metrics["kl_drift"] = ev.kl_drift(model, tokenizer, held_out["completions"], cfg.max_length, batch)
+            if judge_name != "pairs":
+                judge = (ev.rule_judge(judge_name[len("rule:"):]) if judge_name.startswith("rule:")
+                         else ev.reward_model_judge(judge_name[len("reward_model:"):], cfg.max_length, batch))
+                judged, examples = ev.judged_metrics(model, tokenizer, held_out["prompts"], judge, cfg.max_new_tokens,
+                                                     batch)
+                metrics.update(judged)
+    finally:
+        if parent is not None:
+            model.delete_adapter(ev.PARENT_ADAPTER)
+    metrics["win_rate"] = metrics.get("pair_win_rate" if judge_name == "pairs" else "judged_win_rate", math.nan)
+    logger.info("held-out: win rate %.4f against the parent (%s)%s", metrics["win_rate"], judge_name,
+                f"; preference accuracy {metrics['preference_accuracy_before']:.4f} -> "
+                f"{metrics['preference_accuracy']:.4f}" if "preference_accuracy" in metrics else "")
+    return metrics, examples
+
+
+def gate_result(metrics: dict[str, Any], min_win_rate: float | None) -> dict[str, Any]:
+    """Whether the round may be pushed: no gate, or a win rate at least ``min_win_rate`` (undefined fails)."""
+    win = metrics.get("win_rate", math.nan)
+    passed = True if min_win_rate is None else bool(win == win and win >= min_win_rate)
+    return {"min_win_rate": min_win_rate, "win_rate": win, "passed": passed}
+
+
+def _write_outputs(directory: Path, cfg: FeedbackConfig, accelerator, model, tokenizer, backbone, metrics, facts,
+                   wall_seconds: float) -> None:
+    from hf_adapt.config import save_config
+    from hf_adapt.feedback.card import feedback_facts, write_card
+    from hf_adapt.outputs import RUN_FILE, write_json
+
+    model.save_pretrained(str(directory), selected_adapters=["default"])
+    tokenizer.save_pretrained(str(directory))
+    window, parent = facts["window"], facts["parent"]
+    summary = facts["summary"]
+    info = {
+        "format_version": 1,
+        "recipe": "feedback",
+        "family": "transformers",
+        "objective": "reward" if cfg.trainer == "reward" else "clm",
+        "regime": "adapter",
+        "trainer": cfg.trainer,
+        "model": {**{k: v for k, v in facts["model_block"].items() if v is not None},
+                  "revision": facts["model_block"].get("revision") or backbone.info.get("commit")},
+        "feedback": {"source": str(cfg.feedback), "sha256": window.log.sha256, "first": summary["first"],
+                     "last": summary["last"], "since": window.since, "revisions": window.revisions,
+                     "records": len(window.log.records)},
+        "init_from": ({"source": cfg.init_from, "revision": cfg.init_from_revision or parent.revision,
+                       "trainer": parent.info.get("trainer"), "feedback_last": (parent.info.get("feedback") or {}).get("last")}
+                      if parent else None),
+        "hub_repo": cfg.hub_model_id,
+        "trained_at": _now(),
+    }
+    write_json(directory / RUN_FILE, info)
+    write_json(directory / "eval_results.json", metrics)
+    write_json(directory / RESULTS_FILE, {
+        "gate": facts["gate"], "metrics": metrics, "window": {"left_out": window.left_out, **info["feedback"]},
+        "bad_records": [str(b) for b in window.log.bad], "conversion": facts["conversion"].report(),
+        "train_records": facts["train_records"], "eval_records": facts["eval_records"], "held_out": facts["held_out"],
+        "inspection": summary, "examples": facts["examples"],
+    })
+    write_json(directory / "train_results.json", {
+        "log_history": facts["log_history"], "steps": facts["steps"], "train_seconds": facts["train_seconds"],
+        "wall_seconds": wall_seconds, "num_processes": accelerator.num_processes,
+        "trainer_args": {k: v for k, v in facts["args"].to_dict().items() if k in _CARD_ARGS},
+    })
+    save_config(cfg, directory / "config.yaml")
+    write_card(directory, feedback_facts(directory, cfg, accelerator, model, metrics, facts, info))
+
+
+_CARD_ARGS = ("beta", "loss_type", "desirable_weight", "undesirable_weight", "num_generations", "learning_rate",
+              "max_length", "num_train_epochs", "max_steps", "per_device_train_batch_size",
+              "gradient_accumulation_steps", "center_rewards_coefficient", "max_completion_length", "temperature")
+
+
+def _now() -> str:
+    import datetime as dt
+
+    return dt.datetime.now(dt.timezone.utc).isoformat()
