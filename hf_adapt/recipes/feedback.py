@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import random
 import shutil
 import tempfile
@@ -260,8 +261,6 @@ def trl_config(cfg: FeedbackConfig, workdir: str, counts: dict[str, int], num_pr
     """The TRL config of ``cfg.trainer``: hf-adapt's fields, the class-balance defaults, then ``trainer_args``."""
     import dataclasses
 
-    import torch
-
     from hf_adapt.runtime import trackers_for
 
     config_class, _ = trl_classes(cfg.trainer)
@@ -278,8 +277,7 @@ def trl_config(cfg: FeedbackConfig, workdir: str, counts: dict[str, int], num_pr
         "seed": cfg.seed, "logging_steps": cfg.logging_steps, "report_to": trackers_for(cfg.report_to) or "none",
         "save_strategy": "no", "bf16": cfg.mixed_precision == "bf16", "fp16": cfg.mixed_precision == "fp16",
         "gradient_checkpointing": False, "max_length": cfg.max_length, "dataloader_num_workers": cfg.num_workers,
-        # several ranks on a machine without an accelerator: let Accelerate join them on CPU (gloo)
-        "use_cpu": num_processes > 1 and not torch.accelerator.is_available(),
+        "use_cpu": _cpu_ranks(),
         "disable_tqdm": True,
     }
     if cfg.trainer == "kto":
@@ -329,7 +327,9 @@ def main(cfg: FeedbackConfig) -> FeedbackResult:
 
     started = time.perf_counter()
     outputs.check_output_dir(cfg.output_dir, cfg.overwrite_output_dir)
-    state = PartialState()
+    state = PartialState(cpu=_cpu_ranks())
+    if state.num_processes != int(os.environ.get("WORLD_SIZE", "1")):
+        raise RuntimeError(f"launched {os.environ['WORLD_SIZE']} processes but Accelerate joined {state.num_processes}")
     set_cpu_threads(cfg.torch_num_threads, state)
     set_seed(cfg.seed)
     if not state.is_main_process:
@@ -421,6 +421,14 @@ def main(cfg: FeedbackConfig) -> FeedbackResult:
                                f"({RESULTS_FILE})")
     result.push = cfg.push_after_run(cfg.output_dir, accelerator)
     return result
+
+
+def _cpu_ranks() -> bool:
+    """Several ranks on a machine without an accelerator: Accelerate must be told to join them on CPU (gloo),
+    or each process trains alone (see hf_adapt.runtime.make_accelerator)."""
+    import torch
+
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available()
 
 
 def _hub_id(name_or_path: str) -> str | None:
@@ -520,7 +528,7 @@ def _write_outputs(directory: Path, cfg: FeedbackConfig, accelerator, model, tok
         "feedback": {"source": str(cfg.feedback), "sha256": window.log.sha256, "first": summary["first"],
                      "last": summary["last"], "since": window.since, "revisions": window.revisions,
                      "records": len(window.log.records)},
-        "init_from": ({"source": cfg.init_from, "revision": cfg.init_from_revision or parent.revision,
+        "init_from": ({"source": cfg.init_from, "revision": cfg.init_from_revision or parent.revision, "commit": parent.revision,
                        "trainer": parent.info.get("trainer"), "feedback_last": (parent.info.get("feedback") or {}).get("last")}
                       if parent else None),
         "hub_repo": cfg.hub_model_id,

@@ -79,3 +79,28 @@ def test_two_process_continual_run(strategy, block_resnet, blocks_csv, tmp_path)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
     predictor = hf_adapt.load_adapted(str(out))
     assert predictor.labels == ["0", "1", "2", "3"]
+
+
+@pytest.mark.distributed
+@pytest.mark.timeout(600)
+def test_two_process_feedback_round(tiny_chat_llama, tmp_path):
+    """TRL trains across both ranks (gloo on CPU); the main process alone scores the round and writes it."""
+    from tests.feedback.conftest import product_feedback, write_log
+
+    log = write_log(tmp_path / "log.jsonl", product_feedback(range(10), conversational=True))
+    out = tmp_path / "round"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+        str(REPO / "recipes" / "feedback.py"), "--model_name_or_path", str(tiny_chat_llama), "--feedback", str(log),
+        "--trainer", "kto", "--max_steps", "3", "--max_length", "64", "--learning_rate", "1e-3",
+        "--adapter", "{peft_type: LORA, r: 4, lora_alpha: 8}", "--output_dir", str(out),
+    ]
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=540)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    results = json.loads((out / "train_results.json").read_text())
+    assert results["num_processes"] == 2 and results["steps"] == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["log.jsonl", "round"], "stray staging dirs from another rank"
+    assert proc.stderr.count("hf_adapt.outputs: wrote") == 1
+    assert 0 <= json.loads((out / "eval_results.json").read_text())["win_rate"] <= 1
