@@ -28,11 +28,10 @@ def backbone_spec(model: dict[str, Any], objective: str):
     """A :class:`BackboneSpec` from a ``model`` block (``name_or_path``, ``revision``, ...)."""
     from hf_adapt.backbones import BackboneSpec
 
-    kwargs = {"gguf_file": model["gguf_file"]} if model.get("gguf_file") else {}
     return BackboneSpec(name_or_path=model["name_or_path"], num_labels=1 if objective == REWARD else 0,
                         family="transformers", revision=model.get("revision"),
                         trust_remote_code=bool(model.get("trust_remote_code")), max_length=model["max_length"],
-                        pooling="model", model_kwargs=kwargs)
+                        pooling="model")
 
 
 def build_base(model: dict[str, Any], objective: str):

@@ -56,7 +56,6 @@ class FeedbackConfig(PublishOptions):
     model_revision: str | None = field(default=None, metadata={"help": "Hub branch, tag or commit of the base model (the output pins the commit trained on)."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the Hub repo to run (off by default)."})
     base_model_id: str | None = field(default=None, metadata={"help": "Hub id of the base model for the card when it is loaded from a local path."})
-    gguf_file: str | None = field(default=None, metadata={"help": "A .gguf file inside model_name_or_path to load (dequantised to float32; needs the gguf package)."})
     init_from: str | None = field(default=None, metadata={"help": "The served version to improve: an earlier hf-adapt feedback output (folder or Hub repo). Its adapter continues training and is the parent every number is compared with."})
     init_from_revision: str | None = field(default=None, metadata={"help": "Hub branch, tag or commit of init_from (the card records the commit)."})
     adapter: dict[str, Any] = field(default_factory=_default_adapter, metadata={"help": "peft config as a dict (peft_type plus that config's fields); target_modules default to peft's for the architecture. Ignored with init_from (the parent's adapter continues)."})
@@ -339,7 +338,7 @@ def main(cfg: FeedbackConfig) -> FeedbackResult:
     # Everything that can fail on bad input happens before a model loads.
     parent = None
     model_block = {"name_or_path": cfg.model_name_or_path, "revision": cfg.model_revision,
-                   "trust_remote_code": cfg.trust_remote_code, "max_length": cfg.max_length, "gguf_file": cfg.gguf_file,
+                   "trust_remote_code": cfg.trust_remote_code, "max_length": cfg.max_length,
                    "base_model_id": cfg.base_model_id}
     if cfg.init_from:
         parent = transfer.find_parent(cfg.init_from, cfg.init_from_revision, recipes=("feedback",),
@@ -375,6 +374,7 @@ def main(cfg: FeedbackConfig) -> FeedbackResult:
         raise DataError(f"the {len(eval_records)} held-out records ({len(held_out['prompts'])} prompts) give no "
                         "preference pairs to score the round on; log pairs, up and down answers to one prompt, or "
                         "corrections, raise eval_size, or judge with a rule (judge: rule:module:function)")
+    judge = make_judge(judge_name, cfg)  # a bad rule path or reward model fails now, not after training
     summary = summarize(window.log)
     logger.info("feedback: %d records in the window (%s left out), %d train / %d held-out; %s", len(records),
                 window.left_out or "none", len(train_records), len(eval_records), conversion.describe())
@@ -392,7 +392,7 @@ def main(cfg: FeedbackConfig) -> FeedbackResult:
         model = accelerator.unwrap_model(trainer.model)
         metrics, examples, gate = {}, [], {}
         if accelerator.is_main_process:
-            metrics, examples = evaluate_round(cfg, model, tokenizer, held_out, judge_name, parent, args)
+            metrics, examples = evaluate_round(cfg, model, tokenizer, held_out, judge_name, judge, parent, args)
             gate = gate_result(metrics, cfg.min_win_rate)
             staging = outputs.staging_path(cfg.output_dir)
         else:
@@ -462,7 +462,18 @@ def held_out_sets(records: list[dict[str, Any]], cfg: FeedbackConfig) -> dict[st
             "completions": completions[:4 * cfg.max_eval_prompts]}
 
 
-def evaluate_round(cfg: FeedbackConfig, model, tokenizer, held_out: dict[str, list], judge_name: str, parent,
+def make_judge(judge_name: str, cfg: FeedbackConfig):
+    """The judge of greedy answers a judge name asks for, or None for the pairs judge."""
+    from hf_adapt.feedback import evaluate as ev
+
+    if judge_name.startswith("rule:"):
+        return ev.rule_judge(judge_name[len("rule:"):])
+    if judge_name.startswith("reward_model:"):
+        return ev.reward_model_judge(judge_name[len("reward_model:"):], cfg.max_length, cfg.per_device_eval_batch_size)
+    return None
+
+
+def evaluate_round(cfg: FeedbackConfig, model, tokenizer, held_out: dict[str, list], judge_name: str, judge, parent,
                    args) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The round's numbers against its parent, on the held-out prompts (main process only)."""
     from hf_adapt.feedback import evaluate as ev
@@ -483,9 +494,7 @@ def evaluate_round(cfg: FeedbackConfig, model, tokenizer, held_out: dict[str, li
                 metrics.update(ev.pair_metrics(model, tokenizer, held_out["pairs"], cfg.max_length, beta, batch))
             if held_out["completions"]:
                 metrics["kl_drift"] = ev.kl_drift(model, tokenizer, held_out["completions"], cfg.max_length, batch)
-            if judge_name != "pairs":
-                judge = (ev.rule_judge(judge_name[len("rule:"):]) if judge_name.startswith("rule:")
-                         else ev.reward_model_judge(judge_name[len("reward_model:"):], cfg.max_length, batch))
+            if judge is not None:
                 judged, examples = ev.judged_metrics(model, tokenizer, held_out["prompts"], judge, cfg.max_new_tokens,
                                                      batch)
                 metrics.update(judged)

@@ -75,6 +75,22 @@ def test_each_trainer_trains_its_adapter(trainer, extra, tiny_chat_llama, tmp_pa
             load_policy(out)
 
 
+def test_a_reward_model_from_the_feedback_judges_a_policy_round(tiny_chat_llama, tmp_path):
+    log = write_log(tmp_path / "log.jsonl", product_feedback(range(10)))
+    reward = main(_config(tmp_path, tiny_chat_llama, log, name="rm", trainer="reward", max_steps=5))
+    judge = f"reward_model:{reward.output_dir}"
+    policy = main(_config(tmp_path, tiny_chat_llama, log, name="policy", judge=judge))
+    metrics = policy.metrics
+    assert metrics["judge"] == judge and metrics["judged_prompts"] == 2
+    assert metrics["win_rate"] == metrics["judged_win_rate"] and "pair_win_rate" in metrics
+    examples = json.loads((policy.output_dir / "feedback_results.json").read_text())["examples"]
+    assert len(examples) == 2 and {"parent", "policy", "parent_score", "policy_score"} <= set(examples[0])
+    assert "Judged examples" in (policy.output_dir / "README.md").read_text()
+    with pytest.raises(ModelError, match="is a dpo policy, not a reward model"):  # refused before training
+        main(_config(tmp_path, tiny_chat_llama, log, name="never", judge=f"reward_model:{policy.output_dir}"))
+    assert not (tmp_path / "never").exists()
+
+
 def test_kto_weights_follow_the_class_balance(tiny_chat_llama, tmp_path):
     assert kto_weights({"desirable": 30, "undesirable": 10}, {}) == {"desirable_weight": 1.0, "undesirable_weight": 3.0}
     assert kto_weights({"desirable": 10, "undesirable": 25}, {}) == {"desirable_weight": 2.5, "undesirable_weight": 1.0}
