@@ -134,8 +134,8 @@ class Plan:
 
 # Sized from measured runs on the 2-core machine (shared with other jobs), see summary.md for the timings.
 # Round settings: picked on tuning seed 0 (not reported), see summary.md.
-FULL = Plan(feedback_from_training=1000, feedback_from_testing=None, pretrain_docs=None, vocab_size=4000,
-            hidden_size=256, layers=4, heads=4, intermediate_size=688, pretrain_epochs=4, pretrain_lr=1e-3,
+FULL = Plan(feedback_from_training=1000, feedback_from_testing=None, pretrain_docs=None, vocab_size=3000,
+            hidden_size=192, layers=3, heads=3, intermediate_size=512, pretrain_epochs=2, pretrain_lr=2e-3,
             pretrain_batch=16, seeds=[1, 2, 3],
             dpo=Round(epochs=3, learning_rate=1e-3, beta=0.1), kto=Round(epochs=3, learning_rate=1e-3, beta=0.1))
 QUICK = Plan(feedback_from_training=300, feedback_from_testing=300, pretrain_docs=800, vocab_size=2000,
@@ -469,7 +469,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument(f"--{trainer}_epochs", type=float, default=None, help=f"{trainer}: epochs (default: the plan's)")
         parser.add_argument(f"--{trainer}_lr", type=float, default=None, help=f"{trainer}: learning rate")
         parser.add_argument(f"--{trainer}_beta", type=float, default=None, help=f"{trainer}: beta")
-    parser.add_argument("--torch_num_threads", type=int, default=2, help="torch threads (0: the recipes' default)")
+    parser.add_argument("--torch_num_threads", type=int, default=1,
+                        help="torch threads per run (default 1: the 2-core machine is shared; 0 = the recipes' default)")
     parser.add_argument("--reuse_parent", action="store_true", help="keep the parent and log already in work_dir")
     parser.add_argument("--output_dir", default=None, help="default benchmarks/results/feedback/<quick|full>")
     parser.add_argument("--work_dir", default=None, help="parent, log and round outputs (default: under the temp dir)")

@@ -170,9 +170,8 @@ def review_texts() -> list[str]:
     return [" ".join(text.split()) for text in frame["review"] if len(text) <= 300][:400]
 
 
-@pytest.fixture(scope="session")
-def tiny_llama(tmp_path_factory, review_texts) -> Path:
-    """A 2-layer, 64-wide Llama causal LM with a byte-level BPE tokenizer trained on the reviews, as a folder."""
+def _tiny_llama(path: Path, texts: list[str], special_tokens: list[str], eos: str, chat_template: str | None) -> Path:
+    """A 2-layer, 64-wide Llama with a byte-level BPE tokenizer trained on ``texts``, saved to ``path``."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -180,18 +179,25 @@ def tiny_llama(tmp_path_factory, review_texts) -> Path:
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
-    tokenizer.train_from_iterator(review_texts, trainers.BpeTrainer(
-        vocab_size=512, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
-                                   pad_token="<|endoftext|>")
+    tokenizer.train_from_iterator(texts, trainers.BpeTrainer(
+        vocab_size=512, special_tokens=special_tokens, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=special_tokens[0], eos_token=eos,
+                                   pad_token=special_tokens[0])
+    if chat_template:
+        fast.chat_template = chat_template
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=len(fast), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
                          bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id, pad_token_id=fast.pad_token_id)
-    path = tmp_path_factory.mktemp("tiny_llama")
     LlamaForCausalLM(config).save_pretrained(path)
     fast.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory, review_texts) -> Path:
+    """A tiny Llama causal LM whose tokenizer was trained on the reviews, with no chat template, as a folder."""
+    return _tiny_llama(tmp_path_factory.mktemp("tiny_llama"), review_texts, ["<|endoftext|>"], "<|endoftext|>", None)
 
 
 CHAT_TEMPLATE = ("{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
@@ -200,27 +206,8 @@ CHAT_TEMPLATE = ("{% for message in messages %}<|im_start|>{{ message['role'] }}
 
 @pytest.fixture(scope="session")
 def tiny_chat_llama(tmp_path_factory, review_texts) -> Path:
-    """A 2-layer, 64-wide Llama with a byte-level BPE tokenizer trained on reviews and a ChatML chat template."""
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
+    """A tiny chat Llama: the tokenizer also knows the feedback tests' answers, and has a ChatML chat template."""
     from tests.feedback.conftest import BAD, GOOD
 
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    tokenizer.train_from_iterator(review_texts + GOOD + BAD, trainers.BpeTrainer(
-        vocab_size=512, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<|endoftext|>", eos_token="<|im_end|>",
-                                   pad_token="<|endoftext|>")
-    fast.chat_template = CHAT_TEMPLATE
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(fast), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
-                         bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id, pad_token_id=fast.pad_token_id)
-    path = tmp_path_factory.mktemp("tiny_chat_llama")
-    LlamaForCausalLM(config).save_pretrained(path)
-    fast.save_pretrained(path)
-    return path
+    return _tiny_llama(tmp_path_factory.mktemp("tiny_chat_llama"), review_texts + GOOD + BAD,
+                       ["<|endoftext|>", "<|im_start|>", "<|im_end|>"], "<|im_end|>", CHAT_TEMPLATE)
