@@ -104,7 +104,7 @@ class Round:
     epochs: float
     learning_rate: float
     beta: float
-    batch: int = 8
+    batch: int = 8  # DPO: pairs (2 sequences each); KTO: thumbs (1 sequence each)
 
 
 @dataclass
@@ -125,8 +125,9 @@ class Plan:
     seeds: list[int]
     dpo: Round
     kto: Round
-    max_length: int = 128  # tokens of prompt + review (+ eos) in a round
-    completion_tokens: int = 96  # reviews are cut to this many tokens
+    max_length: int = 96  # tokens of prompt + review (+ eos) in a round
+    completion_tokens: int = 48  # reviews are cut to this many tokens
+    block_size: int = 128  # pretraining block
     eval_size: float = 0.2
     lora_r: int = 16
     lora_alpha: int = 32
@@ -134,14 +135,14 @@ class Plan:
 
 # Sized from measured runs on the 2-core machine (shared with other jobs), see summary.md for the timings.
 # Round settings: picked on tuning seed 0 (not reported), see summary.md.
-FULL = Plan(feedback_from_training=1000, feedback_from_testing=None, pretrain_docs=None, vocab_size=3000,
-            hidden_size=192, layers=3, heads=3, intermediate_size=512, pretrain_epochs=2, pretrain_lr=2e-3,
-            pretrain_batch=16, seeds=[1, 2, 3],
-            dpo=Round(epochs=3, learning_rate=1e-3, beta=0.1), kto=Round(epochs=3, learning_rate=1e-3, beta=0.1))
+FULL = Plan(feedback_from_training=1000, feedback_from_testing=None, pretrain_docs=None, vocab_size=2000,
+            hidden_size=128, layers=3, heads=2, intermediate_size=344, pretrain_epochs=3, pretrain_lr=2e-3,
+            pretrain_batch=16, seeds=[1, 2, 3], max_length=96, completion_tokens=48,
+            dpo=Round(epochs=2, learning_rate=1e-3, beta=0.1), kto=Round(epochs=2, learning_rate=1e-3, beta=0.1, batch=16))
 QUICK = Plan(feedback_from_training=300, feedback_from_testing=300, pretrain_docs=800, vocab_size=2000,
              hidden_size=128, layers=2, heads=2, intermediate_size=344, pretrain_epochs=1, pretrain_lr=2e-3,
-             pretrain_batch=16, seeds=[1], max_length=96, completion_tokens=64,
-             dpo=Round(epochs=1, learning_rate=1e-3, beta=0.1), kto=Round(epochs=1, learning_rate=1e-3, beta=0.1))
+             pretrain_batch=16, seeds=[1], max_length=80, completion_tokens=40,
+             dpo=Round(epochs=1, learning_rate=1e-3, beta=0.1), kto=Round(epochs=1, learning_rate=1e-3, beta=0.1, batch=16))
 
 
 # ----------------------------------------------------------------------------- data
@@ -242,7 +243,12 @@ def make_pairs(pool: list[dict], tokenizer, plan: Plan, seed: int = 42) -> tuple
             pairs.append({"kind": kind, "great": good, "other": bad})
     rng.shuffle(pairs)
     lengths = [(p["great"]["tokens"], p["other"]["tokens"]) for p in pairs]
-    facts = {"pairs": len(pairs), "kinds": {k: sum(p["kind"] == k for p in pairs) for k in sorted(by_kind)},
+    prompt_tokens = max(len(tokenizer(prompt_of(p["kind"], p["great"]["product"], p["other"]["product"]))["input_ids"])
+                        for p in pairs)
+    if prompt_tokens + plan.completion_tokens + 1 > plan.max_length:  # +1: the eos after the review
+        raise ValueError(f"max_length {plan.max_length} cannot hold a {prompt_tokens}-token prompt and a "
+                         f"{plan.completion_tokens}-token review")
+    facts = {"pairs": len(pairs), "max_prompt_tokens": prompt_tokens, "kinds": {k: sum(p["kind"] == k for p in pairs) for k in sorted(by_kind)},
              "great_tokens_mean": statistics.fmean(g for g, _ in lengths),
              "other_tokens_mean": statistics.fmean(o for _, o in lengths),
              "great_shorter_share": sum(g < o for g, o in lengths) / len(lengths),
@@ -282,7 +288,7 @@ def build_parent(plan: Plan, pretrain: list[dict], work: Path, threads: int | No
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=plan.hidden_size, intermediate_size=plan.intermediate_size,
                          num_hidden_layers=plan.layers, num_attention_heads=plan.heads, num_key_value_heads=plan.heads,
-                         max_position_embeddings=max(256, plan.max_length), bos_token_id=tokenizer.bos_token_id,
+                         max_position_embeddings=max(256, plan.block_size, plan.max_length), bos_token_id=tokenizer.bos_token_id,
                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                          tie_word_embeddings=True)
     scratch = work / "tiny_llama_init"
@@ -292,7 +298,7 @@ def build_parent(plan: Plan, pretrain: list[dict], work: Path, threads: int | No
     parameters = sum(p.numel() for p in model.parameters())
     out = work / "parent"
     cfg = PretrainConfig(model_name_or_path=str(scratch), objective="clm", regime="full", data=str(corpus),
-                         max_length=plan.max_length, num_train_epochs=plan.pretrain_epochs,
+                         max_length=plan.block_size, num_train_epochs=plan.pretrain_epochs,
                          per_device_train_batch_size=plan.pretrain_batch, per_device_eval_batch_size=32,
                          learning_rate=plan.pretrain_lr, weight_decay=0.01, warmup_ratio=0.05,
                          lr_scheduler_type="cosine", output_dir=str(out), overwrite_output_dir=True, report_to="none",
@@ -440,14 +446,15 @@ def report(mode: str, plan: Plan, args, data: dict, parent: dict, runs: dict[str
               "`Review of <kind> (<product a> or <product b>):`, completions ` <review>`; no `model` field",
               f"- parent: pretrained by `hf_adapt.recipes.pretrain` (clm, full) on {parent['documents']} other training_data "
               f"reviews as `Review of <kind>: <review>` ({parent['tokens'].get('train', 0):,} train tokens in "
-              f"{parent['blocks'].get('train', 0)} blocks of {plan.max_length}), {plan.pretrain_epochs} epochs, batch "
+              f"{parent['blocks'].get('train', 0)} blocks of {plan.block_size}), {plan.pretrain_epochs} epochs, batch "
               f"{plan.pretrain_batch}, lr {plan.pretrain_lr:g} cosine, {parent['steps']} steps: held-out test perplexity "
               f"**{parent['perplexity_before']:.0f} -> {parent['perplexity']:.1f}** over {parent['eval_tokens']:,} tokens "
               f"({parent['train_seconds']:.0f} s training, {parent['wall_seconds']:.0f} s wall); reloads with "
               "`AutoModelForCausalLM.from_pretrained`",
-              f"- rounds: max_length {plan.max_length}, batch {plan.dpo.batch}, LoRA r={plan.lora_r} alpha {plan.lora_alpha} "
-              f"dropout 0 on all linear layers; DPO {plan.dpo.epochs:g} epochs, lr {plan.dpo.learning_rate:g}, beta "
-              f"{plan.dpo.beta:g} (sigmoid loss); KTO {plan.kto.epochs:g} epochs, lr {plan.kto.learning_rate:g}, beta "
+              f"- rounds: max_length {plan.max_length} (longest prompt {pf['max_prompt_tokens']} tokens), LoRA r={plan.lora_r} "
+              f"alpha {plan.lora_alpha} dropout 0 on all linear layers; DPO {plan.dpo.epochs:g} epochs, batch {plan.dpo.batch} "
+              f"pairs, lr {plan.dpo.learning_rate:g}, beta {plan.dpo.beta:g} (sigmoid loss); KTO {plan.kto.epochs:g} epochs, "
+              f"batch {plan.kto.batch} thumbs (the same sequences per step as DPO), lr {plan.kto.learning_rate:g}, beta "
               f"{plan.kto.beta:g} (desirable/undesirable weights: the recipe's balance, 1/1 here); linear schedule, no warmup",
               f"- torch {torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}, Python "
               f"{platform.python_version()}, {os.cpu_count()} CPU cores, torch threads {args.torch_num_threads or 'all'}",
@@ -469,6 +476,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument(f"--{trainer}_epochs", type=float, default=None, help=f"{trainer}: epochs (default: the plan's)")
         parser.add_argument(f"--{trainer}_lr", type=float, default=None, help=f"{trainer}: learning rate")
         parser.add_argument(f"--{trainer}_beta", type=float, default=None, help=f"{trainer}: beta")
+    parser.add_argument("--lora_r", type=int, default=None, help="LoRA rank of the rounds (alpha = 2 x r)")
+    parser.add_argument("--completion_tokens", type=int, default=None, help="cut reviews to this many tokens")
     parser.add_argument("--torch_num_threads", type=int, default=1,
                         help="torch threads per run (default 1: the 2-core machine is shared; 0 = the recipes' default)")
     parser.add_argument("--reuse_parent", action="store_true", help="keep the parent and log already in work_dir")
@@ -520,6 +529,10 @@ def run(args: argparse.Namespace) -> None:
         plan = replace(plan, **{trainer: replace(base, **over)})
     if args.seeds:
         plan = replace(plan, seeds=args.seeds)
+    if args.lora_r:
+        plan = replace(plan, lora_r=args.lora_r, lora_alpha=2 * args.lora_r)
+    if args.completion_tokens:
+        plan = replace(plan, completion_tokens=args.completion_tokens)
     threads = args.torch_num_threads or None
     results = Path(args.output_dir or REPO / "benchmarks" / "results" / "feedback" / mode)
     work = Path(args.work_dir or Path(tempfile.gettempdir()) / "hf-adapt-feedback-bench") / mode

@@ -139,20 +139,26 @@ def to_pairs(records: list[dict[str, Any]], sources: tuple[str, ...] = PAIR_SOUR
                             abs(score_a - score_b))
     used: set[int] = set()
     contradicted: set[int] = set()
+    capped: set[int] = set()
     kept_per_prompt: Counter = Counter()
     for ident, row in pairs.items():
         if (ident[0], ident[2], ident[1]) in pairs:
             contradicted |= support[ident]
             continue
         if max_pairs_per_prompt and kept_per_prompt[ident[0]] >= max_pairs_per_prompt:
-            out.dropped["pairs over max_pairs_per_prompt"] += 1
+            capped |= support[ident]
             continue
         kept_per_prompt[ident[0]] += 1
         out.rows.append(row)
         used |= support[ident]
+    eligible = {i for i, r in enumerate(records) if kind_of(r["feedback"]) in sources
+                or (r.get("correction") is not None and "correction" in sources)}
     out.used = len(used)
     out.dropped["contradicted by another pair"] = len(contradicted - used)
-    out.dropped["no partner to pair with"] = len(records) - len(used | contradicted)
+    out.dropped["only in pairs over max_pairs_per_prompt"] = len(capped - used - contradicted)
+    out.dropped["no partner to pair with"] = len(eligible - used - contradicted - capped)
+    out.dropped["not used by this trainer (" + ", ".join(k for k in ("thumb", "score", "pair") if k not in sources) + ")"] = \
+        len(records) - len(eligible)
     out.dropped = +out.dropped  # drop zero counts
     if any("margin" in row for row in out.rows):  # one schema for every row: explicit pairs get no margin
         out.rows = [{**row, "margin": row.get("margin", 0.0)} for row in out.rows]

@@ -46,26 +46,28 @@ def as_parent(model) -> Iterator[None]:
             yield
 
 
-def as_text(tokenizer, prompt: Any, completion: Any = None) -> tuple[str, str | None]:
-    """Prompt and completion as the text the model sees: through the chat template when conversational."""
-    from trl.data_utils import maybe_apply_chat_template
-
-    example = {"prompt": prompt} if completion is None else {"prompt": prompt, "completion": completion}
-    text = maybe_apply_chat_template(example, tokenizer)
-    return text["prompt"], text.get("completion")
+def _ids(tokenizer, value: Any, add_generation_prompt: bool = False) -> list[int]:
+    """Token ids as TRL's trainers make them: a conversation through the chat template (tokenized by it, so a
+    template that writes the bos token gets it once), text through the tokenizer."""
+    if isinstance(value, list):
+        return list(tokenizer.apply_chat_template(value, add_generation_prompt=add_generation_prompt, tokenize=True,
+                                                  return_dict=True)["input_ids"])
+    return list(tokenizer(text=value)["input_ids"])
 
 
 def encode(tokenizer, prompt: Any, completion: Any, max_length: int) -> tuple[list[int], int]:
-    """Token ids of prompt + completion (standard text gets the eos token, as TRL appends it) and the
-    prompt's length; over ``max_length`` the prompt loses its oldest tokens first, then the completion its end."""
-    prompt_text, completion_text = as_text(tokenizer, prompt, completion)
-    prompt_ids = tokenizer(prompt_text, add_special_tokens=True)["input_ids"]
-    completion_ids = tokenizer(completion_text, add_special_tokens=False)["input_ids"]
-    if isinstance(completion, str) and tokenizer.eos_token_id is not None:
-        completion_ids = completion_ids + [tokenizer.eos_token_id]
-    completion_ids = completion_ids[:max_length - 1]
-    prompt_ids = prompt_ids[-(max_length - len(completion_ids)):]
-    return prompt_ids + completion_ids, len(prompt_ids)
+    """Token ids of prompt + completion and the prompt's length, as TRL's DPO and KTO trainers tokenize them: the
+    pair is tokenized together (text completions end with the eos token once), the completion starts where that
+    and the prompt alone diverge, and sequences over ``max_length`` lose their end."""
+    from trl.data_utils import common_prefix_length
+
+    if isinstance(prompt, list):
+        prompt_ids, full = _ids(tokenizer, prompt, add_generation_prompt=True), _ids(tokenizer, prompt + completion)
+    else:
+        eos = tokenizer.eos_token or ""
+        prompt_ids = _ids(tokenizer, prompt)
+        full = _ids(tokenizer, prompt + (completion if completion.endswith(eos) else completion + eos))
+    return full[:max_length], common_prefix_length(prompt_ids, full)
 
 
 def _batches(items: list, size: int) -> Iterator[list]:
@@ -127,20 +129,17 @@ def kl_drift(model, tokenizer, rows: list[dict[str, Any]], max_length: int, batc
 def generate(model, tokenizer, prompts: list[Any], max_new_tokens: int, batch_size: int = 8) -> list[Any]:
     """Greedy answers to ``prompts``; conversational prompts get ``[{"role": "assistant", "content": ...}]``."""
     device = next(model.parameters()).device
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
     answers = []
-    try:
-        for batch in _batches(prompts, batch_size):
-            texts = [as_text(tokenizer, prompt)[0] for prompt in batch]
-            inputs = tokenizer(texts, return_tensors="pt", padding=True).to(device)
-            output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                                    pad_token_id=tokenizer.pad_token_id)
-            for prompt, row in zip(batch, output[:, inputs["input_ids"].shape[1]:]):
-                text = tokenizer.decode(row, skip_special_tokens=True)
-                answers.append(text if isinstance(prompt, str) else [{"role": "assistant", "content": text}])
-    finally:
-        tokenizer.padding_side = side
+    for batch in _batches(prompts, batch_size):
+        encoded = [_ids(tokenizer, prompt, add_generation_prompt=True) for prompt in batch]
+        width = max(len(ids) for ids in encoded)  # padded on the left, so every answer starts at ``width``
+        ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(e)) + e for e in encoded], device=device)
+        attention = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], device=device)
+        output = model.generate(input_ids=ids, attention_mask=attention, max_new_tokens=max_new_tokens,
+                                do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        for prompt, row in zip(batch, output[:, width:]):
+            text = tokenizer.decode(row, skip_special_tokens=True)
+            answers.append(text if isinstance(prompt, str) else [{"role": "assistant", "content": text}])
     return answers
 
 
@@ -195,9 +194,13 @@ def _wins(ours: torch.Tensor, theirs: torch.Tensor) -> float:
     return float(((ours > theirs).float() + 0.5 * (ours == theirs).float()).mean()) if len(ours) else math.nan
 
 
-def pair_metrics(model, tokenizer, pairs: list[dict[str, Any]], max_length: int, beta: float,
+def pair_metrics(model, tokenizer, pairs: list[dict[str, Any]], max_length: int, beta: float | None,
                  batch_size: int = 8) -> dict[str, float]:
-    """Preference accuracy before and after, win rate and implicit-reward margin on held-out pairs."""
+    """Preference accuracy before and after, win rate and margins on held-out pairs.
+
+    ``margin_change`` is the mean change, parent to policy, of log p(chosen) - log p(rejected); with the ``beta``
+    of a trainer that has a reference model (DPO, KTO) it is also reported as the implicit ``reward_margin``.
+    """
     chosen = [{"prompt": p["prompt"], "completion": p["chosen"]} for p in pairs]
     rejected = [{"prompt": p["prompt"], "completion": p["rejected"]} for p in pairs]
     policy = sequence_logprobs(model, tokenizer, chosen, max_length, batch_size) - \
@@ -205,11 +208,13 @@ def pair_metrics(model, tokenizer, pairs: list[dict[str, Any]], max_length: int,
     with as_parent(model):
         parent = sequence_logprobs(model, tokenizer, chosen, max_length, batch_size) - \
             sequence_logprobs(model, tokenizer, rejected, max_length, batch_size)
+    change = float((policy - parent).mean())
     return {
         "preference_accuracy": float((policy > 0).float().mean()),
         "preference_accuracy_before": float((parent > 0).float().mean()),
         "pair_win_rate": _wins(policy, parent),
-        "reward_margin": float(beta * (policy - parent).mean()),
+        "margin_change": change,
+        **({"reward_margin": beta * change} if beta is not None else {}),
         "held_out_pairs": len(pairs),
     }
 

@@ -103,6 +103,12 @@ def check_record(record: Any) -> dict[str, Any]:
             raise ValueError(f"feedback score is {record['feedback']}")
     if record.get("correction") is not None:
         _check_text(record["correction"], "correction", role="assistant")
+    answers = [record.get("completion"), record.get("correction")] + (
+        [record["feedback"]["chosen"], record["feedback"]["rejected"]] if kind == "pair" else [])
+    conversational = isinstance(record["prompt"], list)
+    if any(a is not None and isinstance(a, list) != conversational for a in answers):
+        raise ValueError("the prompt is " + ("a conversation" if conversational else "text") + " but an answer is " +
+                         ("text" if conversational else "a conversation") + "; log both the same way")
     if record.get("timestamp") is not None:
         parse_time(record["timestamp"], "timestamp")
     if record.get("metadata") is not None and not isinstance(record["metadata"], dict):
@@ -125,10 +131,18 @@ def parse_time(text: Any, name: str = "time") -> dt.datetime:
     return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
 
 
-def hash_user(user_id: str) -> str:
-    """A user id as it may be stored: hashed (already hashed ids are kept)."""
+def hash_user(user_id: str, salt: str | None = None) -> str:
+    """A user id as it may be stored: a SHA-256 hash, keyed with ``salt`` when given (already hashed ids are kept).
+
+    Without a salt, anyone can hash a list of candidate ids (e-mail addresses, account numbers) and match them;
+    a secret salt, kept out of the log, prevents that while the same user still hashes the same way.
+    """
     if user_id.startswith(USER_HASH):
         return user_id
+    if salt:
+        import hmac
+
+        return USER_HASH + hmac.new(salt.encode(), user_id.encode(), hashlib.sha256).hexdigest()
     return USER_HASH + hashlib.sha256(user_id.encode()).hexdigest()
 
 
@@ -159,12 +173,13 @@ class FeedbackLog:
 
     Example::
 
-        log = FeedbackLog("feedback/credit-bot.jsonl")
+        log = FeedbackLog("feedback/credit-bot.jsonl", user_salt=os.environ["FEEDBACK_SALT"])
         log.record(prompt, answer, "up", model="my-org/credit-bot", model_revision="v3", user_id=user)
     """
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, user_salt: str | None = None):
         self.path = Path(path)
+        self.user_salt = user_salt  # a secret key for user-id hashes; see hash_user
         if self.path.suffix != ".jsonl":
             raise ConfigError(f"FeedbackLog writes JSON lines: {self.path} should end in .jsonl")
 
@@ -178,7 +193,7 @@ class FeedbackLog:
             raise DataError(f"feedback record not written to {self.path}: {err}") from None
         values = {"prompt": prompt, "completion": completion, "feedback": feedback, "correction": correction,
                   "model": model, "model_revision": model_revision, "timestamp": stamp.isoformat(),
-                  "user_id": hash_user(user_id) if user_id else None, "metadata": metadata}
+                  "user_id": hash_user(user_id, self.user_salt) if user_id else None, "metadata": metadata}
         entry = {k: v for k, v in values.items() if v is not None}
         try:
             check_record(entry)

@@ -62,10 +62,18 @@ def build_model(model: dict[str, Any], objective: str, adapter: dict[str, Any], 
         return apply_regime(backbone, "adapter", adapter), backbone
     from peft import PeftModel
 
+    check_safetensors(parent_dir)
     try:
         return PeftModel.from_pretrained(backbone.model, str(parent_dir), is_trainable=True), backbone
     except (OSError, ValueError, KeyError) as err:
         raise ModelError(f"the adapter of {parent_dir} does not load onto {model['name_or_path']!r}: {err}") from err
+
+
+def check_safetensors(directory: Path) -> None:
+    """Adapters load from safetensors only: peft would fall back to a pickled ``adapter_model.bin``."""
+    if not (Path(directory) / "adapter_model.safetensors").is_file():
+        raise ModelError(f"{directory} has no adapter_model.safetensors; hf-adapt loads adapters only from "
+                         "safetensors (a pickled adapter_model.bin could run code)")
 
 
 def check_chat_template(tokenizer, conversational: int, source: str) -> None:
@@ -126,6 +134,7 @@ def _load(directory: Path, info: dict[str, Any], trust_remote_code: bool, merge:
     if info["model"].get("trust_remote_code") and not trust_remote_code:
         raise ModelError(f"{directory}: the base model needs trust_remote_code=True, which runs code from its repo; "
                          "pass it only if you trust that code")
+    check_safetensors(directory)
     backbone = build_base({**info["model"], "trust_remote_code": trust_remote_code}, info["objective"])
     model = peft_model.from_pretrained(backbone.model, str(directory))
     if merge:

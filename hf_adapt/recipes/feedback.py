@@ -9,6 +9,7 @@ learned from and whether it got better. ``min_win_rate`` gates the push.
 
 from __future__ import annotations
 
+import datetime
 import logging
 import math
 import os
@@ -39,7 +40,7 @@ TRAINER_CLASSES = {  # trainer -> (module, config class, trainer class)
 _OWN_ARGS = ("output_dir", "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
              "learning_rate", "num_train_epochs", "max_steps", "lr_scheduler_type", "warmup_steps", "weight_decay",
              "max_grad_norm", "seed", "logging_steps", "report_to", "bf16", "fp16", "max_length", "use_cpu",
-             "dataloader_num_workers")
+             "dataloader_num_workers", "ddp_timeout")
 
 
 def _default_adapter() -> dict[str, Any]:
@@ -66,7 +67,7 @@ class FeedbackConfig(PublishOptions):
     feedback_revision: str | None = field(default=None, metadata={"help": "Hub revision of a feedback dataset repo."})
     feedback_since: str | None = field(default=None, metadata={"help": "Use only records after this time: an ISO-8601 time, or 'parent' for after the last record the parent (init_from) trained on. Records without a timestamp are then left out, and counted."})
     feedback_revisions: list[str] | None = field(default=None, metadata={"help": "Use only records whose model_revision is one of these ('parent': the init_from revision)."})
-    feedback_models: list[str] | None = field(default=None, metadata={"help": "Model ids whose feedback this round accepts; records naming another model are refused. Default: the base model, init_from and hub_model_id."})
+    feedback_models: list[str] | None = field(default=None, metadata={"help": "The model names (a record's model field) whose feedback this round accepts; records naming any other model are refused. Default: the base model, init_from and hub_model_id."})
     on_bad_record: Literal["error", "skip"] = field(default="error", metadata={"help": "A malformed record stops the run with its file and line (error), or is skipped, counted and reported (skip)."})
 
     # --- the trainer
@@ -81,6 +82,7 @@ class FeedbackConfig(PublishOptions):
     eval_size: float = field(default=0.2, metadata={"help": "Share of the distinct prompts held out from training to score the round (grouped by prompt, seeded)."})
     max_eval_prompts: int = field(default=200, metadata={"help": "At most this many held-out prompts."})
     judge: str = field(default="auto", metadata={"help": "How the round is scored against its parent: pairs (held-out preference pairs), rule:module:function (a reward function judging both models' greedy answers), reward_model:PATH (a reward model written by this recipe), or auto (grpo: its first reward function; otherwise pairs)."})
+    card_examples: int = field(default=0, metadata={"help": "Judged held-out examples (user prompts and both models' answers, verbatim) that the card and feedback_results.json show, and conflicting answers that the inspection lists. 0 keeps users' text out of the outputs, which are pushed."})
     max_new_tokens: int = field(default=64, metadata={"help": "Tokens each model may generate per held-out prompt (judged evaluation) and per grpo completion."})
     min_win_rate: float | None = field(default=None, metadata={"help": "Release gate: push only if the new version beats its parent on at least this share of held-out comparisons (ties count half). Below it, the outputs are written, nothing is pushed, and the run exits non-zero."})
 
@@ -104,6 +106,7 @@ class FeedbackConfig(PublishOptions):
     logging_steps: int = field(default=10, metadata={"help": "Log the trainer's metrics every this many steps."})
     report_to: str = field(default="none", metadata={"help": "Trackers for TRL's logs: none, or a comma list (tensorboard, trackio, ...)."})
     torch_num_threads: int | None = field(default=None, metadata={"help": "CPU threads per process (default: cores / processes)."})
+    ddp_timeout: int = field(default=7200, metadata={"help": "Seconds the ranks of a multi-process run wait for each other; the other ranks wait while the main process scores the round."})
     num_workers: int = field(default=0, metadata={"help": "Data loader workers."})
 
     # --- card
@@ -187,9 +190,12 @@ def select_window(log, cfg: FeedbackConfig, parent, served: set[str]) -> Window:
         if not since:
             raise ConfigError(f"feedback_since: parent, but {cfg.init_from} records no feedback window or time")
     revisions = cfg.feedback_revisions
-    if revisions:
-        parent_revision = cfg.init_from_revision or (parent.revision if parent else None)
-        revisions = [parent_revision if r == "parent" else r for r in revisions]
+    if revisions and "parent" in revisions:
+        known = [r for r in dict.fromkeys((cfg.init_from_revision, parent.revision)) if r]
+        if not known:
+            raise ConfigError(f"feedback_revisions: 'parent' names the revision of init_from, but {cfg.init_from} is a "
+                              "local folder with none; list the revision your serving logs for it (e.g. [v3])")
+        revisions = [r for r in revisions if r != "parent"] + known  # the tag asked for, and the commit it is
     keep, left_out = [], {"before the window": 0, "no timestamp": 0, "other model revision": 0}
     start = parse_time(since) if since else None
     for index, record in enumerate(log.records):
@@ -276,7 +282,7 @@ def trl_config(cfg: FeedbackConfig, workdir: str, counts: dict[str, int], num_pr
         "seed": cfg.seed, "logging_steps": cfg.logging_steps, "report_to": trackers_for(cfg.report_to) or "none",
         "save_strategy": "no", "bf16": cfg.mixed_precision == "bf16", "fp16": cfg.mixed_precision == "fp16",
         "gradient_checkpointing": False, "max_length": cfg.max_length, "dataloader_num_workers": cfg.num_workers,
-        "use_cpu": _cpu_ranks(),
+        "use_cpu": _cpu_ranks(), "ddp_timeout": cfg.ddp_timeout,
         "disable_tqdm": True,
     }
     if cfg.trainer == "kto":
@@ -326,7 +332,8 @@ def main(cfg: FeedbackConfig) -> FeedbackResult:
 
     started = time.perf_counter()
     outputs.check_output_dir(cfg.output_dir, cfg.overwrite_output_dir)
-    state = PartialState(cpu=_cpu_ranks())
+    # the main process scores the round (generation included) while the other ranks wait in a collective
+    state = PartialState(cpu=_cpu_ranks(), timeout=datetime.timedelta(seconds=cfg.ddp_timeout))
     if state.num_processes != int(os.environ.get("WORLD_SIZE", "1")):
         raise RuntimeError(f"launched {os.environ['WORLD_SIZE']} processes but Accelerate joined {state.num_processes}")
     set_cpu_threads(cfg.torch_num_threads, state)
@@ -347,12 +354,15 @@ def main(cfg: FeedbackConfig) -> FeedbackResult:
         if cfg.model_name_or_path not in (DEFAULT_POLICY, parent.info["model"]["name_or_path"]):
             raise ConfigError(f"init_from {cfg.init_from!r} was trained on {parent.info['model']['name_or_path']!r}, "
                               f"not model_name_or_path {cfg.model_name_or_path!r}; leave model_name_or_path unset")
-        model_block = {**parent.info["model"], "max_length": cfg.max_length}
+        if parent.info["model"].get("trust_remote_code") and not cfg.trust_remote_code:
+            raise ConfigError(f"init_from {cfg.init_from!r}: its base model runs code from its repo; pass "
+                              "--trust_remote_code true only if you trust that code (a parent cannot turn it on)")
+        model_block = {**parent.info["model"], "max_length": cfg.max_length, "trust_remote_code": cfg.trust_remote_code}
     base_model = model_block.get("base_model_id") or _hub_id(model_block["name_or_path"])
     cfg.check_push(base_model)
-    served = {name for name in (cfg.model_name_or_path, model_block["name_or_path"], base_model, cfg.hub_model_id,
-                                cfg.init_from, (parent.info.get("hub_repo") if parent else None)) if name}
-    served |= set(cfg.feedback_models or [])
+    served = set(cfg.feedback_models or []) or {
+        name for name in (model_block["name_or_path"], base_model, cfg.hub_model_id, cfg.init_from,
+                          parent.info.get("hub_repo") if parent else None) if name}
     log = read_feedback(cfg.feedback, cfg.on_bad_record, cfg.feedback_revision)
     if not log.records:
         raise DataError(f"feedback log {cfg.feedback} holds no records" +
@@ -376,6 +386,7 @@ def main(cfg: FeedbackConfig) -> FeedbackResult:
                         "corrections, raise eval_size, or judge with a rule (judge: rule:module:function)")
     judge = make_judge(judge_name, cfg)  # a bad rule path or reward model fails now, not after training
     summary = summarize(window.log)
+    summary["conflict_examples"] = summary["conflict_examples"][:cfg.card_examples]  # users' text, only if asked
     logger.info("feedback: %d records in the window (%s left out), %d train / %d held-out; %s", len(records),
                 window.left_out or "none", len(train_records), len(eval_records), conversion.describe())
 
@@ -490,7 +501,7 @@ def evaluate_round(cfg: FeedbackConfig, model, tokenizer, held_out: dict[str, li
                 metrics.update(ev.reward_model_metrics(model, tokenizer, held_out["pairs"], cfg.max_length, batch))
         else:
             if held_out["pairs"]:
-                beta = float(getattr(args, "beta", 1.0) or 1.0)
+                beta = args.beta if cfg.trainer in ("dpo", "kto") else None  # the trainers with a reference model
                 metrics.update(ev.pair_metrics(model, tokenizer, held_out["pairs"], cfg.max_length, beta, batch))
             if held_out["completions"]:
                 metrics["kl_drift"] = ev.kl_drift(model, tokenizer, held_out["completions"], cfg.max_length, batch)
@@ -549,7 +560,7 @@ def _write_outputs(directory: Path, cfg: FeedbackConfig, accelerator, model, tok
         "gate": facts["gate"], "metrics": metrics, "window": {"left_out": window.left_out, **info["feedback"]},
         "bad_records": [str(b) for b in window.log.bad], "conversion": facts["conversion"].report(),
         "train_records": facts["train_records"], "eval_records": facts["eval_records"], "held_out": facts["held_out"],
-        "inspection": summary, "examples": facts["examples"],
+        "inspection": summary, "examples": facts["examples"][:cfg.card_examples],
     })
     write_json(directory / "train_results.json", {
         "log_history": facts["log_history"], "steps": facts["steps"], "train_seconds": facts["train_seconds"],
@@ -566,6 +577,4 @@ _CARD_ARGS = ("beta", "loss_type", "desirable_weight", "undesirable_weight", "nu
 
 
 def _now() -> str:
-    import datetime as dt
-
-    return dt.datetime.now(dt.timezone.utc).isoformat()
+    return datetime.datetime.now(datetime.timezone.utc).isoformat()

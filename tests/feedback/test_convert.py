@@ -46,13 +46,15 @@ def test_pairs_from_thumbs_pairs_corrections_and_scores():
     assert [(r["prompt"], r["chosen"], r["rejected"]) for r in dpo.rows] == [
         ("p2", "fixed", "meh"), ("p5", "C", "D"), ("p1", "good", "bad")]
     assert "margin" not in dpo.rows[0]
-    assert dpo.dropped == {"contradicted by another pair": 2, "no partner to pair with": 7} and dpo.used == 7
+    assert dpo.dropped == {"contradicted by another pair": 2, "no partner to pair with": 3,
+                           "not used by this trainer (score)": 4} and dpo.used == 7
     reward = to_reward(LOG)
     scored = {(r["chosen"], r["rejected"]): r["margin"] for r in reward.rows if r["prompt"] == "p6"}
     assert scored == {("hi", "lo"): pytest.approx(0.6), ("eq", "lo"): pytest.approx(0.6)}
     assert all(r["margin"] == 0.0 for r in reward.rows if r["prompt"] != "p6")  # one schema for every row
     capped = to_pairs(LOG, max_pairs_per_prompt=1)
     assert sum(r["prompt"] == "p6" for r in capped.rows) == 1
+    assert capped.dropped["only in pairs over max_pairs_per_prompt"] == 1  # eq's only pair (against lo) was cut
 
 
 def test_sft_from_corrections_and_up_votes():

@@ -58,7 +58,7 @@ def test_closed_loop_pushes_only_a_version_that_wins(hub, tiny_chat_llama, tmp_p
     info = json.loads(files["hf_adapt.json"])
     assert info["model"]["name_or_path"] == BASE and info["init_from"]["revision"] == "v1"
     assert info["init_from"]["commit"] == v1.push.commit_oid
-    assert info["feedback"]["records"] == 70 and info["feedback"]["revisions"] == ["v1"]
+    assert info["feedback"]["records"] == 70 and info["feedback"]["revisions"] == ["v1", v1.push.commit_oid]
     results = json.loads(files["feedback_results.json"])
     assert results["window"]["left_out"] == {"before the window": 70, "other model revision": 28}
     card = files["README.md"].decode()

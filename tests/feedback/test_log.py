@@ -22,6 +22,8 @@ def test_record_validates_hashes_and_stamps(tmp_path):
     written = log.record("Is it good?", "Yes, very.", "up", model="org/bot", model_revision="v2", user_id="alice@bank")
     assert written["user_id"].startswith(USER_HASH) and "alice" not in (tmp_path / "logs" / "bot.jsonl").read_text()
     assert written["timestamp"].endswith("+00:00")
+    salted = FeedbackLog(tmp_path / "salted.jsonl", user_salt="s3cret").record("q", "a", "up", user_id="alice@bank")
+    assert salted["user_id"].startswith(USER_HASH) and salted["user_id"] != written["user_id"]
     log.record([{"role": "user", "content": "hi"}], feedback={"chosen": [{"role": "assistant", "content": "hello"}],
                                                              "rejected": [{"role": "assistant", "content": "go away"}]})
     assert len(read_feedback(log.path)) == 2
@@ -34,6 +36,8 @@ def test_record_validates_hashes_and_stamps(tmp_path):
         (dict(prompt="q", completion="a", feedback="up", timestamp="yesterday"), "not an ISO-8601 time"),
         (dict(prompt=[{"role": "user", "content": "q"}], completion=[{"role": "user", "content": "a"}], feedback="up"),
          "last message is from 'user'"),
+        (dict(prompt=[{"role": "user", "content": "q"}], completion="a", feedback="up"),
+         "the prompt is a conversation but an answer is text"),
     ]:
         with pytest.raises(DataError, match=message):
             log.record(**bad)

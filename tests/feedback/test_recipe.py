@@ -4,6 +4,9 @@ and card, reloading, windows, and bad input refused before anything trains."""
 from __future__ import annotations
 
 import json
+import os
+import pickle
+import shutil
 import subprocess
 import sys
 
@@ -17,6 +20,16 @@ from hf_adapt.recipes.feedback import FeedbackConfig, kto_weights, main
 from tests.feedback.conftest import product_feedback, write_log
 
 LORA = {"peft_type": "LORA", "r": 4, "lora_alpha": 8}
+
+
+class Plant:
+    """A pickle that, when loaded, creates a file: proof that it ran."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.path}",)
 
 
 def _config(tmp_path, model, log, name="out", **overrides) -> FeedbackConfig:
@@ -50,7 +63,8 @@ def test_each_trainer_trains_its_adapter(trainer, extra, tiny_chat_llama, tmp_pa
     assert info["recipe"] == "feedback" and info["trainer"] == trainer and info["feedback"]["records"] == 70
     metrics = json.loads((out / "eval_results.json").read_text())
     assert 0 <= metrics["win_rate"] <= 1 and metrics["held_out_pairs"] > 0
-    assert set(metrics) >= {"preference_accuracy", "preference_accuracy_before", "reward_margin"}
+    assert set(metrics) >= {"preference_accuracy", "preference_accuracy_before"}
+    assert ("reward_margin" in metrics) == (trainer in ("dpo", "kto", "reward"))  # a beta, or a reward model's unit
     if trainer != "reward":
         assert metrics["kl_drift"] >= 0
     if trainer == "grpo":
@@ -79,7 +93,7 @@ def test_a_reward_model_from_the_feedback_judges_a_policy_round(tiny_chat_llama,
     log = write_log(tmp_path / "log.jsonl", product_feedback(range(10)))
     reward = main(_config(tmp_path, tiny_chat_llama, log, name="rm", trainer="reward", max_steps=5))
     judge = f"reward_model:{reward.output_dir}"
-    policy = main(_config(tmp_path, tiny_chat_llama, log, name="policy", judge=judge))
+    policy = main(_config(tmp_path, tiny_chat_llama, log, name="policy", judge=judge, card_examples=2))
     metrics = policy.metrics
     assert metrics["judge"] == judge and metrics["judged_prompts"] == 2
     assert metrics["win_rate"] == metrics["judged_win_rate"] and "pair_win_rate" in metrics
@@ -89,6 +103,34 @@ def test_a_reward_model_from_the_feedback_judges_a_policy_round(tiny_chat_llama,
     with pytest.raises(ModelError, match="is a dpo policy, not a reward model"):  # refused before training
         main(_config(tmp_path, tiny_chat_llama, log, name="never", judge=f"reward_model:{policy.output_dir}"))
     assert not (tmp_path / "never").exists()
+
+
+@pytest.mark.parametrize("conversational", [False, True])
+def test_held_out_scoring_tokenizes_like_trl(conversational, tiny_chat_llama, tmp_path):
+    """encode() gives the ids TRL's DPOTrainer trains on, also for a template that writes the bos token itself
+    and a tokenizer that adds one (TRL tokenizes through the template: one bos, not two)."""
+    from datasets import Dataset
+    from tokenizers.processors import TemplateProcessing
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    from hf_adapt.feedback.convert import to_dpo
+    from hf_adapt.feedback.evaluate import encode
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_chat_llama)
+    bos = tokenizer.bos_token
+    tokenizer._tokenizer.post_processor = TemplateProcessing(single=f"{bos} $A", special_tokens=[(bos, tokenizer.bos_token_id)])
+    tokenizer.chat_template = "{{ bos_token }}" + tokenizer.chat_template
+    pair = to_dpo(product_feedback(range(1), conversational=conversational)).rows[0]
+    args = DPOConfig(output_dir=str(tmp_path / "trl"), report_to="none", bf16=False, gradient_checkpointing=False,
+                     max_length=64, use_cpu=True)
+    trainer = DPOTrainer(model=AutoModelForCausalLM.from_pretrained(tiny_chat_llama), args=args,
+                         train_dataset=Dataset.from_list([pair]), processing_class=tokenizer)
+    example = trainer.train_dataset[0]
+    assert example["prompt_ids"].count(tokenizer.bos_token_id) == 1
+    for side in ("chosen", "rejected"):
+        ids, prompt_len = encode(tokenizer, pair["prompt"], pair[side], 64)
+        assert ids == example["prompt_ids"] + example[f"{side}_ids"] and prompt_len == len(example["prompt_ids"])
 
 
 def test_kto_weights_follow_the_class_balance(tiny_chat_llama, tmp_path):
@@ -126,6 +168,29 @@ def test_a_round_continues_a_served_version_on_the_feedback_since_it(tiny_chat_l
     assert f"continued from `{v1.output_dir}`" in card and "the parent's adapter, trained further" in card
     assert "records after 2026-11-10" in card
 
+    # refused before anything loads: a parent that would turn on remote code, a revision a folder cannot name,
+    # feedback about the default model rather than the parent's base, and a pickled adapter
+    untrusted = tmp_path / "untrusted"
+    shutil.copytree(v1.output_dir, untrusted)
+    info = json.loads((untrusted / "hf_adapt.json").read_text())
+    (untrusted / "hf_adapt.json").write_text(json.dumps({**info, "model": {**info["model"], "trust_remote_code": True}}))
+    with pytest.raises(ConfigError, match="runs code from its repo"):
+        main(_config(tmp_path, FeedbackConfig.model_name_or_path, log, name="v2d", init_from=str(untrusted)))
+    with pytest.raises(ConfigError, match="is a local folder with none"):
+        main(_config(tmp_path, FeedbackConfig.model_name_or_path, log, name="v2e", init_from=str(v1.output_dir),
+                     feedback_revisions=["parent"]))
+    about_default = write_log(tmp_path / "default.jsonl", product_feedback(range(4), model=FeedbackConfig.model_name_or_path))
+    with pytest.raises(DataError, match="records about another model: 'HuggingFaceTB/SmolLM2-135M-Instruct'"):
+        main(_config(tmp_path, FeedbackConfig.model_name_or_path, about_default, name="v2f", init_from=str(v1.output_dir)))
+    pickled = tmp_path / "pickled"
+    shutil.copytree(v1.output_dir, pickled)
+    (pickled / "adapter_model.safetensors").unlink()
+    (pickled / "adapter_model.bin").write_bytes(pickle.dumps(Plant(tmp_path / "pwned")))
+    with pytest.raises(ModelError, match="no adapter_model.safetensors"):
+        main(_config(tmp_path, FeedbackConfig.model_name_or_path, log, name="v2g", init_from=str(pickled)))
+    with pytest.raises(ModelError, match="no adapter_model.safetensors"):
+        load_policy(pickled)
+    assert not (tmp_path / "pwned").exists()
     with pytest.raises(DataError, match="no feedback records in the window"):
         main(_config(tmp_path, FeedbackConfig.model_name_or_path, tmp_path / "week1.jsonl", name="v2b",
                      init_from=str(v1.output_dir), feedback_since="parent"))
