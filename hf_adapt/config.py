@@ -67,6 +67,8 @@ def _converter(tp: Any):
         return _none_or(_converter(_unwrap_optional(tp)))
     tp = _unwrap_optional(tp)
     origin = typing.get_origin(tp) or tp
+    if origin in (typing.Union, types.UnionType):  # e.g. dict | str: YAML says which it is
+        return _parse_yaml_value
     if tp is bool:
         return _parse_bool
     if tp in (int, float, str):
@@ -93,6 +95,11 @@ def _check_value(cls: type, name: str, tp: Any, value: Any, source: str) -> Any:
             raise ConfigError(f"{source}: {name}={value!r} is not one of {list(choices)}")
         return value
     origin = typing.get_origin(base) or base
+    if origin in (typing.Union, types.UnionType):
+        kinds = tuple(typing.get_origin(a) or a for a in typing.get_args(base) if a is not type(None))
+        if not isinstance(value, kinds):
+            raise ConfigError(f"{source}: {name} must be {' or '.join(k.__name__ for k in kinds)}, got {value!r}")
+        return value
     if base is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if base is float and isinstance(value, str):
@@ -161,7 +168,8 @@ def make_parser(cls: type, prog: str | None = None, description: str | None = No
         )
         base = _unwrap_optional(tp)
         choices = typing.get_args(base) if typing.get_origin(base) is typing.Literal else None
-        kwargs: dict[str, Any] = {"type": _converter(tp), "help": f"{help_text} (default: {default!r})"}
+        help_line = f"{help_text} (default: {default!r})".replace("%", "%%")  # argparse formats help with %
+        kwargs: dict[str, Any] = {"type": _converter(tp), "help": help_line}
         if choices:
             kwargs["choices"] = choices
         if base is bool:

@@ -2,22 +2,37 @@
 
 Every check here runs before a model is built, so bad input fails in seconds and names
 the file, split, row or column at fault.
+
+Images come from ``datasets`` Image columns, class-subfolder folders (PNG/JPEG through
+``imagefolder``; folders holding DICOM files are listed here, as ``imagefolder`` ignores them),
+or manifests: a table whose image column holds file paths relative to the manifest's folder.
+DICOM files are read by :mod:`hf_adapt.dicom` with one intensity window for every split.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import math
+import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from hf_adapt.errors import DataError
+from hf_adapt.dicom import DICOM_SUFFIXES, ImageReadError, has_dicom_magic, is_dicom, read_dicom, to_8bit
+from hf_adapt.errors import ConfigError, DataError
 from hf_adapt.sources import resolve_source
+
+logger = logging.getLogger("hf_adapt.data")
 
 _TABLE_FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 _SPLIT_NAMES = {"train": "train", "validation": "validation", "valid": "validation", "val": "validation", "dev": "validation", "test": "test"}
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", *DICOM_SUFFIXES)
+_PATH_COLUMNS = ("path", "image")  # auto-detected manifest columns (image_column unset)
+_ROW = "__manifest_row__"  # a manifest row's index in its file, kept through splitting for messages
+BAD_IMAGE_REASONS = ("missing file", "not an image", "no pixel data", "unsupported transfer syntax", "truncated",
+                     "unreadable")
 
 
 @dataclass
@@ -41,6 +56,9 @@ class DataSpec:
     max_samples: dict[str, int] = field(default_factory=dict)
     train_fraction: float | None = None  # label budget: this share of each class's training rows
     train_samples_per_class: int | None = None  # label budget: this many training rows per class
+    group_column: str | None = None  # e.g. patient_id: no group in two splits
+    dicom_window: list[float] | None = None  # DICOM [center, width] after rescale; None: the file's window
+    on_bad_image: str = "error"  # "error": stop at the first unreadable image; "skip": drop it, counted
     class_names: list[str] | None = None  # set by load_labelled, for messages
 
 
@@ -55,6 +73,7 @@ class LabelledData:
     feature_columns: list[str]
     text_template: str | None
     origin: dict[str, Any]  # source facts for the card: files, split sizes, how splits were made
+    dicom_window: list[float] | None = None  # the window every DICOM image is read with (train, test, predict)
 
     @property
     def num_labels(self) -> int:
@@ -150,6 +169,67 @@ def data_version(spec: DataSpec) -> dict[str, str | None]:
         return {"revision": spec.revision, "sha256": None}
 
 
+def _table_files(spec: DataSpec) -> dict[str, str] | None:
+    """The local table files ``spec`` names, by split as given; None for folders of images and Hub ids."""
+    if spec.data_files:
+        return dict(spec.data_files)
+    path = Path(resolve_source(spec.source, field="data"))
+    if path.is_file():
+        return {"train": str(path)}
+    if path.is_dir():
+        tables = {p.stem.split(".")[0]: str(p) for p in sorted(path.iterdir()) if _format_of(p)}
+        return {k: v for k, v in tables.items() if k in _SPLIT_NAMES} or None
+    return None
+
+
+def _manifest_folders(spec: DataSpec) -> dict[str, Path]:
+    """Each split's table folder: relative image paths in a manifest start there."""
+    files = _table_files(spec) or {}
+    return {_SPLIT_NAMES.get(split, split): Path(resolve_source(name, field=f"data_files.{split}")).resolve().parent
+            for split, name in files.items()}
+
+
+def _is_image_file(path: Path) -> bool:
+    if path.name.startswith("."):
+        return False
+    return path.suffix.lower() in IMAGE_SUFFIXES or (path.suffix == "" and is_dicom(path))
+
+
+def _dicom_folder(root: Path):
+    """Class subfolders holding DICOM files as a ``DatasetDict`` of (image path, label), or None.
+
+    ``imagefolder`` skips ``.dcm`` files, so such folders are listed here: labels are the
+    subfolder names (as for PNG folders), and top-level train/validation/test folders are splits.
+    Returns None when no DICOM file is found, so ordinary image folders keep using ``imagefolder``.
+    """
+    from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
+
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if folders and all(p.name in _SPLIT_NAMES for p in folders):
+        layout = {_SPLIT_NAMES[p.name]: p for p in folders}
+    else:
+        layout = {"train": root}
+    listed: dict[str, list[tuple[str, str]]] = {}
+    for split, folder in layout.items():
+        rows = []
+        for class_dir in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            rows += [(str(f.resolve()), class_dir.name) for f in sorted(class_dir.rglob("*"))
+                     if f.is_file() and _is_image_file(f)]
+        listed[split] = rows
+    # suffix-less files were kept above only if they carry the DICOM marker
+    if not any(Path(path).suffix.lower() in (*DICOM_SUFFIXES, "") for rows in listed.values() for path, _ in rows):
+        return None
+    names = sorted({label for rows in listed.values() for _, label in rows})
+    features = Features({"image": Value("string"), "label": ClassLabel(names=names)})
+    splits = {}
+    for split, rows in listed.items():
+        if not rows:
+            raise DataError(f"split {split!r} is empty: {layout[split]} holds no image files in class subfolders")
+        splits[split] = Dataset.from_dict({"image": [r[0] for r in rows], "label": [names.index(r[1]) for r in rows]},
+                                          features=features)
+    return DatasetDict(splits)
+
+
 def load_raw(spec: DataSpec):
     """A ``datasets.DatasetDict`` from a file, a folder, ``data_files`` or a Hub id."""
     from datasets import load_dataset
@@ -161,12 +241,12 @@ def load_raw(spec: DataSpec):
     if path.is_file():
         return _load_files({"train": source}, spec)
     if path.is_dir():
-        tables = {p.stem.split(".")[0]: str(p) for p in sorted(path.iterdir()) if _format_of(p)}
-        named = {k: v for k, v in tables.items() if k in _SPLIT_NAMES}
+        named = _table_files(spec)
         if named:
             return _load_files(named, spec)
         if any(p.is_dir() for p in path.iterdir()):
-            return load_dataset("imagefolder", data_dir=str(path))
+            dicom = _dicom_folder(path)
+            return dicom if dicom is not None else load_dataset("imagefolder", data_dir=str(path))
         raise DataError(f"data folder {path} holds neither split files (train.csv, ...) nor class subfolders")
     if source.startswith(("/", "./", "../", "~")) or path.suffix in _TABLE_FORMATS:
         raise DataError(f"data not found: {source}")
@@ -255,6 +335,117 @@ def _int_feature():
 # ----------------------------------------------------------------------------- splits
 
 
+def _group_ids(values) -> list[str]:
+    return [_format_value(v) for v in values]
+
+
+def _group_noun(column: str) -> str:
+    """'patient_id' -> 'patient': how messages name one group."""
+    for suffix in ("_id", "_ids", "id"):
+        if column.lower().endswith(suffix) and len(column) > len(suffix):
+            return column[: -len(suffix)].rstrip("_ ")
+    return f"{column} group"
+
+
+def _grouped_split(dataset, fraction: float, seed: int, name: str, column: str):
+    """One fold of a seeded, shuffled ``StratifiedGroupKFold`` held out (share ~ 1/round(1/fraction)).
+
+    Falls back to ``GroupShuffleSplit`` (groups kept whole, labels not stratified) only when
+    stratification is impossible: a class with a single row, or fewer groups than folds.
+    """
+    import warnings
+
+    import numpy as np
+    from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold
+
+    labels = np.asarray(dataset["label"])
+    groups = np.asarray(_group_ids(dataset[column]))
+    indices = np.arange(len(labels))
+    n_groups = len(np.unique(groups))
+    if n_groups < 2:
+        raise DataError(f"cannot carve a {name} split grouped by {column!r}: all {len(labels)} rows belong to "
+                        f"one {_group_noun(column)} ({groups[0]!r})")
+    n_splits = max(2, round(1 / fraction))
+    counts = np.bincount(labels)
+    if counts[counts > 0].min() >= 2 and n_groups >= n_splits:
+        with warnings.catch_warnings():  # "least populated class has only n members": still the best split
+            warnings.simplefilter("ignore", UserWarning)
+            folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+            keep, held = next(folds.split(indices, labels, groups))
+        how = f"1 of {n_splits} label-stratified group folds"
+    else:
+        splitter = GroupShuffleSplit(n_splits=1, test_size=fraction, random_state=seed)
+        keep, held = next(splitter.split(indices, labels, groups))
+        how = f"{fraction:.0%} of the {column} groups (not stratified: too few rows or groups per class)"
+    if len(keep) == 0 or len(held) == 0:
+        raise DataError(f"cannot carve a {name} split grouped by {column!r} out of {n_groups} groups")
+    return dataset.select(sorted(keep)), dataset.select(sorted(held)), how
+
+
+def _check_disjoint_groups(splits: dict[str, Any], column: str) -> None:
+    """Named splits must not share a group: a patient in train and test leaks into the score."""
+    where: dict[str, list[str]] = {}
+    for split, dataset in splits.items():
+        for gid in dict.fromkeys(_group_ids(dataset[column])):
+            where.setdefault(gid, []).append(split)
+    shared = {gid: names for gid, names in where.items() if len(names) > 1}
+    if shared:
+        gid, names = next(iter(shared.items()))
+        raise DataError(
+            f"group column {column!r}: {gid!r} appears in splits {names}; {len(shared)} "
+            f"{column} value(s) are in more than one split, so the splits are not independent. "
+            f"Give every {_group_noun(column)} one split, or give only a train split and let the splits be carved"
+        )
+
+
+def group_folds(labels, groups, k: int, seed: int, names: list[str] | None = None):
+    """``k`` seeded, shuffled cross-validation folds as ``[(train_idx, held_idx), ...]`` numpy arrays.
+
+    ``StratifiedKFold`` over ``labels`` when ``groups`` is None; ``StratifiedGroupKFold`` otherwise,
+    so no group (patient) is in a fold's train and held-out rows at once. ``names`` maps integer
+    labels to class names for messages.
+
+    Raises:
+        DataError: ``k`` < 2, or a class with fewer rows (or groups) than ``k``.
+    """
+    import warnings
+
+    import numpy as np
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+    labels = np.asarray(labels)
+    if k < 2:
+        raise DataError(f"cross-validation needs at least 2 folds, got {k}")
+    def label_name(value) -> str:
+        value = value.item() if hasattr(value, "item") else value
+        return repr(names[value]) if names else repr(value)
+
+    indices = np.arange(len(labels))
+    if groups is None:
+        values, counts = np.unique(labels, return_counts=True)
+        for value, count in zip(values, counts):
+            if count < k:
+                raise DataError(f"{k}-fold cross-validation needs at least {k} rows of every class; class "
+                                f"{label_name(value)} has {count}. Lower cv_folds or add rows")
+        splits = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(indices, labels)
+        return [(train, held) for train, held in splits]
+    groups = np.asarray(_group_ids(groups))
+    if len(groups) != len(labels):
+        raise DataError(f"group_folds: {len(groups)} group ids for {len(labels)} labels")
+    if len(np.unique(groups)) < k:
+        raise DataError(f"{k}-fold cross-validation needs at least {k} groups; the data has "
+                        f"{len(np.unique(groups))}. Lower cv_folds")
+    for value in np.unique(labels):
+        count = len(np.unique(groups[labels == value]))
+        if count < k:
+            raise DataError(f"{k}-fold grouped cross-validation needs every class in at least {k} groups; class "
+                            f"{label_name(value)} is in {count}. Lower cv_folds or add groups")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        splits = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed).split(indices, labels, groups)
+        return [(train, held) for train, held in splits]
+
+
 def _stratified_split(dataset, fraction: float, seed: int, name: str):
     import numpy as np
     from sklearn.model_selection import train_test_split
@@ -299,18 +490,37 @@ def label_budget(labels, fraction: float | None, per_class: int | None, seed: in
 
 
 def make_splits(dataset_dict, spec: DataSpec) -> tuple[dict[str, Any], str]:
-    """Named splits as given; missing test/validation carved from train (stratified, seeded)."""
+    """Named splits as given; missing test/validation carved from train (stratified, seeded).
+
+    With ``spec.group_column`` carved splits keep each group (patient) whole
+    (``StratifiedGroupKFold``, one fold held out) and given splits must not share a group.
+    Label budgets and ``max_samples`` then pick rows, not groups, inside the train split: they
+    cannot mix groups across splits.
+    """
     splits = {_SPLIT_NAMES.get(k, k): v for k, v in dataset_dict.items()}
     if "train" not in splits:
         raise DataError(f"no train split; found {sorted(splits)}")
     how = []
+    column = spec.group_column
+    total = len(splits["train"])
+    if column and len(splits) > 1:
+        _check_disjoint_groups(splits, column)
+
+    def carve(fraction: float, name: str, share: float) -> None:
+        if column:
+            splits["train"], splits[name], method = _grouped_split(splits["train"], fraction, spec.seed, name, column)
+            how.append(f"{name}: {method}, {len(splits[name]) / total:.0%} of the rows (seed {spec.seed})")
+        else:
+            splits["train"], splits[name] = _stratified_split(splits["train"], fraction, spec.seed, name)
+            how.append(f"{name}: stratified {share:.0%} of the data (seed {spec.seed})")
+
     if "test" not in splits:
-        splits["train"], splits["test"] = _stratified_split(splits["train"], spec.test_size, spec.seed, "test")
-        how.append(f"test: stratified {spec.test_size:.0%} of the data (seed {spec.seed})")
+        carve(spec.test_size, "test", spec.test_size)
     if "validation" not in splits:
         share = spec.validation_size / (1 - spec.test_size) if len(how) else spec.validation_size
-        splits["train"], splits["validation"] = _stratified_split(splits["train"], share, spec.seed, "validation")
-        how.append(f"validation: stratified {spec.validation_size:.0%} of the data (seed {spec.seed})")
+        carve(share, "validation", spec.validation_size)
+    if column:
+        how.append(f"grouped by {column}: no {_group_noun(column)} in two splits")
     splits = {k: splits[k] for k in ("train", "validation", "test")}
     limit = spec.max_samples.get("train")  # first: the pool a label budget draws from, so budgets stay stratified
     if limit is not None and len(splits["train"]) > limit:
@@ -392,21 +602,72 @@ def render_row(row: dict[str, Any], feature_columns: list[str], template: str | 
     return template.format_map(values)
 
 
-def _open_image(value: Any, where: str):
+_PIL_REASONS = {"missing file": "file not found", "not an image": "not an image file", "truncated": "truncated file",
+                "unreadable": "cannot decode it"}
+
+
+def _pil_reason(err: Exception) -> str:
+    from PIL import UnidentifiedImageError
+
+    if isinstance(err, FileNotFoundError):
+        return "missing file"
+    if isinstance(err, UnidentifiedImageError):
+        return "not an image"
+    if "truncated" in str(err).lower():
+        return "truncated"
+    return "unreadable"
+
+
+def open_image(value: Any, where: str, dicom_window: list[float] | tuple[float, float] | None = None):
+    """A PIL image from a path, file bytes (``{"bytes", "path"}``) or an already decoded image.
+
+    DICOM files (by suffix or the "DICM" marker) go through :func:`hf_adapt.dicom.read_dicom`
+    with ``dicom_window`` ([center, width]; None: the file's own window); others through PIL.
+    16-bit images are scaled to 8 bit by their range, not clipped. The predictor opens a user's
+    file with this and the run's ``LabelledData.dicom_window``, so it sees the training pixels.
+
+    Raises:
+        ImageReadError: a ``DataError`` whose message starts with ``where`` (name the file in it)
+            and whose ``reason`` is one of ``BAD_IMAGE_REASONS``.
+    """
     from PIL import Image
 
     if isinstance(value, Image.Image):  # already decoded by datasets
-        return value
+        return to_8bit(value)
+    window = tuple(dicom_window) if dicom_window is not None else None
+    data, path = (value.get("bytes"), value.get("path")) if isinstance(value, dict) else (None, value)
+    if isinstance(path, os.PathLike):
+        path = os.fspath(path)
     try:
-        if isinstance(value, dict):  # datasets Image(decode=False): {"bytes", "path"}
-            source = io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"]
+        if data:
+            if has_dicom_magic(data) or (path and Path(path).suffix.lower() in DICOM_SUFFIXES):
+                buffer = io.BytesIO(data)
+                return read_dicom(buffer, window)
+            source = io.BytesIO(data)
+        elif not path:
+            raise ImageReadError(where, "missing file", "no image: the path is empty")
+        elif is_dicom(path):
+            return read_dicom(path, window)
         else:
-            source = value
+            source = path
+    except ImageReadError as err:
+        raise ImageReadError(where, err.reason, err.detail) from err
+    try:
         with Image.open(source) as image:
             image.load()
-            return image.copy()
+            return to_8bit(image.copy())
     except Exception as err:  # PIL raises OSError, SyntaxError, ValueError ... for bad files
-        raise DataError(f"{where}: unreadable image ({type(err).__name__}: {err})") from err
+        reason = _pil_reason(err)
+        raise ImageReadError(where, reason, f"unreadable image: {_PIL_REASONS[reason]} ({type(err).__name__}: {err})") from err
+
+
+def _image_values(dataset, column: str) -> list[Any]:
+    """The image column's raw values: path strings, or ``{"bytes", "path"}`` for ``datasets`` Image columns."""
+    from datasets import Image
+
+    if type(dataset.features[column]).__name__ == "Image":
+        dataset = dataset.cast_column(column, Image(decode=False))
+    return dataset[column]
 
 
 def rows_to_inputs(dataset, input_kind: str, data: LabelledData) -> list[Any]:
@@ -422,7 +683,8 @@ def rows_to_inputs(dataset, input_kind: str, data: LabelledData) -> list[Any]:
         table = dataset.select_columns(data.feature_columns).to_pandas().to_numpy(dtype=np.float32)
         return [Image.fromarray(np.clip(r, 0, 255).astype(np.uint8).reshape(shape)) for r in table]
     if data.kind == "image":
-        return [_open_image(v, f"split row {i} column {data.input_column!r}") for i, v in enumerate(dataset[data.input_column])]
+        return [open_image(v, f"row {i} column {data.input_column!r} ({_name_of(v)})", data.dicom_window)
+                for i, v in enumerate(_image_values(dataset, data.input_column))]
     if data.kind == "text":
         texts = dataset[data.input_column]
         for row, text in enumerate(texts):
@@ -432,19 +694,110 @@ def rows_to_inputs(dataset, input_kind: str, data: LabelledData) -> list[Any]:
     return [render_row(row, data.feature_columns, data.text_template) for row in dataset]
 
 
-def _check_images(splits: dict[str, Any], column: str) -> None:
-    """Open every image once, before training, so a bad file fails now and is named."""
-    from datasets import Image
+def _name_of(value: Any) -> str:
+    if isinstance(value, dict):
+        return value.get("path") or "image bytes"
+    return str(value) if value else "empty path"
 
+
+def _check_images(splits: dict[str, Any], column: str, spec: DataSpec) -> dict[str, dict[str, int]]:
+    """Open every image once, before training, so a bad file fails now and is named.
+
+    Missing files are listed together first (a wrong manifest folder breaks them all). With
+    ``on_bad_image: skip`` bad rows leave their split instead, with one warning per split that
+    counts each reason; the counts are returned (split -> reason -> rows). A split left empty fails.
+    """
+    skipped: dict[str, dict[str, int]] = {}
     for split, dataset in splits.items():
-        raw = dataset.cast_column(column, Image(decode=False))
-        for row, value in enumerate(raw[column]):
-            name = value.get("path") or f"row {row}"
-            _open_image(value, f"split {split!r} row {row} ({name})")
+        values = _image_values(dataset, column)
+        manifest = _ROW in dataset.column_names
+        rows = dataset[_ROW] if manifest else range(len(dataset))
+        label = "manifest row" if manifest else "row"
+        missing = [i for i, v in enumerate(values) if v is None or (isinstance(v, str) and not os.path.isfile(v))]
+        if missing and spec.on_bad_image == "error":
+            shown = "; ".join(f"{label} {rows[i]}: {_name_of(values[i])}" for i in missing[:5])
+            more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
+            raise ImageReadError(f"split {split!r}", "missing file",
+                                 f"{len(missing)} of {len(values)} image files not found: {shown}{more}; "
+                                 "relative paths start at the manifest file's folder")
+        bad = dict.fromkeys(missing, "missing file")
+        for i, value in enumerate(values):
+            if i in bad:
+                continue
+            try:
+                open_image(value, f"split {split!r} {label} {rows[i]} ({_name_of(value)})", spec.dicom_window)
+            except ImageReadError as err:
+                if spec.on_bad_image == "error":
+                    raise
+                bad[i] = err.reason
+        if not bad:
+            continue
+        counts = {reason: list(bad.values()).count(reason) for reason in BAD_IMAGE_REASONS if reason in bad.values()}
+        described = ", ".join(f"{n} {reason}" for reason, n in counts.items())
+        if len(bad) == len(values):
+            raise DataError(f"split {split!r}: all {len(values)} images are unreadable ({described}); "
+                            "on_bad_image: skip would leave it empty")
+        logger.warning("split %r: skipped %d unreadable image%s (%s)", split, len(bad), "s" * (len(bad) != 1), described)
+        splits[split] = dataset.select([i for i in range(len(values)) if i not in bad])
+        skipped[split] = counts
+    return skipped
+
+
+def _looks_like_image_path(value: Any, folder: Path | None) -> bool:
+    if not isinstance(value, str) or not value:
+        return False
+    path = Path(value)
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return True
+    return is_dicom(path if path.is_absolute() or folder is None else folder / path)
+
+
+def _path_column(dataset, spec: DataSpec, folder: Path | None) -> str | None:
+    """The manifest column holding image file paths: ``image_column`` if it holds strings, else a
+    ``path`` (or ``image``) string column whose first values name image or DICOM files."""
+    def is_string(column: str) -> bool:
+        feature = dataset.features.get(column)
+        return type(feature).__name__ == "Value" and feature.dtype in ("string", "large_string")
+
+    if spec.image_column:
+        return spec.image_column if is_string(spec.image_column) else None
+    for column in _PATH_COLUMNS:
+        if column in dataset.column_names and is_string(column):
+            head = [v for v in dataset[column][:20] if v]
+            if head and all(_looks_like_image_path(v, folder) for v in head):
+                return column
+    return None
+
+
+def _resolve_paths(dataset, column: str, folder: Path | None):
+    """Manifest paths made absolute (relative ones start at the manifest's folder), plus each row's index."""
+    def resolve(batch, indices):
+        paths = [v if not v or folder is None or os.path.isabs(v) else str(folder / v) for v in batch[column]]
+        return {column: paths, _ROW: indices}
+
+    return dataset.map(resolve, batched=True, with_indices=True)
+
+
+def _check_groups(raw, column: str) -> None:
+    for split, dataset in raw.items():
+        if column not in dataset.column_names:
+            raise DataError(f"group column {column!r} not found in split {split!r}; columns are {dataset.column_names}")
+        for row, value in enumerate(dataset[column]):
+            if _is_missing(value) or (isinstance(value, str) and not value.strip()):
+                raise DataError(f"split {split!r} row {row}: group column {column!r} is empty; every row needs a group id")
+
+
+def _check_spec(spec: DataSpec) -> None:
+    if spec.on_bad_image not in ("error", "skip"):
+        raise ConfigError(f"on_bad_image must be 'error' or 'skip', got {spec.on_bad_image!r}")
+    window = spec.dicom_window
+    if window is not None and (len(window) != 2 or not float(window[1]) > 0):
+        raise ConfigError(f"dicom_window must be [center, width] with width > 0, got {window}")
 
 
 def load_labelled(spec: DataSpec) -> LabelledData:
     """Load, validate and split the data a classification recipe trains on."""
+    _check_spec(spec)
     raw = load_raw(spec)
     for split, dataset in raw.items():
         if len(dataset) == 0:
@@ -453,16 +806,26 @@ def load_labelled(spec: DataSpec) -> LabelledData:
             raise DataError(
                 f"label column {spec.label_column!r} not found in split {split!r}; columns are {dataset.column_names}"
             )
+    if spec.group_column:
+        _check_groups(raw, spec.group_column)
     names = label_names(raw, spec.label_column)
     encoded = {split: _encode_labels(ds, spec.label_column, names) for split, ds in raw.items()}
+    folders = _manifest_folders(spec)
+    first = next(iter(encoded))
+    paths = _path_column(encoded[first], spec, folders.get(_SPLIT_NAMES.get(first, first)))
+    if paths is not None:  # a manifest: image paths, relative to each split file's folder
+        spec = replace(spec, image_column=paths)
+        encoded = {split: _resolve_paths(ds, paths, folders.get(_SPLIT_NAMES.get(split, split)))
+                   if paths in ds.column_names else ds for split, ds in encoded.items()}
     splits, how = make_splits(encoded, replace(spec, class_names=names))
-    kind, column, features = _detect_kind(splits["train"], spec)
+    kind, column, features = _detect_kind(splits["train"].remove_columns(
+        [c for c in (_ROW,) if c in splits["train"].column_names]), spec)
     for split, dataset in splits.items():  # every split must carry the columns the inputs need
         absent = [c for c in (features + ([column] if column else [])) if c not in dataset.column_names]
         if absent:
             raise DataError(f"split {split!r} lacks column(s) {absent}; columns are {dataset.column_names}")
-    if kind == "image" and column is not None:
-        _check_images(splits, column)
+    skipped = _check_images(splits, column, spec) if kind == "image" and column is not None else {}
+    splits = {k: v.remove_columns([_ROW]) if _ROW in v.column_names else v for k, v in splits.items()}
     if spec.text_template is not None and kind == "table":
         try:
             render_row(splits["train"][0], features, spec.text_template)
@@ -474,7 +837,11 @@ def load_labelled(spec: DataSpec) -> LabelledData:
         "splits": {k: len(v) for k, v in splits.items()},
         "split_method": how,
         "pixel_shape": spec.pixel_shape,
+        "grouped_by": spec.group_column,
+        "dicom_window": list(spec.dicom_window) if spec.dicom_window is not None else None,
+        "skipped_images": skipped,
     }
-    data = LabelledData(splits, names, kind, column, features, spec.text_template, origin)
+    window = origin["dicom_window"]
+    data = LabelledData(splits, names, kind, column, features, spec.text_template, origin, dicom_window=window)
     origin["label_counts"] = {split: data.label_counts(split) for split in splits}
     return data

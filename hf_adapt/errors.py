@@ -27,3 +27,7 @@ class HubError(HfAdaptError, RuntimeError):
 
 class ReleaseGateError(HfAdaptError):
     """A run missed its release gate (forgetting, win rate): the outputs are written, nothing is pushed."""
+
+
+class OperatingPointError(DataError):
+    """A decision threshold cannot be chosen as asked on the validation scores (one class, unreachable target)."""

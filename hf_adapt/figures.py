@@ -322,3 +322,81 @@ def accuracy_matrix(matrix: Sequence[Sequence[float | None]], row_names: Sequenc
     title = f"Continual learning: test {metric} of each experience after each step"
     ax.set_title(title, fontsize=9)
     return _save(fig, path, title)
+
+
+def attribution_bars(names: Sequence[str], values: Sequence[float], path: str | os.PathLike, title: str,
+                     xlabel: str = "attribution", max_bars: int = 20) -> Path:
+    """Horizontal bars of signed attributions, largest ``|value|`` on top; red pushes towards the explained
+    output, blue away from it.
+
+    Only the ``max_bars`` largest are drawn (the title's count says how many were left out); names longer
+    than 40 characters are shortened. Used for per-column and per-token explanations (``hf_adapt.explain``).
+    """
+    if len(names) != len(values):
+        raise ValueError(f"attribution_bars needs as many names ({len(names)}) as values ({len(values)})")
+    order = sorted(range(len(values)), key=lambda i: -abs(float(values[i])))[:max_bars]
+    shown = [float(values[i]) for i in order][::-1]  # barh draws bottom-up: largest last = on top
+    labels = [str(names[i]) if len(str(names[i])) <= 40 else str(names[i])[:39] + "…" for i in order][::-1]
+    fig = _figure(figsize=(6.5, 1.2 + 0.28 * max(len(shown), 1)))
+    ax = fig.subplots()
+    ax.barh(range(len(shown)), shown, color=["tab:red" if v > 0 else "tab:blue" for v in shown])
+    ax.set_yticks(range(len(shown)), labels=labels, fontsize=8)
+    ax.axvline(0.0, color="grey", linewidth=0.8)
+    ax.set_xlabel(xlabel, fontsize=8)
+    ax.grid(axis="x", alpha=0.3)
+    left_out = len(values) - len(order)
+    full_title = title + (f" (top {len(order)} of {len(values)})" if left_out else "")
+    ax.set_title(full_title, fontsize=9, wrap=True)
+    return _save(fig, path, full_title)
+
+
+def score_distribution(scores: np.ndarray, y_true: np.ndarray, class_names: Sequence[str], positive_index: int,
+                       threshold: float | None, path: str | os.PathLike) -> Path:
+    """Step densities of the positive-class score for each true class, with the decision threshold marked.
+
+    Densities, not counts, so a rare class (5 % positives) is as visible as the common one;
+    the legend gives each class's count. Classes with no test rows are left out.
+
+    Args:
+        scores: the predicted probability of class ``positive_index``, one per row.
+        y_true: true label indices into ``class_names``.
+        class_names: display names of the classes.
+        positive_index: the class whose probability ``scores`` holds.
+        threshold: the decision threshold (a vertical line), or None for none.
+        path: where the PNG goes.
+    """
+    scores, y_true = np.asarray(scores, dtype=np.float64), np.asarray(y_true)
+    k = len(class_names)
+    if scores.shape != y_true.shape or scores.ndim != 1:
+        raise ValueError(f"scores and y_true must be 1-D of one length; got shapes {scores.shape} and {y_true.shape}")
+    if not 0 <= positive_index < k:
+        raise ValueError(f"positive_index {positive_index} is outside 0..{k - 1} for classes {list(class_names)}")
+    if y_true.size and (y_true.min() < 0 or y_true.max() >= k):
+        raise ValueError(f"y_true holds label indices outside 0..{k - 1} for classes {list(class_names)}")
+    finite = scores[np.isfinite(scores)]
+    low, high = (0.0, 1.0) if finite.size == 0 or (finite.min() >= 0 and finite.max() <= 1) else (finite.min(), finite.max())
+    bins = np.linspace(low, high, 26)
+    positive_name = class_names[positive_index]
+
+    fig = _figure(figsize=(6, 3.5))
+    ax = fig.subplots()
+    others = iter(np.resize(["tab:blue", "tab:green", "tab:orange", "tab:purple", "tab:brown", "tab:pink",
+                             "tab:gray", "tab:olive", "tab:cyan"], k))  # red is the positive class's
+    for c in range(k):
+        rows = y_true == c
+        color = "tab:red" if c == positive_index else str(next(others))
+        if not rows.any():
+            continue
+        label = f"{class_names[c]} (n={int(rows.sum())})"
+        ax.hist(scores[rows], bins=bins, density=True, histtype="stepfilled", alpha=0.15, color=color)
+        ax.hist(scores[rows], bins=bins, density=True, histtype="step", linewidth=1.5, color=color, label=label)
+    if threshold is not None:
+        ax.axvline(threshold, color="black", linestyle="--", linewidth=1.2, label=f"threshold {threshold:.3g}")
+    ax.set(xlabel=f"predicted probability of {positive_name!r}", ylabel="density (per true class)", xlim=(low, high))
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    title = f"Scores for {positive_name!r} by true class, test split (n={len(scores)})"
+    if threshold is not None:
+        title += f"; threshold {threshold:.3g}"
+    ax.set_title(title, fontsize=9)
+    return _save(fig, path, title)

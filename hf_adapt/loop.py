@@ -33,14 +33,29 @@ class Task(Protocol):
 
 
 class ClassificationTask:
-    """Cross-entropy on the backbone's logits."""
+    """Cross-entropy on the backbone's logits, optionally weighted per class (``class_weights[c]``)."""
 
-    def __init__(self, logits_fn: Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor]):
+    def __init__(self, logits_fn: Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor],
+                 class_weights: torch.Tensor | None = None):
         self.logits_fn = logits_fn
+        self.class_weights = class_weights
 
     def __call__(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         logits = self.logits_fn(model, batch["inputs"])
-        return {"loss": F.cross_entropy(logits.float(), batch["labels"]), "logits": logits}
+        weight = None if self.class_weights is None else self.class_weights.to(logits.device)
+        return {"loss": F.cross_entropy(logits.float(), batch["labels"], weight=weight), "logits": logits}
+
+
+def balanced_class_weights(labels: list[int], num_classes: int) -> torch.Tensor:
+    """``n_rows / (n_classes x rows of class c)`` per class, as scikit-learn's ``compute_class_weight("balanced")``.
+
+    A class absent from ``labels`` gets weight 0 (it contributes no loss either way).
+    """
+    counts = torch.bincount(torch.as_tensor(labels, dtype=torch.long), minlength=num_classes).double()
+    present = counts > 0
+    weights = torch.zeros(num_classes, dtype=torch.float64)
+    weights[present] = counts.sum() / (int(present.sum()) * counts[present])
+    return weights.float()
 
 
 class Callback:
@@ -75,7 +90,12 @@ class ExampleDataset(Dataset):
 
 
 def make_loader(dataset: ExampleDataset, collate: Callable, batch_size: int, train: bool, seed: int,
-                num_workers: int = 0) -> DataLoader:
+                num_workers: int = 0, balanced: bool = False) -> DataLoader:
+    """Batches of ``{"inputs", "labels"[, "task"]}``; shuffled (seeded) for training.
+
+    ``balanced``: training batches are drawn with replacement, each class equally likely
+    (a seeded ``WeightedRandomSampler``; an epoch is still ``len(dataset)`` examples).
+    """
     def collate_fn(examples):
         inputs, labels, *tasks = zip(*examples)
         batch = {"inputs": collate(list(inputs), train), "labels": torch.tensor(labels, dtype=torch.long)}
@@ -84,6 +104,14 @@ def make_loader(dataset: ExampleDataset, collate: Callable, batch_size: int, tra
         return batch
 
     generator = torch.Generator().manual_seed(seed) if train else None
+    if balanced and train:
+        from torch.utils.data import WeightedRandomSampler
+
+        labels = torch.as_tensor(dataset.labels)
+        weights = (1.0 / torch.bincount(labels).double())[labels]
+        sampler = WeightedRandomSampler(weights, num_samples=len(labels), replacement=True, generator=generator)
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate_fn,
+                          num_workers=num_workers)
     return DataLoader(dataset, batch_size=batch_size, shuffle=train, collate_fn=collate_fn,
                       generator=generator, num_workers=num_workers)
 
@@ -236,7 +264,7 @@ def make_optimizer(model: nn.Module, settings: LoopSettings) -> torch.optim.Opti
     return torch.optim.AdamW(param_groups, lr=settings.learning_rate)
 
 
-def fit(accelerator, model: nn.Module, task: Task, train_loader: DataLoader, eval_loader: DataLoader,
+def fit(accelerator, model: nn.Module, task: Task, train_loader: DataLoader, eval_loader: DataLoader | None,
         settings: LoopSettings, evaluate_fn: Callable[..., dict[str, float]] | None = None,
         callbacks: list[Callback] | tuple[Callback, ...] = ()) -> tuple[nn.Module, FitResult]:
     """Train with per-epoch evaluation, keep the best epoch's weights, stop early if asked.
@@ -244,7 +272,8 @@ def fit(accelerator, model: nn.Module, task: Task, train_loader: DataLoader, eva
     ``model`` and the loaders must not be prepared yet. ``evaluate_fn(accelerator, model, task,
     loader)`` scores an epoch (default: classification metrics); its dict must hold
     ``settings.metric_for_best_model``. Returns the prepared model with the best weights
-    restored, and the history.
+    restored, and the history. With no ``eval_loader`` (a refit on all the data) every epoch
+    runs and the last one is kept.
     """
     evaluate_fn = evaluate_fn or evaluate
     from transformers import get_scheduler
@@ -298,12 +327,14 @@ def fit(accelerator, model: nn.Module, task: Task, train_loader: DataLoader, eva
                     progress.set_postfix(loss=f"{mean_loss:.4f}")
             if step >= total_steps:
                 break
-        metrics = evaluate_fn(accelerator, model, task, eval_loader)
+        metrics = evaluate_fn(accelerator, model, task, eval_loader) if eval_loader is not None else {}
         metrics["train_loss"] = running.item() / max(seen, 1)
         result.history.append({"epoch": epoch, "step": step, **metrics})
         accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=step)
         logger.info("epoch %d: %s", epoch, _fmt(metrics))
-        if is_better(metric, metrics[metric], result.best_metrics.get(metric)):
+        if eval_loader is None:
+            result.best_epoch, result.best_metrics = epoch, metrics
+        elif is_better(metric, metrics[metric], result.best_metrics.get(metric)):
             result.best_epoch, result.best_metrics = epoch, metrics
             best_state = _trainable_state(accelerator.unwrap_model(model)) if settings.restore_best else None
             stale = 0

@@ -38,9 +38,10 @@ class Predictor:
             return str(item)
         from PIL import Image
 
-        if isinstance(item, (str, Path)):
-            with Image.open(item) as image:
-                return image.copy()
+        from hf_adapt.data import open_image
+
+        if isinstance(item, (str, Path)):  # PNG/JPEG or DICOM, windowed as in training
+            return open_image(item, str(item), data.get("dicom_window"))
         if isinstance(item, dict) and data.get("pixel_shape"):
             item = np.asarray([item[c] for c in data["feature_columns"]], dtype=np.float32)
         if isinstance(item, np.ndarray):
@@ -96,15 +97,32 @@ class Predictor:
         """Class probabilities as a numpy array, columns in ``self.labels`` order."""
         return softmax(self.logits(inputs, task).numpy().astype(np.float64))
 
+    @property
+    def operating_point(self) -> dict[str, Any] | None:
+        """The decision threshold chosen on validation (``positive_label``, ``threshold``, ``rule``,
+        ``target``), or None: then the most probable label is predicted."""
+        return self.info.get("operating_point")
+
+    def decide(self, probs: np.ndarray) -> list[str]:
+        """Labels for rows of probabilities: the operating point's threshold on the positive class, else argmax."""
+        point = self.operating_point
+        if point is None:
+            return [self.labels[int(p.argmax())] for p in probs]
+        positive = self.labels.index(point["positive_label"])
+        negative = point.get("negative_label") or self.labels[1 - positive]
+        return [point["positive_label"] if p[positive] >= point["threshold"] else negative for p in probs]
+
     def predict(self, inputs: Any, task: str | None = None) -> list[dict[str, Any]]:
-        """One ``{"label", "probabilities"}`` per input; a single input may be passed bare."""
+        """One ``{"label", "probabilities"}`` per input; a single input may be passed bare.
+
+        With an operating point the label is the positive one when its probability reaches the
+        threshold (e.g. the threshold that gave 95 % sensitivity on validation).
+        """
         if not isinstance(inputs, list):
             inputs = [inputs]
         probs = self.predict_proba(inputs, task)
-        return [
-            {"label": self.labels[int(p.argmax())], "probabilities": dict(zip(self.labels, map(float, p)))}
-            for p in probs
-        ]
+        return [{"label": label, "probabilities": dict(zip(self.labels, map(float, p)))}
+                for label, p in zip(self.decide(probs), probs)]
 
     def __call__(self, inputs: Any, task: str | None = None) -> list[dict[str, Any]]:
         return self.predict(inputs, task)

@@ -21,17 +21,30 @@ EXAMPLES = "examples"
 
 
 def write_figures(directory: Path, history: list[dict[str, Any]], metric: str, probs: np.ndarray,
-                  y_true: np.ndarray, labels: list[str]) -> dict[str, str]:
-    """Training curves, test confusion matrix and reliability diagram as PNGs."""
+                  y_true: np.ndarray, labels: list[str], positive: int | None = None,
+                  threshold: float | None = None) -> dict[str, str]:
+    """Training curves, test confusion matrix and reliability diagram as PNGs; for binary tasks
+    (``positive`` set) the score distribution by class, with the decision threshold if one was chosen.
+
+    With a ``threshold`` the confusion matrix shows the thresholded decisions, as the model serves them.
+    A refit has no validation metric per epoch, so no training curves.
+    """
     from hf_adapt import figures
 
     (directory / FIGURES).mkdir(exist_ok=True)
+    predicted = probs.argmax(1)
+    if threshold is not None:
+        predicted = np.where(probs[:, positive] >= threshold, positive, 1 - positive)
     paths = {
-        "training_curves": figures.training_curves(history, metric, directory / FIGURES / "training_curves.png"),
-        "confusion_matrix": figures.confusion_matrix(y_true, probs.argmax(1), labels,
+        "confusion_matrix": figures.confusion_matrix(y_true, predicted, labels,
                                                      directory / FIGURES / "confusion_matrix.png"),
         "reliability": figures.reliability_diagram(probs, y_true, directory / FIGURES / "reliability.png"),
     }
+    if all(metric in row for row in history):
+        paths["training_curves"] = figures.training_curves(history, metric, directory / FIGURES / "training_curves.png")
+    if positive is not None:
+        paths["score_distribution"] = figures.score_distribution(
+            probs[:, positive], y_true, labels, positive, threshold, directory / FIGURES / "score_distribution.png")
     return {name: Path(path).relative_to(directory).as_posix() for name, path in paths.items()}
 
 
@@ -120,8 +133,10 @@ def check_subgroups(splits: dict[str, Any], labels: list[str], columns: list[str
 
 
 def subgroup_facts(test_split, probs: np.ndarray, y_true: np.ndarray, labels: list[str], columns: list[str],
-                   bins: dict[str, list[float]] | None, positive_label: str | None) -> tuple[dict | None, list[str]]:
-    """Per-group test metrics and gaps for the card, and limitation sentences drawn from them."""
+                   bins: dict[str, list[float]] | None, positive_label: str | None,
+                   threshold: float | None = None) -> tuple[dict | None, list[str]]:
+    """Per-group test metrics and gaps for the card, and limitation sentences drawn from them
+    (decisions at ``threshold`` on the positive class's probability when an operating point was chosen)."""
     if not columns:
         return None, []
     from hf_adapt.subgroups import group_values, limitation_sentences, subgroup_report
@@ -130,5 +145,9 @@ def subgroup_facts(test_split, probs: np.ndarray, y_true: np.ndarray, labels: li
     groups = {name: group_values(list(test_split[name]), bins.get(name), name) for name in columns}
     positive = positive_label or (labels[1] if len(labels) == 2 else None)
     score = probs[:, labels.index(positive)] if positive else probs
-    report = subgroup_report(y_true, probs.argmax(1), score, groups, labels, positive, bins=bins)
+    predicted = probs.argmax(1)
+    if threshold is not None:
+        index = labels.index(positive)
+        predicted = np.where(probs[:, index] >= threshold, index, 1 - index)
+    report = subgroup_report(y_true, predicted, score, groups, labels, positive, bins=bins)
     return report, limitation_sentences(report)

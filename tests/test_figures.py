@@ -173,3 +173,17 @@ def test_gradcam_target_layer_is_none_where_grad_cam_would_misread_the_maps(capl
     nchw = Stages(channels_last=False)
     assert figures.gradcam_target_layer(nchw, torch.zeros(1, 3, 16, 16)) is nchw.stage
     assert not caplog.records  # every None above comes from the rule, not from a failed probe
+
+
+def test_score_distribution_png_with_and_without_threshold(tmp_path):
+    rng = np.random.default_rng(0)
+    y_true = (rng.uniform(size=200) < 0.05).astype(int)  # rare positives: densities keep them visible
+    scores = np.clip(rng.normal(0.2 + 0.5 * y_true, 0.15), 0, 1)
+    path = figures.score_distribution(scores, y_true, ["healthy", "disease"], 1, 0.42, tmp_path / "scores.png")
+    title = _png(path, (600, 350)).text["Title"]
+    assert "'disease'" in title and "n=200" in title and "threshold 0.42" in title
+    path = figures.score_distribution(scores, y_true, ["healthy", "disease"], 1, None, tmp_path / "plain.png")
+    assert "threshold" not in _png(path).text["Title"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plain.png", "scores.png"]
+    with pytest.raises(ValueError, match="outside 0..1"):
+        figures.score_distribution(scores, y_true + 1, ["healthy", "disease"], 1, 0.5, tmp_path / "bad.png")

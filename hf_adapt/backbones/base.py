@@ -32,7 +32,7 @@ class BackboneSpec:
     image_size: int | None = None
     max_length: int = 256
     pooling: str = "auto"  # text: "model" (the checkpoint's head), "mean" (masked mean pooling) or "auto"
-    train_transform: dict[str, Any] | None = None
+    train_transform: dict[str, Any] | str | None = None  # create_transform kwargs or a preset name ("medical")
     model_kwargs: dict[str, Any] = field(default_factory=dict)
 
 

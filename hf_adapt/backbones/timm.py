@@ -10,22 +10,55 @@ import torch
 from torch import nn
 
 from hf_adapt.backbones.base import Backbone, BackboneSpec, adapter_target_names
-from hf_adapt.errors import ModelError
+from hf_adapt.errors import ConfigError, ModelError
 from hf_adapt.sources import resolve_source
 
 PREPROCESSOR_FILE = "preprocessor_config.json"
 _PREFIXES = ("hf-hub:", "local-dir:")
 
+# Named train_transform settings: timm create_transform(is_training=True) kwargs.
+TRANSFORM_PRESETS: dict[str, dict[str, Any]] = {
+    # Radiographs and scans: mild crops only, since anatomy fills the frame and its position
+    # carries meaning; no flips (laterality: a left lung flipped is a right lung); light
+    # brightness/contrast jitter for scanner differences; no auto-augment or random erasing,
+    # which can paint over or invent findings.
+    "medical": {
+        "scale": (0.85, 1.0),
+        "ratio": (0.9, 1.1),
+        "hflip": 0.0,
+        "vflip": 0.0,
+        "color_jitter": (0.1, 0.1, 0.0),  # brightness, contrast, saturation
+        "auto_augment": None,
+        "re_prob": 0.0,
+    },
+}
+
+
+def resolve_train_transform(train_transform: dict[str, Any] | str | None) -> dict[str, Any] | None:
+    """``train_transform`` as create_transform kwargs: a preset name is looked up in ``TRANSFORM_PRESETS``."""
+    if not isinstance(train_transform, str):
+        return train_transform
+    if train_transform not in TRANSFORM_PRESETS:
+        raise ConfigError(f"train_transform preset {train_transform!r} is unknown; presets are "
+                          f"{sorted(TRANSFORM_PRESETS)}, or give create_transform kwargs as a dict")
+    return dict(TRANSFORM_PRESETS[train_transform])
+
 
 class ImagePreprocessor:
-    """timm transforms from the model's data config; eval transform unless augmentation is asked."""
+    """timm transforms from the model's data config; eval transform unless augmentation is asked.
+
+    ``train_transform`` is a dict of timm ``create_transform(is_training=True)`` kwargs or a
+    preset name from ``TRANSFORM_PRESETS``; the resolved kwargs are what ``save`` writes.
+    """
 
     input_kind = "image"
 
-    def __init__(self, data_config: dict[str, Any], train_transform: dict[str, Any] | None = None):
+    def __init__(self, data_config: dict[str, Any], train_transform: dict[str, Any] | str | None = None):
         from timm.data import create_transform
 
         self.data_config = data_config
+        self.train_transform_preset = train_transform if isinstance(train_transform, str) else None
+        train_transform = resolve_train_transform(train_transform)
         self.train_transform_kwargs = train_transform
         self.eval_transform = create_transform(**data_config, is_training=False)
         self.train_transform = (
@@ -36,12 +69,16 @@ class ImagePreprocessor:
         self.mode = "RGB" if data_config["input_size"][0] == 3 else "L"
 
     def collate(self, inputs: list[Any], train: bool) -> dict[str, torch.Tensor]:
+        from hf_adapt.dicom import to_8bit
+
         transform = self.train_transform if train else self.eval_transform
-        pixels = [transform(image.convert(self.mode)) for image in inputs]
+        # 16-bit images (radiographs) are scaled to 8 bit first: PIL's convert("L") clips them
+        pixels = [transform(to_8bit(image).convert(self.mode)) for image in inputs]
         return {"pixel_values": torch.stack(pixels)}
 
     def save(self, directory: str) -> None:
-        settings = {"data_config": self.data_config, "train_transform": self.train_transform_kwargs}
+        settings = {"data_config": self.data_config, "train_transform": self.train_transform_kwargs,
+                    "train_transform_preset": self.train_transform_preset}
         Path(directory, PREPROCESSOR_FILE).write_text(json.dumps(settings, indent=2, default=list))
 
 

@@ -54,7 +54,7 @@ class FinetuneConfig(PublishOptions):
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the Hub repo to run (off by default)."})
     reset_head: bool = field(default=False, metadata={"help": "Replace an existing classification head whose size differs from the number of labels."})
     image_size: int | None = field(default=None, metadata={"help": "Images: input resolution (default: the model's pretrained resolution)."})
-    train_transform: dict | None = field(default=None, metadata={"help": "Images: kwargs for timm create_transform(is_training=True), e.g. {hflip: 0.0}; unset = no augmentation."})
+    train_transform: dict | str | None = field(default=None, metadata={"help": "Images: kwargs for timm create_transform(is_training=True), e.g. {hflip: 0.0}, or a preset name: medical (mild crops, no flips, light contrast jitter); unset = no augmentation."})
     text_pooling: Literal["auto", "model", "mean"] = field(default="auto", metadata={"help": "Text: 'model' uses the checkpoint's sequence-classification head ([CLS]/pooler); 'mean' a linear head on masked mean pooling; 'auto' picks mean for sentence-transformers checkpoints that declare it (1_Pooling/config.json)."})
     max_length: int = field(default=128, metadata={"help": "Text: truncate inputs to this many tokens."})
     # --- data
@@ -77,6 +77,9 @@ class FinetuneConfig(PublishOptions):
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use at most this many validation and test rows each."})
     train_fraction: float | None = field(default=None, metadata={"help": "Label budget: train on this share of each class's training rows (stratified, seeded; smaller budgets are subsets of larger ones)."})
     train_samples_per_class: int | None = field(default=None, metadata={"help": "Label budget: train on this many rows of each class (stratified, seeded, nested like train_fraction)."})
+    group_column: str | None = field(default=None, metadata={"help": "Column of group ids, e.g. patient_id: carved splits and cross-validation folds keep every group in one split, and given splits must not share a group."})
+    dicom_window: list | None = field(default=None, metadata={"help": "DICOM images: [center, width] of the intensity window (after rescale slope/intercept); unset = the file's own window, else its full range."})
+    on_bad_image: Literal["error", "skip"] = field(default="error", metadata={"help": "An image that cannot be read (missing file, no pixel data, unsupported transfer syntax, truncated): error stops before training; skip drops the row with a warning that counts each reason."})
     # --- transfer
     init_from: str | None = field(default=None, metadata={"help": "Start from the backbone of an earlier hf-adapt output (a folder or Hub repo; a finetune or pretrain run): its adapter is merged, its head dropped, and a new head is trained for this data. The base model comes from that output; model_name_or_path may only name the same one."})
     init_from_revision: str | None = field(default=None, metadata={"help": "Hub branch, tag or commit of init_from."})
@@ -100,13 +103,20 @@ class FinetuneConfig(PublishOptions):
     mixed_precision: Literal["no", "bf16", "fp16"] = field(default="no", metadata={"help": "Mixed precision (accelerate launch --mixed_precision overrides)."})
     seed: int = field(default=42, metadata={"help": "Seed for splits, subsampling, init and shuffling."})
     # --- evaluation and selection
-    metric_for_best_model: Literal["accuracy", "macro_f1", "auroc", "log_loss", "ece"] = field(default="auroc", metadata={"help": "Validation metric that picks the best epoch."})
+    metric_for_best_model: Literal["accuracy", "macro_f1", "auroc", "log_loss", "ece", "brier", "gini", "ks"] = field(default="auroc", metadata={"help": "Validation metric that picks the best epoch (and the best fold under cv_keep: best_fold)."})
+    class_weights: Literal["none", "balanced"] = field(default="none", metadata={"help": "Class imbalance: balanced weights each class's loss by n_rows / (n_classes x its rows), as scikit-learn's compute_class_weight."})
+    balanced_sampler: bool = field(default=False, metadata={"help": "Class imbalance: draw training batches with replacement so every class is equally likely (instead of class_weights)."})
+    operating_point: Literal["none", "sensitivity", "specificity", "youden"] = field(default="none", metadata={"help": "Binary tasks: pick the decision threshold on validation for a target sensitivity or specificity (operating_target), or at maximum Youden J. It is saved with the model and used by load_adapted; test sensitivity, specificity, PPV and NPV are reported at it."})
+    operating_target: float | None = field(default=None, metadata={"help": "The sensitivity or specificity the operating point must reach on validation, e.g. 0.95."})
+    bootstrap_resamples: int = field(default=1000, metadata={"help": "Percentile-bootstrap resamples of the test rows for the 95 % confidence interval of every test metric (0: none)."})
+    cv_folds: int | None = field(default=None, metadata={"help": "K-fold cross-validation over train + validation (stratified; grouped by group_column when set): reports each metric's mean and std across folds. The test split stays held out."})
+    cv_keep: Literal["refit", "best_fold"] = field(default="refit", metadata={"help": "After cross-validation: refit on all train + validation rows for the median of the folds' best epochs (threshold from the pooled out-of-fold scores), or keep the best fold's model (threshold from its held-out fold)."})
     early_stopping_patience: int | None = field(default=None, metadata={"help": "Stop after this many epochs without improvement (unset: never)."})
     sensitive_columns: list | None = field(default=None, metadata={"help": "Columns to evaluate per group on test (e.g. [age_in_years, personal_status_and_sex]); the card reports per-group metrics and fairness gaps. They need not be model inputs."})
     sensitive_bins: dict | None = field(default=None, metadata={"help": "Bin edges for numeric sensitive columns, e.g. {age_in_years: [25, 35, 50]}."})
     positive_label: str | None = field(default=None, metadata={"help": "Binary tasks: the label that counts as positive for sensitivity and selection rate (default: the second label)."})
     card_examples: int = field(default=4, metadata={"help": "Images: test images saved with the model (the card's usage snippet) and shown with Grad-CAM maps; 0 for none."})
-    baseline: Literal["auto", "none", "logistic_regression"] = field(default="auto", metadata={"help": "Reference model on the same split for the card; auto = logistic regression for tables."})
+    baseline: Literal["auto", "none", "logistic_regression", "hist_gradient_boosting"] = field(default="auto", metadata={"help": "Reference model on the same split for the card; auto = logistic regression for tables. Cross-validation scores both on the same folds for tables."})
     # --- runtime and outputs
     output_dir: str = field(default="outputs/finetune", metadata={"help": "Where the adapter, metrics and card go (written atomically)."})
     overwrite_output_dir: bool = field(default=False, metadata={"help": "Replace an output_dir that already holds a run."})
@@ -149,6 +159,21 @@ class FinetuneConfig(PublishOptions):
         if self.init_from and (self.weights_file or not self.pretrained):
             raise ConfigError("init_from takes the backbone weights from that output; unset weights_file and "
                               "pretrained: false")
+        if self.class_weights != "none" and self.balanced_sampler:
+            raise ConfigError("set class_weights or balanced_sampler, not both: together they correct the imbalance twice")
+        if self.operating_point in ("sensitivity", "specificity"):
+            if self.operating_target is None or not 0 < self.operating_target <= 1:
+                raise ConfigError(f"operating_point: {self.operating_point} needs operating_target in (0, 1], "
+                                  f"got {self.operating_target}")
+        elif self.operating_target is not None:
+            raise ConfigError(f"operating_target applies to operating_point: sensitivity or specificity, "
+                              f"not {self.operating_point}")
+        if self.bootstrap_resamples < 0 or 0 < self.bootstrap_resamples < 100:
+            raise ConfigError(f"bootstrap_resamples must be 0 (none) or >= 100, got {self.bootstrap_resamples}")
+        if self.cv_folds is not None and self.cv_folds < 2:
+            raise ConfigError(f"cv_folds must be >= 2, got {self.cv_folds}")
+        if self.dicom_window is not None and (len(self.dicom_window) != 2 or not self.dicom_window[1] > 0):
+            raise ConfigError(f"dicom_window must be [center, width] with width > 0, got {self.dicom_window}")
         from transformers import SchedulerType
 
         schedulers = [s.value for s in SchedulerType]
@@ -170,7 +195,8 @@ def data_spec(cfg: FinetuneConfig):
         feature_columns=cfg.feature_columns, text_template=cfg.text_template, pixel_shape=cfg.pixel_shape,
         validation_size=cfg.validation_size, test_size=cfg.test_size, seed=cfg.seed, max_samples=limits,
         load_kwargs=cfg.data_kwargs or {}, train_fraction=cfg.train_fraction,
-        train_samples_per_class=cfg.train_samples_per_class,
+        train_samples_per_class=cfg.train_samples_per_class, group_column=cfg.group_column,
+        dicom_window=cfg.dicom_window, on_bad_image=cfg.on_bad_image,
     )
 
 
@@ -189,14 +215,15 @@ def loop_settings(cfg: FinetuneConfig, backbone, **overrides):
     """The loop's settings from a classification config (``overrides`` for what a recipe sets itself)."""
     from hf_adapt.loop import LoopSettings
 
-    return LoopSettings(
+    settings = dict(
         num_train_epochs=cfg.num_train_epochs, max_steps=cfg.max_steps, learning_rate=cfg.learning_rate,
         head_learning_rate=cfg.head_learning_rate, head_names=backbone.head_names,
         weight_decay=cfg.weight_decay, lr_scheduler_type=cfg.lr_scheduler_type, warmup_ratio=cfg.warmup_ratio,
         max_grad_norm=cfg.max_grad_norm, metric_for_best_model=cfg.metric_for_best_model,
         early_stopping_patience=cfg.early_stopping_patience, logging_steps=cfg.logging_steps,
-        layer_lr_decay=cfg.layer_lr_decay, **overrides,
+        layer_lr_decay=cfg.layer_lr_decay,
     )
+    return LoopSettings(**{**settings, **overrides})
 
 
 def base_model_info(cfg: FinetuneConfig, backbone) -> dict[str, Any]:
@@ -210,7 +237,7 @@ def base_model_info(cfg: FinetuneConfig, backbone) -> dict[str, Any]:
 
 @dataclass
 class FinetuneResult:
-    """What a run produced; ``model`` is the unwrapped, best-epoch model."""
+    """What a run produced; ``model`` is the unwrapped model that was saved (best epoch, best fold or refit)."""
 
     output_dir: Path
     test_metrics: dict[str, float]
@@ -220,25 +247,90 @@ class FinetuneResult:
     backbone: Any
     data: Any
     push: Any = None  # hf_adapt.hub.PushResult when pushed
+    operating_point: Any = None  # hf_adapt.operating_point.OperatingPoint when one was selected
+    cv: Any = None  # hf_adapt.crossval.CrossValidation with cv_folds
+
+
+@dataclass
+class Trained:
+    """One training run of the recipe: the prepared model, its task and history, and held-out logits."""
+
+    model: Any
+    backbone: Any
+    task: Any
+    history: Any
+    held_logits: Any = None  # on the rows the run validated on (None for a refit)
+    held_labels: Any = None
+
+
+class _Trainer:
+    """Builds a fresh backbone and adapter and trains it on given rows; a plain run calls it once,
+    cross-validation once per fold and once more for a refit."""
+
+    def __init__(self, cfg: FinetuneConfig, accelerator, spec, parent, data):
+        self.cfg, self.accelerator, self.spec, self.parent, self.data = cfg, accelerator, spec, parent, data
+        self.first = self.build()  # the model is checked before any training, and its input kind known
+        self.kind = self.first[0].preprocessor.input_kind
+
+    def build(self):
+        from accelerate.utils import set_seed
+
+        from hf_adapt import transfer
+        from hf_adapt.adapters import apply_regime
+        from hf_adapt.backbones import build_backbone
+
+        set_seed(self.cfg.seed)  # every fold starts from the same head initialisation
+        if self.parent is not None:
+            with tempfile.TemporaryDirectory(prefix="hf-adapt-init-") as workdir:
+                backbone = build_backbone(transfer.start_spec(self.parent, self.spec, Path(workdir)))
+        else:
+            backbone = build_backbone(self.spec)
+        return backbone, apply_regime(backbone, self.cfg.regime, self.cfg.adapter)
+
+    def loader(self, inputs: list[Any], labels: list[int], train: bool, collate):
+        from hf_adapt.loop import ExampleDataset, make_loader
+
+        cfg = self.cfg
+        return make_loader(ExampleDataset(inputs, labels), collate,
+                           cfg.per_device_train_batch_size if train else cfg.per_device_eval_batch_size,
+                           train=train, seed=cfg.seed, num_workers=cfg.num_workers, balanced=cfg.balanced_sampler)
+
+    def train(self, train_rows: tuple[list, list], held_rows: tuple[list, list] | None,
+              epochs: int | None = None) -> Trained:
+        """Train on ``train_rows`` (inputs, labels), selecting the best epoch on ``held_rows``; with no
+        held rows, train ``epochs`` epochs and keep the last."""
+        from hf_adapt.loop import ClassificationTask, GradualUnfreeze, balanced_class_weights, fit, predict
+
+        cfg = self.cfg
+        backbone, model = self.first if self.first is not None else self.build()
+        self.first = None
+        collate = backbone.preprocessor.collate
+        weights = (balanced_class_weights(train_rows[1], self.data.num_labels) if cfg.class_weights == "balanced"
+                   else None)
+        task = ClassificationTask(backbone.logits, weights)
+        overrides = {} if epochs is None else {"num_train_epochs": epochs, "max_steps": -1,
+                                               "early_stopping_patience": None}
+        settings = loop_settings(cfg, backbone, **overrides)
+        callbacks = ([GradualUnfreeze(backbone.head_names, cfg.unfreeze_every_epochs)]
+                     if cfg.regime == "gradual_unfreeze" else [])
+        held_loader = self.loader(*held_rows, train=False, collate=collate) if held_rows else None
+        model, history = fit(self.accelerator, model, task, self.loader(*train_rows, train=True, collate=collate),
+                             held_loader, settings, callbacks=callbacks)
+        trained = Trained(model, backbone, task, history)
+        if held_loader is not None:
+            trained.held_logits, trained.held_labels = predict(
+                self.accelerator, model, task, self.accelerator.prepare(held_loader))
+        return trained
 
 
 def main(cfg: FinetuneConfig) -> FinetuneResult:
     from accelerate.utils import set_seed
 
-    from hf_adapt import baselines, outputs, transfer
-    from hf_adapt.adapters import apply_regime, count_parameters
-    from hf_adapt.backbones import build_backbone
+    from hf_adapt import baselines, crossval, outputs, transfer
+    from hf_adapt.adapters import count_parameters
     from hf_adapt.config import redact
     from hf_adapt.data import load_labelled
-    from hf_adapt.loop import (
-        ClassificationTask,
-        ExampleDataset,
-        GradualUnfreeze,
-        fit,
-        make_loader,
-        predict,
-    )
-    from hf_adapt.metrics import classification_metrics
+    from hf_adapt.loop import predict
     from hf_adapt.report import check_subgroups
     from hf_adapt.runtime import make_accelerator, set_cpu_threads
 
@@ -255,34 +347,26 @@ def main(cfg: FinetuneConfig) -> FinetuneResult:
 
     # Everything that can fail on bad input happens before training.
     data = load_labelled(data_spec(cfg))
-    if cfg.baseline == "logistic_regression" and data.kind != "table":
-        raise ConfigError(f"baseline: logistic_regression needs table data; this data is {data.kind}")
+    if cfg.baseline in baselines.BASELINES and data.kind != "table":
+        raise ConfigError(f"baseline: {cfg.baseline} needs table data; this data is {data.kind}")
     check_subgroups(data.splits, data.labels, cfg.sensitive_columns, cfg.sensitive_bins, cfg.positive_label)
+    positive = _check_evaluation(cfg, data)
+    folds = crossval.make_folds(data, cfg.cv_folds, cfg.seed, cfg.group_column) if cfg.cv_folds else None
     spec = backbone_spec(cfg, data.num_labels)
     parent = None
     if cfg.init_from:
         parent = transfer.find_parent(cfg.init_from, cfg.init_from_revision)
         transfer.check_parent(parent, cfg.family, cfg.model_name_or_path, DEFAULT_MODEL,
                               "image" if data.kind == "image" else "text")
-        with tempfile.TemporaryDirectory(prefix="hf-adapt-init-") as workdir:
-            backbone = build_backbone(transfer.start_spec(parent, spec, Path(workdir)))
+    trainer = _Trainer(cfg, accelerator, spec, parent, data)
+    if parent is not None:
         logger.info("started from the backbone of %s (%s %s)", cfg.init_from, parent.recipe, parent.info.get("regime"))
-    else:
-        backbone = build_backbone(spec)
-    family = backbone.family
-    model = apply_regime(backbone, cfg.regime, cfg.adapter)
-    kind = backbone.preprocessor.input_kind
-    loaders = {
-        split: make_loader(
-            ExampleDataset(data.inputs(split, kind), list(data.splits[split]["label"])),
-            backbone.preprocessor.collate,
-            cfg.per_device_train_batch_size if split == "train" else cfg.per_device_eval_batch_size,
-            train=split == "train", seed=cfg.seed, num_workers=cfg.num_workers,
-        )
-        for split in ("train", "validation", "test")
-    }
-    trainable, total = count_parameters(model)
-    logger.info("%s backbone, %d labels, %s trainable of %s parameters", family, data.num_labels, f"{trainable:,}", f"{total:,}")
+    backbone = trainer.first[0]
+    trainable, total = count_parameters(trainer.first[1])
+    logger.info("%s backbone, %d labels, %s trainable of %s parameters", backbone.family, data.num_labels,
+                f"{trainable:,}", f"{total:,}")
+    inputs = {split: data.inputs(split, trainer.kind) for split in ("train", "validation", "test")}
+    labels = {split: list(data.splits[split]["label"]) for split in ("train", "validation", "test")}
 
     if accelerator.is_main_process:
         staging.mkdir(parents=True)
@@ -291,28 +375,107 @@ def main(cfg: FinetuneConfig) -> FinetuneResult:
     try:
         if accelerator.log_with:
             accelerator.init_trackers("runs", config=_flat(redact(asdict(cfg))))
-        settings = loop_settings(cfg, backbone)
-        task = ClassificationTask(backbone.logits)
-        callbacks = [GradualUnfreeze(backbone.head_names, cfg.unfreeze_every_epochs)] if cfg.regime == "gradual_unfreeze" else []
-        model, history = fit(accelerator, model, task, loaders["train"], loaders["validation"], settings,
-                             callbacks=callbacks)
-        test_loader = accelerator.prepare(loaders["test"])
-        test_logits, test_labels = predict(accelerator, model, task, test_loader)
-        test_metrics = classification_metrics(test_logits, test_labels)
-        logger.info("test: %s", " ".join(f"{k}={v:.4f}" for k, v in test_metrics.items()))
+        cv = None
+        if folds is not None:
+            cv = crossval.cross_validate(trainer, data, folds, inputs, labels, cfg)
+            trained = cv.kept
+        else:
+            trained = trainer.train((inputs["train"], labels["train"]), (inputs["validation"], labels["validation"]))
+        point = None
+        if cfg.operating_point != "none":
+            point = _select_operating_point(cfg, data, positive, cv, trained)
+        test_loader = accelerator.prepare(trainer.loader(inputs["test"], labels["test"], train=False,
+                                                         collate=trained.backbone.preprocessor.collate))
+        test_logits, test_labels = predict(accelerator, trained.model, trained.task, test_loader)
+        evaluation = _evaluate_test(cfg, test_logits, test_labels, positive, point)
+        logger.info("test: %s", " ".join(f"{k}={v:.4f}" for k, v in evaluation.metrics.items()))
         baseline = None
-        if cfg.baseline == "logistic_regression" or (cfg.baseline == "auto" and data.kind == "table"):
-            baseline = baselines.logistic_regression(data, seed=cfg.seed)
-        unwrapped = accelerator.unwrap_model(model)
+        if cfg.baseline in baselines.BASELINES or (cfg.baseline == "auto" and data.kind == "table"):
+            baseline = baselines.table_baseline(cfg.baseline if cfg.baseline != "auto" else "logistic_regression",
+                                                data, seed=cfg.seed)
+        unwrapped = accelerator.unwrap_model(trained.model)
         outputs.write_on_main(accelerator, staging, cfg.output_dir, lambda directory: _write_outputs(
-            directory, cfg, accelerator, unwrapped, backbone, family, data, history,
-            (test_metrics, test_logits, test_labels), baseline, trainable, total, time.perf_counter() - started, parent))
+            directory, cfg, accelerator, unwrapped, trained.backbone, trained.backbone.family, data,
+            trained.history, evaluation, baseline, trainable, total, time.perf_counter() - started, parent,
+            point, cv))
         accelerator.end_training()  # also tears down the process group: last
     except BaseException:
         outputs.discard(staging)
         raise
     pushed = cfg.push_after_run(cfg.output_dir, accelerator)
-    return FinetuneResult(Path(cfg.output_dir), test_metrics, baseline, history, unwrapped, backbone, data, pushed)
+    return FinetuneResult(Path(cfg.output_dir), evaluation.metrics, baseline, trained.history, unwrapped,
+                          trained.backbone, data, pushed, point, cv)
+
+
+def _check_evaluation(cfg: FinetuneConfig, data) -> int | None:
+    """Before training: the settings that need a binary task, and a validation split where the
+    selection metric and the operating point are defined. Returns the positive class id (binary tasks)."""
+    from hf_adapt.errors import DataError
+
+    binary = data.num_labels == 2
+    if cfg.operating_point != "none" and not binary:
+        raise ConfigError(f"operating_point needs a binary task; this one has {data.num_labels} labels "
+                          f"({', '.join(data.labels)})")
+    positive = data.labels.index(cfg.positive_label) if cfg.positive_label else (1 if binary else None)
+    needs_both = cfg.metric_for_best_model in ("auroc", "gini", "ks") or cfg.operating_point != "none"
+    if needs_both and not cfg.cv_folds:
+        present = sorted(set(data.splits["validation"]["label"]))
+        if len(present) < 2:
+            what = (f"operating_point: {cfg.operating_point}" if cfg.operating_point != "none"
+                    else f"metric_for_best_model: {cfg.metric_for_best_model}")
+            raise DataError(f"the validation split ({len(data.splits['validation'])} rows) holds only class "
+                            f"{data.labels[present[0]]!r}: AUROC, sensitivity and specificity are undefined there, "
+                            f"so {what} cannot work; give a validation split with both classes, a larger "
+                            "validation_size, or group the splits differently")
+    return positive
+
+
+def _select_operating_point(cfg: FinetuneConfig, data, positive: int, cv, trained):
+    """The threshold on the positive class's probability, chosen on held-out rows: the validation
+    split, the kept fold's held-out rows, or (refit) all out-of-fold predictions pooled."""
+    import numpy as np
+
+    from hf_adapt.metrics import softmax
+    from hf_adapt.operating_point import select_threshold
+
+    if cv is not None and cv.keep == "refit":
+        logits, labels, where = cv.oof_logits, cv.oof_labels, f"the pooled out-of-fold predictions of {len(cv.folds)} folds"
+    else:
+        logits, labels = trained.held_logits, trained.held_labels
+        where = f"held-out fold {cv.chosen_fold}" if cv is not None else "the validation split"
+    point = select_threshold(softmax(np.asarray(logits, dtype=np.float64))[:, positive],
+                             np.asarray(labels) == positive, cfg.operating_point, cfg.operating_target)
+    point.selected_on = where
+    logger.info("operating point (%s) on %s: threshold %.4f", cfg.operating_point, where, point.threshold)
+    return point
+
+
+@dataclass
+class TestEvaluation:
+    metrics: dict[str, float]  # headline test metrics (plus sensitivity ... npv at the operating point)
+    logits: Any
+    labels: Any
+    intervals: dict[str, tuple[float, float]] | None  # 95 % percentile-bootstrap intervals, per metric
+
+
+def _evaluate_test(cfg: FinetuneConfig, logits, labels, positive: int | None, point) -> TestEvaluation:
+    import numpy as np
+
+    from hf_adapt.metrics import bootstrap_intervals, classification_metrics, softmax
+    from hf_adapt.operating_point import threshold_metrics
+
+    def score(logits, labels):
+        metrics = classification_metrics(logits, labels)
+        if point is not None:
+            scores = softmax(np.asarray(logits, dtype=np.float64))[:, positive]
+            metrics.update(threshold_metrics(scores, labels == positive, point.threshold))
+        return metrics
+
+    metrics = score(logits, labels)
+    intervals = None
+    if cfg.bootstrap_resamples:
+        intervals = bootstrap_intervals(score, logits, labels, n_resamples=cfg.bootstrap_resamples, seed=cfg.seed)
+    return TestEvaluation(metrics, logits, labels, intervals)
 
 
 def _flat(values: dict[str, Any]) -> dict[str, Any]:
@@ -320,8 +483,8 @@ def _flat(values: dict[str, Any]) -> dict[str, Any]:
     return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in values.items()}
 
 
-def _write_outputs(directory: Path, cfg, accelerator, model, backbone, family, data, history, test,
-                   baseline, trainable, total, wall_seconds, parent) -> None:
+def _write_outputs(directory: Path, cfg, accelerator, model, backbone, family, data, history, evaluation,
+                   baseline, trainable, total, wall_seconds, parent, point, cv) -> None:
     from hf_adapt import cards, report, transfer
     from hf_adapt.artifacts import save_model, write_run_info
     from hf_adapt.config import save_config
@@ -329,7 +492,7 @@ def _write_outputs(directory: Path, cfg, accelerator, model, backbone, family, d
     from hf_adapt.outputs import write_json
     from hf_adapt.sources import known_dataset_name
 
-    test_metrics, test_logits, y_true = test
+    test_metrics, test_logits, y_true = evaluation.metrics, evaluation.logits, evaluation.labels
     probs = softmax(test_logits.astype("float64"))
     save_model(model, backbone, cfg.regime, directory)
     backbone.preprocessor.save(str(directory))
@@ -338,7 +501,8 @@ def _write_outputs(directory: Path, cfg, accelerator, model, backbone, family, d
         model_info = transfer.root_model(parent, model_info)
         transfer.carry(parent, directory)
     input_info = {"kind": data.kind, "feature_columns": data.feature_columns, "text_template": data.text_template,
-                  "pixel_shape": cfg.pixel_shape, "input_column": data.input_column}
+                  "pixel_shape": cfg.pixel_shape, "input_column": data.input_column, "dicom_window": cfg.dicom_window}
+    operating_point = _operating_point_facts(point, data, cfg)
     write_run_info(directory, {
         "recipe": "finetune",
         "family": family,
@@ -347,15 +511,24 @@ def _write_outputs(directory: Path, cfg, accelerator, model, backbone, family, d
         "init_from": transfer.run_info(parent) if parent is not None else None,
         "head_names": backbone.head_names,
         "data": input_info,
+        "operating_point": operating_point,
     }, data.labels)
     write_json(directory / "eval_results.json", test_metrics)
+    intervals = None
+    if evaluation.intervals is not None:
+        intervals = {"confidence": 0.95, "resamples": cfg.bootstrap_resamples,
+                     "method": "percentile bootstrap over test rows",
+                     "intervals": {k: list(v) for k, v in evaluation.intervals.items()}}
+        write_json(directory / "eval_intervals.json", intervals)
+    if cv is not None:
+        write_json(directory / "cv_results.json", cv.facts())
     write_json(directory / "train_results.json", {
         "best_epoch": history.best_epoch, "best_validation": history.best_metrics, "history": history.history,
         "steps": history.steps, "train_seconds": history.train_seconds, "wall_seconds": wall_seconds,
         "num_processes": accelerator.num_processes,
         "mixed_precision": accelerator.mixed_precision,
         "gradient_accumulation_steps": accelerator.gradient_accumulation_steps,
-        "baseline": {"logistic_regression": baseline} if baseline else None,
+        "baseline": {_baseline_name(cfg): baseline} if baseline else None,
         "data": data.origin,
     })
     save_config(cfg, directory / "config.yaml")
@@ -373,9 +546,14 @@ def _write_outputs(directory: Path, cfg, accelerator, model, backbone, family, d
         images = [test_images[i] for i in rows]
         example_file = report.write_examples(directory, images)[0]
         gradcam = report.write_gradcam(directory, model, backbone, images, probs[rows], y_true[rows], data.labels)
-    figures = report.write_figures(directory, history.history, cfg.metric_for_best_model, probs, y_true, data.labels)
+    figures = report.write_figures(directory, history.history, cfg.metric_for_best_model, probs, y_true, data.labels,
+                                   positive=data.labels.index(operating_point["positive_label"]) if operating_point
+                                   else (1 if data.num_labels == 2 else None),
+                                   threshold=operating_point["threshold"] if operating_point else None)
     subgroups, subgroup_sentences = report.subgroup_facts(
-        data.splits["test"], probs, y_true, data.labels, cfg.sensitive_columns, cfg.sensitive_bins, cfg.positive_label)
+        data.splits["test"], probs, y_true, data.labels, cfg.sensitive_columns, cfg.sensitive_bins,
+        operating_point["positive_label"] if operating_point else cfg.positive_label,
+        operating_point["threshold"] if operating_point else None)
     facts = {
         "model_name": Path(cfg.output_dir).name,
         "summary": _summary(cfg, base_model, dataset_name, data),
@@ -398,7 +576,7 @@ def _write_outputs(directory: Path, cfg, accelerator, model, backbone, family, d
         "labels": data.labels,
         "label_counts": data.origin["label_counts"],
         "test_metrics": test_metrics,
-        "baseline": _baseline_facts(baseline, data),
+        "baseline": _baseline_facts(baseline, data, cfg),
         "history": history.history,
         "best_epoch": history.best_epoch,
         "metric_for_best_model": cfg.metric_for_best_model,
@@ -414,6 +592,12 @@ def _write_outputs(directory: Path, cfg, accelerator, model, backbone, family, d
         "subgroups": subgroups,
         "subgroup_sentences": subgroup_sentences,
         "lineage": transfer.lineage(parent, data.labels, cfg.regime) if parent is not None else None,
+        "test_intervals": intervals,
+        "operating_point": operating_point,
+        "cv": _cv_facts(cv, data) if cv is not None else None,
+        "imbalance": _imbalance_description(cfg, data),
+        "grouped_by": data.origin.get("grouped_by"),
+        "skipped_images": data.origin.get("skipped_images"),
         "intended_use": cfg.intended_use,
         "out_of_scope_use": cfg.out_of_scope_use,
         "limitations": cfg.limitations,
@@ -442,13 +626,57 @@ def _input_description(data) -> str:
     return f"images from column `{data.input_column}`"
 
 
-def _baseline_facts(baseline, data):
+def _baseline_name(cfg) -> str:
+    return "logistic_regression" if cfg.baseline == "auto" else cfg.baseline
+
+
+def _operating_point_facts(point, data, cfg) -> dict[str, Any] | None:
+    """What ``hf_adapt.json`` and the card say about the decision threshold (``load_adapted`` applies it)."""
+    if point is None:
+        return None
+    positive = cfg.positive_label or data.labels[1]
+    return {"positive_label": positive, "negative_label": next(label for label in data.labels if label != positive),
+            "threshold": float(point.threshold), "rule": point.rule, "target": point.target,
+            "selected_on": point.selected_on,
+            "validation": {k: float(v) for k, v in point.metrics.items()}}
+
+
+def _imbalance_description(cfg, data) -> str | None:
+    counts = data.origin["label_counts"]["train"]
+    if cfg.class_weights == "balanced":
+        from hf_adapt.loop import balanced_class_weights
+
+        weights = balanced_class_weights(list(data.splits["train"]["label"]), data.num_labels)
+        shown = ", ".join(f"{name} {w:.2f}" for name, w in zip(data.labels, weights.tolist()))
+        return f"class-weighted cross-entropy (n_rows / (n_classes x class rows): {shown})"
+    if cfg.balanced_sampler:
+        return ("a balanced sampler: training batches drawn with replacement, every class equally likely "
+                f"(training rows per class: {', '.join(f'{k} {v}' for k, v in counts.items())})")
+    return None
+
+
+def _cv_facts(cv, data) -> dict[str, Any]:
+    """The cross-validation table for the card: model and baselines, mean +- std per metric."""
+    from hf_adapt.baselines import BASELINES
+
+    names = {"model": "this model", **BASELINES}
+    return {**{k: v for k, v in cv.facts().items() if k != "fold_of_row"},
+            "columns": {key: names[key] for key in cv.summary},
+            "pooled_rows": len(cv.oof_labels)}
+
+
+def _baseline_facts(baseline, data, cfg):
     if not baseline:
         return None
+    how = {"logistic_regression": "one-hot categoricals, standardised numerics",
+           "hist_gradient_boosting": "ordinal-coded categoricals with native categorical splits, raw numerics"}
+    name = _baseline_name(cfg)
+    from hf_adapt.baselines import BASELINES
+
     return {
-        "name": "logistic regression",
+        "name": BASELINES[name],
         "metrics": baseline,
-        "description": (f"Baseline: scikit-learn logistic regression on the same {len(data.feature_columns)} columns, "
-                        f"as raw values (one-hot categoricals, standardised numerics), fitted on the same "
+        "description": (f"Baseline: scikit-learn {BASELINES[name]} on the same {len(data.feature_columns)} columns, "
+                        f"as raw values ({how[name]}), fitted on the same "
                         f"{data.origin['splits']['train']} training rows."),
     }

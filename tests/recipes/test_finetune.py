@@ -49,7 +49,7 @@ def test_text_run_writes_every_artifact(text_run):
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert config_from_dict(FinetuneConfig, saved) == cfg
     metrics = json.loads((out / "eval_results.json").read_text())
-    assert set(metrics) == {"accuracy", "macro_f1", "auroc", "log_loss", "ece"}
+    assert set(metrics) == {"accuracy", "macro_f1", "auroc", "log_loss", "ece", "brier", "gini", "ks"}
     assert metrics == pytest.approx(result.test_metrics)
     history = json.loads((out / "train_results.json").read_text())["history"]
     assert [row["epoch"] for row in history] == [1, 2]

@@ -129,7 +129,8 @@ def test_pushed_card_metadata_is_complete_and_true(credit_run, hub):
     measured = json.loads((result.output_dir / "eval_results.json").read_text())
     assert reported == {"accuracy": round(measured["accuracy"], 4), "f1": round(measured["macro_f1"], 4),
                         "roc_auc": round(measured["auroc"], 4), "log_loss": round(measured["log_loss"], 4),
-                        "ece": round(measured["ece"], 4)}
+                        "ece": round(measured["ece"], 4), "brier_score": round(measured["brier"], 4),
+                        "gini": round(measured["gini"], 4), "ks_statistic": round(measured["ks"], 4)}
     assert all(r.dataset_split == "test" for r in data.eval_results)
     assert cards.is_unedited(str(card))
 

@@ -1,0 +1,119 @@
+"""K-fold cross-validation for the classification recipe.
+
+Train and validation rows are pooled and split into K stratified folds (grouped, so that no
+patient is in two folds, when the data has a group column); the test split stays held out.
+Each fold trains a fresh model on K-1 folds and selects its epoch on the held-out one. For
+table data the scikit-learn baselines are scored on the very same folds, so the comparison is
+paired. Afterwards the recipe keeps either the best fold's model or a refit on all pooled rows
+for the median of the folds' best epochs.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger("hf_adapt.crossval")
+
+
+@dataclass
+class CrossValidation:
+    k: int
+    keep: str  # "refit" or "best_fold"
+    grouped_by: str | None
+    folds: list[dict[str, Any]]  # per fold: rows, positives, best epoch, held-out metrics, baselines' metrics
+    summary: dict[str, dict[str, dict[str, float]]]  # model/baseline -> metric -> {"mean", "std"}
+    oof_logits: np.ndarray  # out-of-fold logits, in pooled-row order (train rows, then validation rows)
+    oof_labels: np.ndarray
+    kept: Any = None  # the recipe's Trained run that is saved
+    chosen_fold: int | None = None  # best_fold: which fold (1-based)
+    refit_epochs: int | None = None  # refit: epochs trained on all pooled rows
+    fold_of_row: list[int] = field(default_factory=list)  # 1-based fold of each pooled row
+
+    def facts(self) -> dict[str, Any]:
+        """JSON-ready summary for ``cv_results.json`` and the card."""
+        return {"k": self.k, "keep": self.keep, "grouped_by": self.grouped_by, "chosen_fold": self.chosen_fold,
+                "refit_epochs": self.refit_epochs, "folds": self.folds, "summary": self.summary,
+                "fold_of_row": self.fold_of_row}
+
+
+def make_folds(data, k: int, seed: int, group_column: str | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(train rows, held-out rows) of each fold, as indices into train + validation pooled."""
+    from hf_adapt.data import group_folds
+
+    labels = np.asarray(list(data.splits["train"]["label"]) + list(data.splits["validation"]["label"]))
+    groups = None
+    if group_column:
+        groups = np.asarray(list(data.splits["train"][group_column]) + list(data.splits["validation"][group_column]))
+    return group_folds(labels, groups, k, seed)
+
+
+def summarize(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Mean and sample standard deviation (ddof=1) of each metric across folds; NaN folds are left out."""
+    summary = {}
+    for name in rows[0]:
+        values = np.array([row[name] for row in rows], dtype=np.float64)
+        values = values[np.isfinite(values)]
+        summary[name] = {"mean": float(values.mean()) if len(values) else float("nan"),
+                         "std": float(values.std(ddof=1)) if len(values) > 1 else float("nan"),
+                         "folds": int(len(values))}
+    return summary
+
+
+def cross_validate(trainer, data, folds, inputs: dict[str, list], labels: dict[str, list], cfg) -> CrossValidation:
+    """Train one model per fold through ``trainer`` (the recipe's ``_Trainer``), then keep or refit."""
+    from hf_adapt.baselines import BASELINES, baseline_logits
+    from hf_adapt.metrics import classification_metrics, is_better
+
+    pool_inputs = inputs["train"] + inputs["validation"]
+    pool_labels = labels["train"] + labels["validation"]
+    frame = None
+    if data.kind == "table":
+        import pandas as pd
+
+        frame = pd.concat([data.splits["train"].to_pandas(), data.splits["validation"].to_pandas()],
+                          ignore_index=True)
+    oof = np.zeros((len(pool_labels), data.num_labels))
+    fold_of_row = np.zeros(len(pool_labels), dtype=int)
+    rows, baseline_rows, metric = [], {name: [] for name in BASELINES}, cfg.metric_for_best_model
+    best_value, kept, chosen, fold_facts = None, None, None, []
+    for number, (train_rows, held_rows) in enumerate(folds, start=1):
+        held_labels = np.asarray(pool_labels)[held_rows]
+        logger.info("fold %d/%d: training on %d rows, validating on %d", number, len(folds), len(train_rows),
+                    len(held_rows))
+        trained = trainer.train(([pool_inputs[i] for i in train_rows], [pool_labels[i] for i in train_rows]),
+                                ([pool_inputs[i] for i in held_rows], held_labels.tolist()))
+        oof[held_rows] = trained.held_logits
+        fold_of_row[held_rows] = number
+        metrics = classification_metrics(trained.held_logits, trained.held_labels)
+        rows.append(metrics)
+        fold = {"fold": number, "train_rows": int(len(train_rows)), "held_rows": int(len(held_rows)),
+                "held_label_counts": {data.labels[c]: int((held_labels == c).sum()) for c in range(data.num_labels)},
+                "best_epoch": trained.history.best_epoch, "metrics": metrics, "baselines": {}}
+        if frame is not None:
+            for name in BASELINES:
+                logits = baseline_logits(name, frame.iloc[train_rows], frame.iloc[held_rows], data.feature_columns,
+                                         data.num_labels, seed=cfg.seed)
+                fold["baselines"][name] = classification_metrics(logits, held_labels)
+                baseline_rows[name].append(fold["baselines"][name])
+        logger.info("fold %d/%d: %s=%.4f", number, len(folds), metric, metrics[metric])
+        if cfg.cv_keep == "best_fold" and is_better(metric, metrics[metric], best_value):
+            best_value, kept, chosen = metrics[metric], trained, number
+        fold_facts.append(fold)
+        del trained
+        trainer.accelerator.free_memory()  # drop the accelerator's references to this fold's model and optimizer
+    summary = {"model": summarize(rows)}
+    summary.update({name: summarize(values) for name, values in baseline_rows.items() if values})
+    cv = CrossValidation(len(folds), cfg.cv_keep, cfg.group_column, fold_facts, summary, oof,
+                         np.asarray(pool_labels), fold_of_row=fold_of_row.tolist())
+    if cfg.cv_keep == "refit":
+        cv.refit_epochs = int(np.ceil(np.median([f["best_epoch"] for f in cv.folds])))
+        logger.info("refit on all %d train + validation rows for %d epochs (median best epoch of the folds)",
+                    len(pool_labels), cv.refit_epochs)
+        cv.kept = trainer.train((pool_inputs, pool_labels), None, epochs=cv.refit_epochs)
+    else:
+        cv.kept, cv.chosen_fold = kept, chosen
+    return cv

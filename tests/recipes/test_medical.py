@@ -1,0 +1,50 @@
+"""A radiology-style run end to end: a DICOM manifest with patient ids, grouped splits, the medical
+augmentation preset, a balanced sampler and an operating point, then prediction on a DICOM file."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from huggingface_hub import ModelCard
+
+import hf_adapt
+from hf_adapt.config import config_from_dict
+from hf_adapt.recipes.finetune import FinetuneConfig, main
+from tests.test_medical_data import _manifest
+
+
+@pytest.fixture(autouse=True)
+def _quiet_pydicom():
+    import logging
+
+    logging.getLogger("pydicom").setLevel(logging.ERROR)
+
+
+def test_dicom_manifest_run_keeps_patients_apart_and_serves_its_threshold(tiny_timm_convnet, tmp_path):
+    frame = _manifest(tmp_path, patients=24, per_patient=2)
+    cfg = config_from_dict(FinetuneConfig, dict(
+        model_name_or_path=str(tiny_timm_convnet), data=str(tmp_path / "manifest.csv"), label_column="label",
+        image_column="path", group_column="patient_id", reset_head=True, image_size=32, num_train_epochs=4,
+        learning_rate=2e-2, per_device_train_batch_size=8, train_transform="medical", balanced_sampler=True,
+        operating_point="sensitivity", operating_target=0.9, positive_label="mr", bootstrap_resamples=200,
+        validation_size=0.25, test_size=0.25, report_to="none", torch_num_threads=1,
+        adapter={"peft_type": "LORA", "r": 4, "lora_alpha": 8}, output_dir=str(tmp_path / "out"),
+    ))
+    result = main(cfg)
+    splits = result.data.splits
+    patients = {name: set(splits[name]["patient_id"]) for name in splits}
+    assert not patients["train"] & patients["test"] and not patients["train"] & patients["validation"]
+    assert not patients["validation"] & patients["test"]
+    out = result.output_dir
+    card = ModelCard.load(out / "README.md").text
+    assert "Splits are grouped by `patient_id`" in card and "balanced sampler" in card
+    preprocessor = json.loads((out / "preprocessor_config.json").read_text())
+    assert preprocessor["train_transform"]["hflip"] == 0.0  # the preset, saved resolved
+    info = json.loads((out / "hf_adapt.json").read_text())
+    assert info["operating_point"]["positive_label"] == "mr"
+    predictor = hf_adapt.load_adapted(str(out))
+    scan = tmp_path / frame.path[frame.label == "mr"].iloc[0]
+    prediction = predictor.predict(str(scan))[0]
+    threshold = info["operating_point"]["threshold"]
+    assert prediction["label"] == ("mr" if prediction["probabilities"]["mr"] >= threshold else "ct")
