@@ -155,9 +155,43 @@ def _convert(args: argparse.Namespace, log) -> int:
     return 0
 
 
+def explain_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hf-adapt explain", description="Explain one prediction of an hf-adapt output: Grad-CAM over an image, "
+        "integrated gradients over a text's tokens, summed per column for a table row. Writes a PNG and a JSON.")
+    parser.add_argument("output_dir", help="an output directory written by an hf-adapt recipe (or its Hub repo)")
+    parser.add_argument("input", help="image models: an image file; table models: a .json file holding one row "
+                        "object, or a .csv file (pick the row with --row); text models: a .txt file or the text itself")
+    parser.add_argument("--out", help="folder for explanation.png and explanation.json (default: ./explanations/<input stem>/)")
+    parser.add_argument("--row", type=int, default=0, help="which row of a CSV (or JSON list) file, from 0 (default 0)")
+    parser.add_argument("--target", help="the label to explain (default: the predicted one)")
+    parser.add_argument("--steps", type=int, default=50, help="integrated-gradients steps for texts and rows (default 50)")
+    return parser
+
+
+def explain(argv: list[str] | None = None) -> int:
+    """``hf-adapt explain OUTPUT_DIR INPUT``: one prediction explained, as a PNG and a JSON."""
+    import logging
+
+    from hf_adapt.explain import explain as explain_one
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    args = explain_parser().parse_args(argv)
+    try:
+        png, json_path = explain_one(args.output_dir, args.input, out=args.out, row=args.row, target=args.target,
+                                     steps=args.steps)
+    except HfAdaptError as err:
+        print(f"hf-adapt explain: error: {err}", file=sys.stderr)
+        return 2
+    print(png)
+    print(json_path)
+    return 0
+
+
 # commands that are not recipes: name -> (entry point, one-line help)
 COMMANDS = {"push": (push, "publish an output directory to the Hugging Face Hub"),
-            "feedback": (feedback, "inspect feedback logs, convert them for TRL, train the next version on them")}
+            "feedback": (feedback, "inspect feedback logs, convert them for TRL, train the next version on them"),
+            "explain": (explain, "explain one prediction (Grad-CAM, integrated gradients per token or column)")}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -152,6 +152,12 @@ def load_adapted(path_or_repo_id: str, merge: bool = False, device: str = "cpu",
     """
     directory = _local_dir(path_or_repo_id, revision)
     info, labels = read_run_info(directory)
+    if info.get("operating_point_error"):
+        import logging
+
+        logging.getLogger("hf_adapt.predict").warning(
+            "%s has no operating point (%s): it predicts the most probable class", path_or_repo_id,
+            info["operating_point_error"])
     model_info = info["model"]
     if model_info.get("trust_remote_code") and not trust_remote_code:
         raise ModelError(f"{path_or_repo_id}: the base model needs trust_remote_code=True, which runs code "

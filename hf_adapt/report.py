@@ -98,6 +98,24 @@ def write_gradcam(directory: Path, model, backbone, images: list[Any], probs: np
     return [{"path": Path(p).relative_to(directory).as_posix(), "title": t} for p, t in zip(paths, titles)]
 
 
+def write_row_explanations(directory: Path, model, backbone, data_info: dict[str, Any], labels: list[str],
+                           rows: list[dict[str, Any]], predicted: list[str]) -> list[dict[str, Any]]:
+    """Integrated-gradients attributions per column for a few test rows (``figures/explain_<i>.png``
+    and ``.json``), and the card's summary of each: prediction and the three strongest columns."""
+    from hf_adapt.explain import explain_row, write_explanation
+
+    shown = []
+    for i, (row, label) in enumerate(zip(rows, predicted)):
+        result = explain_row(model, backbone, backbone.preprocessor, data_info, labels, row, predicted=label)
+        png, _ = write_explanation(result, directory / FIGURES, stem=f"explain_{i}")
+        top = [c for c in result["columns"] if c["column"] in data_info["feature_columns"]][:3]
+        shown.append({"path": png.relative_to(directory).as_posix(), "predicted": label,
+                      "explained_output": result["explained_output"],
+                      "top": [{"column": c["column"], "value": c["value"], "attribution": c["attribution"]}
+                              for c in top]})
+    return shown
+
+
 def _as_seen(batch, data_config: dict[str, Any]) -> list[Any]:
     """The preprocessed batch back as PIL images (normalisation undone), aligned pixel for pixel with Grad-CAM."""
     import torch

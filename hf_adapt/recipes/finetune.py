@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from hf_adapt.errors import ConfigError
+from hf_adapt.errors import ConfigError, OperatingPointError
 from hf_adapt.hub import PublishOptions
 
 logger = logging.getLogger("hf_adapt.finetune")
@@ -115,7 +115,7 @@ class FinetuneConfig(PublishOptions):
     sensitive_columns: list | None = field(default=None, metadata={"help": "Columns to evaluate per group on test (e.g. [age_in_years, personal_status_and_sex]); the card reports per-group metrics and fairness gaps. They need not be model inputs."})
     sensitive_bins: dict | None = field(default=None, metadata={"help": "Bin edges for numeric sensitive columns, e.g. {age_in_years: [25, 35, 50]}."})
     positive_label: str | None = field(default=None, metadata={"help": "Binary tasks: the label that counts as positive for sensitivity and selection rate (default: the second label)."})
-    card_examples: int = field(default=4, metadata={"help": "Images: test images saved with the model (the card's usage snippet) and shown with Grad-CAM maps; 0 for none."})
+    card_examples: int = field(default=4, metadata={"help": "Images: test images saved with the model (the card's usage snippet) and shown with Grad-CAM maps; tables: up to 3 test rows explained per column (integrated gradients) in the card; 0 for none."})
     baseline: Literal["auto", "none", "logistic_regression", "hist_gradient_boosting"] = field(default="auto", metadata={"help": "Reference model on the same split for the card; auto = logistic regression for tables. Cross-validation scores both on the same folds for tables."})
     # --- runtime and outputs
     output_dir: str = field(default="outputs/finetune", metadata={"help": "Where the adapter, metrics and card go (written atomically)."})
@@ -381,9 +381,12 @@ def main(cfg: FinetuneConfig) -> FinetuneResult:
             trained = cv.kept
         else:
             trained = trainer.train((inputs["train"], labels["train"]), (inputs["validation"], labels["validation"]))
-        point = None
+        point, point_error = None, None
         if cfg.operating_point != "none":
-            point = _select_operating_point(cfg, data, positive, cv, trained)
+            try:
+                point = _select_operating_point(cfg, data, positive, cv, trained)
+            except OperatingPointError as err:  # the trained model is kept, marked, and not pushed
+                point_error = str(err)
         test_loader = accelerator.prepare(trainer.loader(inputs["test"], labels["test"], train=False,
                                                          collate=trained.backbone.preprocessor.collate))
         test_logits, test_labels = predict(accelerator, trained.model, trained.task, test_loader)
@@ -397,11 +400,16 @@ def main(cfg: FinetuneConfig) -> FinetuneResult:
         outputs.write_on_main(accelerator, staging, cfg.output_dir, lambda directory: _write_outputs(
             directory, cfg, accelerator, unwrapped, trained.backbone, trained.backbone.family, data,
             trained.history, evaluation, baseline, trainable, total, time.perf_counter() - started, parent,
-            point, cv))
+            point, point_error, cv))
         accelerator.end_training()  # also tears down the process group: last
     except BaseException:
         outputs.discard(staging)
         raise
+    if point_error is not None:
+        raise OperatingPointError(
+            f"{point_error}. The trained model was written to {cfg.output_dir} without an operating point "
+            "(load_adapted predicts the most probable class; hf-adapt push refuses it); rerun with a target "
+            "the validation data can meet")
     pushed = cfg.push_after_run(cfg.output_dir, accelerator)
     return FinetuneResult(Path(cfg.output_dir), evaluation.metrics, baseline, trained.history, unwrapped,
                           trained.backbone, data, pushed, point, cv)
@@ -484,7 +492,7 @@ def _flat(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def _write_outputs(directory: Path, cfg, accelerator, model, backbone, family, data, history, evaluation,
-                   baseline, trainable, total, wall_seconds, parent, point, cv) -> None:
+                   baseline, trainable, total, wall_seconds, parent, point, point_error, cv) -> None:
     from hf_adapt import cards, report, transfer
     from hf_adapt.artifacts import save_model, write_run_info
     from hf_adapt.config import save_config
@@ -512,6 +520,7 @@ def _write_outputs(directory: Path, cfg, accelerator, model, backbone, family, d
         "head_names": backbone.head_names,
         "data": input_info,
         "operating_point": operating_point,
+        "operating_point_error": point_error,
     }, data.labels)
     write_json(directory / "eval_results.json", test_metrics)
     intervals = None
@@ -546,6 +555,14 @@ def _write_outputs(directory: Path, cfg, accelerator, model, backbone, family, d
         images = [test_images[i] for i in rows]
         example_file = report.write_examples(directory, images)[0]
         gradcam = report.write_gradcam(directory, model, backbone, images, probs[rows], y_true[rows], data.labels)
+    explained = []
+    if data.kind == "table" and cfg.card_examples > 0:
+        rows = report.example_indices(y_true, min(cfg.card_examples, 3))
+        decided = _decisions(probs, data.labels, operating_point)
+        test_split = data.splits["test"]
+        explained = report.write_row_explanations(
+            directory, model, backbone, input_info, data.labels,
+            [{c: test_split[i][c] for c in data.feature_columns} for i in rows], [decided[i] for i in rows])
     figures = report.write_figures(directory, history.history, cfg.metric_for_best_model, probs, y_true, data.labels,
                                    positive=data.labels.index(operating_point["positive_label"]) if operating_point
                                    else (1 if data.num_labels == 2 else None),
@@ -589,11 +606,13 @@ def _write_outputs(directory: Path, cfg, accelerator, model, backbone, family, d
         "example_file": example_file,
         "figures": figures,
         "gradcam": gradcam,
+        "explanations": explained,
         "subgroups": subgroups,
         "subgroup_sentences": subgroup_sentences,
         "lineage": transfer.lineage(parent, data.labels, cfg.regime) if parent is not None else None,
         "test_intervals": intervals,
         "operating_point": operating_point,
+        "operating_point_error": point_error,
         "cv": _cv_facts(cv, data) if cv is not None else None,
         "imbalance": _imbalance_description(cfg, data),
         "grouped_by": data.origin.get("grouped_by"),
@@ -639,6 +658,15 @@ def _operating_point_facts(point, data, cfg) -> dict[str, Any] | None:
             "threshold": float(point.threshold), "rule": point.rule, "target": point.target,
             "selected_on": point.selected_on,
             "validation": {k: float(v) for k, v in point.metrics.items()}}
+
+
+def _decisions(probs, labels: list[str], operating_point: dict[str, Any] | None) -> list[str]:
+    """The label served for each row of probabilities: at the operating point's threshold, else argmax."""
+    if operating_point is None:
+        return [labels[int(p.argmax())] for p in probs]
+    positive = labels.index(operating_point["positive_label"])
+    return [labels[positive] if p[positive] >= operating_point["threshold"] else operating_point["negative_label"]
+            for p in probs]
 
 
 def _imbalance_description(cfg, data) -> str | None:

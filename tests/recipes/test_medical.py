@@ -21,17 +21,21 @@ def _quiet_pydicom():
     logging.getLogger("pydicom").setLevel(logging.ERROR)
 
 
-def test_dicom_manifest_run_keeps_patients_apart_and_serves_its_threshold(tiny_timm_convnet, tmp_path):
-    frame = _manifest(tmp_path, patients=24, per_patient=2)
-    cfg = config_from_dict(FinetuneConfig, dict(
-        model_name_or_path=str(tiny_timm_convnet), data=str(tmp_path / "manifest.csv"), label_column="label",
+def _config(model, tmp_path, **overrides) -> FinetuneConfig:
+    values = dict(
+        model_name_or_path=str(model), data=str(tmp_path / "manifest.csv"), label_column="label",
         image_column="path", group_column="patient_id", reset_head=True, image_size=32, num_train_epochs=4,
         learning_rate=2e-2, per_device_train_batch_size=8, train_transform="medical", balanced_sampler=True,
         operating_point="sensitivity", operating_target=0.9, positive_label="mr", bootstrap_resamples=200,
         validation_size=0.25, test_size=0.25, report_to="none", torch_num_threads=1,
         adapter={"peft_type": "LORA", "r": 4, "lora_alpha": 8}, output_dir=str(tmp_path / "out"),
-    ))
-    result = main(cfg)
+    )
+    return config_from_dict(FinetuneConfig, {**values, **overrides})
+
+
+def test_dicom_manifest_run_keeps_patients_apart_and_serves_its_threshold(tiny_timm_convnet, tmp_path):
+    frame = _manifest(tmp_path, patients=24, per_patient=2)
+    result = main(_config(tiny_timm_convnet, tmp_path))
     splits = result.data.splits
     patients = {name: set(splits[name]["patient_id"]) for name in splits}
     assert not patients["train"] & patients["test"] and not patients["train"] & patients["validation"]
@@ -48,3 +52,21 @@ def test_dicom_manifest_run_keeps_patients_apart_and_serves_its_threshold(tiny_t
     prediction = predictor.predict(str(scan))[0]
     threshold = info["operating_point"]["threshold"]
     assert prediction["label"] == ("mr" if prediction["probabilities"]["mr"] >= threshold else "ct")
+
+
+def test_an_unmet_sensitivity_target_keeps_the_model_but_marks_and_blocks_it(tiny_timm_convnet, tmp_path):
+    from hf_adapt.errors import HubError, OperatingPointError
+    from hf_adapt.hub import check_release_gate
+
+    _manifest(tmp_path, patients=24, per_patient=2)
+    # two short epochs leave the classes unseparated on validation: 0.9 sensitivity only by calling all positive
+    cfg = _config(tiny_timm_convnet, tmp_path, num_train_epochs=2, learning_rate=5e-3)
+    with pytest.raises(OperatingPointError, match="target sensitivity 0.9 is met on validation only by calling"):
+        main(cfg)
+    out = tmp_path / "out"
+    info = json.loads((out / "hf_adapt.json").read_text())
+    assert info["operating_point"] is None and "target sensitivity 0.9" in info["operating_point_error"]
+    assert "No operating point could be chosen" in (out / "README.md").read_text()
+    with pytest.raises(HubError, match="has no operating point"):
+        check_release_gate(out)
+    assert hf_adapt.load_adapted(str(out)).operating_point is None

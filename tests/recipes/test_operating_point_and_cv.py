@@ -88,6 +88,9 @@ def test_card_shows_the_operating_point_intervals_and_score_distribution(sensiti
     assert "### Operating point" in card.text and "95 % CI" in card.text
     assert "figures/score_distribution.png" in card.text and (out / "figures/score_distribution.png").is_file()
     assert "Class imbalance: class-weighted cross-entropy" in card.text
+    assert "figures/explain_0.png" in card.text and (out / "figures/explain_0.json").is_file()
+    explained = json.loads((out / "figures/explain_0.json").read_text())
+    assert {c["column"] for c in explained["columns"]} - {"(template text)"} <= set(result.data.feature_columns)
     assert {r.metric_type for r in card.data.eval_results} >= {"roc_auc", "gini", "brier_score", "recall"}
 
 

@@ -1,0 +1,508 @@
+"""Explain one prediction: Grad-CAM for images, integrated gradients for texts and table rows.
+
+Both methods come from captum. Images get captum's ``LayerGradCam`` on the last convolutional
+feature map (``hf_adapt.figures`` draws the overlay the model card uses too). Texts get
+``LayerIntegratedGradients`` over the input embedding layer: the baseline is the same sequence
+with every non-special token replaced by the pad token, so the token attributions add up to
+``output(input) - output(baseline)`` up to the reported convergence delta. A table row rendered
+as text is explained per original column: the row is rendered piece by piece, each column's
+character span is kept, and the attributions of the tokens inside a span are summed.
+
+``explain_row`` / ``explain_text`` / ``explain_image`` take the model pieces directly (a recipe
+can call them at training time); ``explain`` loads an output folder with ``load_adapted`` and is
+what ``hf-adapt explain`` runs; ``write_explanation`` writes the PNG and the JSON.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import string
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hf_adapt.errors import ConfigError, DataError, ModelError
+
+logger = logging.getLogger("hf_adapt.explain")
+
+TEMPLATE_BUCKET = "(template text)"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".dcm", ".dicom")
+TABLE_SUFFIXES = (".json", ".csv")
+
+
+# ----------------------------------------------------------------------------- texts and table rows
+
+
+def render_pieces(row: dict[str, Any], feature_columns: list[str], template: str | None) -> list[tuple[str | None, str]]:
+    """``render_row``'s text as ``(column, text)`` pieces in order; ``column`` is None for fixed template text.
+
+    The default ``column: value, ...`` rendering counts ``column: `` as part of that column and
+    ``, `` as template text. Joined, the pieces are exactly ``hf_adapt.data.render_row``'s text.
+    """
+    from hf_adapt.data import render_row
+
+    missing = [c for c in feature_columns if c not in row]
+    if missing:
+        raise DataError(f"the row lacks the feature columns {missing} this model reads "
+                        f"(it has {sorted(row)}; the model needs {feature_columns})")
+    if template is None:
+        pieces: list[tuple[str | None, str]] = []
+        for i, column in enumerate(feature_columns):
+            if i:
+                pieces.append((None, ", "))
+            pieces.append((column, render_row(row, [column], None)))
+    else:
+        # each column's text as render_row formats it: format specs and conversions then apply exactly as there
+        values = {c: render_row(row, [c], None)[len(c) + 2:] for c in feature_columns}
+        pieces = []
+        for literal, field, spec, conversion in string.Formatter().parse(template):
+            if literal:
+                pieces.append((None, literal))
+            if field is not None:
+                one = "{" + field + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+                pieces.append((field.split(".")[0].split("[")[0], one.format_map(values)))
+        merged: list[tuple[str | None, str]] = []
+        for column, text in pieces:  # parse() splits literals at escaped braces: one template piece each
+            if column is None and merged and merged[-1][0] is None:
+                merged[-1] = (None, merged[-1][1] + text)
+            else:
+                merged.append((column, text))
+        pieces = merged
+    rendered = render_row(row, feature_columns, template)
+    if "".join(text for _, text in pieces) != rendered:  # would misplace every span after it: refuse, loudly
+        raise DataError(f"the template {template!r} renders differently piece by piece than whole; "
+                        "its columns cannot be told apart for the explanation")
+    return pieces
+
+
+def input_embedding_layer(model: Any) -> tuple[str, Any]:
+    """The token embedding layer of a transformers text classifier, through peft and ``MeanPoolingClassifier``.
+
+    Returns ``(name, module)``: the first ``PreTrainedModel`` inside ``model`` (the classifier
+    itself, or a mean-pooling head's encoder) answers ``get_input_embeddings()``.
+    """
+    from transformers import PreTrainedModel
+
+    names = {id(module): name for name, module in model.named_modules()}
+    for module in model.modules():
+        if isinstance(module, PreTrainedModel):
+            layer = module.get_input_embeddings()
+            if layer is not None:
+                return names.get(id(layer), type(layer).__name__), layer
+    raise ModelError(f"{type(model).__name__} has no transformers input embedding layer to attribute to")
+
+
+def _target_index(labels: list[str], target: str | None, predicted: str) -> int:
+    name = predicted if target is None else target
+    if name not in labels:
+        raise ConfigError(f"target {name!r} is not one of this model's labels {labels}")
+    return labels.index(name)
+
+
+def _integrated_gradients(model, backbone, preprocessor, labels: list[str], text: str, target: str | None,
+                          steps: int, predicted: str | None) -> dict[str, Any]:
+    """Token attributions of ``text`` (captum ``LayerIntegratedGradients`` on the input embeddings)."""
+    import torch
+    from captum.attr import LayerIntegratedGradients
+
+    from hf_adapt.figures import _eval_mode
+    from hf_adapt.metrics import softmax
+
+    if steps < 1:
+        raise ConfigError(f"--steps must be at least 1, got {steps}")
+    tokenizer = preprocessor.tokenizer
+    if not getattr(tokenizer, "is_fast", False):
+        raise ModelError(f"{type(tokenizer).__name__} is a slow tokenizer: token offsets need a fast one")
+    device = next(model.parameters()).device
+    batch = {k: v.to(device) for k, v in preprocessor.collate([text], train=False).items()}
+    spans = tokenizer([text], truncation=True, max_length=preprocessor.max_length,
+                      return_offsets_mapping=True, return_special_tokens_mask=True)
+    if spans["input_ids"][0] != batch["input_ids"][0].tolist():
+        raise ModelError("the tokenizer gives other token ids with offsets than the preprocessor does")
+    if tokenizer.pad_token_id is None:
+        raise ModelError(f"{type(tokenizer).__name__} has no pad token for the integrated-gradients baseline")
+    special = torch.tensor(spans["special_tokens_mask"][0], dtype=torch.bool, device=device)
+    baseline_ids = batch["input_ids"].masked_fill(~special.unsqueeze(0), tokenizer.pad_token_id)
+    extra_names = [k for k in batch if k != "input_ids"]
+
+    def model_logits(input_ids, *extra):
+        return backbone.logits(model, {"input_ids": input_ids, **dict(zip(extra_names, extra))})
+
+    with _eval_mode(model), torch.no_grad():
+        logits = model_logits(batch["input_ids"], *(batch[k] for k in extra_names)).float()
+    probs = softmax(logits.cpu().numpy().astype(np.float64))[0]
+    predicted = predicted or labels[int(probs.argmax())]
+    t = _target_index(labels, target, predicted)
+    other = 1 - t if len(labels) == 2 else None  # binary: the log-odds of the explained class
+    explained = (f"logit({labels[t]})" if other is None
+                 else f"logit({labels[t]}) - logit({labels[other]}): log-odds of {labels[t]!r}")
+
+    def forward(input_ids, *extra):
+        out = model_logits(input_ids, *extra)
+        return out[:, t] if other is None else out[:, t] - out[:, other]
+
+    layer_name, layer = input_embedding_layer(model)
+    extra = tuple(batch[k] for k in extra_names)
+    with _eval_mode(model), torch.enable_grad():
+        attributions, delta = LayerIntegratedGradients(forward, layer).attribute(
+            batch["input_ids"], baselines=baseline_ids, additional_forward_args=extra, n_steps=steps,
+            return_convergence_delta=True,
+        )
+    with _eval_mode(model), torch.no_grad():
+        at_input, at_baseline = (float(forward(ids, *extra)[0]) for ids in (batch["input_ids"], baseline_ids))
+    per_token = attributions.detach().sum(dim=-1)[0].float().cpu().numpy()
+    ids = batch["input_ids"][0].tolist()
+    pieces = tokenizer.convert_ids_to_tokens(ids)
+    tokens = [
+        {"position": i, "token": text[start:end], "piece": piece, "start": start, "end": end,
+         "attribution": float(per_token[i])}
+        for i, (piece, (start, end), is_special) in enumerate(zip(pieces, spans["offset_mapping"][0], special.tolist()))
+        if not is_special
+    ]
+    return {
+        "text": text,
+        "predicted_label": predicted,
+        "probabilities": dict(zip(labels, map(float, probs))),
+        "target": labels[t],
+        "method": (f"integrated gradients (captum LayerIntegratedGradients) on {layer_name}, {steps} steps; "
+                   "baseline: every token replaced by the pad token, special tokens kept"),
+        "explained_output": explained,
+        "output_at_input": at_input,
+        "output_at_baseline": at_baseline,
+        "convergence_delta": float(delta.detach().reshape(-1)[0]),
+        "max_length": preprocessor.max_length,
+        "tokens": tokens,
+    }
+
+
+def explain_text(model, backbone, preprocessor, labels: list[str], text: str, target: str | None = None,
+                 steps: int = 50, *, predicted: str | None = None) -> dict[str, Any]:
+    """Token attributions for one text, for the predicted class (or ``target``).
+
+    Args:
+        model: the classifier (peft-wrapped or not), as ``backbone.logits`` takes it.
+        backbone, preprocessor: from the build; the preprocessor must be a text one (tokenizer, max_length).
+        labels: class names, in logit order.
+        text: the input as the model reads it.
+        target: the label to explain; default the predicted one.
+        steps: integration steps; more steps, smaller convergence delta.
+        predicted: the label the caller's predictor gives (e.g. with an operating point applied); the
+            arg max of the probabilities when None.
+
+    Returns:
+        a JSON-ready dict: ``kind`` "text", prediction, probabilities, target, method, the explained
+        output at input and baseline, ``convergence_delta`` and ``tokens`` (special tokens excluded);
+        the token attributions sum to ``output_at_input - output_at_baseline`` up to the delta.
+    """
+    _check_text_model(preprocessor)
+    result = _integrated_gradients(model, backbone, preprocessor, labels, str(text), target, steps, predicted)
+    return {"kind": "text", **result}
+
+
+def explain_row(model, backbone, preprocessor, data_info: dict[str, Any], labels: list[str], row: dict[str, Any],
+                target: str | None = None, steps: int = 50, *, predicted: str | None = None) -> dict[str, Any]:
+    """Per-column attributions for one table row rendered as text (``data_info["kind"] == "table"``).
+
+    ``data_info`` is ``hf_adapt.json``'s ``data`` (``feature_columns``, ``text_template``); other
+    arguments as for :func:`explain_text`. Besides its fields the result holds ``row`` (each
+    column's rendered value) and ``columns``: one entry per column the text shows, plus the
+    ``"(template text)"`` bucket, sorted by ``|attribution|``, each with the summed attribution, its
+    token count and whether truncation (``max_length``) cut it. Tokens carry their ``column``.
+    """
+    from hf_adapt.data import render_row
+
+    _check_text_model(preprocessor)
+    if data_info.get("kind") != "table":
+        raise DataError(f"explain_row explains table rows; this model reads {data_info.get('kind')} inputs")
+    feature_columns, template = list(data_info["feature_columns"]), data_info.get("text_template")
+    pieces = render_pieces(row, feature_columns, template)
+    text = "".join(piece for _, piece in pieces)
+    result = _integrated_gradients(model, backbone, preprocessor, labels, text, target, steps, predicted)
+
+    spans, at = [], 0
+    for column, piece in pieces:
+        spans.append((column or TEMPLATE_BUCKET, at, at + len(piece)))
+        at += len(piece)
+    shown = list(dict.fromkeys(column for column, _ in pieces if column is not None))
+    buckets = {name: {"attribution": 0.0, "tokens": 0} for name in [*shown, TEMPLATE_BUCKET]}
+    for token in result["tokens"]:
+        overlaps = [(min(end, token["end"]) - max(start, token["start"]), name) for name, start, end in spans]
+        best, name = max(overlaps, key=lambda o: o[0])  # first span wins a tie
+        token["column"] = name if best > 0 else TEMPLATE_BUCKET
+        buckets[token["column"]]["attribution"] += token["attribution"]
+        buckets[token["column"]]["tokens"] += 1
+    kept_end = max((token["end"] for token in result["tokens"]), default=0)
+    truncated = {name for name, start, end in spans if text[max(start, kept_end):end].strip()}
+    values = {c: render_row(row, [c], None)[len(c) + 2:] for c in shown}
+    columns = [{"column": name, "value": values.get(name), "attribution": bucket["attribution"],
+                "tokens": bucket["tokens"], "truncated": name in truncated}
+               for name, bucket in buckets.items()]
+    columns.sort(key=lambda c: -abs(c["attribution"]))
+    if truncated - {TEMPLATE_BUCKET}:
+        logger.warning("max_length %d cut the text: columns %s are partly or wholly unseen",
+                       preprocessor.max_length, sorted(truncated - {TEMPLATE_BUCKET}))
+    return {"kind": "table", "row": values, **result, "columns": columns,
+            "truncated_columns": [c for c in shown if c in truncated]}
+
+
+def _check_text_model(preprocessor) -> None:
+    if getattr(preprocessor, "input_kind", None) != "text":
+        raise DataError(f"this model reads {getattr(preprocessor, 'input_kind', 'unknown')} inputs, not text")
+
+
+# ----------------------------------------------------------------------------- images
+
+
+def explain_image(model, backbone, preprocessor, labels: list[str], image: Any, target: str | None = None,
+                  *, predicted: str | None = None) -> dict[str, Any]:
+    """Grad-CAM (captum ``LayerGradCam``) of the predicted class (or ``target``) for one PIL image.
+
+    The map is taken on the last convolutional feature stage (``figures.gradcam_target_layer``)
+    and drawn over the image as the model sees it (resized, cropped); models without such a map
+    (ViT and other token-sequence backbones) raise ``ModelError``. The result holds the PNG bytes
+    under ``overlay_png``, which :func:`write_explanation` writes and leaves out of the JSON.
+    ``predicted`` as for :func:`explain_text`.
+    """
+    import torch
+
+    from hf_adapt import figures
+    from hf_adapt.figures import _eval_mode
+    from hf_adapt.metrics import softmax
+    from hf_adapt.report import _as_seen
+
+    if getattr(preprocessor, "input_kind", None) != "image":
+        raise DataError(f"this model reads {getattr(preprocessor, 'input_kind', 'unknown')} inputs, not images")
+    device = next(model.parameters()).device
+    batch = preprocessor.collate([image], train=False)["pixel_values"].to(device)
+    layer = figures.gradcam_target_layer(model, example=batch)
+    if layer is None:
+        raise ModelError("Grad-CAM needs a convolutional feature map, and this backbone has none "
+                         "(e.g. a ViT, whose last stage is a token sequence); no image explanation for it")
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    layer_name = next((name for name, module in base.named_modules() if module is layer), type(layer).__name__)
+
+    def forward(pixels):
+        return backbone.logits(model, {"pixel_values": pixels})
+
+    with _eval_mode(model), torch.no_grad():
+        probs = softmax(forward(batch).float().cpu().numpy().astype(np.float64))[0]
+    predicted = predicted or labels[int(probs.argmax())]
+    t = _target_index(labels, target, predicted)
+    title = f"predicted {predicted} ({probs[labels.index(predicted)]:.2f}); Grad-CAM for {labels[t]}"
+    shown = _as_seen(batch, preprocessor.data_config) if hasattr(preprocessor, "data_config") else [image]
+    empty = not figures.gradcam_maps(forward, layer, batch, [t]).any()
+    if empty:
+        logger.warning("the Grad-CAM map for %s is zero everywhere: the last feature map holds no positive "
+                       "evidence for it, so the overlay shows none", labels[t])
+    with tempfile.TemporaryDirectory(prefix="hf-adapt-explain-") as tmp:
+        (path,) = figures.gradcam_overlays(forward, layer, shown, batch, [t], [title], tmp, prefix="overlay")
+        png = Path(path).read_bytes()
+    return {
+        "kind": "image",
+        "image_size": list(image.size),
+        "model_input_size": list(batch.shape[-2:]),
+        "predicted_label": predicted,
+        "probabilities": dict(zip(labels, map(float, probs))),
+        "target": labels[t],
+        "method": f"Grad-CAM on {layer_name}",
+        "explained_output": f"logit({labels[t]})",
+        "map_is_empty": bool(empty),
+        "title": title,
+        "overlay_png": png,
+    }
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def _replace_atomically(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _title(result: dict[str, Any]) -> str:
+    predicted = result["predicted_label"]
+    return (f"predicted {predicted} ({result['probabilities'][predicted]:.2f}); "
+            f"integrated gradients of {result['explained_output'].split(':')[0]}")
+
+
+def write_explanation(result: dict[str, Any], out_dir: str | os.PathLike, stem: str = "explanation") -> tuple[Path, Path]:
+    """Write ``{stem}.png`` and ``{stem}.json`` into ``out_dir``, each atomically; returns both paths.
+
+    The PNG is the Grad-CAM overlay for images, a bar chart of column attributions for table
+    rows, of the largest token attributions for texts.
+    """
+    from hf_adapt import figures
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    png, json_path = out / f"{stem}.png", out / f"{stem}.json"
+    if result["kind"] == "image":
+        _replace_atomically(png, result["overlay_png"])
+    elif result["kind"] == "table":
+        figures.attribution_bars([c["column"] for c in result["columns"]], [c["attribution"] for c in result["columns"]],
+                                 png, _title(result), xlabel=f"attribution to {result['explained_output'].split(':')[0]}")
+    else:
+        figures.attribution_bars([f"{t['token']} (#{t['position']})" for t in result["tokens"]],
+                                 [t["attribution"] for t in result["tokens"]], png, _title(result),
+                                 xlabel=f"attribution to {result['explained_output'].split(':')[0]}")
+    facts = {k: v for k, v in result.items() if not isinstance(v, bytes)}
+    _replace_atomically(json_path, (json.dumps(facts, indent=2, default=str) + "\n").encode())
+    return png, json_path
+
+
+# ----------------------------------------------------------------------------- from an output folder
+
+
+def _read_row(path: Path, row: int) -> dict[str, Any]:
+    if row < 0:
+        raise ConfigError(f"--row must be 0 or more, got {row}")
+    if path.suffix.lower() == ".json":
+        try:
+            value = json.loads(path.read_text())
+        except ValueError as err:
+            raise DataError(f"{path}: not valid JSON ({err})") from err
+        rows = value if isinstance(value, list) else [value]
+    else:
+        import pandas as pd
+
+        try:
+            rows = pd.read_csv(path).to_dict("records")
+        except (ValueError, pd.errors.ParserError) as err:
+            raise DataError(f"{path}: cannot be read as CSV ({err})") from err
+    if row >= len(rows):
+        raise DataError(f"--row {row} is out of range: {path} holds {len(rows)} row(s) (0..{len(rows) - 1})")
+    if not isinstance(rows[row], dict):
+        raise DataError(f"{path}: row {row} is not an object of column: value pairs")
+    return rows[row]
+
+
+def _read_image(path: Path, dicom_window: list[float] | None):
+    """The image as the predictor opens it: ``hf_adapt.data.open_image`` (DICOM too) where there is one."""
+    try:
+        from hf_adapt.data import open_image
+    except ImportError:
+        open_image = None
+    if open_image is not None:
+        return open_image(str(path), str(path), dicom_window)
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.copy()
+    except Exception as err:  # PIL raises OSError, SyntaxError, ValueError ... for bad files
+        raise DataError(f"{path}: unreadable image ({type(err).__name__}: {err})") from err
+
+
+def read_input(input: str, data_info: dict[str, Any], row: int = 0) -> tuple[Any, dict[str, Any]]:
+    """The raw input ``explain`` hands the model, and how to name it in the JSON.
+
+    Images: an image file. Table rows: a .json file (one row object, or a list of them picked by
+    ``row``) or a CSV file and ``row``. Texts: a .txt file, or the text itself.
+    """
+    kind = data_info.get("kind")
+    path = Path(input)
+    suffix = path.suffix.lower()
+    looks_like_file = suffix in (*IMAGE_SUFFIXES, *TABLE_SUFFIXES, ".txt", ".tsv", ".jsonl") and "\n" not in input
+    if looks_like_file and not path.is_file():
+        raise DataError(f"input file not found: {input}")
+    if kind == "image":
+        if suffix in (*TABLE_SUFFIXES, ".txt", ".tsv", ".jsonl") or not path.is_file():
+            raise DataError(f"this model reads images: INPUT must be an image file ({', '.join(IMAGE_SUFFIXES)}); "
+                            f"got {input!r}")
+        return _read_image(path, data_info.get("dicom_window")), {"path": str(path)}
+    if suffix in IMAGE_SUFFIXES:
+        raise DataError(f"{input} is an image, but this model reads {kind} inputs (text)")
+    if kind == "table":
+        if suffix not in TABLE_SUFFIXES:
+            raise DataError(f"this model reads table rows: INPUT must be a .json file holding one row object, "
+                            f"or a .csv file with --row N; got {input!r}")
+        item = _read_row(path, row)
+        missing = [c for c in data_info["feature_columns"] if c not in item]
+        if missing:
+            raise DataError(f"{path} row {row} lacks the feature columns {missing} this model reads "
+                            f"(it has {sorted(item)})")
+        return item, {"path": str(path), "row": row}
+    if kind == "text":
+        if suffix in TABLE_SUFFIXES:
+            raise DataError(f"{input} is a table file, but this model reads plain text: give a .txt file or the text")
+        if path.is_file():
+            return path.read_text(), {"path": str(path)}
+        return input, {"text": input}
+    raise ModelError(f"explain handles image, table and text models; this output's data kind is {kind!r}")
+
+
+def _default_out(input: str, source: dict[str, Any]) -> Path:
+    if "path" in source:
+        return Path("explanations") / Path(input).stem
+    return Path("explanations") / f"text-{hashlib.sha1(input.encode()).hexdigest()[:8]}"
+
+
+def explain(output_dir: str, input: str, out: str | os.PathLike | None = None, row: int = 0,
+            target: str | None = None, steps: int = 50) -> tuple[Path, Path]:
+    """Explain one prediction of an hf-adapt output; what ``hf-adapt explain`` runs.
+
+    Args:
+        output_dir: an output folder (or Hub repo) ``load_adapted`` reads.
+        input: an image file, a row file (.json / .csv), a .txt file or the text, by the model's kind.
+        out: folder for the files; default ``./explanations/<input stem>/``.
+        row: which row of a CSV (or JSON list) file.
+        target: the label to explain; default the predicted one (operating point applied).
+        steps: integrated-gradients steps (texts and rows).
+
+    Returns:
+        the PNG and JSON paths: ``explanation.*``, or ``explanation_row<N>.*`` for a row of a file of many.
+    """
+    from hf_adapt.artifacts import read_run_info
+    from hf_adapt.predict import load_adapted
+
+    directory = Path(output_dir)
+    predictor = None
+    if directory.is_dir():  # the inputs are checked before the model loads
+        info, labels = read_run_info(directory)
+    else:
+        from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
+
+        try:
+            predictor = load_adapted(output_dir)
+        except (HFValidationError, HfHubHTTPError, LocalEntryNotFoundError) as err:
+            raise ConfigError(f"{output_dir} is neither an hf-adapt output folder nor a Hub repo that can be "
+                              f"reached ({type(err).__name__})") from err
+        info, labels = predictor.info, predictor.labels
+    continual = info.get("continual") or {}
+    if continual.get("scenario") == "task" or len(set((continual.get("adapters") or {}).values())) > 1:
+        raise ModelError("explain handles single-model outputs; this continual model routes inputs by task or "
+                         "through per-experience adapters")
+    if target is not None and target not in labels:
+        raise ConfigError(f"--target {target!r} is not one of this model's labels {labels}")
+    if steps < 1:
+        raise ConfigError(f"--steps must be at least 1, got {steps}")
+    item, source = read_input(input, info["data"], row)
+    predictor = predictor or load_adapted(output_dir)
+    predicted = predictor.predict(item)[0]["label"]  # the label users get, operating point included
+    pieces = (predictor.model, predictor.backbone, predictor.preprocessor)
+    kind = info["data"]["kind"]
+    if kind == "image":
+        result = explain_image(*pieces, labels, item, target, predicted=predicted)
+    elif kind == "table":
+        result = explain_row(*pieces, info["data"], labels, item, target, steps, predicted=predicted)
+    else:
+        result = explain_text(*pieces, labels, item, target, steps, predicted=predicted)
+    result = {"input": source, "model": str(output_dir), **result}
+    if info.get("operating_point"):
+        point = info["operating_point"]
+        result["operating_point"] = {k: point[k] for k in ("positive_label", "negative_label", "threshold", "rule")
+                                     if k in point}
+    many_rows = "row" in source and (row > 0 or Path(input).suffix.lower() == ".csv")
+    stem = f"explanation_row{row}" if many_rows else "explanation"
+    return write_explanation(result, out if out is not None else _default_out(input, source), stem)
