@@ -54,13 +54,12 @@ def baseline_logits(name: str, train, test, columns: list[str], num_labels: int,
     return np.log(probs)
 
 
-def table_baseline(name: str, data: LabelledData, seed: int = 0) -> dict[str, float]:
-    """Test metrics of baseline ``name`` fitted on the train split."""
-    train = data.splits["train"].to_pandas()
+def table_baseline(name: str, data: LabelledData, seed: int = 0,
+                   fit_on: tuple[str, ...] = ("train",)) -> dict[str, float]:
+    """Test metrics of baseline ``name`` fitted on the ``fit_on`` splits (those the model trained on)."""
+    import pandas as pd
+
+    train = pd.concat([data.splits[split].to_pandas() for split in fit_on], ignore_index=True)
     test = data.splits["test"].to_pandas()
     logits = baseline_logits(name, train, test, data.feature_columns, data.num_labels, seed)
     return classification_metrics(logits, test["label"].to_numpy())
-
-
-def logistic_regression(data: LabelledData, seed: int = 0) -> dict[str, float]:
-    return table_baseline("logistic_regression", data, seed)

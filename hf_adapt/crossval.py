@@ -2,10 +2,12 @@
 
 Train and validation rows are pooled and split into K stratified folds (grouped, so that no
 patient is in two folds, when the data has a group column); the test split stays held out.
-Each fold trains a fresh model on K-1 folds and selects its epoch on the held-out one. For
-table data the scikit-learn baselines are scored on the very same folds, so the comparison is
-paired. Afterwards the recipe keeps either the best fold's model or a refit on all pooled rows
-for the median of the folds' best epochs.
+Each fold trains a fresh model on K-1 folds for the configured epochs and is scored on the
+held-out fold; nothing is selected on it (no best epoch, no early stopping), so the fold
+scores estimate what the same training does on unseen rows, and the scikit-learn baselines
+(table data), fitted and scored on the very same folds, are a fair paired comparison.
+Afterwards the recipe keeps either a refit on all pooled rows with the same settings, or the
+best fold's model (whose own fold score is then the best of K, hence optimistic).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ class CrossValidation:
     oof_labels: np.ndarray
     kept: Any = None  # the recipe's Trained run that is saved
     chosen_fold: int | None = None  # best_fold: which fold (1-based)
-    refit_epochs: int | None = None  # refit: epochs trained on all pooled rows
+    refit_epochs: int | None = None  # refit: epochs trained on all pooled rows (the folds' settings)
     fold_of_row: list[int] = field(default_factory=list)  # 1-based fold of each pooled row
 
     def facts(self) -> dict[str, Any]:
@@ -85,14 +87,14 @@ def cross_validate(trainer, data, folds, inputs: dict[str, list], labels: dict[s
         logger.info("fold %d/%d: training on %d rows, validating on %d", number, len(folds), len(train_rows),
                     len(held_rows))
         trained = trainer.train(([pool_inputs[i] for i in train_rows], [pool_labels[i] for i in train_rows]),
-                                ([pool_inputs[i] for i in held_rows], held_labels.tolist()))
+                                ([pool_inputs[i] for i in held_rows], held_labels.tolist()), select_epoch=False)
         oof[held_rows] = trained.held_logits
         fold_of_row[held_rows] = number
         metrics = classification_metrics(trained.held_logits, trained.held_labels)
         rows.append(metrics)
         fold = {"fold": number, "train_rows": int(len(train_rows)), "held_rows": int(len(held_rows)),
                 "held_label_counts": {data.labels[c]: int((held_labels == c).sum()) for c in range(data.num_labels)},
-                "best_epoch": trained.history.best_epoch, "metrics": metrics, "baselines": {}}
+                "epochs": len(trained.history.history), "metrics": metrics, "baselines": {}}
         if frame is not None:
             for name in BASELINES:
                 logits = baseline_logits(name, frame.iloc[train_rows], frame.iloc[held_rows], data.feature_columns,
@@ -110,10 +112,9 @@ def cross_validate(trainer, data, folds, inputs: dict[str, list], labels: dict[s
     cv = CrossValidation(len(folds), cfg.cv_keep, cfg.group_column, fold_facts, summary, oof,
                          np.asarray(pool_labels), fold_of_row=fold_of_row.tolist())
     if cfg.cv_keep == "refit":
-        cv.refit_epochs = int(np.ceil(np.median([f["best_epoch"] for f in cv.folds])))
-        logger.info("refit on all %d train + validation rows for %d epochs (median best epoch of the folds)",
-                    len(pool_labels), cv.refit_epochs)
-        cv.kept = trainer.train((pool_inputs, pool_labels), None, epochs=cv.refit_epochs)
+        logger.info("refit on all %d train + validation rows with the folds' settings", len(pool_labels))
+        cv.kept = trainer.train((pool_inputs, pool_labels), None)
+        cv.refit_epochs = len(cv.kept.history.history)
     else:
         cv.kept, cv.chosen_fold = kept, chosen
     return cv

@@ -29,6 +29,7 @@ logger = logging.getLogger("hf_adapt.data")
 _TABLE_FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 _SPLIT_NAMES = {"train": "train", "validation": "validation", "valid": "validation", "val": "validation", "dev": "validation", "test": "test"}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", *DICOM_SUFFIXES)
+_GROUP_HINTS = ("patient_id", "patient", "subject_id", "customer_id")  # warned about when group_column is unset
 _PATH_COLUMNS = ("path", "image")  # auto-detected manifest columns (image_column unset)
 _ROW = "__manifest_row__"  # a manifest row's index in its file, kept through splitting for messages
 BAD_IMAGE_REASONS = ("missing file", "not an image", "no pixel data", "unsupported transfer syntax", "truncated",
@@ -569,10 +570,14 @@ def _detect_kind(dataset, spec: DataSpec) -> tuple[str, str | None, list[str]]:
             f"(columns: {columns}); pass --text_template null to render every column as 'column: value', "
             "or a template over your columns"
         )
-    features = spec.feature_columns or named or columns
+    features = spec.feature_columns or named or [c for c in columns if c != spec.group_column]
     missing = [c for c in features if c not in columns]
     if missing:
         raise DataError(f"feature columns {missing} not found; columns are {columns}")
+    if spec.group_column in features:
+        raise DataError(f"group column {spec.group_column!r} is also a model input; an id that groups the splits "
+                        "must not be a feature (the model would learn who, not what): drop it from "
+                        "feature_columns / text_template")
     return "table", None, features
 
 
@@ -808,6 +813,12 @@ def load_labelled(spec: DataSpec) -> LabelledData:
             )
     if spec.group_column:
         _check_groups(raw, spec.group_column)
+    else:
+        ids = [c for c in next(iter(raw.values())).column_names if c.lower() in _GROUP_HINTS]
+        if ids:
+            logger.warning("the data has a %r column but no group_column: splits are made by row, so one %s's rows "
+                           "can be in train and in test; set group_column: %s to keep each in one split",
+                           ids[0], ids[0], ids[0])
     names = label_names(raw, spec.label_column)
     encoded = {split: _encode_labels(ds, spec.label_column, names) for split, ds in raw.items()}
     folders = _manifest_folders(spec)

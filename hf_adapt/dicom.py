@@ -123,13 +123,36 @@ def _window_to_8bit(values, low: float, high: float):
     return np.rint(np.clip(scaled, 0.0, 1.0) * 255).astype(np.uint8)
 
 
+def voi_window(values, center: float, width: float, function: str = "LINEAR"):
+    """A VOI window onto 0..255 as DICOM PS3.3 C.11.2.1.2 defines it, for the LINEAR (default),
+    LINEAR_EXACT and SIGMOID VOI LUT functions.
+
+    LINEAR: ``((x - (c - 0.5)) / (w - 1) + 0.5)``, 0 at or below ``c - 0.5 - (w - 1) / 2`` and 1
+    above ``c - 0.5 + (w - 1) / 2`` (width 1 is a step at ``c - 0.5``).
+    """
+    import numpy as np
+
+    x = values.astype(np.float64)
+    function = (function or "LINEAR").upper()
+    if function == "SIGMOID":
+        y = 1.0 / (1.0 + np.exp(-4.0 * (x - center) / width))
+    elif function == "LINEAR_EXACT":
+        y = np.clip((x - center) / width + 0.5, 0.0, 1.0)
+    elif width <= 1:
+        y = (x > center - 0.5).astype(np.float64)
+    else:
+        y = np.clip((x - (center - 0.5)) / (width - 1) + 0.5, 0.0, 1.0)
+    return np.rint(y * 255).astype(np.uint8)
+
+
 def read_dicom(path: str | os.PathLike[str] | BinaryIO, window: tuple[float, float] | None = None):
     """A DICOM image as a PIL image: "L" (8-bit grayscale) or "RGB".
 
     Grayscale pixels go through the modality LUT (rescale slope/intercept, e.g. to Hounsfield
-    units), then a linear intensity window mapped onto 0..255: ``window=(center, width)`` when
-    given (the config's ``dicom_window``), else the file's own WindowCenter/WindowWidth (the first
-    if there are several), else the image's min-max range. MONOCHROME1 images (dense = dark)
+    units), then a VOI window mapped onto 0..255 (:func:`voi_window`, the DICOM standard's
+    formula): ``window=(center, width)`` when given (the config's ``dicom_window``, LINEAR), else
+    the file's own WindowCenter/WindowWidth (the first if there are several) with its
+    VOILUTFunction, else its VOI LUT sequence, else the image's min-max range. MONOCHROME1 images (dense = dark)
     are inverted so that dense is bright, as in MONOCHROME2. Colour images (RGB, YBR_* which
     pydicom converts to RGB, PALETTE COLOR through its lookup table) come back as "RGB", scaled to
     8 bit by their bit depth. A multi-frame file gives its middle frame.
@@ -161,12 +184,19 @@ def read_dicom(path: str | os.PathLike[str] | BinaryIO, window: tuple[float, flo
     from pydicom.pixels import apply_modality_lut
 
     values = apply_modality_lut(pixels, dataset).astype(np.float64)
+    function = "LINEAR"
     if window is not None:
         center, width = float(window[0]), float(window[1])
-    else:
+    else:  # the file's own window, with its VOI LUT function
         center, width = _first(dataset.get("WindowCenter")), _first(dataset.get("WindowWidth"))
+        function = str(dataset.get("VOILUTFunction") or "LINEAR")
     if center is not None and width is not None and width > 0:
-        out = _window_to_8bit(values, center - width / 2, center + width / 2)
+        out = voi_window(values, center, width, function)
+    elif "VOILUTSequence" in dataset:  # a lookup-table window instead of center/width
+        from pydicom.pixels import apply_voi_lut
+
+        looked_up = apply_voi_lut(values, dataset).astype(np.float64)
+        out = _window_to_8bit(looked_up, float(looked_up.min()), float(looked_up.max()))
     else:
         out = _window_to_8bit(values, float(values.min()), float(values.max()))
     if interpretation == "MONOCHROME1":

@@ -26,12 +26,12 @@ from typing import Any
 
 import numpy as np
 
+from hf_adapt.data import IMAGE_SUFFIXES, open_image
 from hf_adapt.errors import ConfigError, DataError, ModelError
 
 logger = logging.getLogger("hf_adapt.explain")
 
 TEMPLATE_BUCKET = "(template text)"
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".dcm", ".dicom")
 TABLE_SUFFIXES = (".json", ".csv")
 
 
@@ -387,21 +387,8 @@ def _read_row(path: Path, row: int) -> dict[str, Any]:
 
 
 def _read_image(path: Path, dicom_window: list[float] | None):
-    """The image as the predictor opens it: ``hf_adapt.data.open_image`` (DICOM too) where there is one."""
-    try:
-        from hf_adapt.data import open_image
-    except ImportError:
-        open_image = None
-    if open_image is not None:
-        return open_image(str(path), str(path), dicom_window)
-    from PIL import Image
-
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return image.copy()
-    except Exception as err:  # PIL raises OSError, SyntaxError, ValueError ... for bad files
-        raise DataError(f"{path}: unreadable image ({type(err).__name__}: {err})") from err
+    """The image as the predictor opens it (DICOM too, windowed as in training)."""
+    return open_image(str(path), str(path), dicom_window)
 
 
 def read_input(input: str, data_info: dict[str, Any], row: int = 0) -> tuple[Any, dict[str, Any]]:

@@ -159,11 +159,14 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, 
 
 
 def bootstrap_intervals(fn: Callable[..., dict[str, float]], *arrays: np.ndarray, n_resamples: int = 1000,
-                        confidence: float = 0.95, seed: int = 0) -> dict[str, tuple[float, float]]:
+                        confidence: float = 0.95, seed: int = 0,
+                        groups: np.ndarray | None = None) -> dict[str, tuple[float, float]]:
     """Percentile-bootstrap confidence intervals for every metric ``fn`` returns.
 
     Each resample draws ``len(arrays[0])`` row indices with replacement and applies the same
-    indices to every array, then calls ``fn(*resampled_arrays)``. For each metric, resamples
+    indices to every array, then calls ``fn(*resampled_arrays)``. With ``groups`` (a group id
+    per row, e.g. the patient) it is a cluster bootstrap: whole groups are drawn with
+    replacement, all rows of each, since rows of one patient are not independent. For each metric, resamples
     where it is not finite (AUROC of a resample holding one class, say) are left out; when
     fewer than half the resamples give a finite value, its interval is ``(nan, nan)``. The
     interval is the ``(1 - confidence) / 2`` and ``(1 + confidence) / 2`` percentiles of the
@@ -175,6 +178,7 @@ def bootstrap_intervals(fn: Callable[..., dict[str, float]], *arrays: np.ndarray
         n_resamples: bootstrap resamples.
         confidence: the interval's coverage, in (0, 1).
         seed: seed of the resampling generator.
+        groups: row-aligned group ids for a cluster bootstrap; None resamples rows.
     """
     if not arrays:
         raise ValueError("bootstrap_intervals needs at least one array to resample")
@@ -187,9 +191,19 @@ def bootstrap_intervals(fn: Callable[..., dict[str, float]], *arrays: np.ndarray
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must lie in (0, 1); got {confidence}")
     rng = np.random.default_rng(seed)
+    members = None
+    if groups is not None:
+        if len(groups) != n:
+            raise ValueError(f"groups has {len(groups)} entries for {n} rows")
+        _, group_of_row = np.unique(np.asarray(groups).astype(str), return_inverse=True)
+        order = np.argsort(group_of_row, kind="stable")
+        members = np.split(order, np.cumsum(np.bincount(group_of_row))[:-1])  # the rows of each group
     values: dict[str, np.ndarray] = {}
     for r in range(n_resamples):
-        rows = rng.integers(0, n, size=n)
+        if members is None:
+            rows = rng.integers(0, n, size=n)
+        else:
+            rows = np.concatenate([members[g] for g in rng.integers(0, len(members), size=len(members))])
         for key, value in fn(*(a[rows] for a in arrays)).items():
             # a metric missing from some resamples counts as NaN there
             values.setdefault(key, np.full(n_resamples, np.nan))[r] = float(value)

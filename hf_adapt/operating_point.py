@@ -170,3 +170,13 @@ def threshold_intervals(scores: np.ndarray, labels: np.ndarray, threshold: float
     scores, positive = _scores_and_labels(scores, labels)
     return bootstrap_intervals(lambda s, y: threshold_metrics(s, y, threshold), scores, positive,
                                n_resamples=n_resamples, confidence=confidence, seed=seed)
+
+
+def decide(probs: np.ndarray, positive: int | None = None, threshold: float | None = None) -> np.ndarray:
+    """Predicted class ids for rows of probabilities: the ``positive`` class when its probability is at
+    least ``threshold`` (binary tasks with an operating point), else the other class; without a
+    threshold, the most probable class. The one decision rule of training reports and serving."""
+    probs = np.asarray(probs)
+    if threshold is None:
+        return probs.argmax(axis=1)
+    return np.where(probs[:, positive] >= threshold, positive, 1 - positive)

@@ -105,12 +105,12 @@ class Predictor:
 
     def decide(self, probs: np.ndarray) -> list[str]:
         """Labels for rows of probabilities: the operating point's threshold on the positive class, else argmax."""
+        from hf_adapt.operating_point import decide
+
         point = self.operating_point
         if point is None:
-            return [self.labels[int(p.argmax())] for p in probs]
-        positive = self.labels.index(point["positive_label"])
-        negative = point.get("negative_label") or self.labels[1 - positive]
-        return [point["positive_label"] if p[positive] >= point["threshold"] else negative for p in probs]
+            return [self.labels[i] for i in decide(probs)]
+        return [self.labels[i] for i in decide(probs, self.labels.index(point["positive_label"]), point["threshold"])]
 
     def predict(self, inputs: Any, task: str | None = None) -> list[dict[str, Any]]:
         """One ``{"label", "probabilities"}`` per input; a single input may be passed bare.

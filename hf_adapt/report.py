@@ -32,9 +32,9 @@ def write_figures(directory: Path, history: list[dict[str, Any]], metric: str, p
     from hf_adapt import figures
 
     (directory / FIGURES).mkdir(exist_ok=True)
-    predicted = probs.argmax(1)
-    if threshold is not None:
-        predicted = np.where(probs[:, positive] >= threshold, positive, 1 - positive)
+    from hf_adapt.operating_point import decide
+
+    predicted = decide(probs, positive, threshold)
     paths = {
         "confusion_matrix": figures.confusion_matrix(y_true, predicted, labels,
                                                      directory / FIGURES / "confusion_matrix.png"),
@@ -163,9 +163,8 @@ def subgroup_facts(test_split, probs: np.ndarray, y_true: np.ndarray, labels: li
     groups = {name: group_values(list(test_split[name]), bins.get(name), name) for name in columns}
     positive = positive_label or (labels[1] if len(labels) == 2 else None)
     score = probs[:, labels.index(positive)] if positive else probs
-    predicted = probs.argmax(1)
-    if threshold is not None:
-        index = labels.index(positive)
-        predicted = np.where(probs[:, index] >= threshold, index, 1 - index)
+    from hf_adapt.operating_point import decide
+
+    predicted = decide(probs, labels.index(positive) if positive else None, threshold)
     report = subgroup_report(y_true, predicted, score, groups, labels, positive, bins=bins)
     return report, limitation_sentences(report)

@@ -34,8 +34,16 @@ def _pixels(path) -> np.ndarray:
 
 
 def _window(values: np.ndarray, center: float, width: float) -> np.ndarray:
-    low = center - width / 2
-    return np.rint(np.clip((values - low) / width, 0, 1) * 255).astype(np.uint8)
+    """pydicom's own LINEAR windowing (DICOM PS3.3 C.11.2.1.2) of ``values``, rescaled to 0..255."""
+    from pydicom.dataset import Dataset
+    from pydicom.pixels import apply_windowing
+
+    ds = Dataset()
+    ds.PhotometricInterpretation, ds.BitsStored, ds.PixelRepresentation = "MONOCHROME2", 16, 1
+    ds.WindowCenter, ds.WindowWidth, ds.VOILUTFunction = center, width, "LINEAR"
+    low, high = -(2 ** 15), 2 ** 15 - 1  # apply_windowing's output range for these header values
+    out = apply_windowing(values.astype(np.float64), ds)
+    return np.rint((out - low) / (high - low) * 255).astype(np.uint8)
 
 
 def _copy_with(tmp_path, name: str, out: str, **changes):
@@ -74,6 +82,14 @@ def test_ct_is_rescaled_then_windowed():
     full = np.asarray(read_dicom(path))
     assert full.min() == 0 and full.max() == 255
     assert not np.array_equal(full, np.asarray(image))  # the explicit window changed the pixels
+
+
+@pytest.mark.parametrize("center, width", [(40, 400), (40, 10), (40, 2)])
+def test_windowing_follows_the_dicom_standard_even_for_narrow_windows(center, width):
+    path = get_testdata_file("CT_small.dcm")
+    hounsfield = _pixels(path) - 1024
+    ours = np.asarray(read_dicom(path, window=(center, width))).astype(int)
+    assert np.abs(ours - _window(hounsfield, center, width).astype(int)).max() <= 1  # float rounding at .5
 
 
 def test_file_window_is_used_and_explicit_window_wins():
@@ -355,3 +371,16 @@ def test_medical_preset_builds_and_round_trips(tmp_path):
     assert TRANSFORM_PRESETS["medical"]["re_prob"] == 0.0
     with pytest.raises(ConfigError, match=r"train_transform preset 'xray' is unknown; presets are \['medical'\]"):
         ImagePreprocessor(dict(data_config), "xray")
+
+
+def test_group_ids_are_never_model_inputs_and_an_ungrouped_patient_column_is_warned(tmp_path, caplog):
+    rows = [{"patient_id": f"P{i // 2}", "age": 30 + i, "label": "a" if i % 4 < 2 else "b"} for i in range(40)]
+    pd.DataFrame(rows).to_csv(tmp_path / "t.csv", index=False)
+    spec = DataSpec(source=str(tmp_path / "t.csv"), group_column="patient_id", text_template=None)
+    assert load_labelled(spec).feature_columns == ["age"]
+    with pytest.raises(DataError, match="group column 'patient_id' is also a model input"):
+        load_labelled(DataSpec(source=str(tmp_path / "t.csv"), group_column="patient_id",
+                               feature_columns=["age", "patient_id"]))
+    with caplog.at_level("WARNING", logger="hf_adapt.data"):
+        load_labelled(DataSpec(source=str(tmp_path / "t.csv"), text_template=None))
+    assert "has a 'patient_id' column but no group_column" in caplog.text

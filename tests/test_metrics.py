@@ -133,6 +133,22 @@ def test_bootstrap_intervals_contain_the_estimate_and_narrow_with_more_rows():
     assert wide["gini"] == pytest.approx(tuple(2 * v - 1 for v in wide["auroc"]))  # the same resamples for all
 
 
+def test_cluster_bootstrap_resamples_whole_patients():
+    logits, labels = _binary_task(100, seed=4)
+    copies = 5  # five images of each of 100 patients, all alike: only 100 independent observations
+    repeated = (np.repeat(logits, copies, axis=0), np.repeat(labels, copies))
+    patients = np.repeat(np.arange(100), copies)
+
+    def width(intervals):
+        return intervals["auroc"][1] - intervals["auroc"][0]
+
+    by_row = width(bootstrap_intervals(classification_metrics, *repeated, n_resamples=300))
+    by_patient = width(bootstrap_intervals(classification_metrics, *repeated, n_resamples=300, groups=patients))
+    independent = width(bootstrap_intervals(classification_metrics, logits, labels, n_resamples=300))
+    assert by_row < 0.6 * by_patient  # rows would claim sqrt(5) x the precision there is
+    assert by_patient == pytest.approx(independent, rel=0.25)
+
+
 def test_bootstrap_is_seeded():
     data = _binary_task(80, seed=3)
     first = bootstrap_intervals(classification_metrics, *data, n_resamples=100, seed=7)

@@ -296,9 +296,11 @@ class _Trainer:
                            train=train, seed=cfg.seed, num_workers=cfg.num_workers, balanced=cfg.balanced_sampler)
 
     def train(self, train_rows: tuple[list, list], held_rows: tuple[list, list] | None,
-              epochs: int | None = None) -> Trained:
-        """Train on ``train_rows`` (inputs, labels), selecting the best epoch on ``held_rows``; with no
-        held rows, train ``epochs`` epochs and keep the last."""
+              select_epoch: bool = True) -> Trained:
+        """Train on ``train_rows`` (inputs, labels) and score ``held_rows`` every epoch. With
+        ``select_epoch`` the best epoch on them is kept (and early stopping applies); without, or
+        with no held rows, every configured epoch runs and the last is kept, so held-out scores
+        are not selected on (cross-validation folds)."""
         from hf_adapt.loop import ClassificationTask, GradualUnfreeze, balanced_class_weights, fit, predict
 
         cfg = self.cfg
@@ -308,8 +310,7 @@ class _Trainer:
         weights = (balanced_class_weights(train_rows[1], self.data.num_labels) if cfg.class_weights == "balanced"
                    else None)
         task = ClassificationTask(backbone.logits, weights)
-        overrides = {} if epochs is None else {"num_train_epochs": epochs, "max_steps": -1,
-                                               "early_stopping_patience": None}
+        overrides = {} if select_epoch and held_rows else {"restore_best": False, "early_stopping_patience": None}
         settings = loop_settings(cfg, backbone, **overrides)
         callbacks = ([GradualUnfreeze(backbone.head_names, cfg.unfreeze_every_epochs)]
                      if cfg.regime == "gradual_unfreeze" else [])
@@ -390,12 +391,13 @@ def main(cfg: FinetuneConfig) -> FinetuneResult:
         test_loader = accelerator.prepare(trainer.loader(inputs["test"], labels["test"], train=False,
                                                          collate=trained.backbone.preprocessor.collate))
         test_logits, test_labels = predict(accelerator, trained.model, trained.task, test_loader)
-        evaluation = _evaluate_test(cfg, test_logits, test_labels, positive, point)
+        groups = list(data.splits["test"][cfg.group_column]) if cfg.group_column else None
+        evaluation = _evaluate_test(cfg, test_logits, test_labels, positive, point, groups)
         logger.info("test: %s", " ".join(f"{k}={v:.4f}" for k, v in evaluation.metrics.items()))
         baseline = None
         if cfg.baseline in baselines.BASELINES or (cfg.baseline == "auto" and data.kind == "table"):
-            baseline = baselines.table_baseline(cfg.baseline if cfg.baseline != "auto" else "logistic_regression",
-                                                data, seed=cfg.seed)
+            baseline = baselines.table_baseline(_baseline_name(cfg), data, seed=cfg.seed,
+                                                fit_on=_trained_on(cv))
         unwrapped = accelerator.unwrap_model(trained.model)
         outputs.write_on_main(accelerator, staging, cfg.output_dir, lambda directory: _write_outputs(
             directory, cfg, accelerator, unwrapped, trained.backbone, trained.backbone.family, data,
@@ -466,7 +468,7 @@ class TestEvaluation:
     intervals: dict[str, tuple[float, float]] | None  # 95 % percentile-bootstrap intervals, per metric
 
 
-def _evaluate_test(cfg: FinetuneConfig, logits, labels, positive: int | None, point) -> TestEvaluation:
+def _evaluate_test(cfg: FinetuneConfig, logits, labels, positive: int | None, point, groups=None) -> TestEvaluation:
     import numpy as np
 
     from hf_adapt.metrics import bootstrap_intervals, classification_metrics, softmax
@@ -482,7 +484,8 @@ def _evaluate_test(cfg: FinetuneConfig, logits, labels, positive: int | None, po
     metrics = score(logits, labels)
     intervals = None
     if cfg.bootstrap_resamples:
-        intervals = bootstrap_intervals(score, logits, labels, n_resamples=cfg.bootstrap_resamples, seed=cfg.seed)
+        intervals = bootstrap_intervals(score, logits, labels, n_resamples=cfg.bootstrap_resamples, seed=cfg.seed,
+                                        groups=groups)
     return TestEvaluation(metrics, logits, labels, intervals)
 
 
@@ -526,7 +529,8 @@ def _write_outputs(directory: Path, cfg, accelerator, model, backbone, family, d
     intervals = None
     if evaluation.intervals is not None:
         intervals = {"confidence": 0.95, "resamples": cfg.bootstrap_resamples,
-                     "method": "percentile bootstrap over test rows",
+                     "method": (f"percentile cluster bootstrap over test {cfg.group_column} groups (all rows of a "
+                                "group drawn together)" if cfg.group_column else "percentile bootstrap over test rows"),
                      "intervals": {k: list(v) for k, v in evaluation.intervals.items()}}
         write_json(directory / "eval_intervals.json", intervals)
     if cv is not None:
@@ -565,6 +569,7 @@ def _write_outputs(directory: Path, cfg, accelerator, model, backbone, family, d
             [{c: test_split[i][c] for c in data.feature_columns} for i in rows], [decided[i] for i in rows])
     figures = report.write_figures(directory, history.history, cfg.metric_for_best_model, probs, y_true, data.labels,
                                    positive=data.labels.index(operating_point["positive_label"]) if operating_point
+                                   else data.labels.index(cfg.positive_label) if cfg.positive_label
                                    else (1 if data.num_labels == 2 else None),
                                    threshold=operating_point["threshold"] if operating_point else None)
     subgroups, subgroup_sentences = report.subgroup_facts(
@@ -593,7 +598,7 @@ def _write_outputs(directory: Path, cfg, accelerator, model, backbone, family, d
         "labels": data.labels,
         "label_counts": data.origin["label_counts"],
         "test_metrics": test_metrics,
-        "baseline": _baseline_facts(baseline, data, cfg),
+        "baseline": _baseline_facts(baseline, data, cfg, cv),
         "history": history.history,
         "best_epoch": history.best_epoch,
         "metric_for_best_model": cfg.metric_for_best_model,
@@ -645,6 +650,11 @@ def _input_description(data) -> str:
     return f"images from column `{data.input_column}`"
 
 
+def _trained_on(cv) -> tuple[str, ...]:
+    """The splits the kept model trained on: a refit after cross-validation also used validation."""
+    return ("train", "validation") if cv is not None and cv.keep == "refit" else ("train",)
+
+
 def _baseline_name(cfg) -> str:
     return "logistic_regression" if cfg.baseline == "auto" else cfg.baseline
 
@@ -661,12 +671,13 @@ def _operating_point_facts(point, data, cfg) -> dict[str, Any] | None:
 
 
 def _decisions(probs, labels: list[str], operating_point: dict[str, Any] | None) -> list[str]:
-    """The label served for each row of probabilities: at the operating point's threshold, else argmax."""
+    """The label served for each row of probabilities (as ``Predictor.decide``)."""
+    from hf_adapt.operating_point import decide
+
     if operating_point is None:
-        return [labels[int(p.argmax())] for p in probs]
-    positive = labels.index(operating_point["positive_label"])
-    return [labels[positive] if p[positive] >= operating_point["threshold"] else operating_point["negative_label"]
-            for p in probs]
+        return [labels[i] for i in decide(probs)]
+    return [labels[i] for i in decide(probs, labels.index(operating_point["positive_label"]),
+                                      operating_point["threshold"])]
 
 
 def _imbalance_description(cfg, data) -> str | None:
@@ -676,7 +687,8 @@ def _imbalance_description(cfg, data) -> str | None:
 
         weights = balanced_class_weights(list(data.splits["train"]["label"]), data.num_labels)
         shown = ", ".join(f"{name} {w:.2f}" for name, w in zip(data.labels, weights.tolist()))
-        return f"class-weighted cross-entropy (n_rows / (n_classes x class rows): {shown})"
+        return (f"class-weighted cross-entropy: n_rows / (n_classes x class rows) of the rows each model trained on "
+                f"(on the train split: {shown})")
     if cfg.balanced_sampler:
         return ("a balanced sampler: training batches drawn with replacement, every class equally likely "
                 f"(training rows per class: {', '.join(f'{k} {v}' for k, v in counts.items())})")
@@ -693,7 +705,7 @@ def _cv_facts(cv, data) -> dict[str, Any]:
             "pooled_rows": len(cv.oof_labels)}
 
 
-def _baseline_facts(baseline, data, cfg):
+def _baseline_facts(baseline, data, cfg, cv):
     if not baseline:
         return None
     how = {"logistic_regression": "one-hot categoricals, standardised numerics",
@@ -701,10 +713,10 @@ def _baseline_facts(baseline, data, cfg):
     name = _baseline_name(cfg)
     from hf_adapt.baselines import BASELINES
 
+    rows = sum(data.origin["splits"][split] for split in _trained_on(cv))
     return {
         "name": BASELINES[name],
         "metrics": baseline,
         "description": (f"Baseline: scikit-learn {BASELINES[name]} on the same {len(data.feature_columns)} columns, "
-                        f"as raw values ({how[name]}), fitted on the same "
-                        f"{data.origin['splits']['train']} training rows."),
+                        f"as raw values ({how[name]}), fitted on the same {rows} rows the model trained on."),
     }

@@ -96,8 +96,8 @@ def test_card_shows_the_operating_point_intervals_and_score_distribution(sensiti
 
 @pytest.mark.parametrize("keep", ["refit", "best_fold"])
 def test_cross_validation_reports_folds_and_keeps_a_model(keep, tiny_bert, credit_sample, tmp_path):
-    cfg = _config(tiny_bert, credit_sample, tmp_path, cv_folds=3, cv_keep=keep, num_train_epochs=1,
-                  bootstrap_resamples=0, operating_point="youden")
+    cfg = _config(tiny_bert, credit_sample, tmp_path, cv_folds=3, cv_keep=keep, num_train_epochs=2,
+                  bootstrap_resamples=0, operating_point="youden", early_stopping_patience=1)
     result = main(cfg)
     cv = json.loads((result.output_dir / "cv_results.json").read_text())
     pooled = result.data.origin["splits"]["train"] + result.data.origin["splits"]["validation"]
@@ -108,13 +108,19 @@ def test_cross_validation_reports_folds_and_keeps_a_model(keep, tiny_bert, credi
     aurocs = [f["metrics"]["auroc"] for f in cv["folds"]]
     assert cv["summary"]["model"]["auroc"]["mean"] == pytest.approx(np.mean(aurocs))
     assert cv["summary"]["model"]["auroc"]["std"] == pytest.approx(np.std(aurocs, ddof=1))
-    for fold in cv["folds"]:  # stratified: both classes in every held-out fold
-        assert min(fold["held_label_counts"].values()) > 0
+    pooled_labels = np.asarray(list(result.data.splits["train"]["label"]) + list(result.data.splits["validation"]["label"]))
+    fold_of_row = np.asarray(cv["fold_of_row"])
+    for fold in cv["folds"]:
+        held = pooled_labels[fold_of_row == fold["fold"]]
+        assert len(held) == fold["held_rows"] == len(pooled_labels) - fold["train_rows"]  # a partition
+        counts = {name: int((held == i).sum()) for i, name in enumerate(result.data.labels)}
+        assert fold["held_label_counts"] == counts and min(counts.values()) > 0  # stratified
+        assert fold["epochs"] == 2  # nothing selected on the held-out fold: no early stop, no best epoch
     point = json.loads((result.output_dir / "hf_adapt.json").read_text())["operating_point"]
     card = ModelCard.load(result.output_dir / "README.md").text
     assert "### Cross-validation" in card and "gradient boosting" in card
     if keep == "refit":
-        assert cv["refit_epochs"] == 1 and cv["chosen_fold"] is None
+        assert cv["refit_epochs"] == 2 and cv["chosen_fold"] is None
         assert "pooled out-of-fold" in point["selected_on"]
     else:
         best = max(range(3), key=lambda i: aurocs[i]) + 1
