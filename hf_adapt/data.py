@@ -6,34 +6,37 @@ the file, split, row or column at fault.
 Images come from ``datasets`` Image columns, class-subfolder folders (PNG/JPEG through
 ``imagefolder``; folders holding DICOM files are listed here, as ``imagefolder`` ignores them),
 or manifests: a table whose image column holds file paths relative to the manifest's folder.
-DICOM files are read by :mod:`hf_adapt.dicom` with one intensity window for every split.
+Image files are opened and checked by :mod:`hf_adapt.images` (DICOM through :mod:`hf_adapt.dicom`).
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import math
-import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from hf_adapt.dicom import DICOM_SUFFIXES, ImageReadError, has_dicom_magic, is_dicom, read_dicom, to_8bit
+from hf_adapt.dicom import DICOM_SUFFIXES
 from hf_adapt.errors import ConfigError, DataError
+from hf_adapt.images import (
+    MANIFEST_ROW,
+    check_images,
+    image_values,
+    is_image_file,
+    name_of,
+    open_image,
+    path_column,
+    resolve_paths,
+)
 from hf_adapt.sources import resolve_source
 
 logger = logging.getLogger("hf_adapt.data")
 
 _TABLE_FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 _SPLIT_NAMES = {"train": "train", "validation": "validation", "valid": "validation", "val": "validation", "dev": "validation", "test": "test"}
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", *DICOM_SUFFIXES)
 _GROUP_HINTS = ("patient_id", "patient", "subject_id", "customer_id")  # warned about when group_column is unset
-_PATH_COLUMNS = ("path", "image")  # auto-detected manifest columns (image_column unset)
-_ROW = "__manifest_row__"  # a manifest row's index in its file, kept through splitting for messages
-BAD_IMAGE_REASONS = ("missing file", "not an image", "no pixel data", "unsupported transfer syntax", "truncated",
-                     "unreadable")
 
 
 @dataclass
@@ -190,12 +193,6 @@ def _manifest_folders(spec: DataSpec) -> dict[str, Path]:
             for split, name in files.items()}
 
 
-def _is_image_file(path: Path) -> bool:
-    if path.name.startswith("."):
-        return False
-    return path.suffix.lower() in IMAGE_SUFFIXES or (path.suffix == "" and is_dicom(path))
-
-
 def _dicom_folder(root: Path):
     """Class subfolders holding DICOM files as a ``DatasetDict`` of (image path, label), or None.
 
@@ -215,7 +212,7 @@ def _dicom_folder(root: Path):
         rows = []
         for class_dir in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
             rows += [(str(f.resolve()), class_dir.name) for f in sorted(class_dir.rglob("*"))
-                     if f.is_file() and _is_image_file(f)]
+                     if f.is_file() and is_image_file(f)]
         listed[split] = rows
     # suffix-less files were kept above only if they carry the DICOM marker
     if not any(Path(path).suffix.lower() in (*DICOM_SUFFIXES, "") for rows in listed.values() for path, _ in rows):
@@ -607,74 +604,6 @@ def render_row(row: dict[str, Any], feature_columns: list[str], template: str | 
     return template.format_map(values)
 
 
-_PIL_REASONS = {"missing file": "file not found", "not an image": "not an image file", "truncated": "truncated file",
-                "unreadable": "cannot decode it"}
-
-
-def _pil_reason(err: Exception) -> str:
-    from PIL import UnidentifiedImageError
-
-    if isinstance(err, FileNotFoundError):
-        return "missing file"
-    if isinstance(err, UnidentifiedImageError):
-        return "not an image"
-    if "truncated" in str(err).lower():
-        return "truncated"
-    return "unreadable"
-
-
-def open_image(value: Any, where: str, dicom_window: list[float] | tuple[float, float] | None = None):
-    """A PIL image from a path, file bytes (``{"bytes", "path"}``) or an already decoded image.
-
-    DICOM files (by suffix or the "DICM" marker) go through :func:`hf_adapt.dicom.read_dicom`
-    with ``dicom_window`` ([center, width]; None: the file's own window); others through PIL.
-    16-bit images are scaled to 8 bit by their range, not clipped. The predictor opens a user's
-    file with this and the run's ``LabelledData.dicom_window``, so it sees the training pixels.
-
-    Raises:
-        ImageReadError: a ``DataError`` whose message starts with ``where`` (name the file in it)
-            and whose ``reason`` is one of ``BAD_IMAGE_REASONS``.
-    """
-    from PIL import Image
-
-    if isinstance(value, Image.Image):  # already decoded by datasets
-        return to_8bit(value)
-    window = tuple(dicom_window) if dicom_window is not None else None
-    data, path = (value.get("bytes"), value.get("path")) if isinstance(value, dict) else (None, value)
-    if isinstance(path, os.PathLike):
-        path = os.fspath(path)
-    try:
-        if data:
-            if has_dicom_magic(data) or (path and Path(path).suffix.lower() in DICOM_SUFFIXES):
-                buffer = io.BytesIO(data)
-                return read_dicom(buffer, window)
-            source = io.BytesIO(data)
-        elif not path:
-            raise ImageReadError(where, "missing file", "no image: the path is empty")
-        elif is_dicom(path):
-            return read_dicom(path, window)
-        else:
-            source = path
-    except ImageReadError as err:
-        raise ImageReadError(where, err.reason, err.detail) from err
-    try:
-        with Image.open(source) as image:
-            image.load()
-            return to_8bit(image.copy())
-    except Exception as err:  # PIL raises OSError, SyntaxError, ValueError ... for bad files
-        reason = _pil_reason(err)
-        raise ImageReadError(where, reason, f"unreadable image: {_PIL_REASONS[reason]} ({type(err).__name__}: {err})") from err
-
-
-def _image_values(dataset, column: str) -> list[Any]:
-    """The image column's raw values: path strings, or ``{"bytes", "path"}`` for ``datasets`` Image columns."""
-    from datasets import Image
-
-    if type(dataset.features[column]).__name__ == "Image":
-        dataset = dataset.cast_column(column, Image(decode=False))
-    return dataset[column]
-
-
 def rows_to_inputs(dataset, input_kind: str, data: LabelledData) -> list[Any]:
     if data.kind == "image" and input_kind != "image":
         raise DataError(f"the data holds images but the backbone takes {input_kind} inputs")
@@ -688,8 +617,8 @@ def rows_to_inputs(dataset, input_kind: str, data: LabelledData) -> list[Any]:
         table = dataset.select_columns(data.feature_columns).to_pandas().to_numpy(dtype=np.float32)
         return [Image.fromarray(np.clip(r, 0, 255).astype(np.uint8).reshape(shape)) for r in table]
     if data.kind == "image":
-        return [open_image(v, f"row {i} column {data.input_column!r} ({_name_of(v)})", data.dicom_window)
-                for i, v in enumerate(_image_values(dataset, data.input_column))]
+        return [open_image(v, f"row {i} column {data.input_column!r} ({name_of(v)})", data.dicom_window)
+                for i, v in enumerate(image_values(dataset, data.input_column))]
     if data.kind == "text":
         texts = dataset[data.input_column]
         for row, text in enumerate(texts):
@@ -697,90 +626,6 @@ def rows_to_inputs(dataset, input_kind: str, data: LabelledData) -> list[Any]:
                 raise DataError(f"row {row}: text column {data.input_column!r} is empty or not text")
         return list(texts)
     return [render_row(row, data.feature_columns, data.text_template) for row in dataset]
-
-
-def _name_of(value: Any) -> str:
-    if isinstance(value, dict):
-        return value.get("path") or "image bytes"
-    return str(value) if value else "empty path"
-
-
-def _check_images(splits: dict[str, Any], column: str, spec: DataSpec) -> dict[str, dict[str, int]]:
-    """Open every image once, before training, so a bad file fails now and is named.
-
-    Missing files are listed together first (a wrong manifest folder breaks them all). With
-    ``on_bad_image: skip`` bad rows leave their split instead, with one warning per split that
-    counts each reason; the counts are returned (split -> reason -> rows). A split left empty fails.
-    """
-    skipped: dict[str, dict[str, int]] = {}
-    for split, dataset in splits.items():
-        values = _image_values(dataset, column)
-        manifest = _ROW in dataset.column_names
-        rows = dataset[_ROW] if manifest else range(len(dataset))
-        label = "manifest row" if manifest else "row"
-        missing = [i for i, v in enumerate(values) if v is None or (isinstance(v, str) and not os.path.isfile(v))]
-        if missing and spec.on_bad_image == "error":
-            shown = "; ".join(f"{label} {rows[i]}: {_name_of(values[i])}" for i in missing[:5])
-            more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
-            raise ImageReadError(f"split {split!r}", "missing file",
-                                 f"{len(missing)} of {len(values)} image files not found: {shown}{more}; "
-                                 "relative paths start at the manifest file's folder")
-        bad = dict.fromkeys(missing, "missing file")
-        for i, value in enumerate(values):
-            if i in bad:
-                continue
-            try:
-                open_image(value, f"split {split!r} {label} {rows[i]} ({_name_of(value)})", spec.dicom_window)
-            except ImageReadError as err:
-                if spec.on_bad_image == "error":
-                    raise
-                bad[i] = err.reason
-        if not bad:
-            continue
-        counts = {reason: list(bad.values()).count(reason) for reason in BAD_IMAGE_REASONS if reason in bad.values()}
-        described = ", ".join(f"{n} {reason}" for reason, n in counts.items())
-        if len(bad) == len(values):
-            raise DataError(f"split {split!r}: all {len(values)} images are unreadable ({described}); "
-                            "on_bad_image: skip would leave it empty")
-        logger.warning("split %r: skipped %d unreadable image%s (%s)", split, len(bad), "s" * (len(bad) != 1), described)
-        splits[split] = dataset.select([i for i in range(len(values)) if i not in bad])
-        skipped[split] = counts
-    return skipped
-
-
-def _looks_like_image_path(value: Any, folder: Path | None) -> bool:
-    if not isinstance(value, str) or not value:
-        return False
-    path = Path(value)
-    if path.suffix.lower() in IMAGE_SUFFIXES:
-        return True
-    return is_dicom(path if path.is_absolute() or folder is None else folder / path)
-
-
-def _path_column(dataset, spec: DataSpec, folder: Path | None) -> str | None:
-    """The manifest column holding image file paths: ``image_column`` if it holds strings, else a
-    ``path`` (or ``image``) string column whose first values name image or DICOM files."""
-    def is_string(column: str) -> bool:
-        feature = dataset.features.get(column)
-        return type(feature).__name__ == "Value" and feature.dtype in ("string", "large_string")
-
-    if spec.image_column:
-        return spec.image_column if is_string(spec.image_column) else None
-    for column in _PATH_COLUMNS:
-        if column in dataset.column_names and is_string(column):
-            head = [v for v in dataset[column][:20] if v]
-            if head and all(_looks_like_image_path(v, folder) for v in head):
-                return column
-    return None
-
-
-def _resolve_paths(dataset, column: str, folder: Path | None):
-    """Manifest paths made absolute (relative ones start at the manifest's folder), plus each row's index."""
-    def resolve(batch, indices):
-        paths = [v if not v or folder is None or os.path.isabs(v) else str(folder / v) for v in batch[column]]
-        return {column: paths, _ROW: indices}
-
-    return dataset.map(resolve, batched=True, with_indices=True)
 
 
 def _check_groups(raw, column: str) -> None:
@@ -823,20 +668,20 @@ def load_labelled(spec: DataSpec) -> LabelledData:
     encoded = {split: _encode_labels(ds, spec.label_column, names) for split, ds in raw.items()}
     folders = _manifest_folders(spec)
     first = next(iter(encoded))
-    paths = _path_column(encoded[first], spec, folders.get(_SPLIT_NAMES.get(first, first)))
+    paths = path_column(encoded[first], spec.image_column, folders.get(_SPLIT_NAMES.get(first, first)))
     if paths is not None:  # a manifest: image paths, relative to each split file's folder
         spec = replace(spec, image_column=paths)
-        encoded = {split: _resolve_paths(ds, paths, folders.get(_SPLIT_NAMES.get(split, split)))
+        encoded = {split: resolve_paths(ds, paths, folders.get(_SPLIT_NAMES.get(split, split)))
                    if paths in ds.column_names else ds for split, ds in encoded.items()}
     splits, how = make_splits(encoded, replace(spec, class_names=names))
     kind, column, features = _detect_kind(splits["train"].remove_columns(
-        [c for c in (_ROW,) if c in splits["train"].column_names]), spec)
+        [c for c in (MANIFEST_ROW,) if c in splits["train"].column_names]), spec)
     for split, dataset in splits.items():  # every split must carry the columns the inputs need
         absent = [c for c in (features + ([column] if column else [])) if c not in dataset.column_names]
         if absent:
             raise DataError(f"split {split!r} lacks column(s) {absent}; columns are {dataset.column_names}")
-    skipped = _check_images(splits, column, spec) if kind == "image" and column is not None else {}
-    splits = {k: v.remove_columns([_ROW]) if _ROW in v.column_names else v for k, v in splits.items()}
+    skipped = check_images(splits, column, spec.on_bad_image, spec.dicom_window) if kind == "image" and column is not None else {}
+    splits = {k: v.remove_columns([MANIFEST_ROW]) if MANIFEST_ROW in v.column_names else v for k, v in splits.items()}
     if spec.text_template is not None and kind == "table":
         try:
             render_row(splits["train"][0], features, spec.text_template)

@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from hf_adapt.data import IMAGE_SUFFIXES, open_image
 from hf_adapt.errors import ConfigError, DataError, ModelError
+from hf_adapt.images import IMAGE_SUFFIXES, open_image
 
 logger = logging.getLogger("hf_adapt.explain")
 

@@ -38,7 +38,7 @@ class Predictor:
             return str(item)
         from PIL import Image
 
-        from hf_adapt.data import open_image
+        from hf_adapt.images import open_image
 
         if isinstance(item, (str, Path)):  # PNG/JPEG or DICOM, windowed as in training
             return open_image(item, str(item), data.get("dicom_window"))

@@ -17,9 +17,10 @@ import pytest
 pydicom = pytest.importorskip("pydicom")
 from pydicom.data import get_testdata_file  # noqa: E402
 
-from hf_adapt.data import DataSpec, group_folds, load_labelled, open_image  # noqa: E402
+from hf_adapt.data import DataSpec, group_folds, load_labelled  # noqa: E402
 from hf_adapt.dicom import is_dicom, read_dicom, to_8bit  # noqa: E402
 from hf_adapt.errors import ConfigError, DataError  # noqa: E402
+from hf_adapt.images import open_image  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
