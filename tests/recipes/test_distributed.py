@@ -104,3 +104,31 @@ def test_two_process_feedback_round(tiny_chat_llama, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["log.jsonl", "round"], "stray staging dirs from another rank"
     assert proc.stderr.count("hf_adapt.outputs: wrote") == 1
     assert 0 <= json.loads((out / "eval_results.json").read_text())["win_rate"] <= 1
+
+
+@pytest.mark.distributed
+@pytest.mark.timeout(600)
+def test_two_process_cross_validation_with_balanced_sampler(tiny_bert, credit_sample, tmp_path):
+    """Folds re-prepare fresh models under DDP (the accelerator's references are freed between them);
+    held-out logits are gathered without duplicates; the balanced sampler's draws are shared and sharded."""
+    out = tmp_path / "cv"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+        str(REPO / "recipes" / "finetune.py"),
+        "--model_name_or_path", str(tiny_bert), "--base_model_id", "hf-adapt-tests/tiny-bert",
+        "--data", str(credit_sample), "--output_dir", str(out), "--num_train_epochs", "1",
+        "--per_device_train_batch_size", "8", "--learning_rate", "5e-3", "--report_to", "none",
+        "--cv_folds", "2", "--balanced_sampler", "true", "--positive_label", "bad",
+        "--operating_point", "youden", "--bootstrap_resamples", "100", "--card_examples", "1",
+    ]
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=540)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    cv = json.loads((out / "cv_results.json").read_text())
+    results = json.loads((out / "train_results.json").read_text())
+    pooled = results["data"]["splits"]["train"] + results["data"]["splits"]["validation"]
+    assert results["num_processes"] == 2 and len(cv["folds"]) == 2
+    assert sum(f["held_rows"] for f in cv["folds"]) == pooled == len(cv["fold_of_row"])
+    assert json.loads((out / "hf_adapt.json").read_text())["operating_point"]["positive_label"] == "bad"
+    assert [p.name for p in tmp_path.iterdir()] == ["cv"], "stray staging dirs from another rank"
