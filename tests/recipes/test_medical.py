@@ -35,7 +35,7 @@ def _config(model, tmp_path, **overrides) -> FinetuneConfig:
 
 def test_dicom_manifest_run_keeps_patients_apart_and_serves_its_threshold(tiny_timm_convnet, tmp_path):
     frame = _manifest(tmp_path, patients=24, per_patient=2)
-    result = main(_config(tiny_timm_convnet, tmp_path))
+    result = main(_config(tiny_timm_convnet, tmp_path, sensitive_columns=["site"]))
     splits = result.data.splits
     patients = {name: set(splits[name]["patient_id"]) for name in splits}
     assert not patients["train"] & patients["test"] and not patients["train"] & patients["validation"]
@@ -43,6 +43,9 @@ def test_dicom_manifest_run_keeps_patients_apart_and_serves_its_threshold(tiny_t
     out = result.output_dir
     card = ModelCard.load(out / "README.md").text
     assert "Splits are grouped by `patient_id`" in card and "balanced sampler" in card
+    assert "**site**" in card  # per-site test metrics from the manifest's site column
+    intervals = json.loads((out / "eval_intervals.json").read_text())
+    assert intervals["method"].startswith("percentile cluster bootstrap over test patient_id groups")
     preprocessor = json.loads((out / "preprocessor_config.json").read_text())
     assert preprocessor["train_transform"]["hflip"] == 0.0  # the preset, saved resolved
     info = json.loads((out / "hf_adapt.json").read_text())
