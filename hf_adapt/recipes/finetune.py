@@ -665,9 +665,17 @@ def _operating_point_facts(point, data, cfg) -> dict[str, Any] | None:
         return None
     positive = cfg.positive_label or data.labels[1]
     return {"positive_label": positive, "negative_label": next(label for label in data.labels if label != positive),
-            "threshold": float(point.threshold), "rule": point.rule, "target": point.target,
+            "threshold": float(point.threshold), "log_odds": _log_odds(point.threshold),
+            "rule": point.rule, "target": point.target,
             "selected_on": point.selected_on,
             "validation": {k: float(v) for k, v in point.metrics.items()}}
+
+
+def _log_odds(probability: float) -> float | None:
+    """log(p / (1 - p)): a threshold near 1 (a saturated, confident model) reads better on this scale."""
+    import math
+
+    return math.log(probability / (1 - probability)) if 0 < probability < 1 else None
 
 
 def _decisions(probs, labels: list[str], operating_point: dict[str, Any] | None) -> list[str]:
