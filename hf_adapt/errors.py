@@ -31,3 +31,7 @@ class ReleaseGateError(HfAdaptError):
 
 class OperatingPointError(DataError):
     """A decision threshold cannot be chosen as asked on the validation scores (one class, unreachable target)."""
+
+
+class TrainingDivergedError(HfAdaptError, RuntimeError):
+    """The training loss became NaN or infinite; nothing from the run is saved."""

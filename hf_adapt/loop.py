@@ -296,6 +296,8 @@ def fit(accelerator, model: nn.Module, task: Task, train_loader: DataLoader, eva
         callback.on_train_start(accelerator, model, optimizer)
     result = FitResult()
     best_state, stale, step = None, 0, 0
+    # the first optimiser step whose loss was NaN or inf (-1: none); a tensor, so no device sync per step
+    diverged_at = torch.full((), -1, dtype=torch.long, device=accelerator.device)
     metric = settings.metric_for_best_model
     progress = _progress(total_steps, accelerator.is_local_main_process)
     start = time.perf_counter()
@@ -318,15 +320,18 @@ def fit(accelerator, model: nn.Module, task: Task, train_loader: DataLoader, eva
                 scheduler.step()
                 optimizer.zero_grad()
             running, seen = running + loss.detach().float(), seen + 1
+            diverged_at = torch.where((diverged_at < 0) & ~torch.isfinite(loss.detach()), step + 1, diverged_at)
             if accelerator.sync_gradients:
                 step += 1
                 progress.update(1)
                 if step % settings.logging_steps == 0:
+                    _check_divergence(accelerator, diverged_at, epoch, settings)
                     mean_loss = running.item() / seen
                     accelerator.log({"train/loss": mean_loss, "train/lr": scheduler.get_last_lr()[0]}, step=step)
                     progress.set_postfix(loss=f"{mean_loss:.4f}")
             if step >= total_steps:
                 break
+        _check_divergence(accelerator, diverged_at, epoch, settings)
         metrics = evaluate_fn(accelerator, model, task, eval_loader) if eval_loader is not None else {}
         metrics["train_loss"] = running.item() / max(seen, 1)
         result.history.append({"epoch": epoch, "step": step, **metrics})
@@ -351,6 +356,23 @@ def fit(accelerator, model: nn.Module, task: Task, train_loader: DataLoader, eva
         accelerator.unwrap_model(model).load_state_dict(best_state, strict=False)
         logger.info("restored best epoch %s (%s=%.4f)", result.best_epoch, metric, result.best_metrics[metric])
     return model, result
+
+
+def _check_divergence(accelerator, diverged_at: torch.Tensor, epoch: int, settings: LoopSettings) -> None:
+    """Stop on a NaN or infinite loss (on any process) before it reaches a saved model.
+
+    Only the loss is watched: under fp16, Accelerate's gradient scaler skips the steps whose
+    gradients overflow and lowers its scale, which is its job and not a divergence.
+    """
+    first = int(accelerator.gather(diverged_at[None]).max().item())  # every process stops together
+    if first >= 0:
+        from hf_adapt.errors import TrainingDivergedError
+
+        raise TrainingDivergedError(
+            f"training diverged: the loss was NaN or infinite at optimiser step {first} (epoch {epoch}); the run is "
+            f"stopped and nothing is saved (no checkpoint was kept to resume from). Lower learning_rate "
+            f"(now {settings.learning_rate}), keep max_grad_norm on (now {settings.max_grad_norm}), or look for "
+            "extreme values in the inputs")
 
 
 def _progress(total: int, enabled: bool):

@@ -105,3 +105,31 @@ def test_layer_depths_read_resnet_style_stages():
     depths, top = layer_depths(names, ["fc"])
     assert depths["conv1.weight"] == 0 < depths["layer1.0.conv1.weight"] < depths["layer4.1.bn2.weight"] < top
     assert depths["fc.weight"] == top
+
+
+def test_a_nan_loss_stops_training_and_names_the_step():
+    from accelerate import Accelerator
+
+    from hf_adapt.errors import TrainingDivergedError
+    from hf_adapt.loop import ExampleDataset, LoopSettings, fit, make_loader
+
+    class PoisonedTask:
+        """Cross-entropy, except that the 5th batch's loss is NaN (as an fp32 overflow would make it)."""
+
+        def __init__(self):
+            self.calls = 0
+
+        def __call__(self, model, batch):
+            self.calls += 1
+            logits = model(batch["inputs"])
+            loss = torch.nn.functional.cross_entropy(logits, batch["labels"])
+            return {"loss": loss * float("nan") if self.calls == 5 else loss, "logits": logits}
+
+    torch.manual_seed(0)
+    inputs = [torch.randn(4) for _ in range(64)]
+    labels = [int(x.sum() > 0) for x in inputs]
+    loader = make_loader(ExampleDataset(inputs, labels), lambda xs, train: torch.stack(xs), 8, train=True, seed=0)
+    model = torch.nn.Linear(4, 2)
+    settings = LoopSettings(num_train_epochs=3, logging_steps=100, metric_for_best_model="accuracy")
+    with pytest.raises(TrainingDivergedError, match=r"NaN or infinite at optimiser step 5 \(epoch 1\)"):
+        fit(Accelerator(cpu=True), model, PoisonedTask(), loader, None, settings)

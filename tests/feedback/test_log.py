@@ -54,10 +54,10 @@ def _writer(path: str, worker: int, count: int) -> None:
 
 
 def test_concurrent_writers_lose_nothing(tmp_path):
-    """4 processes append 250 records each (some lines over 2 KB) at once: every record arrives, whole."""
+    """4 processes append 1000 records each (some lines over 2 KB) at once: every record arrives, whole."""
     path = tmp_path / "shared.jsonl"
     context = multiprocessing.get_context("spawn")
-    workers = [context.Process(target=_writer, args=(str(path), w, 250)) for w in range(4)]
+    workers = [context.Process(target=_writer, args=(str(path), w, 1000)) for w in range(4)]
     for worker in workers:
         worker.start()
     for worker in workers:
@@ -65,7 +65,7 @@ def test_concurrent_writers_lose_nothing(tmp_path):
         assert worker.exitcode == 0
     log = read_feedback(path)  # on_bad_record="error": a torn line would raise here
     seen = {(r["metadata"]["worker"], r["metadata"]["i"]) for r in log.records}
-    assert len(log) == 1000 and seen == {(w, i) for w in range(4) for i in range(250)}
+    assert len(log) == 4000 and seen == {(w, i) for w in range(4) for i in range(1000)}
 
 
 def test_bad_lines_stop_or_are_counted(tmp_path):

@@ -231,3 +231,14 @@ def test_secrets_in_data_kwargs_are_not_written(tiny_bert, credit_sample, tmp_pa
     result = main(cfg)
     saved = (result.output_dir / "config.yaml").read_text()
     assert "hf_secret_value" not in saved and "<redacted>" in saved and "utf-8" in saved
+
+
+def test_divergence_stops_the_run_and_saves_nothing(tiny_bert, credit_sample, tmp_path, capsys):
+    from hf_adapt.cli import main as cli_main
+
+    code = cli_main(["finetune", "--model_name_or_path", str(tiny_bert), "--data", str(credit_sample),
+                     "--base_model_id", "hf-adapt-tests/tiny-bert", "--learning_rate", "1e30", "--report_to", "none",
+                     "--logging_steps", "2", "--output_dir", str(tmp_path / "o")])
+    assert code == 2
+    assert "training diverged: the loss was NaN or infinite at optimiser step" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == [], "a diverged run left an output or staging folder"
