@@ -28,6 +28,14 @@ FORMAT_VERSION = 1
 ARTIFACT_KIND = {"adapter": "adapter", "linear_probe": "linear_probe", "full": "full", "gradual_unfreeze": "full"}
 
 
+def check_safetensors(directory: Path) -> None:
+    """Adapters load from safetensors only: peft would fall back to a pickled ``adapter_model.bin``
+    (``torch.load`` of an untrusted file), so a folder without ``adapter_model.safetensors`` is refused."""
+    if not (Path(directory) / "adapter_model.safetensors").is_file():
+        raise ModelError(f"{directory} has no adapter_model.safetensors; hf-adapt loads adapters only from "
+                         "safetensors (a pickled adapter_model.bin could run code)")
+
+
 def save_model(model: nn.Module, backbone: Backbone, regime: str, directory: Path) -> None:
     from safetensors.torch import save_file
     from safetensors.torch import save_model as save_full
@@ -54,7 +62,14 @@ def restore_model(backbone: Backbone, regime: str, directory: Path) -> nn.Module
     if regime == "adapter":
         from peft import PeftModel
 
-        return PeftModel.from_pretrained(model, str(directory))
+        check_safetensors(directory)
+        try:
+            return PeftModel.from_pretrained(model, str(directory))
+        except RuntimeError as err:  # e.g. a head of another size than label_map.json's labels
+            if "size mismatch" not in str(err):
+                raise
+            raise ModelError(f"{directory}: the adapter does not fit the model its hf_adapt.json and label_map.json "
+                             f"describe (base model or number of labels differ): {str(err).splitlines()[-1].strip()}") from err
     if regime == "linear_probe":
         missing = set(load_file(str(directory / HEAD_FILE))) - set(model.state_dict())
         if missing:

@@ -525,6 +525,9 @@ def load_pretrained_lm(directory: str | Path, trust_remote_code: bool = False, b
             unexpected = base_lm.load_state_dict(load_file(str(head)), strict=False).unexpected_keys
             if unexpected:
                 raise ModelError(f"{head} holds tensors the base model lacks: {unexpected[:5]}")
+        from hf_adapt.artifacts import check_safetensors
+
+        check_safetensors(directory)
         model = PeftModel.from_pretrained(base_lm, str(directory)).merge_and_unload()
     else:
         raise ModelError(f"{directory / RUN_FILE}: unknown regime {info['regime']!r}")

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from hf_adapt.artifacts import read_run_info, restore_model
+from hf_adapt.artifacts import check_safetensors, read_run_info, restore_model
 from hf_adapt.backbones import get_builder
 from hf_adapt.data import render_row
 from hf_adapt.errors import ModelError
@@ -171,6 +171,7 @@ def load_adapted(path_or_repo_id: str, merge: bool = False, device: str = "cpu",
     model = restore_model(backbone, info["regime"], directory)
     adapters = (info.get("continual") or {}).get("adapters") or {}
     for name in sorted(set(adapters.values()) - {"default"}):  # one adapter per experience
+        check_safetensors(directory / name)
         model.load_adapter(str(directory / name), adapter_name=name)
     if merge and hasattr(model, "merge_and_unload") and len(set(adapters.values())) <= 1:  # several: routed, unmerged
         try:

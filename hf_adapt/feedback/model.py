@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from hf_adapt.artifacts import check_safetensors
 from hf_adapt.errors import ConfigError, ModelError
 from hf_adapt.outputs import RUN_FILE, read_json
 
@@ -67,13 +68,6 @@ def build_model(model: dict[str, Any], objective: str, adapter: dict[str, Any], 
         return PeftModel.from_pretrained(backbone.model, str(parent_dir), is_trainable=True), backbone
     except (OSError, ValueError, KeyError) as err:
         raise ModelError(f"the adapter of {parent_dir} does not load onto {model['name_or_path']!r}: {err}") from err
-
-
-def check_safetensors(directory: Path) -> None:
-    """Adapters load from safetensors only: peft would fall back to a pickled ``adapter_model.bin``."""
-    if not (Path(directory) / "adapter_model.safetensors").is_file():
-        raise ModelError(f"{directory} has no adapter_model.safetensors; hf-adapt loads adapters only from "
-                         "safetensors (a pickled adapter_model.bin could run code)")
 
 
 def check_chat_template(tokenizer, conversational: int, source: str) -> None:

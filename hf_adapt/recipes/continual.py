@@ -339,9 +339,13 @@ def _resume(parent, labels: list[str], cfg):
     if regime == "adapter":
         from peft import PeftModel
 
+        from hf_adapt.artifacts import check_safetensors
+
+        check_safetensors(parent.directory)
         model = PeftModel.from_pretrained(backbone.model, str(parent.directory), is_trainable=True)
         adapters = set(((parent.info.get("continual") or {}).get("adapters") or {}).values()) - {"default"}
         for name in sorted(adapters):  # adapter_per_experience: the old experiences' adapters, frozen
+            check_safetensors(parent.directory / name)
             model.load_adapter(str(parent.directory / name), adapter_name=name, is_trainable=False)
         model.set_adapter("default")
         return backbone, model

@@ -242,3 +242,40 @@ def test_divergence_stops_the_run_and_saves_nothing(tiny_bert, credit_sample, tm
     assert code == 2
     assert "training diverged: the loss was NaN or infinite at optimiser step" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == [], "a diverged run left an output or staging folder"
+
+
+def test_a_planted_pickle_is_refused_and_never_runs(text_run, tmp_path):
+    """A fake adapter folder (from the Hub, say) whose weights are a pickle that runs code when unpickled."""
+    import pickle
+    import shutil
+
+    from hf_adapt.errors import ModelError
+
+    _, result = text_run
+    fake = tmp_path / "fake"
+    shutil.copytree(result.output_dir, fake)
+    (fake / "adapter_model.safetensors").unlink()
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    (fake / "adapter_model.bin").write_bytes(pickle.dumps(Payload()))
+    with pytest.raises(ModelError, match="loads adapters only from safetensors"):
+        hf_adapt.load_adapted(str(fake))
+    assert not marker.exists(), "the pickle ran"
+
+
+def test_an_adapter_for_another_label_map_is_refused_by_name(text_run, tmp_path):
+    import shutil
+
+    from hf_adapt.errors import ModelError
+
+    _, result = text_run
+    other = tmp_path / "other"
+    shutil.copytree(result.output_dir, other)
+    (other / "label_map.json").write_text(json.dumps({"id2label": {"0": "a", "1": "b", "2": "c"},
+                                                      "label2id": {"a": 0, "b": 1, "c": 2}}))
+    with pytest.raises(ModelError, match="does not fit the model .* number of labels differ"):
+        hf_adapt.load_adapted(str(other))
