@@ -42,9 +42,35 @@ def staging_path(path: str | Path) -> Path:
     return path.parent / f".{path.name}.partial-{uuid.uuid4().hex[:8]}"
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two directories in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``); False where the
+    system or file system cannot."""
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
 def commit(staging: Path, path: str | Path) -> Path:
-    """Move a finished staging dir into place, replacing any previous output atomically."""
+    """Move a finished staging dir into place, replacing any previous output.
+
+    A previous output is swapped with the staging dir in one atomic step where Linux allows it,
+    so ``path`` always holds one complete run. Elsewhere it takes two renames; a crash between
+    them leaves ``path`` absent and the previous run intact in a hidden ``.old-`` sibling.
+    """
     path = Path(path).absolute()
+    if path.exists() and _exchange(staging, path):
+        shutil.rmtree(staging, ignore_errors=True)  # now holds the previous run
+        return path
     old = None
     if path.exists():
         old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
