@@ -1,11 +1,26 @@
-"""What several benchmarks share: which code a run measured."""
+"""What several benchmarks share: an offline environment, and which code a run measured."""
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def offline_checkout() -> None:
+    """No Hub traffic (the assets are local), and hf_adapt importable from a checkout that is not pip-installed.
+
+    Call it before anything imports huggingface_hub or hf_adapt.
+    """
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if importlib.util.find_spec("hf_adapt") is None:
+        sys.path.insert(0, str(REPO))
 
 
 def code_version() -> str:

