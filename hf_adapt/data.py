@@ -334,7 +334,7 @@ def _int_feature():
 
 
 def _group_ids(values) -> list[str]:
-    return [_format_value(v) for v in values]
+    return [format_value(v) for v in values]
 
 
 def _group_noun(column: str) -> str:
@@ -588,7 +588,7 @@ def template_columns(template: str | None) -> list[str]:
     return list(dict.fromkeys(name.split(".")[0].split("[")[0] for name in names))
 
 
-def _format_value(value: Any) -> str:
+def format_value(value: Any) -> str:
     if _is_missing(value):
         return "missing"
     if isinstance(value, float) and value.is_integer():
@@ -598,7 +598,7 @@ def _format_value(value: Any) -> str:
 
 def render_row(row: dict[str, Any], feature_columns: list[str], template: str | None) -> str:
     """A table row as text: the template with ``{column}`` fields, or ``column: value`` pairs."""
-    values = {c: _format_value(row[c]) for c in feature_columns}
+    values = {c: format_value(row[c]) for c in feature_columns}
     if template is None:
         return ", ".join(f"{column}: {value}" for column, value in values.items())
     return template.format_map(values)
@@ -637,12 +637,16 @@ def _check_groups(raw, column: str) -> None:
                 raise DataError(f"split {split!r} row {row}: group column {column!r} is empty; every row needs a group id")
 
 
+def check_dicom_window(window: list[float] | None) -> None:
+    """A DICOM window is [center, width] with a positive width (None: the files' own)."""
+    if window is not None and (len(window) != 2 or not float(window[1]) > 0):
+        raise ConfigError(f"dicom_window must be [center, width] with width > 0, got {window}")
+
+
 def _check_spec(spec: DataSpec) -> None:
     if spec.on_bad_image not in ("error", "skip"):
         raise ConfigError(f"on_bad_image must be 'error' or 'skip', got {spec.on_bad_image!r}")
-    window = spec.dicom_window
-    if window is not None and (len(window) != 2 or not float(window[1]) > 0):
-        raise ConfigError(f"dicom_window must be [center, width] with width > 0, got {window}")
+    check_dicom_window(spec.dicom_window)
 
 
 def load_labelled(spec: DataSpec) -> LabelledData:

@@ -44,7 +44,7 @@ def render_pieces(row: dict[str, Any], feature_columns: list[str], template: str
     The default ``column: value, ...`` rendering counts ``column: `` as part of that column and
     ``, `` as template text. Joined, the pieces are exactly ``hf_adapt.data.render_row``'s text.
     """
-    from hf_adapt.data import render_row
+    from hf_adapt.data import format_value, render_row
 
     missing = [c for c in feature_columns if c not in row]
     if missing:
@@ -58,7 +58,7 @@ def render_pieces(row: dict[str, Any], feature_columns: list[str], template: str
             pieces.append((column, render_row(row, [column], None)))
     else:
         # each column's text as render_row formats it: format specs and conversions then apply exactly as there
-        values = {c: render_row(row, [c], None)[len(c) + 2:] for c in feature_columns}
+        values = {c: format_value(row[c]) for c in feature_columns}
         pieces = []
         for literal, field, spec, conversion in string.Formatter().parse(template):
             if literal:
@@ -214,7 +214,7 @@ def explain_row(model, backbone, preprocessor, data_info: dict[str, Any], labels
     ``"(template text)"`` bucket, sorted by ``|attribution|``, each with the summed attribution, its
     token count and whether truncation (``max_length``) cut it. Tokens carry their ``column``.
     """
-    from hf_adapt.data import render_row
+    from hf_adapt.data import format_value
 
     _check_text_model(preprocessor)
     if data_info.get("kind") != "table":
@@ -238,7 +238,7 @@ def explain_row(model, backbone, preprocessor, data_info: dict[str, Any], labels
         buckets[token["column"]]["tokens"] += 1
     kept_end = max((token["end"] for token in result["tokens"]), default=0)
     truncated = {name for name, start, end in spans if text[max(start, kept_end):end].strip()}
-    values = {c: render_row(row, [c], None)[len(c) + 2:] for c in shown}
+    values = {c: format_value(row[c]) for c in shown}
     columns = [{"column": name, "value": values.get(name), "attribution": bucket["attribution"],
                 "tokens": bucket["tokens"], "truncated": name in truncated}
                for name, bucket in buckets.items()]

@@ -308,10 +308,10 @@ def push_output(output_dir: str | Path, settings: PushSettings) -> PushResult:
 def check_release_gate(directory: Path) -> None:
     """Refuse an output that failed the release gate its run was given (forgetting, win rate), or whose
     operating point could not be chosen."""
-    run_info = directory / "hf_adapt.json"
-    if run_info.is_file() and read_json(run_info).get("operating_point_error"):
-        raise HubError(f"{directory} has no operating point: {read_json(run_info)['operating_point_error']}; "
-                       "it is not pushed")
+    point_error = (read_json(directory / RUN_FILE) if (directory / RUN_FILE).is_file() else {}).get(
+        "operating_point_error")
+    if point_error:
+        raise HubError(f"{directory} has no operating point: {point_error}; it is not pushed")
     continual, feedback = directory / "continual_results.json", directory / "feedback_results.json"
     if continual.is_file() and (read_json(continual).get("gate") or {}).get("passed") is False:
         from hf_adapt.continual.metrics import describe_regressions

@@ -172,6 +172,14 @@ def threshold_intervals(scores: np.ndarray, labels: np.ndarray, threshold: float
                                n_resamples=n_resamples, confidence=confidence, seed=seed)
 
 
+def decide_labels(probs: np.ndarray, labels: list[str], point: dict | None) -> list[str]:
+    """:func:`decide` in label names, for an ``hf_adapt.json`` operating point (``positive_label``,
+    ``threshold``) or None."""
+    if point is None:
+        return [labels[i] for i in decide(probs)]
+    return [labels[i] for i in decide(probs, labels.index(point["positive_label"]), point["threshold"])]
+
+
 def decide(probs: np.ndarray, positive: int | None = None, threshold: float | None = None) -> np.ndarray:
     """Predicted class ids for rows of probabilities: the ``positive`` class when its probability is at
     least ``threshold`` (binary tasks with an operating point), else the other class; without a

@@ -105,12 +105,9 @@ class Predictor:
 
     def decide(self, probs: np.ndarray) -> list[str]:
         """Labels for rows of probabilities: the operating point's threshold on the positive class, else argmax."""
-        from hf_adapt.operating_point import decide
+        from hf_adapt.operating_point import decide_labels
 
-        point = self.operating_point
-        if point is None:
-            return [self.labels[i] for i in decide(probs)]
-        return [self.labels[i] for i in decide(probs, self.labels.index(point["positive_label"]), point["threshold"])]
+        return decide_labels(probs, self.labels, self.operating_point)
 
     def predict(self, inputs: Any, task: str | None = None) -> list[dict[str, Any]]:
         """One ``{"label", "probabilities"}`` per input; a single input may be passed bare.

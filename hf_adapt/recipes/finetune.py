@@ -172,8 +172,9 @@ class FinetuneConfig(PublishOptions):
             raise ConfigError(f"bootstrap_resamples must be 0 (none) or >= 100, got {self.bootstrap_resamples}")
         if self.cv_folds is not None and self.cv_folds < 2:
             raise ConfigError(f"cv_folds must be >= 2, got {self.cv_folds}")
-        if self.dicom_window is not None and (len(self.dicom_window) != 2 or not self.dicom_window[1] > 0):
-            raise ConfigError(f"dicom_window must be [center, width] with width > 0, got {self.dicom_window}")
+        from hf_adapt.data import check_dicom_window
+
+        check_dicom_window(self.dicom_window)
         from transformers import SchedulerType
 
         schedulers = [s.value for s in SchedulerType]
@@ -417,6 +418,13 @@ def main(cfg: FinetuneConfig) -> FinetuneResult:
                           trained.backbone, data, pushed, point, cv)
 
 
+def _positive_index(cfg: FinetuneConfig, data) -> int | None:
+    """The positive class of a binary task: ``positive_label``, else the second label."""
+    if cfg.positive_label:
+        return data.labels.index(cfg.positive_label)
+    return 1 if data.num_labels == 2 else None
+
+
 def _check_evaluation(cfg: FinetuneConfig, data) -> int | None:
     """Before training: the settings that need a binary task, and a validation split where the
     selection metric and the operating point are defined. Returns the positive class id (binary tasks)."""
@@ -426,7 +434,7 @@ def _check_evaluation(cfg: FinetuneConfig, data) -> int | None:
     if cfg.operating_point != "none" and not binary:
         raise ConfigError(f"operating_point needs a binary task; this one has {data.num_labels} labels "
                           f"({', '.join(data.labels)})")
-    positive = data.labels.index(cfg.positive_label) if cfg.positive_label else (1 if binary else None)
+    positive = _positive_index(cfg, data)
     needs_both = cfg.metric_for_best_model in ("auroc", "gini", "ks") or cfg.operating_point != "none"
     if needs_both and not cfg.cv_folds:
         present = sorted(set(data.splits["validation"]["label"]))
@@ -562,19 +570,18 @@ def _write_outputs(directory: Path, cfg, accelerator, model, backbone, family, d
     explained = []
     if data.kind == "table" and cfg.card_examples > 0:
         rows = report.example_indices(y_true, min(cfg.card_examples, 3))
-        decided = _decisions(probs, data.labels, operating_point)
+        from hf_adapt.operating_point import decide_labels
+
+        decided = decide_labels(probs, data.labels, operating_point)
         test_split = data.splits["test"]
         explained = report.write_row_explanations(
             directory, model, backbone, input_info, data.labels,
             [{c: test_split[i][c] for c in data.feature_columns} for i in rows], [decided[i] for i in rows])
     figures = report.write_figures(directory, history.history, cfg.metric_for_best_model, probs, y_true, data.labels,
-                                   positive=data.labels.index(operating_point["positive_label"]) if operating_point
-                                   else data.labels.index(cfg.positive_label) if cfg.positive_label
-                                   else (1 if data.num_labels == 2 else None),
+                                   positive=_positive_index(cfg, data),
                                    threshold=operating_point["threshold"] if operating_point else None)
     subgroups, subgroup_sentences = report.subgroup_facts(
-        data.splits["test"], probs, y_true, data.labels, cfg.sensitive_columns, cfg.sensitive_bins,
-        operating_point["positive_label"] if operating_point else cfg.positive_label,
+        data.splits["test"], probs, y_true, data.labels, cfg.sensitive_columns, cfg.sensitive_bins, cfg.positive_label,
         operating_point["threshold"] if operating_point else None)
     facts = {
         "model_name": Path(cfg.output_dir).name,
@@ -663,7 +670,7 @@ def _operating_point_facts(point, data, cfg) -> dict[str, Any] | None:
     """What ``hf_adapt.json`` and the card say about the decision threshold (``load_adapted`` applies it)."""
     if point is None:
         return None
-    positive = cfg.positive_label or data.labels[1]
+    positive = data.labels[_positive_index(cfg, data)]
     return {"positive_label": positive, "negative_label": next(label for label in data.labels if label != positive),
             "threshold": float(point.threshold), "log_odds": _log_odds(point.threshold),
             "rule": point.rule, "target": point.target,
@@ -676,16 +683,6 @@ def _log_odds(probability: float) -> float | None:
     import math
 
     return math.log(probability / (1 - probability)) if 0 < probability < 1 else None
-
-
-def _decisions(probs, labels: list[str], operating_point: dict[str, Any] | None) -> list[str]:
-    """The label served for each row of probabilities (as ``Predictor.decide``)."""
-    from hf_adapt.operating_point import decide
-
-    if operating_point is None:
-        return [labels[i] for i in decide(probs)]
-    return [labels[i] for i in decide(probs, labels.index(operating_point["positive_label"]),
-                                      operating_point["threshold"])]
 
 
 def _imbalance_description(cfg, data) -> str | None:
