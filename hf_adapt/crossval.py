@@ -87,7 +87,8 @@ def cross_validate(trainer, data, folds, inputs: dict[str, list], labels: dict[s
         logger.info("fold %d/%d: training on %d rows, validating on %d", number, len(folds), len(train_rows),
                     len(held_rows))
         trained = trainer.train(([pool_inputs[i] for i in train_rows], [pool_labels[i] for i in train_rows]),
-                                ([pool_inputs[i] for i in held_rows], held_labels.tolist()), select_epoch=False)
+                                ([pool_inputs[i] for i in held_rows], held_labels.tolist()), select_epoch=False,
+                                phase=f"fold-{number}")
         oof[held_rows] = trained.held_logits
         fold_of_row[held_rows] = number
         metrics = classification_metrics(trained.held_logits, trained.held_labels)
@@ -113,7 +114,7 @@ def cross_validate(trainer, data, folds, inputs: dict[str, list], labels: dict[s
                          np.asarray(pool_labels), fold_of_row=fold_of_row.tolist())
     if cfg.cv_keep == "refit":
         logger.info("refit on all %d train + validation rows with the folds' settings", len(pool_labels))
-        cv.kept = trainer.train((pool_inputs, pool_labels), None)
+        cv.kept = trainer.train((pool_inputs, pool_labels), None, phase="refit")
         cv.refit_epochs = len(cv.kept.history.history)
     else:
         cv.kept, cv.chosen_fold = kept, chosen

@@ -13,7 +13,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -23,6 +23,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from hf_adapt.adapters import freeze_frozen_norm_statistics
 from hf_adapt.metrics import classification_metrics, is_better
+
+if TYPE_CHECKING:
+    from hf_adapt.checkpoints import Phase
 
 logger = logging.getLogger(__name__)
 
@@ -266,7 +269,8 @@ def make_optimizer(model: nn.Module, settings: LoopSettings) -> torch.optim.Opti
 
 def fit(accelerator, model: nn.Module, task: Task, train_loader: DataLoader, eval_loader: DataLoader | None,
         settings: LoopSettings, evaluate_fn: Callable[..., dict[str, float]] | None = None,
-        callbacks: list[Callback] | tuple[Callback, ...] = ()) -> tuple[nn.Module, FitResult]:
+        callbacks: list[Callback] | tuple[Callback, ...] = (), checkpoints: Phase | None = None,
+        ) -> tuple[nn.Module, FitResult]:
     """Train with per-epoch evaluation, keep the best epoch's weights, stop early if asked.
 
     ``model`` and the loaders must not be prepared yet. ``evaluate_fn(accelerator, model, task,
@@ -274,10 +278,17 @@ def fit(accelerator, model: nn.Module, task: Task, train_loader: DataLoader, eva
     ``settings.metric_for_best_model``. Returns the prepared model with the best weights
     restored, and the history. With no ``eval_loader`` (a refit on all the data) every epoch
     runs and the last one is kept.
+
+    ``checkpoints``: save the training state every ``checkpoints.every_steps`` optimiser steps
+    and when training ends, and first resume from ``checkpoints.resume_from`` if set. A resumed
+    run continues bitwise where the saved one was (same batches, same RNG draws), as long as the
+    data loader's workers draw no random augmentation (``num_workers`` 0, or no random transforms).
     """
     evaluate_fn = evaluate_fn or evaluate
     from transformers import get_scheduler
 
+    # the generator that shuffles the training data: its state at an epoch's start fixes the epoch's order
+    generator = getattr(train_loader.sampler, "generator", None)
     optimizer = make_optimizer(model, settings)
     model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
     steps_per_epoch = math.ceil(len(train_loader) / accelerator.gradient_accumulation_steps)
@@ -294,20 +305,19 @@ def fit(accelerator, model: nn.Module, task: Task, train_loader: DataLoader, eva
     trainable = [p for p in model.parameters() if p.requires_grad]
     for callback in callbacks:
         callback.on_train_start(accelerator, model, optimizer)
-    result = FitResult()
-    best_state, stale, step = None, 0, 0
-    # the first optimiser step whose loss was NaN or inf (-1: none); a tensor, so no device sync per step
-    diverged_at = torch.full((), -1, dtype=torch.long, device=accelerator.device)
+    run = _Run(accelerator, model, settings, checkpoints, generator)
+    result = run.result
     metric = settings.metric_for_best_model
-    progress = _progress(total_steps, accelerator.is_local_main_process)
+    progress = _progress(total_steps, accelerator.is_local_main_process, initial=run.step)
     start = time.perf_counter()
-    for epoch in range(1, epochs + 1):
+    for epoch in range(run.epoch, epochs + 1):
+        if run.finished:
+            break
         model.train()
         freeze_frozen_norm_statistics(model)
         for callback in callbacks:
             callback.on_epoch_start(epoch, model)
-        running, seen = torch.zeros((), device=accelerator.device), 0  # a tensor: no GPU sync per step
-        for batch in train_loader:
+        for batch in run.epoch_batches(epoch, train_loader):
             with accelerator.accumulate(model):
                 loss = task(model, batch)["loss"]
                 accelerator.backward(loss)
@@ -319,66 +329,155 @@ def fit(accelerator, model: nn.Module, task: Task, train_loader: DataLoader, eva
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad()
-            running, seen = running + loss.detach().float(), seen + 1
-            diverged_at = torch.where((diverged_at < 0) & ~torch.isfinite(loss.detach()), step + 1, diverged_at)
+            run.count(loss)
             if accelerator.sync_gradients:
-                step += 1
+                run.step += 1
                 progress.update(1)
-                if step % settings.logging_steps == 0:
-                    _check_divergence(accelerator, diverged_at, epoch, settings)
-                    mean_loss = running.item() / seen
-                    accelerator.log({"train/loss": mean_loss, "train/lr": scheduler.get_last_lr()[0]}, step=step)
+                if run.step % settings.logging_steps == 0:
+                    run.check_divergence()
+                    mean_loss = run.mean_loss()
+                    accelerator.log({"train/loss": mean_loss, "train/lr": scheduler.get_last_lr()[0]}, step=run.step)
                     progress.set_postfix(loss=f"{mean_loss:.4f}")
-            if step >= total_steps:
+                if checkpoints is not None and checkpoints.every_steps and run.step % checkpoints.every_steps == 0:
+                    run.save()
+            if run.step >= total_steps:
                 break
-        _check_divergence(accelerator, diverged_at, epoch, settings)
+        run.check_divergence()
         metrics = evaluate_fn(accelerator, model, task, eval_loader) if eval_loader is not None else {}
-        metrics["train_loss"] = running.item() / max(seen, 1)
-        result.history.append({"epoch": epoch, "step": step, **metrics})
-        accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=step)
+        metrics["train_loss"] = run.mean_loss()
+        result.history.append({"epoch": epoch, "step": run.step, **metrics})
+        accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=run.step)
         logger.info("epoch %d: %s", epoch, _fmt(metrics))
+        run.epoch, run.batches = epoch + 1, 0
         if eval_loader is None:
             result.best_epoch, result.best_metrics = epoch, metrics
         elif is_better(metric, metrics[metric], result.best_metrics.get(metric)):
             result.best_epoch, result.best_metrics = epoch, metrics
-            best_state = _trainable_state(accelerator.unwrap_model(model)) if settings.restore_best else None
-            stale = 0
+            run.best_state = _trainable_state(accelerator.unwrap_model(model)) if settings.restore_best else None
+            run.stale = 0
         else:
-            stale += 1
-            if settings.early_stopping_patience is not None and stale >= settings.early_stopping_patience:
-                logger.info("early stopping: %s did not improve for %d epochs", metric, stale)
+            run.stale += 1
+            if settings.early_stopping_patience is not None and run.stale >= settings.early_stopping_patience:
+                logger.info("early stopping: %s did not improve for %d epochs", metric, run.stale)
                 break
-        if step >= total_steps:
+        if run.step >= total_steps:
             break
     progress.close()
-    result.steps, result.train_seconds = step, time.perf_counter() - start
-    if best_state is not None and settings.restore_best:
-        accelerator.unwrap_model(model).load_state_dict(best_state, strict=False)
+    if checkpoints is not None and not run.finished:
+        run.finished = True
+        run.save()  # the phase's final state: a resumed run replays a finished phase from it
+    run.close()
+    result.steps, result.train_seconds = run.step, time.perf_counter() - start
+    if run.best_state is not None and settings.restore_best:
+        accelerator.unwrap_model(model).load_state_dict(run.best_state, strict=False)
         logger.info("restored best epoch %s (%s=%.4f)", result.best_epoch, metric, result.best_metrics[metric])
     return model, result
 
 
-def _check_divergence(accelerator, diverged_at: torch.Tensor, epoch: int, settings: LoopSettings) -> None:
-    """Stop on a NaN or infinite loss (on any process) before it reaches a saved model.
+class _Run:
+    """Where :func:`fit` is (step, epoch, position in the epoch, best weights, running loss), and its
+    checkpoints: everything a resumed run needs beyond what ``accelerator.save_state`` keeps."""
 
-    Only the loss is watched: under fp16, Accelerate's gradient scaler skips the steps whose
-    gradients overflow and lowers its scale, which is its job and not a divergence.
-    """
-    first = int(accelerator.gather(diverged_at[None]).max().item())  # every process stops together
-    if first >= 0:
-        from hf_adapt.errors import TrainingDivergedError
+    def __init__(self, accelerator, model: nn.Module, settings: LoopSettings, checkpoints: Phase | None,
+                 generator: torch.Generator | None):
+        self.accelerator, self.model, self.settings = accelerator, model, settings
+        self.checkpoints, self.generator = checkpoints, generator
+        self.result = FitResult()
+        self.step, self.epoch, self.batches, self.stale = 0, 1, 0, 0
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.finished = False
+        self.last_checkpoint: str | None = None
+        self.epoch_generator = None  # the shuffling generator's state when the current epoch began
+        # the first optimiser step whose loss was NaN or inf (-1: none); a tensor, so no device sync per step
+        self.diverged_at = torch.full((), -1, dtype=torch.long, device=accelerator.device)
+        self.running = torch.zeros((), device=accelerator.device)  # a tensor: no GPU sync per step
+        self.seen = 0
+        self.resumed_epoch: int | None = None
+        self.hook = None
+        if checkpoints is not None:
+            from hf_adapt.checkpoints import keep_trainable
 
-        raise TrainingDivergedError(
-            f"training diverged: the loss was NaN or infinite at optimiser step {first} (epoch {epoch}); the run is "
-            f"stopped and nothing is saved (no checkpoint was kept to resume from). Lower learning_rate "
-            f"(now {settings.learning_rate}), keep max_grad_norm on (now {settings.max_grad_norm}), or look for "
-            "extreme values in the inputs")
+            self.hook = accelerator.register_save_state_pre_hook(keep_trainable)
+            if checkpoints.resume_from is not None:
+                self._resume()
+
+    def epoch_batches(self, epoch: int, loader: DataLoader):
+        """The epoch's batches; a resumed epoch restarts its shuffle and skips what was already trained on."""
+        if epoch == self.resumed_epoch:
+            self.resumed_epoch = None
+            if self.generator is not None and self.epoch_generator is not None:
+                self.generator.set_state(self.epoch_generator)
+            return self.accelerator.skip_first_batches(loader, self.batches)
+        self.epoch_generator = self.generator.get_state() if self.generator is not None else None
+        self.running, self.seen, self.batches = torch.zeros((), device=self.accelerator.device), 0, 0
+        return loader
+
+    def count(self, loss: torch.Tensor) -> None:
+        loss = loss.detach()
+        self.running, self.seen, self.batches = self.running + loss.float(), self.seen + 1, self.batches + 1
+        self.diverged_at = torch.where((self.diverged_at < 0) & ~torch.isfinite(loss), self.step + 1, self.diverged_at)
+
+    def mean_loss(self) -> float:
+        return self.running.item() / max(self.seen, 1)
+
+    def check_divergence(self) -> None:
+        """Stop on a NaN or infinite loss (on any process) before it reaches a saved model or checkpoint.
+
+        Only the loss is watched: under fp16, Accelerate's gradient scaler skips the steps whose
+        gradients overflow and lowers its scale, which is its job and not a divergence.
+        """
+        first = int(self.accelerator.gather(self.diverged_at[None]).max().item())  # every process stops together
+        if first >= 0:
+            from hf_adapt.errors import TrainingDivergedError
+
+            kept = (f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint else
+                    "no checkpoint was kept before it")
+            raise TrainingDivergedError(
+                f"training diverged: the loss was NaN or infinite at optimiser step {first} (epoch {self.epoch}); "
+                f"the run is stopped and its outputs are not written ({kept}). Lower learning_rate (now "
+                f"{self.settings.learning_rate}), keep max_grad_norm on (now {self.settings.max_grad_norm}), or "
+                "look for extreme values in the inputs")
+
+    def save(self) -> None:
+        self.check_divergence()  # a checkpoint is always one to go back to
+        state = {"phase": self.checkpoints.name, "step": self.step, "epoch": self.epoch, "batches": self.batches,
+                 "seen": self.seen, "stale": self.stale, "finished": self.finished,
+                 "num_processes": self.accelerator.num_processes, "best_epoch": self.result.best_epoch,
+                 "best_metrics": self.result.best_metrics, "history": self.result.history}
+        tensors = {"running": self.running.detach().cpu().reshape(1)}
+        if self.epoch_generator is not None:
+            tensors["epoch_generator"] = self.epoch_generator
+        if self.best_state is not None:
+            tensors.update({f"best.{k}": v for k, v in self.best_state.items()})
+        self.last_checkpoint = str(self.checkpoints.save(self.accelerator, self.step, state, tensors))
+
+    def _resume(self) -> None:
+        state, tensors = self.checkpoints.load(self.accelerator, self.model)
+        if state["num_processes"] != self.accelerator.num_processes:
+            from hf_adapt.errors import ConfigError
+
+            raise ConfigError(f"{self.checkpoints.resume_from} was saved by {state['num_processes']} processes; "
+                              f"resume it with as many (now {self.accelerator.num_processes})")
+        self.step, self.epoch, self.batches = state["step"], state["epoch"], state["batches"]
+        self.seen, self.stale, self.finished = state["seen"], state["stale"], state["finished"]
+        self.result.best_epoch, self.result.best_metrics = state["best_epoch"], state["best_metrics"]
+        self.result.history = state["history"]
+        self.running = tensors["running"].reshape(()).to(self.accelerator.device)
+        self.epoch_generator = tensors.get("epoch_generator")
+        best = {k.removeprefix("best."): v for k, v in tensors.items() if k.startswith("best.")}
+        self.best_state = best or None
+        self.resumed_epoch = self.epoch
+        self.last_checkpoint = str(self.checkpoints.resume_from)
+
+    def close(self) -> None:
+        if self.hook is not None:
+            self.hook.remove()
 
 
-def _progress(total: int, enabled: bool):
+def _progress(total: int, enabled: bool, initial: int = 0):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, disable=not enabled, desc="train", dynamic_ncols=True)
+    return tqdm(total=total, initial=initial, disable=not enabled, desc="train", dynamic_ncols=True)
 
 
 def _fmt(metrics: dict[str, float]) -> str:

@@ -82,6 +82,7 @@ def main(cfg: ContinualConfig) -> ContinualResult:
     from hf_adapt import outputs, transfer
     from hf_adapt.adapters import apply_regime, count_parameters
     from hf_adapt.backbones import build_backbone
+    from hf_adapt.checkpoints import Checkpoints
     from hf_adapt.continual import make_strategy
     from hf_adapt.continual.base import ContinualRun, ContinualTask
     from hf_adapt.continual.experiences import check_scenario, check_splits, load_experiences
@@ -93,6 +94,7 @@ def main(cfg: ContinualConfig) -> ContinualResult:
     started = time.perf_counter()
     outputs.check_output_dir(cfg.output_dir, cfg.overwrite_output_dir)
     cfg.check_push(cfg.base_model_id)
+    checkpoints = Checkpoints.from_config(cfg)
     staging = outputs.staging_path(cfg.output_dir)
     accelerator = make_accelerator(cfg.mixed_precision, cfg.gradient_accumulation_steps, cfg.report_to,
                                    project_dir=str(staging))
@@ -140,6 +142,8 @@ def main(cfg: ContinualConfig) -> ContinualResult:
     run.backbone = backbone
     settings = loop_settings(cfg, backbone, restore_best=cfg.keep_best_epoch)
     collate = backbone.preprocessor.collate
+    if checkpoints is not None:  # a resumed run replays finished experiences from their final checkpoints
+        checkpoints.open(accelerator, cfg, [e.data.origin.get("sha256") for e in new])
 
     if accelerator.is_main_process:
         staging.mkdir(parents=True)
@@ -166,7 +170,8 @@ def main(cfg: ContinualConfig) -> ContinualResult:
                                    seed=cfg.seed + run.step, num_workers=cfg.num_workers),
                        make_loader(run.dataset(strategy.validation_rows(run, experience), "validation"), collate,
                                    cfg.per_device_eval_batch_size, train=False, seed=cfg.seed, num_workers=cfg.num_workers)]
-            prepared, history = fit(accelerator, model, task, *loaders, settings)
+            phase = checkpoints.phase(accelerator, f"experience-{run.step}") if checkpoints else None
+            prepared, history = fit(accelerator, model, task, *loaders, settings, checkpoints=phase)
             model = accelerator.unwrap_model(prepared)
             model.eval()
             strategy.after_experience(run, experience, model)

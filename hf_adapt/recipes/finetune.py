@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from hf_adapt.checkpoints import CheckpointOptions
 from hf_adapt.errors import ConfigError, OperatingPointError
 from hf_adapt.hub import PublishOptions
 
@@ -37,7 +38,7 @@ def default_adapter() -> dict[str, Any]:
 
 
 @dataclass
-class FinetuneConfig(PublishOptions):
+class FinetuneConfig(CheckpointOptions, PublishOptions):
     """Fine-tune a timm or transformers backbone on labelled data and write an evaluated adapter with a model card.
 
     With no arguments: LoRA on the pretrained MiniLM-L6 (sentence-transformers/all-MiniLM-L6-v2,
@@ -268,8 +269,9 @@ class _Trainer:
     """Builds a fresh backbone and adapter and trains it on given rows; a plain run calls it once,
     cross-validation once per fold and once more for a refit."""
 
-    def __init__(self, cfg: FinetuneConfig, accelerator, spec, parent, data):
+    def __init__(self, cfg: FinetuneConfig, accelerator, spec, parent, data, checkpoints=None):
         self.cfg, self.accelerator, self.spec, self.parent, self.data = cfg, accelerator, spec, parent, data
+        self.checkpoints = checkpoints  # hf_adapt.checkpoints.Checkpoints, or None
         self.first = self.build()  # the model is checked before any training, and its input kind known
         self.kind = self.first[0].preprocessor.input_kind
 
@@ -297,11 +299,11 @@ class _Trainer:
                            train=train, seed=cfg.seed, num_workers=cfg.num_workers, balanced=cfg.balanced_sampler)
 
     def train(self, train_rows: tuple[list, list], held_rows: tuple[list, list] | None,
-              select_epoch: bool = True) -> Trained:
+              select_epoch: bool = True, phase: str = "train") -> Trained:
         """Train on ``train_rows`` (inputs, labels) and score ``held_rows`` every epoch. With
         ``select_epoch`` the best epoch on them is kept (and early stopping applies); without, or
         with no held rows, every configured epoch runs and the last is kept, so held-out scores
-        are not selected on (cross-validation folds)."""
+        are not selected on (cross-validation folds). ``phase`` names its checkpoints."""
         from hf_adapt.loop import ClassificationTask, GradualUnfreeze, balanced_class_weights, fit, predict
 
         cfg = self.cfg
@@ -316,8 +318,9 @@ class _Trainer:
         callbacks = ([GradualUnfreeze(backbone.head_names, cfg.unfreeze_every_epochs)]
                      if cfg.regime == "gradual_unfreeze" else [])
         held_loader = self.loader(*held_rows, train=False, collate=collate) if held_rows else None
+        checkpoints = self.checkpoints.phase(self.accelerator, phase) if self.checkpoints else None
         model, history = fit(self.accelerator, model, task, self.loader(*train_rows, train=True, collate=collate),
-                             held_loader, settings, callbacks=callbacks)
+                             held_loader, settings, callbacks=callbacks, checkpoints=checkpoints)
         trained = Trained(model, backbone, task, history)
         if held_loader is not None:
             trained.held_logits, trained.held_labels = predict(
@@ -330,6 +333,7 @@ def main(cfg: FinetuneConfig) -> FinetuneResult:
 
     from hf_adapt import baselines, crossval, outputs, transfer
     from hf_adapt.adapters import count_parameters
+    from hf_adapt.checkpoints import Checkpoints
     from hf_adapt.config import redact
     from hf_adapt.data import load_labelled
     from hf_adapt.loop import predict
@@ -339,6 +343,7 @@ def main(cfg: FinetuneConfig) -> FinetuneResult:
     started = time.perf_counter()
     outputs.check_output_dir(cfg.output_dir, cfg.overwrite_output_dir)
     cfg.check_push(cfg.base_model_id)
+    checkpoints = Checkpoints.from_config(cfg)
     staging = outputs.staging_path(cfg.output_dir)  # created by the main process once inputs are valid
     accelerator = make_accelerator(cfg.mixed_precision, cfg.gradient_accumulation_steps, cfg.report_to,
                                    project_dir=str(staging))
@@ -360,7 +365,9 @@ def main(cfg: FinetuneConfig) -> FinetuneResult:
         parent = transfer.find_parent(cfg.init_from, cfg.init_from_revision)
         transfer.check_parent(parent, cfg.family, cfg.model_name_or_path, DEFAULT_MODEL,
                               "image" if data.kind == "image" else "text")
-    trainer = _Trainer(cfg, accelerator, spec, parent, data)
+    if checkpoints is not None:
+        checkpoints.open(accelerator, cfg, data.origin.get("sha256"))
+    trainer = _Trainer(cfg, accelerator, spec, parent, data, checkpoints)
     if parent is not None:
         logger.info("started from the backbone of %s (%s %s)", cfg.init_from, parent.recipe, parent.info.get("regime"))
     backbone = trainer.first[0]

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
+from hf_adapt.checkpoints import CheckpointOptions
 from hf_adapt.errors import ConfigError
 from hf_adapt.hub import PublishOptions
 from hf_adapt.recipes.finetune import DEFAULT_MODEL, default_adapter
@@ -21,7 +22,7 @@ logger = logging.getLogger("hf_adapt.pretrain")
 
 
 @dataclass
-class PretrainConfig(PublishOptions):
+class PretrainConfig(CheckpointOptions, PublishOptions):
     """Continue pretraining a text backbone on unlabelled text (masked LM for encoders, causal LM for
     decoders) and write it with its held-out perplexity before and after, and a model card; or, with
     objective: supervised, pretrain any backbone on a labelled source set (a finetune run).
@@ -177,6 +178,7 @@ def _pretrain_lm(cfg: PretrainConfig) -> PretrainResult:
 
     from hf_adapt import lm, outputs
     from hf_adapt.adapters import apply_regime, count_parameters
+    from hf_adapt.checkpoints import Checkpoints
     from hf_adapt.config import redact
     from hf_adapt.loop import LoopSettings, fit
     from hf_adapt.recipes.finetune import _flat
@@ -185,6 +187,7 @@ def _pretrain_lm(cfg: PretrainConfig) -> PretrainResult:
     started = time.perf_counter()
     outputs.check_output_dir(cfg.output_dir, cfg.overwrite_output_dir)
     cfg.check_push(cfg.base_model_id)
+    checkpoints = Checkpoints.from_config(cfg)
     staging = outputs.staging_path(cfg.output_dir)  # created by the main process once inputs are valid
     accelerator = make_accelerator(cfg.mixed_precision, cfg.gradient_accumulation_steps, cfg.report_to,
                                    project_dir=str(staging))
@@ -213,6 +216,8 @@ def _pretrain_lm(cfg: PretrainConfig) -> PretrainResult:
     trainable, total = count_parameters(model)
     logger.info("%s objective, %s train blocks, %s trainable of %s parameters", objective, f"{len(blocks['train']):,}",
                 f"{trainable:,}", f"{total:,}")
+    if checkpoints is not None:
+        checkpoints.open(accelerator, cfg, corpus.origin.get("sha256"))
 
     if accelerator.is_main_process:
         staging.mkdir(parents=True)
@@ -230,7 +235,8 @@ def _pretrain_lm(cfg: PretrainConfig) -> PretrainResult:
         test_loader = accelerator.prepare(eval_loaders["test"])
         before = lm.ScoreBefore(task, test_loader)
         model, history = fit(accelerator, model, task, train_loader, eval_loaders["validation"], settings,
-                             evaluate_fn=lm.evaluate_lm, callbacks=[before])
+                             evaluate_fn=lm.evaluate_lm, callbacks=[before],
+                             checkpoints=checkpoints.phase(accelerator, "train") if checkpoints else None)
         loss, tokens = lm.loss_and_tokens(accelerator, model, task, test_loader)
         metrics = {"eval_loss": loss, "perplexity": lm.perplexity(loss), "eval_loss_before": before.loss,
                    "perplexity_before": lm.perplexity(before.loss), "eval_tokens": tokens}

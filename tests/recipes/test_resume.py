@@ -1,0 +1,182 @@
+"""Checkpoint and resume: a run killed with SIGKILL mid-epoch and resumed ends bitwise where an
+uninterrupted run with the same seed ends, on one process and on two."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+REPO = Path(__file__).resolve().parents[2]
+PREEMPT = Path(__file__).with_name("preempt.py")
+KILLED = -signal.SIGKILL
+
+
+def _args(tiny_bert, credit_sample, out: Path, *extra: str) -> list[str]:
+    return ["--model_name_or_path", str(tiny_bert), "--base_model_id", "hf-adapt-tests/tiny-bert",
+            "--data", str(credit_sample), "--output_dir", str(out), "--num_train_epochs", "2",
+            "--per_device_train_batch_size", "16", "--learning_rate", "5e-3", "--max_length", "128",
+            "--report_to", "none", "--logging_steps", "2", "--bootstrap_resamples", "0", *extra]
+
+
+def _run(args: list[str], kill_at: str | None = None, processes: int = 1,
+         recipe: str = "finetune") -> subprocess.CompletedProcess:
+    """``hf-adapt <recipe>`` in a fresh process (under ``accelerate launch`` for two), optionally killed
+    right after the checkpoint ``kill_at`` (``phase:step``) is on disk."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    env.pop("HF_ADAPT_TEST_KILL_AT", None)
+    if kill_at:
+        env["HF_ADAPT_TEST_KILL_AT"] = kill_at
+    launcher = [sys.executable]
+    if processes > 1:
+        launcher += ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+                     "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                     "--main_process_port", "0"]
+    else:
+        args = [*args, "--torch_num_threads", "1"]
+    # teardown of gloo groups has hung before: a hard timeout keeps CI from stalling
+    return subprocess.run([*launcher, str(PREEMPT), recipe, *args], env=env, capture_output=True, text=True,
+                          timeout=400)
+
+
+def _assert_same_run(resumed: Path, reference: Path) -> None:
+    """Bitwise: every adapter tensor, every test metric and the per-epoch history (validation metrics, mean train loss)."""
+    ours, theirs = load_file(resumed / "adapter_model.safetensors"), load_file(reference / "adapter_model.safetensors")
+    assert ours.keys() == theirs.keys()
+    differing = [k for k in ours if not torch.equal(ours[k], theirs[k])]
+    assert not differing, f"{len(differing)} of {len(ours)} tensors differ, e.g. {differing[:3]}"
+    assert json.loads((resumed / "eval_results.json").read_text()) == json.loads(
+        (reference / "eval_results.json").read_text())
+    history = [json.loads((out / "train_results.json").read_text())["history"] for out in (resumed, reference)]
+    assert history[0] == history[1]
+
+
+def _checkpoints(out: Path, phase: str = "train") -> list[str]:
+    return sorted((p.name for p in out.with_name(f"{out.name}.checkpoints").joinpath(phase).iterdir()),
+                  key=lambda name: (len(name), name))
+
+
+def _kill_and_resume(tiny_bert, credit_sample, tmp_path, processes: int, kill_at: str, every: str = "4"):
+    reference = tmp_path / "reference"
+    done = _run(_args(tiny_bert, credit_sample, reference), processes=processes)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = tmp_path / "out"
+    killed = _run(_args(tiny_bert, credit_sample, out, "--checkpointing_steps", every), kill_at=kill_at,
+                  processes=processes)
+    assert killed.returncode in (KILLED, 1) and not out.exists(), killed.stderr[-3000:]  # 1: the launcher's
+    return reference, out
+
+
+@pytest.fixture(scope="module")
+def killed_run(tiny_bert, credit_sample, tmp_path_factory):
+    """An uninterrupted run, and the same run killed right after its checkpoint at step 12 (epoch 2 of 7-step epochs)."""
+    tmp_path = tmp_path_factory.mktemp("resume")
+    reference, out = _kill_and_resume(tiny_bert, credit_sample, tmp_path, 1, "train:12")
+    return reference, out.with_name("out.checkpoints")
+
+
+def _copy(checkpoints: Path, out: Path) -> Path:
+    """A fresh copy of the killed run's checkpoints for ``out`` (tests resume, and so prune, their own)."""
+    import shutil
+
+    shutil.copytree(checkpoints, out.with_name(f"{out.name}.checkpoints"))
+    return out
+
+
+def test_a_run_killed_mid_epoch_resumes_to_the_same_adapter_and_metrics(killed_run, tiny_bert, credit_sample,
+                                                                        tmp_path):
+    reference, checkpoints = killed_run
+    out = _copy(checkpoints, tmp_path / "out")
+    assert _checkpoints(out) == ["step-8", "step-12"], "keep the last 2 (checkpoints_total_limit)"
+    state = json.loads((out.with_name("out.checkpoints") / "train" / "step-12" / "loop_state.json").read_text())
+    steps_per_epoch = json.loads((reference / "train_results.json").read_text())["steps"] // 2
+    assert state["epoch"] == 2 and 0 < state["batches"] < steps_per_epoch, "the kill must land mid-epoch"
+    assert len(state["history"]) == 1 and state["best_epoch"] == 1
+
+    resumed = _run(_args(tiny_bert, credit_sample, out, "--checkpointing_steps", "4",
+                         "--resume_from_checkpoint", "latest"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stderr and "step-12" in resumed.stderr
+    _assert_same_run(out, reference)
+    steps = json.loads((reference / "train_results.json").read_text())["steps"]
+    assert _checkpoints(out)[-1] == f"step-{steps}", "the finished phase keeps its final state"
+
+
+def test_resuming_from_a_named_earlier_checkpoint_replays_the_rest(killed_run, tiny_bert, credit_sample, tmp_path):
+    reference, checkpoints = killed_run
+    copy = _copy(checkpoints, tmp_path / "again")
+    step_8 = copy.with_name("again.checkpoints") / "train" / "step-8"
+    args = _args(tiny_bert, credit_sample, copy, "--checkpointing_steps", "4", "--resume_from_checkpoint", str(step_8))
+    resumed = _run(args)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resumed from {step_8}" in resumed.stderr
+    _assert_same_run(copy, reference)
+
+
+def test_resume_refuses_other_settings_and_a_fresh_run_refuses_old_checkpoints(killed_run, tiny_bert, credit_sample,
+                                                                               tmp_path):
+    from hf_adapt.config import parse_config
+    from hf_adapt.errors import ConfigError, OutputError
+    from hf_adapt.recipes.finetune import FinetuneConfig, main
+
+    out = _copy(killed_run[1], tmp_path / "out")
+    snapshot = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+
+    def config(*extra):
+        return parse_config(FinetuneConfig, _args(tiny_bert, credit_sample, out, "--checkpointing_steps", "4", *extra))
+
+    with pytest.raises(ConfigError, match=r"differs in \['learning_rate'\]"):
+        main(config("--resume_from_checkpoint", "latest", "--learning_rate", "1e-3"))
+    with pytest.raises(OutputError, match="holds the checkpoints of an earlier run"):
+        main(config())
+    with pytest.raises(ConfigError, match="not a complete step-N checkpoint"):
+        main(config("--resume_from_checkpoint", str(out.parent)))
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == snapshot, "a refused run changed files"
+
+
+@pytest.mark.distributed
+@pytest.mark.timeout(900)
+def test_a_two_process_run_killed_mid_epoch_resumes_to_the_same_adapter(tiny_bert, credit_sample, tmp_path):
+    # two processes x 16 rows: 4 steps an epoch; killed after step 6, in epoch 2
+    reference, out = _kill_and_resume(tiny_bert, credit_sample, tmp_path, 2, "train:6", every="3")
+    resumed = _run(_args(tiny_bert, credit_sample, out, "--checkpointing_steps", "3",
+                         "--resume_from_checkpoint", "latest"), processes=2)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    _assert_same_run(out, reference)
+
+
+def test_a_continual_run_killed_in_its_second_experience_resumes_to_the_same_model(block_resnet, blocks_csv,
+                                                                                   tmp_path):
+    """The first experience is replayed from its final checkpoint, and the replay buffer and forgetting matrix
+    it leads to come out the same."""
+    config = tmp_path / "continual.yaml"
+    config.write_text(json.dumps({
+        "model_name_or_path": str(block_resnet), "family": "timm", "reset_head": True, "image_size": 32,
+        "data": str(blocks_csv), "label_column": "label", "feature_columns": [f"p{i}" for i in range(100)],
+        "text_template": None, "pixel_shape": [10, 10], "validation_size": 0.2, "test_size": 0.25,
+        "experiences": [{"name": "ab", "classes": [0, 1]}, {"name": "cd", "classes": [2, 3]}], "strategy": "replay",
+        "regime": "full", "num_train_epochs": 2, "per_device_train_batch_size": 16, "learning_rate": 3e-3,
+        "head_learning_rate": 3e-3, "warmup_ratio": 0.0, "report_to": "none", "base_model_id": None,
+        "max_forgetting": 1.0}))
+
+    def run(out: Path, *extra: str, kill_at: str | None = None) -> subprocess.CompletedProcess:
+        return _run(["--config", str(config), "--output_dir", str(out), *extra], kill_at=kill_at, recipe="continual")
+
+    reference, out = tmp_path / "reference", tmp_path / "out"
+    assert run(reference).returncode == 0
+    killed = run(out, "--checkpointing_steps", "5", kill_at="experience-2:10")
+    assert killed.returncode == KILLED and not out.exists(), killed.stderr[-3000:]
+    assert _checkpoints(out, "experience-1")[-1] == "step-18", "the finished experience kept its final state"
+    resumed = run(out, "--checkpointing_steps", "5", "--resume_from_checkpoint", "latest")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    ours, theirs = (load_file(o / "model.safetensors") for o in (out, reference))
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+    results = [json.loads((o / "continual_results.json").read_text()) for o in (out, reference)]
+    assert results[0]["matrix"] == results[1]["matrix"]
