@@ -34,6 +34,8 @@ STATE_FILE = "loop_state.json"
 TENSORS_FILE = "loop_state.safetensors"
 RUN_FILE = "run.json"
 _STEP = re.compile(r"^step-(\d+)$")
+TRAINER_STATE = "trainer_state.json"  # written last into a transformers Trainer's checkpoint-<N>
+_TRAINER_STEP = re.compile(r"^checkpoint-(\d+)$")
 
 # Fields that may differ between a run and its resumption: they change where results go, how they
 # are logged or published, not what is trained.
@@ -253,3 +255,26 @@ def _write_json(path: Path, obj: Any) -> None:
     partial = path.with_name(f".{path.name}.partial")
     partial.write_text(json.dumps(obj, indent=2, default=str) + "\n")
     partial.replace(path)
+
+
+def trainer_checkpoints(cfg, state, data: Any) -> tuple[Path | None, str | None]:
+    """For a recipe that trains with a transformers / TRL ``Trainer``, which checkpoints itself: where its
+    ``checkpoint-<N>`` folders go (None: nowhere) and the one to resume from. The same run checks as
+    :meth:`Checkpoints.open`; ``latest`` takes the newest complete folder (one with ``trainer_state.json``)."""
+    if cfg.checkpointing_steps is None and cfg.resume_from_checkpoint is None:
+        return None, None
+    cfg.check_checkpointing()
+    root, named = checkpoint_root(cfg.output_dir), None
+    if cfg.resume_from_checkpoint not in (None, "latest"):
+        named = Path(cfg.resume_from_checkpoint).absolute()
+        if not (named / TRAINER_STATE).is_file():
+            raise ConfigError(f"resume_from_checkpoint {named}: not a complete checkpoint folder (expected "
+                              f"checkpoint-<N> holding {TRAINER_STATE})")
+        root = named.parent
+    Checkpoints(root, cfg.checkpointing_steps, cfg.checkpoints_total_limit,
+                "latest" if cfg.resume_from_checkpoint else None).open(state, cfg, data)
+    if named is not None or cfg.resume_from_checkpoint is None:
+        return root, None if named is None else str(named)
+    complete = [(int(m.group(1)), p) for p in root.iterdir()
+                if (m := _TRAINER_STEP.match(p.name)) and (p / TRAINER_STATE).is_file()]
+    return root, str(max(complete)[1]) if complete else None

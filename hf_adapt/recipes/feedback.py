@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from hf_adapt.checkpoints import CheckpointOptions
 from hf_adapt.errors import ConfigError, DataError, ReleaseGateError
 from hf_adapt.hub import PublishOptions
 
@@ -40,7 +41,7 @@ TRAINER_CLASSES = {  # trainer -> (module, config class, trainer class)
 _OWN_ARGS = ("output_dir", "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
              "learning_rate", "num_train_epochs", "max_steps", "lr_scheduler_type", "warmup_steps", "weight_decay",
              "max_grad_norm", "seed", "logging_steps", "report_to", "bf16", "fp16", "max_length", "use_cpu",
-             "dataloader_num_workers", "ddp_timeout")
+             "dataloader_num_workers", "ddp_timeout", "save_strategy", "save_steps", "save_total_limit")
 
 
 def _default_adapter() -> dict[str, Any]:
@@ -48,7 +49,7 @@ def _default_adapter() -> dict[str, Any]:
 
 
 @dataclass
-class FeedbackConfig(PublishOptions):
+class FeedbackConfig(CheckpointOptions, PublishOptions):
     """Train the next version of a model on what its users said about its answers, with a TRL trainer and a peft
     adapter, and score it against the version it started from on held-out prompts."""
 
@@ -280,7 +281,8 @@ def trl_config(cfg: FeedbackConfig, workdir: str, counts: dict[str, int], num_pr
         "num_train_epochs": cfg.num_train_epochs, "max_steps": cfg.max_steps, "lr_scheduler_type": cfg.lr_scheduler_type,
         "warmup_steps": cfg.warmup_ratio, "weight_decay": cfg.weight_decay, "max_grad_norm": cfg.max_grad_norm,
         "seed": cfg.seed, "logging_steps": cfg.logging_steps, "report_to": trackers_for(cfg.report_to) or "none",
-        "save_strategy": "no", "bf16": cfg.mixed_precision == "bf16", "fp16": cfg.mixed_precision == "fp16",
+        "save_strategy": "steps" if cfg.checkpointing_steps else "no", "save_steps": cfg.checkpointing_steps or 500,
+        "save_total_limit": cfg.checkpoints_total_limit, "bf16": cfg.mixed_precision == "bf16", "fp16": cfg.mixed_precision == "fp16",
         "gradient_checkpointing": False, "max_length": cfg.max_length, "dataloader_num_workers": cfg.num_workers,
         "use_cpu": _cpu_ranks(), "ddp_timeout": cfg.ddp_timeout,
         "disable_tqdm": True,
@@ -324,6 +326,7 @@ def main(cfg: FeedbackConfig) -> FeedbackResult:
     from accelerate.utils import set_seed
 
     from hf_adapt import outputs, transfer
+    from hf_adapt.checkpoints import trainer_checkpoints
     from hf_adapt.feedback.convert import convert
     from hf_adapt.feedback.inspect import summarize
     from hf_adapt.feedback.log import read_feedback
@@ -394,11 +397,12 @@ def main(cfg: FeedbackConfig) -> FeedbackResult:
                                            parent.directory if parent else None)
     tokenizer = backbone.preprocessor.tokenizer
     check_chat_template(tokenizer, summary["conversational"], model_block["name_or_path"])
+    checkpoint_dir, resume = trainer_checkpoints(cfg, state, _fingerprint(records))
     workdir = tempfile.mkdtemp(prefix="hf-adapt-trl-")
     try:
-        args = trl_config(cfg, workdir, conversion.counts, state.num_processes)
+        args = trl_config(cfg, str(checkpoint_dir or workdir), conversion.counts, state.num_processes)
         trainer = make_trainer(cfg, backbone_model, tokenizer, conversion.rows, args)
-        train_output = trainer.train()
+        train_output = trainer.train(resume_from_checkpoint=resume)
         accelerator = trainer.accelerator
         model = accelerator.unwrap_model(trainer.model)
         metrics, examples, gate = {}, [], {}
@@ -432,6 +436,14 @@ def main(cfg: FeedbackConfig) -> FeedbackResult:
                                f"({RESULTS_FILE})")
     result.push = cfg.push_after_run(cfg.output_dir, accelerator)
     return result
+
+
+def _fingerprint(records: list[dict[str, Any]]) -> str:
+    """A sha256 over the records a round trains and scores on: a resumed round must see the same feedback."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(records, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _cpu_ranks() -> bool:

@@ -246,3 +246,21 @@ def test_cli_exits_2_with_the_reason(tiny_chat_llama, tmp_path):
                            str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "hf-adapt feedback train: error: feedback" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_round_resumed_from_a_checkpoint_ends_where_the_uninterrupted_round_ends(tiny_chat_llama, tmp_path):
+    """TRL checkpoints through the Trainer (checkpointing_steps -> save_steps, kept in <output_dir>.checkpoints);
+    a round replayed from its step-2 checkpoint trains steps 3-4 to the same adapter."""
+    log = write_log(tmp_path / "log.jsonl", product_feedback(range(10)))
+    settings = dict(trainer="dpo", max_steps=4, checkpointing_steps=2, checkpoints_total_limit=2)
+    whole = main(_config(tmp_path, tiny_chat_llama, log, name="round", **settings))
+    root = tmp_path / "round.checkpoints"
+    assert sorted(p.name for p in root.iterdir() if p.is_dir()) == ["checkpoint-2", "checkpoint-4"]
+    expected = load_file(str(whole.output_dir / "adapter_model.safetensors"))
+    resumed = main(_config(tmp_path, tiny_chat_llama, log, name="round", overwrite_output_dir=True,
+                           resume_from_checkpoint=str(root / "checkpoint-2"), **settings))
+    got = load_file(str(resumed.output_dir / "adapter_model.safetensors"))
+    assert [k for k in expected if not torch.equal(expected[k], got[k])] == []
+    with pytest.raises(ConfigError, match=r"differs in \['max_steps'\]"):
+        main(_config(tmp_path, tiny_chat_llama, log, name="round", overwrite_output_dir=True,
+                     resume_from_checkpoint="latest", **{**settings, "max_steps": 6}))
