@@ -229,6 +229,9 @@ class Checkpoints:
             self.order.append(name)
             if accelerator.is_main_process:
                 self._record()
+        if accelerator.is_main_process and directory.is_dir():
+            for partial in directory.glob(".step-*.partial"):  # a save a kill interrupted: never resumed from
+                shutil.rmtree(partial, ignore_errors=True)
         return Phase(directory, self.every_steps, self.keep, resume_from)
 
     def _before(self, phase: str) -> list[str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Callable
@@ -22,8 +23,10 @@ logger = logging.getLogger("hf_adapt.outputs")
 
 
 def check_output_dir(path: str | Path, overwrite: bool) -> None:
-    """Refuse, before any work, an output dir that already holds something."""
+    """Refuse, before any work, an output dir that already holds something. Tidy first what killed runs
+    left beside it: their staging dirs, and a previous run a crash left in a hidden ``.old-`` sibling."""
     path = Path(path)
+    _clean_up_after_killed_runs(path.absolute())
     if path.exists() and not path.is_dir():
         raise OutputError(f"output_dir {path} exists and is not a directory")
     if not path.is_dir() or not any(path.iterdir()):
@@ -37,9 +40,42 @@ def check_output_dir(path: str | Path, overwrite: bool) -> None:
 
 
 def staging_path(path: str | Path) -> Path:
-    """A fresh hidden sibling of ``path`` to write into before :func:`commit` (not yet created)."""
+    """A fresh hidden sibling of ``path`` to write into before :func:`commit` (not yet created). Its name holds
+    the writing process's host and pid, so a later run can tell a dead run's leftovers from a live run's."""
     path = Path(path).absolute()
-    return path.parent / f".{path.name}.partial-{uuid.uuid4().hex[:8]}"
+    return path.parent / f".{path.name}.partial-{_host()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def _host() -> str:
+    import socket
+
+    return re.sub(r"[^A-Za-z0-9]", "_", socket.gethostname())
+
+
+def _clean_up_after_killed_runs(path: Path) -> None:
+    if not path.parent.is_dir():
+        return
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.partial-{re.escape(_host())}-(\d+)-[0-9a-f]{{8}}$")
+    for leftover in path.parent.iterdir():
+        match = pattern.match(leftover.name)
+        if match and not _alive(int(match.group(1))):
+            logger.warning("removing %s, left by a run that was killed while writing its outputs", leftover)
+            shutil.rmtree(leftover, ignore_errors=True)
+    if not path.exists():
+        kept = sorted(path.parent.glob(f".{path.name}.old-*"), key=lambda p: p.stat().st_mtime)
+        if kept and (kept[-1] / RUN_FILE).is_file():
+            logger.warning("restoring %s from %s: a run was killed while replacing it", path, kept[-1])
+            os.replace(kept[-1], path)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
 
 
 def _exchange(a: Path, b: Path) -> bool:
@@ -65,7 +101,8 @@ def commit(staging: Path, path: str | Path) -> Path:
 
     A previous output is swapped with the staging dir in one atomic step where Linux allows it,
     so ``path`` always holds one complete run. Elsewhere it takes two renames; a crash between
-    them leaves ``path`` absent and the previous run intact in a hidden ``.old-`` sibling.
+    them leaves ``path`` absent and the previous run intact in a hidden ``.old-`` sibling, which
+    the next :func:`check_output_dir` puts back.
     """
     path = Path(path).absolute()
     if path.exists() and _exchange(staging, path):

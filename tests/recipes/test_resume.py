@@ -26,14 +26,16 @@ def _args(tiny_bert, credit_sample, out: Path, *extra: str) -> list[str]:
             "--report_to", "none", "--logging_steps", "2", "--bootstrap_resamples", "0", *extra]
 
 
-def _run(args: list[str], kill_at: str | None = None, processes: int = 1,
-         recipe: str = "finetune") -> subprocess.CompletedProcess:
+def _run(args: list[str], kill_at: str | None = None, processes: int = 1, recipe: str = "finetune",
+         kill_in: str | None = None) -> subprocess.CompletedProcess:
     """``hf-adapt <recipe>`` in a fresh process (under ``accelerate launch`` for two), optionally killed
     right after the checkpoint ``kill_at`` (``phase:step``) is on disk."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    env.pop("HF_ADAPT_TEST_KILL_AT", None)
+    env.pop("HF_ADAPT_TEST_KILL_AT", None), env.pop("HF_ADAPT_TEST_KILL_IN", None)
     if kill_at:
         env["HF_ADAPT_TEST_KILL_AT"] = kill_at
+    if kill_in:
+        env["HF_ADAPT_TEST_KILL_IN"] = kill_in
     launcher = [sys.executable]
     if processes > 1:
         launcher += ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
@@ -139,6 +141,33 @@ def test_resume_refuses_other_settings_and_a_fresh_run_refuses_old_checkpoints(k
     with pytest.raises(ConfigError, match="not a complete step-N checkpoint"):
         main(config("--resume_from_checkpoint", str(out.parent)))
     assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == snapshot, "a refused run changed files"
+
+
+def test_a_run_killed_while_writing_its_outputs_leaves_the_previous_output_whole(killed_run, tiny_bert,
+                                                                                credit_sample, tmp_path):
+    import shutil
+
+    import hf_adapt
+    from hf_adapt.errors import ModelError
+
+    reference, _ = killed_run
+    out = tmp_path / "out"
+    shutil.copytree(reference, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    killed = _run(_args(tiny_bert, credit_sample, out, "--overwrite_output_dir", "true", "--seed", "7"),
+                  kill_in="write")
+    assert killed.returncode == KILLED, killed.stderr[-3000:]
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    assert hf_adapt.load_adapted(str(out)).labels == ["bad", "good"]
+    (partial,) = tmp_path.glob(".out.partial-*")
+    assert (partial / "adapter_model.safetensors").is_file(), "killed after the adapter, before the rest"
+    with pytest.raises(ModelError, match="not an hf-adapt output"):
+        hf_adapt.load_adapted(str(partial))
+
+    from hf_adapt.outputs import check_output_dir
+
+    check_output_dir(out, overwrite=True)  # as the next run does first
+    assert not partial.exists(), "the dead run's staging folder is tidied away"
 
 
 @pytest.mark.distributed
