@@ -36,6 +36,31 @@ def check_safetensors(directory: Path) -> None:
                          "safetensors (a pickled adapter_model.bin could run code)")
 
 
+def weights_fingerprint(backbone: Backbone) -> str:
+    """A short hash of a freshly built backbone's weights (the head excluded: it is new or replaced): every
+    tensor's name, shape, dtype and first 64 values. Recorded at training and checked on load, it tells a base
+    that merely has the right shapes (another checkpoint, a different revision) from the one trained on."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in backbone.model.state_dict().items():
+        if any(f".{head}." in f".{name}" for head in backbone.head_names):
+            continue
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}\0".encode())
+        digest.update(tensor.detach().reshape(-1)[:64].float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def check_base(backbone: Backbone, model_info: dict[str, Any], where: str) -> None:
+    """Refuse to put an adapter on a base other than the one it was trained on (outputs that recorded one)."""
+    recorded = model_info.get("weights_fingerprint")
+    if recorded and recorded != weights_fingerprint(backbone):
+        raise ModelError(
+            f"{where}: the adapter was trained on other base weights than {model_info.get('name_or_path')!r} "
+            f"(revision {model_info.get('revision')}) holds now (weights fingerprint {recorded} when trained, "
+            f"{weights_fingerprint(backbone)} now); load the base it was trained on")
+
+
 def save_model(model: nn.Module, backbone: Backbone, regime: str, directory: Path) -> None:
     from safetensors.torch import save_file
     from safetensors.torch import save_model as save_full

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from hf_adapt.artifacts import check_safetensors, read_run_info, restore_model
+from hf_adapt.artifacts import check_base, check_safetensors, read_run_info, restore_model
 from hf_adapt.backbones import get_builder
 from hf_adapt.data import render_row
 from hf_adapt.errors import ModelError
@@ -165,6 +165,7 @@ def load_adapted(path_or_repo_id: str, merge: bool = False, device: str = "cpu",
                              image_size=model_info.get("image_size"), max_length=model_info.get("max_length", 256),
                              pooling=model_info.get("pooling") or "model")
         backbone = builder.build(spec)
+    check_base(backbone, model_info, path_or_repo_id)
     model = restore_model(backbone, info["regime"], directory)
     adapters = (info.get("continual") or {}).get("adapters") or {}
     for name in sorted(set(adapters.values()) - {"default"}):  # one adapter per experience

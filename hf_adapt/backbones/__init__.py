@@ -63,7 +63,12 @@ def resolve_family(spec: BackboneSpec) -> str:
 
 
 def build_backbone(spec: BackboneSpec) -> Backbone:
-    return get_builder(resolve_family(spec)).build(spec)
+    """The backbone ``spec`` names, with the fingerprint of its weights as built (see ``artifacts.weights_fingerprint``)."""
+    from hf_adapt.artifacts import weights_fingerprint
+
+    backbone = get_builder(resolve_family(spec)).build(spec)
+    backbone.info["weights_fingerprint"] = weights_fingerprint(backbone)
+    return backbone
 
 
 register_backbone("timm", "hf_adapt.backbones.timm:TimmBuilder")

@@ -234,7 +234,8 @@ def base_model_info(cfg: FinetuneConfig, backbone) -> dict[str, Any]:
             # pin Hub bases to the commit trained on, so reloads cannot drift
             "pretrained": cfg.pretrained, "revision": cfg.model_revision or backbone.info.get("commit"),
             "trust_remote_code": cfg.trust_remote_code, "image_size": cfg.image_size,
-            "max_length": cfg.max_length, "pooling": backbone.info.get("pooling"), "base_model_id": cfg.base_model_id}
+            "max_length": cfg.max_length, "pooling": backbone.info.get("pooling"), "base_model_id": cfg.base_model_id,
+            "weights_fingerprint": backbone.info.get("weights_fingerprint")}
 
 
 @dataclass

@@ -279,3 +279,34 @@ def test_an_adapter_for_another_label_map_is_refused_by_name(text_run, tmp_path)
                                                       "label2id": {"a": 0, "b": 1, "c": 2}}))
     with pytest.raises(ModelError, match="does not fit the model .* number of labels differ"):
         hf_adapt.load_adapted(str(other))
+
+
+def test_an_adapter_is_refused_on_other_base_weights_of_the_same_shapes(text_run, tiny_bert, tmp_path):
+    """hf_adapt.json records a fingerprint of the base weights trained on; the same architecture with other
+    weights (another checkpoint or revision) is refused by name, while an identical copy loads."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from hf_adapt.errors import ModelError
+
+    _, result = text_run
+    for name, change in (("same", False), ("other", True)):
+        base = tmp_path / f"{name}_base"
+        shutil.copytree(tiny_bert, base)
+        if change:
+            weights = load_file(base / "model.safetensors")
+            key = next(k for k in weights if k.endswith("word_embeddings.weight"))
+            weights[key] = weights[key] + 0.01
+            save_file(weights, base / "model.safetensors")
+        out = tmp_path / f"{name}_out"
+        shutil.copytree(result.output_dir, out)
+        info = json.loads((out / "hf_adapt.json").read_text())
+        assert info["model"]["weights_fingerprint"]
+        info["model"]["name_or_path"] = str(base)
+        (out / "hf_adapt.json").write_text(json.dumps(info))
+        if change:
+            with pytest.raises(ModelError, match="trained on other base weights"):
+                hf_adapt.load_adapted(str(out))
+        else:
+            assert hf_adapt.load_adapted(str(out)).labels == ["bad", "good"]
