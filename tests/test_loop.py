@@ -107,7 +107,7 @@ def test_layer_depths_read_resnet_style_stages():
     assert depths["fc.weight"] == top
 
 
-def test_a_nan_loss_stops_training_and_names_the_step():
+def test_a_nan_loss_stops_training_and_names_the_step_and_the_last_good_checkpoint(tmp_path):
     from accelerate import Accelerator
 
     from hf_adapt.errors import TrainingDivergedError
@@ -133,3 +133,11 @@ def test_a_nan_loss_stops_training_and_names_the_step():
     settings = LoopSettings(num_train_epochs=3, logging_steps=100, metric_for_best_model="accuracy")
     with pytest.raises(TrainingDivergedError, match=r"NaN or infinite at optimiser step 5 \(epoch 1\)"):
         fit(Accelerator(cpu=True), model, PoisonedTask(), loader, None, settings)
+
+    # with checkpoints every 2 steps: the message names step 4's, and no checkpoint holds the NaN step
+    from hf_adapt.checkpoints import Phase
+
+    phase = Phase(tmp_path / "train", every_steps=2, keep=5, resume_from=None)
+    with pytest.raises(TrainingDivergedError, match=f"the last good checkpoint is {tmp_path / 'train' / 'step-4'}"):
+        fit(Accelerator(cpu=True), torch.nn.Linear(4, 2), PoisonedTask(), loader, None, settings, checkpoints=phase)
+    assert sorted(p.name for p in phase.directory.iterdir()) == ["step-2", "step-4"]
