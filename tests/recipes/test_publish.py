@@ -78,7 +78,7 @@ def test_recipe_pushes_one_commit_with_every_file(tiny_bert, credit_sample, tmp_
 
     caplog.set_level(logging.DEBUG)
     cfg = _credit_config(tiny_bert, credit_sample, tmp_path / "out", num_train_epochs=1, push_to_hub=True,
-                         hub_model_id=REPO)
+                         hub_model_id=REPO, report_to="tensorboard", checkpointing_steps=2)
     result = main(cfg)
     repo = hub.repo(REPO)
     assert repo.private  # private unless asked
@@ -109,6 +109,11 @@ def test_recipe_pushes_one_commit_with_every_file(tiny_bert, credit_sample, tmp_
         assert TOKEN not in text
     for name, content in files.items():
         assert TOKEN.encode() not in content, name
+    # nor in the tracker's event files or the checkpoints (config and run record included)
+    written = [p for root in (result.output_dir, tmp_path / "out.checkpoints") for p in root.rglob("*") if p.is_file()]
+    assert any("tfevents" in p.name for p in written) and any(p.name == "run.json" for p in written)
+    for path in written:
+        assert TOKEN.encode() not in path.read_bytes(), path
     assert hub.auth_headers_seen > 0
 
 
