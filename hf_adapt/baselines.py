@@ -18,14 +18,17 @@ BASELINES = {"logistic_regression": "logistic regression", "hist_gradient_boosti
 
 def _pipeline(name: str, numeric: list[str], categorical: list[str], seed: int):
     from sklearn.compose import make_column_transformer
+    from sklearn.impute import SimpleImputer
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
 
     if name == "logistic_regression":
         from sklearn.linear_model import LogisticRegression
 
+        # an empty cell (the model reads it as 'missing') becomes the median plus a was-missing flag
+        scaled = make_pipeline(SimpleImputer(strategy="median", add_indicator=True), StandardScaler())
         return make_pipeline(
-            make_column_transformer((StandardScaler(), numeric), (OneHotEncoder(handle_unknown="ignore"), categorical)),
+            make_column_transformer((scaled, numeric), (OneHotEncoder(handle_unknown="ignore"), categorical)),
             LogisticRegression(max_iter=2000, random_state=seed),
         )
     if name == "hist_gradient_boosting":

@@ -23,6 +23,7 @@ from hf_adapt.errors import ConfigError, DataError
 from hf_adapt.images import (
     MANIFEST_ROW,
     check_images,
+    count_repeated_images,
     image_values,
     is_image_file,
     name_of,
@@ -102,7 +103,7 @@ def _format_of(path: Path) -> str | None:
     return _TABLE_FORMATS.get(suffixes[-1]) if suffixes else None
 
 
-def _count_rows_at_least_one(path: Path, fmt: str) -> bool:
+def _count_rows_at_least_one(path: Path, fmt: str, encoding: str) -> bool:
     """Whether a data file holds at least one row (datasets fails obscurely on header-only files)."""
     import pandas as pd
 
@@ -113,18 +114,64 @@ def _count_rows_at_least_one(path: Path, fmt: str) -> bool:
     if fmt == "csv":
         sep = "\t" if ".tsv" in path.suffixes else ","
         try:
-            return len(pd.read_csv(path, nrows=1, sep=sep)) > 0
+            return len(pd.read_csv(path, nrows=1, sep=sep, encoding=encoding)) > 0
         except pd.errors.EmptyDataError:
             return False
-    with pd.io.common.get_handle(path, "r", compression="infer") as handle:
+    with pd.io.common.get_handle(path, "r", compression="infer", encoding=encoding) as handle:
         head = handle.handle.read(4096).strip()
     return head not in ("", "[]")
+
+
+def _json_problem(path: Path, lines: list[str]) -> str | None:
+    """Where a JSON (lines) file stops being JSON: the first bad line of JSON lines, else the document's error."""
+    import json
+
+    first = next((line for line in lines if line.strip()), "")
+    try:
+        json.loads(first)
+    except ValueError:  # not JSON lines: one document (an array), which json can place
+        try:
+            json.loads("\n".join(lines))
+        except ValueError as err:
+            return f"data file {path} line {getattr(err, 'lineno', '?')}: not valid JSON ({getattr(err, 'msg', err)})"
+        return None
+    for number, line in enumerate(lines, 1):
+        try:
+            if line.strip():
+                json.loads(line)
+        except ValueError as err:
+            return f"data file {path} line {number}: not a JSON object ({getattr(err, 'msg', err)})"
+    return None
+
+
+def read_problem(paths: list[Path], fmt: str, encoding: str = "utf-8") -> str | None:
+    """Why text data files failed to load, in words: the first line that is not ``encoding`` text, or
+    not JSON. Runs only once a load has failed, so good files are never read twice."""
+    import pandas as pd
+
+    if fmt not in ("csv", "json", "text"):
+        return None
+    for path in paths:
+        with pd.io.common.get_handle(path, "rb", compression="infer", is_text=False) as handle:
+            raw = handle.handle.read()
+        lines = []
+        for number, line in enumerate(raw.split(b"\n"), 1):
+            try:
+                lines.append(line.decode(encoding))
+            except UnicodeDecodeError as err:
+                return (f"data file {path} line {number} is not {encoding} text (byte {line[err.start]:#04x}); "
+                        "save it as UTF-8, or name its encoding with data_kwargs: {encoding: latin-1} (or cp1252, ...)")
+        problem = _json_problem(path, lines) if fmt == "json" else None
+        if problem:
+            return problem
+    return None
 
 
 def _load_files(files: dict[str, str], spec: DataSpec):
     from datasets import load_dataset
 
     resolved, formats = {}, set()
+    encoding = spec.load_kwargs.get("encoding", "utf-8")
     for split, name in files.items():
         path = Path(resolve_source(name, field=f"data_files.{split}"))
         if not path.exists():
@@ -133,9 +180,10 @@ def _load_files(files: dict[str, str], spec: DataSpec):
         if fmt is None:
             raise DataError(f"data file {path}: unsupported format; use one of {sorted(_TABLE_FORMATS)}")
         try:
-            has_rows = path.stat().st_size > 0 and _count_rows_at_least_one(path, fmt)
+            has_rows = path.stat().st_size > 0 and _count_rows_at_least_one(path, fmt, encoding)
         except Exception as err:  # pandas/pyarrow/codec errors on corrupt files
-            raise DataError(f"data file {path} cannot be read as {fmt}: {type(err).__name__}: {err}") from err
+            problem = read_problem([path], fmt, encoding)
+            raise DataError(problem or f"data file {path} cannot be read as {fmt}: {type(err).__name__}: {err}") from err
         if not has_rows:
             raise DataError(f"split {split!r} is empty: {path} holds no rows")
         resolved[_SPLIT_NAMES.get(split, split)] = str(path)
@@ -146,10 +194,19 @@ def _load_files(files: dict[str, str], spec: DataSpec):
         )
     kwargs = {"delimiter": "\t"} if any(p.endswith((".tsv", ".tsv.gz")) for p in resolved.values()) else {}
     kwargs.update(spec.load_kwargs)
+    fmt = formats.pop()
     try:
-        return load_dataset(formats.pop(), data_files=resolved, **kwargs)
+        return load_dataset(fmt, data_files=resolved, **kwargs)
     except Exception as err:  # datasets/pyarrow raise many kinds; say which file failed
-        raise DataError(f"could not read {sorted(resolved.values())}: {err}") from err
+        problem = read_problem([Path(p) for p in resolved.values()], fmt, encoding)
+        raise DataError(problem or f"could not read {sorted(resolved.values())}: {_root_cause(err)}") from err
+
+
+def _root_cause(err: BaseException) -> str:
+    """The innermost cause of a chained error ("An error occurred while generating the dataset" says nothing)."""
+    while err.__cause__ is not None or err.__context__ is not None:
+        err = err.__cause__ or err.__context__
+    return f"{type(err).__name__}: {err}"
 
 
 def data_version(spec: DataSpec) -> dict[str, str | None]:
@@ -202,15 +259,11 @@ def _dicom_folder(root: Path):
     """
     from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 
-    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if folders and all(p.name in _SPLIT_NAMES for p in folders):
-        layout = {_SPLIT_NAMES[p.name]: p for p in folders}
-    else:
-        layout = {"train": root}
+    layout = _class_folders(root)
     listed: dict[str, list[tuple[str, str]]] = {}
-    for split, folder in layout.items():
+    for split, class_dirs in layout.items():
         rows = []
-        for class_dir in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for class_dir in class_dirs:
             rows += [(str(f.resolve()), class_dir.name) for f in sorted(class_dir.rglob("*"))
                      if f.is_file() and is_image_file(f)]
         listed[split] = rows
@@ -222,10 +275,30 @@ def _dicom_folder(root: Path):
     splits = {}
     for split, rows in listed.items():
         if not rows:
-            raise DataError(f"split {split!r} is empty: {layout[split]} holds no image files in class subfolders")
+            raise DataError(f"split {split!r} is empty: {root} holds no image files in class subfolders")
         splits[split] = Dataset.from_dict({"image": [r[0] for r in rows], "label": [names.index(r[1]) for r in rows]},
                                           features=features)
     return DatasetDict(splits)
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _class_folders(root: Path) -> dict[str, list[Path]]:
+    """Split -> class subfolders of an image folder; top-level train/validation/test folders are splits.
+
+    Refuses a class folder without image files: ``imagefolder`` would drop the class unnoticed.
+    """
+    folders = _subfolders(root)
+    splits = {_SPLIT_NAMES[p.name]: p for p in folders} if all(p.name in _SPLIT_NAMES for p in folders) else {}
+    layout = {split: _subfolders(folder) for split, folder in (splits or {"train": root}).items()}
+    empty = [d for dirs in layout.values() for d in dirs
+             if not any(f.is_file() and is_image_file(f) for f in d.rglob("*"))]
+    if empty:
+        raise DataError(f"class folder {empty[0]} holds no image files ({len(empty)} such folder(s)); the class would "
+                        "be dropped unnoticed: add its images, or remove the folder")
+    return layout
 
 
 def load_raw(spec: DataSpec):
@@ -244,7 +317,12 @@ def load_raw(spec: DataSpec):
             return _load_files(named, spec)
         if any(p.is_dir() for p in path.iterdir()):
             dicom = _dicom_folder(path)
-            return dicom if dicom is not None else load_dataset("imagefolder", data_dir=str(path))
+            if dicom is not None:
+                return dicom
+            try:
+                return load_dataset("imagefolder", data_dir=str(path))
+            except Exception as err:  # datasets raises its own kinds (EmptyDatasetError, ...)
+                raise DataError(f"image folder {path} could not be read: {_root_cause(err)}") from err
         raise DataError(f"data folder {path} holds neither split files (train.csv, ...) nor class subfolders")
     if source.startswith(("/", "./", "../", "~")) or path.suffix in _TABLE_FORMATS:
         raise DataError(f"data not found: {source}")
@@ -497,7 +575,8 @@ def make_splits(dataset_dict, spec: DataSpec) -> tuple[dict[str, Any], str]:
     """
     splits = {_SPLIT_NAMES.get(k, k): v for k, v in dataset_dict.items()}
     if "train" not in splits:
-        raise DataError(f"no train split; found {sorted(splits)}")
+        raise DataError(f"no train split; found {sorted(splits)}. Name the splits train, validation (or valid, val, "
+                        "dev) and test")
     how = []
     column = spec.group_column
     total = len(splits["train"])
@@ -628,6 +707,73 @@ def rows_to_inputs(dataset, input_kind: str, data: LabelledData) -> list[Any]:
     return [render_row(row, data.feature_columns, data.text_template) for row in dataset]
 
 
+def _delimiter_hint(columns: list[str]) -> str:
+    """When a whole header landed in one column, the file is separated by another character: say which."""
+    if len(columns) == 1:
+        for sep, shown in ((";", ";"), ("\t", "\\t"), ("|", "|")):
+            if sep in columns[0]:
+                return (f". The header is one column holding {shown!r}: if the file is separated by {shown!r}, pass "
+                        f"data_kwargs: {{delimiter: {shown!r}}}")
+    return ""
+
+
+def _check_unseen_labels(encoded: dict[str, Any], names: list[str]) -> None:
+    """A validation or test label that the train split never has: no model can learn it, and scores would hide it."""
+    named = {_SPLIT_NAMES.get(split, split): split for split in encoded}
+    if "train" not in named:
+        return
+    seen = set(encoded[named["train"]]["label"])
+    for split, dataset in encoded.items():
+        if split == named["train"]:
+            continue
+        unseen = [(row, label) for row, label in enumerate(dataset["label"]) if label not in seen]
+        if unseen:
+            row, label = unseen[0]
+            raise DataError(f"split {split!r} row {row}: label {names[label]!r} never appears in the train split "
+                            f"({len(unseen)} such row(s) in {split!r}); a model cannot learn a class it never trains "
+                            "on: add train rows of it, or drop these rows")
+
+
+def _check_texts(raw: dict[str, Any], column: str) -> None:
+    """Every row of the text column holds text: an empty input would be trained on as a silent blank."""
+    for split, dataset in raw.items():
+        bad = [(row, v) for row, v in enumerate(dataset[column]) if not isinstance(v, str) or not v.strip()]
+        if bad:
+            row, value = bad[0]
+            what = ("is empty" if isinstance(value, str) or _is_missing(value)
+                    else f"holds {type(value).__name__} {value!r}, not text")
+            raise DataError(f"split {split!r} row {row}: text column {column!r} {what} ({len(bad)} such row(s)); "
+                            "fill them in or drop them")
+
+
+def _check_numbers(raw: dict[str, Any], features: list[str], allow_missing: bool) -> None:
+    """Numeric inputs are finite. ``inf`` means nothing to a model and fails here, naming the cell; an empty
+    cell of a table is rendered as 'missing' (``format_value``), with one warning that counts them (pixels
+    have no 'missing', so there it fails too)."""
+    import numpy as np
+
+    missing: dict[str, list[int]] = {}
+    for split, dataset in raw.items():
+        numeric = [c for c in features if str(getattr(dataset.features.get(c), "dtype", "")).startswith("float")]
+        if not numeric:
+            continue
+        table = dataset.select_columns(numeric).to_pandas()
+        for column in numeric:
+            values = table[column].to_numpy(dtype=np.float64)
+            bad = np.flatnonzero(np.isinf(values) if allow_missing else ~np.isfinite(values))
+            if len(bad):
+                raise DataError(f"split {split!r} row {bad[0]}: column {column!r} is {values[bad[0]]} "
+                                f"({len(bad)} such row(s)); inputs must be finite numbers"
+                                + (": leave the cell empty to mean missing" if allow_missing else ""))
+            counts = missing.setdefault(column, [0, 0])
+            counts[0] += int(np.isnan(values).sum())
+            counts[1] += len(values)
+    empty = {column: n for column, n in missing.items() if n[0]}
+    if empty:
+        logger.warning("empty numeric cells are rendered as 'missing' in the text the model reads: %s",
+                       ", ".join(f"column {c!r} {n} of {total} rows" for c, (n, total) in empty.items()))
+
+
 def _check_groups(raw, column: str) -> None:
     for split, dataset in raw.items():
         if column not in dataset.column_names:
@@ -659,6 +805,7 @@ def load_labelled(spec: DataSpec) -> LabelledData:
         if spec.label_column not in dataset.column_names:
             raise DataError(
                 f"label column {spec.label_column!r} not found in split {split!r}; columns are {dataset.column_names}"
+                + _delimiter_hint(dataset.column_names)
             )
     if spec.group_column:
         _check_groups(raw, spec.group_column)
@@ -670,13 +817,16 @@ def load_labelled(spec: DataSpec) -> LabelledData:
                            ids[0], ids[0], ids[0])
     names = label_names(raw, spec.label_column)
     encoded = {split: _encode_labels(ds, spec.label_column, names) for split, ds in raw.items()}
+    _check_unseen_labels(encoded, names)
     folders = _manifest_folders(spec)
     first = next(iter(encoded))
     paths = path_column(encoded[first], spec.image_column, folders.get(_SPLIT_NAMES.get(first, first)))
+    repeated = 0
     if paths is not None:  # a manifest: image paths, relative to each split file's folder
         spec = replace(spec, image_column=paths)
         encoded = {split: resolve_paths(ds, paths, folders.get(_SPLIT_NAMES.get(split, split)))
                    if paths in ds.column_names else ds for split, ds in encoded.items()}
+        repeated = count_repeated_images(encoded, paths)
     splits, how = make_splits(encoded, replace(spec, class_names=names))
     kind, column, features = _detect_kind(splits["train"].remove_columns(
         [c for c in (MANIFEST_ROW,) if c in splits["train"].column_names]), spec)
@@ -684,6 +834,10 @@ def load_labelled(spec: DataSpec) -> LabelledData:
         absent = [c for c in (features + ([column] if column else [])) if c not in dataset.column_names]
         if absent:
             raise DataError(f"split {split!r} lacks column(s) {absent}; columns are {dataset.column_names}")
+    if kind == "text":  # checked on the rows as the files hold them, so messages name a file's row
+        _check_texts(encoded, column)
+    elif column is None:  # a table rendered as text, or pixel columns
+        _check_numbers(encoded, features, allow_missing=kind == "table")
     skipped = check_images(splits, column, spec.on_bad_image, spec.dicom_window) if kind == "image" and column is not None else {}
     splits = {k: v.remove_columns([MANIFEST_ROW]) if MANIFEST_ROW in v.column_names else v for k, v in splits.items()}
     if spec.text_template is not None and kind == "table":
@@ -700,6 +854,7 @@ def load_labelled(spec: DataSpec) -> LabelledData:
         "grouped_by": spec.group_column,
         "dicom_window": list(spec.dicom_window) if spec.dicom_window is not None else None,
         "skipped_images": skipped,
+        "repeated_images": repeated,
     }
     window = origin["dicom_window"]
     data = LabelledData(splits, names, kind, column, features, spec.text_template, origin, dicom_window=window)

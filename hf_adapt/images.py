@@ -23,6 +23,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".we
 BAD_IMAGE_REASONS = ("missing file", "not an image", "no pixel data", "unsupported transfer syntax", "truncated",
                      "unreadable")
 _PATH_COLUMNS = ("path", "image")  # auto-detected manifest columns (image_column unset)
+_COLOUR_SPACES = ("CMYK", "YCbCr", "LAB", "HSV")  # converted to RGB when opened
 MANIFEST_ROW = "__manifest_row__"  # a manifest row's index in its file, kept through splitting for messages
 _PIL_REASONS = {"missing file": "file not found", "not an image": "not an image file", "truncated": "truncated file",
                 "unreadable": "cannot decode it"}
@@ -32,6 +33,7 @@ def is_image_file(path: Path) -> bool:
     if path.name.startswith("."):
         return False
     return path.suffix.lower() in IMAGE_SUFFIXES or (path.suffix == "" and is_dicom(path))
+
 
 def _pil_reason(err: Exception) -> str:
     from PIL import UnidentifiedImageError
@@ -43,6 +45,12 @@ def _pil_reason(err: Exception) -> str:
     if "truncated" in str(err).lower():
         return "truncated"
     return "unreadable"
+
+
+def _plain_mode(image):
+    """CMYK (print JPEGs) and other colour spaces as RGB: what models, transforms and PNG files expect."""
+    return image.convert("RGB") if image.mode in _COLOUR_SPACES else image
+
 
 def open_image(value: Any, where: str, dicom_window: list[float] | tuple[float, float] | None = None):
     """A PIL image from a path, file bytes (``{"bytes", "path"}``) or an already decoded image.
@@ -59,7 +67,7 @@ def open_image(value: Any, where: str, dicom_window: list[float] | tuple[float, 
     from PIL import Image
 
     if isinstance(value, Image.Image):  # already decoded by datasets
-        return to_8bit(value)
+        return _plain_mode(to_8bit(value))
     window = tuple(dicom_window) if dicom_window is not None else None
     data, path = (value.get("bytes"), value.get("path")) if isinstance(value, dict) else (None, value)
     if isinstance(path, os.PathLike):
@@ -81,10 +89,11 @@ def open_image(value: Any, where: str, dicom_window: list[float] | tuple[float, 
     try:
         with Image.open(source) as image:
             image.load()
-            return to_8bit(image.copy())
+            return _plain_mode(to_8bit(image.copy()))
     except Exception as err:  # PIL raises OSError, SyntaxError, ValueError ... for bad files
         reason = _pil_reason(err)
         raise ImageReadError(where, reason, f"unreadable image: {_PIL_REASONS[reason]} ({type(err).__name__}: {err})") from err
+
 
 def image_values(dataset, column: str) -> list[Any]:
     """The image column's raw values: path strings, or ``{"bytes", "path"}`` for ``datasets`` Image columns."""
@@ -94,10 +103,12 @@ def image_values(dataset, column: str) -> list[Any]:
         dataset = dataset.cast_column(column, Image(decode=False))
     return dataset[column]
 
+
 def name_of(value: Any) -> str:
     if isinstance(value, dict):
         return value.get("path") or "image bytes"
     return str(value) if value else "empty path"
+
 
 def check_images(splits: dict[str, Any], column: str, on_bad_image: str = "error",
                  dicom_window: list[float] | None = None) -> dict[str, dict[str, int]]:
@@ -142,6 +153,7 @@ def check_images(splits: dict[str, Any], column: str, on_bad_image: str = "error
         skipped[split] = counts
     return skipped
 
+
 def _looks_like_image_path(value: Any, folder: Path | None) -> bool:
     if not isinstance(value, str) or not value:
         return False
@@ -149,6 +161,7 @@ def _looks_like_image_path(value: Any, folder: Path | None) -> bool:
     if path.suffix.lower() in IMAGE_SUFFIXES:
         return True
     return is_dicom(path if path.is_absolute() or folder is None else folder / path)
+
 
 def path_column(dataset, image_column: str | None, folder: Path | None) -> str | None:
     """The manifest column holding image file paths: ``image_column`` if it holds strings, else a
@@ -165,6 +178,29 @@ def path_column(dataset, image_column: str | None, folder: Path | None) -> str |
             if head and all(_looks_like_image_path(v, folder) for v in head):
                 return column
     return None
+
+
+def count_repeated_images(splits: dict[str, Any], column: str) -> int:
+    """How many manifest rows name an image file an earlier row already names, with one warning that counts
+    them: repeated rows weigh an image twice, and carved splits can train and test on it. Missing files are
+    left to :func:`check_images`."""
+    seen: dict[str, tuple[str, int]] = {}
+    repeats = []
+    for split, dataset in splits.items():
+        if column not in dataset.column_names:
+            continue
+        for row, value in zip(dataset[MANIFEST_ROW], dataset[column]):
+            if value and os.path.isfile(value):
+                first = seen.setdefault(os.path.realpath(value), (split, row))
+                if first != (split, row):
+                    repeats.append((value, first, (split, row)))
+    if repeats:
+        path, (split, row), (again, again_row) = repeats[0]
+        logger.warning("%d repeated manifest row(s) name an image file listed before (first: %s, split %r manifest "
+                       "row %d and split %r manifest row %d); list each image once, or set group_column so that "
+                       "copies stay in one split", len(repeats), path, split, row, again, again_row)
+    return len(repeats)
+
 
 def resolve_paths(dataset, column: str, folder: Path | None):
     """Manifest paths made absolute (relative ones start at the manifest's folder), plus each row's index."""

@@ -24,9 +24,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from hf_adapt.backbones.base import Backbone, BackboneSpec
-from hf_adapt.data import _SPLIT_NAMES, DataSpec, load_raw
+from hf_adapt.data import _SPLIT_NAMES, DataSpec, load_raw, read_problem
 from hf_adapt.errors import ConfigError, DataError, ModelError
-from hf_adapt.loop import Callback
+from hf_adapt.loop import Callback, training_loader
 from hf_adapt.outputs import RUN_FILE, read_json
 from hf_adapt.sources import resolve_source
 
@@ -37,6 +37,7 @@ OBJECTIVES = ("mlm", "clm")
 # trained with the adapter and saved beside it, so the output rebuilds the trained model exactly.
 LM_HEAD_FILE = "lm_head.safetensors"
 PIPELINE_TAGS = {"mlm": "fill-mask", "clm": "text-generation"}
+TRUNCATED = "__truncated__"  # a tokenized document's flag, counted into one warning, then dropped
 
 
 # ----------------------------------------------------------------------------- model
@@ -224,7 +225,8 @@ def _load_documents(spec: DataSpec):
     try:
         return load_dataset("text", data_files={k: str(v) for k, v in texts.items()}, **spec.load_kwargs)
     except Exception as err:  # datasets raises many kinds; say which files failed
-        raise DataError(f"could not read text files {sorted(map(str, texts.values()))}: {err}") from err
+        problem = read_problem(list(texts.values()), "text", spec.load_kwargs.get("encoding", "utf-8"))
+        raise DataError(problem or f"could not read text files {sorted(map(str, texts.values()))}: {err}") from err
 
 
 def _keep_rows(texts: list[Any], column: str, split: str) -> list[int]:
@@ -303,23 +305,30 @@ def load_corpus(spec: DataSpec) -> TextCorpus:
 
 def tokenize(dataset, tokenizer, column: str, objective: str, max_length: int, packing: bool):
     """``input_ids`` (and for MLM ``special_tokens_mask``) per example: documents truncated to
-    ``max_length``, or with ``packing`` concatenated and cut into ``max_length`` blocks (the
-    classic ``group_texts``: per 1,000 documents the tail shorter than a block is dropped).
+    ``max_length`` (one warning counts them), or with ``packing`` concatenated and cut into ``max_length``
+    blocks (the classic ``group_texts``: per 1,000 documents the tail shorter than a block is dropped).
     Causal LM documents end with the eos token, so packed blocks keep their boundaries."""
     mlm = objective == "mlm"
     eos = None if mlm else tokenizer.eos_token_id
 
     def encode(batch):
-        truncate = mlm and not packing  # causal LM documents are cut after their eos is appended
-        encoded = tokenizer(batch[column], truncation=truncate, max_length=max_length if truncate else None,
-                            return_special_tokens_mask=mlm, return_attention_mask=False, verbose=False)
+        encoded = tokenizer(batch[column], return_special_tokens_mask=mlm, return_attention_mask=False, verbose=False)
         out = {"input_ids": encoded["input_ids"]}
         if mlm:
             out["special_tokens_mask"] = encoded["special_tokens_mask"]
         elif eos is not None:
             out["input_ids"] = [ids if ids and ids[-1] == eos else ids + [eos] for ids in out["input_ids"]]
         if not packing:
-            return {key: [seq[:max_length] for seq in values] for key, values in out.items()}
+            long = [row for row, ids in enumerate(out["input_ids"]) if len(ids) > max_length]
+            if mlm and long:  # the tokenizer's own truncation keeps the closing special token
+                cut = tokenizer([batch[column][row] for row in long], truncation=True, max_length=max_length,
+                                return_special_tokens_mask=True, return_attention_mask=False, verbose=False)
+                for key in out:
+                    for row, seq in zip(long, cut[key]):
+                        out[key][row] = seq
+            flagged = set(long)
+            out = {key: [seq[:max_length] for seq in values] for key, values in out.items()}
+            return {**out, TRUNCATED: [row in flagged for row in range(len(out["input_ids"]))]}
         total = sum(len(ids) for ids in out["input_ids"])
         usable = (total // max_length) * max_length if total >= max_length else total
         blocks = {}
@@ -328,8 +337,15 @@ def tokenize(dataset, tokenizer, column: str, objective: str, max_length: int, p
             blocks[key] = [flat[i:i + max_length] for i in range(0, usable, max_length)]
         return blocks
 
-    return dataset.map(encode, batched=True, batch_size=1000, remove_columns=dataset.column_names,
-                       desc=f"tokenizing ({'packed' if packing else 'truncated'})")
+    tokenized = dataset.map(encode, batched=True, batch_size=1000, remove_columns=dataset.column_names,
+                            desc=f"tokenizing ({'packed' if packing else 'truncated'})")
+    if packing:
+        return tokenized
+    truncated = sum(tokenized[TRUNCATED])
+    if truncated:
+        logger.warning("%d of %d documents are longer than max_length %d tokens and were truncated; raise max_length "
+                       "or use packing to train on all of their text", truncated, len(tokenized), max_length)
+    return tokenized.remove_columns([TRUNCATED])
 
 
 def fixed_eval_examples(dataset, tokenizer, objective: str, mlm_probability: float, seed: int,
@@ -387,9 +403,10 @@ def eval_collator(tokenizer):
 
 
 def make_lm_loader(examples, collate, batch_size: int, train: bool, seed: int, num_workers: int = 0) -> DataLoader:
-    generator = torch.Generator().manual_seed(seed) if train else None
-    return DataLoader(examples, batch_size=batch_size, shuffle=train, collate_fn=collate, generator=generator,
-                      num_workers=num_workers)
+    """Training batches draw their masks from their own seed (``loop.training_loader``): resumes are exact."""
+    if train:
+        return training_loader(examples, collate, batch_size, seed, num_workers)
+    return DataLoader(examples, batch_size=batch_size, shuffle=False, collate_fn=collate, num_workers=num_workers)
 
 
 # ----------------------------------------------------------------------------- task and evaluation

@@ -44,6 +44,10 @@ class Preprocessor(Protocol):
     def collate(self, inputs: list[Any], train: bool) -> dict[str, torch.Tensor]:
         """Model inputs for a list of raw inputs (texts or PIL images)."""
 
+    def check_inputs(self, inputs: dict[str, list[Any]]) -> dict[str, int]:
+        """Per split, how many raw inputs ``collate`` will cut to fit the model, with one warning that counts
+        them; called before training."""
+
     def save(self, directory: str) -> None:
         """Write what :func:`load_preprocessor` needs to rebuild this preprocessor."""
 

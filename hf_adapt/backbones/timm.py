@@ -76,6 +76,10 @@ class ImagePreprocessor:
         pixels = [transform(to_8bit(image).convert(self.mode)) for image in inputs]
         return {"pixel_values": torch.stack(pixels)}
 
+    def check_inputs(self, inputs: dict[str, list[Any]]) -> dict[str, int]:
+        """Images are resized and cropped to the model's input size by design: none is cut short."""
+        return dict.fromkeys(inputs, 0)
+
     def save(self, directory: str) -> None:
         settings = {"data_config": self.data_config, "train_transform": self.train_transform_kwargs,
                     "train_transform_preset": self.train_transform_preset}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,8 @@ from torch import nn
 from hf_adapt.backbones.base import Backbone, BackboneSpec, adapter_target_names, head_prefixes
 from hf_adapt.errors import ModelError
 from hf_adapt.sources import is_local, known_hub_id, resolve_source
+
+logger = logging.getLogger("hf_adapt.backbones")
 
 PREPROCESSOR_FILE = "hf_adapt_text.json"
 # Head modules of *ForSequenceClassification models, for checkpoints whose head is kept.
@@ -37,6 +40,22 @@ class TextPreprocessor:
                 return_tensors="pt",
             )
         )
+
+    def check_inputs(self, inputs: dict[str, list[str]]) -> dict[str, int]:
+        """Per split, how many texts are longer than ``max_length`` tokens (``collate`` truncates them), with
+        one warning for all splits that counts them."""
+        truncated = {}
+        for split, texts in inputs.items():
+            lengths = []
+            for start in range(0, len(texts), 1000):
+                lengths += self.tokenizer(list(texts[start:start + 1000]), return_length=True,
+                                          return_attention_mask=False, verbose=False)["length"]
+            truncated[split] = sum(n > self.max_length for n in lengths)
+        if any(truncated.values()):
+            logger.warning("texts longer than max_length %d tokens are truncated: %s; raise max_length to keep more "
+                           "of them", self.max_length,
+                           ", ".join(f"{split} {n} of {len(inputs[split])}" for split, n in truncated.items()))
+        return truncated
 
     def save(self, directory: str) -> None:
         self.tokenizer.save_pretrained(directory)

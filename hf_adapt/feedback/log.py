@@ -277,9 +277,15 @@ def _download_dataset(repo_id: str, revision: str | None) -> Path:
 def _rows(path: Path) -> Iterator[tuple[int, Any]]:
     """(1-based line or row, parsed value or the exception that stopped it) for every entry of a log file."""
     if path.suffix == ".parquet":
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        for number, row in enumerate(pq.read_table(path).to_pylist(), 1):
+        try:
+            rows = pq.read_table(path).to_pylist()
+        except (pa.ArrowException, OSError) as err:  # not parquet, or cut short
+            yield 1, ValueError(f"not a readable parquet file ({type(err).__name__}: {err})")
+            return
+        for number, row in enumerate(rows, 1):
             yield number, {k: v for k, v in row.items() if v is not None}
         return
     raw = path.read_bytes()

@@ -140,6 +140,8 @@ def main(cfg: ContinualConfig) -> ContinualResult:
     if backbone.preprocessor.input_kind != kind:
         raise ConfigError(f"the model reads {backbone.preprocessor.input_kind} inputs but the experiences hold {kind} data")
     run.backbone = backbone
+    backbone.preprocessor.check_inputs({f"{e.name}/{split}": e.inputs(split, kind) for e in new
+                                        for split in ("train", "validation", "test")})
     settings = loop_settings(cfg, backbone, restore_best=cfg.keep_best_epoch)
     collate = backbone.preprocessor.collate
     if checkpoints is not None:  # a resumed run replays finished experiences from their final checkpoints

@@ -376,6 +376,7 @@ def main(cfg: FinetuneConfig) -> FinetuneResult:
     logger.info("%s backbone, %d labels, %s trainable of %s parameters", backbone.family, data.num_labels,
                 f"{trainable:,}", f"{total:,}")
     inputs = {split: data.inputs(split, trainer.kind) for split in ("train", "validation", "test")}
+    backbone.preprocessor.check_inputs(inputs)  # one warning counts the texts max_length will cut
     labels = {split: list(data.splits[split]["label"]) for split in ("train", "validation", "test")}
 
     if accelerator.is_main_process:

@@ -310,3 +310,12 @@ def test_an_adapter_is_refused_on_other_base_weights_of_the_same_shapes(text_run
                 hf_adapt.load_adapted(str(out))
         else:
             assert hf_adapt.load_adapted(str(out)).labels == ["bad", "good"]
+
+
+def test_texts_longer_than_max_length_are_counted_in_one_warning(tiny_bert, credit_sample, tmp_path, caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="hf_adapt"):
+        main(_text_config(tiny_bert, credit_sample, tmp_path, max_length=24, max_steps=1, num_train_epochs=1))
+    cut = [r.getMessage() for r in caplog.records if "longer than max_length" in r.getMessage()]
+    assert len(cut) == 1 and "texts longer than max_length 24 tokens are truncated: train " in cut[0], cut
