@@ -7,6 +7,7 @@ and never asks whether it runs distributed: ``accelerator.prepare``, ``accumulat
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import re
@@ -106,17 +107,68 @@ def make_loader(dataset: ExampleDataset, collate: Callable, batch_size: int, tra
             batch["task"] = torch.tensor(tasks[0], dtype=torch.long)
         return batch
 
-    generator = torch.Generator().manual_seed(seed) if train else None
-    if balanced and train:
+    if not train:
+        return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_fn, num_workers=num_workers)
+    sampler = None
+    if balanced:
         from torch.utils.data import WeightedRandomSampler
 
         labels = torch.as_tensor(dataset.labels)
         weights = (1.0 / torch.bincount(labels).double())[labels]
-        sampler = WeightedRandomSampler(weights, num_samples=len(labels), replacement=True, generator=generator)
-        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate_fn,
-                          num_workers=num_workers)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=train, collate_fn=collate_fn,
-                      generator=generator, num_workers=num_workers)
+        sampler = WeightedRandomSampler(weights, num_samples=len(labels), replacement=True,
+                                        generator=torch.Generator().manual_seed(seed))
+    return training_loader(dataset, collate_fn, batch_size, seed, num_workers, sampler)
+
+
+def training_loader(dataset: Dataset, collate_fn: Callable, batch_size: int, seed: int, num_workers: int = 0,
+                    sampler=None) -> DataLoader:
+    """A seeded, shuffled (or ``sampler``-drawn) training loader whose batches draw their random numbers
+    (augmentation, masking) from a seed of their own: a hash of ``seed`` and the rows they hold.
+
+    So a batch comes out the same whatever ran before it, in any worker process, and a run resumed
+    mid-epoch (Accelerate's loader collates one batch ahead) sees exactly the batches it would have.
+    """
+    def seeded_collate(items):
+        indices = [index for index, _ in items]
+        with _batch_rng(seed, indices):
+            return collate_fn([item for _, item in items])
+
+    # the shuffle (or the sampler's draws) and the workers' base seed, from one generator that fit() can rewind
+    generator = getattr(sampler, "generator", None) or torch.Generator().manual_seed(seed)
+    return DataLoader(_Indexed(dataset), batch_size=batch_size, shuffle=sampler is None, sampler=sampler,
+                      collate_fn=seeded_collate, generator=generator, num_workers=num_workers)
+
+
+class _Indexed(Dataset):
+    """A dataset whose items carry their index."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[int, Any]:
+        return index, self.dataset[index]
+
+
+@contextlib.contextmanager
+def _batch_rng(seed: int, indices: list[int]):
+    """Seed torch's CPU generator, ``random`` and numpy from (seed, indices) for one block; restore them after."""
+    import hashlib
+    import random
+
+    batch_seed = int.from_bytes(hashlib.blake2b(f"{seed}:{indices}".encode(), digest_size=8).digest(), "little")
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        torch.random.default_generator.manual_seed(batch_seed)  # not torch.manual_seed: GPU streams stay as they are
+        random.seed(batch_seed)
+        np.random.seed(batch_seed % 2**32)
+        try:
+            yield
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
 
 
 @dataclass

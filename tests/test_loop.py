@@ -141,3 +141,30 @@ def test_a_nan_loss_stops_training_and_names_the_step_and_the_last_good_checkpoi
     with pytest.raises(TrainingDivergedError, match=f"the last good checkpoint is {tmp_path / 'train' / 'step-4'}"):
         fit(Accelerator(cpu=True), torch.nn.Linear(4, 2), PoisonedTask(), loader, None, settings, checkpoints=phase)
     assert sorted(p.name for p in phase.directory.iterdir()) == ["step-2", "step-4"]
+
+
+def test_a_training_batch_draws_its_random_numbers_from_its_own_seed():
+    """Augmentation (here: torch, random and numpy draws in the collate) depends on the seed and the rows of the
+    batch, not on what ran before, and leaves the global streams untouched: what makes a mid-epoch resume exact
+    although Accelerate collates one batch ahead."""
+    import random
+
+    import numpy as np
+
+    from hf_adapt.loop import training_loader
+
+    def augment(rows):
+        return torch.tensor(rows, dtype=torch.float64) + torch.rand(len(rows)) + random.random() + np.random.rand()
+
+    def epoch(consume_before: int):
+        torch.manual_seed(consume_before), random.seed(consume_before), np.random.seed(consume_before)
+        loader = training_loader(list(range(20)), augment, batch_size=4, seed=3)
+        before = (torch.get_rng_state(), random.getstate(), np.random.get_state()[1].copy())
+        batches = list(loader)
+        assert torch.equal(torch.get_rng_state(), before[0]) and random.getstate() == before[1]
+        assert (np.random.get_state()[1] == before[2]).all(), "the global streams were drawn from"
+        return batches
+
+    first, second = epoch(0), epoch(1)
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+    assert len({tuple(b.tolist()) for b in first}) == 5 and not torch.equal(first[0], first[0].round())

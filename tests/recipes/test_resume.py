@@ -184,7 +184,8 @@ def test_a_two_process_run_killed_mid_epoch_resumes_to_the_same_adapter(tiny_ber
 def test_a_continual_run_killed_in_its_second_experience_resumes_to_the_same_model(block_resnet, blocks_csv,
                                                                                    tmp_path):
     """The first experience is replayed from its final checkpoint, and the replay buffer and forgetting matrix
-    it leads to come out the same."""
+    it leads to come out the same; with random augmentation (crops, flips) on, which each batch draws from its
+    own seed."""
     config = tmp_path / "continual.yaml"
     config.write_text(json.dumps({
         "model_name_or_path": str(block_resnet), "family": "timm", "reset_head": True, "image_size": 32,
@@ -193,7 +194,7 @@ def test_a_continual_run_killed_in_its_second_experience_resumes_to_the_same_mod
         "experiences": [{"name": "ab", "classes": [0, 1]}, {"name": "cd", "classes": [2, 3]}], "strategy": "replay",
         "regime": "full", "num_train_epochs": 2, "per_device_train_batch_size": 16, "learning_rate": 3e-3,
         "head_learning_rate": 3e-3, "warmup_ratio": 0.0, "report_to": "none", "base_model_id": None,
-        "max_forgetting": 1.0}))
+        "max_forgetting": 1.0, "train_transform": {"hflip": 0.5, "scale": [0.6, 1.0]}}))
 
     def run(out: Path, *extra: str, kill_at: str | None = None) -> subprocess.CompletedProcess:
         return _run(["--config", str(config), "--output_dir", str(out), *extra], kill_at=kill_at, recipe="continual")
