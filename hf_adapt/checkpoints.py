@@ -37,13 +37,6 @@ _STEP = re.compile(r"^step-(\d+)$")
 TRAINER_STATE = "trainer_state.json"  # written last into a transformers Trainer's checkpoint-<N>
 _TRAINER_STEP = re.compile(r"^checkpoint-(\d+)$")
 
-# Fields that may differ between a run and its resumption: they change where results go, how they
-# are logged or published, not what is trained.
-RESUMABLE_CHANGES = frozenset({
-    "output_dir", "resume_from_checkpoint", "checkpointing_steps", "checkpoints_total_limit", "overwrite_output_dir",
-    "push_to_hub", "hub_model_id", "hub_private", "report_to", "logging_steps", "torch_num_threads",
-    "num_workers", "license", "intended_use", "out_of_scope_use", "limitations", "card_examples",
-})
 
 
 @dataclass
@@ -97,23 +90,30 @@ class Phase:
         drop the oldest beyond ``keep``. Collective: every process calls it."""
         from safetensors.torch import save_file
 
-        from hf_adapt.outputs import commit
+        from hf_adapt.outputs import commit, on_main
 
         final = self.directory / f"step-{step}"
         partial = self.directory / f".step-{step}.partial"
-        if accelerator.is_main_process:
+
+        def prepare() -> None:
             shutil.rmtree(partial, ignore_errors=True)  # left by a run killed while saving
             partial.mkdir(parents=True)
-        accelerator.wait_for_everyone()
-        accelerator.save_state(str(partial))  # every process writes its own RNG states
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
+
+        def complete() -> None:
             save_file({k: v.contiguous() for k, v in tensors.items()}, str(partial / TENSORS_FILE))
             _write_json(partial / STATE_FILE, state)  # last: its presence marks a complete checkpoint
             commit(partial, final)
             for old in checkpoints_in(self.directory)[:-self.keep]:
                 shutil.rmtree(old, ignore_errors=True)
+
+        on_main(accelerator, prepare)
+        hook = accelerator.register_save_state_pre_hook(keep_trainable)
+        try:
+            accelerator.save_state(str(partial))  # every process writes its own RNG states
+        finally:
+            hook.remove()
         accelerator.wait_for_everyone()
+        on_main(accelerator, complete)
         logger.info("checkpoint %s", final)
         return final
 
@@ -155,7 +155,11 @@ def keep_trainable(models, weights, output_dir) -> None:
 
 
 class Checkpoints:
-    """A run's checkpoint folder: which phases resume from where, and whether the run matches."""
+    """A run's checkpoint folder: whether the run matches, and which phases resume from where.
+
+    Only the main process reads and changes the folder; the others learn its decisions (see
+    ``outputs.on_main``), so no process acts on a half-made change of another.
+    """
 
     def __init__(self, root: Path, every_steps: int | None, keep: int, resume: str | None):
         self.root, self.every_steps, self.keep, self.resume = root, every_steps, keep, resume
@@ -166,7 +170,7 @@ class Checkpoints:
                 raise ConfigError(f"resume_from_checkpoint {resume}: not a complete step-N checkpoint folder "
                                   f"(expected a folder named step-<N> holding {STATE_FILE})")
             self.root = self.resume_step.parent.parent
-        self.order: list[str] = []
+        self.order: list[str] = []  # the phases, in the order the run met them (main process)
 
     @classmethod
     def from_config(cls, cfg) -> Checkpoints | None:
@@ -176,16 +180,16 @@ class Checkpoints:
         return cls(checkpoint_root(cfg.output_dir), cfg.checkpointing_steps, cfg.checkpoints_total_limit,
                    cfg.resume_from_checkpoint)
 
-    def open(self, accelerator, cfg, data: Any) -> None:
-        """Check, before training, that resuming continues this very run (same config, same ``data``
-        fingerprint, as many processes), or that a fresh run will not mix with an earlier run's
+    def open(self, accelerator, cfg, data_sha256: Any) -> None:
+        """Check, before training, that resuming continues this very run (same training settings, same
+        data, as many processes, same precision), or that a fresh run will not mix with an earlier run's
         checkpoints; record the run."""
-        from dataclasses import asdict
+        from hf_adapt.outputs import on_main
 
-        from hf_adapt.config import redact
+        run = run_record(cfg, data_sha256, accelerator)
+        on_main(accelerator, lambda: self._open(run, cfg.overwrite_output_dir))
 
-        run = {**redact(asdict(cfg)), "data_sha256": data, "num_processes": accelerator.num_processes}
-        overwrite = cfg.overwrite_output_dir
+    def _open(self, run: dict[str, Any], overwrite: bool) -> None:
         record = self.root / RUN_FILE
         earlier = json.loads(record.read_text()) if record.is_file() else None
         if self.resume is None and earlier is not None:
@@ -193,16 +197,15 @@ class Checkpoints:
                 raise OutputError(f"{self.root} holds the checkpoints of an earlier run: pass "
                                   "--resume_from_checkpoint latest to continue it, or --overwrite_output_dir to "
                                   "delete them and start over")
-            if accelerator.is_main_process:
-                shutil.rmtree(self.root)
+            shutil.rmtree(self.root)
             earlier = None
         if earlier is not None:
-            changed = sorted(k for k in set(run) | set(earlier["run"])
-                             if k not in RESUMABLE_CHANGES and run.get(k) != earlier["run"].get(k))
+            changed = sorted(k for k in set(run["digests"]) | set(earlier["digests"])
+                             if run["digests"].get(k) != earlier["digests"].get(k))
             if changed:
-                raise ConfigError(f"cannot resume from {self.root}: the run there differs in {changed} "
-                                  f"(there: {[earlier['run'].get(k) for k in changed]}, now: "
-                                  f"{[run.get(k) for k in changed]}); resume with the same settings")
+                raise ConfigError(f"cannot resume from {self.root}: the run there differs in {changed} (there: "
+                                  f"{[earlier['values'].get(k) for k in changed]}, now: "
+                                  f"{[run['values'].get(k) for k in changed]}); resume with the same settings")
             self.order = list(earlier.get("phases", []))
         elif self.resume_step is not None:
             raise ConfigError(f"resume_from_checkpoint {self.resume_step}: no {RUN_FILE} in {self.root}; "
@@ -210,47 +213,81 @@ class Checkpoints:
         elif self.resume == "latest":
             logger.info("no checkpoints in %s yet: starting fresh", self.root)
         self.run = run
-        if accelerator.is_main_process:
-            self.root.mkdir(parents=True, exist_ok=True)
-            self._record()
-        accelerator.wait_for_everyone()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._record()
 
     def phase(self, accelerator, name: str) -> Phase:
         """The checkpointing of the next training phase, and the checkpoint it resumes from (if any)."""
+        from hf_adapt.outputs import on_main
+
+        resume_from = on_main(accelerator, lambda: self._phase(name))
+        return Phase(self.root / name, self.every_steps, self.keep, resume_from)
+
+    def _phase(self, name: str) -> Path | None:
         directory = self.root / name
         resume_from = None
         if self.resume_step is not None and self.resume_step.parent == directory:
             resume_from = self.resume_step
-            self._drop_after(accelerator, name, self.resume_step)
+            self._drop_after(name, self.resume_step)
         elif self.resume_step is None or name in self._before(self.resume_step.parent.name):
             saved = checkpoints_in(directory)
             resume_from = saved[-1] if saved and self.resume is not None else None
         if name not in self.order:
             self.order.append(name)
-            if accelerator.is_main_process:
-                self._record()
-        if accelerator.is_main_process and directory.is_dir():
+            self._record()
+        if directory.is_dir():
             for partial in directory.glob(".step-*.partial"):  # a save a kill interrupted: never resumed from
                 shutil.rmtree(partial, ignore_errors=True)
-        return Phase(directory, self.every_steps, self.keep, resume_from)
+        return resume_from
 
     def _before(self, phase: str) -> list[str]:
         return self.order[:self.order.index(phase)] if phase in self.order else []
 
-    def _drop_after(self, accelerator, name: str, kept: Path) -> None:
+    def _drop_after(self, name: str, kept: Path) -> None:
         """Resuming from an earlier checkpoint: what was saved after it (in this phase and later ones) belongs to a
         history that is being replaced."""
-        if not accelerator.is_main_process:
-            return
         for newer in [p for p in checkpoints_in(kept.parent) if step_of(p) > step_of(kept)]:
             shutil.rmtree(newer)
-        later = self.order[self.order.index(name) + 1:] if name in self.order else []
-        for phase in later:
-            shutil.rmtree(self.root / phase, ignore_errors=True)
-        self.order = self.order[:self.order.index(name) + 1] if name in self.order else self.order
+        if name in self.order:
+            for phase in self.order[self.order.index(name) + 1:]:
+                shutil.rmtree(self.root / phase, ignore_errors=True)
+            self.order = self.order[:self.order.index(name) + 1]
+            self._record()
 
     def _record(self) -> None:
-        _write_json(self.root / RUN_FILE, {"run": self.run, "phases": self.order})
+        _write_json(self.root / RUN_FILE, {**self.run, "phases": self.order})
+
+
+# Fields that may differ between a run and its resumption: they change where results go and how they are
+# evaluated, logged, published or described, not what is trained.
+RESUMABLE_CHANGES = frozenset({
+    "output_dir", "resume_from_checkpoint", "checkpointing_steps", "checkpoints_total_limit", "overwrite_output_dir",
+    "push_to_hub", "hub_model_id", "hub_private", "hub_revision", "hub_tag", "hub_create_pr", "hub_parent",
+    "update_parent", "overwrite_card", "report_to", "logging_steps", "torch_num_threads", "num_workers",
+    "per_device_eval_batch_size", "bootstrap_resamples", "operating_point", "operating_target",
+    "sensitive_columns", "sensitive_bins", "positive_label", "baseline", "max_forgetting", "continual_metric",
+    "license", "intended_use", "out_of_scope_use", "limitations", "card_examples", "dataset_name", "dataset_id",
+})
+_DATA_PATHS = frozenset({"data", "data_files"})  # stand-ins for the data: its hash decides where there is one
+
+
+def run_record(cfg, data_sha256: Any, accelerator) -> dict[str, Any]:
+    """What pins a run for resuming: a digest of each training setting (of the raw value, so nothing is hidden
+    by redaction, and no secret is stored), plus the data hash, the process count and the precision in use;
+    the redacted values, to name what changed."""
+    import hashlib
+    from dataclasses import asdict
+
+    from hf_adapt.config import redact
+
+    values = {**asdict(cfg), "data_sha256": data_sha256, "num_processes": accelerator.num_processes,
+              "mixed_precision": str(getattr(accelerator, "mixed_precision", "no"))}
+    hashed = all(data_sha256) if isinstance(data_sha256, list) else bool(data_sha256)  # local files, hashed
+    exempt = RESUMABLE_CHANGES | (_DATA_PATHS if hashed else frozenset())
+    kept = {k: v for k, v in values.items() if k not in exempt}
+    digests = {k: hashlib.sha256(json.dumps(v, sort_keys=True, default=str).encode()).hexdigest()[:16]
+               for k, v in kept.items()}
+    return {"digests": digests, "values": json.loads(json.dumps(redact(kept), default=str))}
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -260,24 +297,37 @@ def _write_json(path: Path, obj: Any) -> None:
     partial.replace(path)
 
 
-def trainer_checkpoints(cfg, state, data: Any) -> tuple[Path | None, str | None]:
+def trainer_checkpoints(cfg, state, data_sha256: Any) -> tuple[Path | None, str | None]:
     """For a recipe that trains with a transformers / TRL ``Trainer``, which checkpoints itself: where its
     ``checkpoint-<N>`` folders go (None: nowhere) and the one to resume from. The same run checks as
-    :meth:`Checkpoints.open`; ``latest`` takes the newest complete folder (one with ``trainer_state.json``)."""
+    :meth:`Checkpoints.open`; ``latest`` takes the newest complete folder (one with ``trainer_state.json``),
+    a named folder drops those saved after it."""
+    from hf_adapt.outputs import on_main
+
     if cfg.checkpointing_steps is None and cfg.resume_from_checkpoint is None:
         return None, None
     cfg.check_checkpointing()
     root, named = checkpoint_root(cfg.output_dir), None
     if cfg.resume_from_checkpoint not in (None, "latest"):
         named = Path(cfg.resume_from_checkpoint).absolute()
-        if not (named / TRAINER_STATE).is_file():
+        if not (named / TRAINER_STATE).is_file() or not _TRAINER_STEP.match(named.name):
             raise ConfigError(f"resume_from_checkpoint {named}: not a complete checkpoint folder (expected "
                               f"checkpoint-<N> holding {TRAINER_STATE})")
         root = named.parent
+        if not (root / RUN_FILE).is_file():
+            raise ConfigError(f"resume_from_checkpoint {named}: no {RUN_FILE} in {root}; it is not inside an "
+                              "hf-adapt checkpoint folder")
     Checkpoints(root, cfg.checkpointing_steps, cfg.checkpoints_total_limit,
-                "latest" if cfg.resume_from_checkpoint else None).open(state, cfg, data)
-    if named is not None or cfg.resume_from_checkpoint is None:
-        return root, None if named is None else str(named)
-    complete = [(int(m.group(1)), p) for p in root.iterdir()
-                if (m := _TRAINER_STEP.match(p.name)) and (p / TRAINER_STATE).is_file()]
-    return root, str(max(complete)[1]) if complete else None
+                "latest" if cfg.resume_from_checkpoint else None).open(state, cfg, data_sha256)
+
+    def pick() -> str | None:
+        complete = sorted((int(m.group(1)), p) for p in root.iterdir()
+                          if (m := _TRAINER_STEP.match(p.name)) and (p / TRAINER_STATE).is_file())
+        if named is not None:
+            for step, path in complete:
+                if step > int(_TRAINER_STEP.match(named.name).group(1)):
+                    shutil.rmtree(path)  # a history the replay replaces
+            return str(named)
+        return str(complete[-1][1]) if complete and cfg.resume_from_checkpoint else None
+
+    return root, on_main(state, pick)

@@ -123,24 +123,42 @@ def make_loader(dataset: ExampleDataset, collate: Callable, batch_size: int, tra
 def training_loader(dataset: Dataset, collate_fn: Callable, batch_size: int, seed: int, num_workers: int = 0,
                     sampler=None) -> DataLoader:
     """A seeded, shuffled (or ``sampler``-drawn) training loader whose batches draw their random numbers
-    (augmentation, masking) from a seed of their own: a hash of ``seed`` and the rows they hold.
+    (augmentation, masking) from a seed of their own: a hash of ``seed``, a salt drawn as the epoch
+    starts, and the rows the batch holds.
 
     So a batch comes out the same whatever ran before it, in any worker process, and a run resumed
-    mid-epoch (Accelerate's loader collates one batch ahead) sees exactly the batches it would have.
+    mid-epoch (Accelerate's loader collates one batch ahead) sees exactly the batches it would have;
+    the salt gives the same rows new draws next epoch, even in a batch of one.
     """
     def seeded_collate(items):
-        indices = [index for index, _ in items]
-        with _batch_rng(seed, indices):
+        keys = [key for key, _ in items]
+        with _batch_rng(seed, keys):
             return collate_fn([item for _, item in items])
 
-    # the shuffle (or the sampler's draws) and the workers' base seed, from one generator that fit() can rewind
+    # the order (or the sampler's draws), the salts and the workers' base seed, all from one generator that
+    # fit() rewinds to an epoch's start when it resumes
     generator = getattr(sampler, "generator", None) or torch.Generator().manual_seed(seed)
-    return DataLoader(_Indexed(dataset), batch_size=batch_size, shuffle=sampler is None, sampler=sampler,
+    order = sampler or torch.utils.data.RandomSampler(range(len(dataset)), generator=generator)
+    return DataLoader(_Keyed(dataset), batch_size=batch_size, sampler=_Salted(order, generator),
                       collate_fn=seeded_collate, generator=generator, num_workers=num_workers)
 
 
-class _Indexed(Dataset):
-    """A dataset whose items carry their index."""
+class _Salted(torch.utils.data.Sampler):
+    """``(salt, index)`` for each index of ``sampler``; the salt is drawn from ``generator`` as each pass starts."""
+
+    def __init__(self, sampler, generator: torch.Generator):
+        self.sampler, self.generator = sampler, generator
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self):
+        salt = int(torch.randint(2**62, (), generator=self.generator))
+        return ((salt, index) for index in self.sampler)
+
+
+class _Keyed(Dataset):
+    """A dataset read by ``(salt, index)`` keys, whose items carry their key."""
 
     def __init__(self, dataset: Dataset):
         self.dataset = dataset
@@ -148,17 +166,17 @@ class _Indexed(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int) -> tuple[int, Any]:
-        return index, self.dataset[index]
+    def __getitem__(self, key: tuple[int, int]) -> tuple[tuple[int, int], Any]:
+        return key, self.dataset[key[1]]
 
 
 @contextlib.contextmanager
-def _batch_rng(seed: int, indices: list[int]):
-    """Seed torch's CPU generator, ``random`` and numpy from (seed, indices) for one block; restore them after."""
+def _batch_rng(seed: int, keys: list[tuple[int, int]]):
+    """Seed torch's CPU generator, ``random`` and numpy from (seed, keys) for one block; restore them after."""
     import hashlib
     import random
 
-    batch_seed = int.from_bytes(hashlib.blake2b(f"{seed}:{indices}".encode(), digest_size=8).digest(), "little")
+    batch_seed = int.from_bytes(hashlib.blake2b(f"{seed}:{keys}".encode(), digest_size=8).digest(), "little")
     python_state, numpy_state = random.getstate(), np.random.get_state()
     with torch.random.fork_rng(devices=[]):
         torch.random.default_generator.manual_seed(batch_seed)  # not torch.manual_seed: GPU streams stay as they are
@@ -333,8 +351,8 @@ def fit(accelerator, model: nn.Module, task: Task, train_loader: DataLoader, eva
 
     ``checkpoints``: save the training state every ``checkpoints.every_steps`` optimiser steps
     and when training ends, and first resume from ``checkpoints.resume_from`` if set. A resumed
-    run continues bitwise where the saved one was (same batches, same RNG draws), as long as the
-    data loader's workers draw no random augmentation (``num_workers`` 0, or no random transforms).
+    run continues bitwise where the saved one was: the same batches in the same order, the same
+    dropout draws, and (with loaders from :func:`training_loader`) the same augmentation.
     """
     evaluate_fn = evaluate_fn or evaluate
     from transformers import get_scheduler
@@ -370,6 +388,8 @@ def fit(accelerator, model: nn.Module, task: Task, train_loader: DataLoader, eva
         for callback in callbacks:
             callback.on_epoch_start(epoch, model)
         for batch in run.epoch_batches(epoch, train_loader):
+            if run.step >= total_steps:  # resumed from a checkpoint taken at max_steps, mid-epoch
+                break
             with accelerator.accumulate(model):
                 loss = task(model, batch)["loss"]
                 accelerator.backward(loss)
@@ -418,7 +438,6 @@ def fit(accelerator, model: nn.Module, task: Task, train_loader: DataLoader, eva
     if checkpoints is not None and not run.finished:
         run.finished = True
         run.save()  # the phase's final state: a resumed run replays a finished phase from it
-    run.close()
     result.steps, result.train_seconds = run.step, time.perf_counter() - start
     if run.best_state is not None and settings.restore_best:
         accelerator.unwrap_model(model).load_state_dict(run.best_state, strict=False)
@@ -445,13 +464,8 @@ class _Run:
         self.running = torch.zeros((), device=accelerator.device)  # a tensor: no GPU sync per step
         self.seen = 0
         self.resumed_epoch: int | None = None
-        self.hook = None
-        if checkpoints is not None:
-            from hf_adapt.checkpoints import keep_trainable
-
-            self.hook = accelerator.register_save_state_pre_hook(keep_trainable)
-            if checkpoints.resume_from is not None:
-                self._resume()
+        if checkpoints is not None and checkpoints.resume_from is not None:
+            self._resume()
 
     def epoch_batches(self, epoch: int, loader: DataLoader):
         """The epoch's batches; a resumed epoch restarts its shuffle and skips what was already trained on."""
@@ -520,10 +534,6 @@ class _Run:
         self.best_state = best or None
         self.resumed_epoch = self.epoch
         self.last_checkpoint = str(self.checkpoints.resume_from)
-
-    def close(self) -> None:
-        if self.hook is not None:
-            self.hook.remove()
 
 
 def _progress(total: int, enabled: bool, initial: int = 0):

@@ -131,21 +131,33 @@ def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text())
 
 
-def write_on_main(accelerator, staging: Path | None, path: str | Path, write: Callable[[Path], None]) -> None:
-    """On the main process, ``write(staging)`` and :func:`commit` it to ``path``; every process learns whether
-    that failed (the others would otherwise wait at their next collective forever) and raises."""
+def on_main(accelerator, work: Callable[[], Any]) -> Any:
+    """Run ``work()`` on the main process only and hand its result to every process. If it fails, every
+    process raises (the others would otherwise wait at their next collective until it times out): the
+    main process its own error, the others a ``RuntimeError`` that quotes it."""
     from accelerate.utils import broadcast_object_list
 
-    error = None
+    outcome: list[Any] = [None, None]
     if accelerator.is_main_process:
         try:
-            write(staging)
-            commit(staging, path)
-            logger.info("wrote %s", path)
+            outcome[0] = work()
         except Exception as err:  # noqa: BLE001 - re-raised below, after the other ranks are told
             error = err
-    (failed,) = broadcast_object_list([error is not None])
-    if error is not None:
-        raise error
-    if failed:
-        raise RuntimeError("the main process failed to write the outputs; see its error")
+            outcome[1] = f"{type(err).__name__}: {err}"
+    if accelerator.num_processes > 1:
+        broadcast_object_list(outcome)
+    if outcome[1] is not None:
+        if accelerator.is_main_process:
+            raise error
+        raise RuntimeError(f"the main process failed: {outcome[1]}")
+    return outcome[0]
+
+
+def write_on_main(accelerator, staging: Path | None, path: str | Path, write: Callable[[Path], None]) -> None:
+    """On the main process, ``write(staging)`` and :func:`commit` it to ``path``; see :func:`on_main`."""
+    def work() -> None:
+        write(staging)
+        commit(staging, path)
+        logger.info("wrote %s", path)
+
+    on_main(accelerator, work)

@@ -168,3 +168,58 @@ def test_a_training_batch_draws_its_random_numbers_from_its_own_seed():
     first, second = epoch(0), epoch(1)
     assert all(torch.equal(a, b) for a, b in zip(first, second))
     assert len({tuple(b.tolist()) for b in first}) == 5 and not torch.equal(first[0], first[0].round())
+
+
+class _Preempted(Exception):
+    pass
+
+
+def _noisy_fit(tmp_path, settings, accumulation: int, stop_after: int | None = None, resume_from=None,
+               every: int | None = None):
+    """``fit`` on a dropout MLP whose collate adds random noise (an augmentation); with ``every``, checkpointed, and
+    with ``stop_after`` interrupted right after that step's checkpoint (as a SIGKILL would, minus the process)."""
+    from hf_adapt.checkpoints import Phase
+    from hf_adapt.loop import ExampleDataset, fit, make_loader
+    from hf_adapt.runtime import make_accelerator
+
+    class Interrupted(Phase):
+        def save(self, accelerator, step, *args, **kwargs):
+            path = super().save(accelerator, step, *args, **kwargs)
+            if step == stop_after:
+                raise _Preempted(path)
+            return path
+
+    torch.manual_seed(0)
+    inputs = [torch.randn(4) for _ in range(60)]
+    labels = [int(x.sum() > 0) for x in inputs]
+    noisy = lambda xs, train: torch.stack(xs) + 0.1 * torch.randn(len(xs), 4)  # noqa: E731
+    loaders = (make_loader(ExampleDataset(inputs, labels), noisy, 8, train=True, seed=1),
+               make_loader(ExampleDataset(inputs[:16], labels[:16]), noisy, 8, train=False, seed=1))
+    model = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.Dropout(0.3), torch.nn.Linear(16, 2))
+    phase = Interrupted(tmp_path / "train", every, keep=3, resume_from=resume_from) if every else None
+    task = lambda m, batch: (lambda logits: {"loss": torch.nn.functional.cross_entropy(logits, batch["labels"]),  # noqa: E731
+                                             "logits": logits})(m(batch["inputs"]))
+    accelerator = make_accelerator("no", accumulation, "none")
+    model, result = fit(accelerator, model, task, *loaders, settings, checkpoints=phase)
+    return accelerator.unwrap_model(model).state_dict(), result
+
+
+@pytest.mark.parametrize("case, settings, accumulation, kill_at", [
+    # 8 batches an epoch; max_steps 10 ends epoch 2 mid-way, at a checkpoint: no batch may be trained past it
+    ("max_steps mid-epoch", dict(num_train_epochs=5, max_steps=10), 1, 10),
+    ("gradient accumulation", dict(num_train_epochs=3), 2, 6),  # 4 optimiser steps an epoch
+    ("early stopping", dict(num_train_epochs=6, early_stopping_patience=1, metric_for_best_model="log_loss",
+                            learning_rate=0.3), 1, 12),
+])
+def test_an_interrupted_fit_resumes_to_the_uninterrupted_result(case, settings, accumulation, kill_at, tmp_path):
+    from hf_adapt.loop import LoopSettings
+
+    settings = LoopSettings(**{"learning_rate": 0.05, "logging_steps": 2, "metric_for_best_model": "accuracy",
+                               **settings})
+    expected, whole = _noisy_fit(tmp_path / "whole", settings, accumulation)
+    assert case != "early stopping" or len(whole.history) < settings.num_train_epochs, "it must stop early"
+    with pytest.raises(_Preempted) as stopped:
+        _noisy_fit(tmp_path / "run", settings, accumulation, stop_after=kill_at, every=2)
+    got, resumed = _noisy_fit(tmp_path / "run", settings, accumulation, resume_from=stopped.value.args[0], every=2)
+    assert resumed.steps == whole.steps and resumed.history == whole.history and resumed.best_epoch == whole.best_epoch
+    assert all(torch.equal(expected[k], got[k]) for k in expected), case

@@ -111,6 +111,7 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_adapter_and_metrics(killed_r
     assert _checkpoints(out)[-1] == f"step-{steps}", "the finished phase keeps its final state"
 
 
+@pytest.mark.slow
 def test_resuming_from_a_named_earlier_checkpoint_replays_the_rest(killed_run, tiny_bert, credit_sample, tmp_path):
     reference, checkpoints = killed_run
     copy = _copy(checkpoints, tmp_path / "again")
@@ -181,6 +182,8 @@ def test_a_two_process_run_killed_mid_epoch_resumes_to_the_same_adapter(tiny_ber
     _assert_same_run(out, reference)
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_a_continual_run_killed_in_its_second_experience_resumes_to_the_same_model(block_resnet, blocks_csv,
                                                                                    tmp_path):
     """The first experience is replayed from its final checkpoint, and the replay buffer and forgetting matrix
