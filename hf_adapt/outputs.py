@@ -65,7 +65,10 @@ def _clean_up_after_killed_runs(path: Path) -> None:
         kept = sorted(path.parent.glob(f".{path.name}.old-*"), key=lambda p: p.stat().st_mtime)
         if kept and (kept[-1] / RUN_FILE).is_file():
             logger.warning("restoring %s from %s: a run was killed while replacing it", path, kept[-1])
-            os.replace(kept[-1], path)
+            try:
+                os.replace(kept[-1], path)
+            except FileNotFoundError:  # another rank of this launch restored it first
+                pass
 
 
 def _alive(pid: int) -> bool:
