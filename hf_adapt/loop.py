@@ -123,8 +123,8 @@ def make_loader(dataset: ExampleDataset, collate: Callable, batch_size: int, tra
 def training_loader(dataset: Dataset, collate_fn: Callable, batch_size: int, seed: int, num_workers: int = 0,
                     sampler=None) -> DataLoader:
     """A seeded, shuffled (or ``sampler``-drawn) training loader whose batches draw their random numbers
-    (augmentation, masking) from a seed of their own: a hash of ``seed``, a salt drawn as the epoch
-    starts, and the rows the batch holds.
+    (augmentation, masking) from a seed of their own: a hash of ``seed``, a salt that changes every
+    epoch, and the rows the batch holds.
 
     So a batch comes out the same whatever ran before it, in any worker process, and a run resumed
     mid-epoch (Accelerate's loader collates one batch ahead) sees exactly the batches it would have;
@@ -144,7 +144,8 @@ def training_loader(dataset: Dataset, collate_fn: Callable, batch_size: int, see
 
 
 class _Salted(torch.utils.data.Sampler):
-    """``(salt, index)`` for each index of ``sampler``; the salt is drawn from ``generator`` as each pass starts."""
+    """``(salt, index)`` for each index of ``sampler``. The salt is a hash of ``generator``'s state as each pass
+    starts: new every epoch, the same after a rewind, and drawn from nothing (the shuffle is what it was)."""
 
     def __init__(self, sampler, generator: torch.Generator):
         self.sampler, self.generator = sampler, generator
@@ -153,7 +154,10 @@ class _Salted(torch.utils.data.Sampler):
         return len(self.sampler)
 
     def __iter__(self):
-        salt = int(torch.randint(2**62, (), generator=self.generator))
+        import hashlib
+
+        state = self.generator.get_state().numpy().tobytes()
+        salt = int.from_bytes(hashlib.blake2b(state, digest_size=8).digest(), "little")
         return ((salt, index) for index in self.sampler)
 
 
