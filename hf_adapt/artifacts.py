@@ -54,11 +54,12 @@ def weights_fingerprint(backbone: Backbone) -> str:
 def check_base(backbone: Backbone, model_info: dict[str, Any], where: str) -> None:
     """Refuse to put an adapter on a base other than the one it was trained on (outputs that recorded one)."""
     recorded = model_info.get("weights_fingerprint")
-    if recorded and recorded != weights_fingerprint(backbone):
+    now = weights_fingerprint(backbone) if recorded else None
+    if recorded and recorded != now:
         raise ModelError(
             f"{where}: the adapter was trained on other base weights than {model_info.get('name_or_path')!r} "
             f"(revision {model_info.get('revision')}) holds now (weights fingerprint {recorded} when trained, "
-            f"{weights_fingerprint(backbone)} now); load the base it was trained on")
+            f"{now} now); load the base it was trained on")
 
 
 def save_model(model: nn.Module, backbone: Backbone, regime: str, directory: Path) -> None:

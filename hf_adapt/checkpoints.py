@@ -59,17 +59,26 @@ def checkpoint_root(output_dir: str | Path) -> Path:
     return path.parent / f"{path.name}.checkpoints"
 
 
-def step_of(path: Path) -> int | None:
-    match = _STEP.match(path.name)
-    return int(match.group(1)) if match and (path / STATE_FILE).is_file() else None
+def step_of(path: Path, pattern: re.Pattern = _STEP, marker: str = STATE_FILE) -> int | None:
+    """The step of a complete checkpoint folder (named by ``pattern``, holding ``marker``); None for anything else.
+    The defaults are hf-adapt's ``step-<N>``; a transformers Trainer's are ``_TRAINER_STEP`` and ``TRAINER_STATE``."""
+    match = pattern.match(path.name)
+    return int(match.group(1)) if match and (path / marker).is_file() else None
 
 
-def checkpoints_in(phase_dir: Path) -> list[Path]:
-    """The complete checkpoints of a phase, oldest first (half-written ones never count)."""
-    if not phase_dir.is_dir():
+def checkpoints_in(directory: Path, pattern: re.Pattern = _STEP, marker: str = STATE_FILE) -> list[Path]:
+    """The complete checkpoints in ``directory``, oldest first (half-written ones never count)."""
+    if not directory.is_dir():
         return []
-    found = [(step_of(p), p) for p in phase_dir.iterdir() if p.is_dir()]
+    found = [(step_of(p, pattern, marker), p) for p in directory.iterdir() if p.is_dir()]
     return [p for s, p in sorted((s, p) for s, p in found if s is not None)]
+
+
+def _drop_newer(kept: Path, pattern: re.Pattern = _STEP, marker: str = STATE_FILE) -> None:
+    """Resuming from an earlier checkpoint: those saved after it belong to a history that is being replaced."""
+    for newer in checkpoints_in(kept.parent, pattern, marker):
+        if step_of(newer, pattern, marker) > step_of(kept, pattern, marker):
+            shutil.rmtree(newer)
 
 
 @dataclass
@@ -90,7 +99,7 @@ class Phase:
         drop the oldest beyond ``keep``. Collective: every process calls it."""
         from safetensors.torch import save_file
 
-        from hf_adapt.outputs import commit, on_main
+        from hf_adapt.outputs import commit, on_main, write_json
 
         final = self.directory / f"step-{step}"
         partial = self.directory / f".step-{step}.partial"
@@ -101,7 +110,7 @@ class Phase:
 
         def complete() -> None:
             save_file({k: v.contiguous() for k, v in tensors.items()}, str(partial / TENSORS_FILE))
-            _write_json(partial / STATE_FILE, state)  # last: its presence marks a complete checkpoint
+            write_json(partial / STATE_FILE, state)  # last: its presence marks a complete checkpoint
             commit(partial, final)
             for old in checkpoints_in(self.directory)[:-self.keep]:
                 shutil.rmtree(old, ignore_errors=True)
@@ -122,6 +131,8 @@ class Phase:
         from safetensors import safe_open
         from safetensors.torch import load_file
 
+        from hf_adapt.loop import trainable_keys
+
         path = self.resume_from
         expected = {_unwrapped(k) for k in trainable_keys(model)}
         with safe_open(str(path / "model.safetensors"), framework="pt") as handle:
@@ -137,18 +148,14 @@ class Phase:
         return state, load_file(str(path / TENSORS_FILE))
 
 
-def trainable_keys(model) -> list[str]:
-    """State-dict keys of what training changes (trainable parameters and buffers), as Accelerate names them."""
-    trainable = {n for n, p in model.named_parameters() if p.requires_grad} | {n for n, _ in model.named_buffers()}
-    return [k for k in model.state_dict() if k in trainable]
-
-
 def _unwrapped(key: str) -> str:
     return key.removeprefix("module.")  # DDP's wrapper; the same model may be registered wrapped and bare
 
 
 def keep_trainable(models, weights, output_dir) -> None:
     """``save_state`` pre-hook: checkpoint what training changes, not the frozen backbone (peft's rule for adapters)."""
+    from hf_adapt.loop import trainable_keys
+
     for index, (model, state) in enumerate(zip(models, weights)):
         keys = set(trainable_keys(model))
         weights[index] = {k: v.contiguous() for k, v in state.items() if k in keys}  # safetensors needs packed
@@ -246,8 +253,7 @@ class Checkpoints:
     def _drop_after(self, name: str, kept: Path) -> None:
         """Resuming from an earlier checkpoint: what was saved after it (in this phase and later ones) belongs to a
         history that is being replaced."""
-        for newer in [p for p in checkpoints_in(kept.parent) if step_of(p) > step_of(kept)]:
-            shutil.rmtree(newer)
+        _drop_newer(kept)
         if name in self.order:
             for phase in self.order[self.order.index(name) + 1:]:
                 shutil.rmtree(self.root / phase, ignore_errors=True)
@@ -255,7 +261,9 @@ class Checkpoints:
             self._record()
 
     def _record(self) -> None:
-        _write_json(self.root / RUN_FILE, {**self.run, "phases": self.order})
+        from hf_adapt.outputs import write_json
+
+        write_json(self.root / RUN_FILE, {**self.run, "phases": self.order})
 
 
 # Fields that may differ between a run and its resumption: they change where results go and how they are
@@ -290,13 +298,6 @@ def run_record(cfg, data_sha256: Any, accelerator) -> dict[str, Any]:
     return {"digests": digests, "values": json.loads(json.dumps(redact(kept), default=str))}
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    """Write, then rename over ``path``: a reader sees the old file or the new one, never half of one."""
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    partial.replace(path)
-
-
 def trainer_checkpoints(cfg, state, data_sha256: Any) -> tuple[Path | None, str | None]:
     """For a recipe that trains with a transformers / TRL ``Trainer``, which checkpoints itself: where its
     ``checkpoint-<N>`` folders go (None: nowhere) and the one to resume from. The same run checks as
@@ -310,7 +311,7 @@ def trainer_checkpoints(cfg, state, data_sha256: Any) -> tuple[Path | None, str 
     root, named = checkpoint_root(cfg.output_dir), None
     if cfg.resume_from_checkpoint not in (None, "latest"):
         named = Path(cfg.resume_from_checkpoint).absolute()
-        if not (named / TRAINER_STATE).is_file() or not _TRAINER_STEP.match(named.name):
+        if step_of(named, _TRAINER_STEP, TRAINER_STATE) is None:
             raise ConfigError(f"resume_from_checkpoint {named}: not a complete checkpoint folder (expected "
                               f"checkpoint-<N> holding {TRAINER_STATE})")
         root = named.parent
@@ -321,13 +322,10 @@ def trainer_checkpoints(cfg, state, data_sha256: Any) -> tuple[Path | None, str 
                 "latest" if cfg.resume_from_checkpoint else None).open(state, cfg, data_sha256)
 
     def pick() -> str | None:
-        complete = sorted((int(m.group(1)), p) for p in root.iterdir()
-                          if (m := _TRAINER_STEP.match(p.name)) and (p / TRAINER_STATE).is_file())
         if named is not None:
-            for step, path in complete:
-                if step > int(_TRAINER_STEP.match(named.name).group(1)):
-                    shutil.rmtree(path)  # a history the replay replaces
+            _drop_newer(named, _TRAINER_STEP, TRAINER_STATE)
             return str(named)
-        return str(complete[-1][1]) if complete and cfg.resume_from_checkpoint else None
+        complete = checkpoints_in(root, _TRAINER_STEP, TRAINER_STATE)
+        return str(complete[-1]) if complete and cfg.resume_from_checkpoint else None
 
     return root, on_main(state, pick)

@@ -154,10 +154,7 @@ class _Salted(torch.utils.data.Sampler):
         return len(self.sampler)
 
     def __iter__(self):
-        import hashlib
-
-        state = self.generator.get_state().numpy().tobytes()
-        salt = int.from_bytes(hashlib.blake2b(state, digest_size=8).digest(), "little")
+        salt = _hash64(self.generator.get_state().numpy().tobytes())
         return ((salt, index) for index in self.sampler)
 
 
@@ -174,13 +171,18 @@ class _Keyed(Dataset):
         return key, self.dataset[key[1]]
 
 
+def _hash64(data: bytes) -> int:
+    import hashlib
+
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
+
+
 @contextlib.contextmanager
 def _batch_rng(seed: int, keys: list[tuple[int, int]]):
     """Seed torch's CPU generator, ``random`` and numpy from (seed, keys) for one block; restore them after."""
-    import hashlib
     import random
 
-    batch_seed = int.from_bytes(hashlib.blake2b(f"{seed}:{keys}".encode(), digest_size=8).digest(), "little")
+    batch_seed = _hash64(f"{seed}:{keys}".encode())
     python_state, numpy_state = random.getstate(), np.random.get_state()
     with torch.random.fork_rng(devices=[]):
         torch.random.default_generator.manual_seed(batch_seed)  # not torch.manual_seed: GPU streams stay as they are
@@ -238,11 +240,16 @@ def evaluate(accelerator, model: nn.Module, task: Task, loader: DataLoader) -> d
     return classification_metrics(logits, labels)
 
 
+def trainable_keys(model: nn.Module) -> list[str]:
+    """State-dict keys of what training changes: trainable parameters and all buffers."""
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad} | {n for n, _ in model.named_buffers()}
+    return [k for k in model.state_dict() if k in trainable]
+
+
 def _trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """CPU copy of what training changes: trainable parameters and all buffers."""
-    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    buffers = {n for n, _ in model.named_buffers()}
-    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if k in trainable | buffers}
+    """CPU copy of what training changes (:func:`trainable_keys`)."""
+    keys = set(trainable_keys(model))
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if k in keys}
 
 
 def _is_head(name: str, head_names: list[str]) -> bool:

@@ -127,7 +127,11 @@ def discard(staging: Path | None) -> None:
 
 
 def write_json(path: str | Path, obj: Any) -> None:
-    Path(path).write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+    """Write, then rename over ``path``: a reader sees the old file or the new one, never half of one."""
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+    partial.replace(path)
 
 
 def read_json(path: str | Path) -> Any:
