@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import platform
+import re
 import subprocess
 from importlib import metadata, resources
 from pathlib import Path
@@ -162,6 +164,62 @@ def is_unedited(text: str) -> bool:
     return _MARK in text and fingerprint(text) == text
 
 
+# ---------------------------------------------------------------- user text in the markdown body
+# Labels, column and group names, data sources and the like come from users' data and configs. In the card's
+# body they pass through one of three filters, so they cannot add table cells, end a bullet or a code block,
+# or be rendered as HTML; the YAML metadata is written by ModelCardData and needs none of this.
+_MARKUP = re.compile(r"([\\`\[\]|])")  # backslash, code, link brackets, table cells
+_TAG = re.compile(r"<(?=[A-Za-z/!?])")  # what CommonMark would read as HTML or an autolink; "<25" stays as is
+_ENTITY = re.compile(r"&(?=#?\w+;)")  # "&amp;" in a label means those five characters
+_CODE_SPAN = re.compile(r"(?<!`)(`+)(?!`)(.+?)(?<!`)\1(?!`)")
+
+
+def _one_line(value: Any) -> str:
+    return " ".join(str(value).splitlines())
+
+
+def md(value: Any) -> str:
+    """User text as inline markdown text (Jinja filter ``md``): one line, shown as written."""
+    text = _MARKUP.sub(r"\\\1", _one_line(value))
+    return _TAG.sub("&lt;", _ENTITY.sub("&amp;", text))
+
+
+def md_code(value: Any, table: bool = False) -> str:
+    """User text as an inline code span, backticks included (Jinja filter ``code``): one line, fenced by more
+    backticks than it holds. In a table cell (``table=True``) its pipes are escaped, which GFM requires there."""
+    text = _one_line(value) or " "
+    fence = "`" * (1 + max((len(run) for run in re.findall(r"`+", text)), default=0))
+    if text[0] == "`" or text[-1] == "`" or (text[0] == text[-1] == " " and text.strip()):
+        text = f" {text} "  # CommonMark strips one space from each side of such a span
+    return fence + (text.replace("|", r"\|") if table else text) + fence
+
+
+def md_prose(value: Any) -> str:
+    """A sentence hf-adapt composed around user text (Jinja filter ``prose``): ``md`` outside its code spans,
+    which stay code, on one line."""
+    text, parts, start = _one_line(value), [], 0
+    for span in _CODE_SPAN.finditer(text):
+        parts += [md(text[start:span.start()]), span.group(0)]
+        start = span.end()
+    return "".join([*parts, md(text[start:])])
+
+
+@functools.cache
+def environment():
+    """The Jinja environment every card template renders in: ``ModelCard.from_template``'s settings plus the
+    ``md``, ``code`` and ``prose`` filters."""
+    import jinja2
+
+    env = jinja2.Environment()
+    env.filters.update(md=md, code=md_code, prose=md_prose)
+    return env
+
+
+def _fence(text: str) -> str:
+    """A code fence longer than any backtick run in ``text``, so a value holding ``` cannot close the block."""
+    return "`" * max(3, 1 + max((len(run) for run in re.findall(r"`+", text)), default=0))
+
+
 def render_card(facts: dict[str, Any], repo_id: str | None = None, revision: str | None = None,
                 template: str | None = None):
     """A fingerprinted ``huggingface_hub.ModelCard`` filled only with the measured facts given.
@@ -187,9 +245,13 @@ def render_card(facts: dict[str, Any], repo_id: str | None = None, revision: str
         "load_args": json.dumps(load_path) + (f", revision={json.dumps(revision)}" if revision else ""),
         "on_hub": repo_id is not None,
         "example_path": json.dumps(f"{load_path}/{facts['example_file']}") if facts.get("example_file") else None,
+        "yaml_fence": _fence(facts.get("config_yaml", "")),
     }
-    card = ModelCard.from_template(card_data(facts), template_path=str(template_path(template)), **context)
-    return ModelCard(fingerprint(card.content))
+    # as ModelCard.from_template renders, in the environment that has the filters
+    data = card_data(facts)
+    source = template_path(template).read_text(encoding="utf-8")
+    text = environment().from_string(source).render(card_data=data.to_yaml(), **{**data.to_dict(), **context})
+    return ModelCard(fingerprint(ModelCard(text).content))
 
 
 def _public_source(source: Any) -> Any:

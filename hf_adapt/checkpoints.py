@@ -99,7 +99,7 @@ class Phase:
         drop the oldest beyond ``keep``. Collective: every process calls it."""
         from safetensors.torch import save_file
 
-        from hf_adapt.outputs import commit, on_main, write_json
+        from hf_adapt.outputs import commit, on_main, space_checked, write_json
 
         final = self.directory / f"step-{step}"
         partial = self.directory / f".step-{step}.partial"
@@ -115,14 +115,15 @@ class Phase:
             for old in checkpoints_in(self.directory)[:-self.keep]:
                 shutil.rmtree(old, ignore_errors=True)
 
-        on_main(accelerator, prepare)
-        hook = accelerator.register_save_state_pre_hook(keep_trainable)
-        try:
-            accelerator.save_state(str(partial))  # every process writes its own RNG states
-        finally:
-            hook.remove()
-        accelerator.wait_for_everyone()
-        on_main(accelerator, complete)
+        with space_checked(final, cleanup=partial):  # a full disk: a clear error, and no empty .partial left
+            on_main(accelerator, prepare)
+            hook = accelerator.register_save_state_pre_hook(keep_trainable)
+            try:
+                accelerator.save_state(str(partial))  # every process writes its own RNG states
+            finally:
+                hook.remove()
+            accelerator.wait_for_everyone()
+            on_main(accelerator, complete)
         logger.info("checkpoint %s", final)
         return final
 

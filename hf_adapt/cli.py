@@ -33,18 +33,25 @@ def recipe_parser(name: str) -> argparse.ArgumentParser:
 
 
 def run_recipe(name: str, argv: list[str] | None = None) -> int:
-    """Parse ``argv`` for recipe ``name`` and run it; bad input exits 2 with a one-line reason."""
+    """Parse ``argv`` for recipe ``name`` and run it; bad input exits 2 with a one-line reason, SIGTERM
+    exits 143 (see :mod:`hf_adapt.preemption`)."""
     import logging
+
+    from hf_adapt.preemption import Preempted, handle_sigterm
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     module = importlib.import_module(_recipe(name)[0])
     parser = recipe_parser(name)
     args = parser.parse_args(argv)
     try:
-        module.main(config_from_namespace(args))
+        with handle_sigterm():
+            module.main(config_from_namespace(args))
     except HfAdaptError as err:
         print(f"hf-adapt {name}: error: {err}", file=sys.stderr)
         return 2
+    except Preempted as stop:
+        print(f"hf-adapt {name}: {stop}", file=sys.stderr)
+        return stop.code
     return 0
 
 
@@ -65,6 +72,12 @@ def push_parser() -> argparse.ArgumentParser:
     parser.add_argument("--parent", help="org/name[@revision] of the hf-adapt model this version succeeds (card lineage)")
     parser.add_argument("--update-parent", "--update_parent", dest="update_parent", action="store_true",
                         help="point the parent's card at this version (new_version)")
+    parser.add_argument("--hub-timeout", "--hub_timeout", dest="hub_timeout", type=float, metavar="SECONDS",
+                        help="how long one request waits for the Hub's next bytes before it is retried "
+                        "(default: $HF_ADAPT_HUB_TIMEOUT, else 30)")
+    parser.add_argument("--hub-deadline", "--hub_deadline", dest="hub_deadline", type=float, metavar="SECONDS",
+                        help="give up the whole push after this long, 0 = no limit; raise it for a large upload "
+                        "on a slow link (default: $HF_ADAPT_HUB_DEADLINE, else 1800)")
     return parser
 
 
@@ -79,7 +92,7 @@ def push(argv: list[str] | None = None) -> int:
         repo_id=args.repo_id, private=not args.public, revision=args.revision,
         tag=None if args.tag.lower() in ("none", "null") else args.tag, create_pr=args.create_pr,
         overwrite_card=args.overwrite_card, commit_message=args.commit_message, parent=args.parent,
-        update_parent=args.update_parent,
+        update_parent=args.update_parent, timeout=args.hub_timeout, deadline=args.hub_deadline,
     )
     try:
         result = push_output(args.output_dir, settings)

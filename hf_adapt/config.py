@@ -11,8 +11,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
+import stat
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -52,6 +55,10 @@ def _unwrap_optional(tp: Any) -> Any:
     return tp
 
 
+def _allows_none(tp: Any) -> bool:
+    return tp is Any or (typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in typing.get_args(tp))
+
+
 def _none_or(convert):
     """For optional fields: ``null``/``none`` on the command line means None."""
 
@@ -87,6 +94,10 @@ def _field_types(cls: type) -> dict[str, Any]:
 def _check_value(cls: type, name: str, tp: Any, value: Any, source: str) -> Any:
     """Validate (and lightly coerce) one value against its annotation."""
     if value is None:
+        if not _allows_none(tp):  # YAML's null for a field that has no unset value
+            default = {f.name: f.default for f in dataclasses.fields(cls)}.get(name, dataclasses.MISSING)
+            hint = "" if default is dataclasses.MISSING else f" (leave {name} out for its default, {default!r})"
+            raise ConfigError(f"{source}: {name} must be {_type_name(tp)}, got None{hint}")
         return None
     base = _unwrap_optional(tp)
     if typing.get_origin(base) is typing.Literal:
@@ -108,12 +119,19 @@ def _check_value(cls: type, name: str, tp: Any, value: Any, source: str) -> Any:
         except ValueError:
             pass
     if origin in (bool, int, float, str, dict, list) and not isinstance(value, origin):
-        raise ConfigError(
-            f"{source}: {name} must be {getattr(origin, '__name__', origin)}, got {value!r}"
-        )
+        raise ConfigError(f"{source}: {name} must be {_type_name(origin)}, got {value!r}")
     if base is int and isinstance(value, bool):
         raise ConfigError(f"{source}: {name} must be int, got {value!r}")
     return value
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is typing.Literal:
+        return f"one of {list(typing.get_args(tp))}"
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    return getattr(origin or tp, "__name__", str(tp))
 
 
 def check_values(cls: type, values: dict[str, Any], source: str = "config") -> dict[str, Any]:
@@ -131,17 +149,93 @@ def check_values(cls: type, values: dict[str, Any], source: str = "config") -> d
     return {k: _check_value(cls, k, hints[k], v, source) for k, v in values.items()}
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# The numbers every training recipe shares, declared once: a config with a field of this name gets its check
+# (``check_numbers`` from its ``__post_init__``), so a NaN learning rate or an empty batch fails while parsing,
+# not after the model has loaded. name -> (test, what is expected). NaN and inf fail every test.
+NUMBER_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "learning_rate": (lambda v: _number(v) and v >= 0, "a number >= 0"),  # 0: a run that changes nothing, on purpose
+    "head_learning_rate": (lambda v: _number(v) and v >= 0, "a number >= 0 (or null: learning_rate)"),
+    "weight_decay": (lambda v: _number(v) and v >= 0, "a number >= 0"),
+    "max_grad_norm": (lambda v: _number(v) and v >= 0, "a number >= 0 (0: no clipping)"),
+    "warmup_ratio": (lambda v: _number(v) and 0 <= v < 1, "a share in [0, 1)"),
+    "num_train_epochs": (lambda v: _number(v) and v > 0, "a positive number"),
+    "max_steps": (lambda v: _count(v) and (v == -1 or v > 0),
+                  "a positive number of steps, or -1 (unset: num_train_epochs decides)"),
+    "per_device_train_batch_size": (lambda v: _count(v) and v > 0, "a positive integer"),
+    "per_device_eval_batch_size": (lambda v: _count(v) and v > 0, "a positive integer"),
+    "gradient_accumulation_steps": (lambda v: _count(v) and v > 0, "a positive integer"),
+    "logging_steps": (lambda v: _count(v) and v > 0, "a positive integer"),
+    "max_length": (lambda v: _count(v) and v > 0, "a positive integer"),
+    "num_workers": (lambda v: _count(v) and v >= 0, "an integer >= 0"),
+}
+
+
+def check_numbers(cfg: Any) -> None:
+    """Refuse a field of ``NUMBER_RULES`` whose value breaks its rule (None passes only where the field is optional)."""
+    hints = _field_types(type(cfg))
+    for name, (ok, expected) in NUMBER_RULES.items():
+        if name not in hints:
+            continue
+        value = getattr(cfg, name)
+        if value is None and _allows_none(hints[name]):
+            continue
+        if not ok(value):
+            raise ConfigError(f"{name} must be {expected}, got {value!r}")
+
+
 def config_from_dict(cls: type[T], values: dict[str, Any], source: str = "config") -> T:
     """Build ``cls`` from a mapping; cross-field checks run in the dataclass's ``__post_init__``."""
     return cls(**check_values(cls, values, source))
 
 
-def load_yaml_config(cls: type[T], path: str | Path) -> dict[str, Any]:
+_MAX_CONFIG_BYTES = 16 * 2**20  # a config is a few KB of YAML; anything this big is the wrong file
+_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a named pipe"), (stat.S_ISCHR, "a character device"),
+               (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def read_config_text(path: str | Path) -> str:
+    """The text of a YAML config file; anything else (missing, a device, a pipe, a folder, binary) is refused by
+    name, and what is not a regular file is never opened (``/dev/zero`` or a pipe would be read forever)."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
     try:
-        values = yaml.safe_load(path.read_text()) or {}
+        info = path.stat()
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except OSError as err:
+        raise ConfigError(f"config {path} cannot be read: {err.strerror}") from None
+    if not stat.S_ISREG(info.st_mode):
+        kind = next((name for test, name in _FILE_KINDS if test(info.st_mode)), "a special file")
+        raise ConfigError(f"config {path} is not a regular file ({kind}); give a YAML file")
+    if info.st_size > _MAX_CONFIG_BYTES:
+        raise ConfigError(f"config {path} is not a YAML config file ({info.st_size:,} bytes; a config is a few KB)")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config {path} is not a YAML text file (byte 0x{data[err.start]:02x} at offset "
+                          f"{err.start} is not UTF-8)") from None
+    if "\x00" in text:
+        raise ConfigError(f"config {path} is not a YAML text file (it holds a NUL byte at offset "
+                          f"{data.index(0)}: binary data?)")
+    return text
+
+
+def load_yaml_config(cls: type[T], path: str | Path) -> dict[str, Any]:
+    text = read_config_text(path)
+    try:
+        values = yaml.safe_load(text) or {}
+    except yaml.reader.ReaderError as err:  # control characters: binary data that happens to decode
+        char = chr(err.character) if isinstance(err.character, int) else err.character
+        raise ConfigError(f"config {path} is not a YAML text file (character {char!r} at offset "
+                          f"{err.position} is not allowed in YAML)") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from err
     check_values(cls, values, source=str(path))  # unknown keys fail now; cross-field checks after CLI merge
@@ -193,7 +287,12 @@ def config_from_namespace(ns: argparse.Namespace) -> Any:
     path = values.pop("config", None)
     merged: dict[str, Any] = load_yaml_config(cls, path) if path else {}
     merged.update(values)
-    return config_from_dict(cls, merged, source=path or "command line")
+    try:
+        return config_from_dict(cls, merged, source=path or "command line")
+    except ConfigError as err:  # the dataclass's own checks name the field; say which file it came from
+        if not path or str(err).startswith(f"{path}:"):
+            raise
+        raise ConfigError(f"{path}: {err}") from err
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:

@@ -5,7 +5,8 @@ the file, split, row or column at fault.
 
 Images come from ``datasets`` Image columns, class-subfolder folders (PNG/JPEG through
 ``imagefolder``; folders holding DICOM files are listed here, as ``imagefolder`` ignores them),
-or manifests: a table whose image column holds file paths relative to the manifest's folder.
+or manifests: a table whose image column holds file paths relative to the manifest's folder;
+every such path must resolve inside that folder or ``image_root`` (see :mod:`hf_adapt.images`).
 Image files are opened and checked by :mod:`hf_adapt.images` (DICOM through :mod:`hf_adapt.dicom`).
 """
 
@@ -64,6 +65,7 @@ class DataSpec:
     group_column: str | None = None  # e.g. patient_id: no group in two splits
     dicom_window: list[float] | None = None  # DICOM [center, width] after rescale; None: the file's window
     on_bad_image: str = "error"  # "error": stop at the first unreadable image; "skip": drop it, counted
+    image_root: str | None = None  # a folder manifest image paths may point into, besides the manifest's own
     class_names: list[str] | None = None  # set by load_labelled, for messages
 
 
@@ -244,8 +246,14 @@ def _table_files(spec: DataSpec) -> dict[str, str] | None:
 
 
 def _manifest_folders(spec: DataSpec) -> dict[str, Path]:
-    """Each split's table folder: relative image paths in a manifest start there."""
-    files = _table_files(spec) or {}
+    """Each split's table folder: relative image paths in a manifest start there, and all must stay inside it.
+
+    A folder of class subfolders (DICOM files, listed as paths) bounds its own paths the same way.
+    """
+    files = _table_files(spec)
+    if files is None:
+        folder = Path(resolve_source(spec.source, field="data")) if spec.source else None
+        return dict.fromkeys(set(_SPLIT_NAMES.values()), folder.resolve()) if folder and folder.is_dir() else {}
     return {_SPLIT_NAMES.get(split, split): Path(resolve_source(name, field=f"data_files.{split}")).resolve().parent
             for split, name in files.items()}
 
@@ -789,10 +797,22 @@ def check_dicom_window(window: list[float] | None) -> None:
         raise ConfigError(f"dicom_window must be [center, width] with width > 0, got {window}")
 
 
+def _image_root(spec: DataSpec) -> str | None:
+    """``image_root`` as an absolute folder (``pkg://`` and ``~`` expanded), or None when unset."""
+    if spec.image_root is None:
+        return None
+    root = Path(resolve_source(spec.image_root, field="image_root")).expanduser()
+    if not root.is_dir():
+        raise ConfigError(f"image_root {root} is not a folder; it names the folder manifest image paths may point "
+                          "into besides the manifest's own")
+    return str(root.resolve())
+
+
 def _check_spec(spec: DataSpec) -> None:
     if spec.on_bad_image not in ("error", "skip"):
         raise ConfigError(f"on_bad_image must be 'error' or 'skip', got {spec.on_bad_image!r}")
     check_dicom_window(spec.dicom_window)
+    _image_root(spec)
 
 
 def load_labelled(spec: DataSpec) -> LabelledData:
@@ -818,13 +838,13 @@ def load_labelled(spec: DataSpec) -> LabelledData:
     names = label_names(raw, spec.label_column)
     encoded = {split: _encode_labels(ds, spec.label_column, names) for split, ds in raw.items()}
     _check_unseen_labels(encoded, names)
-    folders = _manifest_folders(spec)
+    folders, image_root = _manifest_folders(spec), _image_root(spec)
     first = next(iter(encoded))
-    paths = path_column(encoded[first], spec.image_column, folders.get(_SPLIT_NAMES.get(first, first)))
+    paths = path_column(encoded[first], spec.image_column, folders.get(_SPLIT_NAMES.get(first, first)), image_root)
     repeated = 0
-    if paths is not None:  # a manifest: image paths, relative to each split file's folder
+    if paths is not None:  # a manifest: image paths, relative to each split file's folder and confined to it
         spec = replace(spec, image_column=paths)
-        encoded = {split: resolve_paths(ds, paths, folders.get(_SPLIT_NAMES.get(split, split)))
+        encoded = {split: resolve_paths(ds, paths, folders.get(_SPLIT_NAMES.get(split, split)), image_root, split)
                    if paths in ds.column_names else ds for split, ds in encoded.items()}
         repeated = count_repeated_images(encoded, paths)
     splits, how = make_splits(encoded, replace(spec, class_names=names))

@@ -451,20 +451,15 @@ def explain(output_dir: str, input: str, out: str | os.PathLike | None = None, r
         the PNG and JSON paths: ``explanation.*``, or ``explanation_row<N>.*`` for a row of a file of many.
     """
     from hf_adapt.artifacts import read_run_info
+    from hf_adapt.inputs import check_inputs
     from hf_adapt.predict import load_adapted
 
     directory = Path(output_dir)
     predictor = None
     if directory.is_dir():  # the inputs are checked before the model loads
         info, labels = read_run_info(directory)
-    else:
-        from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
-
-        try:
-            predictor = load_adapted(output_dir)
-        except (HFValidationError, HfHubHTTPError, LocalEntryNotFoundError) as err:
-            raise ConfigError(f"{output_dir} is neither an hf-adapt output folder nor a Hub repo that can be "
-                              f"reached ({type(err).__name__})") from err
+    else:  # a Hub repo; load_adapted names a missing folder or a repo it cannot read
+        predictor = load_adapted(output_dir)
         info, labels = predictor.info, predictor.labels
     continual = info.get("continual") or {}
     if continual.get("scenario") == "task" or len(set((continual.get("adapters") or {}).values())) > 1:
@@ -475,6 +470,7 @@ def explain(output_dir: str, input: str, out: str | os.PathLike | None = None, r
     if steps < 1:
         raise ConfigError(f"--steps must be at least 1, got {steps}")
     item, source = read_input(input, info["data"], row)
+    (item,) = check_inputs([item], info["data"])  # the check predict runs: refused here, before the model loads
     predictor = predictor or load_adapted(output_dir)
     predicted = predictor.predict(item)[0]["label"]  # the label users get, operating point included
     pieces = (predictor.model, predictor.backbone, predictor.preprocessor)

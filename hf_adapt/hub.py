@@ -10,20 +10,30 @@ default), so every version stays loadable by name.
 Safety:
 - the token comes only from ``huggingface_hub``'s own sources (``HF_TOKEN`` or ``hf auth
   login``) and is scrubbed from every message we raise or log;
-- transient failures (network, 408/429/5xx) are retried with exponential backoff; a commit
-  is atomic on the Hub, so a failed push leaves nothing half-written there, and the local
+- transient failures (network, timeouts, 408/429/5xx) are retried with exponential backoff; a
+  commit is atomic on the Hub, so a failed push leaves nothing half-written there, and the local
   output is never modified: rerun ``hf-adapt push`` to resume;
+- nothing waits forever: every request waits at most ``timeout`` seconds for the Hub's next
+  bytes (30 by default; ``HF_ADAPT_HUB_TIMEOUT``, ``--hub-timeout``), and no request starts after
+  the push's ``deadline`` (1800 s by default, 0 = none; ``HF_ADAPT_HUB_DEADLINE``,
+  ``--hub-deadline``). A Hub that never answers fails the push after (retries + 1) x timeout
+  + backoff = 5 x 30 + (2 + 4 + 8 + 16) = 180 s; one that stops answering at any point, after
+  at most deadline + timeout + 8 s (one of ``huggingface_hub``'s own retry waits) = 1838 s.
+  An upload still moving at the deadline is not cut (timeouts bound silences, not transfers);
 - a card someone edited on the Hub is not overwritten without ``overwrite_card``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import math
 import os
 import re
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
@@ -39,6 +49,9 @@ logger = logging.getLogger("hf_adapt.hub")
 
 T = TypeVar("T")
 TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
+TIMEOUT_ENV, DEADLINE_ENV = "HF_ADAPT_HUB_TIMEOUT", "HF_ADAPT_HUB_DEADLINE"
+DEFAULT_TIMEOUT = 30.0  # seconds one request waits for the Hub's next bytes (connect, send, answer)
+DEFAULT_DEADLINE = 1800.0  # seconds a whole push may take; 0: no limit
 # config fields that change how a run is executed or logged, not what it learns: left out of lineage diffs
 _RUN_ONLY = {"output_dir", "overwrite_output_dir", "report_to", "logging_steps", "torch_num_threads", "num_workers",
              "per_device_eval_batch_size", "card_examples"}
@@ -57,6 +70,8 @@ class PushSettings:
     update_parent: bool = False  # point the parent's card at this version (new_version)
     retries: int = 4
     backoff_seconds: float = 2.0
+    timeout: float | None = None  # seconds a request waits for the Hub; None: $HF_ADAPT_HUB_TIMEOUT, else 30
+    deadline: float | None = None  # seconds the push may take, 0 = no limit; None: $HF_ADAPT_HUB_DEADLINE, else 1800
 
 
 @dataclass
@@ -94,6 +109,7 @@ class PublishOptions:
             return
         if not self.hub_model_id:
             raise HubError("push_to_hub needs hub_model_id (org/name)")
+        push_limits(None, None)  # a bad HF_ADAPT_HUB_TIMEOUT / HF_ADAPT_HUB_DEADLINE fails now, not after training
         preflight(self.hub_model_id, base_model, self.hub_revision, self.hub_create_pr)
         if self.hub_parent:
             check_repo_id(self.hub_parent.partition("@")[0], "hub_parent")
@@ -185,60 +201,230 @@ def _status(err: BaseException) -> int | None:
     return getattr(response, "status_code", None)
 
 
-def _transport_errors() -> tuple[type[BaseException], ...]:
-    """Network-level failures: the builtin ones and the HTTP client's (httpx2 for huggingface_hub 2.x, httpx for 1.x)."""
+def _client_errors(name: str) -> tuple[type[BaseException], ...]:
+    """The exception class ``name`` of the HTTP client huggingface_hub uses (httpx2 for 2.x, httpx for 1.x)."""
     import importlib
 
-    errors: list[type[BaseException]] = [ConnectionError, TimeoutError]
-    for name in ("httpx2", "httpx"):
+    errors: list[type[BaseException]] = []
+    for module in ("httpx2", "httpx"):
         try:
-            errors.append(importlib.import_module(name).TransportError)
+            errors.append(getattr(importlib.import_module(module), name))
         except (ImportError, AttributeError):
             continue
     return tuple(errors)
+
+
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """Network-level failures, timeouts included: the builtin ones and the HTTP client's."""
+    return (ConnectionError, TimeoutError, *_client_errors("TransportError"))
+
+
+def _in_chain(err: BaseException | None, types: tuple[type[BaseException], ...]) -> BaseException | None:
+    """``err`` or the first of its causes that is one of ``types``: huggingface_hub wraps some network errors
+    (``hf_hub_download`` raises ``LocalEntryNotFoundError`` from a timeout)."""
+    for _ in range(10):
+        if err is None or isinstance(err, types):
+            return err
+        err = err.__cause__ if err.__cause__ is not None else None if err.__suppress_context__ else err.__context__
+    return None
 
 
 def _is_transient(err: BaseException) -> bool:
     status = _status(err)
     if status is not None:
         return status in TRANSIENT_STATUS
-    return isinstance(err, _transport_errors())
+    return _in_chain(err, _transport_errors()) is not None
+
+
+_WAITED_FOR = {  # timeout class -> what the server did not do, and which timeout ran out
+    "ConnectTimeout": ("did not accept a connection", "connect"), "ReadTimeout": ("did not answer", "read"),
+    "WriteTimeout": ("did not take the data sent", "write"), "PoolTimeout": ("had no free connection", "pool")}
+
+
+def _describe_timeout(err: BaseException) -> str:
+    """What timed out, where, and after how long, from the request the client attached (never its headers)."""
+    try:
+        request = err.request
+    except (AttributeError, RuntimeError):
+        request = None
+    waited, phase = _WAITED_FOR.get(type(err).__name__, ("did not answer", "read"))
+    if request is None:
+        return f"the Hub {waited} in time ({type(err).__name__})"
+    url = request.url
+    seconds = (request.extensions.get("timeout") or {}).get(phase)
+    within = f" within {seconds:.3g} s" if seconds else ""
+    origin = f"{url.scheme}://{url.host}" + (f":{url.port}" if url.port else "")
+    return (f"{origin} {waited}{within} ({type(err).__name__} on {request.method} {url.path}); check the network "
+            f"and HF_ENDPOINT, or raise the timeout ({TIMEOUT_ENV} or --hub-timeout)")
 
 
 def _describe(err: BaseException) -> str:
     status = _status(err)
+    timeout = None if status else _in_chain(err, _client_errors("TimeoutException"))
+    if timeout is not None:
+        return scrub(_describe_timeout(timeout))
     first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     return scrub(f"HTTP {status}: {first_line}" if status else f"{type(err).__name__}: {first_line}")
 
 
-def with_retries(what: str, call: Callable[[], T], retries: int = 4, backoff_seconds: float = 2.0) -> T:
+def with_retries(what: str, call: Callable[[], T], retries: int = 4, backoff_seconds: float = 2.0,
+                 budget: _Budget | None = None) -> T:
     """Run ``call``; retry transient failures with exponential backoff; raise :class:`HubError` otherwise.
+
+    With a ``budget`` (inside :func:`push_output`) no wait outlasts the push's deadline: when the next attempt
+    could not start before it, the push fails at once.
 
     The error raised carries neither cause nor context: the HTTP error it replaces holds
     the request, and the request holds the token.
     """
     for attempt in range(1, retries + 2):
         failure = None
+        tries = f" after {attempt} attempts" if attempt > 1 else ""
         try:
             return call()
         except HubError:
             raise
         except Exception as err:  # noqa: BLE001 - every failure becomes a clear HubError below
             status = _status(err)
-            if status in (401, 403):
+            if (late := _in_chain(err, (_PastDeadline,))) is not None:
+                failure = f"{what} stopped{tries}: {late}"
+            elif status in (401, 403):
                 failure = (f"{what}: the Hub refused the token (HTTP {status}); check that HF_TOKEN or "
                            "`hf auth login` holds a token with write access to this repo")
             elif not _is_transient(err) or attempt > retries:
-                tries = f" after {attempt} attempts" if attempt > 1 else ""
                 failure = f"{what} failed{tries}: {_describe(err)}"
             else:
                 delay = min(backoff_seconds * 2 ** (attempt - 1), 60.0)
-                logger.warning("%s: %s; retrying in %.1f s (%d/%d)", what, _describe(err), delay, attempt, retries)
+                if budget is not None and not budget.allows(delay):
+                    failure = f"{what} failed{tries}: {_describe(err)}; {budget.no_time_left()}"
+                else:
+                    logger.warning("%s: %s; retrying in %.1f s (%d/%d)", what, _describe(err), delay, attempt,
+                                   retries)
             del err
         if failure is not None:
             raise HubError(failure)  # outside the except block: no __context__ pointing at the request
         time.sleep(delay)
     raise AssertionError("unreachable")
+
+
+# ---------------------------------------------------------------- time limits
+
+
+def _seconds(value: float | None, env: str, default: float, flag: str, *, zero_ok: bool) -> float:
+    source, raw = f"{flag} (PushSettings.{flag.removeprefix('--hub-')})", value
+    if value is None:
+        raw = os.environ.get(env, "").strip()
+        if not raw:
+            return default
+        source = env
+    try:
+        seconds = float(raw)
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not zero_ok):
+        expected = "0 (no limit) or more" if zero_ok else "above 0"
+        raise HubError(f"{source} must be a number of seconds, {expected}; got {raw!r}")
+    return seconds
+
+
+def push_limits(timeout: float | None, deadline: float | None) -> tuple[float, float]:
+    """The push's ``(timeout, deadline)`` in seconds: as given, else from ``HF_ADAPT_HUB_TIMEOUT`` /
+    ``HF_ADAPT_HUB_DEADLINE``, else 30 and 1800; a deadline of 0 means none. Refuses a value that is not one."""
+    return (_seconds(timeout, TIMEOUT_ENV, DEFAULT_TIMEOUT, "--hub-timeout", zero_ok=False),
+            _seconds(deadline, DEADLINE_ENV, DEFAULT_DEADLINE, "--hub-deadline", zero_ok=True))
+
+
+class _PastDeadline(Exception):
+    """A request the push would have started after its deadline (raised inside the HTTP client)."""
+
+
+class _Budget:
+    """A running push's time limits: each request waits at most ``timeout`` s for the Hub's next bytes, and none
+    starts once ``deadline`` s have passed since the push began."""
+
+    def __init__(self, timeout: float, deadline: float):
+        self.timeout, self.deadline = timeout, deadline
+        self.ends = time.monotonic() + deadline if deadline else None
+
+    def left(self) -> float:
+        return math.inf if self.ends is None else self.ends - time.monotonic()
+
+    def allows(self, wait: float) -> bool:
+        """Whether an attempt could still start after waiting ``wait`` s."""
+        return self.left() > wait
+
+    def no_time_left(self) -> str:
+        return (f"no time is left for another attempt within the push's {self.deadline:g} s deadline (raise "
+                f"{DEADLINE_ENV} or --hub-deadline for a slow link; 0 = no limit)")
+
+    def past(self, request) -> str:
+        url = request.url
+        return (f"the push reached its {self.deadline:g} s deadline ({DEADLINE_ENV} or --hub-deadline; 0 = no "
+                f"limit) before {request.method} {url.scheme}://{url.host}{f':{url.port}' if url.port else ''}"
+                f"{url.path}")
+
+
+class _RunningPushes:
+    """The budgets of the pushes running in this process, applied to every huggingface_hub request through the
+    library's own client factory. The factory found first (the library's, or a user's with a proxy) is wrapped,
+    and put back when the last push ends.
+
+    The factory is process-wide, and a request cannot be traced to the push that made it (huggingface_hub
+    uploads from worker threads), so while pushes run, every Hub request gets the shortest timeout among them
+    and is refused only once all their deadlines have passed; each push still stops its own retries at its own
+    deadline.
+    """
+
+    def __init__(self):
+        self.lock = threading.Lock()  # orders starts and ends of pushes: which one installs and restores the factory
+        self.budgets: list[_Budget] = []
+        self.previous: Callable[[], Any] | None = None
+
+    @contextlib.contextmanager
+    def running(self, budget: _Budget):
+        from huggingface_hub import set_client_factory
+
+        with self.lock:
+            if not self.budgets:
+                from huggingface_hub.utils import _http
+
+                self.previous = getattr(_http, "_GLOBAL_CLIENT_FACTORY", None) or _http.default_client_factory
+                set_client_factory(self.client)  # closes the shared client; the next request builds a bounded one
+            self.budgets.append(budget)
+        try:
+            yield
+        finally:
+            with self.lock:
+                self.budgets.remove(budget)
+                if not self.budgets:
+                    set_client_factory(self.previous)
+
+    def client(self):
+        """The client huggingface_hub would have built, with a default timeout and :meth:`bound` as a hook."""
+        client = self.previous()  # called by get_session under huggingface_hub's lock: must not take self.lock
+        client.timeout = min((b.timeout for b in list(self.budgets)), default=DEFAULT_TIMEOUT)
+        client.event_hooks = {**client.event_hooks, "request": [*client.event_hooks["request"], self.bound]}
+        return client
+
+    def bound(self, request) -> None:
+        """Request hook: refuse a request once the deadline has passed; cap each of its timeouts (connect, write,
+        read, pool) at the push's timeout and at the time left, also where the caller set none (``model_info``
+        passes ``timeout=None``, which the client reads as "wait forever"). A read or write timeout bounds the
+        wait for the next bytes, not a whole transfer: a large upload that keeps moving is never cut by it."""
+        budgets = list(self.budgets)  # a copy: pushes in other threads may start or end meanwhile
+        if not budgets:
+            return
+        last = max(budgets, key=lambda b: b.left())
+        if last.left() <= 0:
+            raise _PastDeadline(last.past(request))
+        limit = min(min(b.timeout for b in budgets), last.left())
+        given = request.extensions.get("timeout") or {}
+        request.extensions = {**request.extensions, "timeout": {
+            phase: limit if given.get(phase) is None else min(given[phase], limit)
+            for phase in ("connect", "read", "write", "pool")}}
+
+
+_RUNNING = _RunningPushes()
 
 
 # ---------------------------------------------------------------- push
@@ -255,12 +441,18 @@ class _Remote:
 
 
 def push_output(output_dir: str | Path, settings: PushSettings) -> PushResult:
-    """Publish ``output_dir`` (an hf-adapt output) to ``settings.repo_id`` in one commit."""
+    """Publish ``output_dir`` (an hf-adapt output) to ``settings.repo_id`` in one commit, within the time
+    limits of :func:`push_limits` (every request waits at most ``timeout`` s; nothing starts after ``deadline``)."""
+    budget = _Budget(*push_limits(settings.timeout, settings.deadline))
+    with _RUNNING.running(budget):
+        return _push(Path(output_dir), settings, budget)
+
+
+def _push(directory: Path, settings: PushSettings, budget: _Budget) -> PushResult:
     from huggingface_hub import HfApi
 
     from hf_adapt.artifacts import read_run_info
 
-    directory = Path(output_dir)
     if (directory / RUN_FILE).is_file() and read_json(directory / RUN_FILE).get("recipe") in ("pretrain", "feedback"):
         run_info = read_json(directory / RUN_FILE)  # a language or reward model: no label map
     else:
@@ -270,7 +462,7 @@ def push_output(output_dir: str | Path, settings: PushSettings) -> PushResult:
     preflight(settings.repo_id, facts.get("base_model"), settings.revision, settings.create_pr)
     run_info = portable_run_info(run_info, facts)
     api = HfApi()
-    retry = {"retries": settings.retries, "backoff_seconds": settings.backoff_seconds}
+    retry = {"retries": settings.retries, "backoff_seconds": settings.backoff_seconds, "budget": budget}
     repo_id, branch = settings.repo_id, settings.revision or "main"
 
     if settings.parent:
@@ -293,7 +485,7 @@ def push_output(output_dir: str | Path, settings: PushSettings) -> PushResult:
     message = settings.commit_message or _commit_message(facts)
     with tempfile.TemporaryDirectory(prefix="hf-adapt-push-") as tmp:
         folder = _stage(directory, Path(tmp), card, run_info)
-        commit = _commit(api, repo_id, branch, folder, remote, message, settings)
+        commit = _commit(api, repo_id, branch, folder, remote, message, settings, budget)
     if tag:
         tag = _tag(api, repo_id, tag, settings.tag == "auto", commit.oid, message, retry)
     logger.info("pushed %s to %s@%s (commit %s%s)", directory, repo_id, branch, commit.oid[:10],
@@ -344,6 +536,10 @@ def push_command(output_dir: str | Path, settings: PushSettings) -> str:
         parts += ["--parent", settings.parent]
     if settings.update_parent:
         parts.append("--update-parent")
+    if settings.timeout is not None:
+        parts += ["--hub-timeout", f"{settings.timeout:g}"]
+    if settings.deadline is not None:
+        parts += ["--hub-deadline", f"{settings.deadline:g}"]
     return shlex.join(parts)
 
 
@@ -412,7 +608,8 @@ def _stage(directory: Path, tmp: Path, card, run_info: dict[str, Any]) -> Path:
     return folder
 
 
-def _commit(api, repo_id: str, branch: str, folder: Path, remote: _Remote, message: str, settings: PushSettings):
+def _commit(api, repo_id: str, branch: str, folder: Path, remote: _Remote, message: str, settings: PushSettings,
+            budget: _Budget):
     """One commit on top of the head the push read: every staged file, and the previous version's files that
     this one no longer has. A retry first checks whether the failed attempt landed after all."""
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete
@@ -434,7 +631,7 @@ def _commit(api, repo_id: str, branch: str, folder: Path, remote: _Remote, messa
     # a pull request cannot be checked for a landed attempt, so it is not retried (it could open two)
     retries = 0 if settings.create_pr else settings.retries
     try:
-        return with_retries(f"upload to {repo_id}@{branch}", attempt, retries, settings.backoff_seconds)
+        return with_retries(f"upload to {repo_id}@{branch}", attempt, retries, settings.backoff_seconds, budget)
     except HubError as err:
         if "HTTP 412" in str(err):
             raise HubError(f"{repo_id}@{branch} changed while pushing (someone else committed); rerun the push") from None

@@ -1,6 +1,12 @@
 """Image files for the labelled-data loader: open PNG/JPEG and DICOM alike, find and resolve a
 manifest's path column, and check every image before training (``on_bad_image``).
 
+Manifest paths are confined: each must resolve, symlinks followed (``os.path.realpath``), inside
+the manifest's folder or the ``image_root`` the user names. A row that points elsewhere
+(``../other/x.png``, ``/etc/passwd``, a symlink inside whose target is outside) is refused by
+row before any file outside is opened, so no stray file is trained on, nor saved with the model
+as a card example and published.
+
 DICOM files are read by :mod:`hf_adapt.dicom` with one intensity window for every split; 16-bit
 images are scaled to 8 bit, not clipped. Failures are :class:`~hf_adapt.dicom.ImageReadError`
 (a ``DataError``) whose ``reason`` is one of ``BAD_IMAGE_REASONS``.
@@ -154,28 +160,50 @@ def check_images(splits: dict[str, Any], column: str, on_bad_image: str = "error
     return skipped
 
 
-def _looks_like_image_path(value: Any, folder: Path | None) -> bool:
+def allowed_roots(folder: Path | None, image_root: str | os.PathLike[str] | None) -> list[str]:
+    """The folders (symlinks resolved) manifest paths may point into: the manifest's own, and ``image_root``."""
+    return [os.path.realpath(root) for root in (folder, image_root) if root is not None]
+
+
+def _real(path: str | os.PathLike[str]) -> str | None:
+    try:
+        return os.path.realpath(path)
+    except (OSError, ValueError):  # a NUL byte, a symlink loop on some platforms
+        return None
+
+
+def _inside(real: str | None, roots: list[str]) -> bool:
+    return real is not None and any(real == root or real.startswith(root.rstrip(os.sep) + os.sep) for root in roots)
+
+
+def _looks_like_image_path(value: Any, folder: Path | None, roots: list[str]) -> bool:
     if not isinstance(value, str) or not value:
         return False
     path = Path(value)
     if path.suffix.lower() in IMAGE_SUFFIXES:
         return True
-    return is_dicom(path if path.is_absolute() or folder is None else folder / path)
+    candidate = path if path.is_absolute() or folder is None else folder / path
+    if not _inside(_real(candidate), roots):  # never opened to sniff DICOM; resolve_paths refuses it by row
+        return "/" in value or os.sep in value
+    return is_dicom(candidate)
 
 
-def path_column(dataset, image_column: str | None, folder: Path | None) -> str | None:
+def path_column(dataset, image_column: str | None, folder: Path | None,
+                image_root: str | os.PathLike[str] | None = None) -> str | None:
     """The manifest column holding image file paths: ``image_column`` if it holds strings, else a
-    ``path`` (or ``image``) string column whose first values name image or DICOM files."""
+    ``path`` (or ``image``) string column whose first values name image or DICOM files. Only files
+    inside ``folder`` or ``image_root`` are opened to look for the DICOM marker."""
     def is_string(column: str) -> bool:
         feature = dataset.features.get(column)
         return type(feature).__name__ == "Value" and feature.dtype in ("string", "large_string")
 
     if image_column:
         return image_column if is_string(image_column) else None
+    roots = allowed_roots(folder, image_root)
     for column in _PATH_COLUMNS:
         if column in dataset.column_names and is_string(column):
             head = [v for v in dataset[column][:20] if v]
-            if head and all(_looks_like_image_path(v, folder) for v in head):
+            if head and all(_looks_like_image_path(v, folder, roots) for v in head):
                 return column
     return None
 
@@ -202,8 +230,45 @@ def count_repeated_images(splits: dict[str, Any], column: str) -> int:
     return len(repeats)
 
 
-def resolve_paths(dataset, column: str, folder: Path | None):
-    """Manifest paths made absolute (relative ones start at the manifest's folder), plus each row's index."""
+def _outside_message(split: str, outside: list[tuple[int, str, str | None]], total: int, folder: Path | None,
+                     image_root: str | os.PathLike[str] | None) -> str:
+    """The refusal of manifest rows whose paths lead out of the allowed folders: which, where to, and how to allow."""
+    where = " and ".join(([f"the manifest's folder {folder}"] if folder is not None else []) +
+                         ([f"image_root {image_root}"] if image_root is not None else [])) or \
+        "any allowed folder (the data has no local manifest folder)"
+    rows = [(row, value, real or "a path that cannot be resolved") for row, value, real in outside]
+    if len(rows) == 1:
+        (row, value, real), = rows
+        named = f"split {split!r} manifest row {row}: image path {value!r} resolves to {real}, outside {where}"
+    else:
+        shown = "; ".join(f"manifest row {row}: {value!r} resolves to {real}" for row, value, real in rows[:5])
+        more = f" (and {len(rows) - 5} more)" if len(rows) > 5 else ""
+        named = f"split {split!r}: {len(rows)} of {total} manifest image paths lie outside {where}: {shown}{more}"
+    example = os.path.dirname(outside[0][2]) if outside[0][2] else "/path/to/images"
+    return (f"{named}; manifest image paths must resolve inside the allowed folders once symlinks are followed, so "
+            "that no file elsewhere is read, or saved and published with the model (nothing outside was opened); "
+            f"to use these images, allow the folder holding them: image_root: {example}")
+
+
+def resolve_paths(dataset, column: str, folder: Path | None, image_root: str | os.PathLike[str] | None = None,
+                  split: str = "train"):
+    """Manifest paths made absolute (relative ones start at the manifest's folder), plus each row's index.
+
+    Raises:
+        DataError: naming every row (the first five) whose path resolves, symlinks followed, outside
+            ``folder`` and ``image_root``; those files are neither opened nor read.
+    """
+    roots = allowed_roots(folder, image_root)
+    values = dataset[column]
+    outside = []
+    for row, value in enumerate(values):
+        if value:  # an empty path is check_images' to report
+            real = _real(value if folder is None or os.path.isabs(value) else folder / value)
+            if not _inside(real, roots):
+                outside.append((row, value, real))
+    if outside:
+        raise DataError(_outside_message(split, outside, len(values), folder, image_root))
+
     def resolve(batch, indices):
         paths = [v if not v or folder is None or os.path.isabs(v) else str(folder / v) for v in batch[column]]
         return {column: paths, MANIFEST_ROW: indices}

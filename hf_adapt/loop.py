@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from hf_adapt import preemption
 from hf_adapt.adapters import freeze_frozen_norm_statistics
 from hf_adapt.metrics import classification_metrics, is_better
 
@@ -348,6 +349,7 @@ def make_optimizer(model: nn.Module, settings: LoopSettings) -> torch.optim.Opti
     return torch.optim.AdamW(param_groups, lr=settings.learning_rate)
 
 
+@preemption.stoppable
 def fit(accelerator, model: nn.Module, task: Task, train_loader: DataLoader, eval_loader: DataLoader | None,
         settings: LoopSettings, evaluate_fn: Callable[..., dict[str, float]] | None = None,
         callbacks: list[Callback] | tuple[Callback, ...] = (), checkpoints: Phase | None = None,
@@ -364,6 +366,9 @@ def fit(accelerator, model: nn.Module, task: Task, train_loader: DataLoader, eva
     and when training ends, and first resume from ``checkpoints.resume_from`` if set. A resumed
     run continues bitwise where the saved one was: the same batches in the same order, the same
     dropout draws, and (with loaders from :func:`training_loader`) the same augmentation.
+
+    SIGTERM (see :mod:`hf_adapt.preemption`) stops every process at the same optimiser step, with a
+    checkpoint there when ``checkpoints`` is given, and raises :class:`~hf_adapt.preemption.Preempted`.
     """
     evaluate_fn = evaluate_fn or evaluate
     from transformers import get_scheduler
@@ -423,6 +428,8 @@ def fit(accelerator, model: nn.Module, task: Task, train_loader: DataLoader, eva
                     progress.set_postfix(loss=f"{mean_loss:.4f}")
                 if checkpoints is not None and checkpoints.every_steps and run.step % checkpoints.every_steps == 0:
                     run.save()
+                if run.should_stop():
+                    run.stop()
             if run.step >= total_steps:
                 break
         run.check_divergence()
@@ -469,6 +476,7 @@ class _Run:
         self.best_state: dict[str, torch.Tensor] | None = None
         self.finished = False
         self.last_checkpoint: str | None = None
+        self.saved_step: int | None = None
         self.epoch_generator = None  # the shuffling generator's state when the current epoch began
         # the first optimiser step whose loss was NaN or inf (-1: none); a tensor, so no device sync per step
         self.diverged_at = torch.full((), -1, dtype=torch.long, device=accelerator.device)
@@ -527,6 +535,29 @@ class _Run:
         if self.best_state is not None:
             tensors.update({f"best.{k}": v for k, v in self.best_state.items()})
         self.last_checkpoint = str(self.checkpoints.save(self.accelerator, self.step, state, tensors))
+        self.saved_step = self.step
+
+    def should_stop(self) -> bool:
+        """Whether SIGTERM reached any process, decided by all at the same step: every step on one process,
+        every ``logging_steps`` on several (a small collective, like the divergence check's)."""
+        if self.accelerator.num_processes == 1:
+            return preemption.requested()
+        if self.step % self.settings.logging_steps:
+            return False
+        flag = torch.tensor([int(preemption.requested())], device=self.accelerator.device)
+        return bool(self.accelerator.gather(flag).max().item())
+
+    def stop(self) -> None:
+        """Save where training stands (when checkpointing) and raise :class:`~hf_adapt.preemption.Preempted`."""
+        if self.checkpoints is None:
+            kept = ("checkpointing is off, so the training done so far is lost (set --checkpointing_steps N to "
+                    "make a stop resumable)")
+        else:
+            if self.saved_step != self.step:
+                self.save()
+            kept = f"saved checkpoint {self.last_checkpoint}; continue with --resume_from_checkpoint latest"
+        raise preemption.Preempted(f"stopped by SIGTERM at optimiser step {self.step} (epoch {self.epoch}): {kept}; "
+                                   "the output directory was not written")
 
     def _resume(self) -> None:
         state, tensors = self.checkpoints.load(self.accelerator, self.model)

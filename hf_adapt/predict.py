@@ -1,7 +1,13 @@
-"""Serve an hf-adapt output: ``load_adapted(path_or_repo_id)`` returns a :class:`Predictor`."""
+"""Serve an hf-adapt output: ``load_adapted(path_or_repo_id)`` returns a :class:`Predictor`.
+
+Every input is checked by :func:`hf_adapt.inputs.check_inputs` against what the model was trained on (``hf_adapt.json``'s
+``data`` block) before the model sees it; what does not fit is refused with a ``DataError`` that names the
+input's index in the batch, the column, what was expected and what was got.
+"""
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -9,16 +15,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from hf_adapt.artifacts import check_base, check_safetensors, read_run_info, restore_model
+from hf_adapt.artifacts import check_artifacts, check_base, read_run_info, restore_model
 from hf_adapt.backbones import get_builder
 from hf_adapt.data import render_row
 from hf_adapt.errors import ModelError
+from hf_adapt.inputs import as_batch, check_inputs
 from hf_adapt.metrics import softmax
 from hf_adapt.transfer import backbone_spec
 
+# ----------------------------------------------------------------------------- the predictor
+
 
 class Predictor:
-    """Labels and probabilities for images, texts or table rows."""
+    """Labels and probabilities for images, texts or table rows; each input is checked first (:func:`check_inputs`)."""
 
     def __init__(self, model: torch.nn.Module, backbone, preprocessor, labels: list[str], info: dict[str, Any],
                  device: str | torch.device = "cpu", batch_size: int = 32):
@@ -29,26 +38,19 @@ class Predictor:
         self.info = info
         self.device = torch.device(device)
         self.batch_size = batch_size
+        data = info["data"]
+        kind = data.get("kind") or ("image" if preprocessor.input_kind == "image"
+                                    else "table" if data.get("feature_columns") else "text")  # outputs before "kind"
+        self.data_info = {**data, "kind": kind}
+
+    def _model_input(self, item: Any) -> Any:
+        """A checked input as the preprocessor takes it: a row rendered as training rendered it."""
+        if isinstance(item, dict):
+            return render_row(item, self.data_info["feature_columns"], self.data_info.get("text_template"))
+        return item
 
     def _to_input(self, item: Any) -> Any:
-        data = self.info["data"]
-        if self.preprocessor.input_kind == "text":
-            if isinstance(item, dict):
-                return render_row(item, data["feature_columns"], data["text_template"])
-            return str(item)
-        from PIL import Image
-
-        from hf_adapt.images import open_image
-
-        if isinstance(item, (str, Path)):  # PNG/JPEG or DICOM, windowed as in training
-            return open_image(item, str(item), data.get("dicom_window"))
-        if isinstance(item, dict) and data.get("pixel_shape"):
-            item = np.asarray([item[c] for c in data["feature_columns"]], dtype=np.float32)
-        if isinstance(item, np.ndarray):
-            if data.get("pixel_shape") and item.ndim == 1:
-                item = item.reshape(data["pixel_shape"])
-            return Image.fromarray(np.clip(item, 0, 255).astype(np.uint8))
-        return item
+        return self._model_input(check_inputs([item], self.data_info)[0])
 
     @torch.no_grad()
     def logits(self, inputs: Any, task: str | None = None) -> torch.Tensor:
@@ -57,12 +59,16 @@ class Predictor:
         ``task``: for a task-incremental continual model, the experience the inputs belong to (its
         classes alone compete); other models take none.
         """
-        if not isinstance(inputs, list):
-            inputs = [inputs]
+        items = as_batch(inputs)
         route = self._route(task)
+        # rows and texts are all checked before any model work; images are read (and checked) a chunk at a time
+        eager = self.data_info["kind"] != "image"
+        items = check_inputs(items, self.data_info) if eager else items
         out = []
-        for start in range(0, len(inputs), self.batch_size):
-            chunk = [self._to_input(x) for x in inputs[start:start + self.batch_size]]
+        for start in range(0, len(items), self.batch_size):
+            chunk = items[start:start + self.batch_size]
+            chunk = chunk if eager else check_inputs(chunk, self.data_info, first_index=start)
+            chunk = [self._model_input(x) for x in chunk]
             batch = {k: v.to(self.device) for k, v in self.preprocessor.collate(chunk, train=False).items()}
             out.append(route(batch).float().cpu())
         return torch.cat(out)
@@ -125,13 +131,47 @@ class Predictor:
         return self.predict(inputs, task)
 
 
+def _not_a_repo_id(text: str) -> str | None:
+    """Why ``text`` cannot be a Hub repo id (it is a path), or None when it can be one."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    if text.startswith(("./", "../", "/", "~", ".\\", "..\\")) or text in (".", "..") or os.path.isabs(text):
+        return "it is a path"
+    if "\\" in text or text.count("/") > 1:
+        return "a Hub repo id is 'name' or 'owner/name'"
+    try:
+        validate_repo_id(text)
+    except HFValidationError as err:
+        return f"not a valid one: {err}"
+    return None
+
+
 def _local_dir(path_or_repo_id: str, revision: str | None) -> Path:
-    path = Path(path_or_repo_id)
+    """The folder of an output: a local folder, else the snapshot of a Hub repo (downloaded, or from the cache).
+
+    A string that can only be a path is never sent to the Hub; one that could be either (``owner/name``
+    with no such folder here) is, and if the Hub has no such repo the error names both possibilities.
+    """
+    text = os.fspath(path_or_repo_id)
+    path = Path(text).expanduser()
     if path.is_dir():
         return path
+    if path.exists():
+        raise ModelError(f"{text} is a file, not an hf-adapt output folder")
+    folder = f"no such folder: {path.absolute()}"
+    not_a_repo = _not_a_repo_id(text)
+    if not_a_repo:
+        raise ModelError(f"{text} is neither an hf-adapt output folder ({folder}) nor a Hub repo id ({not_a_repo})")
     from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
 
-    return Path(snapshot_download(path_or_repo_id, revision=revision))
+    try:
+        return Path(snapshot_download(text, revision=revision))
+    except (HfHubHTTPError, HFValidationError, LocalEntryNotFoundError) as err:
+        detail = (str(err).strip().splitlines() or [""])[0][:200]
+        raise ModelError(f"{text} is neither an hf-adapt output folder ({folder}) nor a Hub repo that can be read "
+                         f"({type(err).__name__}: {detail})") from err
 
 
 def load_adapted(path_or_repo_id: str, merge: bool = False, device: str = "cpu",
@@ -148,7 +188,8 @@ def load_adapted(path_or_repo_id: str, merge: bool = False, device: str = "cpu",
             cannot turn this on by itself, since folders from the Hub are untrusted.
     """
     directory = _local_dir(path_or_repo_id, revision)
-    info, labels = read_run_info(directory)
+    info, labels = read_run_info(directory)  # another recipe's output is refused here, naming its loader
+    check_artifacts(directory, info)  # damaged weights fail now, before the base model is built
     if info.get("operating_point_error"):
         import logging
 
@@ -169,7 +210,6 @@ def load_adapted(path_or_repo_id: str, merge: bool = False, device: str = "cpu",
     model = restore_model(backbone, info["regime"], directory)
     adapters = (info.get("continual") or {}).get("adapters") or {}
     for name in sorted(set(adapters.values()) - {"default"}):  # one adapter per experience
-        check_safetensors(directory / name)
         model.load_adapter(str(directory / name), adapter_name=name)
     if merge and hasattr(model, "merge_and_unload") and len(set(adapters.values())) <= 1:  # several: routed, unmerged
         try:

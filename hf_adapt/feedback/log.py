@@ -164,12 +164,74 @@ def _locked(handle) -> Iterator[None]:
         fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
+def _unwritable(value: Any, name: str, within: tuple[int, ...] = ()) -> str | None:
+    """Why ``value`` (the field ``name``) cannot be one line of strict UTF-8 JSON, or None.
+
+    Names the innermost field at fault (``metadata.tags``, ``completion[0].content``): JSON holds
+    text, numbers, booleans, null, lists and objects with text keys; NaN and infinity are not JSON,
+    and a lone surrogate (half of a UTF-16 pair, e.g. from a badly decoded request) is not UTF-8.
+    """
+    if value is None or isinstance(value, (bool, int)):
+        return None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else f"{name} is {value}, which JSON cannot hold"
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as err:
+            return (f"{name} holds a lone surrogate ({value[err.start]!r} at character {err.start}), "
+                    "which is not UTF-8 text")
+        return None
+    if not isinstance(value, (list, tuple, dict)):
+        return f"{name} is a {type(value).__name__}, which JSON cannot hold (use text, numbers, lists or objects)"
+    if id(value) in within:
+        return f"{name} contains itself"
+    within = (*within, id(value))
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return f"{name} has a key {key!r} ({type(key).__name__}); JSON keys are text"
+            problem = _unwritable(key, f"{name} key", within) or _unwritable(item, f"{name}.{key}", within)
+            if problem:
+                return problem
+        return None
+    return next((p for i, v in enumerate(value) if (p := _unwritable(v, f"{name}[{i}]", within))), None)
+
+
+def _lines(entries: Iterable[dict[str, Any]]) -> bytes:
+    """Records as JSON lines in strict UTF-8, or ``DataError`` naming the field that cannot be written."""
+    lines = []
+    for entry in entries:
+        try:
+            problem = _unwritable(entry, "record")
+            if problem is None:
+                lines.append(json.dumps(entry, ensure_ascii=False, sort_keys=True, allow_nan=False) + "\n")
+        except (TypeError, ValueError, RecursionError) as err:  # what the walk above did not foresee
+            problem = f"not writable as JSON ({type(err).__name__}: {err})"
+        if problem:
+            raise DataError(problem.removeprefix("record."))
+    return "".join(lines).encode("utf-8")
+
+
+def _ends_a_line(handle) -> bool:
+    """Whether the file ends in a newline (or is empty): called under the lock, so its end cannot move."""
+    size = os.fstat(handle.fileno()).st_size
+    if size == 0:
+        return True
+    handle.seek(size - 1)  # only reads move: O_APPEND writes still go to the end
+    return handle.read(1) == b"\n"
+
+
 class FeedbackLog:
     """An append-only JSONL feedback log, safe to write from many processes at once.
 
     Each :meth:`record` validates the record, takes an exclusive lock on the file, appends one
     line and ``fsync``s it before returning: a record whose call returned is on disk, whole,
-    and never interleaved with another writer's.
+    and never interleaved with another writer's. A record that cannot be written as strict JSON
+    (an object or set in ``metadata``, NaN, a lone surrogate in the text) is refused by field
+    before the file is touched. When a crash left the last line torn (no closing newline), the
+    next record starts a new line: the torn line stays one bad line, which readers count and
+    skip, and no record written after it is lost.
 
     Example::
 
@@ -203,11 +265,20 @@ class FeedbackLog:
         return entry
 
     def write(self, entries: Iterable[dict[str, Any]]) -> None:
-        """Append already validated records in one locked, fsynced write."""
-        data = "".join(json.dumps(e, ensure_ascii=False, sort_keys=True) + "\n" for e in entries).encode()
+        """Append already validated records in one locked, fsynced write.
+
+        Every record is serialised before the file is opened, so one that cannot be written
+        (``DataError`` naming its field) leaves the log untouched.
+        """
+        try:
+            data = _lines(entries)
+        except DataError as err:
+            raise DataError(f"feedback record not written to {self.path}: {err}") from None
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        with os.fdopen(fd, "ab", buffering=0) as handle, _locked(handle):
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)  # read: to see how the file ends
+        with os.fdopen(fd, "r+b", buffering=0) as handle, _locked(handle):
+            if not _ends_a_line(handle):  # a writer died mid-line: keep its tail apart from ours
+                data = b"\n" + data
             view = memoryview(data)
             while view:  # a write may be partial (signals, pipes): finish it under the lock
                 view = view[handle.write(view):]

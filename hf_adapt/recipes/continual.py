@@ -77,6 +77,14 @@ class ContinualResult:
 
 
 def main(cfg: ContinualConfig) -> ContinualResult:
+    """Run the recipe as the only writer of ``cfg.output_dir`` (see :func:`hf_adapt.outputs.claimed`)."""
+    from hf_adapt import outputs
+
+    with outputs.claimed(cfg.output_dir, cfg.overwrite_output_dir):
+        return _run(cfg)
+
+
+def _run(cfg: ContinualConfig) -> ContinualResult:
     from accelerate.utils import set_seed
 
     from hf_adapt import outputs, transfer
@@ -92,7 +100,6 @@ def main(cfg: ContinualConfig) -> ContinualResult:
     from hf_adapt.runtime import make_accelerator, set_cpu_threads
 
     started = time.perf_counter()
-    outputs.check_output_dir(cfg.output_dir, cfg.overwrite_output_dir)
     cfg.check_push(cfg.base_model_id)
     checkpoints = Checkpoints.from_config(cfg)
     staging = outputs.staging_path(cfg.output_dir)
@@ -186,7 +193,7 @@ def main(cfg: ContinualConfig) -> ContinualResult:
         trainable, total = count_parameters(model)
         outputs.write_on_main(accelerator, staging, cfg.output_dir, lambda directory: _write_outputs(
             directory, cfg, accelerator, model, backbone, run, strategy, results, parent, trainable, total,
-            time.perf_counter() - started))
+            time.perf_counter() - started), overwrite=cfg.overwrite_output_dir)
         accelerator.end_training()
     except BaseException:
         outputs.discard(staging)
@@ -363,7 +370,7 @@ def _resume(parent, labels: list[str], cfg):
 def _write_outputs(directory: Path, cfg, accelerator, model, backbone, run, strategy, results, parent, trainable, total,
                    wall_seconds) -> None:
     from hf_adapt import cards, figures, transfer
-    from hf_adapt.artifacts import save_model, write_run_info
+    from hf_adapt.artifacts import column_kinds, save_model, write_run_info
     from hf_adapt.config import save_config
     from hf_adapt.continual.metrics import markdown_table
     from hf_adapt.outputs import write_json
@@ -399,7 +406,7 @@ def _write_outputs(directory: Path, cfg, accelerator, model, backbone, run, stra
         "continues": {"source": parent.source, "revision": parent.revision} if parent else None,
         "head_names": backbone.head_names,
         "data": {"kind": data.kind, "feature_columns": data.feature_columns, "text_template": data.text_template,
-                 "pixel_shape": cfg.pixel_shape, "input_column": data.input_column},
+                 "pixel_shape": cfg.pixel_shape, "input_column": data.input_column, "column_kinds": column_kinds(data)},
         "continual": {"scenario": cfg.scenario, "strategy": strategy.name, "adapters": adapters,
                       "tasks": {e.name: {"task": e.task, "classes": e.classes} for e in run.experiences}},
     }, run.label_names)

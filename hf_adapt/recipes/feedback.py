@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from hf_adapt.checkpoints import CheckpointOptions
+from hf_adapt.config import check_numbers
 from hf_adapt.errors import ConfigError, DataError, ReleaseGateError
 from hf_adapt.hub import PublishOptions
 
@@ -117,6 +118,7 @@ class FeedbackConfig(CheckpointOptions, PublishOptions):
     limitations: str | None = field(default=None, metadata={"help": "Known limitations, for the card."})
 
     def __post_init__(self) -> None:
+        check_numbers(self)  # learning rates, batch sizes, epochs, steps: the rules all recipes share
         if not self.feedback:
             raise ConfigError("feedback: name the feedback log (a .jsonl/.json/.parquet file, a folder or a Hub "
                               "dataset repo)")
@@ -148,6 +150,10 @@ class FeedbackConfig(CheckpointOptions, PublishOptions):
                 parse_time(self.feedback_since, "feedback_since")
             except ValueError as err:
                 raise ConfigError(str(err)) from None
+        if not self.init_from:  # with init_from the parent's adapter continues and this one is ignored
+            from hf_adapt.adapters import check_adapter
+
+            check_adapter(self.adapter)
 
 
 @dataclass
@@ -311,8 +317,11 @@ def make_trainer(cfg: FeedbackConfig, model, tokenizer, rows: list[dict[str, Any
     from hf_adapt.feedback.evaluate import load_function
 
     _, trainer_class = trl_classes(cfg.trainer)
+    from hf_adapt.preemption import trainer_callback
+
     kwargs: dict[str, Any] = {"model": model, "args": args, "train_dataset": Dataset.from_list(rows),
-                              "processing_class": tokenizer}
+                              "processing_class": tokenizer,
+                              "callbacks": [trainer_callback(save=cfg.checkpointing_steps is not None)]}
     if cfg.trainer == "grpo":
         kwargs["reward_funcs"] = [load_function(path, "reward_funcs") for path in cfg.reward_funcs]
     return trainer_class(**kwargs)
@@ -322,10 +331,18 @@ def make_trainer(cfg: FeedbackConfig, model, tokenizer, rows: list[dict[str, Any
 
 
 def main(cfg: FeedbackConfig) -> FeedbackResult:
+    """Run the recipe as the only writer of ``cfg.output_dir`` (see :func:`hf_adapt.outputs.claimed`)."""
+    from hf_adapt import outputs
+
+    with outputs.claimed(cfg.output_dir, cfg.overwrite_output_dir):
+        return _run(cfg)
+
+
+def _run(cfg: FeedbackConfig) -> FeedbackResult:
     from accelerate import PartialState
     from accelerate.utils import set_seed
 
-    from hf_adapt import outputs, transfer
+    from hf_adapt import outputs, preemption, transfer
     from hf_adapt.checkpoints import trainer_checkpoints
     from hf_adapt.feedback.convert import convert
     from hf_adapt.feedback.inspect import summarize
@@ -334,7 +351,6 @@ def main(cfg: FeedbackConfig) -> FeedbackResult:
     from hf_adapt.runtime import set_cpu_threads
 
     started = time.perf_counter()
-    outputs.check_output_dir(cfg.output_dir, cfg.overwrite_output_dir)
     # the main process scores the round (generation included) while the other ranks wait in a collective
     state = PartialState(cpu=_cpu_ranks(), timeout=datetime.timedelta(seconds=cfg.ddp_timeout))
     if state.num_processes != int(os.environ.get("WORLD_SIZE", "1")):
@@ -402,7 +418,13 @@ def main(cfg: FeedbackConfig) -> FeedbackResult:
     try:
         args = trl_config(cfg, str(checkpoint_dir or workdir), conversion.counts, state.num_processes)
         trainer = make_trainer(cfg, backbone_model, tokenizer, conversion.rows, args)
-        train_output = trainer.train(resume_from_checkpoint=resume)
+        with preemption.training():
+            train_output = trainer.train(resume_from_checkpoint=resume)
+            if preemption.requested():
+                kept = (f"its checkpoint is in {checkpoint_dir}; continue with --resume_from_checkpoint latest"
+                        if cfg.checkpointing_steps else "checkpointing is off, so the round's training is lost")
+                raise preemption.Preempted(f"stopped by SIGTERM at step {trainer.state.global_step}: {kept}; the "
+                                           "output directory was not written")
         accelerator = trainer.accelerator
         model = accelerator.unwrap_model(trainer.model)
         metrics, examples, gate = {}, [], {}
@@ -422,7 +444,7 @@ def main(cfg: FeedbackConfig) -> FeedbackResult:
                 staging.mkdir(parents=True)
             outputs.write_on_main(accelerator, staging, cfg.output_dir, lambda directory: _write_outputs(
                 directory, cfg, accelerator, model, tokenizer, backbone, metrics, facts,
-                time.perf_counter() - started))
+                time.perf_counter() - started), overwrite=cfg.overwrite_output_dir)
         except BaseException:
             outputs.discard(staging)
             raise

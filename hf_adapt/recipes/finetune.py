@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from hf_adapt.checkpoints import CheckpointOptions
+from hf_adapt.config import check_numbers
 from hf_adapt.errors import ConfigError, OperatingPointError
 from hf_adapt.hub import PublishOptions
 
@@ -81,6 +82,7 @@ class FinetuneConfig(CheckpointOptions, PublishOptions):
     group_column: str | None = field(default=None, metadata={"help": "Column of group ids, e.g. patient_id: carved splits and cross-validation folds keep every group in one split, and given splits must not share a group."})
     dicom_window: list | None = field(default=None, metadata={"help": "DICOM images: [center, width] of the intensity window (after rescale slope/intercept); unset = the file's own window, else its full range."})
     on_bad_image: Literal["error", "skip"] = field(default="error", metadata={"help": "An image that cannot be read (missing file, no pixel data, unsupported transfer syntax, truncated): error stops before training; skip drops the row with a warning that counts each reason."})
+    image_root: str | None = field(default=None, metadata={"help": "Manifests: a folder whose images the manifest may also name, besides its own folder (e.g. a shared scans folder beside it). Every manifest path must resolve, symlinks followed, inside one of the two; a path that leads elsewhere (../x.png, /an/absolute/path, a symlink pointing out) is refused before anything there is read, so no stray file is trained on or published as a card example."})
     # --- transfer
     init_from: str | None = field(default=None, metadata={"help": "Start from the backbone of an earlier hf-adapt output (a folder or Hub repo; a finetune or pretrain run): its adapter is merged, its head dropped, and a new head is trained for this data. The base model comes from that output; model_name_or_path may only name the same one."})
     init_from_revision: str | None = field(default=None, metadata={"help": "Hub branch, tag or commit of init_from."})
@@ -131,19 +133,12 @@ class FinetuneConfig(CheckpointOptions, PublishOptions):
     limitations: str | None = field(default=None, metadata={"help": "Known limitations to add to the card."})
 
     def __post_init__(self):
+        check_numbers(self)  # learning rates, batch sizes, epochs, steps: the rules all recipes share
         for name in ("validation_size", "test_size"):
             if not 0 < getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be between 0 and 1, got {getattr(self, name)}")
         if self.validation_size + self.test_size >= 1:
             raise ConfigError("validation_size + test_size must leave rows for training")
-        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
-                     "num_train_epochs", "logging_steps", "max_length"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not 0 <= self.warmup_ratio < 1:
-            raise ConfigError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
-        if self.num_workers < 0:
-            raise ConfigError(f"num_workers must be >= 0, got {self.num_workers}")
         if self.train_fraction is not None and self.train_samples_per_class is not None:
             raise ConfigError("set train_fraction or train_samples_per_class, not both")
         if self.train_fraction is not None and not 0 < self.train_fraction <= 1:
@@ -181,6 +176,10 @@ class FinetuneConfig(CheckpointOptions, PublishOptions):
         schedulers = [s.value for s in SchedulerType]
         if self.lr_scheduler_type not in schedulers:
             raise ConfigError(f"lr_scheduler_type {self.lr_scheduler_type!r} is not one of {schedulers}")
+        if self.regime == "adapter":
+            from hf_adapt.adapters import check_adapter
+
+            check_adapter(self.adapter)
 
 
 def data_spec(cfg: FinetuneConfig):
@@ -198,7 +197,7 @@ def data_spec(cfg: FinetuneConfig):
         validation_size=cfg.validation_size, test_size=cfg.test_size, seed=cfg.seed, max_samples=limits,
         load_kwargs=cfg.data_kwargs or {}, train_fraction=cfg.train_fraction,
         train_samples_per_class=cfg.train_samples_per_class, group_column=cfg.group_column,
-        dicom_window=cfg.dicom_window, on_bad_image=cfg.on_bad_image,
+        dicom_window=cfg.dicom_window, on_bad_image=cfg.on_bad_image, image_root=cfg.image_root,
     )
 
 
@@ -333,6 +332,14 @@ class _Trainer:
 
 
 def main(cfg: FinetuneConfig) -> FinetuneResult:
+    """Run the recipe as the only writer of ``cfg.output_dir`` (see :func:`hf_adapt.outputs.claimed`)."""
+    from hf_adapt import outputs
+
+    with outputs.claimed(cfg.output_dir, cfg.overwrite_output_dir):
+        return _run(cfg)
+
+
+def _run(cfg: FinetuneConfig) -> FinetuneResult:
     from accelerate.utils import set_seed
 
     from hf_adapt import baselines, crossval, outputs, transfer
@@ -345,7 +352,6 @@ def main(cfg: FinetuneConfig) -> FinetuneResult:
     from hf_adapt.runtime import make_accelerator, set_cpu_threads
 
     started = time.perf_counter()
-    outputs.check_output_dir(cfg.output_dir, cfg.overwrite_output_dir)
     cfg.check_push(cfg.base_model_id)
     checkpoints = Checkpoints.from_config(cfg)
     staging = outputs.staging_path(cfg.output_dir)  # created by the main process once inputs are valid
@@ -415,7 +421,7 @@ def main(cfg: FinetuneConfig) -> FinetuneResult:
         outputs.write_on_main(accelerator, staging, cfg.output_dir, lambda directory: _write_outputs(
             directory, cfg, accelerator, unwrapped, trained.backbone, trained.backbone.family, data,
             trained.history, evaluation, baseline, trainable, total, time.perf_counter() - started, parent,
-            point, point_error, cv))
+            point, point_error, cv), overwrite=cfg.overwrite_output_dir)
         accelerator.end_training()  # also tears down the process group: last
     except BaseException:
         outputs.discard(staging)
@@ -517,7 +523,7 @@ def _flat(values: dict[str, Any]) -> dict[str, Any]:
 def _write_outputs(directory: Path, cfg, accelerator, model, backbone, family, data, history, evaluation,
                    baseline, trainable, total, wall_seconds, parent, point, point_error, cv) -> None:
     from hf_adapt import cards, report, transfer
-    from hf_adapt.artifacts import save_model, write_run_info
+    from hf_adapt.artifacts import column_kinds, save_model, write_run_info
     from hf_adapt.config import save_config
     from hf_adapt.metrics import softmax
     from hf_adapt.outputs import write_json
@@ -532,7 +538,8 @@ def _write_outputs(directory: Path, cfg, accelerator, model, backbone, family, d
         model_info = transfer.root_model(parent, model_info)
         transfer.carry(parent, directory)
     input_info = {"kind": data.kind, "feature_columns": data.feature_columns, "text_template": data.text_template,
-                  "pixel_shape": cfg.pixel_shape, "input_column": data.input_column, "dicom_window": cfg.dicom_window}
+                  "pixel_shape": cfg.pixel_shape, "input_column": data.input_column, "dicom_window": cfg.dicom_window,
+                  "column_kinds": column_kinds(data)}
     operating_point = _operating_point_facts(point, data, cfg)
     write_run_info(directory, {
         "recipe": "finetune",

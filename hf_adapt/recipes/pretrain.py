@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from hf_adapt.checkpoints import CheckpointOptions
+from hf_adapt.config import check_numbers
 from hf_adapt.errors import ConfigError
 from hf_adapt.hub import PublishOptions
 from hf_adapt.recipes.finetune import DEFAULT_MODEL, default_adapter
@@ -87,6 +88,7 @@ class PretrainConfig(CheckpointOptions, PublishOptions):
     limitations: str | None = field(default=None, metadata={"help": "Known limitations to add to the card."})
 
     def __post_init__(self):
+        check_numbers(self)  # learning rates, batch sizes, epochs, steps: the rules all recipes share
         if not self.data and not self.data_files:
             raise ConfigError("data: no training data given; set data (a .txt file, a table file or folder, a Hub "
                               "dataset id, or pkg://...) or data_files")
@@ -103,20 +105,15 @@ class PretrainConfig(CheckpointOptions, PublishOptions):
                 raise ConfigError(f"{name} must be between 0 and 1, got {getattr(self, name)}")
         if self.validation_size + self.test_size >= 1:
             raise ConfigError("validation_size + test_size must leave documents for training")
-        counts = ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
-                  "num_train_epochs", "logging_steps", "max_length")
-        too_small = [name for name in counts if getattr(self, name) < 1]
-        if too_small:
-            raise ConfigError(f"{too_small[0]} must be >= 1, got {getattr(self, too_small[0])}")
-        if not 0 <= self.warmup_ratio < 1:
-            raise ConfigError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
-        if self.num_workers < 0:
-            raise ConfigError(f"num_workers must be >= 0, got {self.num_workers}")
         from transformers import SchedulerType
 
         if self.lr_scheduler_type not in {s.value for s in SchedulerType}:
             raise ConfigError(f"lr_scheduler_type {self.lr_scheduler_type!r} is not one of "
                               f"{[s.value for s in SchedulerType]}")
+        if self.regime == "adapter":
+            from hf_adapt.adapters import check_adapter
+
+            check_adapter(self.adapter)
 
 
 def finetune_config(cfg: PretrainConfig):
@@ -164,13 +161,17 @@ class PretrainResult:
     push: Any = None  # hf_adapt.hub.PushResult when pushed
 
 
-def main(cfg: PretrainConfig):
-    """Run ``cfg``: a :class:`PretrainResult`, or for ``objective: supervised`` the finetune run's result."""
+def main(cfg: PretrainConfig) -> PretrainResult:
+    """Run ``cfg``: a :class:`PretrainResult`, or for ``objective: supervised`` the finetune run's result; either
+    as the only writer of ``cfg.output_dir`` (see :func:`hf_adapt.outputs.claimed`)."""
+    from hf_adapt import outputs
+
     if cfg.objective == "supervised":
         from hf_adapt.recipes.finetune import main as finetune_main
 
         return finetune_main(finetune_config(cfg))
-    return _pretrain_lm(cfg)
+    with outputs.claimed(cfg.output_dir, cfg.overwrite_output_dir):
+        return _pretrain_lm(cfg)
 
 
 def _pretrain_lm(cfg: PretrainConfig) -> PretrainResult:
@@ -185,7 +186,6 @@ def _pretrain_lm(cfg: PretrainConfig) -> PretrainResult:
     from hf_adapt.runtime import make_accelerator, set_cpu_threads
 
     started = time.perf_counter()
-    outputs.check_output_dir(cfg.output_dir, cfg.overwrite_output_dir)
     cfg.check_push(cfg.base_model_id)
     checkpoints = Checkpoints.from_config(cfg)
     staging = outputs.staging_path(cfg.output_dir)  # created by the main process once inputs are valid
@@ -247,7 +247,7 @@ def _pretrain_lm(cfg: PretrainConfig) -> PretrainResult:
         sizes = {"blocks": {k: len(v) for k, v in blocks.items()}, "tokens": token_counts}
         outputs.write_on_main(accelerator, staging, cfg.output_dir, lambda directory: _write_outputs(
             directory, cfg, accelerator, unwrapped, backbone, objective, corpus, history, metrics, sizes,
-            trainable, total, time.perf_counter() - started))
+            trainable, total, time.perf_counter() - started), overwrite=cfg.overwrite_output_dir)
         accelerator.end_training()  # also tears down the process group: last
     except BaseException:
         outputs.discard(staging)

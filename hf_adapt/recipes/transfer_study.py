@@ -71,8 +71,11 @@ class TransferStudyConfig:
     keep_models: bool = field(default=False, metadata={"help": "Keep every cell's model files; by default a cell keeps only eval_results.json, train_results.json, config.yaml and hf_adapt.json once scored."})
 
     def __post_init__(self):
-        if self.finetune_config is not None and not Path(self.finetune_config).is_file():
-            raise ConfigError(f"finetune_config: file not found: {self.finetune_config}")
+        if self.finetune_config is not None:  # missing, not a regular file, binary, not YAML, unknown keys: now
+            try:
+                load_yaml_config(FinetuneConfig, self.finetune_config)
+            except ConfigError as err:
+                raise ConfigError(f"finetune_config: {err}") from None
         _check_study_fields(check_values(FinetuneConfig, self.finetune, source="finetune"), "finetune")
         self.arms = [_arm(item, i) for i, item in enumerate(self.arms)]
         if not self.arms:
@@ -195,13 +198,20 @@ class TransferStudyResult:
 
 
 def main(cfg: TransferStudyConfig) -> TransferStudyResult:
+    """Run the study as the only writer of ``cfg.output_dir`` (see :func:`hf_adapt.outputs.claimed`)."""
+    from hf_adapt import outputs
+
+    with outputs.claimed(cfg.output_dir, cfg.overwrite_output_dir, check=check_study_dir):
+        return _run(cfg)
+
+
+def _run(cfg: TransferStudyConfig) -> TransferStudyResult:
     from accelerate.state import PartialState
 
     from hf_adapt.recipes import finetune
     from hf_adapt.runtime import one_process_group
 
     cells = plan(cfg)
-    check_study_dir(cfg.output_dir, cfg.overwrite_output_dir)
     check_budgets(cells)
     logger.info("transfer study: %d arms x %d budgets x %d seeds = %d runs", len(cfg.arms), len(cfg.budgets),
                 len(cfg.seeds), len(cells))

@@ -4,7 +4,8 @@ A preemption at a known point: ``HF_ADAPT_TEST_KILL_AT=<phase>:<step>`` (e.g. ``
 kills the main process once that checkpoint is renamed into place, mid-epoch if the step is;
 ``HF_ADAPT_TEST_KILL_IN=write`` kills it while the outputs are written (the adapter is in the
 staging folder, the rest not yet), ``commit`` once the staging folder is filled, before it is
-renamed into place. Used as
+renamed into place; ``HF_ADAPT_TEST_TERM_AT=<step>`` sends this process a real SIGTERM as the
+Nth training batch of the run is counted (a step that need not be a checkpoint's). Used as
 ``python tests/recipes/preempt.py finetune --config ...`` or under ``accelerate launch``.
 """
 
@@ -35,7 +36,7 @@ def _kill_after_checkpoint(target: str) -> None:
 
 def _kill_while_writing(where: str) -> None:
     if where == "commit":
-        outputs.commit = lambda staging, path: _die()
+        outputs.commit = lambda *args, **kwargs: _die()
         return
     save_model = artifacts.save_model
 
@@ -46,7 +47,23 @@ def _kill_while_writing(where: str) -> None:
     artifacts.save_model = save_then_die
 
 
+def _terminate_at(step: str) -> None:
+    from hf_adapt import loop
+
+    count, seen = loop._Run.count, [0]
+
+    def count_then_terminate(self, loss):
+        count(self, loss)
+        seen[0] += 1
+        if seen[0] == int(step):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    loop._Run.count = count_then_terminate
+
+
 if __name__ == "__main__":
+    if "HF_ADAPT_TEST_TERM_AT" in os.environ:
+        _terminate_at(os.environ["HF_ADAPT_TEST_TERM_AT"])
     if "HF_ADAPT_TEST_KILL_AT" in os.environ:
         _kill_after_checkpoint(os.environ["HF_ADAPT_TEST_KILL_AT"])
     if "HF_ADAPT_TEST_KILL_IN" in os.environ:

@@ -27,11 +27,14 @@ def _args(tiny_bert, credit_sample, out: Path, *extra: str) -> list[str]:
 
 
 def _run(args: list[str], kill_at: str | None = None, processes: int = 1, recipe: str = "finetune",
-         kill_in: str | None = None) -> subprocess.CompletedProcess:
+         kill_in: str | None = None, term_at: int | None = None) -> subprocess.CompletedProcess:
     """``hf-adapt <recipe>`` in a fresh process (under ``accelerate launch`` for two), optionally killed
     right after the checkpoint ``kill_at`` (``phase:step``) is on disk."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    env.pop("HF_ADAPT_TEST_KILL_AT", None), env.pop("HF_ADAPT_TEST_KILL_IN", None)
+    for name in ("HF_ADAPT_TEST_KILL_AT", "HF_ADAPT_TEST_KILL_IN", "HF_ADAPT_TEST_TERM_AT"):
+        env.pop(name, None)
+    if term_at:
+        env["HF_ADAPT_TEST_TERM_AT"] = str(term_at)
     if kill_at:
         env["HF_ADAPT_TEST_KILL_AT"] = kill_at
     if kill_in:
@@ -111,6 +114,33 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_adapter_and_metrics(killed_r
     assert _checkpoints(out)[-1] == f"step-{steps}", "the finished phase keeps its final state"
 
 
+def test_sigterm_saves_a_checkpoint_where_it_stops_and_the_resumed_run_ends_the_same(killed_run, tiny_bert,
+                                                                                   credit_sample, tmp_path):
+    """How schedulers pre-empt: SIGTERM at step 6, between the checkpoints at 4 and 8. The run saves step 6,
+    says so, exits 143 with nothing written, and resumes from there to the uninterrupted run's adapter."""
+    reference, _ = killed_run
+    out = tmp_path / "out"
+    stopped = _run(_args(tiny_bert, credit_sample, out, "--checkpointing_steps", "4"), term_at=6)
+    assert stopped.returncode == 143, stopped.stderr[-3000:]
+    assert "stopped by SIGTERM at optimiser step 6 (epoch 1): saved checkpoint" in stopped.stderr
+    assert "step-6; continue with --resume_from_checkpoint latest" in stopped.stderr
+    assert not out.exists() and not list(tmp_path.glob(".out.partial-*")) and not list(tmp_path.glob(".out.lock"))
+    assert _checkpoints(out) == ["step-4", "step-6"]
+    resumed = _run(_args(tiny_bert, credit_sample, out, "--checkpointing_steps", "4",
+                         "--resume_from_checkpoint", "latest"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "step-6" in resumed.stderr
+    _assert_same_run(out, reference)
+
+
+def test_sigterm_without_checkpointing_says_the_work_is_lost_and_writes_nothing(tiny_bert, credit_sample, tmp_path):
+    out = tmp_path / "out"
+    stopped = _run(_args(tiny_bert, credit_sample, out), term_at=3)
+    assert stopped.returncode == 143, stopped.stderr[-3000:]
+    assert "stopped by SIGTERM at optimiser step 3 (epoch 1): checkpointing is off" in stopped.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == [], "no output, staging folder, checkpoint or lock left"
+
+
 @pytest.mark.slow
 def test_resuming_from_a_named_earlier_checkpoint_replays_the_rest(killed_run, tiny_bert, credit_sample, tmp_path):
     reference, checkpoints = killed_run
@@ -176,6 +206,27 @@ def test_a_run_killed_while_writing_its_outputs_leaves_the_previous_output_whole
 def test_a_two_process_run_killed_mid_epoch_resumes_to_the_same_adapter(tiny_bert, credit_sample, tmp_path):
     # two processes x 16 rows: 4 steps an epoch; killed after step 6, in epoch 2
     reference, out = _kill_and_resume(tiny_bert, credit_sample, tmp_path, 2, "train:6", every="3")
+    resumed = _run(_args(tiny_bert, credit_sample, out, "--checkpointing_steps", "3",
+                         "--resume_from_checkpoint", "latest"), processes=2)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    _assert_same_run(out, reference)
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+@pytest.mark.timeout(900)
+def test_sigterm_stops_two_processes_at_the_same_step_and_they_resume_to_the_same_adapter(tiny_bert, credit_sample,
+                                                                                         tmp_path):
+    """Each process gets SIGTERM at its third batch; they agree at the next logging step (4), save it together,
+    and exit 143; the resumed pair ends where an uninterrupted pair does."""
+    reference = tmp_path / "reference"
+    done = _run(_args(tiny_bert, credit_sample, reference), processes=2)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = tmp_path / "out"
+    stopped = _run(_args(tiny_bert, credit_sample, out, "--checkpointing_steps", "3"), processes=2, term_at=3)
+    assert stopped.returncode != 0 and not out.exists(), stopped.stderr[-3000:]
+    assert "stopped by SIGTERM at optimiser step 4 (epoch 1): saved checkpoint" in stopped.stderr
+    assert _checkpoints(out) == ["step-3", "step-4"]
     resumed = _run(_args(tiny_bert, credit_sample, out, "--checkpointing_steps", "3",
                          "--resume_from_checkpoint", "latest"), processes=2)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
