@@ -1,6 +1,7 @@
-"""Training regimes: a peft adapter, a linear probe, or full fine-tuning.
+"""peft adapters from plain dicts, and the parameter bookkeeping every regime shares.
 
-Adapter settings are a plain dict handed to peft (``peft_type: LORA, r: 8, ...``), so
+The regimes themselves (adapter, linear probe, full, gradual unfreezing) live in
+:mod:`hf_adapt.regimes`. Adapter settings are a plain dict handed to peft (``peft_type: LORA, r: 8, ...``), so
 every peft method and every one of its fields is available without re-declaring them.
 """
 
@@ -14,8 +15,6 @@ from torch import nn
 
 from hf_adapt.backbones import Backbone
 from hf_adapt.errors import ConfigError
-
-REGIMES = ("adapter", "linear_probe", "full", "gradual_unfreeze")
 
 
 def _target_mapping(peft_type: str) -> dict[str, Any]:
@@ -126,31 +125,6 @@ def make_peft_config(adapter: dict[str, Any], backbone: Backbone):
         return config_cls(**values)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"adapter: invalid {config_cls.__name__} settings: {err}") from err
-
-
-def apply_regime(backbone: Backbone, regime: str, adapter: dict[str, Any] | None) -> nn.Module:
-    """The model to train: peft-wrapped, head-only trainable, or fully trainable."""
-    model = backbone.model
-    if regime in ("full", "gradual_unfreeze"):  # gradual_unfreeze: the loop's GradualUnfreeze drops frozen gradients
-        model.requires_grad_(True)
-        return model
-    if regime == "linear_probe":
-        model.requires_grad_(False)
-        modules = dict(model.named_modules())
-        for name in backbone.head_names:
-            modules[name].requires_grad_(True)
-        return model
-    if regime == "adapter":
-        from peft import get_peft_model
-
-        if not adapter:
-            raise ConfigError("regime 'adapter' needs an adapter dict, e.g. {peft_type: LORA, r: 8}")
-        peft_config = make_peft_config(adapter, backbone)
-        try:
-            return get_peft_model(model, peft_config)
-        except ValueError as err:  # e.g. targets that match no module
-            raise ConfigError(f"adapter could not be attached to {backbone.family} model: {err}") from err
-    raise ConfigError(f"regime {regime!r} is not one of {list(REGIMES)}")
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

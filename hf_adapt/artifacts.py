@@ -3,7 +3,9 @@
 - ``adapter``: peft's ``adapter_config.json`` + ``adapter_model.safetensors`` (head included
   through ``modules_to_save``);
 - ``linear_probe``: ``head.safetensors``;
-- ``full``: ``model.safetensors``.
+- ``full``: ``model.safetensors``;
+
+each written and read by its regime (:mod:`hf_adapt.regimes`).
 
 Next to it: ``label_map.json``, the preprocessor files and ``hf_adapt.json``, which says
 how to rebuild the base model. Everything loads with safetensors; nothing executes code.
@@ -17,52 +19,24 @@ from typing import Any
 from torch import nn
 
 from hf_adapt.backbones import Backbone
-from hf_adapt.errors import ModelError
+from hf_adapt.errors import ConfigError, ModelError
 from hf_adapt.outputs import RUN_FILE, write_json
+from hf_adapt.run_record import RunRecord, kind_of, read_object, read_record, write_record
+from hf_adapt.weights import check_safetensors, check_weights_file  # noqa: F401 - where loaders look for them
 
-HEAD_FILE = "head.safetensors"
-MODEL_FILE = "model.safetensors"
 LABEL_FILE = "label_map.json"
-FORMAT_VERSION = 1
-# what each regime saves: gradual unfreezing ends with every weight trained
-ARTIFACT_KIND = {"adapter": "adapter", "linear_probe": "linear_probe", "full": "full", "gradual_unfreeze": "full"}
-
-
-def check_safetensors(directory: Path) -> None:
-    """Adapters load from safetensors only: peft would fall back to a pickled ``adapter_model.bin``
-    (``torch.load`` of an untrusted file), so a folder without ``adapter_model.safetensors`` is refused.
-    The file must be whole and ``adapter_config.json`` a JSON object: both are checked before any model loads."""
-    if not (Path(directory) / "adapter_model.safetensors").is_file():
-        raise ModelError(f"{directory} has no adapter_model.safetensors; hf-adapt loads adapters only from "
-                         "safetensors (a pickled adapter_model.bin could run code)")
-    check_weights_file(Path(directory) / "adapter_model.safetensors")
-    read_object(Path(directory) / "adapter_config.json")
-
-
-def check_weights_file(path: Path) -> None:
-    """``path`` is a whole safetensors file (its header parses and its tensors fit in the file); reads no tensor."""
-    from safetensors import SafetensorError, safe_open
-
-    if not path.is_file():
-        raise ModelError(f"{path} is missing: the output is incomplete; copy or download it again")
-    try:
-        with safe_open(str(path), framework="pt") as weights:
-            weights.keys()
-    except (SafetensorError, OSError) as err:
-        raise ModelError(f"{path}: not a whole safetensors file ({err}); the output is damaged (an interrupted "
-                         "copy or download?): copy or download it again") from err
 
 
 def check_artifacts(directory: Path, info: dict[str, Any]) -> None:
     """The weight files ``info``'s regime (and a continual model's per-experience adapters) needs are present and
     whole: checked before the base model is built, so a damaged output fails at once, naming the file."""
-    regime = ARTIFACT_KIND.get(info["regime"], info["regime"])
-    if regime == "adapter":
-        check_safetensors(directory)
-    elif regime in ("linear_probe", "full"):
-        check_weights_file(directory / (HEAD_FILE if regime == "linear_probe" else MODEL_FILE))
-    else:
-        raise ModelError(f"{directory / RUN_FILE}: unknown regime {info['regime']!r}")
+    from hf_adapt.regimes import get_regime
+
+    try:
+        regime = get_regime(info["regime"])
+    except ConfigError:
+        raise ModelError(f"{directory / RUN_FILE}: unknown regime {info['regime']!r}") from None
+    regime.check(directory)
     adapters = (info.get("continual") or {}).get("adapters") or {}
     for name in sorted(set(adapters.values()) - {"default"}):  # one adapter per experience
         check_safetensors(directory / name)
@@ -95,49 +69,21 @@ def check_base(backbone: Backbone, model_info: dict[str, Any], where: str) -> No
 
 
 def save_model(model: nn.Module, backbone: Backbone, regime: str, directory: Path) -> None:
-    from safetensors.torch import save_file
-    from safetensors.torch import save_model as save_full
+    """The smallest files that restore ``model``: what ``regime`` trains (see :mod:`hf_adapt.regimes`)."""
+    from hf_adapt.regimes import get_regime
 
-    regime = ARTIFACT_KIND.get(regime, regime)
-    if regime == "adapter":
-        model.save_pretrained(str(directory))
-    elif regime == "linear_probe":
-        state = model.state_dict()
-        prefixes = tuple(f"{name}." for name in backbone.head_names)
-        save_file({k: v.contiguous() for k, v in state.items() if k.startswith(prefixes)}, str(directory / HEAD_FILE))
-    elif regime == "full":
-        save_full(model, str(directory / MODEL_FILE))
-    else:
-        raise ValueError(f"unknown regime {regime!r}")
+    get_regime(regime).save(model, backbone, directory)
 
 
 def restore_model(backbone: Backbone, regime: str, directory: Path) -> nn.Module:
     """Apply the saved adapter, head or full weights in ``directory`` to a fresh backbone."""
-    from safetensors.torch import load_file, load_model
+    from hf_adapt.regimes import get_regime
 
-    model = backbone.model
-    regime = ARTIFACT_KIND.get(regime, regime)
-    if regime == "adapter":
-        from peft import PeftModel
-
-        check_safetensors(directory)
-        try:
-            return PeftModel.from_pretrained(model, str(directory))
-        except RuntimeError as err:  # e.g. a head of another size than label_map.json's labels
-            if "size mismatch" not in str(err):
-                raise
-            raise ModelError(f"{directory}: the adapter does not fit the model its hf_adapt.json and label_map.json "
-                             f"describe (base model or number of labels differ): {str(err).splitlines()[-1].strip()}") from err
-    if regime == "linear_probe":
-        missing = set(load_file(str(directory / HEAD_FILE))) - set(model.state_dict())
-        if missing:
-            raise ModelError(f"{directory / HEAD_FILE} holds tensors the model lacks: {sorted(missing)[:5]}")
-        model.load_state_dict(load_file(str(directory / HEAD_FILE)), strict=False)
-        return model
-    if regime == "full":
-        load_model(model, str(directory / MODEL_FILE))
-        return model
-    raise ModelError(f"{directory / RUN_FILE}: unknown regime {regime!r}")
+    try:
+        restorer = get_regime(regime)
+    except ConfigError:
+        raise ModelError(f"{directory / RUN_FILE}: unknown regime {regime!r}") from None
+    return restorer.restore(backbone, directory)
 
 
 def column_kinds(data) -> dict[str, str] | None:
@@ -156,49 +102,13 @@ def column_kinds(data) -> dict[str, str] | None:
 
 
 def write_run_info(directory: Path, info: dict[str, Any], labels: list[str]) -> None:
-    write_json(directory / RUN_FILE, {"format_version": FORMAT_VERSION, **info})
+    """A classifier's record (``info`` holds its ``recipe``: finetune or continual) and its label map."""
+    fields = {k: v for k, v in info.items() if k != "recipe"}
+    write_record(directory, RunRecord(kind_of(info["recipe"]), info["recipe"], fields))
     write_json(directory / LABEL_FILE, {
         "id2label": {str(i): name for i, name in enumerate(labels)},
         "label2id": {name: i for i, name in enumerate(labels)},
     })
-
-
-def read_object(path: Path) -> dict[str, Any]:
-    """A JSON file holding one object; a missing, empty, broken or non-object file is refused, naming it."""
-    import json
-
-    if not path.is_file():
-        raise ModelError(f"{path} is missing: the output is incomplete; copy or download it again")
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as err:
-        raise ModelError(f"{path}: not valid JSON (not utf-8 text: {err})") from err
-    except ValueError as err:
-        raise ModelError(f"{path}: not valid JSON ({'the file is empty' if not path.stat().st_size else err})") from err
-    if not isinstance(value, dict):
-        raise ModelError(f"{path}: expected a JSON object, got a JSON {_json_type(value)}")
-    return value
-
-
-def _json_type(value: Any) -> str:
-    names = {list: "list", str: "string", bool: "boolean", int: "number", float: "number", type(None): "null"}
-    return names.get(type(value), type(value).__name__)
-
-
-def _other_output(info: dict[str, Any]) -> tuple[str, str] | None:
-    """What another recipe's output holds, and the function that loads it; None for a classifier's."""
-    recipe = info.get("recipe")
-    if recipe == "pretrain":
-        return (f"a {info.get('objective')} language model",
-                "hf_adapt.lm.load_pretrained_lm (or start a classifier from it with finetune --init_from)")
-    if recipe == "feedback" and info.get("objective") == "reward":
-        return "a reward model", "hf_adapt.feedback.load_reward_model"
-    if recipe == "feedback":
-        return f"a {info.get('trainer')} policy", "hf_adapt.feedback.load_policy"
-    if recipe == "transfer_study":
-        return ("a study of several runs", "hf_adapt.load_adapted on one of its runs: each "
-                "runs/<arm>/<budget>/<seed>/ folder holds a finetune output")
-    return None
 
 
 CLASSIFIER_KEYS = {"family": str, "regime": str, "model": dict, "data": dict}
@@ -207,27 +117,15 @@ CLASSIFIER_KEYS = {"family": str, "regime": str, "model": dict, "data": dict}
 def read_run_info(directory: Path) -> tuple[dict[str, Any], list[str]]:
     """A classifier output's ``hf_adapt.json`` and its labels in logit order (``label_map.json``).
 
-    Refused, naming the file: a folder without ``hf_adapt.json``; a file that is not a JSON object, lacks a
-    key loading needs, or comes from a newer hf-adapt; another recipe's output (with the loader that fits it);
-    a label map that is not ``id2label`` over ``"0".."n-1"``.
+    Refused, naming the file: what :func:`~hf_adapt.run_record.read_record` refuses; another kind of output
+    (with the loader that fits it); a record that lacks a key loading needs; a label map that is not
+    ``id2label`` over ``"0".."n-1"``.
     """
-    path = directory / RUN_FILE
-    if not path.is_file():
-        raise ModelError(f"{directory} is not an hf-adapt output: {RUN_FILE} is missing")
-    info = read_object(path)
-    version = info.get("format_version")
-    if isinstance(version, int) and version > FORMAT_VERSION:
-        raise ModelError(f"{path}: format_version {version} is newer than this hf-adapt reads ({FORMAT_VERSION}); "
-                         "upgrade hf-adapt to load it")
-    recipe, other = info.get("recipe"), _other_output(info)
-    if other is not None:
-        raise ModelError(f"{directory} is a {recipe} output ({path} says so): {other[0]}, not a classifier; "
-                         f"load it with {other[1]}")
-    if recipe not in (None, "finetune", "continual"):
-        raise ModelError(f"{path}: recipe {recipe!r} is not one whose output load_adapted reads (finetune, continual)")
+    record = read_record(directory).expect(("classifier", "continual_classifier"), directory, "a classifier")
+    info = record.as_dict()
     for key, kind in CLASSIFIER_KEYS.items():
         if not isinstance(info.get(key), kind):
-            raise ModelError(f"{path}: {key!r} is missing or not {'an object' if kind is dict else 'a string'}")
+            raise ModelError(f"{directory / RUN_FILE}: {key!r} is missing or not {'an object' if kind is dict else 'a string'}")
     return info, _read_labels(directory / LABEL_FILE)
 
 

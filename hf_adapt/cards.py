@@ -85,6 +85,9 @@ def card_data(facts: dict[str, Any]):
         for key, value in facts["test_metrics"].items()
         if key in _METRICS and value == value  # NaN (undefined) metrics are not reported
     ]
+    from hf_adapt.regimes import get_regime
+
+    adapter = get_regime(facts["regime"]).uses_adapter  # peft holds the trained weights
     tags = ["hf-adapt", facts["family"], task_type, facts["regime"]]
     if facts.get("adapter"):
         tags.append(str(facts["adapter"]["peft_type"]).lower())
@@ -94,9 +97,9 @@ def card_data(facts: dict[str, Any]):
         model_name=facts["model_name"],
         base_model=facts.get("base_model"),
         # an adapter trained on a transferred backbone does not apply to the base alone
-        base_model_relation=(("adapter" if facts["regime"] == "adapter" and not facts["config"].get("init_from")
+        base_model_relation=(("adapter" if adapter and not facts["config"].get("init_from")
                               else "finetune") if facts.get("base_model") else None),
-        library_name="peft" if facts["regime"] == "adapter" else facts["family"],
+        library_name="peft" if adapter else facts["family"],
         pipeline_tag=task_type,
         license=facts.get("license"),
         datasets=[facts["dataset_id"]] if facts.get("dataset_id") else None,

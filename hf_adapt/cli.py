@@ -104,6 +104,8 @@ def push(argv: list[str] | None = None) -> int:
 
 
 def feedback_parser() -> argparse.ArgumentParser:
+    from hf_adapt.feedback.trainers import trainer_names
+
     parser = argparse.ArgumentParser(prog="hf-adapt feedback", description="Learn from user feedback logs.")
     commands = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     inspect = commands.add_parser("inspect", help="counts, label balance, duplicates, conflicts and revisions of a log")
@@ -112,7 +114,7 @@ def feedback_parser() -> argparse.ArgumentParser:
     convert = commands.add_parser("convert", help="a log as the dataset one TRL trainer reads (or, with --dry_run, "
                                   "only the report of what it would hold)")
     convert.add_argument("log")
-    convert.add_argument("--to", required=True, choices=["sft", "reward", "dpo", "kto", "orpo", "grpo", "experience"],
+    convert.add_argument("--to", required=True, choices=[*trainer_names(), "experience"],
                          help="the trainer to convert for; experience: corrected labels as a CSV for hf-adapt continual")
     convert.add_argument("--output", help="where to write the rows (.jsonl; .csv for experience)")
     convert.add_argument("--dry_run", "--dry-run", dest="dry_run", action="store_true", help="report only, write nothing")

@@ -452,9 +452,11 @@ def _push(directory: Path, settings: PushSettings, budget: _Budget) -> PushResul
     from huggingface_hub import HfApi
 
     from hf_adapt.artifacts import read_run_info
+    from hf_adapt.run_record import read_record
 
-    if (directory / RUN_FILE).is_file() and read_json(directory / RUN_FILE).get("recipe") in ("pretrain", "feedback"):
-        run_info = read_json(directory / RUN_FILE)  # a language or reward model: no label map
+    record = read_record(directory)  # refuses folders hf-adapt did not write
+    if record.kind in ("language_model", "policy", "reward_model"):
+        run_info = record.as_dict()  # a language or reward model: no label map
     else:
         run_info, _ = read_run_info(directory)  # refuses folders hf-adapt did not write
     check_release_gate(directory)

@@ -27,7 +27,8 @@ from hf_adapt.backbones.base import Backbone, BackboneSpec
 from hf_adapt.data import _SPLIT_NAMES, DataSpec, load_raw, read_problem
 from hf_adapt.errors import ConfigError, DataError, ModelError
 from hf_adapt.loop import Callback, training_loader
-from hf_adapt.outputs import RUN_FILE, read_json
+from hf_adapt.outputs import RUN_FILE
+from hf_adapt.run_record import read_record
 from hf_adapt.sources import resolve_source
 
 logger = logging.getLogger("hf_adapt.lm")
@@ -475,9 +476,11 @@ class ScoreBefore(Callback):
 def save_lm(model: nn.Module, backbone: Backbone, regime: str, directory: Path) -> None:
     """Full: the whole LM with ``save_pretrained``; adapter: peft's files, plus the parameters the base
     checkpoint lacked (``lm_head.safetensors``), which peft does not save."""
+    from hf_adapt.regimes import get_regime
+
     model.save_pretrained(str(directory))
     backbone.preprocessor.tokenizer.save_pretrained(str(directory))
-    if regime == "adapter" and backbone.info["new_keys"]:
+    if get_regime(regime).uses_adapter and backbone.info["new_keys"]:
         from safetensors.torch import save_file
 
         new = new_parameters(model.get_base_model(), backbone.info["new_keys"])
@@ -486,14 +489,11 @@ def save_lm(model: nn.Module, backbone: Backbone, regime: str, directory: Path) 
 
 
 def read_pretrain_info(directory: str | Path) -> dict[str, Any]:
-    """``hf_adapt.json`` of a pretrain output; refuses anything else."""
+    """``hf_adapt.json`` of a pretrain output (a language model); refuses anything else, naming its loader."""
     directory = Path(directory)
-    if not (directory / RUN_FILE).is_file():
-        raise ModelError(f"{directory} is not an hf-adapt output: {RUN_FILE} is missing")
-    info = read_json(directory / RUN_FILE)
-    if info.get("recipe") != "pretrain" or info.get("objective") not in OBJECTIVES:
-        raise ModelError(f"{directory} is a {info.get('recipe')!r} output, not a language model written by the "
-                         "pretrain recipe (objective mlm or clm)")
+    info = read_record(directory).expect(("language_model",), directory, "a language model").as_dict()
+    if info.get("objective") not in OBJECTIVES:
+        raise ModelError(f"{directory / RUN_FILE}: objective {info.get('objective')!r} is not one of {OBJECTIVES}")
     return info
 
 

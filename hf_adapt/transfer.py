@@ -18,7 +18,8 @@ from typing import Any
 
 from hf_adapt.backbones import BackboneSpec
 from hf_adapt.errors import ConfigError
-from hf_adapt.outputs import RUN_FILE, read_json, write_json
+from hf_adapt.outputs import RUN_FILE, read_json
+from hf_adapt.run_record import parse, read_record, write_record
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ def find_parent(init_from: str, revision: str | None = None, recipes: tuple[str,
         commit = directory.name  # snapshot folders are named by the commit
     if not (directory / RUN_FILE).is_file():
         raise ConfigError(f"init_from {init_from!r} is not an hf-adapt output: {RUN_FILE} is missing")
-    info = read_json(directory / RUN_FILE)
+    info = read_record(directory).as_dict()
     if info.get("recipe", "finetune") not in recipes:
         raise ConfigError(f"init_from {init_from!r} is a {info['recipe']!r} output; only {' and '.join(recipes)} "
                           f"outputs carry {what}")
@@ -138,7 +139,7 @@ def carry(parent: Parent, directory: Path) -> None:
             shutil.copy2(parent.directory / name, target / name)
     # the base is named once, in the top-level hf_adapt.json (which a push rewrites to its Hub id)
     model = {k: v for k, v in parent.info["model"].items() if k not in _ROOT_KEYS}
-    write_json(target / RUN_FILE, {**parent.info, "model": model})
+    write_record(target, parse({**parent.info, "model": model}, parent.directory / RUN_FILE))
     if (parent.directory / INIT_DIR).is_dir():
         shutil.copytree(parent.directory / INIT_DIR, target / INIT_DIR)
     for name in _tokenizer_files(parent.directory):  # pretrain outputs: the base LM's own tokenizer
@@ -159,7 +160,7 @@ def backbone_spec(directory: Path, root_model: dict[str, Any], num_labels: int, 
     ``init_from`` start from it directly; the others start from their ``init/`` layer,
     written out under ``workdir``.
     """
-    info = read_json(directory / RUN_FILE)
+    info = read_record(directory).as_dict()
     spec = _root_spec(info, root_model, num_labels, trust_remote_code)
     if info.get("init_from"):  # start from the layer below, read with this output's own input settings
         own = {k: getattr(spec, k) for k in ("image_size", "max_length", "pooling")}
@@ -184,7 +185,7 @@ def materialize(directory: Path, root_model: dict[str, Any], num_labels: int, wo
                 trust_remote_code: bool = False) -> BackboneSpec:
     """Rebuild the output in ``directory`` with its trained weights merged, drop its head, and save the
     backbone under ``workdir``; returns the spec of a fresh ``num_labels``-way model on that backbone."""
-    info = read_json(directory / RUN_FILE)
+    info = read_record(directory).as_dict()
     workdir.mkdir(parents=True, exist_ok=True)
     target = workdir / f"layer{len(list(workdir.iterdir()))}"
     if info.get("recipe", "finetune") == "pretrain":
@@ -277,13 +278,14 @@ def base_model(parent: Parent) -> str | None:
 
 def lineage(parent: Parent, new_labels: list[str], regime: str) -> dict[str, Any]:
     """The card's account of what came from the parent and what is new."""
+    from hf_adapt.regimes import get_regime
     from hf_adapt.sources import is_disk_path
 
     info = parent.info
     what = {"pretrain": f"{info.get('objective', 'continued').upper()} continued pretraining",
             "finetune": f"fine-tuning ({info.get('regime')})"}[parent.recipe]
     kept = f"the backbone weights after the parent's {what}"
-    if info.get("regime") == "adapter":
+    if get_regime(info["regime"]).uses_adapter:
         kept += ", with its adapter merged into them"
     parent_labels = parent.labels()
     new = f"a classification head for {len(new_labels)} labels ({', '.join(new_labels)})"

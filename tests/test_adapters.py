@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hf_adapt.adapters import apply_regime, count_parameters, freeze_frozen_norm_statistics
+from hf_adapt.adapters import count_parameters, freeze_frozen_norm_statistics
 from hf_adapt.artifacts import restore_model, save_model
 from hf_adapt.backbones import BackboneSpec, build_backbone
 from hf_adapt.errors import ConfigError, ModelError
+from hf_adapt.regimes import apply_regime
 
 METHODS = {
     "LORA": {"peft_type": "LORA", "r": 4, "lora_alpha": 8},

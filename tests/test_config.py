@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from hf_adapt.cli import RECIPES, recipe_parser
+from hf_adapt.cli import GROUPED_RECIPES, RECIPES, recipe_parser
 from hf_adapt.cli import main as cli_main
 from hf_adapt.config import config_from_dict, parse_config
 from hf_adapt.errors import ConfigError
@@ -16,6 +16,9 @@ from hf_adapt.recipes.finetune import FinetuneConfig
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((REPO / "recipes" / "configs").glob("*.yaml"))
+ALL_RECIPES = {**RECIPES, **GROUPED_RECIPES}  # "feedback train" too
+# a shipped config is named after its recipe's command (feedback_dpo.yaml: hf-adapt feedback train)
+CONFIG_PREFIX = {name: name.split()[0] for name in ALL_RECIPES}
 
 
 def test_yaml_then_cli_overrides(tmp_path):
@@ -54,10 +57,10 @@ def test_bad_values_are_named(values, message):
         config_from_dict(FinetuneConfig, values)
 
 
-@pytest.mark.parametrize("recipe", sorted(RECIPES))
+@pytest.mark.parametrize("recipe", sorted(ALL_RECIPES))
 def test_help_documents_every_field(recipe):
     parser = recipe_parser(recipe)
-    module, cls_name, _ = RECIPES[recipe]
+    module, cls_name, _ = ALL_RECIPES[recipe]
     cls = getattr(importlib.import_module(module), cls_name)
     text = parser.format_help()
     for field in dataclasses.fields(cls):
@@ -67,18 +70,28 @@ def test_help_documents_every_field(recipe):
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
 def test_shipped_configs_bind_to_their_recipe(path):
-    """A config named after a recipe (transfer_study_*.yaml) binds to it; the others to finetune."""
-    recipe = next((name for name in sorted(RECIPES, key=len, reverse=True) if path.name.startswith(f"{name}_")),
-                  "finetune")
+    """A config named after a recipe (transfer_study_*.yaml, feedback_*.yaml) binds to it; the others to finetune."""
+    recipe = next((name for name, prefix in sorted(CONFIG_PREFIX.items(), key=lambda item: -len(item[1]))
+                   if path.name.startswith(f"{prefix}_")), "finetune")
     args = recipe_parser(recipe).parse_args(["--config", str(path)])
     from hf_adapt.config import config_from_namespace
 
-    module, cls_name, _ = RECIPES[recipe]
+    module, cls_name, _ = ALL_RECIPES[recipe]
     assert isinstance(config_from_namespace(args), getattr(importlib.import_module(module), cls_name))
 
 
 def test_shipped_configs_exist():
     assert len(SHIPPED) >= 2
+
+
+def test_the_configs_the_recipes_name_exist():
+    """recipes/feedback.py once pointed at a feedback_dpo.yaml that was never shipped."""
+    import re
+
+    scripts = [*(REPO / "recipes").glob("*.py"), *(REPO / "hf_adapt" / "recipes").glob("*.py")]
+    named = {name for path in scripts for name in re.findall(r"recipes/configs/\w+\.yaml", path.read_text())}
+    assert "recipes/configs/feedback_dpo.yaml" in named
+    assert sorted(name for name in named if not (REPO / name).is_file()) == []
 
 
 def test_cli_lists_subcommands(capsys):

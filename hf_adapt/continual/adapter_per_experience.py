@@ -39,7 +39,9 @@ class AdapterPerExperience(Strategy):
         return f"a separate adapter per experience, chosen by {self.routing.replace('_', ' ')}"
 
     def check(self, run: ContinualRun, regime: str) -> None:
-        if regime != "adapter":
+        from hf_adapt.regimes import get_regime
+
+        if not get_regime(regime).uses_adapter:
             raise ConfigError(f"strategy adapter_per_experience needs regime: adapter, not {regime!r}")
         if self.routing == "task_id" and run.scenario != "task":
             raise ConfigError(f"routing: task_id needs the task id at test time, which a {run.scenario}-incremental "

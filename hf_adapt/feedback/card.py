@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from hf_adapt import cards
+from hf_adapt.feedback.trainers import REWARD
 
 # eval_results key -> label in the card's before/after table: (parent key, policy key)
 BEFORE_AFTER = {
@@ -21,12 +22,12 @@ def feedback_facts(directory: Path, cfg, accelerator, model, metrics: dict[str, 
     trainable, total = count_parameters(model)
     window, conversion = facts["window"], facts["conversion"]
     source = str(cfg.feedback)
-    reward = cfg.trainer == "reward"
+    reward = info["objective"] == REWARD
     headline = {k: metrics[k] for k in ("preference_accuracy", "win_rate") if k in metrics and metrics[k] == metrics[k]}
     return {
         "card_template": "feedback.md",
         "model_name": Path(cfg.output_dir).name,
-        "summary": _summary(cfg, facts, metrics),
+        "summary": _summary(cfg, facts, metrics, reward),
         "base_model": facts["base_model"],
         "model_source": info["model"]["name_or_path"],
         "family": "transformers",
@@ -75,12 +76,12 @@ _SHOWN_ARGS = ("beta", "loss_type", "desirable_weight", "undesirable_weight", "n
                "max_completion_length", "center_rewards_coefficient")
 
 
-def _summary(cfg, facts: dict[str, Any], metrics: dict[str, Any]) -> str:
+def _summary(cfg, facts: dict[str, Any], metrics: dict[str, Any], reward: bool) -> str:
     parent = f"version `{cfg.init_from}`" if cfg.init_from else "its base model"
     win = metrics.get("win_rate")
     scored = (f"; on {facts['eval_records']} held-out feedback records it beats {parent} on "
               f"{100 * win:.1f} % of comparisons ({facts['judge']})" if win == win and win is not None else "")
-    what = "A reward model" if cfg.trainer == "reward" else "A policy"
+    what = "A reward model" if reward else "A policy"
     return (f"{what} trained by hf-adapt with TRL's {cfg.trainer.upper()} trainer and a peft adapter on "
             f"{facts['train_records']} user-feedback records, starting from {parent}{scored}.")
 

@@ -26,8 +26,8 @@ from typing import Any
 
 from hf_adapt.errors import DataError
 from hf_adapt.feedback.log import kind_of
+from hf_adapt.feedback.trainers import get_trainer
 
-TRAINERS = ("sft", "reward", "dpo", "kto", "orpo", "grpo")
 PAIR_SOURCES = ("pair", "thumb", "score", "correction")
 
 
@@ -225,18 +225,8 @@ def to_prompts(records: list[dict[str, Any]]) -> Conversion:
 
 def convert(records: list[dict[str, Any]], trainer: str, *, include_up: bool = False,
             max_pairs_per_prompt: int | None = None) -> Conversion:
-    """The rows ``trainer`` (one of :data:`TRAINERS`) trains on."""
-    if trainer == "kto":
-        return to_kto(records)
-    if trainer in ("dpo", "orpo"):
-        return to_dpo(records, max_pairs_per_prompt)
-    if trainer == "reward":
-        return to_reward(records, max_pairs_per_prompt)
-    if trainer == "sft":
-        return to_sft(records, include_up)
-    if trainer == "grpo":
-        return to_prompts(records)
-    raise ValueError(f"unknown trainer {trainer!r}; choose one of {list(TRAINERS)}")
+    """The rows ``trainer`` (a name in :data:`hf_adapt.feedback.trainers.TRAINERS`) trains on, by its converter."""
+    return get_trainer(trainer).convert(records, include_up=include_up, max_pairs_per_prompt=max_pairs_per_prompt)
 
 
 def corrections_to_experience(records: list[dict[str, Any]], path: str | Path, text_column: str = "text",

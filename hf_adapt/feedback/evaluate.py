@@ -265,3 +265,31 @@ def judged_metrics(model, tokenizer, prompts: list[Any], judge, max_new_tokens: 
     examples = [{"prompt": p, "parent": b, "policy": a, "parent_score": float(s0), "policy_score": float(s1)}
                 for p, a, b, s1, s0 in list(zip(prompts, answers, parent_answers, ours, theirs))[:3]]
     return metrics, examples
+
+
+# ----------------------------------------------------------------------------- a round, by what it trains
+# Each trainer names one of these as its ``evaluate`` (see hf_adapt.feedback.trainers); both take the same arguments.
+
+
+def score_policy(model, tokenizer, held_out: dict[str, list], judge, *, beta: float | None, max_length: int,
+                 max_new_tokens: int, batch_size: int = 8) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """A policy against its parent: held-out pairs, KL drift on held-out completions, and the judge's verdict on
+    greedy answers when there is a judge. ``beta``: that of a trainer with a reference model, else None."""
+    metrics: dict[str, Any] = {}
+    examples: list[dict[str, Any]] = []
+    if held_out["pairs"]:
+        metrics.update(pair_metrics(model, tokenizer, held_out["pairs"], max_length, beta, batch_size))
+    if held_out["completions"]:
+        metrics["kl_drift"] = kl_drift(model, tokenizer, held_out["completions"], max_length, batch_size)
+    if judge is not None:
+        judged, examples = judged_metrics(model, tokenizer, held_out["prompts"], judge, max_new_tokens, batch_size)
+        metrics.update(judged)
+    return metrics, examples
+
+
+def score_reward_model(model, tokenizer, held_out: dict[str, list], judge, *, beta: float | None, max_length: int,
+                       max_new_tokens: int, batch_size: int = 8) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """A reward model against its parent, on held-out pairs only (it answers nothing a judge could score)."""
+    if not held_out["pairs"]:
+        return {}, []
+    return reward_model_metrics(model, tokenizer, held_out["pairs"], max_length, batch_size), []

@@ -14,15 +14,10 @@ from typing import Any
 
 from hf_adapt.artifacts import check_safetensors
 from hf_adapt.errors import ConfigError, ModelError
-from hf_adapt.outputs import RUN_FILE, read_json
+from hf_adapt.feedback.trainers import REWARD  # the objective of a reward model; policies are "clm"
+from hf_adapt.run_record import read_record
 
 logger = logging.getLogger("hf_adapt.feedback")
-
-REWARD = "reward"  # the objective of a reward model; policies are "clm"
-
-
-def objective_of(trainer: str) -> str:
-    return REWARD if trainer == "reward" else "clm"
 
 
 def backbone_spec(model: dict[str, Any], objective: str):
@@ -56,7 +51,7 @@ def build_base(model: dict[str, Any], objective: str):
 
 def build_model(model: dict[str, Any], objective: str, adapter: dict[str, Any], parent_dir: Path | None):
     """``(peft model, backbone)``: a fresh adapter from ``adapter``, or the parent's adapter, trainable."""
-    from hf_adapt.adapters import apply_regime
+    from hf_adapt.regimes import apply_regime
 
     backbone = build_base(model, objective)
     if parent_dir is None:
@@ -79,14 +74,11 @@ def check_chat_template(tokenizer, conversational: int, source: str) -> None:
 
 
 def read_feedback_info(directory: str | Path) -> dict[str, Any]:
-    """``hf_adapt.json`` of a feedback output; refuses anything else."""
+    """``hf_adapt.json`` of a feedback output (a policy or a reward model); refuses anything else, naming its
+    loader."""
     directory = Path(directory)
-    if not (directory / RUN_FILE).is_file():
-        raise ModelError(f"{directory} is not an hf-adapt output: {RUN_FILE} is missing")
-    info = read_json(directory / RUN_FILE)
-    if info.get("recipe") != "feedback":
-        raise ModelError(f"{directory} is a {info.get('recipe')!r} output, not one written by hf-adapt feedback")
-    return info
+    record = read_record(directory).expect(("policy", "reward_model"), directory, "a policy or reward model")
+    return record.as_dict()
 
 
 def _local(source: str | Path, revision: str | None) -> Path:

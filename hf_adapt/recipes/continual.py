@@ -88,7 +88,7 @@ def _run(cfg: ContinualConfig) -> ContinualResult:
     from accelerate.utils import set_seed
 
     from hf_adapt import outputs, transfer
-    from hf_adapt.adapters import apply_regime, count_parameters
+    from hf_adapt.adapters import count_parameters
     from hf_adapt.backbones import build_backbone
     from hf_adapt.checkpoints import Checkpoints
     from hf_adapt.continual import make_strategy
@@ -97,6 +97,7 @@ def _run(cfg: ContinualConfig) -> ContinualResult:
     from hf_adapt.continual.heads import grow_head
     from hf_adapt.loop import fit, make_loader
     from hf_adapt.recipes.finetune import DEFAULT_MODEL, backbone_spec, loop_settings
+    from hf_adapt.regimes import apply_regime
     from hf_adapt.runtime import make_accelerator, set_cpu_threads
 
     started = time.perf_counter()
@@ -339,9 +340,8 @@ def _parent_state(parent, cfg) -> tuple[dict[str, Any], dict[str, Any]] | None:
 def _resume(parent, labels: list[str], cfg):
     """The parent rebuilt as it was trained: its starting backbone, its adapter(s) trainable again, its head."""
     from hf_adapt import transfer
-    from hf_adapt.adapters import apply_regime
-    from hf_adapt.artifacts import restore_model
     from hf_adapt.backbones import build_backbone
+    from hf_adapt.regimes import get_regime
 
     model_info = parent.info["model"]
     with tempfile.TemporaryDirectory(prefix="hf-adapt-continue-") as workdir:
@@ -349,22 +349,17 @@ def _resume(parent, labels: list[str], cfg):
                                       image_size=model_info.get("image_size"), max_length=model_info.get("max_length", 256),
                                       pooling=model_info.get("pooling") or "model")
         backbone = build_backbone(spec)
-    regime = parent.info["regime"]
-    if regime == "adapter":
-        from peft import PeftModel
+    # the parent's weights, trainable as it trained them
+    model = get_regime(parent.info["regime"]).restore(backbone, parent.directory, trainable=True)
+    adapters = set(((parent.info.get("continual") or {}).get("adapters") or {}).values()) - {"default"}
+    if adapters:  # adapter_per_experience: the old experiences' adapters, frozen
+        from hf_adapt.weights import check_safetensors
 
-        from hf_adapt.artifacts import check_safetensors
-
-        check_safetensors(parent.directory)
-        model = PeftModel.from_pretrained(backbone.model, str(parent.directory), is_trainable=True)
-        adapters = set(((parent.info.get("continual") or {}).get("adapters") or {}).values()) - {"default"}
-        for name in sorted(adapters):  # adapter_per_experience: the old experiences' adapters, frozen
+        for name in sorted(adapters):
             check_safetensors(parent.directory / name)
             model.load_adapter(str(parent.directory / name), adapter_name=name, is_trainable=False)
         model.set_adapter("default")
-        return backbone, model
-    restore_model(backbone, regime, parent.directory)  # loads into backbone.model
-    return backbone, apply_regime(backbone, regime, None)  # the parent's trainable parameters, as it trained them
+    return backbone, model
 
 
 def _write_outputs(directory: Path, cfg, accelerator, model, backbone, run, strategy, results, parent, trainable, total,
@@ -375,6 +370,7 @@ def _write_outputs(directory: Path, cfg, accelerator, model, backbone, run, stra
     from hf_adapt.continual.metrics import markdown_table
     from hf_adapt.outputs import write_json
     from hf_adapt.recipes.finetune import base_model_info
+    from hf_adapt.regimes import get_regime
     from hf_adapt.sources import known_dataset_name
 
     save_model(model, backbone, cfg.regime, directory)
@@ -438,7 +434,7 @@ def _write_outputs(directory: Path, cfg, accelerator, model, backbone, run, stra
         "model_source": model_info["name_or_path"],
         "family": backbone.family,
         "regime": cfg.regime,
-        "adapter": cfg.adapter if cfg.regime == "adapter" else None,
+        "adapter": cfg.adapter if get_regime(cfg.regime).uses_adapter else None,
         "license": cfg.license,
         "dataset_id": cfg.dataset_id,
         "dataset_name": dataset_name,

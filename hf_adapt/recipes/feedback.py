@@ -24,20 +24,13 @@ from typing import Any, Literal
 from hf_adapt.checkpoints import CheckpointOptions
 from hf_adapt.config import check_numbers
 from hf_adapt.errors import ConfigError, DataError, ReleaseGateError
+from hf_adapt.feedback.trainers import get_trainer
 from hf_adapt.hub import PublishOptions
 
 logger = logging.getLogger("hf_adapt.feedback")
 
 DEFAULT_POLICY = "HuggingFaceTB/SmolLM2-135M-Instruct"
 RESULTS_FILE = "feedback_results.json"
-TRAINER_CLASSES = {  # trainer -> (module, config class, trainer class)
-    "sft": ("trl", "SFTConfig", "SFTTrainer"),
-    "reward": ("trl", "RewardConfig", "RewardTrainer"),
-    "dpo": ("trl", "DPOConfig", "DPOTrainer"),
-    "kto": ("trl", "KTOConfig", "KTOTrainer"),
-    "orpo": ("trl.experimental.orpo", "ORPOConfig", "ORPOTrainer"),
-    "grpo": ("trl", "GRPOConfig", "GRPOTrainer"),
-}
 # TRL config fields hf-adapt sets from its own config; trainer_args may not set them twice
 _OWN_ARGS = ("output_dir", "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
              "learning_rate", "num_train_epochs", "max_steps", "lr_scheduler_type", "warmup_steps", "weight_decay",
@@ -73,7 +66,7 @@ class FeedbackConfig(CheckpointOptions, PublishOptions):
     on_bad_record: Literal["error", "skip"] = field(default="error", metadata={"help": "A malformed record stops the run with its file and line (error), or is skipped, counted and reported (skip)."})
 
     # --- the trainer
-    trainer: Literal["sft", "reward", "dpo", "kto", "orpo", "grpo"] = field(default="dpo", metadata={"help": "TRL trainer: sft (corrections), reward (a reward model from pairs and scores), dpo / orpo (pairs), kto (thumbs), grpo (prompts, scored by reward_funcs)."})
+    trainer: str = field(default="dpo", metadata={"help": "TRL trainer: sft (corrections), reward (a reward model from pairs and scores), dpo / orpo (pairs), kto (thumbs), grpo (prompts, scored by reward_funcs), or one added with hf_adapt.feedback.trainers.register_trainer."})
     trainer_args: dict[str, Any] = field(default_factory=dict, metadata={"help": "Fields of the TRL config class of the trainer (e.g. {beta: 0.1, loss_type: sigmoid} for DPOConfig); checked against it."})
     reward_funcs: list[str] | None = field(default=None, metadata={"help": "grpo: reward functions as module:function import paths, TRL's signature f(prompts, completions, **kwargs) -> list[float]."})
     allow_single_label: bool = field(default=False, metadata={"help": "kto: train even when every thumb is up (or every one down); KTO learns nothing useful from one side unless you mean it."})
@@ -126,17 +119,11 @@ class FeedbackConfig(CheckpointOptions, PublishOptions):
             raise ConfigError(f"eval_size must be in (0, 1), got {self.eval_size}")
         if self.min_win_rate is not None and not 0 <= self.min_win_rate <= 1:
             raise ConfigError(f"min_win_rate must be in [0, 1], got {self.min_win_rate}")
-        if self.trainer == "grpo" and not self.reward_funcs:
-            raise ConfigError("trainer grpo needs reward_funcs: module:function paths of reward functions")
-        if self.reward_funcs and self.trainer != "grpo":
-            raise ConfigError(f"reward_funcs are for trainer grpo, not {self.trainer}; to score a round with a "
-                              "function use judge: rule:module:function")
+        get_trainer(self.trainer).check_config(self)  # an unknown trainer, reward_funcs, a reward model's judge
         if self.feedback_since == "parent" and not self.init_from:
             raise ConfigError("feedback_since: parent needs init_from (the version the feedback is about)")
         if self.feedback_revisions and "parent" in self.feedback_revisions and not self.init_from:
             raise ConfigError("feedback_revisions: 'parent' needs init_from")
-        if self.trainer == "reward" and self.judge not in ("auto", "pairs"):
-            raise ConfigError("a reward model is scored on held-out pairs: judge must be auto or pairs")
         if not (self.judge in ("auto", "pairs") or self.judge.startswith(("rule:", "reward_model:"))):
             raise ConfigError(f"judge {self.judge!r}: use auto, pairs, rule:module:function or reward_model:PATH")
         clash = sorted(set(self.trainer_args) & set(_OWN_ARGS))
@@ -238,44 +225,23 @@ def check_rows(conversion, cfg: FeedbackConfig, source: str) -> None:
     """Refuse, before any model loads, training data a trainer cannot learn from."""
     if not conversion.rows:
         raise DataError(f"feedback {source}: nothing for trainer {cfg.trainer} to train on ({conversion.describe()})")
-    if cfg.trainer == "kto" and not cfg.allow_single_label:
-        counts = conversion.counts
-        if not counts["desirable"] or not counts["undesirable"]:
-            side = "up" if counts["desirable"] else "down"
-            raise DataError(f"feedback {source}: every thumb in the training window is {side} "
-                            f"({counts['desirable']} desirable, {counts['undesirable']} undesirable); KTO needs both. "
-                            "Pass --allow_single_label true to train on one side anyway")
-
-
-def kto_weights(counts: dict[str, int], trainer_args: dict[str, Any]) -> dict[str, float]:
-    """KTO's desirable/undesirable weights so that both sides weigh the same in total (TRL asks for a ratio of
-    desirable_weight x desirable / (undesirable_weight x undesirable) in [1, 4/3]); the user's win."""
-    desirable, undesirable = counts["desirable"], counts["undesirable"]
-    if "desirable_weight" in trainer_args or "undesirable_weight" in trainer_args or not desirable or not undesirable:
-        return {}
-    if desirable >= undesirable:
-        return {"desirable_weight": 1.0, "undesirable_weight": round(desirable / undesirable, 4)}
-    return {"desirable_weight": round(undesirable / desirable, 4), "undesirable_weight": 1.0}
+    spec = get_trainer(cfg.trainer)
+    if spec.check_rows is not None:
+        spec.check_rows(conversion, cfg, source)
 
 
 # ----------------------------------------------------------------------------- TRL
 
 
-def trl_classes(trainer: str):
-    import importlib
-
-    module, config_name, trainer_name = TRAINER_CLASSES[trainer]
-    imported = importlib.import_module(module)
-    return getattr(imported, config_name), getattr(imported, trainer_name)
-
-
 def trl_config(cfg: FeedbackConfig, workdir: str, counts: dict[str, int], num_processes: int):
-    """The TRL config of ``cfg.trainer``: hf-adapt's fields, the class-balance defaults, then ``trainer_args``."""
+    """The TRL config of ``cfg.trainer``: hf-adapt's fields, the trainer's own defaults for this run (e.g. KTO's
+    class-balance weights), then ``trainer_args``."""
     import dataclasses
 
     from hf_adapt.runtime import trackers_for
 
-    config_class, _ = trl_classes(cfg.trainer)
+    spec = get_trainer(cfg.trainer)
+    config_class, _ = spec.classes()
     known = {f.name for f in dataclasses.fields(config_class)}
     unknown = sorted(set(cfg.trainer_args) - known)
     if unknown:
@@ -293,16 +259,8 @@ def trl_config(cfg: FeedbackConfig, workdir: str, counts: dict[str, int], num_pr
         "use_cpu": _cpu_ranks(), "ddp_timeout": cfg.ddp_timeout,
         "disable_tqdm": True,
     }
-    if cfg.trainer == "kto":
-        values.update(kto_weights(counts, cfg.trainer_args))
-    if cfg.trainer == "grpo":
-        values["max_completion_length"] = cfg.max_new_tokens
-        if "num_generations" not in cfg.trainer_args:
-            per_step = cfg.per_device_train_batch_size * num_processes * cfg.gradient_accumulation_steps
-            values["num_generations"] = next((g for g in (8, 4, 2) if per_step % g == 0), None)
-            if values["num_generations"] is None:
-                raise ConfigError(f"grpo compares several completions of each prompt: per_device_train_batch_size x "
-                                  f"processes x gradient_accumulation_steps ({per_step}) must be even")
+    if spec.defaults is not None:
+        values.update(spec.defaults(cfg, counts, num_processes))
     values = {k: v for k, v in values.items() if k in known}  # e.g. GRPOConfig has no max_length
     values.update(cfg.trainer_args)
     try:
@@ -314,16 +272,15 @@ def trl_config(cfg: FeedbackConfig, workdir: str, counts: dict[str, int], num_pr
 def make_trainer(cfg: FeedbackConfig, model, tokenizer, rows: list[dict[str, Any]], args):
     from datasets import Dataset
 
-    from hf_adapt.feedback.evaluate import load_function
-
-    _, trainer_class = trl_classes(cfg.trainer)
     from hf_adapt.preemption import trainer_callback
 
+    spec = get_trainer(cfg.trainer)
+    _, trainer_class = spec.classes()
     kwargs: dict[str, Any] = {"model": model, "args": args, "train_dataset": Dataset.from_list(rows),
                               "processing_class": tokenizer,
                               "callbacks": [trainer_callback(save=cfg.checkpointing_steps is not None)]}
-    if cfg.trainer == "grpo":
-        kwargs["reward_funcs"] = [load_function(path, "reward_funcs") for path in cfg.reward_funcs]
+    if spec.trainer_kwargs is not None:
+        kwargs.update(spec.trainer_kwargs(cfg))
     return trainer_class(**kwargs)
 
 
@@ -347,7 +304,7 @@ def _run(cfg: FeedbackConfig) -> FeedbackResult:
     from hf_adapt.feedback.convert import convert
     from hf_adapt.feedback.inspect import summarize
     from hf_adapt.feedback.log import read_feedback
-    from hf_adapt.feedback.model import build_model, check_chat_template, check_parent_model, objective_of
+    from hf_adapt.feedback.model import build_model, check_chat_template, check_parent_model
     from hf_adapt.runtime import set_cpu_threads
 
     started = time.perf_counter()
@@ -359,7 +316,7 @@ def _run(cfg: FeedbackConfig) -> FeedbackResult:
     set_seed(cfg.seed)
     if not state.is_main_process:
         logging.getLogger("hf_adapt").setLevel(logging.WARNING)
-    objective = objective_of(cfg.trainer)
+    objective = get_trainer(cfg.trainer).objective
 
     # Everything that can fail on bad input happens before a model loads.
     parent = None
@@ -486,7 +443,7 @@ def _hub_id(name_or_path: str) -> str | None:
 
 def resolve_judge(cfg: FeedbackConfig) -> str:
     if cfg.judge == "auto":
-        return f"rule:{cfg.reward_funcs[0]}" if cfg.trainer == "grpo" else "pairs"
+        return f"rule:{cfg.reward_funcs[0]}" if get_trainer(cfg.trainer).reward_funcs else "pairs"
     return cfg.judge
 
 
@@ -526,26 +483,15 @@ def evaluate_round(cfg: FeedbackConfig, model, tokenizer, held_out: dict[str, li
     if parent is not None:
         model.load_adapter(str(parent.directory), adapter_name=ev.PARENT_ADAPTER)
     model.eval()
-    batch = cfg.per_device_eval_batch_size
-    metrics: dict[str, Any] = {"judge": judge_name}
-    examples: list[dict[str, Any]] = []
+    spec = get_trainer(cfg.trainer)
     try:
-        if cfg.trainer == "reward":
-            if held_out["pairs"]:
-                metrics.update(ev.reward_model_metrics(model, tokenizer, held_out["pairs"], cfg.max_length, batch))
-        else:
-            if held_out["pairs"]:
-                beta = args.beta if cfg.trainer in ("dpo", "kto") else None  # the trainers with a reference model
-                metrics.update(ev.pair_metrics(model, tokenizer, held_out["pairs"], cfg.max_length, beta, batch))
-            if held_out["completions"]:
-                metrics["kl_drift"] = ev.kl_drift(model, tokenizer, held_out["completions"], cfg.max_length, batch)
-            if judge is not None:
-                judged, examples = ev.judged_metrics(model, tokenizer, held_out["prompts"], judge, cfg.max_new_tokens,
-                                                     batch)
-                metrics.update(judged)
+        scored, examples = spec.scorer()(model, tokenizer, held_out, judge,
+                                         beta=args.beta if spec.reference_model else None, max_length=cfg.max_length,
+                                         max_new_tokens=cfg.max_new_tokens, batch_size=cfg.per_device_eval_batch_size)
     finally:
         if parent is not None:
             model.delete_adapter(ev.PARENT_ADAPTER)
+    metrics: dict[str, Any] = {"judge": judge_name, **scored}
     metrics["win_rate"] = metrics.get("pair_win_rate" if judge_name == "pairs" else "judged_win_rate", math.nan)
     logger.info("held-out: win rate %.4f against the parent (%s)%s", metrics["win_rate"], judge_name,
                 f"; preference accuracy {metrics['preference_accuracy_before']:.4f} -> "
@@ -564,17 +510,16 @@ def _write_outputs(directory: Path, cfg: FeedbackConfig, accelerator, model, tok
                    wall_seconds: float) -> None:
     from hf_adapt.config import save_config
     from hf_adapt.feedback.card import feedback_facts, write_card
-    from hf_adapt.outputs import RUN_FILE, write_json
+    from hf_adapt.outputs import write_json
+    from hf_adapt.run_record import RunRecord, kind_of, write_record
 
     model.save_pretrained(str(directory), selected_adapters=["default"])
     tokenizer.save_pretrained(str(directory))
     window, parent = facts["window"], facts["parent"]
     summary = facts["summary"]
     info = {
-        "format_version": 1,
-        "recipe": "feedback",
         "family": "transformers",
-        "objective": "reward" if cfg.trainer == "reward" else "clm",
+        "objective": get_trainer(cfg.trainer).objective,
         "regime": "adapter",
         "trainer": cfg.trainer,
         "model": {**{k: v for k, v in facts["model_block"].items() if v is not None},
@@ -588,7 +533,7 @@ def _write_outputs(directory: Path, cfg: FeedbackConfig, accelerator, model, tok
         "hub_repo": cfg.hub_model_id,
         "trained_at": _now(),
     }
-    write_json(directory / RUN_FILE, info)
+    write_record(directory, RunRecord(kind_of("feedback", info["objective"]), "feedback", info))
     write_json(directory / "eval_results.json", metrics)
     write_json(directory / RESULTS_FILE, {
         "gate": facts["gate"], "metrics": metrics, "window": {"left_out": window.left_out, **info["feedback"]},

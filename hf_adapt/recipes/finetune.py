@@ -176,10 +176,9 @@ class FinetuneConfig(CheckpointOptions, PublishOptions):
         schedulers = [s.value for s in SchedulerType]
         if self.lr_scheduler_type not in schedulers:
             raise ConfigError(f"lr_scheduler_type {self.lr_scheduler_type!r} is not one of {schedulers}")
-        if self.regime == "adapter":
-            from hf_adapt.adapters import check_adapter
+        from hf_adapt.regimes import get_regime
 
-            check_adapter(self.adapter)
+        get_regime(self.regime).check_config(self.adapter)
 
 
 def data_spec(cfg: FinetuneConfig):
@@ -229,6 +228,8 @@ def loop_settings(cfg: FinetuneConfig, backbone, **overrides):
 
 def base_model_info(cfg: FinetuneConfig, backbone) -> dict[str, Any]:
     """The ``model`` block of ``hf_adapt.json``: how to rebuild the base this run started from."""
+    from hf_adapt.regimes import get_regime
+
     return {"name_or_path": cfg.model_name_or_path, "weights_file": cfg.weights_file,
             # pin Hub bases to the commit trained on, so reloads cannot drift
             "pretrained": cfg.pretrained, "revision": cfg.model_revision or backbone.info.get("commit"),
@@ -237,7 +238,7 @@ def base_model_info(cfg: FinetuneConfig, backbone) -> dict[str, Any]:
             # the base weights an adapter or probe sits on; a full fine-tune, a scratch model or a transfer
             # chain (its merged init weights) restores or rebuilds them, so there is nothing to check
             "weights_fingerprint": backbone.info.get("weights_fingerprint") if cfg.pretrained and not cfg.init_from
-            and cfg.regime in ("adapter", "linear_probe") else None}
+            and get_regime(cfg.regime).keeps_base else None}
 
 
 @dataclass
@@ -282,8 +283,8 @@ class _Trainer:
         from accelerate.utils import set_seed
 
         from hf_adapt import transfer
-        from hf_adapt.adapters import apply_regime
         from hf_adapt.backbones import build_backbone
+        from hf_adapt.regimes import apply_regime
 
         set_seed(self.cfg.seed)  # every fold starts from the same head initialisation
         if self.parent is not None:
@@ -307,7 +308,8 @@ class _Trainer:
         ``select_epoch`` the best epoch on them is kept (and early stopping applies); without, or
         with no held rows, every configured epoch runs and the last is kept, so held-out scores
         are not selected on (cross-validation folds). ``phase`` names its checkpoints."""
-        from hf_adapt.loop import ClassificationTask, GradualUnfreeze, balanced_class_weights, fit, predict
+        from hf_adapt.loop import ClassificationTask, balanced_class_weights, fit, predict
+        from hf_adapt.regimes import get_regime
 
         cfg = self.cfg
         backbone, model = self.first if self.first is not None else self.build()
@@ -318,8 +320,7 @@ class _Trainer:
         task = ClassificationTask(backbone.logits, weights)
         overrides = {} if select_epoch and held_rows else {"restore_best": False, "early_stopping_patience": None}
         settings = loop_settings(cfg, backbone, **overrides)
-        callbacks = ([GradualUnfreeze(backbone.head_names, cfg.unfreeze_every_epochs)]
-                     if cfg.regime == "gradual_unfreeze" else [])
+        callbacks = get_regime(cfg.regime).callbacks(backbone, cfg.unfreeze_every_epochs)
         held_loader = self.loader(*held_rows, train=False, collate=collate) if held_rows else None
         checkpoints = self.checkpoints.phase(self.accelerator, phase) if self.checkpoints else None
         model, history = fit(self.accelerator, model, task, self.loader(*train_rows, train=True, collate=collate),
@@ -527,6 +528,7 @@ def _write_outputs(directory: Path, cfg, accelerator, model, backbone, family, d
     from hf_adapt.config import save_config
     from hf_adapt.metrics import softmax
     from hf_adapt.outputs import write_json
+    from hf_adapt.regimes import get_regime
     from hf_adapt.sources import known_dataset_name
 
     test_metrics, test_logits, y_true = evaluation.metrics, evaluation.logits, evaluation.labels
@@ -609,7 +611,7 @@ def _write_outputs(directory: Path, cfg, accelerator, model, backbone, family, d
         "model_source": model_info["name_or_path"],
         "family": family,
         "regime": cfg.regime,
-        "adapter": cfg.adapter if cfg.regime == "adapter" else None,
+        "adapter": cfg.adapter if get_regime(cfg.regime).uses_adapter else None,
         "license": cfg.license,
         "dataset_id": cfg.dataset_id,
         "dataset_name": dataset_name,
@@ -657,9 +659,10 @@ def _write_outputs(directory: Path, cfg, accelerator, model, backbone, family, d
 
 
 def _summary(cfg, base_model, dataset_name, data) -> str:
+    from hf_adapt.regimes import get_regime
+
     base = f"`{base_model}`" if base_model else f"`{cfg.model_name_or_path}`"
-    how = {"adapter": f"a peft {cfg.adapter.get('peft_type', '')} adapter", "linear_probe": "a linear probe",
-           "full": "full fine-tuning", "gradual_unfreeze": "gradual unfreezing (full fine-tuning, top layers first)"}[cfg.regime]
+    how = get_regime(cfg.regime).describe(cfg.adapter)
     via = f" by way of the backbone of `{Path(cfg.init_from).name}`" if cfg.init_from else ""
     return (f"A {len(data.labels)}-class classifier ({', '.join(data.labels)}) adapted from {base}{via} with {how}, "
             f"trained with hf-adapt on {dataset_name}.")

@@ -110,10 +110,9 @@ class PretrainConfig(CheckpointOptions, PublishOptions):
         if self.lr_scheduler_type not in {s.value for s in SchedulerType}:
             raise ConfigError(f"lr_scheduler_type {self.lr_scheduler_type!r} is not one of "
                               f"{[s.value for s in SchedulerType]}")
-        if self.regime == "adapter":
-            from hf_adapt.adapters import check_adapter
+        from hf_adapt.regimes import get_regime
 
-            check_adapter(self.adapter)
+        get_regime(self.regime).check_config(self.adapter)
 
 
 def finetune_config(cfg: PretrainConfig):
@@ -178,11 +177,12 @@ def _pretrain_lm(cfg: PretrainConfig) -> PretrainResult:
     from accelerate.utils import set_seed
 
     from hf_adapt import lm, outputs
-    from hf_adapt.adapters import apply_regime, count_parameters
+    from hf_adapt.adapters import count_parameters
     from hf_adapt.checkpoints import Checkpoints
     from hf_adapt.config import redact
     from hf_adapt.loop import LoopSettings, fit
     from hf_adapt.recipes.finetune import _flat
+    from hf_adapt.regimes import get_regime
     from hf_adapt.runtime import make_accelerator, set_cpu_threads
 
     started = time.perf_counter()
@@ -204,10 +204,11 @@ def _pretrain_lm(cfg: PretrainConfig) -> PretrainResult:
               for split, dataset in corpus.splits.items()}
     held_out = {split: lm.fixed_eval_examples(blocks[split], tokenizer, objective, cfg.mlm_probability, cfg.seed, split)
                 for split in ("validation", "test")}
-    if cfg.regime == "adapter":
+    regime = get_regime(cfg.regime)
+    if regime.uses_adapter:
         lm.check_mergeable(cfg.adapter)
-    model = apply_regime(backbone, cfg.regime, cfg.adapter)
-    if cfg.regime == "adapter":
+    model = regime.apply(backbone, cfg.adapter)
+    if regime.uses_adapter:
         lm.train_new_parameters(model, backbone)
     train_loader = lm.make_lm_loader(blocks["train"], lm.train_collator(tokenizer, objective, cfg.mlm_probability),
                                      cfg.per_device_train_batch_size, True, cfg.seed, cfg.num_workers)
@@ -259,18 +260,17 @@ def _pretrain_lm(cfg: PretrainConfig) -> PretrainResult:
 def _write_outputs(directory: Path, cfg: PretrainConfig, accelerator, model, backbone, objective, corpus, history,
                    metrics, sizes, trainable, total, wall_seconds) -> None:
     from hf_adapt import cards
-    from hf_adapt.artifacts import FORMAT_VERSION
     from hf_adapt.config import save_config
     from hf_adapt.lm import LM_HEAD_FILE, PIPELINE_TAGS, save_lm
-    from hf_adapt.outputs import RUN_FILE, write_json
+    from hf_adapt.outputs import write_json
+    from hf_adapt.regimes import get_regime
+    from hf_adapt.run_record import RunRecord, write_record
     from hf_adapt.sources import known_dataset_name
 
     save_lm(model, backbone, cfg.regime, directory)
     data_info = {"source": corpus.origin["source"], "text_column": corpus.column, "packing": cfg.packing,
                  "mlm_probability": cfg.mlm_probability if objective == "mlm" else None}
-    write_json(directory / RUN_FILE, {
-        "format_version": FORMAT_VERSION,
-        "recipe": "pretrain",
+    write_record(directory, RunRecord("language_model", "pretrain", {
         "family": "transformers",
         "objective": objective,
         "regime": cfg.regime,
@@ -279,7 +279,7 @@ def _write_outputs(directory: Path, cfg: PretrainConfig, accelerator, model, bac
                   "trust_remote_code": cfg.trust_remote_code, "base_model_id": cfg.base_model_id,
                   "max_length": cfg.max_length},
         "data": data_info,
-    })
+    }))
     write_json(directory / "eval_results.json", metrics)
     write_json(directory / "train_results.json", {
         "best_epoch": history.best_epoch, "best_validation": history.best_metrics, "history": history.history,
@@ -303,9 +303,9 @@ def _write_outputs(directory: Path, cfg: PretrainConfig, accelerator, model, bac
         "objective": objective,
         "pipeline_tag": PIPELINE_TAGS[objective],
         "regime": cfg.regime,
-        "adapter": cfg.adapter if cfg.regime == "adapter" else None,
+        "adapter": cfg.adapter if get_regime(cfg.regime).uses_adapter else None,
         "new_parameters": {"count": len(new_keys), "names": new_keys[:8],
-                           "file": LM_HEAD_FILE if new_keys and cfg.regime == "adapter" else None},
+                           "file": LM_HEAD_FILE if new_keys and get_regime(cfg.regime).uses_adapter else None},
         "license": cfg.license,
         "dataset_id": cfg.dataset_id,
         "dataset_name": dataset_name,
@@ -341,9 +341,12 @@ def _write_outputs(directory: Path, cfg: PretrainConfig, accelerator, model, bac
 
 
 def _summary(cfg: PretrainConfig, objective: str, base_model, dataset_name: str, metrics: dict[str, float]) -> str:
+    from hf_adapt.regimes import get_regime
+
     base = f"`{base_model or cfg.model_name_or_path}`"
     kind = "masked" if objective == "mlm" else "causal"
-    how = f"a peft {cfg.adapter.get('peft_type', '')} adapter" if cfg.regime == "adapter" else "full-weight training"
+    regime = get_regime(cfg.regime)
+    how = regime.describe(cfg.adapter) if regime.uses_adapter else "full-weight training"
     before, after = metrics["perplexity_before"], metrics["perplexity"]
     return (f"A {kind} language model continued-pretrained from {base} with {how} on {dataset_name} by hf-adapt; "
             f"held-out test perplexity {before:.2f} before and {after:.2f} after.")

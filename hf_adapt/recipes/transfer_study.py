@@ -28,7 +28,6 @@ from hf_adapt.recipes.finetune import FinetuneConfig
 logger = logging.getLogger("hf_adapt.transfer_study")
 
 METRICS = ("accuracy", "macro_f1", "auroc", "log_loss", "ece")
-REGIMES = ("adapter", "linear_probe", "full", "gradual_unfreeze")
 REACH = 0.95  # an arm "reaches" its full-data score at 95 % of it
 RECIPE = "transfer_study"
 # what the study sets in every cell; an arm or the shared finetune dict may not set them
@@ -115,8 +114,10 @@ class TransferStudyConfig:
 def _arm(item: Any, index: int) -> dict[str, Any]:
     """An arm as ``{name, **FinetuneConfig overrides}``; a bare regime name is ``{name: r, regime: r}``."""
     if isinstance(item, str):
-        if item not in REGIMES:
-            raise ConfigError(f"arms[{index}]: {item!r} is not a regime ({', '.join(REGIMES)}); "
+        from hf_adapt.regimes import registered_regimes
+
+        if item not in registered_regimes():
+            raise ConfigError(f"arms[{index}]: {item!r} is not a regime ({', '.join(registered_regimes())}); "
                               "for other arms give a dict with a name and FinetuneConfig overrides")
         return {"name": item, "regime": item}
     if not isinstance(item, dict):
@@ -346,6 +347,7 @@ def write_results(cfg: TransferStudyConfig, cells: list[Cell], rows: list[dict[s
 
     from hf_adapt.config import redact, save_config
     from hf_adapt.outputs import RUN_FILE, discard, staging_path, write_json
+    from hf_adapt.run_record import RunRecord, write_record
 
     out = Path(cfg.output_dir)
     staging = staging_path(out / "results")
@@ -357,8 +359,8 @@ def write_results(cfg: TransferStudyConfig, cells: list[Cell], rows: list[dict[s
                                                "config": redact(config_to_dict(cfg))})
         transfer_curve(summary, staging / "transfer_curve.png")
         save_config(cfg, staging / "config.yaml")
-        write_json(staging / RUN_FILE, {"recipe": RECIPE, "metric": cfg.metric, "arms": [a["name"] for a in cfg.arms],
-                                        "budgets": cfg.budgets, "seeds": cfg.seeds})
+        write_record(staging, RunRecord("transfer_study", RECIPE, {
+            "metric": cfg.metric, "arms": [a["name"] for a in cfg.arms], "budgets": cfg.budgets, "seeds": cfg.seeds}))
         for name in ("results.csv", "results.md", "results.json", "transfer_curve.png", "config.yaml", RUN_FILE):
             os.replace(staging / name, out / name)
     finally:

@@ -16,7 +16,8 @@ from safetensors.torch import load_file
 
 from hf_adapt.errors import ConfigError, DataError, ModelError
 from hf_adapt.feedback import load_policy, load_reward_model
-from hf_adapt.recipes.feedback import FeedbackConfig, kto_weights, main
+from hf_adapt.feedback.trainers import kto_weights
+from hf_adapt.recipes.feedback import FeedbackConfig, main
 from tests.feedback.conftest import product_feedback, write_log
 
 LORA = {"peft_type": "LORA", "r": 4, "lora_alpha": 8}

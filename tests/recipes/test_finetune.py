@@ -90,6 +90,21 @@ def test_reload_gives_identical_logits(text_run):
     torch.testing.assert_close(merged.logits(inputs), expected, atol=1e-4, rtol=1e-4)
 
 
+def test_an_output_written_before_run_record_kinds_still_loads_to_identical_logits(text_run, tmp_path):
+    """An hf_adapt.json as hf-adapt wrote it before kinds and column kinds (format_version 1)."""
+    import shutil
+
+    _, result = text_run
+    old = tmp_path / "old"
+    shutil.copytree(result.output_dir, old)
+    info = json.loads((old / "hf_adapt.json").read_text())
+    assert info["format_version"] == 2 and info["kind"] == "classifier"
+    del info["kind"], info["data"]["column_kinds"]
+    (old / "hf_adapt.json").write_text(json.dumps({**info, "format_version": 1}))
+    inputs = result.data.inputs("test", "text")[:16]
+    assert torch.equal(hf_adapt.load_adapted(str(old)).logits(inputs), _test_logits(result))
+
+
 def test_predictor_takes_table_rows(text_run):
     _, result = text_run
     predictor = hf_adapt.load_adapted(str(result.output_dir))

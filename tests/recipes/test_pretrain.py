@@ -74,7 +74,8 @@ def test_mlm_lora_lowers_held_out_loss_and_writes_the_contract(mlm_lora):
         assert (out / name).is_file(), name
     assert not list(out.parent.glob(".out.partial-*")), "staging dir left behind"
     assert read_json(out / "hf_adapt.json") == {
-        "format_version": 1, "recipe": "pretrain", "family": "transformers", "objective": "mlm", "regime": "adapter",
+        "format_version": 2, "kind": "language_model", "recipe": "pretrain", "family": "transformers",
+        "objective": "mlm", "regime": "adapter",
         "model": {"name_or_path": cfg.model_name_or_path, "revision": None, "trust_remote_code": False,
                   "base_model_id": "hf-adapt-tests/tiny-bert", "max_length": 64},
         "data": {"source": cfg.data, "text_column": "review", "packing": True, "mlm_probability": 0.15},
@@ -167,8 +168,9 @@ def test_load_pretrained_lm_refuses_other_folders(mlm_lora, tmp_path):
     write_json(copy / "hf_adapt.json", {**info, "model": {**info["model"], "trust_remote_code": True}})
     with pytest.raises(ModelError, match="needs trust_remote_code=True"):
         load_pretrained_lm(copy)
-    write_json(copy / "hf_adapt.json", {**info, "recipe": "finetune"})
-    with pytest.raises(ModelError, match="'finetune' output, not a language model"):
+    write_json(copy / "hf_adapt.json", {**info, "recipe": "finetune", "kind": "classifier"})
+    with pytest.raises(ModelError, match="is a finetune output .* a classifier, not a language model; load it with "
+                                         "hf_adapt.load_adapted"):
         load_pretrained_lm(copy)
 
 
