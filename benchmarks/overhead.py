@@ -3,7 +3,7 @@
 What is compared
 ----------------
 hf-adapt side: the real library path, wired as ``hf_adapt.recipes.finetune.main`` wires it:
-``build_backbone(BackboneSpec(...))`` -> ``apply_regime(backbone, "adapter", {LoRA})`` ->
+``build_backbone(BackboneSpec(...))`` -> ``regimes.apply_regime(backbone, "adapter", {LoRA})`` ->
 ``ExampleDataset`` + ``make_loader`` (the backbone's tokenizer collate) -> ``ClassificationTask`` ->
 ``hf_adapt.loop.fit(...)`` with ``LoopSettings(max_steps=N, ...)`` under ``accelerate.Accelerator()``.
 
@@ -315,9 +315,9 @@ class HfRun:
         from accelerate import Accelerator
         from accelerate.utils import set_seed
 
-        from hf_adapt.adapters import apply_regime
         from hf_adapt.backbones import BackboneSpec, build_backbone
         from hf_adapt.loop import ClassificationTask, ExampleDataset, LoopSettings, make_loader
+        from hf_adapt.regimes import apply_regime
 
         self.accelerator = Accelerator()
         torch.set_num_threads(1)
