@@ -201,9 +201,8 @@ def tfidf_rows(study_cfg) -> list[dict]:
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
 
-    from hf_adapt.data import load_labelled
+    from hf_adapt.data import DataSpec, load_labelled
     from hf_adapt.metrics import classification_metrics, is_better
-    from hf_adapt.recipes.finetune import data_spec
     from hf_adapt.recipes.transfer_study import METRICS
     from hf_adapt.recipes.transfer_study import plan as cells_of
 
@@ -211,7 +210,7 @@ def tfidf_rows(study_cfg) -> list[dict]:
     first = study_cfg.arms[0]["name"]
     for cell in (c for c in cells_of(study_cfg) if c.arm == first):
         started = time.perf_counter()
-        data = load_labelled(data_spec(cell.config))
+        data = load_labelled(DataSpec.from_config(cell.config))
         texts = {split: data.inputs(split, "text") for split in ("train", "validation", "test")}
         labels = {split: np.asarray(data.splits[split]["label"]) for split in texts}
         vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True).fit(texts["train"])

@@ -18,7 +18,7 @@ from typing import Any
 
 from torch import nn
 
-from hf_adapt.backbones import Backbone
+from hf_adapt.backbones import Backbone, weights_fingerprint
 from hf_adapt.errors import ConfigError, ModelError
 from hf_adapt.outputs import RUN_FILE, write_json
 from hf_adapt.run_record import RunRecord, kind_of, read_object, read_record, write_record
@@ -42,21 +42,6 @@ def check_artifacts(directory: Path, info: dict[str, Any]) -> None:
         check_safetensors(directory / name)
 
 
-def weights_fingerprint(backbone: Backbone) -> str:
-    """A short hash of a freshly built backbone's weights (the head excluded: it is new or replaced): every
-    tensor's name, shape, dtype and first 64 values. Recorded at training and checked on load, it tells a base
-    that merely has the right shapes (another checkpoint, a different revision) from the one trained on."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    for name, tensor in backbone.model.state_dict().items():
-        if any(f".{head}." in f".{name}" for head in backbone.head_names):
-            continue
-        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}\0".encode())
-        digest.update(tensor.detach().reshape(-1)[:64].float().cpu().numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
 def check_base(backbone: Backbone, model_info: dict[str, Any], where: str) -> None:
     """Refuse to put an adapter on a base other than the one it was trained on (outputs that recorded one)."""
     recorded = model_info.get("weights_fingerprint")
@@ -66,6 +51,22 @@ def check_base(backbone: Backbone, model_info: dict[str, Any], where: str) -> No
             f"{where}: the adapter was trained on other base weights than {model_info.get('name_or_path')!r} "
             f"(revision {model_info.get('revision')}) holds now (weights fingerprint {recorded} when trained, "
             f"{now} now); load the base it was trained on")
+
+
+def base_model_info(cfg: Any, backbone: Backbone) -> dict[str, Any]:
+    """The ``model`` block of ``hf_adapt.json``: how to rebuild the base a classification run (finetune, or
+    continual from scratch) started from, read off its config's model fields and the backbone as built."""
+    from hf_adapt.regimes import get_regime
+
+    return {"name_or_path": cfg.model_name_or_path, "weights_file": cfg.weights_file,
+            # pin Hub bases to the commit trained on, so reloads cannot drift
+            "pretrained": cfg.pretrained, "revision": cfg.model_revision or backbone.info.get("commit"),
+            "trust_remote_code": cfg.trust_remote_code, "image_size": cfg.image_size,
+            "max_length": cfg.max_length, "pooling": backbone.info.get("pooling"), "base_model_id": cfg.base_model_id,
+            # the base weights an adapter or probe sits on; a full fine-tune, a scratch model or a transfer
+            # chain (its merged init weights) restores or rebuilds them, so there is nothing to check
+            "weights_fingerprint": backbone.info.get("weights_fingerprint") if cfg.pretrained and not cfg.init_from
+            and get_regime(cfg.regime).keeps_base else None}
 
 
 def save_model(model: nn.Module, backbone: Backbone, regime: str, directory: Path) -> None:

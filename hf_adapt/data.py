@@ -37,7 +37,8 @@ from hf_adapt.sources import resolve_source
 logger = logging.getLogger("hf_adapt.data")
 
 _TABLE_FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
-_SPLIT_NAMES = {"train": "train", "validation": "validation", "valid": "validation", "val": "validation", "dev": "validation", "test": "test"}
+# the split names data files and folders may use -> the split they are
+SPLIT_NAMES = {"train": "train", "validation": "validation", "valid": "validation", "val": "validation", "dev": "validation", "test": "test"}
 _GROUP_HINTS = ("patient_id", "patient", "subject_id", "customer_id")  # warned about when group_column is unset
 
 
@@ -67,6 +68,25 @@ class DataSpec:
     on_bad_image: str = "error"  # "error": stop at the first unreadable image; "skip": drop it, counted
     image_root: str | None = None  # a folder manifest image paths may point into, besides the manifest's own
     class_names: list[str] | None = None  # set by load_labelled, for messages
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> DataSpec:
+        """The spec of a classification config's data fields (``data``, ``label_column``, ``max_train_samples``
+        ...): finetune's, and each continual experience's once its own fields are filled in."""
+        limits = {}
+        if cfg.max_train_samples:
+            limits["train"] = cfg.max_train_samples
+        if cfg.max_eval_samples:
+            limits.update(validation=cfg.max_eval_samples, test=cfg.max_eval_samples)
+        return cls(
+            source=cfg.data, label_column=cfg.label_column, data_files=cfg.data_files, subset=cfg.data_subset,
+            revision=cfg.data_revision, text_column=cfg.text_column, image_column=cfg.image_column,
+            feature_columns=cfg.feature_columns, text_template=cfg.text_template, pixel_shape=cfg.pixel_shape,
+            validation_size=cfg.validation_size, test_size=cfg.test_size, seed=cfg.seed, max_samples=limits,
+            load_kwargs=cfg.data_kwargs or {}, train_fraction=cfg.train_fraction,
+            train_samples_per_class=cfg.train_samples_per_class, group_column=cfg.group_column,
+            dicom_window=cfg.dicom_window, on_bad_image=cfg.on_bad_image, image_root=cfg.image_root,
+        )
 
 
 @dataclass
@@ -188,7 +208,7 @@ def _load_files(files: dict[str, str], spec: DataSpec):
             raise DataError(problem or f"data file {path} cannot be read as {fmt}: {type(err).__name__}: {err}") from err
         if not has_rows:
             raise DataError(f"split {split!r} is empty: {path} holds no rows")
-        resolved[_SPLIT_NAMES.get(split, split)] = str(path)
+        resolved[SPLIT_NAMES.get(split, split)] = str(path)
         formats.add(fmt)
     if len(formats) != 1:
         raise DataError(
@@ -241,7 +261,7 @@ def _table_files(spec: DataSpec) -> dict[str, str] | None:
         return {"train": str(path)}
     if path.is_dir():
         tables = {p.stem.split(".")[0]: str(p) for p in sorted(path.iterdir()) if _format_of(p)}
-        return {k: v for k, v in tables.items() if k in _SPLIT_NAMES} or None
+        return {k: v for k, v in tables.items() if k in SPLIT_NAMES} or None
     return None
 
 
@@ -253,8 +273,8 @@ def _manifest_folders(spec: DataSpec) -> dict[str, Path]:
     files = _table_files(spec)
     if files is None:
         folder = Path(resolve_source(spec.source, field="data")) if spec.source else None
-        return dict.fromkeys(set(_SPLIT_NAMES.values()), folder.resolve()) if folder and folder.is_dir() else {}
-    return {_SPLIT_NAMES.get(split, split): Path(resolve_source(name, field=f"data_files.{split}")).resolve().parent
+        return dict.fromkeys(set(SPLIT_NAMES.values()), folder.resolve()) if folder and folder.is_dir() else {}
+    return {SPLIT_NAMES.get(split, split): Path(resolve_source(name, field=f"data_files.{split}")).resolve().parent
             for split, name in files.items()}
 
 
@@ -299,7 +319,7 @@ def _class_folders(root: Path) -> dict[str, list[Path]]:
     Refuses a class folder without image files: ``imagefolder`` would drop the class unnoticed.
     """
     folders = _subfolders(root)
-    splits = {_SPLIT_NAMES[p.name]: p for p in folders} if all(p.name in _SPLIT_NAMES for p in folders) else {}
+    splits = {SPLIT_NAMES[p.name]: p for p in folders} if all(p.name in SPLIT_NAMES for p in folders) else {}
     layout = {split: _subfolders(folder) for split, folder in (splits or {"train": root}).items()}
     empty = [d for dirs in layout.values() for d in dirs
              if not any(f.is_file() and is_image_file(f) for f in d.rglob("*"))]
@@ -581,7 +601,7 @@ def make_splits(dataset_dict, spec: DataSpec) -> tuple[dict[str, Any], str]:
     Label budgets and ``max_samples`` then pick rows, not groups, inside the train split: they
     cannot mix groups across splits.
     """
-    splits = {_SPLIT_NAMES.get(k, k): v for k, v in dataset_dict.items()}
+    splits = {SPLIT_NAMES.get(k, k): v for k, v in dataset_dict.items()}
     if "train" not in splits:
         raise DataError(f"no train split; found {sorted(splits)}. Name the splits train, validation (or valid, val, "
                         "dev) and test")
@@ -727,7 +747,7 @@ def _delimiter_hint(columns: list[str]) -> str:
 
 def _check_unseen_labels(encoded: dict[str, Any], names: list[str]) -> None:
     """A validation or test label that the train split never has: no model can learn it, and scores would hide it."""
-    named = {_SPLIT_NAMES.get(split, split): split for split in encoded}
+    named = {SPLIT_NAMES.get(split, split): split for split in encoded}
     if "train" not in named:
         return
     seen = set(encoded[named["train"]]["label"])
@@ -840,11 +860,11 @@ def load_labelled(spec: DataSpec) -> LabelledData:
     _check_unseen_labels(encoded, names)
     folders, image_root = _manifest_folders(spec), _image_root(spec)
     first = next(iter(encoded))
-    paths = path_column(encoded[first], spec.image_column, folders.get(_SPLIT_NAMES.get(first, first)), image_root)
+    paths = path_column(encoded[first], spec.image_column, folders.get(SPLIT_NAMES.get(first, first)), image_root)
     repeated = 0
     if paths is not None:  # a manifest: image paths, relative to each split file's folder and confined to it
         spec = replace(spec, image_column=paths)
-        encoded = {split: resolve_paths(ds, paths, folders.get(_SPLIT_NAMES.get(split, split)), image_root, split)
+        encoded = {split: resolve_paths(ds, paths, folders.get(SPLIT_NAMES.get(split, split)), image_root, split)
                    if paths in ds.column_names else ds for split, ds in encoded.items()}
         repeated = count_repeated_images(encoded, paths)
     splits, how = make_splits(encoded, replace(spec, class_names=names))

@@ -110,7 +110,7 @@ def _integrated_gradients(model, backbone, preprocessor, labels: list[str], text
     import torch
     from captum.attr import LayerIntegratedGradients
 
-    from hf_adapt.figures import _eval_mode
+    from hf_adapt.figures import eval_mode
     from hf_adapt.metrics import softmax
 
     if steps < 1:
@@ -133,7 +133,7 @@ def _integrated_gradients(model, backbone, preprocessor, labels: list[str], text
     def model_logits(input_ids, *extra):
         return backbone.logits(model, {"input_ids": input_ids, **dict(zip(extra_names, extra))})
 
-    with _eval_mode(model), torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         logits = model_logits(batch["input_ids"], *(batch[k] for k in extra_names)).float()
     probs = softmax(logits.cpu().numpy().astype(np.float64))[0]
     predicted = predicted or labels[int(probs.argmax())]
@@ -148,12 +148,12 @@ def _integrated_gradients(model, backbone, preprocessor, labels: list[str], text
 
     layer_name, layer = input_embedding_layer(model)
     extra = tuple(batch[k] for k in extra_names)
-    with _eval_mode(model), torch.enable_grad():
+    with eval_mode(model), torch.enable_grad():
         attributions, delta = LayerIntegratedGradients(forward, layer).attribute(
             batch["input_ids"], baselines=baseline_ids, additional_forward_args=extra, n_steps=steps,
             return_convergence_delta=True,
         )
-    with _eval_mode(model), torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         at_input, at_baseline = (float(forward(ids, *extra)[0]) for ids in (batch["input_ids"], baseline_ids))
     per_token = attributions.detach().sum(dim=-1)[0].float().cpu().numpy()
     ids = batch["input_ids"][0].tolist()
@@ -271,9 +271,8 @@ def explain_image(model, backbone, preprocessor, labels: list[str], image: Any, 
     import torch
 
     from hf_adapt import figures
-    from hf_adapt.figures import _eval_mode
+    from hf_adapt.figures import eval_mode
     from hf_adapt.metrics import softmax
-    from hf_adapt.report import _as_seen
 
     if getattr(preprocessor, "input_kind", None) != "image":
         raise DataError(f"this model reads {getattr(preprocessor, 'input_kind', 'unknown')} inputs, not images")
@@ -289,12 +288,12 @@ def explain_image(model, backbone, preprocessor, labels: list[str], image: Any, 
     def forward(pixels):
         return backbone.logits(model, {"pixel_values": pixels})
 
-    with _eval_mode(model), torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         probs = softmax(forward(batch).float().cpu().numpy().astype(np.float64))[0]
     predicted = predicted or labels[int(probs.argmax())]
     t = _target_index(labels, target, predicted)
     title = f"predicted {predicted} ({probs[labels.index(predicted)]:.2f}); Grad-CAM for {labels[t]}"
-    shown = _as_seen(batch, preprocessor.data_config) if hasattr(preprocessor, "data_config") else [image]
+    shown = figures.as_seen(batch, preprocessor.data_config) if hasattr(preprocessor, "data_config") else [image]
     empty = not figures.gradcam_maps(forward, layer, batch, [t]).any()
     if empty:
         logger.warning("the Grad-CAM map for %s is zero everywhere: the last feature map holds no positive "

@@ -31,13 +31,14 @@ logger = logging.getLogger("hf_adapt.figures")
 DPI = 100
 
 
-def _figure(**kwargs: Any) -> Figure:
+def new_figure(**kwargs: Any) -> Figure:
+    """A figure at the cards' resolution, laid out to fit its contents; write it with :func:`save_figure`."""
     from matplotlib.figure import Figure
 
     return Figure(dpi=DPI, layout="constrained", **kwargs)
 
 
-def _save(fig: Figure, path: str | os.PathLike, title: str) -> Path:
+def save_figure(fig: Figure, path: str | os.PathLike, title: str) -> Path:
     """Write ``fig`` as PNG to ``path`` atomically; the title also goes into the PNG metadata."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -51,7 +52,7 @@ def _save(fig: Figure, path: str | os.PathLike, title: str) -> Path:
 
 
 @contextmanager
-def _eval_mode(model: Any) -> Iterator[None]:
+def eval_mode(model: Any) -> Iterator[None]:
     """Eval mode inside; every submodule gets its own training flag back afterwards. Non-modules pass through."""
     import torch
 
@@ -93,7 +94,7 @@ def training_curves(history: list[dict[str, Any]], metric: str, path: str | os.P
 
     from matplotlib.ticker import MaxNLocator
 
-    fig = _figure(figsize=(8, 3.5))
+    fig = new_figure(figsize=(8, 3.5))
     loss_ax, metric_ax = fig.subplots(1, 2)
     loss_ax.plot(epochs, series("train_loss"), "o-", label="train loss")
     if any("log_loss" in row for row in history):
@@ -110,7 +111,7 @@ def training_curves(history: list[dict[str, Any]], metric: str, path: str | os.P
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     best_text = f"best epoch {epochs[best]}" if best is not None else "no epoch with a defined value"
-    return _save(fig, path, f"Training curves; validation {metric}, {best_text}")
+    return save_figure(fig, path, f"Training curves; validation {metric}, {best_text}")
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, labels: Sequence[str], path: str | os.PathLike) -> Path:
@@ -126,7 +127,7 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, labels: Sequence[st
         if values.size and (values.min() < 0 or values.max() >= k):  # sklearn would drop such rows silently
             raise ValueError(f"{name} holds label indices outside 0..{k - 1} for labels {list(labels)}")
     side = min(4.0 + 0.35 * max(k - 4, 0), 12.0)
-    fig = _figure(figsize=(side + 1.0, side))
+    fig = new_figure(figsize=(side + 1.0, side))
     ax = fig.subplots()
     rotate = 45 if k > 3 and max(len(str(label)) for label in labels) > 6 else "horizontal"
     ConfusionMatrixDisplay.from_predictions(
@@ -135,7 +136,7 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, labels: Sequence[st
     )
     title = f"Confusion matrix, test split (n={len(y_true)})"
     ax.set_title(title)
-    return _save(fig, path, title)
+    return save_figure(fig, path, title)
 
 
 def reliability_bins(probs: np.ndarray, y_true: np.ndarray, n_bins: int = 15) -> dict[str, np.ndarray]:
@@ -171,7 +172,7 @@ def reliability_diagram(probs: np.ndarray, y_true: np.ndarray, path: str | os.Pa
     width = 1.0 / n_bins
     full = count > 0
 
-    fig = _figure(figsize=(5, 5))
+    fig = new_figure(figsize=(5, 5))
     top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
     top.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
     top.bar(edges[:-1][full], stats["accuracy"][full], width=width, align="edge", alpha=0.35,
@@ -184,7 +185,7 @@ def reliability_diagram(probs: np.ndarray, y_true: np.ndarray, path: str | os.Pa
     bottom.set(xlabel="top-label confidence", ylabel="count")
     title = f"Reliability, test split: ECE = {ece:.4f} ({n_bins} bins)"
     top.set_title(title, fontsize=10)
-    return _save(fig, path, title)
+    return save_figure(fig, path, title)
 
 
 def gradcam_target_layer(model: torch.nn.Module, example: torch.Tensor | None = None) -> torch.nn.Module | None:
@@ -220,7 +221,7 @@ def gradcam_target_layer(model: torch.nn.Module, example: torch.Tensor | None = 
 
     handle = layer.register_forward_hook(record)
     try:
-        with _eval_mode(base), torch.no_grad():
+        with eval_mode(base), torch.no_grad():
             base(example[:1])
     except Exception as err:  # a model that cannot run on this input gets no Grad-CAM, not a failed card
         logger.warning("Grad-CAM skipped: probing %s failed (%s: %s)", last["module"], type(err).__name__, err)
@@ -256,7 +257,7 @@ def gradcam_maps(model: Callable[[torch.Tensor], torch.Tensor], target_layer: to
 
     if len(class_indices) != len(batch):
         raise ValueError(f"{len(class_indices)} class indices for a batch of {len(batch)}")
-    with _eval_mode(model), torch.enable_grad():
+    with eval_mode(model), torch.enable_grad():
         attributions = LayerGradCam(model, target_layer).attribute(
             batch, target=[int(c) for c in class_indices], relu_attributions=True
         )
@@ -264,6 +265,17 @@ def gradcam_maps(model: Callable[[torch.Tensor], torch.Tensor], target_layer: to
     maps = maps[:, 0].clamp_min(0).float().cpu().numpy()
     peak = maps.reshape(len(maps), -1).max(axis=1)
     return np.divide(maps, peak[:, None, None], out=np.zeros_like(maps), where=peak[:, None, None] > 0)
+
+
+def as_seen(batch: torch.Tensor, data_config: dict[str, Any]) -> list[Image]:
+    """The preprocessed batch back as PIL images (normalisation undone), aligned pixel for pixel with Grad-CAM."""
+    import torch
+    from PIL import Image
+
+    mean = torch.tensor(data_config["mean"], dtype=torch.float32).view(-1, 1, 1)
+    std = torch.tensor(data_config["std"], dtype=torch.float32).view(-1, 1, 1)
+    pixels = (batch.detach().float().cpu() * std + mean).clamp(0, 1).mul(255).round().to(torch.uint8)
+    return [Image.fromarray(p.permute(1, 2, 0).squeeze(-1).numpy()) for p in pixels]
 
 
 def gradcam_overlays(model: Callable[[torch.Tensor], torch.Tensor], target_layer: torch.nn.Module,
@@ -283,13 +295,13 @@ def gradcam_overlays(model: Callable[[torch.Tensor], torch.Tensor], target_layer
     height, width = maps.shape[1:]
     paths = []
     for i, (image, heat, title) in enumerate(zip(images, maps, titles)):
-        fig = _figure(figsize=(3, 3.3))
+        fig = new_figure(figsize=(3, 3.3))
         ax = fig.subplots()
         ax.imshow(np.asarray(image.convert("RGB").resize((width, height))))
         ax.imshow(heat, cmap="jet", alpha=0.4, vmin=0.0, vmax=1.0)
         ax.set_axis_off()
         ax.set_title(title, fontsize=9, wrap=True)
-        paths.append(_save(fig, Path(directory) / f"{prefix}_{i}.png", title))
+        paths.append(save_figure(fig, Path(directory) / f"{prefix}_{i}.png", title))
     return paths
 
 
@@ -303,7 +315,7 @@ def accuracy_matrix(matrix: Sequence[Sequence[float | None]], row_names: Sequenc
     if values.shape != (len(row_names), len(column_names)):
         raise ValueError(f"matrix of shape {values.shape} for {len(row_names)} rows and {len(column_names)} columns")
     lower = metric in LOWER_IS_BETTER
-    fig = _figure(figsize=(1.6 + 1.0 * len(column_names), 1.2 + 0.55 * len(row_names)))
+    fig = new_figure(figsize=(1.6 + 1.0 * len(column_names), 1.2 + 0.55 * len(row_names)))
     ax = fig.subplots()
     finite = values[np.isfinite(values)]
     bounds = (0.0, 1.0) if finite.size == 0 or (finite.min() >= 0 and finite.max() <= 1) else (finite.min(), finite.max())
@@ -321,7 +333,7 @@ def accuracy_matrix(matrix: Sequence[Sequence[float | None]], row_names: Sequenc
     fig.colorbar(image, ax=ax, label=metric)
     title = f"Continual learning: test {metric} of each experience after each step"
     ax.set_title(title, fontsize=9)
-    return _save(fig, path, title)
+    return save_figure(fig, path, title)
 
 
 def attribution_bars(names: Sequence[str], values: Sequence[float], path: str | os.PathLike, title: str,
@@ -337,7 +349,7 @@ def attribution_bars(names: Sequence[str], values: Sequence[float], path: str | 
     order = sorted(range(len(values)), key=lambda i: -abs(float(values[i])))[:max_bars]
     shown = [float(values[i]) for i in order][::-1]  # barh draws bottom-up: largest last = on top
     labels = [str(names[i]) if len(str(names[i])) <= 40 else str(names[i])[:39] + "…" for i in order][::-1]
-    fig = _figure(figsize=(6.5, 1.2 + 0.28 * max(len(shown), 1)))
+    fig = new_figure(figsize=(6.5, 1.2 + 0.28 * max(len(shown), 1)))
     ax = fig.subplots()
     ax.barh(range(len(shown)), shown, color=["tab:red" if v > 0 else "tab:blue" for v in shown])
     ax.set_yticks(range(len(shown)), labels=labels, fontsize=8)
@@ -347,7 +359,7 @@ def attribution_bars(names: Sequence[str], values: Sequence[float], path: str | 
     left_out = len(values) - len(order)
     full_title = title + (f" (top {len(order)} of {len(values)})" if left_out else "")
     ax.set_title(full_title, fontsize=9, wrap=True)
-    return _save(fig, path, full_title)
+    return save_figure(fig, path, full_title)
 
 
 def score_distribution(scores: np.ndarray, y_true: np.ndarray, class_names: Sequence[str], positive_index: int,
@@ -378,7 +390,7 @@ def score_distribution(scores: np.ndarray, y_true: np.ndarray, class_names: Sequ
     bins = np.linspace(low, high, 26)
     positive_name = class_names[positive_index]
 
-    fig = _figure(figsize=(6, 3.5))
+    fig = new_figure(figsize=(6, 3.5))
     ax = fig.subplots()
     others = iter(np.resize(["tab:blue", "tab:green", "tab:orange", "tab:purple", "tab:brown", "tab:pink",
                              "tab:gray", "tab:olive", "tab:cyan"], k))  # red is the positive class's
@@ -399,4 +411,4 @@ def score_distribution(scores: np.ndarray, y_true: np.ndarray, class_names: Sequ
     if threshold is not None:
         title += f"; threshold {threshold:.3g}"
     ax.set_title(title, fontsize=9)
-    return _save(fig, path, title)
+    return save_figure(fig, path, title)

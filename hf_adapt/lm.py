@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from hf_adapt.backbones.base import Backbone, BackboneSpec
-from hf_adapt.data import _SPLIT_NAMES, DataSpec, load_raw, read_problem
+from hf_adapt.data import SPLIT_NAMES, DataSpec, load_raw, read_problem
 from hf_adapt.errors import ConfigError, DataError, ModelError
 from hf_adapt.loop import Callback, training_loader
 from hf_adapt.outputs import RUN_FILE
@@ -100,21 +100,21 @@ def build_lm(spec: BackboneSpec, objective: str) -> tuple[Backbone, str]:
     """
     from hf_adapt.backbones.transformers import (
         TextPreprocessor,
-        _default_targets,
-        _forward,
-        _hub_id,
-        _load_config,
-        _load_tokenizer,
+        default_target_modules,
+        forward_logits,
+        hub_id_of,
+        load_config,
+        load_tokenizer,
     )
 
     path = resolve_source(spec.name_or_path, field="model_name_or_path")
-    config = _load_config(path, spec)
+    config = load_config(path, spec)
     objective = resolve_objective(config, objective, spec.name_or_path)
     positions = getattr(config, "max_position_embeddings", None)
     if isinstance(positions, int) and spec.max_length > positions:
         raise ConfigError(f"max_length {spec.max_length} exceeds the {positions} positions of model "
                           f"{spec.name_or_path!r}")
-    tokenizer = _load_tokenizer(path, spec)
+    tokenizer = load_tokenizer(path, spec)
     if objective == "mlm" and tokenizer.mask_token is None:
         raise ModelError(f"tokenizer of {spec.name_or_path!r} has no mask token, which masked-LM training needs")
     try:
@@ -134,13 +134,13 @@ def build_lm(spec: BackboneSpec, objective: str) -> tuple[Backbone, str]:
         family="transformers",
         model=model,
         head_names=[],  # an LM keeps its own head; nothing is added for peft to save
-        target_modules=_default_targets(model),
+        target_modules=default_target_modules(model),
         preprocessor=TextPreprocessor(tokenizer, spec.max_length),
-        forward=_forward,
+        forward=forward_logits,
         peft_task_type="CAUSAL_LM" if objective == "clm" else None,
         num_parameters=sum(p.numel() for p in model.parameters()),
         info={"model_type": config.model_type, "commit": getattr(config, "_commit_hash", None),
-              "hub_id": _hub_id(spec), "objective": objective, "new_keys": new_keys},
+              "hub_id": hub_id_of(spec), "objective": objective, "new_keys": new_keys},
     )
     return backbone, objective
 
@@ -203,7 +203,7 @@ def _text_files(spec: DataSpec) -> dict[str, Path] | None:
         paths = {"train": path}
         if path.is_dir():
             paths = {p.name.split(".")[0]: p for p in sorted(path.iterdir())
-                     if _is_text_file(p) and p.name.split(".")[0] in _SPLIT_NAMES}
+                     if _is_text_file(p) and p.name.split(".")[0] in SPLIT_NAMES}
     texts = {split: path for split, path in paths.items() if _is_text_file(path)}
     if not texts:
         return None
@@ -214,7 +214,7 @@ def _text_files(spec: DataSpec) -> dict[str, Path] | None:
             raise DataError(f"data file for split {split!r} not found: {path}")
         if path.stat().st_size == 0:
             raise DataError(f"split {split!r} is empty: {path} holds no lines")
-    return {_SPLIT_NAMES.get(split, split): path for split, path in texts.items()}
+    return {SPLIT_NAMES.get(split, split): path for split, path in texts.items()}
 
 
 def _load_documents(spec: DataSpec):
@@ -279,7 +279,7 @@ def load_corpus(spec: DataSpec) -> TextCorpus:
         if len(keep) < len(texts):
             dropped[split] = len(texts) - len(keep)
             dataset = dataset.select(keep)
-        splits[_SPLIT_NAMES.get(split, split)] = dataset.select_columns([column])
+        splits[SPLIT_NAMES.get(split, split)] = dataset.select_columns([column])
     if dropped:
         logger.warning("dropped %d rows whose text column %r is empty or missing (%s)", sum(dropped.values()), column,
                        ", ".join(f"{split}: {n}" for split, n in dropped.items()))

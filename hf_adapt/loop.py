@@ -14,7 +14,8 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -25,9 +26,6 @@ from torch.utils.data import DataLoader, Dataset
 from hf_adapt import preemption
 from hf_adapt.adapters import freeze_frozen_norm_statistics
 from hf_adapt.metrics import classification_metrics, is_better
-
-if TYPE_CHECKING:
-    from hf_adapt.checkpoints import Phase
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +73,23 @@ class Callback:
 
     def before_optimizer_step(self, model: nn.Module) -> None:
         """Once the gradients of an optimiser step are synchronised, before clipping and ``optimizer.step()``."""
+
+
+class CheckpointPhase(Protocol):
+    """Where :func:`fit` saves its training state and resumes from (:class:`hf_adapt.checkpoints.Phase`)."""
+
+    every_steps: int | None  # save every this many optimiser steps (None: only when training ends)
+    resume_from: Path | None  # the checkpoint to continue from; None: start fresh
+
+    @property
+    def name(self) -> str:
+        """The phase's name, recorded in the state it saves."""
+
+    def save(self, accelerator, step: int, state: dict[str, Any], tensors: dict[str, Any]) -> Path:
+        """Save the accelerator's state with the loop's ``state`` and ``tensors``; collective. The checkpoint's path."""
+
+    def load(self, accelerator, model: nn.Module) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Restore the state saved in ``resume_from`` (after ``accelerator.prepare``): the loop's state and tensors."""
 
 
 class ExampleDataset(Dataset):
@@ -212,6 +227,20 @@ class LoopSettings:
     logging_steps: int = 10
     layer_lr_decay: float | None = None  # lr of layer d = lr * decay ** (top - d); None: one rate for all
     restore_best: bool = True  # False: keep the last epoch's weights (epochs are still evaluated and logged)
+
+    @classmethod
+    def from_config(cls, cfg: Any, backbone: Any, **overrides: Any) -> LoopSettings:
+        """The settings of a classification config's optimisation fields (finetune's, continual's), the new head
+        being ``backbone.head_names``; ``overrides`` for what a recipe sets itself (e.g. ``restore_best``)."""
+        settings = dict(
+            num_train_epochs=cfg.num_train_epochs, max_steps=cfg.max_steps, learning_rate=cfg.learning_rate,
+            head_learning_rate=cfg.head_learning_rate, head_names=backbone.head_names,
+            weight_decay=cfg.weight_decay, lr_scheduler_type=cfg.lr_scheduler_type, warmup_ratio=cfg.warmup_ratio,
+            max_grad_norm=cfg.max_grad_norm, metric_for_best_model=cfg.metric_for_best_model,
+            early_stopping_patience=cfg.early_stopping_patience, logging_steps=cfg.logging_steps,
+            layer_lr_decay=cfg.layer_lr_decay,
+        )
+        return cls(**{**settings, **overrides})
 
 
 @dataclass
@@ -352,7 +381,7 @@ def make_optimizer(model: nn.Module, settings: LoopSettings) -> torch.optim.Opti
 @preemption.stoppable
 def fit(accelerator, model: nn.Module, task: Task, train_loader: DataLoader, eval_loader: DataLoader | None,
         settings: LoopSettings, evaluate_fn: Callable[..., dict[str, float]] | None = None,
-        callbacks: list[Callback] | tuple[Callback, ...] = (), checkpoints: Phase | None = None,
+        callbacks: list[Callback] | tuple[Callback, ...] = (), checkpoints: CheckpointPhase | None = None,
         ) -> tuple[nn.Module, FitResult]:
     """Train with per-epoch evaluation, keep the best epoch's weights, stop early if asked.
 
@@ -467,7 +496,7 @@ class _Run:
     """Where :func:`fit` is (step, epoch, position in the epoch, best weights, running loss), and its
     checkpoints: everything a resumed run needs beyond what ``accelerator.save_state`` keeps."""
 
-    def __init__(self, accelerator, model: nn.Module, settings: LoopSettings, checkpoints: Phase | None,
+    def __init__(self, accelerator, model: nn.Module, settings: LoopSettings, checkpoints: CheckpointPhase | None,
                  generator: torch.Generator | None):
         self.accelerator, self.model, self.settings = accelerator, model, settings
         self.checkpoints, self.generator = checkpoints, generator

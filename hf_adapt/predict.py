@@ -147,7 +147,7 @@ def _not_a_repo_id(text: str) -> str | None:
     return None
 
 
-def _local_dir(path_or_repo_id: str, revision: str | None) -> Path:
+def local_dir(path_or_repo_id: str, revision: str | None) -> Path:
     """The folder of an output: a local folder, else the snapshot of a Hub repo (downloaded, or from the cache).
 
     A string that can only be a path is never sent to the Hub; one that could be either (``owner/name``
@@ -187,7 +187,7 @@ def load_adapted(path_or_repo_id: str, merge: bool = False, device: str = "cpu",
         trust_remote_code: allow a base model whose code lives in its repo; an output folder
             cannot turn this on by itself, since folders from the Hub are untrusted.
     """
-    directory = _local_dir(path_or_repo_id, revision)
+    directory = local_dir(path_or_repo_id, revision)
     info, labels = read_run_info(directory)  # another recipe's output is refused here, naming its loader
     check_artifacts(directory, info)  # damaged weights fail now, before the base model is built
     if info.get("operating_point_error"):

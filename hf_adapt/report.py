@@ -93,7 +93,7 @@ def write_gradcam(directory: Path, model, backbone, images: list[Any], probs: np
         return backbone.logits(model, {"pixel_values": pixels})
 
     (directory / FIGURES).mkdir(exist_ok=True)
-    shown = _as_seen(batch, backbone.preprocessor.data_config)  # the model's view: resized, cropped
+    shown = figures.as_seen(batch, backbone.preprocessor.data_config)  # the model's view: resized, cropped
     paths = figures.gradcam_overlays(forward, layer, shown, batch, predicted, titles, directory / FIGURES)
     return [{"path": Path(p).relative_to(directory).as_posix(), "title": t} for p, t in zip(paths, titles)]
 
@@ -114,17 +114,6 @@ def write_row_explanations(directory: Path, model, backbone, data_info: dict[str
                       "top": [{"column": c["column"], "value": c["value"], "attribution": c["attribution"]}
                               for c in top]})
     return shown
-
-
-def _as_seen(batch, data_config: dict[str, Any]) -> list[Any]:
-    """The preprocessed batch back as PIL images (normalisation undone), aligned pixel for pixel with Grad-CAM."""
-    import torch
-    from PIL import Image
-
-    mean = torch.tensor(data_config["mean"], dtype=torch.float32).view(-1, 1, 1)
-    std = torch.tensor(data_config["std"], dtype=torch.float32).view(-1, 1, 1)
-    pixels = (batch.detach().float().cpu() * std + mean).clamp(0, 1).mul(255).round().to(torch.uint8)
-    return [Image.fromarray(p.permute(1, 2, 0).squeeze(-1).numpy()) for p in pixels]
 
 
 # ---------------------------------------------------------------- subgroups

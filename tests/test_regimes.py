@@ -82,7 +82,7 @@ def test_a_new_regime_is_one_class_and_one_registration(tiny_timm_convnet, tmp_p
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all(n.endswith(".bias") or n.startswith("classifier.") for n in trainable)
     with torch.no_grad():
-        for name, param in model.named_parameters():
+        for param in model.parameters():
             if param.requires_grad:
                 param.add_(0.01)  # stands for training
     inputs, _ = _batch(backbone)

@@ -63,12 +63,25 @@ def resolve_family(spec: BackboneSpec) -> str:
 
 
 def build_backbone(spec: BackboneSpec) -> Backbone:
-    """The backbone ``spec`` names, with the fingerprint of its weights as built (see ``artifacts.weights_fingerprint``)."""
-    from hf_adapt.artifacts import weights_fingerprint
-
+    """The backbone ``spec`` names, with the fingerprint of its weights as built (see :func:`weights_fingerprint`)."""
     backbone = get_builder(resolve_family(spec)).build(spec)
     backbone.info["weights_fingerprint"] = weights_fingerprint(backbone)
     return backbone
+
+
+def weights_fingerprint(backbone: Backbone) -> str:
+    """A short hash of a freshly built backbone's weights (the head excluded: it is new or replaced): every
+    tensor's name, shape, dtype and first 64 values. Recorded at training and checked on load, it tells a base
+    that merely has the right shapes (another checkpoint, a different revision) from the one trained on."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in backbone.model.state_dict().items():
+        if any(f".{head}." in f".{name}" for head in backbone.head_names):
+            continue
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}\0".encode())
+        digest.update(tensor.detach().reshape(-1)[:64].float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 register_backbone("timm", "hf_adapt.backbones.timm:TimmBuilder")

@@ -35,6 +35,17 @@ class BackboneSpec:
     train_transform: dict[str, Any] | str | None = None  # create_transform kwargs or a preset name ("medical")
     model_kwargs: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def from_config(cls, cfg: Any, num_labels: int) -> BackboneSpec:
+        """The spec of a classification config's model fields (``model_name_or_path``, ``family``, ``text_pooling``
+        ...) with a head of ``num_labels``: finetune's and continual's."""
+        return cls(
+            name_or_path=cfg.model_name_or_path, num_labels=num_labels, family=cfg.family,
+            weights_file=cfg.weights_file, pretrained=cfg.pretrained, reset_head=cfg.reset_head,
+            revision=cfg.model_revision, trust_remote_code=cfg.trust_remote_code, image_size=cfg.image_size,
+            max_length=cfg.max_length, train_transform=cfg.train_transform, pooling=cfg.text_pooling,
+        )
+
 
 class Preprocessor(Protocol):
     """Turns raw examples into a batch of model inputs, and saves itself."""

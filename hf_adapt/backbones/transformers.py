@@ -62,7 +62,8 @@ class TextPreprocessor:
         Path(directory, PREPROCESSOR_FILE).write_text(json.dumps({"max_length": self.max_length}, indent=2))
 
 
-def _forward(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+def forward_logits(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The logits of a transformers model on ``inputs``: the output's ``logits``, or the tensor a bare head returns."""
     out = model(**inputs)
     return out if isinstance(out, torch.Tensor) else out.logits
 
@@ -123,7 +124,8 @@ def _mean_pooling_model(path: str, spec: BackboneSpec) -> MeanPoolingClassifier:
     return MeanPoolingClassifier(encoder, spec.num_labels)
 
 
-def _load_config(path: str, spec: BackboneSpec):
+def load_config(path: str, spec: BackboneSpec):
+    """The ``AutoConfig`` at ``path`` (``spec``'s revision and remote-code setting); a ModelError naming the model."""
     from transformers import AutoConfig
 
     try:
@@ -137,7 +139,8 @@ def _load_config(path: str, spec: BackboneSpec):
         ) from err
 
 
-def _load_tokenizer(path: str, spec: BackboneSpec):
+def load_tokenizer(path: str, spec: BackboneSpec):
+    """The tokenizer at ``path``, padding with eos where it has no pad token (decoder LMs)."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(
@@ -162,7 +165,7 @@ def _check_existing_head(config: Any, spec: BackboneSpec) -> None:
         )
 
 
-def _hub_id(spec: BackboneSpec) -> str | None:
+def hub_id_of(spec: BackboneSpec) -> str | None:
     """The Hub repo the pretrained weights came from: the source itself, its known id, or none when local."""
     if not spec.pretrained:
         return None
@@ -183,9 +186,9 @@ class TransformersBuilder:
         from transformers import AutoModelForSequenceClassification
 
         path = resolve_source(spec.name_or_path, field="model_name_or_path")
-        config = _load_config(path, spec)
+        config = load_config(path, spec)
         _check_existing_head(config, spec)
-        tokenizer = _load_tokenizer(path, spec)
+        tokenizer = load_tokenizer(path, spec)
         pooling = resolve_pooling(path, spec, config)
         if pooling == "mean":
             model = _mean_pooling_model(path, spec)
@@ -193,12 +196,12 @@ class TransformersBuilder:
                 family="transformers",
                 model=model,
                 head_names=["classifier"],
-                target_modules=_default_targets(model.encoder),
+                target_modules=default_target_modules(model.encoder),
                 preprocessor=TextPreprocessor(tokenizer, spec.max_length),
-                forward=_forward,
+                forward=forward_logits,
                 num_parameters=sum(p.numel() for p in model.parameters()),
                 info={"model_type": config.model_type, "pooling": "mean",
-                      "commit": getattr(config, "_commit_hash", None), "hub_id": _hub_id(spec)},
+                      "commit": getattr(config, "_commit_hash", None), "hub_id": hub_id_of(spec)},
             )
         model, info = AutoModelForSequenceClassification.from_pretrained(
             path,
@@ -228,13 +231,13 @@ class TransformersBuilder:
             family="transformers",
             model=model,
             head_names=head_names,
-            target_modules=_default_targets(model),
+            target_modules=default_target_modules(model),
             preprocessor=TextPreprocessor(tokenizer, spec.max_length),
-            forward=_forward,
+            forward=forward_logits,
             peft_task_type="SEQ_CLS",
             num_parameters=sum(p.numel() for p in model.parameters()),
             info={"model_type": model.config.model_type, "new_modules": head_names, "pooling": "model",
-                  "commit": getattr(config, "_commit_hash", None), "hub_id": _hub_id(spec)},
+                  "commit": getattr(config, "_commit_hash", None), "hub_id": hub_id_of(spec)},
         )
 
     def load_preprocessor(self, directory: str, spec: BackboneSpec) -> TextPreprocessor:
@@ -244,7 +247,7 @@ class TransformersBuilder:
         return TextPreprocessor(AutoTokenizer.from_pretrained(directory), settings["max_length"])
 
 
-def _default_targets(model: nn.Module) -> list[str]:
+def default_target_modules(model: nn.Module) -> list[str]:
     """peft's own per-architecture LoRA targets (e.g. BERT: query, value), else every linear layer."""
     from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 

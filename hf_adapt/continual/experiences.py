@@ -65,8 +65,7 @@ def load_experiences(cfg, entries: list[dict[str, Any]], label_names: list[str],
     the first time. ``trained_at`` is the matrix row of the first entry (entries follow one per
     row), or None for already-learnt experiences (a parent's: row 0).
     """
-    from hf_adapt.data import load_labelled
-    from hf_adapt.recipes.finetune import data_spec
+    from hf_adapt.data import DataSpec, load_labelled
 
     loaded: dict[str, Any] = {}
     experiences = []
@@ -77,7 +76,7 @@ def load_experiences(cfg, entries: list[dict[str, Any]], label_names: list[str],
             resolved = dataclasses.replace(cfg, **overrides)
         except ConfigError as err:
             raise ConfigError(f"experience {name!r}: {err}") from err
-        spec = data_spec(resolved)
+        spec = DataSpec.from_config(resolved)
         key = repr(spec)
         if key not in loaded:
             try:

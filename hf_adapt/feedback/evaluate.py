@@ -17,7 +17,6 @@ both are scored with one copy of the weights.
 
 from __future__ import annotations
 
-import importlib
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,7 +25,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from hf_adapt.errors import ConfigError
+from hf_adapt.feedback.trainers import load_function
 
 PARENT_ADAPTER = "hf_adapt_parent"
 
@@ -141,21 +140,6 @@ def generate(model, tokenizer, prompts: list[Any], max_new_tokens: int, batch_si
             text = tokenizer.decode(row, skip_special_tokens=True)
             answers.append(text if isinstance(prompt, str) else [{"role": "assistant", "content": text}])
     return answers
-
-
-def load_function(path: str, field: str) -> Callable:
-    """``module:function`` (or ``module.function``) imported; the module must be importable here."""
-    module_name, sep, name = path.partition(":")
-    if not sep:
-        module_name, _, name = path.rpartition(".")
-    try:
-        function = getattr(importlib.import_module(module_name), name)
-    except (ImportError, AttributeError, ValueError) as err:
-        raise ConfigError(f"{field}: cannot import {path!r} ({type(err).__name__}: {err}); give module:function "
-                          "of an importable module") from None
-    if not callable(function):
-        raise ConfigError(f"{field}: {path!r} is not callable")
-    return function
 
 
 def rule_judge(path: str, field: str = "judge") -> Callable[[list, list], list[float]]:

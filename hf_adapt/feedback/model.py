@@ -82,7 +82,7 @@ def read_feedback_info(directory: str | Path) -> dict[str, Any]:
 
 
 def _local(source: str | Path, revision: str | None) -> Path:
-    from hf_adapt.predict import _local_dir
+    from hf_adapt.predict import local_dir as _local_dir
 
     return Path(_local_dir(str(source), revision))
 

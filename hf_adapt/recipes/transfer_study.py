@@ -265,19 +265,18 @@ def check_study_dir(path: str | Path, overwrite: bool) -> None:
 
 def check_budgets(cells: list[Cell]) -> None:
     """Load each distinct data set once with the largest rows-per-class budget: too few rows fail now."""
-    from hf_adapt.data import load_labelled
-    from hf_adapt.recipes.finetune import data_spec
+    from hf_adapt.data import DataSpec, load_labelled
 
     largest: dict[str, Cell] = {}
     for cell in cells:
         if not isinstance(cell.budget, int):
             continue
-        key = repr(data_spec(replace(cell.config, train_samples_per_class=None)))
+        key = repr(DataSpec.from_config(replace(cell.config, train_samples_per_class=None)))
         if key not in largest or cell.budget > largest[key].budget:
             largest[key] = cell
     for cell in largest.values():
         try:
-            load_labelled(data_spec(cell.config))
+            load_labelled(DataSpec.from_config(cell.config))
         except DataError as err:
             raise DataError(f"budgets: {budget_label(cell.budget)} (arm {cell.arm!r}, seed {cell.seed}): {err}") from err
 
@@ -424,10 +423,10 @@ def transfer_curve(summary: dict[str, Any], path: str | Path) -> Path:
     """Test metric against training labels (log x axis), one line with markers per arm; error bars = std."""
     from matplotlib.ticker import NullFormatter
 
-    from hf_adapt.figures import _figure, _save
+    from hf_adapt.figures import new_figure, save_figure
 
     metric = summary["metric"]
-    fig = _figure(figsize=(6.5, 4.5))
+    fig = new_figure(figsize=(6.5, 4.5))
     ax = fig.subplots()
     markers = "osD^vP*Xhp"
     for i, (name, arm) in enumerate(summary["arms"].items()):
@@ -443,4 +442,4 @@ def transfer_curve(summary: dict[str, Any], path: str | Path) -> Path:
     ax.legend(fontsize=8)
     title = f"Transfer curve: test {metric} by number of training labels"
     ax.set_title(title, fontsize=10)
-    return _save(fig, path, title)
+    return save_figure(fig, path, title)

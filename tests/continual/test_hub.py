@@ -8,8 +8,8 @@ import json
 import pytest
 
 import hf_adapt
+from hf_adapt.config import DEFAULT_MODEL
 from hf_adapt.recipes.continual import main
-from hf_adapt.recipes.finetune import DEFAULT_MODEL
 from tests.continual.test_recipe import SPLIT, _config
 from tests.hub_server import LocalHub, hub_env, record_backoff
 
