@@ -375,13 +375,19 @@ def _resume(parent, labels: list[str], cfg):
 
 def _write_outputs(directory: Path, cfg, accelerator, model, backbone, run, strategy, results, parent, trainable, total,
                    wall_seconds) -> None:
-    from hf_adapt import cards, figures, transfer
+    model_info = _write_run_files(directory, cfg, accelerator, model, backbone, run, strategy, results, parent,
+                                  wall_seconds)
+    _write_card(directory, cfg, accelerator, backbone, run, strategy, results, parent, model_info, trainable, total,
+                wall_seconds)
+
+
+def _write_run_files(directory: Path, cfg, accelerator, model, backbone, run, strategy, results, parent,
+                     wall_seconds) -> dict[str, Any]:
+    """The model, the strategy's state, the run record and the result files; returns the record's model block."""
+    from hf_adapt import transfer
     from hf_adapt.artifacts import base_model_info, column_kinds, save_model, write_run_info
     from hf_adapt.config import save_config
-    from hf_adapt.continual.metrics import markdown_table
     from hf_adapt.outputs import write_json
-    from hf_adapt.regimes import get_regime
-    from hf_adapt.sources import known_dataset_name
 
     save_model(model, backbone, cfg.regime, directory)
     backbone.preprocessor.save(str(directory))
@@ -429,6 +435,19 @@ def _write_outputs(directory: Path, cfg, accelerator, model, backbone, run, stra
         "mixed_precision": accelerator.mixed_precision, "data": data.origin,
     })
     save_config(cfg, directory / "config.yaml")
+    return model_info
+
+
+def _write_card(directory: Path, cfg, accelerator, backbone, run, strategy, results, parent, model_info, trainable,
+                total, wall_seconds) -> None:
+    """The forgetting-matrix figure, the card's facts (``card_facts.json``) and the card rendered from them."""
+    from hf_adapt import cards, figures, transfer
+    from hf_adapt.continual.metrics import markdown_table
+    from hf_adapt.regimes import get_regime
+    from hf_adapt.sources import known_dataset_name
+
+    new = [e for e in run.experiences if e.trained_at > 0]
+    data, summary, metric = new[0].data, results["summary"], cfg.continual_metric
     figure = figures.accuracy_matrix(results["matrix"], results["rows"], [e.name for e in run.experiences], metric,
                                      directory / MATRIX_FIGURE)
     base_model = cfg.base_model_id or (transfer.base_model(parent) if parent else backbone.info.get("hub_id"))

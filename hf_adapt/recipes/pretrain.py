@@ -252,13 +252,18 @@ def _loop_settings(cfg: PretrainConfig):
 
 def _write_outputs(directory: Path, cfg: PretrainConfig, accelerator, model, backbone, objective, corpus, history,
                    metrics, sizes, trainable, total, wall_seconds) -> None:
-    from hf_adapt import cards
+    _write_run_files(directory, cfg, accelerator, model, backbone, objective, corpus, history, metrics, sizes,
+                     wall_seconds)
+    _write_card(directory, cfg, accelerator, backbone, objective, corpus, history, metrics, sizes, trainable, total)
+
+
+def _write_run_files(directory: Path, cfg: PretrainConfig, accelerator, model, backbone, objective, corpus, history,
+                     metrics, sizes, wall_seconds) -> None:
+    """The language model, its run record and the result files."""
     from hf_adapt.config import save_config
-    from hf_adapt.lm import LM_HEAD_FILE, PIPELINE_TAGS, save_lm
+    from hf_adapt.lm import save_lm
     from hf_adapt.outputs import write_json
-    from hf_adapt.regimes import get_regime
     from hf_adapt.run_record import RunRecord, write_record
-    from hf_adapt.sources import known_dataset_name
 
     save_lm(model, backbone, cfg.regime, directory)
     data_info = {"source": corpus.origin["source"], "text_column": corpus.column, "packing": cfg.packing,
@@ -282,6 +287,16 @@ def _write_outputs(directory: Path, cfg: PretrainConfig, accelerator, model, bac
         "data": {**corpus.origin, **sizes},
     })
     save_config(cfg, directory / "config.yaml")
+
+
+def _write_card(directory: Path, cfg: PretrainConfig, accelerator, backbone, objective, corpus, history, metrics, sizes,
+                trainable, total) -> None:
+    """The card's facts (``card_facts.json``) and the card rendered from them."""
+    from hf_adapt import cards
+    from hf_adapt.lm import LM_HEAD_FILE, PIPELINE_TAGS
+    from hf_adapt.regimes import get_regime
+    from hf_adapt.sources import known_dataset_name
+
     base_model = cfg.base_model_id or backbone.info.get("hub_id")
     source = cfg.data or next(iter(cfg.data_files.values()))
     dataset_name = cfg.dataset_name or known_dataset_name(source) or Path(str(source)).name
