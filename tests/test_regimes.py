@@ -74,7 +74,7 @@ def test_gradual_unfreezing_saves_as_full_and_adds_its_callback(tiny_timm_convne
 
 
 def test_a_new_regime_is_one_class_and_one_registration(tiny_timm_convnet, tmp_path, monkeypatch):
-    monkeypatch.setattr(regimes, "_REGISTRY", dict(regimes._REGISTRY))  # this test's registration goes with it
+    monkeypatch.setattr(regimes._REGIMES, "_entries", dict(regimes._REGIMES._entries))  # this registration goes with the test
     register_regime(BiasOnly.name, BiasOnly())
     spec = BackboneSpec(name_or_path=str(tiny_timm_convnet), num_labels=3, reset_head=True, image_size=32)
     backbone = build_backbone(spec)

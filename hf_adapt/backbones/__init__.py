@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import importlib
-import re
-
 from hf_adapt.backbones.base import Backbone, BackboneBuilder, BackboneSpec, Preprocessor
-from hf_adapt.errors import ConfigError
+from hf_adapt.registry import Registry
 
 __all__ = [
     "Backbone",
@@ -20,35 +17,20 @@ __all__ = [
     "resolve_family",
 ]
 
-# name -> "module:attribute" (imported on first use) or a builder instance
-_REGISTRY: dict[str, str | BackboneBuilder] = {}
-_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+_FAMILIES: Registry[BackboneBuilder] = Registry("backbone family")
 
 
 def register_backbone(name: str, builder: str | BackboneBuilder) -> None:
-    """Register a backbone family; ``builder`` is an instance or a lazy ``"module:attr"`` path."""
-    if not _NAME.match(name):
-        raise ValueError(f"backbone family name {name!r} must match {_NAME.pattern}")
-    if name in _REGISTRY:
-        raise ValueError(f"backbone family {name!r} is already registered")
-    if isinstance(builder, str) and ":" not in builder:
-        raise ValueError(f"lazy builder path {builder!r} must look like 'package.module:attribute'")
-    _REGISTRY[name] = builder
+    """Register a backbone family; ``builder`` is an instance or a lazy ``"module:Class"`` path."""
+    _FAMILIES.register(name, builder)
 
 
 def registered_families() -> list[str]:
-    return list(_REGISTRY)
+    return list(_FAMILIES.names())
 
 
 def get_builder(family: str) -> BackboneBuilder:
-    if family not in _REGISTRY:
-        raise ConfigError(f"unknown backbone family {family!r}; registered: {registered_families()}")
-    builder = _REGISTRY[family]
-    if isinstance(builder, str):
-        module, _, attr = builder.partition(":")
-        builder = getattr(importlib.import_module(module), attr)()
-        _REGISTRY[family] = builder
-    return builder
+    return _FAMILIES.get(family)
 
 
 def resolve_family(spec: BackboneSpec) -> str:

@@ -9,11 +9,9 @@ card describes it. Nothing outside this package branches on a regime's name.
 
 from __future__ import annotations
 
-import importlib
-import re
 from typing import TYPE_CHECKING, Any
 
-from hf_adapt.errors import ConfigError
+from hf_adapt.registry import Registry
 
 if TYPE_CHECKING:
     from torch import nn
@@ -21,38 +19,21 @@ if TYPE_CHECKING:
     from hf_adapt.backbones import Backbone
     from hf_adapt.regimes.base import Regime
 
-# name -> "module:Class" (imported on first use) or a Regime instance
-_REGISTRY: dict[str, str | Regime] = {}
-_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+_REGIMES: Registry[Regime] = Registry("regime")
 
 
 def register_regime(name: str, regime: str | Regime) -> None:
     """Make ``regime: name`` available; ``regime`` is an instance or a lazy ``"module:Class"`` path."""
-    if not _NAME.match(name):
-        raise ValueError(f"regime name {name!r} must match {_NAME.pattern}")
-    if name in _REGISTRY:
-        raise ValueError(f"regime {name!r} is already registered ({_REGISTRY[name]})")
-    if isinstance(regime, str) and ":" not in regime:
-        raise ValueError(f"lazy regime path {regime!r} must look like 'package.module:Class'")
-    _REGISTRY[name] = regime
+    _REGIMES.register(name, regime)
 
 
 def registered_regimes() -> tuple[str, ...]:
-    return tuple(_REGISTRY)
+    return _REGIMES.names()
 
 
 def get_regime(name: str) -> Regime:
     """The regime ``name``; an unknown name is a ``ConfigError`` listing the registered ones."""
-    if name not in _REGISTRY:
-        raise ConfigError(f"regime {name!r} is not one of {list(_REGISTRY)}")
-    regime = _REGISTRY[name]
-    if isinstance(regime, str):
-        module, _, attr = regime.partition(":")
-        regime = getattr(importlib.import_module(module), attr)()
-        if regime.name != name:
-            raise ValueError(f"regime {name!r} resolved to a {type(regime).__name__} named {regime.name!r}")
-        _REGISTRY[name] = regime
-    return regime
+    return _REGIMES.get(name)
 
 
 def apply_regime(backbone: Backbone, regime: str, adapter: dict[str, Any] | None) -> nn.Module:
