@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hf_adapt.config import Options, resumable_fields
 from hf_adapt.errors import ConfigError, OutputError
 
 logger = logging.getLogger(__name__)
@@ -40,14 +41,16 @@ _TRAINER_STEP = re.compile(r"^checkpoint-(\d+)$")
 
 
 @dataclass
-class CheckpointOptions:
-    """Checkpoint fields every training recipe's config inherits."""
+class CheckpointOptions(Options):
+    """Checkpoints: the component every training recipe's config is composed with."""
 
-    checkpointing_steps: int | None = field(default=None, metadata={"help": "Save the full training state (adapter, optimizer, scheduler, RNG states, data position) every N optimiser steps and at the end of each training phase, into <output_dir>.checkpoints/ (unset: no checkpoints)."})
-    checkpoints_total_limit: int = field(default=2, metadata={"help": "Keep the last K checkpoints of each training phase; older ones are deleted."})
-    resume_from_checkpoint: str | None = field(default=None, metadata={"help": "Continue a killed run: latest (its newest checkpoints; starts fresh when there are none) or the path of one step-N checkpoint folder. Settings that change what is trained must match the run's."})
+    title = "checkpoints"
 
-    def check_checkpointing(self) -> None:
+    checkpointing_steps: int | None = field(default=None, metadata={"resumable": True, "help": "Save the full training state (adapter, optimizer, scheduler, RNG states, data position) every N optimiser steps and at the end of each training phase, into <output_dir>.checkpoints/ (unset: no checkpoints)."})
+    checkpoints_total_limit: int = field(default=2, metadata={"resumable": True, "help": "Keep the last K checkpoints of each training phase; older ones are deleted."})
+    resume_from_checkpoint: str | None = field(default=None, metadata={"resumable": True, "help": "Continue a killed run: latest (its newest checkpoints; starts fresh when there are none) or the path of one step-N checkpoint folder. Settings that change what is trained must match the run's."})
+
+    def validate(self) -> None:
         if self.checkpointing_steps is not None and self.checkpointing_steps < 1:
             raise ConfigError(f"checkpointing_steps must be >= 1, got {self.checkpointing_steps}")
         if self.checkpoints_total_limit < 1:
@@ -184,7 +187,6 @@ class Checkpoints:
     def from_config(cls, cfg) -> Checkpoints | None:
         if cfg.checkpointing_steps is None and cfg.resume_from_checkpoint is None:
             return None
-        cfg.check_checkpointing()
         return cls(checkpoint_root(cfg.output_dir), cfg.checkpointing_steps, cfg.checkpoints_total_limit,
                    cfg.resume_from_checkpoint)
 
@@ -267,16 +269,6 @@ class Checkpoints:
         write_json(self.root / RUN_FILE, {**self.run, "phases": self.order})
 
 
-# Fields that may differ between a run and its resumption: they change where results go and how they are
-# evaluated, logged, published or described, not what is trained.
-RESUMABLE_CHANGES = frozenset({
-    "output_dir", "resume_from_checkpoint", "checkpointing_steps", "checkpoints_total_limit", "overwrite_output_dir",
-    "push_to_hub", "hub_model_id", "hub_private", "hub_revision", "hub_tag", "hub_create_pr", "hub_parent",
-    "update_parent", "overwrite_card", "report_to", "logging_steps", "torch_num_threads", "num_workers",
-    "per_device_eval_batch_size", "bootstrap_resamples", "operating_point", "operating_target",
-    "sensitive_columns", "sensitive_bins", "positive_label", "baseline", "max_forgetting", "continual_metric",
-    "license", "intended_use", "out_of_scope_use", "limitations", "card_examples", "dataset_name", "dataset_id",
-})
 _DATA_PATHS = frozenset({"data", "data_files"})  # stand-ins for the data: its hash decides where there is one
 
 
@@ -292,7 +284,7 @@ def run_record(cfg, data_sha256: Any, accelerator) -> dict[str, Any]:
     values = {**asdict(cfg), "data_sha256": data_sha256, "num_processes": accelerator.num_processes,
               "mixed_precision": str(getattr(accelerator, "mixed_precision", "no"))}
     hashed = all(data_sha256) if isinstance(data_sha256, list) else bool(data_sha256)  # local files, hashed
-    exempt = RESUMABLE_CHANGES | (_DATA_PATHS if hashed else frozenset())
+    exempt = resumable_fields(type(cfg)) | (_DATA_PATHS if hashed else frozenset())
     kept = {k: v for k, v in values.items() if k not in exempt}
     digests = {k: hashlib.sha256(json.dumps(v, sort_keys=True, default=str).encode()).hexdigest()[:16]
                for k, v in kept.items()}
@@ -308,7 +300,6 @@ def trainer_checkpoints(cfg, state, data_sha256: Any) -> tuple[Path | None, str 
 
     if cfg.checkpointing_steps is None and cfg.resume_from_checkpoint is None:
         return None, None
-    cfg.check_checkpointing()
     root, named = checkpoint_root(cfg.output_dir), None
     if cfg.resume_from_checkpoint not in (None, "latest"):
         named = Path(cfg.resume_from_checkpoint).absolute()

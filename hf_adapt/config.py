@@ -1,9 +1,12 @@
 """Dataclass configs and the one parser every recipe and subcommand shares.
 
-A recipe declares a single dataclass. Values come, in order of precedence, from
-the dataclass defaults, then ``--config file.yaml``, then command-line flags.
-Unknown keys are an error wherever they appear, and every field documents itself
-through ``metadata={"help": ...}`` so ``--help`` is always complete.
+A recipe's config is composed of components (:class:`Options` subclasses in :mod:`hf_adapt.options`,
+``CheckpointOptions``, ``PublishOptions``): each owns its fields, their help and their checks, and the recipe
+adds its own few fields. Keys stay flat: ``learning_rate``, never ``training.learning_rate``. Values come, in
+order of precedence, from the dataclass defaults, then ``--config file.yaml``, then command-line flags.
+Unknown keys are an error wherever they appear, and every field documents itself through
+``metadata={"help": ...}`` so ``--help`` is always complete; ``"resumable": True`` in the same metadata marks a
+field a resumed run may change.
 """
 
 from __future__ import annotations
@@ -201,6 +204,59 @@ def check_numbers(cfg: Any) -> None:
             raise ConfigError(f"{name} must be {expected}, got {value!r}")
 
 
+class Options:
+    """A config component, or a recipe config composed of them. Building one runs ``check_numbers`` and then the
+    ``validate`` method of every class it is made of, each once, components before the recipe: a component checks
+    its own fields, a recipe checks its own fields and how the components combine."""
+
+    title = "options"  # the --help section of the fields a class declares
+
+    def __post_init__(self) -> None:
+        check_numbers(self)
+        for klass in reversed(type(self).__mro__):
+            validate = vars(klass).get("validate")
+            if validate is not None:
+                validate(self)
+
+
+def redefault(component: type, name: str, default: Any = dataclasses.MISSING, *,
+              default_factory: Any = dataclasses.MISSING, help: str | None = None) -> Any:
+    """Field ``name`` of ``component`` with a recipe's own default (and help): the recipe declares it again with
+    ``name: type = redefault(...)``, and the component still owns it (its checks, its --help section)."""
+    original = component.__dataclass_fields__[name]
+    metadata = {**original.metadata, **({"help": help} if help else {})}
+    return dataclasses.field(default=default, default_factory=default_factory, metadata=metadata)
+
+
+def owner(cls: type, name: str) -> type:
+    """The class that first declares field ``name`` of ``cls``: its component, even where a recipe redefaults it."""
+    return [k for k in cls.__mro__ if name in vars(k).get("__annotations__", {})][-1]
+
+
+def ordered_fields(cls: type) -> list[dataclasses.Field]:
+    """``cls``'s init fields by component: the recipe's own first, then each component in the order it is listed."""
+    rank = {klass: i for i, klass in enumerate(cls.__mro__)}
+    fields = [f for f in dataclasses.fields(cls) if f.init]
+    return sorted(fields, key=lambda f: rank[owner(cls, f.name)])  # stable: declaration order within a component
+
+
+def resumable_fields(cls: type) -> frozenset[str]:
+    """Fields a resumed run may change: where results go, how they are evaluated, logged, published or described."""
+    return frozenset(f.name for f in dataclasses.fields(cls) if f.metadata.get("resumable"))
+
+
+def changed_fields(cfg: Any, *components: type) -> list[str]:
+    """The fields of ``components`` that ``cfg`` sets away from its own defaults (to refuse what a mode ignores)."""
+    names = {f.name for component in components for f in dataclasses.fields(component)}
+    changed = []
+    for f in dataclasses.fields(cfg):
+        if f.name in names:
+            default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+            if getattr(cfg, f.name) != default:
+                changed.append(f.name)
+    return changed
+
+
 def config_from_dict(cls: type[T], values: dict[str, Any], source: str = "config") -> T:
     """Build ``cls`` from a mapping; cross-field checks run in the dataclass's ``__post_init__``."""
     return cls(**check_values(cls, values, source))
@@ -262,9 +318,12 @@ def make_parser(cls: type, prog: str | None = None, description: str | None = No
     )
     parser.add_argument("--config", help="YAML file with field values; CLI flags override it.")
     hints = _field_types(cls)
-    for field in dataclasses.fields(cls):
-        if not field.init:
-            continue
+    groups: dict[type, Any] = {}  # owner -> argparse argument group
+    for field in ordered_fields(cls):
+        klass = owner(cls, field.name)
+        if klass not in groups:
+            title = vars(klass).get("title") or (cls.__name__ if klass is cls else klass.__name__)
+            groups[klass] = parser.add_argument_group(title)
         tp = hints[field.name]
         help_text = field.metadata.get("help", "")
         default = field.default if field.default is not dataclasses.MISSING else (
@@ -279,7 +338,7 @@ def make_parser(cls: type, prog: str | None = None, description: str | None = No
         if base is bool:
             kwargs["nargs"] = "?"
             kwargs["const"] = True
-        parser.add_argument(f"--{field.name}", **kwargs)
+        groups[klass].add_argument(f"--{field.name}", **kwargs)
     parser.set_defaults(_config_cls=cls)
     return parser
 
@@ -306,7 +365,9 @@ def config_from_namespace(ns: argparse.Namespace) -> Any:
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
+    """The config's values, grouped as ``--help`` lists them (a saved config.yaml reads the same way)."""
+    values = dataclasses.asdict(cfg)
+    return {f.name: values[f.name] for f in ordered_fields(type(cfg))} | values
 
 
 _SECRET = ("token", "secret", "password", "key", "storage_options", "credential")

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from hf_adapt import cards
+from hf_adapt.config import Options
 from hf_adapt.errors import HubError
 from hf_adapt.outputs import RUN_FILE, read_json
 from hf_adapt.sources import is_disk_path
@@ -85,18 +86,21 @@ class PushResult:
 
 
 @dataclass
-class PublishOptions:
-    """Hub fields every recipe config inherits: ``--push_to_hub --hub_model_id org/name``."""
+class PublishOptions(Options):
+    """Publishing to the Hub, the component every recipe config is composed with: ``--push_to_hub --hub_model_id
+    org/name``. Its checks need the network, so they run before training (``check_push``), not while parsing."""
 
-    push_to_hub: bool = field(default=False, metadata={"help": "Push the output to the Hub when the run succeeds (token from HF_TOKEN or `hf auth login`, never from config)."})
-    hub_model_id: str | None = field(default=None, metadata={"help": "Hub repo to push to, org/name (needed with push_to_hub)."})
-    hub_private: bool = field(default=True, metadata={"help": "Create the repo private (false: public)."})
-    hub_revision: str | None = field(default=None, metadata={"help": "Branch to push to (created from main if missing; default main)."})
-    hub_tag: str | None = field(default="auto", metadata={"help": "Tag for this version: auto = next free vN, null = no tag."})
-    hub_create_pr: bool = field(default=False, metadata={"help": "Open a pull request against main instead of committing to it (no tag)."})
-    overwrite_card: bool = field(default=False, metadata={"help": "Replace a README.md that someone edited on the Hub."})
-    hub_parent: str | None = field(default=None, metadata={"help": "Hub repo (org/name[@revision]) of the hf-adapt model this version succeeds; the card records the lineage."})
-    update_parent: bool = field(default=False, metadata={"help": "Point the parent's card at this version (new_version metadata)."})
+    title = "publishing"
+
+    push_to_hub: bool = field(default=False, metadata={"resumable": True, "help": "Push the output to the Hub when the run succeeds (token from HF_TOKEN or `hf auth login`, never from config)."})
+    hub_model_id: str | None = field(default=None, metadata={"resumable": True, "help": "Hub repo to push to, org/name (needed with push_to_hub)."})
+    hub_private: bool = field(default=True, metadata={"resumable": True, "help": "Create the repo private (false: public)."})
+    hub_revision: str | None = field(default=None, metadata={"resumable": True, "help": "Branch to push to (created from main if missing; default main)."})
+    hub_tag: str | None = field(default="auto", metadata={"resumable": True, "help": "Tag for this version: auto = next free vN, null = no tag."})
+    hub_create_pr: bool = field(default=False, metadata={"resumable": True, "help": "Open a pull request against main instead of committing to it (no tag)."})
+    overwrite_card: bool = field(default=False, metadata={"resumable": True, "help": "Replace a README.md that someone edited on the Hub."})
+    hub_parent: str | None = field(default=None, metadata={"resumable": True, "help": "Hub repo (org/name[@revision]) of the hf-adapt model this version succeeds; the card records the lineage."})
+    update_parent: bool = field(default=False, metadata={"resumable": True, "help": "Point the parent's card at this version (new_version metadata)."})
 
     def push_settings(self) -> PushSettings:
         return PushSettings(repo_id=self.hub_model_id, private=self.hub_private, revision=self.hub_revision,

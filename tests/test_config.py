@@ -48,7 +48,7 @@ def test_unknown_flag_is_an_error():
 
 @pytest.mark.parametrize("values, message", [
     ({"num_train_epochs": "three"}, "num_train_epochs must be int"),
-    ({"regime": "lora"}, "regime='lora' is not one of"),
+    ({"regime": "lora"}, "regime 'lora' is not one of"),
     ({"test_size": 1.5}, "test_size must be between 0 and 1"),
     ({"validation_size": 0.5, "test_size": 0.5}, "must leave rows for training"),
 ])

@@ -15,7 +15,8 @@ from hf_adapt.config import config_from_dict
 from hf_adapt.data import render_row, template_columns
 from hf_adapt.errors import DataError, ModelError
 from hf_adapt.explain import TEMPLATE_BUCKET, explain_image, explain_row, render_pieces
-from hf_adapt.recipes.finetune import QUICKSTART_TEMPLATE, FinetuneConfig, main
+from hf_adapt.options import QUICKSTART_TEMPLATE
+from hf_adapt.recipes.finetune import FinetuneConfig, main
 
 
 def _train(output_dir, **values):

