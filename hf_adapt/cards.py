@@ -127,6 +127,17 @@ def run_facts(cfg: Any, accelerator: Any, directory: Path, recipe: str) -> dict[
     }
 
 
+def write_card(directory: Path, cfg: Any, accelerator: Any, recipe: str, facts: dict[str, Any]) -> dict[str, Any]:
+    """Write a run's ``card_facts.json`` and the ``README.md`` rendered from it: the facts every recipe's card
+    shares (the model's name, the config's card fields, how and where the run ran), with the recipe's own
+    ``facts`` (its template, summary, data, metrics) over them."""
+    facts = {"model_name": Path(cfg.output_dir).name, **cfg.card_text(),
+             **run_facts(cfg, accelerator, directory, recipe), **facts}
+    write_facts(directory, facts)
+    render_card(facts).save(str(directory / "README.md"))
+    return facts
+
+
 def git_commit(path: str | Path = ".") -> dict[str, Any] | None:
     """The commit (and whether the tree was dirty) of the git checkout holding ``path``, if any."""
     try:

@@ -29,7 +29,8 @@ CardOptions          what the card says that the run cannot measure             
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 from hf_adapt.config import DEFAULT_MODEL, Options, default_adapter
 from hf_adapt.errors import ConfigError
@@ -287,3 +288,15 @@ class CardOptions(Options):
     intended_use: str | None = field(default=None, metadata={"resumable": True, "help": "Intended use, for the card."})
     out_of_scope_use: str | None = field(default=None, metadata={"resumable": True, "help": "Out-of-scope use, for the card."})
     limitations: str | None = field(default=None, metadata={"resumable": True, "help": "Known limitations to add to the card."})
+
+    def card_text(self) -> dict[str, str | None]:
+        """The card facts these fields give, the same in every recipe's card (``dataset_name`` is the recipe's to
+        resolve: see ``dataset_title``)."""
+        return {"license": self.license, "dataset_id": self.dataset_id, "intended_use": self.intended_use,
+                "out_of_scope_use": self.out_of_scope_use, "limitations": self.limitations}
+
+    def dataset_title(self, source: Any) -> str:
+        """The dataset's name for the card: ``dataset_name``, else a known package's dataset, else the file name."""
+        from hf_adapt.sources import known_dataset_name
+
+        return self.dataset_name or known_dataset_name(str(source)) or Path(str(source)).name

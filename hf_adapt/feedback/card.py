@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-from hf_adapt import cards
 from hf_adapt.feedback.trainers import REWARD
 
 # eval_results key -> label in the card's before/after table: (parent key, policy key)
@@ -15,7 +13,7 @@ BEFORE_AFTER = {
 }
 
 
-def feedback_facts(directory: Path, cfg, accelerator, model, metrics: dict[str, Any], facts: dict[str, Any],
+def feedback_facts(cfg, model, metrics: dict[str, Any], facts: dict[str, Any],
                    info: dict[str, Any]) -> dict[str, Any]:
     from hf_adapt.adapters import count_parameters
 
@@ -26,7 +24,6 @@ def feedback_facts(directory: Path, cfg, accelerator, model, metrics: dict[str, 
     headline = {k: metrics[k] for k in ("preference_accuracy", "win_rate") if k in metrics and metrics[k] == metrics[k]}
     return {
         "card_template": "feedback.md",
-        "model_name": Path(cfg.output_dir).name,
         "summary": _summary(cfg, facts, metrics, reward),
         "base_model": facts["base_model"],
         "model_source": info["model"]["name_or_path"],
@@ -37,9 +34,7 @@ def feedback_facts(directory: Path, cfg, accelerator, model, metrics: dict[str, 
         "adapter": None if cfg.init_from else cfg.adapter,
         "trainer": cfg.trainer,
         "trainer_args": {k: v for k, v in facts["args"].to_dict().items() if k in _SHOWN_ARGS},
-        "license": cfg.license,
-        "dataset_id": cfg.dataset_id,
-        "dataset_name": cfg.dataset_name or Path(source).name,
+        "dataset_name": cfg.dataset_title(source),
         "data_source": source,
         "data_sha256": window.log.sha256,
         "data_revision": cfg.feedback_revision,
@@ -66,10 +61,6 @@ def feedback_facts(directory: Path, cfg, accelerator, model, metrics: dict[str, 
         "train_seconds": facts["train_seconds"] or 0.0,
         "trainable_parameters": trainable,
         "total_parameters": total,
-        **cards.run_facts(cfg, accelerator, directory, "feedback"),
-        "intended_use": cfg.intended_use,
-        "out_of_scope_use": cfg.out_of_scope_use,
-        "limitations": cfg.limitations,
     }
 
 
@@ -85,8 +76,3 @@ def _summary(cfg, facts: dict[str, Any], metrics: dict[str, Any], reward: bool) 
     what = "A reward model" if reward else "A policy"
     return (f"{what} trained by hf-adapt with TRL's {cfg.trainer.upper()} trainer and a peft adapter on "
             f"{facts['train_records']} user-feedback records, starting from {parent}{scored}.")
-
-
-def write_card(directory: Path, facts: dict[str, Any]) -> None:
-    cards.write_facts(directory, facts)
-    cards.render_card(facts).save(str(directory / "README.md"))

@@ -456,30 +456,24 @@ def _write_card(directory: Path, cfg, accelerator, backbone, run, strategy, resu
     """The forgetting-matrix figure, the card's facts (``card_facts.json``) and the card rendered from them."""
     from hf_adapt import cards, figures, transfer
     from hf_adapt.continual.metrics import markdown_table
-    from hf_adapt.regimes import get_regime
-    from hf_adapt.sources import known_dataset_name
+    from hf_adapt.regimes import regime_facts
 
     new = [e for e in run.experiences if e.trained_at > 0]
     data, summary, metric = new[0].data, results["summary"], cfg.continual_metric
     figure = figures.accuracy_matrix(results["matrix"], results["rows"], [e.name for e in run.experiences], metric,
                                      directory / MATRIX_FIGURE)
     base_model = cfg.base_model_id or (transfer.base_model(parent) if parent else backbone.info.get("hub_id"))
-    dataset_name = cfg.dataset_name or known_dataset_name(cfg.data) or Path(str(cfg.data)).name
     history = [dict(epoch=i + 1, **{k: v for k, v in h["history"][-1].items() if k != "epoch"})
                for i, h in enumerate(results["training"])]
     facts = {
         "card_template": "continual.md",
-        "model_name": Path(cfg.output_dir).name,
         "summary": (f"A {len(run.label_names)}-class classifier ({', '.join(run.label_names)}) on `{base_model or cfg.model_name_or_path}`, "
                     f"taught {len(new)} experience(s) in turn ({cfg.scenario}-incremental, strategy `{strategy.name}`) with hf-adapt."),
         "base_model": base_model,
         "model_source": model_info["name_or_path"],
         "family": backbone.family,
-        "regime": cfg.regime,
-        "adapter": cfg.adapter if get_regime(cfg.regime).uses_adapter else None,
-        "license": cfg.license,
-        "dataset_id": cfg.dataset_id,
-        "dataset_name": dataset_name,
+        **regime_facts(cfg.regime, cfg.adapter),
+        "dataset_name": cfg.dataset_title(cfg.data),
         "data_source": cfg.data_files or cfg.data,
         "data_kind": data.kind,
         "input_kind": backbone.preprocessor.input_kind,
@@ -498,14 +492,9 @@ def _write_card(directory: Path, cfg, accelerator, backbone, run, strategy, resu
         "lineage": _lineage(parent, results) if parent else None,
         "trainable_parameters": trainable,
         "total_parameters": total,
-        **cards.run_facts(cfg, accelerator, directory, "continual"),
         "wall_seconds": wall_seconds,
-        "intended_use": cfg.intended_use,
-        "out_of_scope_use": cfg.out_of_scope_use,
-        "limitations": cfg.limitations,
     }
-    cards.write_facts(directory, facts)
-    cards.render_card(facts).save(str(directory / "README.md"))
+    cards.write_card(directory, cfg, accelerator, "continual", facts)
 
 
 def _old_vs_new(results, run) -> list[dict[str, Any]]:

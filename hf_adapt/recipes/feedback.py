@@ -530,8 +530,9 @@ def gate_result(metrics: dict[str, Any], min_win_rate: float | None) -> dict[str
 
 def _write_outputs(directory: Path, cfg: FeedbackConfig, accelerator, model, tokenizer, backbone, metrics, facts,
                    wall_seconds: float) -> None:
+    from hf_adapt import cards
     from hf_adapt.config import save_config
-    from hf_adapt.feedback.card import feedback_facts, write_card
+    from hf_adapt.feedback.card import feedback_facts
     from hf_adapt.outputs import write_json
     from hf_adapt.run_record import RunRecord, kind_of, write_record
 
@@ -569,7 +570,7 @@ def _write_outputs(directory: Path, cfg: FeedbackConfig, accelerator, model, tok
         "trainer_args": {k: v for k, v in facts["args"].to_dict().items() if k in _CARD_ARGS},
     })
     save_config(cfg, directory / "config.yaml")
-    write_card(directory, feedback_facts(directory, cfg, accelerator, model, metrics, facts, info))
+    cards.write_card(directory, cfg, accelerator, "feedback", feedback_facts(cfg, model, metrics, facts, info))
 
 
 _CARD_ARGS = ("beta", "loss_type", "desirable_weight", "undesirable_weight", "num_generations", "learning_rate",

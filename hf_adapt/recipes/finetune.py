@@ -359,15 +359,13 @@ def _write_outputs(directory: Path, cfg, accelerator, model, backbone, family, d
         "train_seconds": history.train_seconds,
         "trainable_parameters": trainable,
         "total_parameters": total,
-        **cards.run_facts(cfg, accelerator, directory, "finetune"),
         **_card_media(directory, cfg, model, backbone, data, history, probs, evaluation.labels, record),
         "test_intervals": record["intervals"],
         "operating_point": record["operating_point"],
         "operating_point_error": point_error,
         "cv": _cv_facts(cv, data) if cv is not None else None,
     }
-    cards.write_facts(directory, facts)
-    cards.render_card(facts).save(str(directory / "README.md"))
+    cards.write_card(directory, cfg, accelerator, "finetune", facts)
 
 
 def _write_run_files(directory: Path, cfg, accelerator, model, backbone, family, data, history, evaluation,
@@ -420,21 +418,16 @@ def _write_run_files(directory: Path, cfg, accelerator, model, backbone, family,
 def _card_facts(cfg, data, backbone, family, parent, record: dict[str, Any]) -> dict[str, Any]:
     """What the card says about the model, its data and the run's settings."""
     from hf_adapt import transfer
-    from hf_adapt.regimes import get_regime
-    from hf_adapt.sources import known_dataset_name
+    from hf_adapt.regimes import regime_facts
 
     base_model = cfg.base_model_id or (transfer.base_model(parent) if parent is not None else backbone.info.get("hub_id"))
-    dataset_name = cfg.dataset_name or known_dataset_name(cfg.data) or Path(str(cfg.data)).name
+    dataset_name = cfg.dataset_title(cfg.data)
     return {
-        "model_name": Path(cfg.output_dir).name,
         "summary": _summary(cfg, base_model, dataset_name, data),
         "base_model": base_model,
         "model_source": record["model_info"]["name_or_path"],
         "family": family,
-        "regime": cfg.regime,
-        "adapter": cfg.adapter if get_regime(cfg.regime).uses_adapter else None,
-        "license": cfg.license,
-        "dataset_id": cfg.dataset_id,
+        **regime_facts(cfg.regime, cfg.adapter),
         "dataset_name": dataset_name,
         "data_source": cfg.data_files or cfg.data,
         "data_revision": data.origin["revision"],
@@ -450,9 +443,6 @@ def _card_facts(cfg, data, backbone, family, parent, record: dict[str, Any]) -> 
         "imbalance": _imbalance_description(cfg, data),
         "grouped_by": data.origin.get("grouped_by"),
         "skipped_images": data.origin.get("skipped_images"),
-        "intended_use": cfg.intended_use,
-        "out_of_scope_use": cfg.out_of_scope_use,
-        "limitations": cfg.limitations,
     }
 
 

@@ -260,28 +260,22 @@ def _write_card(directory: Path, cfg: PretrainConfig, accelerator, backbone, obj
     """The card's facts (``card_facts.json``) and the card rendered from them."""
     from hf_adapt import cards
     from hf_adapt.lm import LM_HEAD_FILE, PIPELINE_TAGS
-    from hf_adapt.regimes import get_regime
-    from hf_adapt.sources import known_dataset_name
+    from hf_adapt.regimes import get_regime, regime_facts
 
     base_model = cfg.base_model_id or backbone.info.get("hub_id")
-    source = cfg.data or next(iter(cfg.data_files.values()))
-    dataset_name = cfg.dataset_name or known_dataset_name(source) or Path(str(source)).name
+    dataset_name = cfg.dataset_title(cfg.data or next(iter(cfg.data_files.values())))
     new_keys = backbone.info["new_keys"]
     facts = {
         "card_template": "pretrain.md",
-        "model_name": Path(cfg.output_dir).name,
         "summary": _summary(cfg, objective, base_model, dataset_name, metrics),
         "base_model": base_model,
         "model_source": cfg.model_name_or_path,
         "family": "transformers",
         "objective": objective,
         "pipeline_tag": PIPELINE_TAGS[objective],
-        "regime": cfg.regime,
-        "adapter": cfg.adapter if get_regime(cfg.regime).uses_adapter else None,
+        **regime_facts(cfg.regime, cfg.adapter),
         "new_parameters": {"count": len(new_keys), "names": new_keys[:8],
                            "file": LM_HEAD_FILE if new_keys and get_regime(cfg.regime).uses_adapter else None},
-        "license": cfg.license,
-        "dataset_id": cfg.dataset_id,
         "dataset_name": dataset_name,
         "data_source": cfg.data_files or cfg.data,
         "data_revision": corpus.origin["revision"],
@@ -306,13 +300,8 @@ def _write_card(directory: Path, cfg: PretrainConfig, accelerator, backbone, obj
         "train_seconds": history.train_seconds,
         "trainable_parameters": trainable,
         "total_parameters": total,
-        **cards.run_facts(cfg, accelerator, directory, "pretrain"),
-        "intended_use": cfg.intended_use,
-        "out_of_scope_use": cfg.out_of_scope_use,
-        "limitations": cfg.limitations,
     }
-    cards.write_facts(directory, facts)
-    cards.render_card(facts).save(str(directory / "README.md"))
+    cards.write_card(directory, cfg, accelerator, "pretrain", facts)
 
 
 def _summary(cfg: PretrainConfig, objective: str, base_model, dataset_name: str, metrics: dict[str, float]) -> str:

@@ -45,3 +45,8 @@ register_regime("adapter", "hf_adapt.regimes.adapter:Adapter")
 register_regime("linear_probe", "hf_adapt.regimes.linear_probe:LinearProbe")
 register_regime("full", "hf_adapt.regimes.full:Full")
 register_regime("gradual_unfreeze", "hf_adapt.regimes.full:GradualUnfreezing")
+
+
+def regime_facts(regime: str, adapter: dict[str, Any] | None) -> dict[str, Any]:
+    """What a card says about the regime: its name, and the adapter config where the regime trains one."""
+    return {"regime": regime, "adapter": adapter if get_regime(regime).uses_adapter else None}

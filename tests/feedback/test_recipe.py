@@ -94,13 +94,17 @@ def test_a_reward_model_from_the_feedback_judges_a_policy_round(tiny_chat_llama,
     log = write_log(tmp_path / "log.jsonl", product_feedback(range(10)))
     reward = main(_config(tmp_path, tiny_chat_llama, log, name="rm", trainer="reward", max_steps=5))
     judge = f"reward_model:{reward.output_dir}"
-    policy = main(_config(tmp_path, tiny_chat_llama, log, name="policy", judge=judge, card_examples=2))
+    policy = main(_config(tmp_path, tiny_chat_llama, log, name="policy", judge=judge, card_examples=2,
+                          out_of_scope_use="Answers about medication.", dataset_id="org/bot-feedback"))
     metrics = policy.metrics
     assert metrics["judge"] == judge and metrics["judged_prompts"] == 2
     assert metrics["win_rate"] == metrics["judged_win_rate"] and "pair_win_rate" in metrics
     examples = json.loads((policy.output_dir / "feedback_results.json").read_text())["examples"]
     assert len(examples) == 2 and {"parent", "policy", "parent_score", "policy_score"} <= set(examples[0])
-    assert "Judged examples" in (policy.output_dir / "README.md").read_text()
+    card = (policy.output_dir / "README.md").read_text()
+    assert "Judged examples" in card
+    assert "## Out-of-scope use\n\nAnswers about medication." in card  # the card fields every recipe's card shows
+    assert "org/bot-feedback" in card
     with pytest.raises(ModelError, match="is a dpo policy, not a reward model"):  # refused before training
         main(_config(tmp_path, tiny_chat_llama, log, name="never", judge=f"reward_model:{policy.output_dir}"))
     assert not (tmp_path / "never").exists()

@@ -108,12 +108,14 @@ def test_mlm_full_on_a_text_file_lowers_held_out_loss(mlm_full):
 @pytest.mark.parametrize("packing, regime", [(True, "full"), (False, "adapter")])
 def test_clm_lowers_held_out_loss(packing, regime, tiny_llama, reviews_txt, tmp_path):
     cfg = _config(tiny_llama, reviews_txt, tmp_path / "out", packing=packing, regime=regime,
-                  learning_rate=2e-3 if regime == "full" else 2e-2, num_train_epochs=2 if packing else 1)
+                  learning_rate=2e-3 if regime == "full" else 2e-2, num_train_epochs=2 if packing else 1,
+                  out_of_scope_use="Clinical text.")
     result = main(cfg)
     assert result.objective == "clm"  # auto: a decoder
     _assert_lowered(result)
     card = ModelCard.load(result.output_dir / "README.md")
     assert card.data.pipeline_tag == "text-generation"
+    assert "## Out-of-scope use\n\nClinical text." in card.text
     data = read_json(result.output_dir / "train_results.json")["data"]
     if packing:  # full blocks of max_length tokens, across document boundaries
         assert data["tokens"]["train"] == 64 * data["blocks"]["train"]
