@@ -1,8 +1,7 @@
 """Language modelling on unlabelled text: masked LM for encoders, causal LM for decoders.
 
-Documents come from ``.txt`` files (one a line) or a text column of a table or Hub dataset;
-they are split into train / validation / test by document (never by block, so no document
-is scored that was trained on), tokenised, and packed into ``max_length`` blocks or
+Documents come from :func:`hf_adapt.data.load_corpus` (split by document, never by block, so no document
+is scored that was trained on); here they are tokenised, and packed into ``max_length`` blocks or
 truncated. Held-out masked-LM data is masked once, with a seeded generator, so every score
 of a run (before and after training, every epoch) counts the same tokens.
 
@@ -13,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -24,7 +22,6 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from hf_adapt.backbones.base import Backbone, BackboneSpec
-from hf_adapt.data import SPLIT_NAMES, DataSpec, load_raw, read_problem
 from hf_adapt.errors import ConfigError, DataError, ModelError
 from hf_adapt.loop import Callback, training_loader
 from hf_adapt.outputs import RUN_FILE
@@ -177,131 +174,6 @@ def train_new_parameters(model: nn.Module, backbone: Backbone) -> None:
 
 
 # ----------------------------------------------------------------------------- data
-
-
-@dataclass
-class TextCorpus:
-    """Documents per split (train/validation/test), in the column ``column``."""
-
-    splits: dict[str, Any]
-    column: str
-    origin: dict[str, Any] = field(default_factory=dict)
-
-
-def _is_text_file(path: Path) -> bool:
-    suffixes = [s for s in path.suffixes if s not in (".gz", ".bz2", ".xz", ".zip")]
-    return bool(suffixes) and suffixes[-1] == ".txt"
-
-
-def _text_files(spec: DataSpec) -> dict[str, Path] | None:
-    """Split name -> ``.txt`` file when the data is plain text (one document a line); None otherwise."""
-    if spec.data_files:
-        paths = {split: Path(resolve_source(name, field=f"data_files.{split}"))
-                 for split, name in spec.data_files.items()}
-    else:
-        path = Path(resolve_source(spec.source, field="data"))
-        paths = {"train": path}
-        if path.is_dir():
-            paths = {p.name.split(".")[0]: p for p in sorted(path.iterdir())
-                     if _is_text_file(p) and p.name.split(".")[0] in SPLIT_NAMES}
-    texts = {split: path for split, path in paths.items() if _is_text_file(path)}
-    if not texts:
-        return None
-    if len(texts) != len(paths):
-        raise DataError(f"data files {sorted(str(p) for p in paths.values())} mix .txt and other formats; use one")
-    for split, path in texts.items():
-        if not path.is_file():
-            raise DataError(f"data file for split {split!r} not found: {path}")
-        if path.stat().st_size == 0:
-            raise DataError(f"split {split!r} is empty: {path} holds no lines")
-    return {SPLIT_NAMES.get(split, split): path for split, path in texts.items()}
-
-
-def _load_documents(spec: DataSpec):
-    texts = _text_files(spec)
-    if texts is None:
-        return load_raw(spec)
-    from datasets import load_dataset
-
-    try:
-        return load_dataset("text", data_files={k: str(v) for k, v in texts.items()}, **spec.load_kwargs)
-    except Exception as err:  # datasets raises many kinds; say which files failed
-        problem = read_problem(list(texts.values()), "text", spec.load_kwargs.get("encoding", "utf-8"))
-        raise DataError(problem or f"could not read text files {sorted(map(str, texts.values()))}: {err}") from err
-
-
-def _keep_rows(texts: list[Any], column: str, split: str) -> list[int]:
-    """Rows that hold text; refuses values that are not text at all (e.g. a numeric column)."""
-    keep = []
-    for row, value in enumerate(texts):
-        if value is None or (isinstance(value, float) and math.isnan(value)):
-            continue
-        if not isinstance(value, str):
-            raise DataError(f"split {split!r} row {row}: text column {column!r} holds {type(value).__name__} "
-                            f"{value!r}, not text")
-        if value.strip():
-            keep.append(row)
-    return keep
-
-
-def _carve(dataset, share: float, seed: int, name: str):
-    try:
-        parts = dataset.train_test_split(test_size=share, seed=seed, shuffle=True)
-    except ValueError as err:
-        raise DataError(f"cannot carve a {share:.0%} {name} split out of {len(dataset)} documents: {err}") from err
-    return parts["train"].flatten_indices(), parts["test"].flatten_indices()
-
-
-def _at_most(dataset, limit: int | None, seed: int):
-    """A seeded random ``limit`` documents of ``dataset`` (all of them when it has no more)."""
-    if limit is None or len(dataset) <= limit:
-        return dataset
-    return dataset.shuffle(seed=seed).select(range(limit)).flatten_indices()
-
-
-def load_corpus(spec: DataSpec) -> TextCorpus:
-    """Load documents, check the text column, drop empty rows (with one warning), split by document."""
-    from hf_adapt.data import data_version
-
-    column = spec.text_column or "text"
-    source = spec.data_files or spec.source
-    raw = _load_documents(spec)
-    splits, dropped = {}, {}
-    for split, dataset in raw.items():
-        if column not in dataset.column_names:
-            raise DataError(f"text column {column!r} not found in split {split!r} of {source}; "
-                            f"columns are {dataset.column_names}")
-        texts = dataset[column]
-        keep = _keep_rows(texts, column, split)
-        if not keep:
-            raise DataError(f"text column {column!r} is empty in split {split!r} of {source}: none of its "
-                            f"{len(texts)} rows holds text")
-        if len(keep) < len(texts):
-            dropped[split] = len(texts) - len(keep)
-            dataset = dataset.select(keep)
-        splits[SPLIT_NAMES.get(split, split)] = dataset.select_columns([column])
-    if dropped:
-        logger.warning("dropped %d rows whose text column %r is empty or missing (%s)", sum(dropped.values()), column,
-                       ", ".join(f"{split}: {n}" for split, n in dropped.items()))
-    if "train" not in splits:
-        raise DataError(f"no train split in {source}; found {sorted(splits)}")
-    how, remaining = [], 1.0  # shares are of all documents: carve each out of what is left
-    for name, size in (("test", spec.test_size), ("validation", spec.validation_size)):
-        if name not in splits:
-            splits["train"], splits[name] = _carve(splits["train"], size / remaining, spec.seed, name)
-            remaining -= size
-            how.append(f"{name}: random {size:.0%} of the documents (seed {spec.seed})")
-    splits = {name: _at_most(splits[name], spec.max_samples.get(name), spec.seed)
-              for name in ("train", "validation", "test")}
-    origin = {
-        "source": source,
-        **data_version(spec),
-        "text_column": column,
-        "splits": {name: len(dataset) for name, dataset in splits.items()},
-        "split_method": "; ".join(how) or "named splits used as given",
-        "dropped_empty_rows": dropped,
-    }
-    return TextCorpus(splits, column, origin)
 
 
 def tokenize(dataset, tokenizer, column: str, objective: str, max_length: int, packing: bool):
@@ -521,31 +393,39 @@ def load_pretrained_lm(directory: str | Path, trust_remote_code: bool = False, b
     if (model_info.get("trust_remote_code") or info["model"].get("trust_remote_code")) and not trust_remote_code:
         raise ModelError(f"{directory}: the base model needs trust_remote_code=True, which runs code from its repo; "
                          "pass it to load_pretrained_lm only if you trust that code")
+    from hf_adapt.regimes import get_regime, registered_regimes
+
+    if info["regime"] not in registered_regimes():
+        raise ModelError(f"{directory / RUN_FILE}: unknown regime {info['regime']!r}")
     auto_class = _auto_class(info["objective"])
     kwargs = {"trust_remote_code": trust_remote_code, "dtype": torch.float32}
-    if info["regime"] == "full":
-        model = auto_class.from_pretrained(str(directory), **kwargs)
-    elif info["regime"] == "adapter":
-        from peft import PeftModel
-
-        source = model_info["name_or_path"]
-        try:
-            base_lm = auto_class.from_pretrained(resolve_source(source, field="model.name_or_path"),
-                                                 revision=model_info.get("revision"), **kwargs)
-        except (OSError, ValueError) as err:
-            raise ModelError(f"{directory}: base model {source!r} could not be loaded: "
-                             f"{str(err).splitlines()[0]}") from err
-        head = directory / LM_HEAD_FILE
-        if head.is_file():
-            from safetensors.torch import load_file
-
-            unexpected = base_lm.load_state_dict(load_file(str(head)), strict=False).unexpected_keys
-            if unexpected:
-                raise ModelError(f"{head} holds tensors the base model lacks: {unexpected[:5]}")
-        from hf_adapt.artifacts import check_safetensors
-
-        check_safetensors(directory)
-        model = PeftModel.from_pretrained(base_lm, str(directory)).merge_and_unload()
+    if get_regime(info["regime"]).uses_adapter:
+        model = _adapted_lm(directory, model_info, auto_class, kwargs)
     else:
-        raise ModelError(f"{directory / RUN_FILE}: unknown regime {info['regime']!r}")
+        model = auto_class.from_pretrained(str(directory), **kwargs)
     return model.eval(), AutoTokenizer.from_pretrained(str(directory)), info
+
+
+def _adapted_lm(directory: Path, model_info: dict[str, Any], auto_class, kwargs: dict[str, Any]) -> nn.Module:
+    """The base LM at its pinned revision, the parameters it lacked (``lm_head.safetensors``), the adapter
+    merged in: a plain transformers model."""
+    from peft import PeftModel
+
+    from hf_adapt.weights import check_safetensors
+
+    source = model_info["name_or_path"]
+    try:
+        base_lm = auto_class.from_pretrained(resolve_source(source, field="model.name_or_path"),
+                                             revision=model_info.get("revision"), **kwargs)
+    except (OSError, ValueError) as err:
+        raise ModelError(f"{directory}: base model {source!r} could not be loaded: "
+                         f"{str(err).splitlines()[0]}") from err
+    head = directory / LM_HEAD_FILE
+    if head.is_file():
+        from safetensors.torch import load_file
+
+        unexpected = base_lm.load_state_dict(load_file(str(head)), strict=False).unexpected_keys
+        if unexpected:
+            raise ModelError(f"{head} holds tensors the base model lacks: {unexpected[:5]}")
+    check_safetensors(directory)
+    return PeftModel.from_pretrained(base_lm, str(directory)).merge_and_unload()

@@ -46,6 +46,14 @@ def known_hub_id(source: str) -> str | None:
     return _KNOWN_MODELS.get(source.rstrip("/"))
 
 
+def hub_id(source: str) -> str | None:
+    """The Hub repo a model source stands for: its known id for a packaged copy, none for a path on disk,
+    otherwise the source itself."""
+    if source.startswith(PKG_SCHEME):
+        return known_hub_id(source)
+    return None if is_disk_path(source) else source
+
+
 def known_dataset_name(source: str) -> str | None:
     return _KNOWN_DATASETS.get(source)
 

@@ -310,7 +310,7 @@ def feedback_corrupt_parquet(tmp):
 
 
 def _corpus(path: Path, **spec) -> Callable[[], Any]:
-    from hf_adapt.lm import load_corpus
+    from hf_adapt.data import load_corpus
 
     return lambda: load_corpus(DataSpec(source=str(path), **spec))
 
@@ -476,7 +476,7 @@ def feedback_duplicate_records(tmp):
 
 
 def pretrain_blank_lines_among_text(tmp):
-    from hf_adapt.lm import load_corpus
+    from hf_adapt.data import load_corpus
 
     (tmp / "docs.txt").write_text("first document\n\n   \n" + "\n".join(f"document {i}" for i in range(12)) + "\n")
     corpus = load_corpus(DataSpec(source=str(tmp / "docs.txt")))

@@ -12,7 +12,7 @@ from torch import nn
 
 from hf_adapt.backbones.base import Backbone, BackboneSpec, adapter_target_names, head_prefixes
 from hf_adapt.errors import ModelError
-from hf_adapt.sources import is_local, known_hub_id, resolve_source
+from hf_adapt.sources import hub_id, resolve_source
 
 logger = logging.getLogger("hf_adapt.backbones")
 
@@ -169,7 +169,7 @@ def hub_id_of(spec: BackboneSpec) -> str | None:
     """The Hub repo the pretrained weights came from: the source itself, its known id, or none when local."""
     if not spec.pretrained:
         return None
-    return known_hub_id(spec.name_or_path) or (None if is_local(spec.name_or_path) else spec.name_or_path)
+    return hub_id(spec.name_or_path)
 
 
 class TransformersBuilder:

@@ -328,6 +328,7 @@ def _starting_model(cfg: FeedbackConfig):
     """The parent (``init_from``) if any, the ``model`` block to build on, and the base model's Hub id."""
     from hf_adapt import transfer
     from hf_adapt.feedback.model import check_parent_model
+    from hf_adapt.sources import hub_id
 
     parent = None
     model_block = {"name_or_path": cfg.model_name_or_path, "revision": cfg.model_revision,
@@ -344,7 +345,7 @@ def _starting_model(cfg: FeedbackConfig):
             raise ConfigError(f"init_from {cfg.init_from!r}: its base model runs code from its repo; pass "
                               "--trust_remote_code true only if you trust that code (a parent cannot turn it on)")
         model_block = {**parent.info["model"], "max_length": cfg.max_length, "trust_remote_code": cfg.trust_remote_code}
-    base_model = model_block.get("base_model_id") or _hub_id(model_block["name_or_path"])
+    base_model = model_block.get("base_model_id") or hub_id(model_block["name_or_path"])
     return parent, model_block, base_model
 
 
@@ -453,14 +454,6 @@ def _cpu_ranks() -> bool:
     import torch
 
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available()
-
-
-def _hub_id(name_or_path: str) -> str | None:
-    from hf_adapt.sources import is_disk_path, known_hub_id
-
-    if name_or_path.startswith("pkg://"):
-        return known_hub_id(name_or_path)
-    return None if is_disk_path(name_or_path) else name_or_path
 
 
 def resolve_judge(cfg: FeedbackConfig) -> str:

