@@ -400,8 +400,6 @@ def fit(accelerator, model: nn.Module, task: Task, train_loader: DataLoader, eva
     checkpoint there when ``checkpoints`` is given, and raises :class:`~hf_adapt.preemption.Preempted`.
     """
     evaluate_fn = evaluate_fn or evaluate
-    from transformers import get_scheduler
-
     # the generator that shuffles the training data: its state at an epoch's start fixes the epoch's order
     generator = getattr(train_loader.sampler, "generator", None)
     optimizer = make_optimizer(model, settings)
@@ -409,20 +407,12 @@ def fit(accelerator, model: nn.Module, task: Task, train_loader: DataLoader, eva
     steps_per_epoch = math.ceil(len(train_loader) / accelerator.gradient_accumulation_steps)
     total_steps = settings.max_steps if settings.max_steps > 0 else steps_per_epoch * settings.num_train_epochs
     epochs = math.ceil(total_steps / steps_per_epoch)
-    scheduler = get_scheduler(
-        settings.lr_scheduler_type,
-        optimizer,
-        # AcceleratedScheduler steps once per process per optimizer step
-        num_warmup_steps=int(settings.warmup_ratio * total_steps) * accelerator.num_processes,
-        num_training_steps=total_steps * accelerator.num_processes,
-    )
-    scheduler = accelerator.prepare(scheduler)
+    scheduler = _make_scheduler(accelerator, optimizer, settings, total_steps)
     trainable = [p for p in model.parameters() if p.requires_grad]
     for callback in callbacks:
         callback.on_train_start(accelerator, model, optimizer)
     run = _Run(accelerator, model, settings, checkpoints, generator)
     result = run.result
-    metric = settings.metric_for_best_model
     progress = _progress(total_steps, accelerator.is_local_main_process, initial=run.step)
     start = time.perf_counter()
     for epoch in range(run.epoch, epochs + 1):
@@ -448,37 +438,13 @@ def fit(accelerator, model: nn.Module, task: Task, train_loader: DataLoader, eva
                 optimizer.zero_grad()
             run.count(loss)
             if accelerator.sync_gradients:
-                run.step += 1
-                progress.update(1)
-                if run.step % settings.logging_steps == 0:
-                    run.check_divergence()
-                    mean_loss = run.mean_loss()
-                    accelerator.log({"train/loss": mean_loss, "train/lr": scheduler.get_last_lr()[0]}, step=run.step)
-                    progress.set_postfix(loss=f"{mean_loss:.4f}")
-                if checkpoints is not None and checkpoints.every_steps and run.step % checkpoints.every_steps == 0:
-                    run.save()
-                if run.should_stop():
-                    run.stop()
+                run.optimizer_stepped(progress, scheduler)
             if run.step >= total_steps:
                 break
         run.check_divergence()
         metrics = evaluate_fn(accelerator, model, task, eval_loader) if eval_loader is not None else {}
-        metrics["train_loss"] = run.mean_loss()
-        result.history.append({"epoch": epoch, "step": run.step, **metrics})
-        accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=run.step)
-        logger.info("epoch %d: %s", epoch, _fmt(metrics))
-        run.epoch, run.batches = epoch + 1, 0
-        if eval_loader is None:
-            result.best_epoch, result.best_metrics = epoch, metrics
-        elif is_better(metric, metrics[metric], result.best_metrics.get(metric)):
-            result.best_epoch, result.best_metrics = epoch, metrics
-            run.best_state = _trainable_state(accelerator.unwrap_model(model)) if settings.restore_best else None
-            run.stale = 0
-        else:
-            run.stale += 1
-            if settings.early_stopping_patience is not None and run.stale >= settings.early_stopping_patience:
-                logger.info("early stopping: %s did not improve for %d epochs", metric, run.stale)
-                break
+        if run.end_epoch(epoch, metrics, judged=eval_loader is not None):
+            break
         if run.step >= total_steps:
             break
     progress.close()
@@ -488,8 +454,22 @@ def fit(accelerator, model: nn.Module, task: Task, train_loader: DataLoader, eva
     result.steps, result.train_seconds = run.step, time.perf_counter() - start
     if run.best_state is not None and settings.restore_best:
         accelerator.unwrap_model(model).load_state_dict(run.best_state, strict=False)
+        metric = settings.metric_for_best_model
         logger.info("restored best epoch %s (%s=%.4f)", result.best_epoch, metric, result.best_metrics[metric])
     return model, result
+
+
+def _make_scheduler(accelerator, optimizer, settings: LoopSettings, total_steps: int):
+    from transformers import get_scheduler
+
+    scheduler = get_scheduler(
+        settings.lr_scheduler_type,
+        optimizer,
+        # AcceleratedScheduler steps once per process per optimizer step
+        num_warmup_steps=int(settings.warmup_ratio * total_steps) * accelerator.num_processes,
+        num_training_steps=total_steps * accelerator.num_processes,
+    )
+    return accelerator.prepare(scheduler)
 
 
 class _Run:
@@ -530,6 +510,45 @@ class _Run:
         loss = loss.detach()
         self.running, self.seen, self.batches = self.running + loss.float(), self.seen + 1, self.batches + 1
         self.diverged_at = torch.where((self.diverged_at < 0) & ~torch.isfinite(loss), self.step + 1, self.diverged_at)
+
+    def optimizer_stepped(self, progress, scheduler) -> None:
+        """Count an optimiser step; log, checkpoint and answer SIGTERM on the steps where they fall due."""
+        self.step += 1
+        progress.update(1)
+        if self.step % self.settings.logging_steps == 0:
+            self.check_divergence()
+            mean_loss = self.mean_loss()
+            self.accelerator.log({"train/loss": mean_loss, "train/lr": scheduler.get_last_lr()[0]}, step=self.step)
+            progress.set_postfix(loss=f"{mean_loss:.4f}")
+        every = self.checkpoints.every_steps if self.checkpoints is not None else 0
+        if every and self.step % every == 0:
+            self.save()
+        if self.should_stop():
+            self.stop()
+
+    def end_epoch(self, epoch: int, metrics: dict[str, float], judged: bool) -> bool:
+        """Record the epoch's metrics and keep the best epoch (the last one when nothing is ``judged``, i.e. no
+        validation); True when early stopping says training is over."""
+        metric, result = self.settings.metric_for_best_model, self.result
+        metrics["train_loss"] = self.mean_loss()
+        result.history.append({"epoch": epoch, "step": self.step, **metrics})
+        self.accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=self.step)
+        logger.info("epoch %d: %s", epoch, _fmt(metrics))
+        self.epoch, self.batches = epoch + 1, 0
+        if not judged:
+            result.best_epoch, result.best_metrics = epoch, metrics
+        elif is_better(metric, metrics[metric], result.best_metrics.get(metric)):
+            result.best_epoch, result.best_metrics = epoch, metrics
+            restore = self.settings.restore_best
+            self.best_state = _trainable_state(self.accelerator.unwrap_model(self.model)) if restore else None
+            self.stale = 0
+        else:
+            self.stale += 1
+            patience = self.settings.early_stopping_patience
+            if patience is not None and self.stale >= patience:
+                logger.info("early stopping: %s did not improve for %d epochs", metric, self.stale)
+                return True
+        return False
 
     def mean_loss(self) -> float:
         return self.running.item() / max(self.seen, 1)

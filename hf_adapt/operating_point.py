@@ -100,27 +100,9 @@ def select_threshold(scores: np.ndarray, labels: np.ndarray, rule: Rule, target:
     A validation split with fewer than 20 positives (or negatives) gets a warning: each case
     then moves the rate by more than 5 points, so the threshold is noisy.
     """
-    if rule not in RULES:
-        raise OperatingPointError(f"unknown operating point rule {rule!r}; expected one of {', '.join(RULES)}")
-    if rule == "youden":
-        if target is not None:
-            raise OperatingPointError(f"rule 'youden' takes no target (got {target}); it maximises "
-                                      "sensitivity + specificity - 1")
-    elif target is None or not 0 < target <= 1:
-        raise OperatingPointError(f"rule {rule!r} needs a target {rule} in (0, 1]; got {target}")
+    _check_rule(rule, target)
     scores, positive = _scores_and_labels(scores, labels)
-    if not np.isfinite(scores).all():
-        raise OperatingPointError(f"validation scores hold {int(np.sum(~np.isfinite(scores)))} non-finite values")
-    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
-    if n_pos == 0 or n_neg == 0:
-        only = "positive" if n_neg == 0 else "negative"
-        raise OperatingPointError(
-            f"validation split has only {only!r} rows ({len(scores)}): sensitivity/specificity/AUROC are undefined; "
-            f"a threshold needs both positive and negative cases on validation")
-    for name, count in (("positives", n_pos), ("negatives", n_neg)):
-        if count < FEW_CASES:
-            logger.warning("validation has only %d %s: the %s threshold is noisy (one case moves %s by %.0f points)",
-                           count, name, rule, "sensitivity" if name == "positives" else "specificity", 100 / count)
+    n_pos, n_neg = _check_validation(scores, positive, rule)
 
     from sklearn.metrics import roc_curve
 
@@ -158,6 +140,35 @@ def select_threshold(scores: np.ndarray, labels: np.ndarray, rule: Rule, target:
     threshold = float(thresholds[i])
     return OperatingPoint(threshold=threshold, rule=rule, target=target,
                           metrics=threshold_metrics(scores, positive, threshold))
+
+
+
+def _check_rule(rule: Rule, target: float | None) -> None:
+    if rule not in RULES:
+        raise OperatingPointError(f"unknown operating point rule {rule!r}; expected one of {', '.join(RULES)}")
+    if rule == "youden":
+        if target is not None:
+            raise OperatingPointError(f"rule 'youden' takes no target (got {target}); it maximises "
+                                      "sensitivity + specificity - 1")
+    elif target is None or not 0 < target <= 1:
+        raise OperatingPointError(f"rule {rule!r} needs a target {rule} in (0, 1]; got {target}")
+
+
+def _check_validation(scores: np.ndarray, positive: np.ndarray, rule: Rule) -> tuple[int, int]:
+    """The numbers of validation positives and negatives; both must be there, and few of either gets a warning."""
+    if not np.isfinite(scores).all():
+        raise OperatingPointError(f"validation scores hold {int(np.sum(~np.isfinite(scores)))} non-finite values")
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if n_pos == 0 or n_neg == 0:
+        only = "positive" if n_neg == 0 else "negative"
+        raise OperatingPointError(
+            f"validation split has only {only!r} rows ({len(scores)}): sensitivity/specificity/AUROC are undefined; "
+            f"a threshold needs both positive and negative cases on validation")
+    for name, count in (("positives", n_pos), ("negatives", n_neg)):
+        if count < FEW_CASES:
+            logger.warning("validation has only %d %s: the %s threshold is noisy (one case moves %s by %.0f points)",
+                           count, name, rule, "sensitivity" if name == "positives" else "specificity", 100 / count)
+    return n_pos, n_neg
 
 
 def threshold_intervals(scores: np.ndarray, labels: np.ndarray, threshold: float, n_resamples: int = 1000,

@@ -190,34 +190,38 @@ def subgroup_report(y_true: Sequence[int], y_pred: Sequence[int], y_score: np.nd
             raise DataError(f"sensitive column {column!r} has {len(values)} values for {n} test rows")
         frame = MetricFrame(metrics=metrics, y_true=y_true, y_pred=y_pred, sample_params=sample_params,
                             sensitive_features=pd.Series(list(values), name=column, dtype=object))
-        by_group = frame.by_group
-        rows = {}
-        for name in sorted(by_group.index, key=lambda g: _order_key(str(g))):
-            row = {"n": int(by_group.loc[name, "n"])}
-            row.update({m: _json_float(by_group.loc[name, m]) for m in metrics if m != "n"})
-            row["small"] = row["n"] < SMALL_GROUP
-            rows[str(name)] = row
-        judged = [row for name, row in rows.items() if _judged(name, row)]
-        if binary:
-            # equalized odds: the worse of the TPR and FPR gaps, as fairlearn defines it
-            tpr, fpr = _spread(judged, "true_positive_rate"), _spread(judged, "false_positive_rate")
-            gaps = {
-                "demographic_parity_difference": _spread(judged, "selection_rate"),
-                "equal_opportunity_difference": tpr,
-                "equalized_odds_difference": max((g for g in (tpr, fpr) if g is not None), default=None),
-            }
-        else:
-            gaps = {"accuracy_difference": _spread(judged, "accuracy")}
-        overall = {m: int(v) if m == "n" else _json_float(v) for m, v in frame.overall.items()}
-        column_bins = (bins or {}).get(column)
-        columns[column] = {
-            "bins": None if column_bins is None else [float(b) for b in column_bins],
-            "metric_names": [m for m in metrics if m != "n"],
-            "overall": overall,
-            "groups": rows,
-            "gaps": gaps,
-        }
+        columns[column] = _column_report(frame, list(metrics), binary, (bins or {}).get(column))
     return {"positive_label": positive_label, "labels": list(labels), "n": n, "columns": columns}
+
+
+
+def _column_report(frame, metrics: list[str], binary: bool, bins: Sequence[float] | None) -> dict[str, Any]:
+    """One sensitive column's groups (ordered, small ones marked), its gaps, and the overall metrics."""
+    by_group = frame.by_group
+    rows = {}
+    for name in sorted(by_group.index, key=lambda g: _order_key(str(g))):
+        row = {"n": int(by_group.loc[name, "n"])}
+        row.update({m: _json_float(by_group.loc[name, m]) for m in metrics if m != "n"})
+        row["small"] = row["n"] < SMALL_GROUP
+        rows[str(name)] = row
+    judged = [row for name, row in rows.items() if _judged(name, row)]
+    if binary:
+        # equalized odds: the worse of the TPR and FPR gaps, as fairlearn defines it
+        tpr, fpr = _spread(judged, "true_positive_rate"), _spread(judged, "false_positive_rate")
+        gaps = {
+            "demographic_parity_difference": _spread(judged, "selection_rate"),
+            "equal_opportunity_difference": tpr,
+            "equalized_odds_difference": max((g for g in (tpr, fpr) if g is not None), default=None),
+        }
+    else:
+        gaps = {"accuracy_difference": _spread(judged, "accuracy")}
+    return {
+        "bins": None if bins is None else [float(b) for b in bins],
+        "metric_names": [m for m in metrics if m != "n"],
+        "overall": {m: int(v) if m == "n" else _json_float(v) for m, v in frame.overall.items()},
+        "groups": rows,
+        "gaps": gaps,
+    }
 
 
 def _judged(name: str, row: Mapping[str, Any]) -> bool:

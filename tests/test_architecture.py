@@ -29,11 +29,7 @@ MAX_LINES = 80
 
 # Functions over MAX_LINES when this test was written, with their length (def line to last line).
 # This list may only shrink: never add an entry or raise a number; split the function instead.
-LONG_FUNCTIONS = {
-    "hf_adapt.loop.fit": 111,
-    "hf_adapt.subgroups.subgroup_report": 89,
-    "hf_adapt.operating_point.select_threshold": 84,
-}
+LONG_FUNCTIONS: dict[str, int] = {}
 
 
 @dataclass
