@@ -50,7 +50,9 @@ class Parent:
 
     @property
     def input_kind(self) -> str:
-        return "image" if self.family == "timm" else "text"
+        from hf_adapt.backbones import get_builder
+
+        return get_builder(self.family).input_kind
 
     def labels(self) -> list[str] | None:
         path = self.directory / "label_map.json"

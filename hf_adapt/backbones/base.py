@@ -85,6 +85,9 @@ class Backbone:
 class BackboneBuilder(Protocol):
     """What a family registers: build a backbone, and rebuild its preprocessor."""
 
+    input_kind: str  # "text" or "image": what its models read
+    language_modelling: bool  # its models can be pretrained on unlabelled text (masked or causal LM)
+
     def claims(self, name_or_path: str) -> bool:
         """True if ``name_or_path`` clearly belongs to this family (for ``family: auto``)."""
 

@@ -179,6 +179,9 @@ def _model_name(source: str) -> str:
 
 
 class TimmBuilder:
+    input_kind = "image"
+    language_modelling = False
+
     def claims(self, name_or_path: str) -> bool:
         if name_or_path.startswith(_PREFIXES):
             return True

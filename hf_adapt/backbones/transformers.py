@@ -173,6 +173,9 @@ def hub_id_of(spec: BackboneSpec) -> str | None:
 
 
 class TransformersBuilder:
+    input_kind = "text"
+    language_modelling = True
+
     def claims(self, name_or_path: str) -> bool:
         config = Path(resolve_source(name_or_path), "config.json")
         if not config.is_file():

@@ -66,13 +66,15 @@ class ContinualConfig(ModelOptions, BackboneOptions, DataOptions, LabelOptions, 
     def validate(self) -> None:
         from hf_adapt.continual import make_strategy
         from hf_adapt.continual.experiences import check_entries
+        from hf_adapt.regimes import get_regime, regimes_that
 
         if self.experiences is None:
             raise ConfigError("experiences: not set; give the stream as a list, e.g. "
                               "[{name: a, classes: [0, 1]}, {name: b, classes: [2, 3]}] (see recipes/configs/continual_*.yaml)")
         check_entries(self.experiences)
-        if self.regime == "gradual_unfreeze":
-            raise ConfigError("regime gradual_unfreeze is not a continual regime; use adapter, linear_probe or full")
+        if not get_regime(self.regime).continual:
+            raise ConfigError(f"regime {self.regime} is not a continual regime; use one of "
+                              f"{', '.join(regimes_that('continual'))}")
         if self.max_forgetting is not None and self.max_forgetting < 0:
             raise ConfigError(f"max_forgetting must be >= 0, got {self.max_forgetting}")
         make_strategy(self.strategy, self.strategy_options)  # unknown strategies and options fail here

@@ -57,20 +57,23 @@ class PretrainConfig(ModelOptions, BackboneOptions, DataOptions, LabelOptions, R
     output_dir: str = redefault(RuntimeOptions, "output_dir", "outputs/pretrain", help="Where the model, metrics and card go (written atomically).")
 
     def validate(self) -> None:
+        from hf_adapt.backbones import get_builder
+        from hf_adapt.regimes import get_regime, regimes_that
+
         if not self.data and not self.data_files:
             raise ConfigError("data: no training data given; set data (a .txt file, a table file or folder, a Hub "
                               "dataset id, or pkg://...) or data_files")
-        if self.regime not in ("adapter", "full"):
-            raise ConfigError(f"regime {self.regime!r}: pretraining trains an adapter or the full model; use adapter "
-                              "or full")
+        if not get_regime(self.regime).pretrains:
+            raise ConfigError(f"regime {self.regime!r}: pretraining trains an adapter or the full model; use one of "
+                              f"{', '.join(regimes_that('pretrains'))}")
         if self.objective == "supervised":
             if not self.label_column:
                 raise ConfigError("objective: supervised needs label_column (the source set's class labels)")
             finetune_config(self)  # the finetune run it becomes checks the rest now, not after loading
             return
-        if self.family == "timm":
-            raise ConfigError(f"family: timm cannot train objective {self.objective}; language modelling needs a "
-                              "transformers model (timm backbones pretrain with objective: supervised)")
+        if self.family != "auto" and not get_builder(self.family).language_modelling:
+            raise ConfigError(f"family: {self.family} cannot train objective {self.objective}; language modelling "
+                              f"needs a transformers model ({self.family} backbones pretrain with objective: supervised)")
         supervised_only = [name for name in changed_fields(self, BackboneOptions, LabelOptions) if name != "family"]
         if supervised_only:
             raise ConfigError(f"{', '.join(supervised_only)}: set for objective {self.objective}, but only "

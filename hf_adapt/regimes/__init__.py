@@ -36,6 +36,11 @@ def get_regime(name: str) -> Regime:
     return _REGIMES.get(name)
 
 
+def regimes_that(capability: str) -> tuple[str, ...]:
+    """The registered regimes whose ``capability`` flag (e.g. ``"pretrains"``, ``"continual"``) is set."""
+    return tuple(name for name in registered_regimes() if getattr(get_regime(name), capability))
+
+
 def apply_regime(backbone: Backbone, regime: str, adapter: dict[str, Any] | None) -> nn.Module:
     """The model to train on ``backbone``: peft-wrapped, head-only trainable, or fully trainable."""
     return get_regime(regime).apply(backbone, adapter)

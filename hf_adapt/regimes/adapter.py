@@ -16,6 +16,7 @@ class Adapter(Regime):
     name = "adapter"
     keeps_base = True
     uses_adapter = True
+    pretrains = True
 
     def check_config(self, adapter: dict[str, Any] | None) -> None:
         from hf_adapt.adapters import check_adapter

@@ -18,6 +18,10 @@ class Regime:
     keeps_base = False
     #: trains a peft adapter described by the config's ``adapter`` dict
     uses_adapter = False
+    #: continued pretraining (language modelling, or supervised on a source task) can train with it
+    pretrains = False
+    #: the continual recipe can train it one experience after another
+    continual = True
 
     def check_config(self, adapter: dict[str, Any] | None) -> None:
         """Refuse, at config time, settings this regime cannot train with (default: none to check)."""

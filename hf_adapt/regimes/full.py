@@ -16,6 +16,7 @@ MODEL_FILE = "model.safetensors"
 
 class Full(Regime):
     name = "full"
+    pretrains = True
 
     def apply(self, backbone: Backbone, adapter: dict[str, Any] | None) -> nn.Module:
         backbone.model.requires_grad_(True)
@@ -46,6 +47,8 @@ class GradualUnfreezing(Full):
     the layers not yet unfrozen, from the head down, one more group every few epochs. It saves what ``full`` saves."""
 
     name = "gradual_unfreeze"
+    pretrains = False
+    continual = False  # its unfreezing schedule runs once, over one task's epochs
 
     def callbacks(self, backbone: Backbone, unfreeze_every_epochs: int) -> list[Any]:
         from hf_adapt.loop import GradualUnfreeze
