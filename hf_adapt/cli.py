@@ -203,10 +203,45 @@ def explain(argv: list[str] | None = None) -> int:
     return 0
 
 
+def serve_parser() -> argparse.ArgumentParser:
+    from hf_adapt.serve.config import ServeConfig
+
+    parser = make_parser(ServeConfig, prog="hf-adapt serve")
+    parser.add_argument("source", nargs="?", metavar="OUTPUT_DIR | REPO_ID[@revision]",
+                        help="the output to serve (the same as --model)")
+    return parser
+
+
+def serve(argv: list[str] | None = None) -> int:
+    """``hf-adapt serve OUTPUT_DIR | REPO_ID[@revision]``: predictions or completions, feedback, metrics."""
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    args = serve_parser().parse_args(argv)
+    source = vars(args).pop("source", None)
+    if source is not None:
+        if getattr(args, "model", source) != source:
+            print(f"hf-adapt serve: error: {source!r} and --model {args.model!r} name two outputs; give one",
+                  file=sys.stderr)
+            return 2
+        args.model = source
+    try:
+        from hf_adapt.serve.main import check_extra
+        from hf_adapt.serve.main import main as serve_main
+
+        check_extra()
+        serve_main(config_from_namespace(args))
+    except HfAdaptError as err:
+        print(f"hf-adapt serve: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
 # commands that are not recipes: name -> (entry point, one-line help)
 COMMANDS = {"push": (push, "publish an output directory to the Hugging Face Hub"),
             "feedback": (feedback, "inspect feedback logs, convert them for TRL, train the next version on them"),
-            "explain": (explain, "explain one prediction (Grad-CAM, integrated gradients per token or column)")}
+            "explain": (explain, "explain one prediction (Grad-CAM, integrated gradients per token or column)"),
+            "serve": (serve, "serve an output over HTTP: predictions or OpenAI-style completions, feedback, metrics")}
 
 
 def main(argv: list[str] | None = None) -> int:

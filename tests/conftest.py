@@ -17,6 +17,17 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def train_finetune(output_dir, **values) -> Path:
+    """A one-epoch finetune output (tiny model, small batch, no card extras) at ``output_dir``; ``values`` override."""
+    from hf_adapt.config import config_from_dict
+    from hf_adapt.recipes.finetune import FinetuneConfig, main
+
+    base = dict(num_train_epochs=1, per_device_train_batch_size=16, learning_rate=5e-3, max_length=128,
+                report_to="none", torch_num_threads=1, license="apache-2.0", base_model_id=None,
+                output_dir=str(output_dir))
+    return main(config_from_dict(FinetuneConfig, {**base, **values})).output_dir
+
+
 def package_path(package: str, relative: str) -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None:

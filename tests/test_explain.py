@@ -11,32 +11,24 @@ from PIL import Image
 
 import hf_adapt
 from hf_adapt.cli import main as cli
-from hf_adapt.config import config_from_dict
 from hf_adapt.data import render_row, template_columns
 from hf_adapt.errors import DataError, ModelError
 from hf_adapt.explain import TEMPLATE_BUCKET, explain_image, explain_row, render_pieces
 from hf_adapt.options import QUICKSTART_TEMPLATE
-from hf_adapt.recipes.finetune import FinetuneConfig, main
-
-
-def _train(output_dir, **values):
-    base = dict(num_train_epochs=1, per_device_train_batch_size=16, learning_rate=5e-3, max_length=128,
-                report_to="none", torch_num_threads=1, license="apache-2.0", base_model_id=None,
-                output_dir=str(output_dir))
-    return main(config_from_dict(FinetuneConfig, {**base, **values})).output_dir
+from tests.conftest import train_finetune
 
 
 @pytest.fixture(scope="module")
 def template_output(tiny_bert, credit_sample, tmp_path_factory):
     """LoRA on the tiny BERT, German Credit rows rendered by the default (quickstart) template."""
-    return _train(tmp_path_factory.mktemp("explain_template") / "out", model_name_or_path=str(tiny_bert),
+    return train_finetune(tmp_path_factory.mktemp("explain_template") / "out", model_name_or_path=str(tiny_bert),
                   data=str(credit_sample))
 
 
 @pytest.fixture(scope="module")
 def pairs_output(tiny_bert, credit_sample, tmp_path_factory):
     """Mean pooling (``MeanPoolingClassifier``), every column as ``column: value`` pairs: longer than max_length."""
-    return _train(tmp_path_factory.mktemp("explain_pairs") / "out", model_name_or_path=str(tiny_bert),
+    return train_finetune(tmp_path_factory.mktemp("explain_pairs") / "out", model_name_or_path=str(tiny_bert),
                   data=str(credit_sample), text_template=None, text_pooling="mean", regime="full")
 
 
@@ -50,13 +42,13 @@ def text_output(tiny_bert, credit_sample, tmp_path_factory):
                                    for r in frame.to_dict("records")], "housing": frame["housing"]})
     root = tmp_path_factory.mktemp("explain_text")
     texts.to_csv(root / "texts.csv", index=False)
-    return _train(root / "out", model_name_or_path=str(tiny_bert), data=str(root / "texts.csv"), text_column="text",
+    return train_finetune(root / "out", model_name_or_path=str(tiny_bert), data=str(root / "texts.csv"), text_column="text",
                   label_column="housing")
 
 
 @pytest.fixture(scope="module")
 def image_output(tiny_timm_convnet, digits_folder, tmp_path_factory):
-    return _train(tmp_path_factory.mktemp("explain_image") / "out", model_name_or_path=str(tiny_timm_convnet),
+    return train_finetune(tmp_path_factory.mktemp("explain_image") / "out", model_name_or_path=str(tiny_timm_convnet),
                   data=str(digits_folder), label_column="label", reset_head=True, image_size=32,
                   metric_for_best_model="accuracy", adapter={"peft_type": "LORA", "r": 4, "lora_alpha": 8})
 

@@ -235,12 +235,15 @@ def corrections_to_experience(records: list[dict[str, Any]], path: str | Path, t
 
     For classifier backbones a record's prompt is the input text and its correction the right
     label; the file is an experience for ``hf-adapt continual`` (``data_files: {train: path}``).
-    A text corrected to two different labels is dropped as conflicting.
+    A text corrected to two different labels is dropped as conflicting. When every such record keeps the table
+    row it was rendered from (``metadata.row``, as ``hf-adapt serve`` logs a table model's answers), the file
+    holds the rows' own columns instead of ``text_column``, so a table model reads them through its template.
     """
     import csv
 
     out = Conversion("experience", [], len(records))
     labels: dict[str, list[str]] = {}
+    rows: dict[str, Any] = {}  # text -> the table row it was rendered from, where the record kept it
     for record in records:
         if record.get("correction") is None:
             out.dropped["no correction"] += 1
@@ -248,11 +251,13 @@ def corrections_to_experience(records: list[dict[str, Any]], path: str | Path, t
             out.dropped["not a text and label"] += 1
         else:
             labels.setdefault(record["prompt"], []).append(record["correction"].strip())
+            rows[record["prompt"]] = (record.get("metadata") or {}).get("row")
+    as_rows = bool(rows) and all(isinstance(row, dict) for row in rows.values())
     for text, found in labels.items():
         if len(set(found)) > 1:
             out.dropped["records with conflicting corrections"] += len(found)
             continue
-        out.rows.append({text_column: text, label_column: found[0]})
+        out.rows.append({**(rows[text] if as_rows else {text_column: text}), label_column: found[0]})
         out.used += len(found)
     if not out.rows:
         raise DataError("no record carries a usable corrected label (a text prompt with a text correction)")
@@ -261,7 +266,8 @@ def corrections_to_experience(records: list[dict[str, Any]], path: str | Path, t
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial")
     with partial.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=[text_column, label_column])
+        columns = list(dict.fromkeys(name for row in out.rows for name in row if name != label_column))
+        writer = csv.DictWriter(handle, fieldnames=[*columns, label_column])
         writer.writeheader()
         writer.writerows(out.rows)
     partial.replace(path)

@@ -270,20 +270,29 @@ class FeedbackLog:
         Every record is serialised before the file is opened, so one that cannot be written
         (``DataError`` naming its field) leaves the log untouched.
         """
-        try:
-            data = _lines(entries)
-        except DataError as err:
-            raise DataError(f"feedback record not written to {self.path}: {err}") from None
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)  # read: to see how the file ends
-        with os.fdopen(fd, "r+b", buffering=0) as handle, _locked(handle):
-            if not _ends_a_line(handle):  # a writer died mid-line: keep its tail apart from ours
-                data = b"\n" + data
-            view = memoryview(data)
-            while view:  # a write may be partial (signals, pipes): finish it under the lock
-                view = view[handle.write(view):]
-            os.fsync(handle.fileno())
+        append_lines(self.path, entries, what="feedback record")
 
+
+
+def append_lines(path: Path, entries: Iterable[dict[str, Any]], what: str = "record") -> None:
+    """Append ``entries`` to the JSONL file ``path`` in one locked, fsynced write, safe from many processes.
+
+    Every entry is serialised before the file is opened, so one that cannot be written (``DataError`` naming its
+    field) leaves the file untouched; when it returns, the lines are on disk, whole and not interleaved.
+    """
+    try:
+        data = _lines(entries)
+    except DataError as err:
+        raise DataError(f"{what} not written to {path}: {err}") from None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)  # read: to see how the file ends
+    with os.fdopen(fd, "r+b", buffering=0) as handle, _locked(handle):
+        if not _ends_a_line(handle):  # a writer died mid-line: keep its tail apart from ours
+            data = b"\n" + data
+        view = memoryview(data)
+        while view:  # a write may be partial (signals, pipes): finish it under the lock
+            view = view[handle.write(view):]
+        os.fsync(handle.fileno())
 
 # ----------------------------------------------------------------------------- reading
 

@@ -1,0 +1,164 @@
+"""The FastAPI application: the model's routes, feedback, ``/health``, ``/ready``, ``/metrics`` and ``/docs``,
+behind an API key (when set), a body-size limit and a per-client rate limit."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import threading
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+
+from hf_adapt.errors import DataError, HfAdaptError
+from hf_adapt.feedback.log import FeedbackLog
+from hf_adapt.serve.answers import AnswerStore, answers_path
+from hf_adapt.serve.batching import MicroBatcher
+from hf_adapt.serve.config import ServeConfig
+from hf_adapt.serve.metrics import Metrics
+from hf_adapt.serve.models import Served
+
+logger = logging.getLogger("hf_adapt.serve")
+
+OPEN_ROUTES = ("/health", "/ready", "/metrics", "/docs", "/openapi.json", "/redoc")
+
+
+@dataclass
+class Server:
+    """What the routes share: the served model, the answer store, the feedback log, the batcher and metrics."""
+
+    config: ServeConfig
+    served: Served
+    api_key: str | None = None
+    user_salt: str | None = None
+    store: AnswerStore = field(init=False)
+    log: FeedbackLog = field(init=False)
+    batcher: MicroBatcher = field(init=False)
+    metrics: Metrics = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.store = AnswerStore(answers_path(self.config.feedback_log), self.config.record_inputs)
+        self.log = FeedbackLog(self.config.feedback_log, user_salt=self.user_salt)
+        self.metrics = Metrics(self.served.name, self.served.revision)
+        run = None
+        if self.served.kind == "classifier":
+            from hf_adapt.serve.classifier import run_batch
+
+            self.served.model.batch_size = self.config.max_batch_size
+
+            def run(items: list[Any]) -> list[Any]:
+                return run_batch(self.served.model, items)
+
+        self.batcher = MicroBatcher(run, self.config.max_batch_size, self.config.max_wait_ms,
+                                    on_batch=self.metrics.batch_size.observe)
+
+
+class RateLimiter:
+    """A token bucket per client address: ``rate`` requests a second, bursts of two seconds' worth."""
+
+    def __init__(self, rate: float):
+        self.rate, self.burst = rate, max(1.0, 2 * rate)
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def wait_needed(self, client: str) -> float:
+        """0 when the request may go, else the seconds until it may."""
+        now = time.monotonic()
+        with self._lock:
+            tokens, last = self._buckets.get(client, (self.burst, now))
+            tokens = min(self.burst, tokens + (now - last) * self.rate)
+            if tokens >= 1:
+                self._buckets[client] = (tokens - 1, now)
+                return 0.0
+            self._buckets[client] = (tokens, now)
+            return (1 - tokens) / self.rate
+
+
+def _route_name(request: Request) -> str:
+    route = request.scope.get("route")
+    return getattr(route, "path", None) or "unmatched"
+
+
+def create_app(server: Server) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        await server.batcher.close()
+
+    app = FastAPI(title="hf-adapt serve", version=server.served.revision, lifespan=lifespan,
+                  description=f"Serving {server.served.name} (revision {server.served.revision}).")
+    app.state.server = server
+    limiter = RateLimiter(server.config.rate_limit) if server.config.rate_limit else None
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        start = time.perf_counter()
+        response = _refusal(request, server, limiter)
+        if response is None:
+            response = await call_next(request)
+        server.metrics.observe(_route_name(request), response.status_code, time.perf_counter() - start)
+        return response
+
+    @app.exception_handler(DataError)
+    async def bad_input(request: Request, err: DataError) -> JSONResponse:
+        return JSONResponse({"detail": str(err)}, status_code=422)
+
+    @app.exception_handler(HfAdaptError)
+    async def refused(request: Request, err: HfAdaptError) -> JSONResponse:
+        return JSONResponse({"detail": str(err)}, status_code=400)
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok"}
+
+    @app.get("/ready")
+    async def ready() -> dict[str, Any]:
+        served = server.served
+        return {"ready": True, "model": served.name, "revision": served.revision, "kind": served.kind}
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        data, content_type = server.metrics.render()
+        return Response(data, media_type=content_type)
+
+    if server.served.kind == "classifier":
+        from hf_adapt.serve.classifier import router
+    else:
+        from hf_adapt.serve.completions import router
+    from hf_adapt.serve.feedback import router as feedback_router
+
+    app.include_router(router)
+    app.include_router(feedback_router)
+    return app
+
+
+def _refusal(request: Request, server: Server, limiter: RateLimiter | None) -> Response | None:
+    """The answer to a request refused before any route runs (size, key, rate), or None to let it through."""
+    length = request.headers.get("content-length")
+    if length is not None and (not length.isdigit() or int(length) > server.config.max_body_bytes):
+        return PlainTextResponse(f"the body is {length} bytes; the server takes at most "
+                                 f"{server.config.max_body_bytes} (max_body_bytes)", status_code=413)
+    if length is None and request.method in ("POST", "PUT", "PATCH"):
+        return PlainTextResponse("send a Content-Length (chunked bodies are not taken)", status_code=411)
+    if request.url.path in OPEN_ROUTES:
+        return None
+    if server.api_key and not _key_matches(request, server.api_key):
+        return JSONResponse({"detail": "missing or wrong API key: send 'Authorization: Bearer <HF_ADAPT_API_KEY>'"},
+                            status_code=401, headers={"WWW-Authenticate": "Bearer"})
+    if limiter is not None:
+        wait = limiter.wait_needed(request.client.host if request.client else "unknown")
+        if wait:
+            return JSONResponse({"detail": f"rate limit of {server.config.rate_limit:g} requests/s reached; retry in "
+                                           f"{wait:.1f} s"}, status_code=429, headers={"Retry-After": str(int(wait) + 1)})
+    return None
+
+
+def _key_matches(request: Request, key: str) -> bool:
+    given = request.headers.get("authorization", "")
+    given = given[7:] if given.lower().startswith("bearer ") else request.headers.get("x-api-key", "")
+    return hmac.compare_digest(given.encode(), key.encode())
+
