@@ -21,6 +21,7 @@ from hf_adapt.serve.batching import MicroBatcher
 from hf_adapt.serve.config import ServeConfig
 from hf_adapt.serve.metrics import Metrics
 from hf_adapt.serve.models import Served
+from hf_adapt.serve.rollout import Rollout
 
 logger = logging.getLogger("hf_adapt.serve")
 
@@ -39,11 +40,13 @@ class Server:
     log: FeedbackLog = field(init=False)
     batcher: MicroBatcher = field(init=False)
     metrics: Metrics = field(init=False)
+    rollout: Rollout = field(init=False)
 
     def __post_init__(self) -> None:
         self.store = AnswerStore(answers_path(self.config.feedback_log), self.config.record_inputs)
         self.log = FeedbackLog(self.config.feedback_log, user_salt=self.user_salt)
         self.metrics = Metrics(self.served.name, self.served.revision)
+        self.rollout = Rollout(self, self.config.watch_interval)
         run = None
         if self.served.kind == "classifier":
             from hf_adapt.serve.classifier import run_batch
@@ -51,7 +54,8 @@ class Server:
             self.served.model.batch_size = self.config.max_batch_size
 
             def run(items: list[Any]) -> list[Any]:
-                return run_batch(self.served.model, items)
+                served = self.served  # one version for the whole batch, named in each of its answers
+                return [(prediction, served) for prediction in run_batch(served.model, items)]
 
         self.batcher = MicroBatcher(run, self.config.max_batch_size, self.config.max_wait_ms,
                                     on_batch=self.metrics.batch_size.observe)
@@ -86,7 +90,12 @@ def _route_name(request: Request) -> str:
 def create_app(server: Server) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        import asyncio
+
+        follow = asyncio.get_running_loop().create_task(server.rollout.follow()) if server.config.watch else None
         yield
+        if follow is not None:
+            follow.cancel()
         await server.batcher.close()
 
     app = FastAPI(title="hf-adapt serve", version=server.served.revision, lifespan=lifespan,
@@ -125,6 +134,17 @@ def create_app(server: Server) -> FastAPI:
         data, content_type = server.metrics.render()
         return Response(data, media_type=content_type)
 
+    @app.post("/admin/rollback")
+    async def rollback() -> dict[str, Any]:
+        left = server.rollout.rollback()
+        return {"model": server.served.name, "revision": server.served.revision, "rolled_back": left.revision}
+
+    @app.get("/admin/versions")
+    async def versions() -> dict[str, Any]:
+        previous = server.rollout.previous
+        return {"serving": server.served.revision, "previous": previous.revision if previous else None,
+                "refused": server.rollout.refused}
+
     if server.served.kind == "classifier":
         from hf_adapt.serve.classifier import router
     else:
@@ -146,6 +166,9 @@ def _refusal(request: Request, server: Server, limiter: RateLimiter | None) -> R
         return PlainTextResponse("send a Content-Length (chunked bodies are not taken)", status_code=411)
     if request.url.path in OPEN_ROUTES:
         return None
+    if request.url.path.startswith("/admin/") and not server.api_key:
+        return JSONResponse({"detail": "admin routes need an API key: start the server with HF_ADAPT_API_KEY set"},
+                            status_code=403)
     if server.api_key and not _key_matches(request, server.api_key):
         return JSONResponse({"detail": "missing or wrong API key: send 'Authorization: Bearer <HF_ADAPT_API_KEY>'"},
                             status_code=401, headers={"WWW-Authenticate": "Bearer"})

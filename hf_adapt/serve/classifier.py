@@ -137,11 +137,11 @@ async def predict(request: Request) -> JSONResponse:
     items, task = await _read_inputs(request, cfg.max_inputs, cfg.max_image_pixels, predictor.data_info["kind"] == "image")
     logged = [_as_logged(item, predictor.data_info) for item in items]
     checked = await server.batcher.call(lambda: check_inputs(items, predictor.data_info))  # images decode off-loop
-    predictions = await server.batcher.submit([(task, item) for item in checked])
+    results = await server.batcher.submit([(task, item) for item in checked])
     answers, out = [], []
-    for item, prediction in zip(logged, predictions):
+    for item, (prediction, served) in zip(logged, results):  # served: the version that answered, swaps or not
         answer_id = new_id("pred")
-        decision = _decision(predictor.operating_point, prediction["probabilities"])
+        decision = _decision(served.model.operating_point, prediction["probabilities"])
         answers.append({"id": answer_id, "kind": "prediction", "model": served.name, "model_revision": served.revision,
                         "input": item, "output": prediction["label"], "probabilities": prediction["probabilities"],
                         **({"task": task} if task else {})})

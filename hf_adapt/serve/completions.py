@@ -62,8 +62,9 @@ async def chat_completions(request: Request):
     body = await _body(request)
     settings = _settings(body, server.config.max_new_tokens)
     messages = _messages(body)
-    prompt = server.served.model.prompt_text(messages)
-    return await _answer(server, "chat", messages, prompt, settings, bool(body.get("stream")))
+    served = server.served  # this request's version to the end, whatever is swapped in meanwhile
+    prompt = served.model.prompt_text(messages)
+    return await _answer(server, served, "chat", messages, prompt, settings, bool(body.get("stream")))
 
 
 @router.post("/v1/completions")
@@ -74,11 +75,10 @@ async def completions(request: Request):
     prompt = body.get("prompt")
     if not isinstance(prompt, str) or not prompt:
         raise HTTPException(422, "prompt must be a non-empty string")
-    return await _answer(server, "text", prompt, prompt, settings, bool(body.get("stream")))
+    return await _answer(server, server.served, "text", prompt, prompt, settings, bool(body.get("stream")))
 
 
-async def _answer(server, style: str, given: Any, prompt: str, settings: dict[str, Any], stream: bool):
-    served = server.served
+async def _answer(server, served, style: str, given: Any, prompt: str, settings: dict[str, Any], stream: bool):
     answer_id = new_id("chatcmpl" if style == "chat" else "cmpl")
     head = {"id": answer_id, "created": int(time.time()), "model": served.name, "system_fingerprint": served.revision}
 
@@ -88,7 +88,7 @@ async def _answer(server, style: str, given: Any, prompt: str, settings: dict[st
                            "model_revision": served.revision, "input": given, "output": output}])
 
     if stream:
-        return StreamingResponse(_events(server, style, head, prompt, settings, keep), media_type="text/event-stream")
+        return StreamingResponse(_events(served, style, head, prompt, settings, keep), media_type="text/event-stream")
     text, prompt_tokens, completion_tokens, finish = await run_in_threadpool(served.model.generate, prompt, **settings)
     keep(text)
     choice = ({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish} if style == "chat"
@@ -99,7 +99,7 @@ async def _answer(server, style: str, given: Any, prompt: str, settings: dict[st
     return JSONResponse({**head, "object": kind, "choices": [choice], "usage": usage})
 
 
-def _events(server, style: str, head: dict[str, Any], prompt: str, settings: dict[str, Any], keep) -> Iterator[str]:
+def _events(served, style: str, head: dict[str, Any], prompt: str, settings: dict[str, Any], keep) -> Iterator[str]:
     kind = "chat.completion.chunk" if style == "chat" else "text_completion"
 
     def chunk(piece: str | None, finish: str | None, first: bool = False) -> str:
@@ -112,7 +112,7 @@ def _events(server, style: str, head: dict[str, Any], prompt: str, settings: dic
 
     pieces = []
     yield chunk("", None, first=True)
-    for piece in server.served.model.stream(prompt, **settings):
+    for piece in served.model.stream(prompt, **settings):
         pieces.append(piece)
         yield chunk(piece, None)
     keep("".join(pieces))  # before the last event: a client that saw [DONE] can give feedback at once

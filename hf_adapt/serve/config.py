@@ -24,6 +24,8 @@ class ServeConfig(Options):
     port: int = field(default=8000, metadata={"help": "Port to bind (0: a free one, printed at start)."})
     workers: int = field(default=1, metadata={"help": "uvicorn worker processes, each with its own copy of the model, sharing one feedback log and answer store."})
     allow_no_key: bool = field(default=False, metadata={"help": "Serve on a non-loopback host without an API key (every route open to the network)."})
+    watch: bool = field(default=False, metadata={"help": "Follow the served output (a folder, or the Hub repo's revision branch or tag) and swap in each new version that passed its release gate and loads; a refused one leaves the old one serving."})
+    watch_interval: float = field(default=10.0, metadata={"help": "Seconds between looks for a new version when watching."})
     feedback_log: str = field(default="feedback/served.jsonl", metadata={"help": "The FeedbackLog (.jsonl) feedback is appended to; what was answered goes beside it (<name>.answers.jsonl), so feedback by id works on every worker and after a restart."})
     record_inputs: bool = field(default=True, metadata={"help": "Keep each input with its answer; false (privacy): only ids and outputs are kept, and feedback must carry the input."})
     user_salt_env: str = field(default="HF_ADAPT_FEEDBACK_SALT", metadata={"help": "Environment variable holding the secret key that user ids are hashed with (unset: plain SHA-256)."})
@@ -54,6 +56,8 @@ class ServeConfig(Options):
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.max_wait_ms < 0 or self.rate_limit < 0:
             raise ConfigError("max_wait_ms and rate_limit must be >= 0")
+        if self.watch_interval <= 0:
+            raise ConfigError(f"watch_interval must be > 0, got {self.watch_interval}")
         if not 0 <= self.port < 65536:
             raise ConfigError(f"port must be in 0..65535, got {self.port}")
 

@@ -20,6 +20,15 @@ class Metrics:
         self.model = Gauge("hf_adapt_model_info", "The served model and revision (value 1)", ["model", "revision"],
                            registry=self.registry)
         self.model.labels(model=model, revision=revision).set(1)
+        self.swaps = Counter("hf_adapt_version_swaps", "New versions swapped in (roll-outs and roll-backs)",
+                             registry=self.registry)
+        self.refused = Counter("hf_adapt_versions_refused", "New versions refused (failed gate, failed to load)",
+                               registry=self.registry)
+
+    def set_model(self, model: str, revision: str, old_revision: str) -> None:
+        self.model.labels(model=model, revision=old_revision).set(0)
+        self.model.labels(model=model, revision=revision).set(1)
+        self.swaps.inc()
 
     def observe(self, route: str, code: int, seconds: float) -> None:
         self.requests.labels(route=route, code=str(code)).inc()
