@@ -1,9 +1,11 @@
 """Dynamic micro-batching: inputs of concurrent requests share one forward pass.
 
-A request's inputs stay together (they are checked before they queue, and answered together). The first
-request of a batch waits at most ``max_wait_ms`` for others; a batch closes at ``max_batch_size`` inputs (a
-single request larger than that runs alone, in the model's own chunks). Batches run one at a time on one
-thread, so the model is never called concurrently and the event loop keeps accepting requests meanwhile.
+A request's inputs stay together (they are checked before they queue, and answered together). Batches run one
+at a time on one thread, so the model is never called concurrently and the event loop keeps accepting requests
+meanwhile. While a batch runs, new requests queue; the next batch takes all of them (up to ``max_batch_size``
+inputs; a single request larger than that runs alone, in the model's own chunks), so batches grow with the
+load and a lone request never waits for company. ``max_wait_ms`` is how long a batch of one waits for requests
+that have arrived but are still being checked (:meth:`MicroBatcher.expect`); with none on the way it runs at once.
 """
 
 from __future__ import annotations
@@ -23,6 +25,14 @@ class MicroBatcher:
         self._queue: asyncio.Queue | None = None
         self._worker: asyncio.Task | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hf-adapt-model")
+        self.expected = 0  # requests that arrived and will submit once their inputs are checked
+
+    def expect(self) -> None:
+        """A request has arrived and will :meth:`submit` (or :meth:`withdraw`) soon: a batch may wait for it."""
+        self.expected += 1
+
+    def withdraw(self) -> None:
+        self.expected -= 1
 
     async def submit(self, items: list[Any]) -> list[Any]:
         """The results for ``items``, in order, once the batch holding them has run."""
@@ -30,7 +40,7 @@ class MicroBatcher:
             self._queue = asyncio.Queue()
             self._worker = asyncio.get_running_loop().create_task(self._serve())
         future = asyncio.get_running_loop().create_future()
-        await self._queue.put((items, future))
+        self._queue.put_nowait((items, future))
         return await future
 
     async def call(self, fn: Callable[[], Any]) -> Any:
@@ -50,13 +60,16 @@ class MicroBatcher:
             size = len(jobs[0][0])
             deadline = time.monotonic() + self.max_wait
             while size < self.max_batch_size:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                try:
-                    job = await asyncio.wait_for(self._queue.get(), left)
-                except TimeoutError:
-                    break
+                if self._queue.empty():
+                    left = deadline - time.monotonic()
+                    if self.expected == 0 or left <= 0:  # nothing on the way: run what there is now
+                        break
+                    try:
+                        job = await asyncio.wait_for(self._queue.get(), left)
+                    except TimeoutError:
+                        break
+                else:
+                    job = self._queue.get_nowait()
                 if size + len(job[0]) > self.max_batch_size:
                     await self._run(loop, jobs, size)  # this batch is full: run it, and start the next with job
                     jobs, size, deadline = [job], len(job[0]), time.monotonic() + self.max_wait

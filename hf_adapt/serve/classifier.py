@@ -134,9 +134,17 @@ async def predict(request: Request) -> JSONResponse:
     served = server.served
     predictor = served.model
     cfg = server.config
-    items, task = await _read_inputs(request, cfg.max_inputs, cfg.max_image_pixels, predictor.data_info["kind"] == "image")
-    logged = [_as_logged(item, predictor.data_info) for item in items]
-    checked = await server.batcher.call(lambda: check_inputs(items, predictor.data_info))  # images decode off-loop
+    images = predictor.data_info["kind"] == "image"
+    server.batcher.expect()
+    try:
+        items, task = await _read_inputs(request, cfg.max_inputs, cfg.max_image_pixels, images)
+        logged = [_as_logged(item, predictor.data_info) for item in items]
+        if images:  # decoding is work: off the event loop
+            checked = await server.batcher.call(lambda: check_inputs(items, predictor.data_info))
+        else:
+            checked = check_inputs(items, predictor.data_info)
+    finally:
+        server.batcher.withdraw()
     results = await server.batcher.submit([(task, item) for item in checked])
     answers, out = [], []
     for item, (prediction, served) in zip(logged, results):  # served: the version that answered, swaps or not
