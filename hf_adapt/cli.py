@@ -237,10 +237,43 @@ def serve(argv: list[str] | None = None) -> int:
     return 0
 
 
+def export_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hf-adapt export", description="Write a classifier output in a layout other serving stacks load: merged "
+        "(the adapter merged into its base, in transformers, sentence-transformers or timm layout) or onnx (checked "
+        "against the PyTorch logits with onnxruntime). The folder's README shows how to use it.")
+    parser.add_argument("output_dir", help="an output directory written by an hf-adapt recipe (or its Hub repo)")
+    parser.add_argument("--format", choices=["merged", "onnx"], default="merged", help="default: merged")
+    parser.add_argument("--out", required=True, help="a new (or empty) folder for the export")
+    parser.add_argument("--revision", help="branch, tag or commit, for Hub repos")
+    parser.add_argument("--trust_remote_code", action="store_true", help="allow a base model whose code lives in its repo")
+    parser.add_argument("--tolerance", type=float, default=1e-4, help="onnx: the largest logit difference allowed")
+    return parser
+
+
+def export(argv: list[str] | None = None) -> int:
+    """``hf-adapt export OUTPUT_DIR --format merged|onnx --out DIR``."""
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    args = export_parser().parse_args(argv)
+    try:
+        from hf_adapt.export import export as export_output
+
+        out = export_output(args.output_dir, args.out, args.format, revision=args.revision,
+                            trust_remote_code=args.trust_remote_code, tolerance=args.tolerance)
+    except HfAdaptError as err:
+        print(f"hf-adapt export: error: {err}", file=sys.stderr)
+        return 2
+    print(out)
+    return 0
+
+
 # commands that are not recipes: name -> (entry point, one-line help)
 COMMANDS = {"push": (push, "publish an output directory to the Hugging Face Hub"),
             "feedback": (feedback, "inspect feedback logs, convert them for TRL, train the next version on them"),
             "explain": (explain, "explain one prediction (Grad-CAM, integrated gradients per token or column)"),
+            "export": (export, "write a classifier for other serving stacks: merged (transformers, timm) or onnx"),
             "serve": (serve, "serve an output over HTTP: predictions or OpenAI-style completions, feedback, metrics")}
 
 
