@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from hf_adapt.errors import DataError, HfAdaptError
 from hf_adapt.feedback.log import FeedbackLog
-from hf_adapt.serve.answers import AnswerStore, answers_path
+from hf_adapt.serve.answers import AnswerStore
 from hf_adapt.serve.batching import MicroBatcher
 from hf_adapt.serve.config import ServeConfig
 from hf_adapt.serve.metrics import Metrics
@@ -41,10 +41,19 @@ class Server:
     batcher: MicroBatcher = field(init=False)
     metrics: Metrics = field(init=False)
     rollout: Rollout = field(init=False)
+    sync: Any = None  # a HubSync when feedback_repo is set
 
     def __post_init__(self) -> None:
-        self.store = AnswerStore(answers_path(self.config.feedback_log), self.config.record_inputs)
-        self.log = FeedbackLog(self.config.feedback_log, user_salt=self.user_salt)
+        log_path, answers = self.config.log_paths()
+        refresh = None
+        if self.config.feedback_repo:
+            from hf_adapt.serve.sync import HubSync
+
+            self.sync = HubSync(self.config.feedback_repo, log_path.parent, [log_path, answers],
+                                self.config.sync_minutes)
+            refresh = self.sync.pull_answers
+        self.store = AnswerStore(answers, self.config.record_inputs, refresh=refresh)
+        self.log = FeedbackLog(log_path, user_salt=self.user_salt)
         self.metrics = Metrics(self.served.name, self.served.revision)
         self.rollout = Rollout(self, self.config.watch_interval)
         run = None
@@ -97,6 +106,8 @@ def create_app(server: Server) -> FastAPI:
         if follow is not None:
             follow.cancel()
         await server.batcher.close()
+        if server.sync is not None:
+            await asyncio.to_thread(server.sync.stop)
 
     app = FastAPI(title="hf-adapt serve", version=server.served.revision, lifespan=lifespan,
                   description=f"Serving {server.served.name} (revision {server.served.revision}).")
@@ -153,6 +164,10 @@ def create_app(server: Server) -> FastAPI:
 
     app.include_router(router)
     app.include_router(feedback_router)
+    if server.config.ui:
+        from hf_adapt.serve.ui import mount
+
+        mount(app, server)
     return app
 
 

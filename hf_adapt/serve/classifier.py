@@ -99,7 +99,7 @@ async def _read_inputs(request: Request, limit: int, max_pixels: int, image_mode
     return items, task
 
 
-def _as_logged(item: Any, data_info: dict[str, Any]) -> Any:
+def as_logged(item: Any) -> Any:
     """How an input is kept with its answer: texts and rows as given, images by their SHA-256."""
     if isinstance(item, bytes | bytearray):
         return {"image_sha256": hashlib.sha256(item).hexdigest(), "bytes": len(item)}
@@ -138,7 +138,7 @@ async def predict(request: Request) -> JSONResponse:
     server.batcher.expect()
     try:
         items, task = await _read_inputs(request, cfg.max_inputs, cfg.max_image_pixels, images)
-        logged = [_as_logged(item, predictor.data_info) for item in items]
+        logged = [as_logged(item) for item in items]
         if images:  # decoding is work: off the event loop
             checked = await server.batcher.call(lambda: check_inputs(items, predictor.data_info))
         else:
@@ -146,6 +146,11 @@ async def predict(request: Request) -> JSONResponse:
     finally:
         server.batcher.withdraw()
     results = await server.batcher.submit([(task, item) for item in checked])
+    return JSONResponse(keep_answers(server, logged, results, task))
+
+
+def keep_answers(server, logged: list[Any], results: list[tuple[dict[str, Any], Any]], task: str | None) -> dict[str, Any]:
+    """Store each prediction (with the version that made it) as an answer, and the response that names them."""
     answers, out = [], []
     for item, (prediction, served) in zip(logged, results):  # served: the version that answered, swaps or not
         answer_id = new_id("pred")
@@ -156,7 +161,7 @@ async def predict(request: Request) -> JSONResponse:
         out.append({"prediction_id": answer_id, "label": prediction["label"],
                     "probabilities": prediction["probabilities"], **({"decision": decision} if decision else {})})
     server.store.add(answers)
-    return JSONResponse({"model": served.name, "revision": served.revision, "predictions": out})
+    return {"model": served.name, "revision": served.revision, "predictions": out}
 
 
 @router.post("/v1/explain")
@@ -175,11 +180,12 @@ async def explain(request: Request) -> JSONResponse:
     if not 1 <= steps <= 500:
         raise HTTPException(422, f"steps must be in 1..500, got {steps}")
     (item,) = await server.batcher.call(lambda: check_inputs(items, predictor.data_info))
-    result = await server.batcher.call(lambda: _explain(predictor, item, target, steps, png))
+    result = await server.batcher.call(lambda: explain_one(predictor, item, target, steps, png))
     return JSONResponse({"model": server.served.name, "revision": server.served.revision, **result})
 
 
-def _explain(predictor, item: Any, target: str | None, steps: int, png: bool) -> dict[str, Any]:
+def explain_one(predictor, item: Any, target: str | None, steps: int, png: bool) -> dict[str, Any]:
+    """What ``hf-adapt explain`` writes for one checked input, as a dict (``png``: with the figure, base64)."""
     import json
     import tempfile
     from pathlib import Path

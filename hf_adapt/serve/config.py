@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from hf_adapt.config import Options
 from hf_adapt.errors import ConfigError
@@ -20,13 +21,17 @@ class ServeConfig(Options):
     model: str | None = field(default=None, metadata={"help": "The output to serve: an output folder, or a Hub repo id with an optional @revision (also the first positional argument)."})
     revision: str | None = field(default=None, metadata={"help": "Hub branch, tag or commit (or give it as model@revision)."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the base model's repo to run (off by default; a served folder cannot turn it on)."})
+    ui: bool = field(default=True, metadata={"help": "Mount the reviewer page at /ui (needs gradio, in the serve extra): predict, explain, thumbs and corrections; a chat with thumbs for language models."})
     host: str = field(default="127.0.0.1", metadata={"help": "Address to bind; anything but a loopback address needs an API key (HF_ADAPT_API_KEY) or --allow_no_key."})
     port: int = field(default=8000, metadata={"help": "Port to bind (0: a free one, printed at start)."})
     workers: int = field(default=1, metadata={"help": "uvicorn worker processes, each with its own copy of the model, sharing one feedback log and answer store."})
     allow_no_key: bool = field(default=False, metadata={"help": "Serve on a non-loopback host without an API key (every route open to the network)."})
     watch: bool = field(default=False, metadata={"help": "Follow the served output (a folder, or the Hub repo's revision branch or tag) and swap in each new version that passed its release gate and loads; a refused one leaves the old one serving."})
     watch_interval: float = field(default=10.0, metadata={"help": "Seconds between looks for a new version when watching."})
-    feedback_log: str = field(default="feedback/served.jsonl", metadata={"help": "The FeedbackLog (.jsonl) feedback is appended to; what was answered goes beside it (<name>.answers.jsonl), so feedback by id works on every worker and after a restart."})
+    feedback_log: str = field(default="feedback/served.jsonl", metadata={"help": "The FeedbackLog (.jsonl) feedback is appended to; what was answered goes beside it (.answers/<name>.jsonl), so feedback by id works on every worker and after a restart."})
+    feedback_repo: str | None = field(default=None, metadata={"help": "A private Hub dataset repo (org/name) each replica syncs its own feedback and answers files to (named <log>-<replica>.jsonl), with huggingface_hub's CommitScheduler; hf-adapt feedback --feedback org/name reads it."})
+    replica: str | None = field(default=None, metadata={"help": "This server's name in the synced file names (default: the host name); keep it stable across restarts."})
+    sync_minutes: float = field(default=1.0, metadata={"help": "With feedback_repo: upload the new records this often (and once more at shutdown)."})
     record_inputs: bool = field(default=True, metadata={"help": "Keep each input with its answer; false (privacy): only ids and outputs are kept, and feedback must carry the input."})
     user_salt_env: str = field(default="HF_ADAPT_FEEDBACK_SALT", metadata={"help": "Environment variable holding the secret key that user ids are hashed with (unset: plain SHA-256)."})
     max_batch_size: int = field(default=32, metadata={"help": "Classifiers: at most this many inputs, from concurrent requests, in one forward pass."})
@@ -56,6 +61,10 @@ class ServeConfig(Options):
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.max_wait_ms < 0 or self.rate_limit < 0:
             raise ConfigError("max_wait_ms and rate_limit must be >= 0")
+        if self.sync_minutes <= 0:
+            raise ConfigError(f"sync_minutes must be > 0, got {self.sync_minutes}")
+        if self.replica is not None and not self.replica.replace("-", "").replace("_", "").replace(".", "").isalnum():
+            raise ConfigError(f"replica {self.replica!r}: use letters, digits, '-', '_' and '.' only (it names files)")
         if self.watch_interval <= 0:
             raise ConfigError(f"watch_interval must be > 0, got {self.watch_interval}")
         if not 0 <= self.port < 65536:
@@ -67,6 +76,17 @@ class ServeConfig(Options):
             return
         raise ConfigError(f"host {self.host!r} exposes the server to the network without an API key; set "
                           f"{API_KEY_ENV} (clients send 'Authorization: Bearer <key>'), or pass --allow_no_key true")
+
+
+    def log_paths(self) -> tuple[Path, Path]:
+        """This server's feedback file and answers file: one name per replica when replicas share a Hub repo."""
+        import socket
+
+        log = Path(self.feedback_log)
+        stem = log.name.removesuffix(".jsonl")
+        if self.feedback_repo:
+            stem = f"{stem}-{self.replica or socket.gethostname()}"
+        return log.with_name(f"{stem}.jsonl"), log.parent / ".answers" / f"{stem}.jsonl"
 
 
 def is_loopback(host: str) -> bool:

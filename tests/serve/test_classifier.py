@@ -73,7 +73,7 @@ def test_predictions_match_load_adapted_and_name_the_version(served_credit, cred
         assert prediction["label"] == (point["positive_label"] if positive else point["negative_label"])
     ids = [p["prediction_id"] for p in body["predictions"]] + [single["predictions"][0]["prediction_id"]]
     assert len(set(ids)) == 9
-    answers = [json.loads(line) for line in (tmp_path / "feedback" / "served.answers.jsonl").read_text().splitlines()]
+    answers = [json.loads(line) for line in (tmp_path / "feedback" / ".answers" / "served.jsonl").read_text().splitlines()]
     assert [a["id"] for a in answers] == ids and answers[0]["input"] == credit_rows[0]
 
 
@@ -139,7 +139,7 @@ def test_without_recorded_inputs_feedback_carries_the_input(served_credit, credi
         answer_id = _predict(url, credit_rows[:1])[1]["predictions"][0]["prediction_id"]
         missing = call(f"{url}/v1/feedback", {"id": answer_id, "feedback": "up"})
         given = call(f"{url}/v1/feedback", {"id": answer_id, "feedback": "up", "input": credit_rows[0]})
-    kept = (tmp_path / "feedback" / "served.answers.jsonl").read_text()
+    kept = (tmp_path / "feedback" / ".answers" / "served.jsonl").read_text()
     assert missing[0] == 422 and "record_inputs" in missing[1]["detail"]
     assert given[0] == 201
     assert "input" not in json.loads(kept.splitlines()[0]) and str(credit_rows[0]["credit_amount"]) not in kept

@@ -74,7 +74,7 @@ def test_the_openai_client_chats_and_streams(served_policy, tmp_path):
     streamed = "".join(c.choices[0].delta.content or "" for c in chunks)
     assert streamed == expected
     assert len({c.id for c in chunks}) == 1 and chunks[-1].choices[0].finish_reason == "stop"
-    kept = [json.loads(line) for line in (tmp_path / "served.answers.jsonl").read_text().splitlines()]
+    kept = [json.loads(line) for line in (tmp_path / ".answers" / "served.jsonl").read_text().splitlines()]
     assert [a["id"] for a in kept] == [answer.id, chunks[0].id]
     assert kept[1]["output"] == [{"role": "assistant", "content": expected}] and kept[1]["input"] == messages
 

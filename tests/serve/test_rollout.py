@@ -99,7 +99,7 @@ def test_three_swaps_under_32_clients_drop_nothing(versions, credit_sample, tmp_
         got = [body["predictions"][0]["probabilities"][name] for name in labels]
         np.testing.assert_allclose(got, offline[body["revision"]][index], atol=1e-5)
     assert "hf_adapt_version_swaps_total 3.0" in metrics
-    kept = [json.loads(line)["model_revision"] for line in (tmp_path / "fb.answers.jsonl").read_text().splitlines()]
+    kept = [json.loads(line)["model_revision"] for line in (tmp_path / ".answers" / "fb.jsonl").read_text().splitlines()]
     assert len(kept) == len(results) and set(kept) == seen
 
 
