@@ -43,6 +43,12 @@ def export(output_dir: str, out: str | Path, format: Literal["merged", "onnx"] =
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"{out} is not empty; choose a new folder for the export")
+    from hf_adapt.predict import local_dir
+    from hf_adapt.run_record import read_record
+
+    record = read_record(local_dir(output_dir, revision))
+    if record.kind in ("policy", "language_model"):
+        return _language_model(output_dir, out, format, revision, trust_remote_code, record.kind)
     predictor = load_adapted(output_dir, merge=True, revision=revision, trust_remote_code=trust_remote_code)
     continual = predictor.info.get("continual") or {}
     if continual.get("scenario") == "task" or len(set((continual.get("adapters") or {}).values())) > 1:
@@ -72,6 +78,37 @@ def export(output_dir: str, out: str | Path, format: Literal["merged", "onnx"] =
 
 
 # ----------------------------------------------------------------------------- merged
+
+
+def _language_model(output_dir: str, out: Path, format: str, revision: str | None, trust_remote_code: bool,
+                    kind: str) -> Path:
+    """A feedback policy or a causal LM, merged, in transformers' layout: what vLLM and TGI serve."""
+    from hf_adapt.serve.models import Generator
+
+    if format != "merged":
+        raise ConfigError("language models export as merged (then vLLM, TGI or optimum take it from there); "
+                          "--format onnx is for classifiers")
+    from hf_adapt.predict import local_dir
+
+    generator = Generator.load(local_dir(output_dir, revision), kind, trust_remote_code, "cpu")
+    staging = staging_path(out)
+    staging.mkdir(parents=True)
+    try:
+        generator.model.save_pretrained(str(staging), safe_serialization=True)
+        generator.tokenizer.save_pretrained(str(staging))
+        facts = {"source": str(output_dir), "format": "merged", "layout": "transformers-causal-lm", "labels": []}
+        (staging / "export.json").write_text(json.dumps(facts, indent=2) + "\n")
+        (staging / "README.md").write_text(
+            f"# Export of {output_dir} (transformers causal LM, adapter merged)\n\n"
+            "On a GPU: `vllm serve <this folder>` (an OpenAI-compatible server), or TGI.\n\n```python\n"
+            "from transformers import pipeline\ngenerate = pipeline(\"text-generation\", model=\".\")\n"
+            "answer = generate(\"How was it?\", max_new_tokens=8, do_sample=False)[0][\"generated_text\"]\n"
+            "print(answer)\n```\n")
+        commit(staging, out)
+    except BaseException:
+        discard(staging)
+        raise
+    return out
 
 
 def _merged(predictor, directory: Path) -> str:

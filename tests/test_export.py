@@ -103,3 +103,25 @@ def test_timm_exports_load_with_timm_and_onnx(tiny_timm_convnet, digits_folder, 
     session = _snippet(onnx)["session"]
     np.testing.assert_allclose(session.run(["logits"], {"pixel_values": batch["pixel_values"].numpy()})[0], expected,
                                atol=1e-4)
+
+
+def test_a_policy_exports_merged_for_generation_servers(tiny_chat_llama, tmp_path):
+    from hf_adapt.feedback import load_policy
+    from hf_adapt.recipes.feedback import FeedbackConfig
+    from hf_adapt.recipes.feedback import main as feedback_main
+    from tests.feedback.conftest import product_feedback, write_log
+
+    log = write_log(tmp_path / "chat.jsonl", product_feedback(range(4), conversational=True))
+    policy = feedback_main(FeedbackConfig(model_name_or_path=str(tiny_chat_llama), feedback=str(log),
+                                          output_dir=str(tmp_path / "policy"), trainer="sft", max_steps=1, max_length=64,
+                                          torch_num_threads=1, adapter={"peft_type": "LORA", "r": 4, "lora_alpha": 8},
+                                          max_new_tokens=8)).output_dir
+    out = tmp_path / "merged"
+    assert cli(["export", str(policy), "--out", str(out)]) == 0
+    assert cli(["export", str(policy), "--format", "onnx", "--out", str(tmp_path / "onnx")]) == 2
+    answer = _snippet(out)["answer"]
+    model, tokenizer, _ = load_policy(policy, merge=True)
+    inputs = tokenizer("How was it?", return_tensors="pt")
+    with torch.no_grad():
+        ids = model.generate(**inputs, max_new_tokens=8, do_sample=False, pad_token_id=tokenizer.eos_token_id)
+    assert answer == tokenizer.decode(ids[0], skip_special_tokens=True)

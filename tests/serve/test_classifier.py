@@ -260,3 +260,20 @@ def test_explain_answers_what_the_command_writes(served_credit, credit_rows, tmp
     assert {c["column"] for c in body["columns"]} >= {"duration_in_month", "purpose"}
     assert base64.b64decode(body["png_base64"]).startswith(b"\x89PNG")
     assert bad[0] == 422 and "maybe" in bad[1]["detail"]
+
+
+def test_dicom_uploads_read_as_load_adapted_reads_them(digits_output, tmp_path):
+    from pydicom.data import get_testdata_file
+
+    dicom = get_testdata_file("CT_small.dcm")  # a real CT slice, 128 x 128, 16-bit
+    served = load_served(str(digits_output), None, False, "cpu")
+    expected = served.model.predict_proba([dicom])
+    data = open(dicom, "rb").read()
+    with running(create_app(_server(served, tmp_path, max_image_pixels=10_000))) as url:
+        small_limit = _predict(url, [base64.b64encode(data).decode()])
+    with running(create_app(_server(served, tmp_path))) as url:
+        status, body, _ = _predict(url, [base64.b64encode(data).decode()])
+    assert small_limit[0] == 413 and "128 x 128" in small_limit[1]["detail"]
+    assert status == 200
+    got = [body["predictions"][0]["probabilities"][n] for n in served.model.labels]
+    np.testing.assert_allclose(got, expected[0], atol=1e-5)
