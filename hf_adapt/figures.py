@@ -161,8 +161,10 @@ def reliability_bins(probs: np.ndarray, y_true: np.ndarray, n_bins: int = 15) ->
     return {"edges": edges, "count": count, "confidence": mean_confidence, "accuracy": accuracy}
 
 
-def reliability_diagram(probs: np.ndarray, y_true: np.ndarray, path: str | os.PathLike, n_bins: int = 15) -> Path:
-    """Accuracy against top-label confidence per bin, with the confidence histogram beneath.
+def reliability_diagram(probs: np.ndarray, y_true: np.ndarray, path: str | os.PathLike, n_bins: int = 15,
+                        before: np.ndarray | None = None) -> Path:
+    """Accuracy against top-label confidence per bin, with the confidence histogram beneath; with ``before`` (the
+    probabilities before calibration) their points and ECE too.
 
     The title's ECE is ``hf_adapt.metrics.expected_calibration_error`` with the same bins.
     """
@@ -179,11 +181,18 @@ def reliability_diagram(probs: np.ndarray, y_true: np.ndarray, path: str | os.Pa
             edgecolor="tab:blue", label="accuracy per bin")
     top.plot(stats["confidence"][full], stats["accuracy"][full], "o", color="tab:blue",
              label="(mean confidence, accuracy)")
+    title = f"Reliability, test split: ECE = {ece:.4f} ({n_bins} bins)"
+    if before is not None:
+        old = reliability_bins(before, y_true, n_bins)
+        old_ece = expected_calibration_error(np.asarray(before, dtype=np.float64), np.asarray(y_true), n_bins)
+        seen = old["count"] > 0
+        top.plot(old["confidence"][seen], old["accuracy"][seen], "x--", color="tab:orange", alpha=0.8,
+                 label=f"before calibration (ECE {old_ece:.4f})")
+        title = f"Reliability, test split: ECE {old_ece:.4f} before, {ece:.4f} calibrated ({n_bins} bins)"
     top.set(ylabel="accuracy", xlim=(0, 1), ylim=(0, 1.02))
     top.legend(fontsize=8, loc="upper left")
     bottom.bar(edges[:-1], count, width=width, align="edge", color="tab:grey", edgecolor="white")
     bottom.set(xlabel="top-label confidence", ylabel="count")
-    title = f"Reliability, test split: ECE = {ece:.4f} ({n_bins} bins)"
     top.set_title(title, fontsize=10)
     return save_figure(fig, path, title)
 

@@ -42,6 +42,11 @@ class Predictor:
         kind = data.get("kind") or ("image" if preprocessor.input_kind == "image"
                                     else "table" if data.get("feature_columns") else "text")  # outputs before "kind"
         self.data_info = {**data, "kind": kind}
+        self.calibration = None
+        if info.get("calibration"):
+            from hf_adapt.calibration import Calibration
+
+            self.calibration = Calibration.from_dict(info["calibration"])
 
     def _model_input(self, item: Any) -> Any:
         """A checked input as the preprocessor takes it: a row rendered as training rendered it."""
@@ -54,7 +59,8 @@ class Predictor:
 
     @torch.no_grad()
     def logits(self, inputs: Any, task: str | None = None) -> torch.Tensor:
-        """Raw logits as a CPU float tensor, one row per input (a single input may be passed bare).
+        """Logits as a CPU float tensor, one row per input (a single input may be passed bare); calibrated when
+        the run fitted a calibration (their softmax is the calibrated probabilities).
 
         ``task``: for a task-incremental continual model, the experience the inputs belong to (its
         classes alone compete); other models take none.
@@ -71,7 +77,10 @@ class Predictor:
             chunk = [self._model_input(x) for x in chunk]
             batch = {k: v.to(self.device) for k, v in self.preprocessor.collate(chunk, train=False).items()}
             out.append(route(batch).float().cpu())
-        return torch.cat(out)
+        logits = torch.cat(out)
+        if self.calibration is not None:  # fitted on validation by the run; the probabilities users get
+            logits = torch.from_numpy(self.calibration.apply(logits.numpy()).astype(np.float32))
+        return logits
 
     def _route(self, task: str | None):
         """How a batch becomes logits: the model as is, or through a continual model's tasks and adapters."""

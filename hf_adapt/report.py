@@ -22,7 +22,7 @@ EXAMPLES = "examples"
 
 def write_figures(directory: Path, history: list[dict[str, Any]], metric: str, probs: np.ndarray,
                   y_true: np.ndarray, labels: list[str], positive: int | None = None,
-                  threshold: float | None = None) -> dict[str, str]:
+                  threshold: float | None = None, before: np.ndarray | None = None) -> dict[str, str]:
     """Training curves, test confusion matrix and reliability diagram as PNGs; for binary tasks
     (``positive`` set) the score distribution by class, with the decision threshold if one was chosen.
 
@@ -38,7 +38,8 @@ def write_figures(directory: Path, history: list[dict[str, Any]], metric: str, p
     paths = {
         "confusion_matrix": figures.confusion_matrix(y_true, predicted, labels,
                                                      directory / FIGURES / "confusion_matrix.png"),
-        "reliability": figures.reliability_diagram(probs, y_true, directory / FIGURES / "reliability.png"),
+        "reliability": figures.reliability_diagram(probs, y_true, directory / FIGURES / "reliability.png",
+                                                   before=before),
     }
     if all(metric in row for row in history):
         paths["training_curves"] = figures.training_curves(history, metric, directory / FIGURES / "training_curves.png")

@@ -242,10 +242,11 @@ def _train_and_test(cfg: FinetuneConfig, run, setup: _Setup) -> _Done:
         trained = cv.kept
     else:
         trained = trainer.train((inputs["train"], labels["train"]), (inputs["validation"], labels["validation"]))
+    calibration, fitted_on = _calibrate(cfg, setup.positive, cv, trained)
     point, point_error = None, None
     if cfg.operating_point != "none":
         try:
-            point = _select_operating_point(cfg, data, setup.positive, cv, trained)
+            point = _select_operating_point(cfg, data, setup.positive, cv, trained, calibration)
         except OperatingPointError as err:  # the trained model is kept, marked, and not pushed
             point_error = str(err)
     accelerator = run.accelerator
@@ -253,7 +254,7 @@ def _train_and_test(cfg: FinetuneConfig, run, setup: _Setup) -> _Done:
                                                      collate=trained.backbone.preprocessor.collate))
     test_logits, test_labels = predict(accelerator, trained.model, trained.task, test_loader)
     groups = list(data.splits["test"][cfg.group_column]) if cfg.group_column else None
-    evaluation = _evaluate_test(cfg, test_logits, test_labels, setup.positive, point, groups)
+    evaluation = _evaluate_test(cfg, test_logits, test_labels, setup.positive, point, groups, calibration, fitted_on)
     logger.info("test: %s", " ".join(f"{k}={v:.4f}" for k, v in evaluation.metrics.items()))
     baseline = None
     if cfg.baseline in baselines.BASELINES or (cfg.baseline == "auto" and data.kind == "table"):
@@ -271,18 +272,22 @@ def _positive_index(cfg: FinetuneConfig, data) -> int | None:
 def _check_evaluation(cfg: FinetuneConfig, data) -> int | None:
     """Before training: the settings that need a binary task, and a validation split where the
     selection metric and the operating point are defined. Returns the positive class id (binary tasks)."""
+    from hf_adapt.calibration import check_method
     from hf_adapt.errors import DataError
 
     binary = data.num_labels == 2
+    check_method(cfg.calibration, data.num_labels)
     if cfg.operating_point != "none" and not binary:
         raise ConfigError(f"operating_point needs a binary task; this one has {data.num_labels} labels "
                           f"({', '.join(data.labels)})")
     positive = _positive_index(cfg, data)
-    needs_both = cfg.metric_for_best_model in ("auroc", "gini", "ks") or cfg.operating_point != "none"
+    needs_both = (cfg.metric_for_best_model in ("auroc", "gini", "ks") or cfg.operating_point != "none"
+                  or cfg.calibration != "none")
     if needs_both and not cfg.cv_folds:
         present = sorted(set(data.splits["validation"]["label"]))
         if len(present) < 2:
             what = (f"operating_point: {cfg.operating_point}" if cfg.operating_point != "none"
+                    else f"calibration: {cfg.calibration}" if cfg.calibration != "none"
                     else f"metric_for_best_model: {cfg.metric_for_best_model}")
             raise DataError(f"the validation split ({len(data.splits['validation'])} rows) holds only class "
                             f"{data.labels[present[0]]!r}: AUROC, sensitivity and specificity are undefined there, "
@@ -291,19 +296,41 @@ def _check_evaluation(cfg: FinetuneConfig, data) -> int | None:
     return positive
 
 
-def _select_operating_point(cfg: FinetuneConfig, data, positive: int, cv, trained):
-    """The threshold on the positive class's probability, chosen on held-out rows: the validation
-    split, the kept fold's held-out rows, or (refit) all out-of-fold predictions pooled."""
+def _held_out(cv, trained):
+    """The held-out logits and labels that choose what is fitted after training (calibration, the operating point):
+    the validation split, the kept fold's held-out rows, or (refit) all out-of-fold predictions pooled."""
     import numpy as np
-
-    from hf_adapt.metrics import softmax
-    from hf_adapt.operating_point import select_threshold
 
     if cv is not None and cv.keep == "refit":
         logits, labels, where = cv.oof_logits, cv.oof_labels, f"the pooled out-of-fold predictions of {len(cv.folds)} folds"
     else:
         logits, labels = trained.held_logits, trained.held_labels
         where = f"held-out fold {cv.chosen_fold}" if cv is not None else "the validation split"
+    return np.asarray(logits, dtype=np.float64), np.asarray(labels), where
+
+
+def _calibrate(cfg: FinetuneConfig, positive: int | None, cv, trained):
+    """The calibration fitted on the held-out rows (None with calibration: none), and where it was fitted."""
+    from hf_adapt.calibration import fit_calibration
+
+    logits, labels, where = _held_out(cv, trained)
+    calibration = fit_calibration(cfg.calibration, logits, labels, positive)
+    if calibration is not None:
+        logger.info("calibration (%s) fitted on %s: %s", cfg.calibration, where, calibration.params
+                    if cfg.calibration != "isotonic" else f"{len(calibration.params['x'])} steps")
+    return calibration, where
+
+
+def _select_operating_point(cfg: FinetuneConfig, data, positive: int, cv, trained, calibration=None):
+    """The threshold on the positive class's (calibrated) probability, chosen on the held-out rows."""
+    import numpy as np
+
+    from hf_adapt.metrics import softmax
+    from hf_adapt.operating_point import select_threshold
+
+    logits, labels, where = _held_out(cv, trained)
+    if calibration is not None:
+        logits = calibration.apply(logits)
     point = select_threshold(softmax(np.asarray(logits, dtype=np.float64))[:, positive],
                              np.asarray(labels) == positive, cfg.operating_point, cfg.operating_target)
     point.selected_on = where
@@ -314,16 +341,31 @@ def _select_operating_point(cfg: FinetuneConfig, data, positive: int, cv, traine
 @dataclass
 class TestEvaluation:
     metrics: dict[str, float]  # headline test metrics (plus sensitivity ... npv at the operating point)
-    logits: Any
+    logits: Any  # calibrated when a calibration was fitted: what load_adapted gives
     labels: Any
     intervals: dict[str, tuple[float, float]] | None  # 95 % percentile-bootstrap intervals, per metric
+    calibration: dict[str, Any] | None = None  # the fitted calibration, where, and test metrics before and after
+    raw_logits: Any = None  # before calibration
 
 
-def _evaluate_test(cfg: FinetuneConfig, logits, labels, positive: int | None, point, groups=None) -> TestEvaluation:
+CALIBRATION_METRICS = ("ece", "brier", "log_loss")
+
+
+def _evaluate_test(cfg: FinetuneConfig, logits, labels, positive: int | None, point, groups=None, calibration=None,
+                   fitted_on: str | None = None) -> TestEvaluation:
     import numpy as np
 
     from hf_adapt.metrics import bootstrap_intervals, classification_metrics, softmax
     from hf_adapt.operating_point import threshold_metrics
+
+    raw, facts = None, None
+    if calibration is not None:
+        raw = np.asarray(logits, dtype=np.float64)
+        logits = calibration.apply(raw).astype(np.float32)
+        before, after = classification_metrics(raw, labels), classification_metrics(logits, labels)
+        facts = {**calibration.to_dict(), "fitted_on": fitted_on,
+                 "test": {name: {"before": before[name], "after": after[name]} for name in CALIBRATION_METRICS
+                          if name in before}}
 
     def score(logits, labels):
         metrics = classification_metrics(logits, labels)
@@ -337,17 +379,15 @@ def _evaluate_test(cfg: FinetuneConfig, logits, labels, positive: int | None, po
     if cfg.bootstrap_resamples:
         intervals = bootstrap_intervals(score, logits, labels, n_resamples=cfg.bootstrap_resamples, seed=cfg.seed,
                                         groups=groups)
-    return TestEvaluation(metrics, logits, labels, intervals)
+    return TestEvaluation(metrics, logits, labels, intervals, facts, raw)
 
 
 def _write_outputs(directory: Path, cfg, accelerator, model, backbone, family, data, history, evaluation,
                    baseline, trainable, total, wall_seconds, parent, point, point_error, cv) -> None:
     from hf_adapt import cards
-    from hf_adapt.metrics import softmax
 
     record = _write_run_files(directory, cfg, accelerator, model, backbone, family, data, history, evaluation,
                               baseline, wall_seconds, parent, point, point_error, cv)
-    probs = softmax(evaluation.logits.astype("float64"))
     facts = {
         **_card_facts(cfg, data, backbone, family, parent, record),
         "test_metrics": evaluation.metrics,
@@ -359,10 +399,11 @@ def _write_outputs(directory: Path, cfg, accelerator, model, backbone, family, d
         "train_seconds": history.train_seconds,
         "trainable_parameters": trainable,
         "total_parameters": total,
-        **_card_media(directory, cfg, model, backbone, data, history, probs, evaluation.labels, record),
+        **_card_media(directory, cfg, model, backbone, data, history, evaluation, record),
         "test_intervals": record["intervals"],
         "operating_point": record["operating_point"],
         "operating_point_error": point_error,
+        "calibration": evaluation.calibration,
         "cv": _cv_facts(cv, data) if cv is not None else None,
     }
     cards.write_card(directory, cfg, accelerator, "finetune", facts)
@@ -390,8 +431,11 @@ def _write_run_files(directory: Path, cfg, accelerator, model, backbone, family,
         "recipe": "finetune", "family": family, "regime": cfg.regime, "model": model_info,
         "init_from": transfer.run_info(parent) if parent is not None else None, "head_names": backbone.head_names,
         "data": input_info, "operating_point": operating_point, "operating_point_error": point_error,
+        "calibration": {k: v for k, v in evaluation.calibration.items() if k != "test"} if evaluation.calibration else None,
     }, data.labels)
     write_json(directory / "eval_results.json", evaluation.metrics)
+    if evaluation.calibration is not None:
+        write_json(directory / "calibration_results.json", evaluation.calibration)
     intervals = None
     if evaluation.intervals is not None:
         intervals = {"confidence": 0.95, "resamples": cfg.bootstrap_resamples,
@@ -446,9 +490,13 @@ def _card_facts(cfg, data, backbone, family, parent, record: dict[str, Any]) -> 
     }
 
 
-def _card_media(directory: Path, cfg, model, backbone, data, history, probs, y_true, record) -> dict[str, Any]:
+def _card_media(directory: Path, cfg, model, backbone, data, history, evaluation, record) -> dict[str, Any]:
     """The card's example input and files, figures, Grad-CAM maps, row explanations and subgroup facts."""
     from hf_adapt import report
+    from hf_adapt.metrics import softmax
+
+    probs, y_true = softmax(evaluation.logits.astype("float64")), evaluation.labels
+    before = softmax(evaluation.raw_logits) if evaluation.raw_logits is not None else None
 
     operating_point = record["operating_point"]
     example = data.splits["test"][0]
@@ -475,7 +523,7 @@ def _card_media(directory: Path, cfg, model, backbone, data, history, probs, y_t
             [{c: test_split[i][c] for c in data.feature_columns} for i in rows], [decided[i] for i in rows])
     threshold = operating_point["threshold"] if operating_point else None
     figures = report.write_figures(directory, history.history, cfg.metric_for_best_model, probs, y_true, data.labels,
-                                   positive=_positive_index(cfg, data), threshold=threshold)
+                                   positive=_positive_index(cfg, data), threshold=threshold, before=before)
     subgroups, subgroup_sentences = report.subgroup_facts(
         data.splits["test"], probs, y_true, data.labels, cfg.sensitive_columns, cfg.sensitive_bins, cfg.positive_label,
         threshold)
