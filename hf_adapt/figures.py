@@ -188,7 +188,7 @@ def reliability_diagram(probs: np.ndarray, y_true: np.ndarray, path: str | os.Pa
         seen = old["count"] > 0
         top.plot(old["confidence"][seen], old["accuracy"][seen], "x--", color="tab:orange", alpha=0.8,
                  label=f"before calibration (ECE {old_ece:.4f})")
-        title = f"Reliability, test split: ECE {old_ece:.4f} before, {ece:.4f} calibrated ({n_bins} bins)"
+        title = f"Reliability, test split: ECE {old_ece:.4f} before, {ece:.4f} after calibration"
     top.set(ylabel="accuracy", xlim=(0, 1), ylim=(0, 1.02))
     top.legend(fontsize=8, loc="upper left")
     bottom.bar(edges[:-1], count, width=width, align="edge", color="tab:grey", edgecolor="white")
@@ -420,4 +420,38 @@ def score_distribution(scores: np.ndarray, y_true: np.ndarray, class_names: Sequ
     if threshold is not None:
         title += f"; threshold {threshold:.3g}"
     ax.set_title(title, fontsize=9)
+    return save_figure(fig, path, title)
+
+
+def threshold_rates(scores: np.ndarray, positive: np.ndarray, threshold: float) -> tuple[float, float, float]:
+    """False positive rate, true positive rate (recall) and precision when ``scores >= threshold`` is called positive."""
+    called = np.asarray(scores) >= threshold
+    positive = np.asarray(positive, dtype=bool)
+    tpr = float(called[positive].mean()) if positive.any() else float("nan")
+    fpr = float(called[~positive].mean()) if (~positive).any() else float("nan")
+    precision = float(positive[called].mean()) if called.any() else float("nan")
+    return fpr, tpr, precision
+
+
+def roc_and_pr_curves(scores: np.ndarray, positive: np.ndarray, positive_name: str, threshold: float | None,
+                      path: str | os.PathLike) -> Path:
+    """The ROC and precision-recall curves of the positive-class scores (scikit-learn's displays), side by side, with
+    the decision threshold's point marked on both when one was chosen."""
+    from sklearn.metrics import PrecisionRecallDisplay, RocCurveDisplay
+
+    scores, positive = np.asarray(scores, dtype=np.float64), np.asarray(positive, dtype=bool)
+    fig = new_figure(figsize=(10, 4.5))
+    roc, pr = fig.subplots(1, 2)
+    RocCurveDisplay.from_predictions(positive, scores, ax=roc, name=f"positive: {positive_name}", plot_chance_level=True)
+    PrecisionRecallDisplay.from_predictions(positive, scores, ax=pr, name=f"positive: {positive_name}",
+                                            plot_chance_level=True)
+    if threshold is not None:
+        fpr, tpr, precision = threshold_rates(scores, positive, threshold)
+        label = f"operating point (threshold {threshold:.4g})"
+        roc.plot([fpr], [tpr], "o", color="tab:red", markersize=8, label=label)
+        pr.plot([tpr], [precision], "o", color="tab:red", markersize=8, label=label)
+    for ax in (roc, pr):
+        ax.legend(fontsize=8, loc="lower right" if ax is roc else "lower left")
+    title = "ROC and precision-recall curves, test split"
+    fig.suptitle(title, fontsize=10)
     return save_figure(fig, path, title)

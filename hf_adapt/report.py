@@ -24,7 +24,8 @@ def write_figures(directory: Path, history: list[dict[str, Any]], metric: str, p
                   y_true: np.ndarray, labels: list[str], positive: int | None = None,
                   threshold: float | None = None, before: np.ndarray | None = None) -> dict[str, str]:
     """Training curves, test confusion matrix and reliability diagram as PNGs; for binary tasks
-    (``positive`` set) the score distribution by class, with the decision threshold if one was chosen.
+    (``positive`` set) the score distribution by class and the ROC and precision-recall curves, with the decision
+    threshold marked if one was chosen.
 
     With a ``threshold`` the confusion matrix shows the thresholded decisions, as the model serves them.
     A refit has no validation metric per epoch, so no training curves.
@@ -46,6 +47,9 @@ def write_figures(directory: Path, history: list[dict[str, Any]], metric: str, p
     if positive is not None:
         paths["score_distribution"] = figures.score_distribution(
             probs[:, positive], y_true, labels, positive, threshold, directory / FIGURES / "score_distribution.png")
+        if len(np.unique(y_true == positive)) == 2:  # both classes on test: the curves are defined
+            paths["roc_pr"] = figures.roc_and_pr_curves(probs[:, positive], y_true == positive, labels[positive],
+                                                        threshold, directory / FIGURES / "roc_pr.png")
     return {name: Path(path).relative_to(directory).as_posix() for name, path in paths.items()}
 
 

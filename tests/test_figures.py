@@ -187,3 +187,20 @@ def test_score_distribution_png_with_and_without_threshold(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plain.png", "scores.png"]
     with pytest.raises(ValueError, match="outside 0..1"):
         figures.score_distribution(scores, y_true + 1, ["healthy", "disease"], 1, 0.5, tmp_path / "bad.png")
+
+
+def test_roc_and_pr_curves_mark_the_operating_point(tmp_path):
+    from sklearn.metrics import precision_recall_curve, roc_curve
+
+    rng = np.random.default_rng(1)
+    positive = rng.uniform(size=300) < 0.3
+    scores = np.round(np.clip(rng.normal(0.35 + 0.3 * positive, 0.15), 0, 1), 3)
+    path = figures.roc_and_pr_curves(scores, positive, "bad", 0.5, tmp_path / "roc_pr.png")
+    assert _png(path).text["Title"] == "ROC and precision-recall curves, test split"
+    fpr, tpr, precision = figures.threshold_rates(scores, positive, 0.5)  # the marked points lie on both curves
+    curve_fpr, curve_tpr, thresholds = roc_curve(positive, scores, drop_intermediate=False)
+    at = np.flatnonzero(thresholds >= 0.5)[-1]
+    assert (fpr, tpr) == pytest.approx((curve_fpr[at], curve_tpr[at]))
+    curve_precision, curve_recall, pr_thresholds = precision_recall_curve(positive, scores)
+    at = np.flatnonzero(pr_thresholds >= 0.5)[0]
+    assert (precision, tpr) == pytest.approx((curve_precision[at], curve_recall[at]))
