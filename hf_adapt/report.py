@@ -146,9 +146,10 @@ def check_subgroups(splits: dict[str, Any], labels: list[str], columns: list[str
 
 def subgroup_facts(test_split, probs: np.ndarray, y_true: np.ndarray, labels: list[str], columns: list[str],
                    bins: dict[str, list[float]] | None, positive_label: str | None,
-                   threshold: float | None = None) -> tuple[dict | None, list[str]]:
-    """Per-group test metrics and gaps for the card, and limitation sentences drawn from them
-    (decisions at ``threshold`` on the positive class's probability when an operating point was chosen)."""
+                   threshold: float | None = None, n_boot: int = 0, seed: int = 0) -> tuple[dict | None, list[str]]:
+    """Per-group test metrics (with bootstrap intervals when ``n_boot``) and gaps for the card, and limitation
+    sentences drawn from them (decisions at ``threshold`` on the positive class's probability when an operating
+    point was chosen)."""
     if not columns:
         return None, []
     from hf_adapt.subgroups import group_values, limitation_sentences, subgroup_report
@@ -160,5 +161,6 @@ def subgroup_facts(test_split, probs: np.ndarray, y_true: np.ndarray, labels: li
     from hf_adapt.operating_point import decide
 
     predicted = decide(probs, labels.index(positive) if positive else None, threshold)
-    report = subgroup_report(y_true, predicted, score, groups, labels, positive, bins=bins)
+    report = subgroup_report(y_true, predicted, score, groups, labels, positive, bins=bins, n_boot=n_boot, seed=seed)
+    report["resamples"] = n_boot
     return report, limitation_sentences(report)

@@ -131,7 +131,8 @@ def _macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
 
 def subgroup_report(y_true: Sequence[int], y_pred: Sequence[int], y_score: np.ndarray | None,
                     groups: Mapping[str, Sequence[str]], labels: Sequence[str], positive_label: str | None = None,
-                    bins: Mapping[str, Sequence[float] | None] | None = None) -> dict[str, Any]:
+                    bins: Mapping[str, Sequence[float] | None] | None = None, n_boot: int = 0,
+                    seed: int = 0) -> dict[str, Any]:
     """Per-group metrics and between-group gaps for each sensitive column, as a JSON-ready dict.
 
     Args:
@@ -145,6 +146,8 @@ def subgroup_report(y_true: Sequence[int], y_pred: Sequence[int], y_score: np.nd
         positive_label: binary tasks: the class whose rates are reported; ``labels[1]``
             when None. Ignored for multiclass tasks.
         bins: the ``sensitive_bins`` used to make ``groups``, recorded in the report.
+        n_boot: bootstrap resamples for each group's 95 % interval of each metric (fairlearn's ``MetricFrame``
+            bootstrap, seeded with ``seed``); 0 for none. A group's ``ci`` maps metric -> [low, high].
 
     Binary tasks get per group ``n``, ``accuracy``, ``selection_rate`` (share predicted
     positive), ``true_positive_rate`` (sensitivity), ``false_positive_rate`` and ``auroc``,
@@ -188,8 +191,9 @@ def subgroup_report(y_true: Sequence[int], y_pred: Sequence[int], y_score: np.nd
     for column, values in groups.items():
         if len(values) != n:
             raise DataError(f"sensitive column {column!r} has {len(values)} values for {n} test rows")
+        boot = {"n_boot": n_boot, "ci_quantiles": [0.025, 0.975], "random_state": seed} if n_boot else {}
         frame = MetricFrame(metrics=metrics, y_true=y_true, y_pred=y_pred, sample_params=sample_params,
-                            sensitive_features=pd.Series(list(values), name=column, dtype=object))
+                            sensitive_features=pd.Series(list(values), name=column, dtype=object), **boot)
         columns[column] = _column_report(frame, list(metrics), binary, (bins or {}).get(column))
     return {"positive_label": positive_label, "labels": list(labels), "n": n, "columns": columns}
 
@@ -198,11 +202,14 @@ def subgroup_report(y_true: Sequence[int], y_pred: Sequence[int], y_score: np.nd
 def _column_report(frame, metrics: list[str], binary: bool, bins: Sequence[float] | None) -> dict[str, Any]:
     """One sensitive column's groups (ordered, small ones marked), its gaps, and the overall metrics."""
     by_group = frame.by_group
+    low, high = frame.by_group_ci if frame.ci_quantiles else (None, None)
     rows = {}
     for name in sorted(by_group.index, key=lambda g: _order_key(str(g))):
         row = {"n": int(by_group.loc[name, "n"])}
         row.update({m: _json_float(by_group.loc[name, m]) for m in metrics if m != "n"})
         row["small"] = row["n"] < SMALL_GROUP
+        if low is not None:
+            row["ci"] = {m: [_json_float(low.loc[name, m]), _json_float(high.loc[name, m])] for m in metrics if m != "n"}
         rows[str(name)] = row
     judged = [row for name, row in rows.items() if _judged(name, row)]
     if binary:

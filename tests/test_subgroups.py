@@ -184,3 +184,21 @@ def test_small_and_missing_groups_are_listed_but_not_compared():
     sentences = " ".join(limitation_sentences(report))
     assert "too small to judge: site = 'missing' (n=10)" in sentences
     assert "for site = 'missing'" not in sentences  # never one side of a gap
+
+
+def test_per_group_intervals_bracket_the_estimate_and_repeat(credit):
+    rows, y_true, y_pred, probs = credit
+    groups = {"age_in_years": group_values(rows["age_in_years"].tolist(), AGE_BINS, "age_in_years")}
+    first = subgroup_report(y_true, y_pred, probs, groups, LABELS, "good", n_boot=50, seed=3)
+    again = subgroup_report(y_true, y_pred, probs, groups, LABELS, "good", n_boot=50, seed=3)
+    assert first == again  # seeded
+    json.dumps(first, allow_nan=False)
+    table = first["columns"]["age_in_years"]["groups"]
+    for row in table.values():
+        for metric in ("accuracy", "selection_rate", "auroc"):
+            low, high = row["ci"][metric]
+            assert low <= row[metric] <= high
+    width = {name: row["ci"]["accuracy"][1] - row["ci"]["accuracy"][0] for name, row in table.items()}
+    largest, smallest = max(table, key=lambda g: table[g]["n"]), min(table, key=lambda g: table[g]["n"])
+    assert width[largest] < width[smallest]  # more rows, a narrower interval
+    assert "ci" not in subgroup_report(y_true, y_pred, probs, groups, LABELS, "good")["columns"]["age_in_years"]["groups"]["<25"]

@@ -349,6 +349,7 @@ class TestEvaluation:
 
 
 CALIBRATION_METRICS = ("ece", "brier", "log_loss")
+SUBGROUP_RESAMPLES = 100  # per-group intervals: each resample recomputes every group's metrics
 
 
 def _evaluate_test(cfg: FinetuneConfig, logits, labels, positive: int | None, point, groups=None, calibration=None,
@@ -526,7 +527,7 @@ def _card_media(directory: Path, cfg, model, backbone, data, history, evaluation
                                    positive=_positive_index(cfg, data), threshold=threshold, before=before)
     subgroups, subgroup_sentences = report.subgroup_facts(
         data.splits["test"], probs, y_true, data.labels, cfg.sensitive_columns, cfg.sensitive_bins, cfg.positive_label,
-        threshold)
+        threshold, n_boot=min(cfg.bootstrap_resamples, SUBGROUP_RESAMPLES), seed=cfg.seed)
     return {"example_input": example_input, "example_file": example_file, "figures": figures, "gradcam": gradcam,
             "explanations": explained, "subgroups": subgroups, "subgroup_sentences": subgroup_sentences}
 
