@@ -81,20 +81,20 @@ def summarize(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:
 def cross_validate(trainer: FoldTrainer, data, folds, inputs: dict[str, list], labels: dict[str, list],
                    cfg) -> CrossValidation:
     """Train one model per fold through ``trainer`` (the finetune recipe's), then keep or refit."""
-    from hf_adapt.baselines import BASELINES, baseline_logits
+    from hf_adapt.baselines import baseline_columns, baseline_logits, baselines_for
     from hf_adapt.metrics import classification_metrics, is_better
 
     pool_inputs = inputs["train"] + inputs["validation"]
     pool_labels = labels["train"] + labels["validation"]
-    frame = None
-    if data.kind == "table":
+    frame, names = None, baselines_for(data.kind)
+    if names:
         import pandas as pd
 
         frame = pd.concat([data.splits["train"].to_pandas(), data.splits["validation"].to_pandas()],
                           ignore_index=True)
     oof = np.zeros((len(pool_labels), data.num_labels))
     fold_of_row = np.zeros(len(pool_labels), dtype=int)
-    rows, baseline_rows, metric = [], {name: [] for name in BASELINES}, cfg.metric_for_best_model
+    rows, baseline_rows, metric = [], {name: [] for name in names}, cfg.metric_for_best_model
     best_value, kept, chosen, fold_facts = None, None, None, []
     for number, (train_rows, held_rows) in enumerate(folds, start=1):
         held_labels = np.asarray(pool_labels)[held_rows]
@@ -111,8 +111,8 @@ def cross_validate(trainer: FoldTrainer, data, folds, inputs: dict[str, list], l
                 "held_label_counts": {data.labels[c]: int((held_labels == c).sum()) for c in range(data.num_labels)},
                 "epochs": len(trained.history.history), "metrics": metrics, "baselines": {}}
         if frame is not None:
-            for name in BASELINES:
-                logits = baseline_logits(name, frame.iloc[train_rows], frame.iloc[held_rows], data.feature_columns,
+            for name in names:
+                logits = baseline_logits(name, frame.iloc[train_rows], frame.iloc[held_rows], baseline_columns(data),
                                          data.num_labels, seed=cfg.seed)
                 fold["baselines"][name] = classification_metrics(logits, held_labels)
                 baseline_rows[name].append(fold["baselines"][name])

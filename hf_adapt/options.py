@@ -238,7 +238,7 @@ class EvaluationOptions(Options):
     sensitive_bins: dict | None = field(default=None, metadata={"resumable": True, "help": "Bin edges for numeric sensitive columns, e.g. {age_in_years: [25, 35, 50]}."})
     positive_label: str | None = field(default=None, metadata={"resumable": True, "help": "Binary tasks: the label that counts as positive for sensitivity and selection rate (default: the second label)."})
     card_examples: int = field(default=4, metadata={"resumable": True, "help": "Images: test images saved with the model (the card's usage snippet) and shown with Grad-CAM maps; tables: up to 3 test rows explained per column (integrated gradients) in the card; 0 for none."})
-    baseline: Literal["auto", "none", "logistic_regression", "hist_gradient_boosting"] = field(default="auto", metadata={"resumable": True, "help": "Reference model on the same split for the card; auto = logistic regression for tables. Cross-validation scores both on the same folds for tables."})
+    baseline: Literal["auto", "none", "logistic_regression", "hist_gradient_boosting", "tfidf_logistic_regression"] = field(default="auto", metadata={"resumable": True, "help": "Reference model on the same split for the card; auto = logistic regression for tables, TF-IDF + logistic regression for texts. Cross-validation scores the ones that read the data on the same folds."})
 
     def validate(self) -> None:
         if self.operating_point in ("sensitivity", "specificity"):

@@ -490,9 +490,9 @@ def nan_in_numeric_column(tmp):
     data = load_labelled(DataSpec(source=str(_csv(tmp, frame)), feature_columns=["num"]))
     rendered = [text for split in ("train", "validation", "test") for text in data.inputs(split, "text")]
     assert sorted(rendered).count("num: missing") == 2 and len(rendered) == 20  # rendered, not dropped
-    from hf_adapt.baselines import table_baseline
+    from hf_adapt.baselines import fit_baseline
 
-    baseline = table_baseline("logistic_regression", data, fit_on=("train", "validation"))  # imputes, then flags
+    baseline = fit_baseline("logistic_regression", data, fit_on=("train", "validation"))  # imputes, then flags
     assert np.isfinite(list(baseline.values())).all()
     return data, r"empty numeric cells are rendered as 'missing' .*: column 'num' 2 of 20 rows"
 

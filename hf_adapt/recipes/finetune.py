@@ -205,8 +205,10 @@ def _prepare(cfg: FinetuneConfig, run) -> _Setup:
     from hf_adapt.report import check_subgroups
 
     data = load_labelled(DataSpec.from_config(cfg))
-    if cfg.baseline in baselines.BASELINES and data.kind != "table":
-        raise ConfigError(f"baseline: {cfg.baseline} needs table data; this data is {data.kind}")
+    if cfg.baseline in baselines.READS and baselines.READS[cfg.baseline] != data.kind:
+        instead = baselines.DEFAULT.get(data.kind)
+        raise ConfigError(f"baseline: {cfg.baseline} reads {baselines.READS[cfg.baseline]} data; this data is "
+                          f"{data.kind}" + (f" (use {instead})" if instead else " (use none)"))
     check_subgroups(data.splits, data.labels, cfg.sensitive_columns, cfg.sensitive_bins, cfg.positive_label)
     positive = _check_evaluation(cfg, data)
     folds = crossval.make_folds(data, cfg.cv_folds, cfg.seed, cfg.group_column) if cfg.cv_folds else None
@@ -257,8 +259,8 @@ def _train_and_test(cfg: FinetuneConfig, run, setup: _Setup) -> _Done:
     evaluation = _evaluate_test(cfg, test_logits, test_labels, setup.positive, point, groups, calibration, fitted_on)
     logger.info("test: %s", " ".join(f"{k}={v:.4f}" for k, v in evaluation.metrics.items()))
     baseline = None
-    if cfg.baseline in baselines.BASELINES or (cfg.baseline == "auto" and data.kind == "table"):
-        baseline = baselines.table_baseline(_baseline_name(cfg), data, seed=cfg.seed, fit_on=_trained_on(cv))
+    if _baseline_name(cfg, data):
+        baseline = baselines.fit_baseline(_baseline_name(cfg, data), data, seed=cfg.seed, fit_on=_trained_on(cv))
     return _Done(trained, accelerator.unwrap_model(trained.model), cv, point, point_error, evaluation, baseline)
 
 
@@ -452,7 +454,7 @@ def _write_run_files(directory: Path, cfg, accelerator, model, backbone, family,
         "num_processes": accelerator.num_processes,
         "mixed_precision": accelerator.mixed_precision,
         "gradient_accumulation_steps": accelerator.gradient_accumulation_steps,
-        "baseline": {_baseline_name(cfg): baseline} if baseline else None,
+        "baseline": {_baseline_name(cfg, data): baseline} if baseline else None,
         "data": data.origin,
     })
     save_config(cfg, directory / "config.yaml")
@@ -558,8 +560,13 @@ def _trained_on(cv) -> tuple[str, ...]:
     return ("train", "validation") if cv is not None and cv.keep == "refit" else ("train",)
 
 
-def _baseline_name(cfg) -> str:
-    return "logistic_regression" if cfg.baseline == "auto" else cfg.baseline
+def _baseline_name(cfg, data) -> str | None:
+    """The baseline the card shows: the one named, or for auto the one that reads this data (none for images)."""
+    from hf_adapt.baselines import DEFAULT
+
+    if cfg.baseline == "auto":
+        return DEFAULT.get(data.kind)
+    return None if cfg.baseline == "none" else cfg.baseline
 
 
 def _operating_point_facts(point, data, cfg) -> dict[str, Any] | None:
@@ -609,15 +616,19 @@ def _cv_facts(cv, data) -> dict[str, Any]:
 def _baseline_facts(baseline, data, cfg, cv):
     if not baseline:
         return None
-    how = {"logistic_regression": "one-hot categoricals, standardised numerics",
-           "hist_gradient_boosting": "ordinal-coded categoricals with native categorical splits, raw numerics"}
-    name = _baseline_name(cfg)
+    how = {"logistic_regression": "as raw values (one-hot categoricals, standardised numerics)",
+           "hist_gradient_boosting": "as raw values (ordinal-coded categoricals with native categorical splits, raw "
+                                     "numerics)",
+           "tfidf_logistic_regression": "as word 1-2-gram TF-IDF (sublinear tf, words in at least 2 rows)"}
+    name = _baseline_name(cfg, data)
     from hf_adapt.baselines import BASELINES
 
     rows = sum(data.origin["splits"][split] for split in _trained_on(cv))
+    what = (f"the same text column {data.input_column!r}" if data.kind == "text"
+            else f"the same {len(data.feature_columns)} columns")
     return {
         "name": BASELINES[name],
         "metrics": baseline,
-        "description": (f"Baseline: scikit-learn {BASELINES[name]} on the same {len(data.feature_columns)} columns, "
-                        f"as raw values ({how[name]}), fitted on the same {rows} rows the model trained on."),
+        "description": (f"Baseline: scikit-learn {BASELINES[name]} on {what}, {how[name]}, fitted on the same {rows} "
+                        "rows the model trained on."),
     }
