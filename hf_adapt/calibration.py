@@ -14,6 +14,7 @@ A calibration is saved as plain numbers (``to_dict``) in ``hf_adapt.json`` and r
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,9 +22,12 @@ import numpy as np
 
 from hf_adapt.errors import ConfigError, DataError
 
+logger = logging.getLogger("hf_adapt.calibration")
+
 METHODS = ("none", "temperature", "platt", "isotonic")
 BINARY_ONLY = ("platt", "isotonic")
 EPSILON = 1e-6  # isotonic probabilities are kept in [EPSILON, 1 - EPSILON]
+FEW_FOR_ISOTONIC = 1000  # below this many held-out rows isotonic steps overfit (its steps reach 0 and 1)
 
 
 @dataclass
@@ -85,6 +89,10 @@ def fit_calibration(method: str, logits: np.ndarray, labels: np.ndarray, positiv
         model = LogisticRegression(C=np.inf, solver="lbfgs", max_iter=1000).fit(margin[:, None], target)
         return Calibration("platt", {"a": float(model.coef_[0, 0]), "b": float(model.intercept_[0])}, positive)
     from sklearn.isotonic import IsotonicRegression
+
+    if len(labels) < FEW_FOR_ISOTONIC:
+        logger.warning("isotonic calibration on %d held-out rows: below about %d its steps overfit (probabilities near "
+                       "0 and 1 on test); platt or temperature suit small validation sets", len(labels), FEW_FOR_ISOTONIC)
 
     model = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0).fit(_sigmoid(margin), target)
     return Calibration("isotonic", {"x": model.X_thresholds_.tolist(), "y": model.y_thresholds_.tolist()}, positive)
