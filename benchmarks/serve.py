@@ -141,6 +141,36 @@ def offline(model: str, rows: list[dict], threads: int, batch_size: int) -> floa
     return len(rows) / (time.perf_counter() - start)
 
 
+def merged_export(model: str, rows: list[dict], threads: int, batch_size: int, folder: str) -> tuple[str, float]:
+    """The ``hf-adapt export --format merged`` folder in its own library, offline on the same rows: rows/s."""
+    import torch
+
+    from hf_adapt.data import render_row
+    from hf_adapt.export import export
+    from hf_adapt.run_record import read_record
+
+    torch.set_num_threads(threads)
+    data = read_record(model).as_dict()["data"]
+    texts = [render_row(row, data["feature_columns"], data.get("text_template")) for row in rows]
+    out = export(model, Path(folder) / "merged", "merged")
+    layout = json.loads((out / "export.json").read_text())["layout"]
+    if layout == "sentence-transformers":
+        from sentence_transformers import SentenceTransformer
+
+        encoder = SentenceTransformer(str(out), device="cpu")
+        encoder.encode(texts[:batch_size], batch_size=batch_size)
+        start = time.perf_counter()
+        encoder.encode(texts, batch_size=batch_size, convert_to_tensor=True).softmax(-1)
+    else:
+        from transformers import pipeline
+
+        classify = pipeline("text-classification", model=str(out), top_k=None, device="cpu")
+        classify(texts[:batch_size], batch_size=batch_size)
+        start = time.perf_counter()
+        classify(texts, batch_size=batch_size)
+    return layout, len(texts) / (time.perf_counter() - start)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=str(REPO / "outputs" / "finetune"))
@@ -149,6 +179,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch threads of each server and of the offline run")
     parser.add_argument("--max_batch_size", type=int, default=64)
     parser.add_argument("--max_wait_ms", type=float, default=5.0)
+    parser.add_argument("--serve_args", default="", help="more hf-adapt serve flags, e.g. '--ui false'")
     parser.add_argument("--plain_server", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -167,7 +198,8 @@ def main() -> None:
         servers = {
             "hf-adapt serve": ["hf-adapt", "serve", args.model, "--feedback_log", f"{folder}/fb.jsonl",
                                "--max_batch_size", str(args.max_batch_size), "--max_wait_ms", str(args.max_wait_ms),
-                               "--max_inputs", "1024", "--torch_num_threads", str(args.threads)],
+                               "--max_inputs", "1024", "--torch_num_threads", str(args.threads),
+                               *args.serve_args.split()],
             "per-request FastAPI": [sys.executable, __file__, "--plain_server", "--model", args.model,
                                     "--threads", str(args.threads)],
         }
@@ -181,7 +213,11 @@ def main() -> None:
                 process.terminate()
                 process.wait(timeout=60)
     best = offline(args.model, rows, args.threads, args.max_batch_size)
+    with tempfile.TemporaryDirectory() as folder:
+        layout, merged = merged_export(args.model, rows, args.threads, args.max_batch_size, folder)
     _report(args, levels, results, best)
+    print(f"- the merged export ({layout}) in its own library, offline on the same rows: {merged:.1f} rows/s "
+          f"({merged / best:.2f}x Predictor.predict)")
 
 
 def _report(args, levels, results, best: float) -> None:
@@ -189,6 +225,8 @@ def _report(args, levels, results, best: float) -> None:
     print(f"\n- model: {args.model}; {args.requests} requests of one German Credit row per level; "
           f"servers and offline run with {args.threads} torch threads; max_batch_size {args.max_batch_size}, "
           f"max_wait_ms {args.max_wait_ms:g}")
+    if args.serve_args:
+        print(f"- hf-adapt serve flags added: `{args.serve_args}`")
     print(f"- offline `Predictor.predict` on the same {args.requests} rows in one call (batch {args.max_batch_size}): "
           f"{best:.1f} rows/s")
     print(f"- {code_version()}; {os.cpu_count()} CPUs\n")

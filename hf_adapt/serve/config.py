@@ -21,7 +21,7 @@ class ServeConfig(Options):
     model: str | None = field(default=None, metadata={"help": "The output to serve: an output folder, or a Hub repo id with an optional @revision (also the first positional argument)."})
     revision: str | None = field(default=None, metadata={"help": "Hub branch, tag or commit (or give it as model@revision)."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the base model's repo to run (off by default; a served folder cannot turn it on)."})
-    ui: bool = field(default=True, metadata={"help": "Mount the reviewer page at /ui (needs gradio, in the serve extra): predict, explain, thumbs and corrections; a chat with thumbs for language models."})
+    ui: bool = field(default=False, metadata={"help": "Mount the reviewer page at /ui (gradio, in the serve extra): predict, explain, thumbs and corrections; a chat with thumbs for language models. Off by default: one more surface to expose, and gradio's background work costs about a tenth of the throughput on 2 cores."})
     host: str = field(default="127.0.0.1", metadata={"help": "Address to bind; anything but a loopback address needs an API key (HF_ADAPT_API_KEY) or --allow_no_key."})
     port: int = field(default=8000, metadata={"help": "Port to bind (0: a free one, printed at start)."})
     workers: int = field(default=1, metadata={"help": "uvicorn worker processes, each with its own copy of the model, sharing one feedback log and answer store."})

@@ -40,7 +40,7 @@ def test_a_reviewer_predicts_and_corrects_a_text(browser, tiny_bert, credit_samp
                             text_column="text", label_column="housing")
     served = load_served(str(output), None, False, "cpu")
     log = tmp_path / "feedback" / "served.jsonl"
-    server = Server(ServeConfig(model=str(output), feedback_log=str(log)), served)
+    server = Server(ServeConfig(model=str(output), feedback_log=str(log), ui=True), served)
     with running(create_app(server)) as url:
         page = browser.new_page()
         page.goto(f"{url}/ui/")
@@ -73,7 +73,7 @@ def test_a_thumb_on_a_chat_answer_is_a_record(browser, tiny_chat_llama, tmp_path
                                           torch_num_threads=1, adapter={"peft_type": "LORA", "r": 4, "lora_alpha": 8},
                                           max_new_tokens=8)).output_dir
     log = tmp_path / "served" / "served.jsonl"
-    server = Server(ServeConfig(model=str(output), feedback_log=str(log), max_new_tokens=6),
+    server = Server(ServeConfig(model=str(output), feedback_log=str(log), max_new_tokens=6, ui=True),
                     load_served(str(output), None, False, "cpu"))
     with running(create_app(server)) as url:
         page = browser.new_page()
