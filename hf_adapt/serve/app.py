@@ -26,6 +26,7 @@ from hf_adapt.serve.rollout import Rollout
 logger = logging.getLogger("hf_adapt.serve")
 
 OPEN_ROUTES = ("/health", "/ready", "/metrics", "/docs", "/openapi.json", "/redoc")
+PRUNE_AT = 10_000  # rate-limit buckets kept before the refilled ones are dropped
 
 
 @dataclass
@@ -82,6 +83,9 @@ class RateLimiter:
         """0 when the request may go, else the seconds until it may."""
         now = time.monotonic()
         with self._lock:
+            if len(self._buckets) > PRUNE_AT:  # forget clients whose bucket has refilled: memory stays bounded
+                self._buckets = {c: (k, t) for c, (k, t) in self._buckets.items()
+                                 if k + (now - t) * self.rate < self.burst}
             tokens, last = self._buckets.get(client, (self.burst, now))
             tokens = min(self.burst, tokens + (now - last) * self.rate)
             if tokens >= 1:

@@ -277,3 +277,19 @@ def test_dicom_uploads_read_as_load_adapted_reads_them(digits_output, tmp_path):
     assert status == 200
     got = [body["predictions"][0]["probabilities"][n] for n in served.model.labels]
     np.testing.assert_allclose(got, expected[0], atol=1e-5)
+
+
+def test_the_rate_limiter_forgets_idle_clients(monkeypatch):
+    from hf_adapt.serve import app as serve_app
+
+    monkeypatch.setattr(serve_app, "PRUNE_AT", 100)
+    limiter = serve_app.RateLimiter(rate=1000.0)  # refills in 2 ms
+    for i in range(500):
+        assert limiter.wait_needed(f"10.0.{i // 256}.{i % 256}") == 0
+    import time
+
+    time.sleep(0.01)
+    limiter.wait_needed("10.9.9.9")
+    assert len(limiter._buckets) <= 101  # the refilled ones were dropped
+    limited = serve_app.RateLimiter(rate=1.0)
+    assert [limited.wait_needed("a") == 0 for _ in range(3)] == [True, True, False]  # a burst of 2, then wait
