@@ -233,6 +233,7 @@ class EvaluationOptions(Options):
     operating_point: Literal["none", "sensitivity", "specificity", "youden"] = field(default="none", metadata={"resumable": True, "help": "Binary tasks: pick the decision threshold on validation for a target sensitivity or specificity (operating_target), or at maximum Youden J. It is saved with the model and used by load_adapted; test sensitivity, specificity, PPV and NPV are reported at it."})
     operating_target: float | None = field(default=None, metadata={"resumable": True, "help": "The sensitivity or specificity the operating point must reach on validation, e.g. 0.95."})
     calibration: Literal["none", "temperature", "platt", "isotonic"] = field(default="none", metadata={"resumable": True, "help": "Calibrate the probabilities on validation (held-out rows): temperature (any task), platt or isotonic (binary). Saved and applied by load_adapted and serving; the operating point is chosen on calibrated scores; the card shows ECE, Brier and log loss before and after."})
+    fairness: dict | None = field(default=None, metadata={"resumable": True, "help": "Binary tasks: group-specific decision rules fitted on validation with fairlearn's ThresholdOptimizer, e.g. {constraint: equalized_odds, sensitive_column: personal_status_and_sex} (constraint: equalized_odds | demographic_parity | true_positive_rate_parity; bins: [edges] for a numeric column). Saved and applied by load_adapted and serving when a row carries the column, which need not be a model input; the card shows the gaps and the cost before and after. Replaces operating_point."})
     bootstrap_resamples: int = field(default=1000, metadata={"resumable": True, "help": "Percentile-bootstrap resamples of the test rows for the 95 % confidence interval of every test metric (0: none)."})
     sensitive_columns: list | None = field(default=None, metadata={"resumable": True, "help": "Columns to evaluate per group on test (e.g. [age_in_years, personal_status_and_sex]); the card reports per-group metrics and fairness gaps. They need not be model inputs."})
     sensitive_bins: dict | None = field(default=None, metadata={"resumable": True, "help": "Bin edges for numeric sensitive columns, e.g. {age_in_years: [25, 35, 50]}."})
@@ -241,6 +242,12 @@ class EvaluationOptions(Options):
     baseline: Literal["auto", "none", "logistic_regression", "hist_gradient_boosting", "tfidf_logistic_regression"] = field(default="auto", metadata={"resumable": True, "help": "Reference model on the same split for the card; auto = logistic regression for tables, TF-IDF + logistic regression for texts. Cross-validation scores the ones that read the data on the same folds."})
 
     def validate(self) -> None:
+        from hf_adapt.fairness import check_fairness
+
+        check_fairness(self.fairness)
+        if self.fairness and self.operating_point != "none":
+            raise ConfigError("fairness replaces the single operating point with one decision rule per group; set "
+                              "operating_point: none, or leave fairness unset")
         if self.operating_point in ("sensitivity", "specificity"):
             if self.operating_target is None or not 0 < self.operating_target <= 1:
                 raise ConfigError(f"operating_point: {self.operating_point} needs operating_target in (0, 1], "

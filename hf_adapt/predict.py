@@ -18,7 +18,7 @@ import torch
 from hf_adapt.artifacts import check_artifacts, check_base, read_run_info, restore_model
 from hf_adapt.backbones import get_builder
 from hf_adapt.data import render_row
-from hf_adapt.errors import ModelError
+from hf_adapt.errors import DataError, ModelError
 from hf_adapt.inputs import as_batch, check_inputs
 from hf_adapt.metrics import softmax
 from hf_adapt.transfer import backbone_spec
@@ -42,6 +42,11 @@ class Predictor:
         kind = data.get("kind") or ("image" if preprocessor.input_kind == "image"
                                     else "table" if data.get("feature_columns") else "text")  # outputs before "kind"
         self.data_info = {**data, "kind": kind}
+        self.fairness = None  # group decision rules (hf_adapt.fairness.GroupRules), applied where rows carry the column
+        if info.get("fairness"):
+            from hf_adapt.fairness import GroupRules
+
+            self.fairness = GroupRules.from_dict(info["fairness"])
         self.calibration = None
         if info.get("calibration"):
             from hf_adapt.calibration import Calibration
@@ -124,17 +129,48 @@ class Predictor:
 
         return decide_labels(probs, self.labels, self.operating_point)
 
-    def predict(self, inputs: Any, task: str | None = None) -> list[dict[str, Any]]:
+    def predict(self, inputs: Any, task: str | None = None, sensitive: list[Any] | None = None) -> list[dict[str, Any]]:
         """One ``{"label", "probabilities"}`` per input; a single input may be passed bare.
 
         With an operating point the label is the positive one when its probability reaches the
-        threshold (e.g. the threshold that gave 95 % sensitivity on validation).
+        threshold (e.g. the threshold that gave 95 % sensitivity on validation). With group rules
+        (``fairness``), a row that carries the sensitive column (or whose value is in ``sensitive``,
+        one per input) is decided by its group's rule, and its result says which group it was.
         """
         if not isinstance(inputs, list):
             inputs = [inputs]
         probs = self.predict_proba(inputs, task)
-        return [{"label": label, "probabilities": dict(zip(self.labels, map(float, p)))}
-                for label, p in zip(self.decide(probs), probs)]
+        labels = self.decide(probs)
+        groups: list[str | None] = [None] * len(inputs)
+        if self.fairness is not None:
+            labels, groups = self._group_decisions(inputs, probs, labels, sensitive)
+        return [{"label": label, "probabilities": dict(zip(self.labels, map(float, p))),
+                 **({"group": group} if group is not None else {})}
+                for label, p, group in zip(labels, probs, groups)]
+
+    def _group_decisions(self, inputs: list[Any], probs: np.ndarray, labels: list[str], sensitive: list[Any] | None):
+        """The group rules' labels for the rows whose sensitive value is known; the others keep ``labels``."""
+        from hf_adapt.subgroups import group_values
+
+        rules = self.fairness
+        if sensitive is not None and len(sensitive) != len(inputs):
+            raise DataError(f"sensitive has {len(sensitive)} values for {len(inputs)} inputs")
+        known = [i for i, item in enumerate(inputs)
+                 if sensitive is not None or (isinstance(item, dict) and rules.column in item)]
+        if not known:
+            return labels, [None] * len(inputs)
+        values = [sensitive[i] if sensitive is not None else inputs[i][rules.column] for i in known]
+        groups = group_values(values, rules.bins, rules.column)
+        positive = self.labels.index(rules.positive_label or self.labels[1])
+        keys = [self._model_input(inputs[i]) for i in known]
+        if not all(isinstance(k, str) for k in keys):
+            raise DataError("group rules apply to table rows and texts")
+        decided = rules.decide(probs[known, positive], groups, keys)
+        labels, out_groups = list(labels), [None] * len(inputs)
+        for i, group, yes in zip(known, groups, decided):
+            labels[i] = self.labels[positive] if yes else self.labels[1 - positive]
+            out_groups[i] = group
+        return labels, out_groups
 
     def __call__(self, inputs: Any, task: str | None = None) -> list[dict[str, Any]]:
         return self.predict(inputs, task)

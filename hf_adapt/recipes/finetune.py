@@ -245,6 +245,7 @@ def _train_and_test(cfg: FinetuneConfig, run, setup: _Setup) -> _Done:
     else:
         trained = trainer.train((inputs["train"], labels["train"]), (inputs["validation"], labels["validation"]))
     calibration, fitted_on = _calibrate(cfg, setup.positive, cv, trained)
+    rules = _fit_fairness(cfg, data, setup.positive, trained, calibration)
     point, point_error = None, None
     if cfg.operating_point != "none":
         try:
@@ -257,6 +258,11 @@ def _train_and_test(cfg: FinetuneConfig, run, setup: _Setup) -> _Done:
     test_logits, test_labels = predict(accelerator, trained.model, trained.task, test_loader)
     groups = list(data.splits["test"][cfg.group_column]) if cfg.group_column else None
     evaluation = _evaluate_test(cfg, test_logits, test_labels, setup.positive, point, groups, calibration, fitted_on)
+    if rules is not None:
+        from hf_adapt.metrics import softmax
+
+        evaluation.fairness = _fairness_results(cfg, rules, data, setup.positive, softmax(evaluation.logits.astype(
+            "float64")), evaluation.labels, inputs["test"])
     logger.info("test: %s", " ".join(f"{k}={v:.4f}" for k, v in evaluation.metrics.items()))
     baseline = None
     if _baseline_name(cfg, data):
@@ -279,6 +285,7 @@ def _check_evaluation(cfg: FinetuneConfig, data) -> int | None:
 
     binary = data.num_labels == 2
     check_method(cfg.calibration, data.num_labels)
+    _check_fairness(cfg, data)
     if cfg.operating_point != "none" and not binary:
         raise ConfigError(f"operating_point needs a binary task; this one has {data.num_labels} labels "
                           f"({', '.join(data.labels)})")
@@ -323,6 +330,62 @@ def _calibrate(cfg: FinetuneConfig, positive: int | None, cv, trained):
     return calibration, where
 
 
+def _check_fairness(cfg: FinetuneConfig, data) -> None:
+    """Before training: fairness rules need a binary task, one validation split, and rows that carry the column."""
+    if not cfg.fairness:
+        return
+    column = cfg.fairness["sensitive_column"]
+    if data.num_labels != 2:
+        raise ConfigError(f"fairness needs a binary task; this one has {data.num_labels} labels")
+    if cfg.cv_folds:
+        raise ConfigError("fairness fits its group rules on the validation split; it does not combine with cv_folds")
+    if data.kind == "image":
+        raise ConfigError("fairness applies to table and text data, whose rows carry the sensitive column")
+    if column not in data.splits["validation"].column_names:
+        raise ConfigError(f"fairness.sensitive_column {column!r} is not a column of the data "
+                          f"({data.splits['validation'].column_names})")
+
+
+def _fit_fairness(cfg: FinetuneConfig, data, positive: int, trained, calibration):
+    """Group rules fitted on the validation split's (calibrated) positive scores; None without fairness."""
+    if not cfg.fairness:
+        return None
+    import numpy as np
+
+    from hf_adapt.fairness import fit_group_rules
+    from hf_adapt.metrics import softmax
+    from hf_adapt.subgroups import group_values
+
+    column, bins = cfg.fairness["sensitive_column"], cfg.fairness.get("bins")
+    logits, labels, _ = _held_out(None, trained)
+    if calibration is not None:
+        logits = calibration.apply(logits)
+    groups = group_values(list(data.splits["validation"][column]), bins, column)
+    rules = fit_group_rules(cfg.fairness["constraint"], column, bins, softmax(logits)[:, positive],
+                            np.asarray(labels) == positive, groups)
+    rules.used_as_input = column in (data.feature_columns or []) or column == data.input_column
+    rules.positive_label = data.labels[positive]
+    logger.info("fairness (%s on %s): rules for groups %s", rules.constraint, column, sorted(rules.rules))
+    return rules
+
+
+def _fairness_results(cfg: FinetuneConfig, rules, data, positive: int, probs, labels, keys: list[str]):
+    """The test split's decisions without and with the group rules: accuracy, balanced accuracy and the gaps, with
+    paired bootstrap intervals."""
+    import numpy as np
+
+    from hf_adapt.fairness import compare
+    from hf_adapt.subgroups import group_values
+
+    groups = group_values(list(data.splits["test"][rules.column]), rules.bins, rules.column)
+    scores = probs[:, positive]
+    before = probs.argmax(axis=1) == positive
+    after = rules.decide(scores, groups, keys)
+    resamples = min(cfg.bootstrap_resamples, 1000)
+    return {**rules.to_dict(), "test": compare(np.asarray(labels) == positive, before, after, groups, resamples, cfg.seed),
+            "test_rows": len(groups), "resamples": resamples}
+
+
 def _select_operating_point(cfg: FinetuneConfig, data, positive: int, cv, trained, calibration=None):
     """The threshold on the positive class's (calibrated) probability, chosen on the held-out rows."""
     import numpy as np
@@ -348,6 +411,7 @@ class TestEvaluation:
     intervals: dict[str, tuple[float, float]] | None  # 95 % percentile-bootstrap intervals, per metric
     calibration: dict[str, Any] | None = None  # the fitted calibration, where, and test metrics before and after
     raw_logits: Any = None  # before calibration
+    fairness: dict[str, Any] | None = None  # the group rules and the test split without and with them
 
 
 CALIBRATION_METRICS = ("ece", "brier", "log_loss")
@@ -407,6 +471,7 @@ def _write_outputs(directory: Path, cfg, accelerator, model, backbone, family, d
         "operating_point": record["operating_point"],
         "operating_point_error": point_error,
         "calibration": evaluation.calibration,
+        "fairness": evaluation.fairness,
         "cv": _cv_facts(cv, data) if cv is not None else None,
     }
     cards.write_card(directory, cfg, accelerator, "finetune", facts)
@@ -435,10 +500,14 @@ def _write_run_files(directory: Path, cfg, accelerator, model, backbone, family,
         "init_from": transfer.run_info(parent) if parent is not None else None, "head_names": backbone.head_names,
         "data": input_info, "operating_point": operating_point, "operating_point_error": point_error,
         "calibration": {k: v for k, v in evaluation.calibration.items() if k != "test"} if evaluation.calibration else None,
+        "fairness": {k: v for k, v in evaluation.fairness.items() if k not in ("test", "test_rows", "resamples")}
+        if evaluation.fairness else None,
     }, data.labels)
     write_json(directory / "eval_results.json", evaluation.metrics)
     if evaluation.calibration is not None:
         write_json(directory / "calibration_results.json", evaluation.calibration)
+    if evaluation.fairness is not None:
+        write_json(directory / "fairness_results.json", evaluation.fairness)
     intervals = None
     if evaluation.intervals is not None:
         intervals = {"confidence": 0.95, "resamples": cfg.bootstrap_resamples,

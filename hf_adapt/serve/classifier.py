@@ -159,7 +159,8 @@ def keep_answers(server, logged: list[Any], results: list[tuple[dict[str, Any], 
                         "input": item, "output": prediction["label"], "probabilities": prediction["probabilities"],
                         **({"task": task} if task else {})})
         out.append({"prediction_id": answer_id, "label": prediction["label"],
-                    "probabilities": prediction["probabilities"], **({"decision": decision} if decision else {})})
+                    "probabilities": prediction["probabilities"], **({"decision": decision} if decision else {}),
+                    **({"group": prediction["group"]} if "group" in prediction else {})})  # a fairness rule decided
     server.store.add(answers)
     return {"model": served.name, "revision": served.revision, "predictions": out}
 
