@@ -434,6 +434,19 @@ def _default_out(input: str, source: dict[str, Any]) -> Path:
     return Path("explanations") / f"text-{hashlib.sha1(input.encode()).hexdigest()[:8]}"
 
 
+def explain_checked(predictor, item: Any, target: str | None = None, steps: int = 50) -> dict[str, Any]:
+    """The explanation of one already checked input (:func:`hf_adapt.inputs.check_inputs`) by the method its kind
+    takes, of the ``target`` label or else of the label users get (operating point included)."""
+    predicted = predictor.predict(item)[0]["label"]
+    pieces = (predictor.model, predictor.backbone, predictor.preprocessor)
+    kind = predictor.data_info["kind"]
+    if kind == "image":
+        return explain_image(*pieces, predictor.labels, item, target, predicted=predicted)
+    if kind == "table":
+        return explain_row(*pieces, predictor.data_info, predictor.labels, item, target, steps, predicted=predicted)
+    return explain_text(*pieces, predictor.labels, item, target, steps, predicted=predicted)
+
+
 def explain(output_dir: str, input: str, out: str | os.PathLike | None = None, row: int = 0,
             target: str | None = None, steps: int = 50) -> tuple[Path, Path]:
     """Explain one prediction of an hf-adapt output; what ``hf-adapt explain`` runs.
@@ -471,16 +484,7 @@ def explain(output_dir: str, input: str, out: str | os.PathLike | None = None, r
     item, source = read_input(input, info["data"], row)
     (item,) = check_inputs([item], info["data"])  # the check predict runs: refused here, before the model loads
     predictor = predictor or load_adapted(output_dir)
-    predicted = predictor.predict(item)[0]["label"]  # the label users get, operating point included
-    pieces = (predictor.model, predictor.backbone, predictor.preprocessor)
-    kind = info["data"]["kind"]
-    if kind == "image":
-        result = explain_image(*pieces, labels, item, target, predicted=predicted)
-    elif kind == "table":
-        result = explain_row(*pieces, info["data"], labels, item, target, steps, predicted=predicted)
-    else:
-        result = explain_text(*pieces, labels, item, target, steps, predicted=predicted)
-    result = {"input": source, "model": str(output_dir), **result}
+    result = {"input": source, "model": str(output_dir), **explain_checked(predictor, item, target, steps)}
     if info.get("operating_point"):
         point = info["operating_point"]
         result["operating_point"] = {k: point[k] for k in ("positive_label", "negative_label", "threshold", "rule")

@@ -16,8 +16,10 @@ export's README shows how a row becomes the model's text. Every export's README 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -46,17 +48,16 @@ def export(output_dir: str, out: str | Path, format: Literal["merged", "onnx"] =
     from hf_adapt.predict import local_dir
     from hf_adapt.run_record import read_record
 
-    record = read_record(local_dir(output_dir, revision))
+    directory = local_dir(output_dir, revision)  # a Hub repo is fetched once, here
+    record = read_record(directory)
     if record.kind in ("policy", "language_model"):
-        return _language_model(output_dir, out, format, revision, trust_remote_code, record.kind)
-    predictor = load_adapted(output_dir, merge=True, revision=revision, trust_remote_code=trust_remote_code)
+        return _language_model(output_dir, directory, out, format, trust_remote_code, record.kind)
+    predictor = load_adapted(str(directory), merge=True, trust_remote_code=trust_remote_code)
     continual = predictor.info.get("continual") or {}
     if continual.get("scenario") == "task" or len(set((continual.get("adapters") or {}).values())) > 1:
         raise ModelError("export takes single-model outputs; this continual model routes inputs by task or through "
                          "per-experience adapters")
-    staging = staging_path(out)
-    staging.mkdir(parents=True)
-    try:
+    with _staged(out) as staging:
         facts = {"source": str(output_dir), "format": format, "labels": predictor.labels,
                  "input_kind": predictor.data_info["kind"]}
         if format == "merged":
@@ -69,10 +70,6 @@ def export(output_dir: str, out: str | Path, format: Literal["merged", "onnx"] =
                 "text_template": predictor.data_info.get("text_template")}, indent=2) + "\n")
         (staging / "export.json").write_text(json.dumps(facts, indent=2) + "\n")
         (staging / "README.md").write_text(usage(facts, predictor.data_info))
-        commit(staging, out)
-    except BaseException:
-        discard(staging)
-        raise
     logger.info("exported %s as %s to %s", output_dir, facts.get("layout", format), out)
     return out
 
@@ -80,7 +77,7 @@ def export(output_dir: str, out: str | Path, format: Literal["merged", "onnx"] =
 # ----------------------------------------------------------------------------- merged
 
 
-def _language_model(output_dir: str, out: Path, format: str, revision: str | None, trust_remote_code: bool,
+def _language_model(output_dir: str, directory: Path, out: Path, format: str, trust_remote_code: bool,
                     kind: str) -> Path:
     """A feedback policy or a causal LM, merged, in transformers' layout: what vLLM and TGI serve."""
     from hf_adapt.serve.models import Generator
@@ -88,12 +85,8 @@ def _language_model(output_dir: str, out: Path, format: str, revision: str | Non
     if format != "merged":
         raise ConfigError("language models export as merged (then vLLM, TGI or optimum take it from there); "
                           "--format onnx is for classifiers")
-    from hf_adapt.predict import local_dir
-
-    generator = Generator.load(local_dir(output_dir, revision), kind, trust_remote_code, "cpu")
-    staging = staging_path(out)
-    staging.mkdir(parents=True)
-    try:
+    generator = Generator.load(directory, kind, trust_remote_code, "cpu")
+    with _staged(out) as staging:
         generator.model.save_pretrained(str(staging), safe_serialization=True)
         generator.tokenizer.save_pretrained(str(staging))
         facts = {"source": str(output_dir), "format": "merged", "layout": "transformers-causal-lm", "labels": []}
@@ -104,11 +97,20 @@ def _language_model(output_dir: str, out: Path, format: str, revision: str | Non
             "from transformers import pipeline\ngenerate = pipeline(\"text-generation\", model=\".\")\n"
             "answer = generate(\"How was it?\", max_new_tokens=8, do_sample=False)[0][\"generated_text\"]\n"
             "print(answer)\n```\n")
+    return out
+
+
+@contextlib.contextmanager
+def _staged(out: Path) -> Iterator[Path]:
+    """A fresh staging folder beside ``out`` that is swapped in whole when the block ends, or removed if it fails."""
+    staging = staging_path(out)
+    staging.mkdir(parents=True)
+    try:
+        yield staging
         commit(staging, out)
     except BaseException:
         discard(staging)
         raise
-    return out
 
 
 def _merged(predictor, directory: Path) -> str:

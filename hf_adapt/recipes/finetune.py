@@ -425,14 +425,10 @@ def _evaluate_test(cfg: FinetuneConfig, logits, labels, positive: int | None, po
     from hf_adapt.metrics import bootstrap_intervals, classification_metrics, softmax
     from hf_adapt.operating_point import threshold_metrics
 
-    raw, facts = None, None
+    raw = None
     if calibration is not None:
         raw = np.asarray(logits, dtype=np.float64)
         logits = calibration.apply(raw).astype(np.float32)
-        before, after = classification_metrics(raw, labels), classification_metrics(logits, labels)
-        facts = {**calibration.to_dict(), "fitted_on": fitted_on,
-                 "test": {name: {"before": before[name], "after": after[name]} for name in CALIBRATION_METRICS
-                          if name in before}}
 
     def score(logits, labels):
         metrics = classification_metrics(logits, labels)
@@ -442,6 +438,12 @@ def _evaluate_test(cfg: FinetuneConfig, logits, labels, positive: int | None, po
         return metrics
 
     metrics = score(logits, labels)
+    facts = None
+    if calibration is not None:  # the calibrated numbers are the test metrics just computed
+        before = classification_metrics(raw, labels)
+        facts = {**calibration.to_dict(), "fitted_on": fitted_on,
+                 "test": {name: {"before": before[name], "after": metrics[name]} for name in CALIBRATION_METRICS
+                          if name in before}}
     intervals = None
     if cfg.bootstrap_resamples:
         intervals = bootstrap_intervals(score, logits, labels, n_resamples=cfg.bootstrap_resamples, seed=cfg.seed,

@@ -191,17 +191,9 @@ def explain_one(predictor, item: Any, target: str | None, steps: int, png: bool)
     import tempfile
     from pathlib import Path
 
-    from hf_adapt.explain import explain_image, explain_row, explain_text, write_explanation
+    from hf_adapt.explain import explain_checked, write_explanation
 
-    predicted = predictor.predict([item])[0]["label"]
-    pieces = (predictor.model, predictor.backbone, predictor.preprocessor)
-    kind = predictor.data_info["kind"]
-    if kind == "image":
-        result = explain_image(*pieces, predictor.labels, item, target, predicted=predicted)
-    elif kind == "table":
-        result = explain_row(*pieces, predictor.data_info, predictor.labels, item, target, steps, predicted=predicted)
-    else:
-        result = explain_text(*pieces, predictor.labels, item, target, steps, predicted=predicted)
+    result = explain_checked(predictor, item, target, steps)
     with tempfile.TemporaryDirectory(prefix="hf-adapt-explain-") as folder:  # private; gone when answered
         png_path, json_path = write_explanation(result, folder)
         facts = json.loads(Path(json_path).read_text())
