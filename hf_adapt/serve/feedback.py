@@ -97,15 +97,11 @@ def feedback_record(server, body: Any) -> dict[str, Any]:
             "metadata": metadata}
 
 
-@router.post("/v1/feedback")
-async def feedback(request: Request) -> JSONResponse:
+def record_feedback(server, body: Any) -> dict[str, Any]:
+    """Check ``body`` whole, write it to the log and count it; the record as written. 4xx on anything that does not
+    fit, with nothing written. The API and the reviewer page both come through here."""
     from hf_adapt.feedback.log import kind_of
 
-    server = request.app.state.server
-    try:
-        body = await request.json()
-    except ValueError:
-        raise HTTPException(400, "the body is not JSON") from None
     values = feedback_record(server, body)
     if values["user_id"] is not None and not isinstance(values["user_id"], str):
         raise HTTPException(422, "user_id must be a string")
@@ -114,5 +110,16 @@ async def feedback(request: Request) -> JSONResponse:
     except DataError as err:  # the log's own check: nothing was written
         raise HTTPException(422, str(err)) from None
     server.metrics.feedback.labels(kind=kind_of(entry["feedback"])).inc()
-    return JSONResponse({"recorded": True, "id": values["metadata"]["answer_id"], "timestamp": entry["timestamp"]},
+    return entry
+
+
+@router.post("/v1/feedback")
+async def feedback(request: Request) -> JSONResponse:
+    server = request.app.state.server
+    try:
+        body = await request.json()
+    except ValueError:
+        raise HTTPException(400, "the body is not JSON") from None
+    entry = record_feedback(server, body)
+    return JSONResponse({"recorded": True, "id": entry["metadata"]["answer_id"], "timestamp": entry["timestamp"]},
                         status_code=201)

@@ -16,12 +16,12 @@ from hf_adapt.errors import DataError
 
 def _record(server, body: dict[str, Any]) -> str:
     """Write one feedback; the message the page shows."""
-    from hf_adapt.serve.feedback import feedback_record
+    from hf_adapt.serve.feedback import record_feedback
 
     try:
-        entry = server.log.record(**feedback_record(server, body))
-    except (HTTPException, DataError) as err:
-        return f"Not recorded: {getattr(err, 'detail', err)}"
+        entry = record_feedback(server, body)
+    except HTTPException as err:
+        return f"Not recorded: {err.detail}"
     return f"Recorded ({entry['feedback']}{', correction ' + str(entry['correction']) if 'correction' in entry else ''})."
 
 
