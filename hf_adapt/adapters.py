@@ -112,7 +112,9 @@ def make_peft_config(adapter: dict[str, Any], backbone: Backbone):
     if backbone.peft_task_type and "task_type" not in values:
         values["task_type"] = backbone.peft_task_type
     elif is_prompt:
-        raise ConfigError(f"adapter: prompt method {peft_type} needs a transformers backbone")
+        raise ConfigError(f"adapter: prompt method {peft_type} needs a transformers backbone"
+                          + (" without table_features (use LoRA or another method that adapts layers)"
+                             if backbone.info.get("table_features") else ""))
     if "target_modules" in fields and values.get("target_modules") is None and not is_prompt:
         model_type = getattr(getattr(backbone.model, "config", None), "model_type", None)
         if model_type not in _target_mapping(peft_type):

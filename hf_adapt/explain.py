@@ -105,8 +105,9 @@ def _target_index(labels: list[str], target: str | None, predicted: str) -> int:
 
 
 def _integrated_gradients(model, backbone, preprocessor, labels: list[str], text: str, target: str | None,
-                          steps: int, predicted: str | None) -> dict[str, Any]:
-    """Token attributions of ``text`` (captum ``LayerIntegratedGradients`` on the input embeddings)."""
+                          steps: int, predicted: str | None, row: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Token attributions of ``text`` (captum ``LayerIntegratedGradients`` on the input embeddings); a hybrid
+    table model reads ``row`` (whose text is ``text``), its table features held as they are."""
     import torch
     from captum.attr import LayerIntegratedGradients
 
@@ -119,7 +120,7 @@ def _integrated_gradients(model, backbone, preprocessor, labels: list[str], text
     if not getattr(tokenizer, "is_fast", False):
         raise ModelError(f"{type(tokenizer).__name__} is a slow tokenizer: token offsets need a fast one")
     device = next(model.parameters()).device
-    batch = {k: v.to(device) for k, v in preprocessor.collate([text], train=False).items()}
+    batch = {k: v.to(device) for k, v in preprocessor.collate([text if row is None else row], train=False).items()}
     spans = tokenizer([text], truncation=True, max_length=preprocessor.max_length,
                       return_offsets_mapping=True, return_special_tokens_mask=True)
     if spans["input_ids"][0] != batch["input_ids"][0].tolist():
@@ -177,6 +178,7 @@ def _integrated_gradients(model, backbone, preprocessor, labels: list[str], text
         "convergence_delta": float(delta.detach().reshape(-1)[0]),
         "max_length": preprocessor.max_length,
         "tokens": tokens,
+        "_forward": (forward, batch, baseline_ids, extra_names),  # for the table path (hybrid), then dropped
     }
 
 
@@ -201,34 +203,48 @@ def explain_text(model, backbone, preprocessor, labels: list[str], text: str, ta
     """
     _check_text_model(preprocessor)
     result = _integrated_gradients(model, backbone, preprocessor, labels, str(text), target, steps, predicted)
+    result.pop("_forward")
     return {"kind": "text", **result}
 
 
 def explain_row(model, backbone, preprocessor, data_info: dict[str, Any], labels: list[str], row: dict[str, Any],
                 target: str | None = None, steps: int = 50, *, predicted: str | None = None) -> dict[str, Any]:
-    """Per-column attributions for one table row rendered as text (``data_info["kind"] == "table"``).
+    """Per-column attributions for one table row rendered as text (``data_info["kind"] == "table"``), or for one
+    row of a hybrid table model (``data_info["table_features"]``; its text is the rendered row or a text column).
 
     ``data_info`` is ``hf_adapt.json``'s ``data`` (``feature_columns``, ``text_template``); other
     arguments as for :func:`explain_text`. Besides its fields the result holds ``row`` (each
-    column's rendered value) and ``columns``: one entry per column the text shows, plus the
+    column's rendered value) and ``columns``: one entry per column the model reads, plus the
     ``"(template text)"`` bucket, sorted by ``|attribution|``, each with the summed attribution, its
     token count and whether truncation (``max_length``) cut it. Tokens carry their ``column``.
+
+    A hybrid's columns also enter through the table paths: their features are attributed by integrated
+    gradients too (from no features: numbers at their training mean, no category), with the text held at its
+    pad-token baseline, so each column's ``attribution`` is ``text_attribution + table_attribution`` and all of
+    them add up to ``output_at_input - output_at_baseline`` (both baselines) up to the two convergence deltas.
     """
     from hf_adapt.data import format_value
 
     _check_text_model(preprocessor)
-    if data_info.get("kind") != "table":
+    hybrid = bool(data_info.get("table_features"))
+    if data_info.get("kind") != "table" and not hybrid:
         raise DataError(f"explain_row explains table rows; this model reads {data_info.get('kind')} inputs")
-    feature_columns, template = list(data_info["feature_columns"]), data_info.get("text_template")
-    pieces = render_pieces(row, feature_columns, template)
+    if data_info.get("kind") == "text":  # a hybrid whose text is a column of the row
+        column = data_info["input_column"]
+        pieces: list[tuple[str | None, str]] = [(column, str(row[column]))]
+    else:
+        pieces = render_pieces(row, list(data_info["feature_columns"]), data_info.get("text_template"))
     text = "".join(piece for _, piece in pieces)
-    result = _integrated_gradients(model, backbone, preprocessor, labels, text, target, steps, predicted)
+    result = _integrated_gradients(model, backbone, preprocessor, labels, text, target, steps, predicted,
+                                   row=row if hybrid else None)
+    table, table_baseline, table_delta = (_table_attributions(model, result.pop("_forward"), preprocessor.encoder,
+                                                              steps) if hybrid else (None, None, None))
 
     spans, at = [], 0
     for column, piece in pieces:
         spans.append((column or TEMPLATE_BUCKET, at, at + len(piece)))
         at += len(piece)
-    shown = list(dict.fromkeys(column for column, _ in pieces if column is not None))
+    shown = list(dict.fromkeys([column for column, _ in pieces if column is not None] + list(table or {})))
     buckets = {name: {"attribution": 0.0, "tokens": 0} for name in [*shown, TEMPLATE_BUCKET]}
     for token in result["tokens"]:
         overlaps = [(min(end, token["end"]) - max(start, token["start"]), name) for name, start, end in spans]
@@ -238,16 +254,58 @@ def explain_row(model, backbone, preprocessor, data_info: dict[str, Any], labels
         buckets[token["column"]]["tokens"] += 1
     kept_end = max((token["end"] for token in result["tokens"]), default=0)
     truncated = {name for name, start, end in spans if text[max(start, kept_end):end].strip()}
-    values = {c: format_value(row[c]) for c in shown}
+    values = {c: format_value(row[c]) if c != data_info.get("input_column") else row[c] for c in shown}
     columns = [{"column": name, "value": values.get(name), "attribution": bucket["attribution"],
                 "tokens": bucket["tokens"], "truncated": name in truncated}
                for name, bucket in buckets.items()]
+    if table is not None:
+        for entry in columns:
+            path = table.get(entry["column"], {"attribution": 0.0})
+            entry.update(text_attribution=entry["attribution"], table_attribution=path["attribution"],
+                         attribution=entry["attribution"] + path["attribution"])
+        result["output_at_baseline"] = table_baseline
+        result["method"] += ("; table paths (wide and deep): integrated gradients on the encoded features, "
+                             f"{steps} steps, from no features (numbers at their training mean, no category), "
+                             "the text at its baseline")
+        result["table_features"] = [f for path in table.values() for f in path["features"]]
+        result["table_convergence_delta"] = table_delta
     columns.sort(key=lambda c: -abs(c["attribution"]))
     if truncated - {TEMPLATE_BUCKET}:
         logger.warning("max_length %d cut the text: columns %s are partly or wholly unseen",
                        preprocessor.max_length, sorted(truncated - {TEMPLATE_BUCKET}))
     return {"kind": "table", "row": values, **result, "columns": columns,
             "truncated_columns": [c for c in shown if c in truncated]}
+
+
+def _table_attributions(model, forward_parts, encoder, steps: int) -> tuple[dict[str, Any], float, float]:
+    """Per column of a hybrid's table features, integrated-gradients attributions through the wide and deep
+    paths (the text at its pad-token baseline); the output with neither text nor features; the convergence
+    delta."""
+    import torch
+    from captum.attr import IntegratedGradients
+
+    from hf_adapt.figures import eval_mode
+
+    forward, batch, baseline_ids, extra_names = forward_parts
+    features = batch["table_features"]
+
+    def of_features(x):
+        n = x.shape[0]
+        args = [x if k == "table_features" else batch[k].expand(n, *batch[k].shape[1:]) for k in extra_names]
+        return forward(baseline_ids.expand(n, -1), *args)
+
+    with eval_mode(model), torch.enable_grad():
+        attributions, delta = IntegratedGradients(of_features).attribute(
+            features, baselines=torch.zeros_like(features), n_steps=steps, return_convergence_delta=True)
+    with eval_mode(model), torch.no_grad():
+        at_baseline = float(of_features(torch.zeros_like(features))[0])
+    out: dict[str, Any] = {}
+    for (column, name), value, a in zip(encoder.features, features[0].tolist(), attributions[0].tolist()):
+        path = out.setdefault(column, {"attribution": 0.0, "features": []})
+        path["attribution"] += a
+        if value or a:  # a category's other one-hot positions say nothing
+            path["features"].append({"column": column, "feature": name, "value": value, "attribution": a})
+    return out, at_baseline, float(delta.detach().reshape(-1)[0])
 
 
 def _check_text_model(preprocessor) -> None:
@@ -442,7 +500,7 @@ def explain_checked(predictor, item: Any, target: str | None = None, steps: int 
     kind = predictor.data_info["kind"]
     if kind == "image":
         return explain_image(*pieces, predictor.labels, item, target, predicted=predicted)
-    if kind == "table":
+    if kind == "table" or predictor.data_info.get("table_features"):
         return explain_row(*pieces, predictor.data_info, predictor.labels, item, target, steps, predicted=predicted)
     return explain_text(*pieces, predictor.labels, item, target, steps, predicted=predicted)
 

@@ -53,6 +53,10 @@ def export(output_dir: str, out: str | Path, format: Literal["merged", "onnx"] =
     if record.kind in ("policy", "language_model"):
         return _language_model(output_dir, directory, out, format, trust_remote_code, record.kind)
     predictor = load_adapted(str(directory), merge=True, trust_remote_code=trust_remote_code)
+    if predictor.data_info.get("table_features"):
+        raise ModelError("export writes text, table-as-text and image classifiers; this is a hybrid table model "
+                         "(table_features), whose wide and deep paths no transformers or ONNX layout holds yet: "
+                         "serve it with hf-adapt serve or load_adapted")
     continual = predictor.info.get("continual") or {}
     if continual.get("scenario") == "task" or len(set((continual.get("adapters") or {}).values())) > 1:
         raise ModelError("export takes single-model outputs; this continual model routes inputs by task or through "

@@ -120,6 +120,21 @@ def _check_row(item: Any, index: int, data: dict[str, Any]) -> Any:
     return _row_values(item, index, columns, data.get("column_kinds") or {})
 
 
+def _check_hybrid(item: Any, index: int, data: dict[str, Any]) -> dict[str, Any]:
+    """A row of a hybrid table model: a dict over its text's columns (the text column, or the rendered ones) and its
+    table-feature columns, each checked as training read it."""
+    text_column = data.get("input_column") if data.get("kind") == "text" else None
+    columns = list(dict.fromkeys(([text_column] if text_column else data["feature_columns"]) + data["table_features"]))
+    if not isinstance(item, Mapping):
+        raise DataError(f"input {index}: this model reads rows with table features: a dict over its columns "
+                        f"{_names(columns)} (a text alone lacks the numbers it reads); got {_got(item)}")
+    kinds = {**(data.get("column_kinds") or {}), **(data.get("table_column_kinds") or {})}
+    row = _row_values(item, index, columns, {**kinds, **({text_column: "text"} if text_column else {})})
+    if text_column:
+        row[text_column] = _check_text(row[text_column], index, data)
+    return row
+
+
 def _check_text(item: Any, index: int, data: dict[str, Any]) -> str:
     if not isinstance(item, str):
         raise DataError(f"input {index}: this model reads text: expected a str, got {_got(item)}")
@@ -222,7 +237,7 @@ def check_inputs(inputs: Any, data_info: dict[str, Any], first_index: int = 0) -
         DataError: naming the input's index, the column if any, what was expected and what was got.
     """
     items = as_batch(inputs)
-    check = _CHECKS.get(data_info.get("kind"))
+    check = _check_hybrid if data_info.get("table_features") else _CHECKS.get(data_info.get("kind"))
     if check is None:
         raise ModelError(f"this output's data kind is {data_info.get('kind')!r}; hf-adapt predicts for table, "
                          "text and image models")

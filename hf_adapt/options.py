@@ -19,6 +19,7 @@ RegimeOptions        which weights train                                        
 TrainingOptions      the optimisation every trainer shares                        all
 ClassifierOptions    a classifier's head rate, layer decay and best epoch         finetune, continual
 ImbalanceOptions     class weights or a balanced sampler                          finetune
+TableFeatureOptions  a row's columns beside the text (hybrid table models)        finetune
 EvaluationOptions    the test report: threshold, intervals, groups, baseline      finetune
 CrossValidation...   k-fold cross-validation                                      finetune
 RuntimeOptions       output folder, threads, workers, trackers                    all
@@ -210,6 +211,18 @@ class ClassifierOptions(Options):
     def validate(self) -> None:
         if self.layer_lr_decay is not None and not 0 < self.layer_lr_decay <= 1:
             raise ConfigError(f"layer_lr_decay must be in (0, 1], got {self.layer_lr_decay}")
+
+
+@dataclass
+class TableFeatureOptions(Options):
+    """Hybrid table models: a row's columns enter the head beside the pooled text embedding (hf_adapt.table_features)."""
+
+    title = "table features"
+    table_features: str | list = field(default="none", metadata={"help": "Table and text data: columns that enter the head beside the pooled text embedding, numbers standardised (with was-missing indicators) and categories one-hot, through a wide linear path (logistic regression fitted on them, kept fixed) and a deep MLP path that, with the text, learns what it leaves; the text is the rendered row or text_column. auto: a table's feature columns; none: text only; or a list of columns. The fitted encoding is saved with the model and applied by load_adapted, explain and serving."})
+
+    def validate(self) -> None:
+        if isinstance(self.table_features, str) and self.table_features not in ("auto", "none"):
+            raise ConfigError(f"table_features must be auto, none or a list of columns, got {self.table_features!r}")
 
 
 @dataclass

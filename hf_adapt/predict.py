@@ -55,9 +55,23 @@ class Predictor:
 
     def _model_input(self, item: Any) -> Any:
         """A checked input as the preprocessor takes it: a row rendered as training rendered it."""
-        if isinstance(item, dict):
+        if isinstance(item, dict) and not self.data_info.get("table_features"):  # a hybrid reads the row itself
             return render_row(item, self.data_info["feature_columns"], self.data_info.get("text_template"))
         return item
+
+    def text_of(self, row: dict[str, Any]) -> str:
+        """The text the model reads of a (checked) table row: the row rendered, or a hybrid's text column."""
+        if self.data_info.get("table_features"):
+            return self.preprocessor.text(row)
+        return render_row(row, self.data_info["feature_columns"], self.data_info.get("text_template"))
+
+    def _draw_key(self, item: Any) -> Any:
+        """What keys a row's random draws under group rules: its text, or a hybrid's row rendered over its columns."""
+        if isinstance(item, dict) and self.data_info.get("table_features"):
+            from hf_adapt.table_features import row_key
+
+            return row_key(item, sorted(set(self.preprocessor.text.columns) | set(self.data_info["table_features"])))
+        return self._model_input(item)
 
     def _to_input(self, item: Any) -> Any:
         return self._model_input(check_inputs([item], self.data_info)[0])
@@ -162,7 +176,7 @@ class Predictor:
         values = [sensitive[i] if sensitive is not None else inputs[i][rules.column] for i in known]
         groups = group_values(values, rules.bins, rules.column)
         positive = self.labels.index(rules.positive_label or self.labels[1])
-        keys = [self._model_input(inputs[i]) for i in known]
+        keys = [self._draw_key(inputs[i]) for i in known]
         if not all(isinstance(k, str) for k in keys):
             raise DataError("group rules apply to table rows and texts")
         decided = rules.decide(probs[known, positive], groups, keys)
@@ -252,6 +266,8 @@ def load_adapted(path_or_repo_id: str, merge: bool = False, device: str = "cpu",
                              pooling=model_info.get("pooling") or "model")
         backbone = builder.build(spec)
     check_base(backbone, model_info, path_or_repo_id)
+    if info["data"].get("table_features"):  # a hybrid table model: the text backbone with its table paths
+        backbone = _hybrid(backbone, directory, info["data"], len(labels))
     model = restore_model(backbone, info["regime"], directory)
     adapters = (info.get("continual") or {}).get("adapters") or {}
     for name in sorted(set(adapters.values()) - {"default"}):  # one adapter per experience
@@ -262,4 +278,20 @@ def load_adapted(path_or_repo_id: str, merge: bool = False, device: str = "cpu",
         except (AttributeError, ValueError, NotImplementedError):
             pass  # method without a merge: serve it unmerged
     preprocessor = builder.load_preprocessor(str(directory), spec)
+    if info["data"].get("table_features"):
+        from hf_adapt.backbones.hybrid import HybridPreprocessor
+
+        preprocessor = HybridPreprocessor(preprocessor, backbone.preprocessor.encoder, backbone.preprocessor.text)
     return Predictor(model, backbone, preprocessor, labels, info, device=device)
+
+
+def _hybrid(backbone, directory: Path, data_info: dict[str, Any], num_labels: int):
+    """The text ``backbone`` with the table paths of the hybrid saved in ``directory`` (their weights follow)."""
+    from hf_adapt.backbones.hybrid import RowText, hybrid_backbone
+    from hf_adapt.table_features import TableEncoder
+
+    encoder = TableEncoder.load(directory)
+    if sorted(encoder.columns) != sorted(data_info["table_features"]):
+        raise ModelError(f"{directory}: table_features.json encodes columns {encoder.columns}, but hf_adapt.json "
+                         f"records {data_info['table_features']}")
+    return hybrid_backbone(backbone, encoder, RowText.from_data_info(data_info), num_labels)

@@ -98,6 +98,9 @@ def check_parent(parent: Parent, family: str, model_name_or_path: str, default_m
             otherwise it must be the parent's base (or a copy with the same tokenizer and architecture).
         input_kind: what the new data is: ``text`` (tables, texts) or ``image``.
     """
+    if (parent.info.get("data") or {}).get("table_features"):
+        raise ConfigError(f"init_from {parent.source!r} is a hybrid table model (table_features); a new model starts "
+                          "from a text model's backbone: use the output the hybrid itself started from, or the base")
     if family not in ("auto", parent.family):
         raise ConfigError(f"init_from {parent.source!r} is a {parent.family} backbone, but the config sets "
                           f"family: {family}")

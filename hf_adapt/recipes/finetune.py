@@ -28,6 +28,7 @@ from hf_adapt.options import (
     ParentOptions,
     RegimeOptions,
     RuntimeOptions,
+    TableFeatureOptions,
     TrainingOptions,
 )
 
@@ -36,8 +37,8 @@ logger = logging.getLogger("hf_adapt.finetune")
 
 @dataclass
 class FinetuneConfig(ModelOptions, BackboneOptions, DataOptions, LabelOptions, ParentOptions, RegimeOptions,
-                     TrainingOptions, ClassifierOptions, ImbalanceOptions, EvaluationOptions, CrossValidationOptions,
-                     RuntimeOptions, CardOptions, CheckpointOptions, PublishOptions):
+                     TrainingOptions, ClassifierOptions, TableFeatureOptions, ImbalanceOptions, EvaluationOptions,
+                     CrossValidationOptions, RuntimeOptions, CardOptions, CheckpointOptions, PublishOptions):
     """Fine-tune a timm or transformers backbone on labelled data and write an evaluated adapter with a model card.
 
     With no arguments: LoRA on the pretrained MiniLM-L6 (sentence-transformers/all-MiniLM-L6-v2,
@@ -88,13 +89,18 @@ class _Trainer:
     """Builds a fresh backbone and adapter and trains it on given rows; a plain run calls it once,
     cross-validation once per fold and once more for a refit."""
 
-    def __init__(self, cfg: FinetuneConfig, accelerator, spec, parent, data, checkpoints=None):
+    def __init__(self, cfg: FinetuneConfig, accelerator, spec, parent, data, checkpoints=None, table=None,
+                 first_rows: tuple[list, list] | None = None):
         self.cfg, self.accelerator, self.spec, self.parent, self.data = cfg, accelerator, spec, parent, data
         self.checkpoints = checkpoints  # hf_adapt.checkpoints.Checkpoints, or None
-        self.first = self.build()  # the model is checked before any training, and its input kind known
+        self.table = table  # hf_adapt.recipes.finetune.TableInputs of a hybrid table model, or None
+        self.first_rows = first_rows  # the rows the first model's table encoding was fitted on (hybrid)
+        self.first = self.build(first_rows)  # the model is checked before any training, and its input kind known
         self.kind = self.first[0].preprocessor.input_kind
 
-    def build(self):
+    def build(self, rows: tuple[list, list] | None = None):
+        """A fresh backbone with its regime applied; a hybrid's table encoding and wide path are fitted on
+        ``rows`` (inputs, labels): each fold's own training rows."""
         from accelerate.utils import set_seed
 
         from hf_adapt import transfer
@@ -107,7 +113,12 @@ class _Trainer:
                 backbone = build_backbone(transfer.start_spec(self.parent, self.spec, Path(workdir)))
         else:
             backbone = build_backbone(self.spec)
-        return backbone, apply_regime(backbone, self.cfg.regime, self.cfg.adapter)
+        if self.table is None:
+            return backbone, apply_regime(backbone, self.cfg.regime, self.cfg.adapter)
+        from hf_adapt.backbones.hybrid import fit_hybrid, freeze_wide
+
+        backbone = fit_hybrid(backbone, self.table, rows, self.data.num_labels, self.cfg.seed)
+        return backbone, freeze_wide(apply_regime(backbone, self.cfg.regime, self.cfg.adapter))
 
     def loader(self, inputs: list[Any], labels: list[int], train: bool, collate):
         from hf_adapt.loop import ExampleDataset, make_loader
@@ -127,7 +138,8 @@ class _Trainer:
         from hf_adapt.regimes import get_regime
 
         cfg = self.cfg
-        backbone, model = self.first if self.first is not None else self.build()
+        reuse = self.first is not None and (self.table is None or train_rows[0] is self.first_rows[0])
+        backbone, model = self.first if reuse else self.build(train_rows)
         self.first = None
         collate = backbone.preprocessor.collate
         weights = (balanced_class_weights(train_rows[1], self.data.num_labels) if cfg.class_weights == "balanced"
@@ -203,6 +215,7 @@ def _prepare(cfg: FinetuneConfig, run) -> _Setup:
     from hf_adapt.backbones import BackboneSpec
     from hf_adapt.data import DataSpec, load_labelled
     from hf_adapt.report import check_subgroups
+    from hf_adapt.table_features import TableInputs
 
     data = load_labelled(DataSpec.from_config(cfg))
     if cfg.baseline in baselines.READS and baselines.READS[cfg.baseline] != data.kind:
@@ -218,18 +231,22 @@ def _prepare(cfg: FinetuneConfig, run) -> _Setup:
         parent = transfer.find_parent(cfg.init_from, cfg.init_from_revision)
         transfer.check_parent(parent, cfg.family, cfg.model_name_or_path, DEFAULT_MODEL,
                               "image" if data.kind == "image" else "text")
+    table = TableInputs.of(cfg.table_features, data)  # None: text only
+    labels = {split: list(data.splits[split]["label"]) for split in ("train", "validation", "test")}
+    inputs = {split: table.rows(data.splits[split]) for split in labels} if table is not None else None
     if run.checkpoints is not None:
         run.checkpoints.open(run.accelerator, cfg, data.origin.get("sha256"))
-    trainer = _Trainer(cfg, run.accelerator, spec, parent, data, run.checkpoints)
+    trainer = _Trainer(cfg, run.accelerator, spec, parent, data, run.checkpoints, table,
+                       (inputs["train"], labels["train"]) if table is not None else None)
     if parent is not None:
         logger.info("started from the backbone of %s (%s %s)", cfg.init_from, parent.recipe, parent.info.get("regime"))
     backbone = trainer.first[0]
     trainable, total = count_parameters(trainer.first[1])
     logger.info("%s backbone, %d labels, %s trainable of %s parameters", backbone.family, data.num_labels,
                 f"{trainable:,}", f"{total:,}")
-    inputs = {split: data.inputs(split, trainer.kind) for split in ("train", "validation", "test")}
+    if inputs is None:
+        inputs = {split: data.inputs(split, trainer.kind) for split in labels}
     backbone.preprocessor.check_inputs(inputs)  # one warning counts the texts max_length will cut
-    labels = {split: list(data.splits[split]["label"]) for split in ("train", "validation", "test")}
     return _Setup(data, positive, folds, parent, trainer, trainable, total, inputs, labels)
 
 
@@ -261,8 +278,13 @@ def _train_and_test(cfg: FinetuneConfig, run, setup: _Setup) -> _Done:
     if rules is not None:
         from hf_adapt.metrics import softmax
 
+        keys = inputs["test"]
+        if trained.backbone.info.get("table_features"):  # rows: keyed as the predictor keys them
+            from hf_adapt.table_features import row_key
+
+            keys = [row_key(row, sorted(row)) for row in keys]
         evaluation.fairness = _fairness_results(cfg, rules, data, setup.positive, softmax(evaluation.logits.astype(
-            "float64")), evaluation.labels, inputs["test"])
+            "float64")), evaluation.labels, keys)
     logger.info("test: %s", " ".join(f"{k}={v:.4f}" for k, v in evaluation.metrics.items()))
     baseline = None
     if _baseline_name(cfg, data):
@@ -495,7 +517,8 @@ def _write_run_files(directory: Path, cfg, accelerator, model, backbone, family,
         transfer.carry(parent, directory)
     input_info = {"kind": data.kind, "feature_columns": data.feature_columns, "text_template": data.text_template,
                   "pixel_shape": cfg.pixel_shape, "input_column": data.input_column, "dicom_window": cfg.dicom_window,
-                  "column_kinds": column_kinds(data)}
+                  "column_kinds": column_kinds(data),
+                  **{k: backbone.info[k] for k in ("table_features", "table_column_kinds") if k in backbone.info}}
     operating_point = _operating_point_facts(point, data, cfg)
     write_run_info(directory, {
         "recipe": "finetune", "family": family, "regime": cfg.regime, "model": model_info,
@@ -561,6 +584,7 @@ def _card_facts(cfg, data, backbone, family, parent, record: dict[str, Any]) -> 
         "imbalance": _imbalance_description(cfg, data),
         "grouped_by": data.origin.get("grouped_by"),
         "skipped_images": data.origin.get("skipped_images"),
+        "table_features": _table_facts(backbone),
     }
 
 
@@ -575,8 +599,9 @@ def _card_media(directory: Path, cfg, model, backbone, data, history, evaluation
     operating_point = record["operating_point"]
     example = data.splits["test"][0]
     example_input, example_file, gradcam = None, None, []
-    if data.kind == "table":
-        example_input = repr({c: example[c] for c in data.feature_columns})
+    row_columns = _row_columns(data, backbone)
+    if row_columns:
+        example_input = repr({c: example[c] for c in row_columns})
     elif data.kind == "text":
         example_input = repr(example[data.input_column])
     if backbone.preprocessor.input_kind == "image" and cfg.card_examples > 0:
@@ -586,7 +611,7 @@ def _card_media(directory: Path, cfg, model, backbone, data, history, evaluation
         example_file = report.write_examples(directory, images)[0]
         gradcam = report.write_gradcam(directory, model, backbone, images, probs[rows], y_true[rows], data.labels)
     explained = []
-    if data.kind == "table" and cfg.card_examples > 0:
+    if row_columns and cfg.card_examples > 0:
         from hf_adapt.operating_point import decide_labels
 
         rows = report.example_indices(y_true, min(cfg.card_examples, 3))
@@ -594,7 +619,7 @@ def _card_media(directory: Path, cfg, model, backbone, data, history, evaluation
         test_split = data.splits["test"]
         explained = report.write_row_explanations(
             directory, model, backbone, record["input_info"], data.labels,
-            [{c: test_split[i][c] for c in data.feature_columns} for i in rows], [decided[i] for i in rows])
+            [{c: test_split[i][c] for c in row_columns} for i in rows], [decided[i] for i in rows])
     threshold = operating_point["threshold"] if operating_point else None
     figures = report.write_figures(directory, history.history, cfg.metric_for_best_model, probs, y_true, data.labels,
                                    positive=_positive_index(cfg, data), threshold=threshold, before=before)
@@ -613,6 +638,25 @@ def _summary(cfg, base_model, dataset_name, data) -> str:
     via = f" by way of the backbone of `{Path(cfg.init_from).name}`" if cfg.init_from else ""
     return (f"A {len(data.labels)}-class classifier ({', '.join(data.labels)}) adapted from {base}{via} with {how}, "
             f"trained with hf-adapt on {dataset_name}.")
+
+
+def _row_columns(data, backbone) -> list[str]:
+    """The columns a row passed to the model carries (none for texts and images of a text-only model)."""
+    if backbone.info.get("table_features"):
+        return list(dict.fromkeys(backbone.preprocessor.text.columns + backbone.info["table_features"]))
+    return list(data.feature_columns) if data.kind == "table" else []
+
+
+def _table_facts(backbone) -> dict[str, Any] | None:
+    """The card's account of a hybrid's table features: the columns by kind, the paths and the rule for the unseen."""
+    if not backbone.info.get("table_features"):
+        return None
+    from hf_adapt.table_features import DEEP_WIDTH, UNKNOWN_RULE
+
+    encoder = backbone.preprocessor.encoder
+    return {"numbers": [e["column"] for e in encoder.numeric], "indicators": [e["column"] for e in encoder.indicators],
+            "categories": [e["column"] for e in encoder.categorical], "width": encoder.width,
+            "deep_width": DEEP_WIDTH, "unknown_rule": UNKNOWN_RULE}
 
 
 def _input_description(data) -> str:

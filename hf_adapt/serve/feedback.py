@@ -43,11 +43,8 @@ def _prompt(server, answer: dict[str, Any], body: dict[str, Any]) -> tuple[Any, 
         raise HTTPException(422, f"input: differs from the input answer {answer['id']!r} was given for")
     if isinstance(given, dict) and "image_sha256" in given:  # images are kept by hash, never in the log
         return f"image sha256:{given['image_sha256']}", {"image_sha256": given["image_sha256"]}
-    if isinstance(given, dict):  # a table row: rendered as the model read it, the row itself beside
-        from hf_adapt.data import render_row
-
-        info = server.served.model.data_info
-        return render_row(given, info["feature_columns"], info.get("text_template")), {"row": given}
+    if isinstance(given, dict):  # a table row: its text as the model read it, the row itself beside
+        return server.served.model.text_of(given), {"row": given}
     return given, {}
 
 
