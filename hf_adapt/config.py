@@ -143,6 +143,9 @@ def check_values(cls: type, values: dict[str, Any], source: str = "config") -> d
         raise ConfigError(f"{source}: expected a mapping of field names to values, got {type(values).__name__}")
     known = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(values) - set(known))
+    refused = {k: why for k, why in getattr(cls, "refused_keys", {}).items() if k in unknown}
+    if refused:  # a key another recipe takes, which this one states it does not
+        raise ConfigError(f"{source}: " + "; ".join(f"{k} is not a {cls.__name__} key: {why}" for k, why in refused.items()))
     if unknown:
         raise ConfigError(
             f"{source}: unknown key(s) {unknown} for {cls.__name__}; "

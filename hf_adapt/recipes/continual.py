@@ -12,7 +12,7 @@ import logging
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from hf_adapt.checkpoints import CheckpointOptions
 from hf_adapt.config import redefault
@@ -51,6 +51,10 @@ class ContinualConfig(ModelOptions, BackboneOptions, DataOptions, LabelOptions, 
     the data fields are the defaults each experience may override.
     """
 
+    refused_keys: ClassVar[dict[str, str]] = {
+        "table_features": "hybrid table models train with hf-adapt finetune; a continual stream would need each "
+                          "experience's table encoding and fitted linear path carried and reconciled, which hf-adapt "
+                          "does not do yet (rows rendered as text work here)"}
     experiences: list | None = field(default=None, metadata={"help": "The stream, in order: a list of dicts, each with a name and a class subset ({name: a, classes: [0, 1]}), a row filter ({name: b, where: {product: [X, Y]}}) and/or its own data fields (data, data_files, label_column, text_column, ...). Each keeps its own validation and test rows."})
     scenario: Literal["class", "domain", "task"] = field(default="class", metadata={"help": "class: new labels extend the head; domain: every experience has the same labels; task: the task id (the experience) is known at test time and picks its classes."})
     strategy: str = field(default="naive", metadata={"help": "naive, replay, ewc, lwf, adapter_per_experience or joint (the upper bound), or one added with hf_adapt.continual.register_strategy."})

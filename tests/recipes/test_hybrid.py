@@ -128,7 +128,7 @@ def test_what_cannot_work_is_refused_before_training(tiny_bert, credit_sample, d
         export(str(hybrid), tmp_path / "exported")
     from hf_adapt.recipes.continual import ContinualConfig
 
-    with pytest.raises(ConfigError, match="table_features"):
+    with pytest.raises(ConfigError, match="table_features is not a ContinualConfig key: hybrid table models train"):
         config_from_dict(ContinualConfig, {"table_features": "auto"})
 
 
@@ -156,3 +156,15 @@ def test_serving_a_hybrid_takes_rows_and_logs_their_text(tiny_bert, credit_sampl
     np.testing.assert_allclose(got, expected, atol=1e-6)
     record = read_feedback(log).records[0]
     assert record["prompt"] == served.model.text_of(rows[0]) and record["metadata"]["row"] == rows[0]
+
+
+def test_a_hybrid_can_start_from_a_text_model(tiny_bert, credit_sample, tmp_path):
+    """init_from a text-only output (its adapter merged into the base), with table features on top."""
+    parent = _run(tmp_path / "parent", tiny_bert, credit_sample, table_features="none", card_examples=0).output_dir
+    result = _run(tmp_path / "child", tiny_bert, credit_sample, init_from=str(parent), card_examples=0)
+    rows = _rows(credit_sample, result.data.feature_columns)
+    backbone = result.backbone
+    with torch.no_grad():
+        expected = backbone.logits(result.model.eval(), backbone.preprocessor.collate(rows, train=False))
+    np.testing.assert_allclose(hf_adapt.load_adapted(str(result.output_dir)).logits(rows).numpy(), expected.numpy(),
+                               atol=1e-5)
