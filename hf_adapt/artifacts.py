@@ -93,13 +93,9 @@ def column_kinds(data) -> dict[str, str] | None:
     refuse a row whose values are of another kind; None for texts and images."""
     if data.kind != "table":
         return None
-    features = data.splits["train"].features
-    kinds = {}
-    for column in data.feature_columns:
-        dtype = str(getattr(features[column], "dtype", ""))
-        kinds[column] = ("bool" if dtype == "bool" else "number" if dtype.startswith(("int", "uint", "float"))
-                         else "text" if dtype in ("string", "large_string") else "other")
-    return kinds
+    from hf_adapt.table_features import column_kinds as kinds_of
+
+    return kinds_of(data.splits["train"], data.feature_columns)
 
 
 def write_run_info(directory: Path, info: dict[str, Any], labels: list[str]) -> None:

@@ -32,7 +32,7 @@ def _rows(csv, columns, n=12) -> list[dict]:
     return json.loads(frame[columns].head(n).to_json(orient="records"))
 
 
-@pytest.mark.parametrize("regime", ["adapter", "linear_probe", "full"])
+@pytest.mark.parametrize("regime", ["adapter", "linear_probe", "full", "gradual_unfreeze"])
 def test_a_hybrid_reloads_to_the_logits_it_was_tested_with(regime, tiny_bert, credit_sample, tmp_path):
     result = _run(tmp_path, tiny_bert, credit_sample, regime=regime, card_examples=1 if regime == "adapter" else 0)
     out = result.output_dir
@@ -168,3 +168,19 @@ def test_a_hybrid_can_start_from_a_text_model(tiny_bert, credit_sample, tmp_path
         expected = backbone.logits(result.model.eval(), backbone.preprocessor.collate(rows, train=False))
     np.testing.assert_allclose(hf_adapt.load_adapted(str(result.output_dir)).logits(rows).numpy(), expected.numpy(),
                                atol=1e-5)
+
+
+def test_calibration_and_group_rules_sit_on_a_hybrid(tiny_bert, german_credit_csv, tmp_path):
+    """Both act on the hybrid's logits; load_adapted reproduces exactly the test decisions the card reports."""
+    fairness = {"constraint": "demographic_parity", "sensitive_column": "age_in_years", "bins": [35]}
+    result = _run(tmp_path, tiny_bert, german_credit_csv, calibration="platt", fairness=fairness,
+                  bootstrap_resamples=200, card_examples=0)
+    results = json.loads((result.output_dir / "fairness_results.json").read_text())
+    test = result.data.splits["test"]
+    rows = test.select_columns(result.data.feature_columns).to_list()
+    positive = results["positive_label"]
+    answers = hf_adapt.load_adapted(str(result.output_dir)).predict(rows)
+    decided = np.array([a["label"] == positive for a in answers])
+    truth = np.asarray(test["label"]) == result.data.labels.index(positive)
+    assert {a["group"] for a in answers} == {"<35", ">=35"}
+    assert float((decided == truth).mean()) == pytest.approx(results["test"]["accuracy"]["after"])
