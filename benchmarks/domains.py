@@ -49,6 +49,7 @@ Usage::
     python benchmarks/domains.py --quick           # smoke run, ~2 min on 2 cores: 2 folds, 1 epoch, small splits, 1 seed
     python benchmarks/domains.py                   # full run, ~28 min on 2 cores (credit ~18, post ~4, imaging ~6)
     python benchmarks/domains.py --part post       # calibration and bias mitigation on German Credit, ~4 min
+    python benchmarks/domains.py --part hybrid     # table_features on German Credit and credit_data, two runs at a time
     python benchmarks/domains.py --part imaging --digit 8 --seeds 1 2
     python benchmarks/domains.py --report_only     # re-render summary.md from summary.json, no training
 """

@@ -269,12 +269,19 @@ def export(argv: list[str] | None = None) -> int:
     return 0
 
 
+def tune(argv: list[str] | None = None) -> int:
+    """``hf-adapt tune --config base.yaml --search space.yaml --n_trials N`` (a recipe of recipes, with its own
+    parser: its ``--config`` is the finetune config the search starts from)."""
+    return importlib.import_module("hf_adapt.recipes.tune").run(argv)
+
+
 # commands that are not recipes: name -> (entry point, one-line help)
 COMMANDS = {"push": (push, "publish an output directory to the Hugging Face Hub"),
             "feedback": (feedback, "inspect feedback logs, convert them for TRL, train the next version on them"),
             "explain": (explain, "explain one prediction (Grad-CAM, integrated gradients per token or column)"),
             "export": (export, "write a classifier for other serving stacks: merged (transformers, timm) or onnx"),
-            "serve": (serve, "serve an output over HTTP: predictions or OpenAI-style completions, feedback, metrics")}
+            "serve": (serve, "serve an output over HTTP: predictions or OpenAI-style completions, feedback, metrics"),
+            "tune": (tune, "search the finetune recipe's settings with Optuna, then retrain the best and test it once")}
 
 
 def main(argv: list[str] | None = None) -> int:

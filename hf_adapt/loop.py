@@ -74,6 +74,10 @@ class Callback:
     def before_optimizer_step(self, model: nn.Module) -> None:
         """Once the gradients of an optimiser step are synchronised, before clipping and ``optimizer.step()``."""
 
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
+        """After each epoch's evaluation (``metrics`` empty without validation), on every process; may raise to stop
+        training (a hyperparameter search prunes a trial so)."""
+
 
 class CheckpointPhase(Protocol):
     """Where :func:`fit` saves its training state and resumes from (:class:`hf_adapt.checkpoints.Phase`)."""
@@ -443,7 +447,7 @@ def fit(accelerator, model: nn.Module, task: Task, train_loader: DataLoader, eva
                 break
         run.check_divergence()
         metrics = evaluate_fn(accelerator, model, task, eval_loader) if eval_loader is not None else {}
-        if run.end_epoch(epoch, metrics, judged=eval_loader is not None):
+        if run.end_epoch(epoch, metrics, eval_loader is not None, callbacks):
             break
         if run.step >= total_steps:
             break
@@ -526,9 +530,15 @@ class _Run:
         if self.should_stop():
             self.stop()
 
-    def end_epoch(self, epoch: int, metrics: dict[str, float], judged: bool) -> bool:
+    def end_epoch(self, epoch: int, metrics: dict[str, float], judged: bool, callbacks=()) -> bool:
         """Record the epoch's metrics and keep the best epoch (the last one when nothing is ``judged``, i.e. no
-        validation); True when early stopping says training is over."""
+        validation), then tell the ``callbacks``; True when early stopping says training is over."""
+        stop = self._judge(epoch, metrics, judged)
+        for callback in callbacks:
+            callback.on_epoch_end(epoch, metrics)
+        return stop
+
+    def _judge(self, epoch: int, metrics: dict[str, float], judged: bool) -> bool:
         metric, result = self.settings.metric_for_best_model, self.result
         metrics["train_loss"] = self.mean_loss()
         result.history.append({"epoch": epoch, "step": self.step, **metrics})

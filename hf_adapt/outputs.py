@@ -264,9 +264,14 @@ def discard(staging: Path | None) -> None:
 
 def write_json(path: str | Path, obj: Any) -> None:
     """Write, then rename over ``path``: a reader sees the old file or the new one, never half of one."""
+    write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Write ``text``, then rename over ``path``: a reader sees the old file or the new one, never half of one."""
     path = Path(path)
     partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+    partial.write_text(text)
     partial.replace(path)
 
 

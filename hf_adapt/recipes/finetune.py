@@ -95,6 +95,7 @@ class _Trainer:
         self.checkpoints = checkpoints  # hf_adapt.checkpoints.Checkpoints, or None
         self.table = table  # hf_adapt.recipes.finetune.TableInputs of a hybrid table model, or None
         self.first_rows = first_rows  # the rows the first model's table encoding was fitted on (hybrid)
+        self.callbacks: list = []  # the caller's loop callbacks (a tuning trial's pruning)
         self.first = self.build(first_rows)  # the model is checked before any training, and its input kind known
         self.kind = self.first[0].preprocessor.input_kind
 
@@ -147,7 +148,7 @@ class _Trainer:
         task = ClassificationTask(backbone.logits, weights)
         overrides = {} if select_epoch and held_rows else {"restore_best": False, "early_stopping_patience": None}
         settings = LoopSettings.from_config(cfg, backbone, **overrides)
-        callbacks = get_regime(cfg.regime).callbacks(backbone, cfg.unfreeze_every_epochs)
+        callbacks = get_regime(cfg.regime).callbacks(backbone, cfg.unfreeze_every_epochs) + self.callbacks
         held_loader = self.loader(*held_rows, train=False, collate=collate) if held_rows else None
         checkpoints = self.checkpoints.phase(self.accelerator, phase) if self.checkpoints else None
         model, history = fit(self.accelerator, model, task, self.loader(*train_rows, train=True, collate=collate),
@@ -159,8 +160,9 @@ class _Trainer:
         return trained
 
 
-def main(cfg: FinetuneConfig) -> FinetuneResult:
-    """Fine-tune as ``cfg`` says; write the evaluated model, its card and figures to ``cfg.output_dir``."""
+def main(cfg: FinetuneConfig, search: dict[str, Any] | None = None) -> FinetuneResult:
+    """Fine-tune as ``cfg`` says; write the evaluated model, its card and figures to ``cfg.output_dir``.
+    ``search``: the hyperparameter search that chose ``cfg`` (``hf-adapt tune``), for the card."""
     from hf_adapt.run import recipe_run
 
     with recipe_run(cfg) as run:
@@ -170,7 +172,7 @@ def main(cfg: FinetuneConfig) -> FinetuneResult:
             run.write(lambda directory: _write_outputs(
                 directory, cfg, run.accelerator, done.model, done.trained.backbone, done.trained.backbone.family,
                 setup.data, done.trained.history, done.evaluation, done.baseline, setup.trainable, setup.total,
-                run.seconds, setup.parent, done.point, done.point_error, done.cv))
+                run.seconds, setup.parent, done.point, done.point_error, done.cv, search))
         if done.point_error is not None:
             raise OperatingPointError(
                 f"{done.point_error}. The trained model was written to {cfg.output_dir} without an operating point "
@@ -179,6 +181,30 @@ def main(cfg: FinetuneConfig) -> FinetuneResult:
         pushed = run.push()
     return FinetuneResult(Path(cfg.output_dir), done.evaluation.metrics, done.baseline, done.trained.history,
                           done.model, done.trained.backbone, setup.data, pushed, done.point, done.cv)
+
+
+@dataclass
+class Validation:
+    """What one tuning trial measured: the validation metrics of the best epoch, and what it cost."""
+
+    metrics: dict[str, float]
+    trainable_parameters: int
+    seconds: float
+    history: Any
+
+
+def validate(cfg: FinetuneConfig, callbacks=()) -> Validation:
+    """Train as :func:`main` does and score the validation split only: one trial of ``hf-adapt tune``. The test split
+    is never scored and nothing is written (``cfg.output_dir`` is held while it runs); ``callbacks`` join the loop's
+    (pruning)."""
+    from hf_adapt.run import recipe_run
+
+    with recipe_run(cfg) as run:
+        setup = _prepare(cfg, run)
+        setup.trainer.callbacks = list(callbacks)
+        trained = setup.trainer.train((setup.inputs["train"], setup.labels["train"]),
+                                      (setup.inputs["validation"], setup.labels["validation"]))
+        return Validation(trained.history.best_metrics, setup.trainable, run.seconds, trained.history)
 
 
 @dataclass
@@ -474,7 +500,7 @@ def _evaluate_test(cfg: FinetuneConfig, logits, labels, positive: int | None, po
 
 
 def _write_outputs(directory: Path, cfg, accelerator, model, backbone, family, data, history, evaluation,
-                   baseline, trainable, total, wall_seconds, parent, point, point_error, cv) -> None:
+                   baseline, trainable, total, wall_seconds, parent, point, point_error, cv, search=None) -> None:
     from hf_adapt import cards
 
     record = _write_run_files(directory, cfg, accelerator, model, backbone, family, data, history, evaluation,
@@ -497,6 +523,7 @@ def _write_outputs(directory: Path, cfg, accelerator, model, backbone, family, d
         "calibration": evaluation.calibration,
         "fairness": evaluation.fairness,
         "cv": _cv_facts(cv, data) if cv is not None else None,
+        "search": search,
     }
     cards.write_card(directory, cfg, accelerator, "finetune", facts)
 

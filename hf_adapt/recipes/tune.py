@@ -1,0 +1,335 @@
+"""``hf-adapt tune``: search the finetune recipe's settings with Optuna, then retrain the best and test it once.
+
+    hf-adapt tune --config base.yaml --search space.yaml --n_trials 20 --output_dir outputs/tune
+    hf-adapt tune --config base.yaml --storage postgresql://tuner@db/hf_adapt --n_trials 100   # on every worker
+
+Each trial is the finetune recipe on its train and validation splits (``finetune.validate``): the search space
+(:mod:`hf_adapt.tune.space`) sets some of its fields over the base config, pruning stops a trial whose
+validation metric falls behind, a failed trial records its error and the search goes on. Nothing a trial runs
+scores the test split. Afterwards the best trial's config is written as ``best_config.yaml`` (``hf-adapt finetune
+--config`` reruns it), retrained by the recipe's ``main`` into ``best/`` (its one test evaluation, with the search
+in its card), and the trials go to ``trials.csv``, ``figures/`` and ``tune_results.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hf_adapt.errors import ConfigError
+
+logger = logging.getLogger("hf_adapt.tune")
+
+TRIAL_VALUES = {"overwrite_output_dir": True, "push_to_hub": False, "report_to": "none", "card_examples": 0,
+                "checkpointing_steps": None}  # a trial writes nothing and publishes nothing
+
+
+@dataclass
+class TuneSettings:
+    config: str
+    search: str | None = None
+    n_trials: int | None = None
+    timeout: float | None = None
+    storage: str | None = None
+    study_name: str = "hf-adapt"
+    sampler: str = "tpe"
+    pruner: str = "median"
+    objectives: str | None = None  # comma list; default the base config's metric_for_best_model
+    output_dir: str = "outputs/tune"
+    retrain: bool = True
+    seed: int | None = None
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hf-adapt tune", description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", required=True, help="the finetune config the search starts from (YAML); a search: "
+                   "block in it is the search space")
+    p.add_argument("--search", help="the search space (YAML), instead of or over the config's search: block")
+    p.add_argument("--n_trials", type=int, help="trials the study should hold when done (all workers and earlier "
+                   "runs counted; default 20 without --timeout)")
+    p.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
+    p.add_argument("--storage", help="Optuna storage URL (default sqlite:///<output_dir>/study.db); a PostgreSQL "
+                   "URL shares one study among workers")
+    p.add_argument("--study_name", default="hf-adapt")
+    p.add_argument("--sampler", default="tpe", help="tpe, random, cmaes, qmc, gp or nsga2")
+    p.add_argument("--pruner", default="median", help="median, hyperband or none")
+    p.add_argument("--objectives", help="comma list, the first a validation metric (default: the config's "
+                   "metric_for_best_model), then e.g. trainable_parameters or seconds (multi-objective)")
+    p.add_argument("--output_dir", default="outputs/tune")
+    p.add_argument("--retrain", default="true", choices=["true", "false"],
+                   help="retrain the best trial's config and test it (false on all but one of several workers)")
+    p.add_argument("--seed", type=int, help="the sampler's seed (default: the config's seed)")
+    return p
+
+
+def run(argv: list[str] | None = None) -> int:
+    """The ``hf-adapt tune`` command; bad input exits 2 with a one-line reason."""
+    import sys
+
+    from hf_adapt.errors import HfAdaptError
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    args = parser().parse_args(argv)
+    try:
+        tune(TuneSettings(**{**vars(args), "retrain": args.retrain == "true"}))
+    except HfAdaptError as err:
+        print(f"hf-adapt tune: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+@dataclass
+class _Plan:
+    """A search, checked before any trial: the base config values, the space, the objectives, where it lives."""
+
+    base: dict[str, Any]
+    space: Any  # hf_adapt.tune.space.SearchSpace
+    raw_space: dict[str, Any]
+    objectives: list[str]
+    output_dir: Path
+    storage: str
+
+
+def plan(settings: TuneSettings) -> _Plan:
+    """Read and check the base config and the space: every field, range and edge value, before the first trial."""
+    import dataclasses
+    import typing
+
+    import yaml
+
+    from hf_adapt.config import check_values, config_from_dict, read_config_text
+    from hf_adapt.options import ClassifierOptions
+    from hf_adapt.recipes.finetune import FinetuneConfig
+    from hf_adapt.tune.space import SearchSpace
+    from hf_adapt.tune.study import check_choices
+
+    base = yaml.safe_load(read_config_text(settings.config)) or {}
+    if not isinstance(base, dict):
+        raise ConfigError(f"{settings.config}: expected a mapping of finetune fields")
+    raw = base.pop("search", None) or {}
+    if settings.search:
+        extra = yaml.safe_load(read_config_text(settings.search)) or {}
+        raw = {**raw, **(extra.get("search", extra) if isinstance(extra, dict) else {"": extra})}
+    if not raw:
+        raise ConfigError(f"no search space: give --search space.yaml, or a search: block in {settings.config}")
+    check_values(FinetuneConfig, base, source=settings.config)
+    config_from_dict(FinetuneConfig, base, source=settings.config)
+    space = SearchSpace.parse(raw, FinetuneConfig)
+    if any(name.startswith("adapter.") for name in space.names) and "adapter" not in base:
+        base["adapter"] = next(f for f in dataclasses.fields(FinetuneConfig) if f.name == "adapter").default_factory()
+    for name, value, values in space.edge_configs(base):
+        try:
+            config_from_dict(FinetuneConfig, {**values, **TRIAL_VALUES}, source="search")
+        except ConfigError as err:
+            raise ConfigError(f"search: {name} = {value!r} gives a config the finetune recipe refuses: {err}") from None
+    metric = base.get("metric_for_best_model", FinetuneConfig.metric_for_best_model)
+    objectives = [o.strip() for o in settings.objectives.split(",")] if settings.objectives else [metric]
+    metrics = typing.get_args(typing.get_type_hints(ClassifierOptions)["metric_for_best_model"])
+    check_choices(settings.sampler, settings.pruner, objectives, metrics)
+    if objectives[0] != metric:
+        base["metric_for_best_model"] = objectives[0]  # the epoch each trial keeps is judged on what it reports
+    if settings.n_trials is not None and settings.n_trials < 0 or settings.timeout is not None and settings.timeout <= 0:
+        raise ConfigError("n_trials must be >= 0 and timeout > 0")
+    output_dir = Path(settings.output_dir)
+    storage = settings.storage or f"sqlite:///{(output_dir / 'study.db').absolute()}"
+    return _Plan(base, space, raw, objectives, output_dir, storage)
+
+
+def tune(settings: TuneSettings) -> dict[str, Any]:
+    """Run the search ``settings`` describe; returns what ``tune_results.json`` holds."""
+    from accelerate import PartialState
+
+    from hf_adapt.tune.study import make_study, storage_label
+
+    checked = plan(settings)
+    state = PartialState()
+    checked.output_dir.mkdir(parents=True, exist_ok=True)
+    study = make_study(checked.storage, settings.study_name, settings.sampler, settings.pruner, checked.objectives,
+                       settings.seed if settings.seed is not None else checked.base.get("seed", 42))
+    _check_same_search(study, checked)
+    logger.info("study %r in %s: %d trial(s) so far; objectives %s", settings.study_name,
+                storage_label(checked.storage), len(study.trials), checked.objectives)
+    started = time.monotonic()
+    if state.is_main_process:
+        _optimize(study, checked, settings, state)
+    else:
+        _follow(checked, state)
+    if not (settings.retrain and state.is_main_process):
+        return {}
+    return _finish(study, checked, settings, time.monotonic() - started)
+
+
+def _check_same_search(study, checked: _Plan) -> None:
+    """A study resumed (or shared) must be the same search: the same base config and space."""
+    import json
+
+    fingerprint = json.dumps({"base": checked.base, "space": checked.raw_space}, sort_keys=True, default=str)
+    recorded = study.user_attrs.get("search")
+    if recorded is None:
+        study.set_user_attr("search", fingerprint)
+    elif recorded != fingerprint:
+        raise ConfigError(f"study {study.study_name!r} holds another search (base config or space differ); resume it "
+                          "with the same --config and --search, or give a new --study_name or --output_dir")
+
+
+def _trial(values: dict[str, Any], checked: _Plan, number: int, trial=None) -> list[float]:
+    """One trial: the finetune recipe on train and validation with ``values``; the objectives' values."""
+    import shutil
+
+    from hf_adapt.config import config_from_dict
+    from hf_adapt.recipes.finetune import FinetuneConfig, validate
+    from hf_adapt.tune.study import Pruning
+
+    directory = checked.output_dir / "trials" / f"trial-{number}"
+    cfg = config_from_dict(FinetuneConfig, {**values, **TRIAL_VALUES, "output_dir": str(directory)}, source="trial")
+    try:
+        result = validate(cfg, [Pruning(trial, checked.objectives[0])])
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)  # a trial leaves its numbers in the study, no files
+    found = {**result.metrics, "trainable_parameters": result.trainable_parameters, "seconds": result.seconds}
+    return [float(found[o]) for o in checked.objectives]
+
+
+def _optimize(study, checked: _Plan, settings: TuneSettings, state) -> None:
+    """Trials until the study holds ``n_trials`` finished ones or ``timeout`` passes (main process)."""
+    import optuna
+    from optuna.study import MaxTrialsCallback
+
+    from hf_adapt.tune.study import Progress
+
+    progress = Progress(settings.n_trials, settings.timeout, checked.objectives[0])
+
+    def objective(trial):
+        values = checked.space.sample(trial, checked.base)
+        if state.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+
+            broadcast_object_list([(values, trial.number)])
+        try:
+            return _trial(values, checked, trial.number, trial)
+        except optuna.TrialPruned:
+            raise
+        except Exception as err:  # the trial failed; the study goes on
+            trial.set_user_attr("error", f"{type(err).__name__}: {err}"[:2000])
+            logger.warning("trial %d failed: %s: %s", trial.number, type(err).__name__, err)
+            raise
+
+    n_trials = settings.n_trials if settings.n_trials is not None else (None if settings.timeout else 20)
+    callbacks = [lambda s, t: logger.info("%s", progress.line(s, t))]
+    if n_trials is not None:
+        callbacks.insert(0, MaxTrialsCallback(n_trials, states=None))
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    finished = sum(t.state.is_finished() for t in study.trials)
+    if n_trials is None or finished < n_trials:
+        study.optimize(objective, timeout=settings.timeout, callbacks=callbacks, catch=(Exception,),
+                       gc_after_trial=True)
+    if state.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        broadcast_object_list([None])  # the other processes stop following
+
+
+def _follow(checked: _Plan, state) -> None:
+    """The other processes of a multi-process trial: train each trial the main process draws, until it stops."""
+    from accelerate.utils import broadcast_object_list
+
+    while True:
+        box = [None]
+        broadcast_object_list(box)
+        if box[0] is None:
+            return
+        values, number = box[0]
+        try:
+            _trial(values, checked, number)
+        except Exception:  # noqa: BLE001 - the main process records the trial's fate
+            pass
+
+
+def _finish(study, checked: _Plan, settings: TuneSettings, seconds: float) -> dict[str, Any]:
+    """best_config.yaml, trials.csv, figures, the best config retrained and tested once, tune_results.json."""
+    import optuna
+    import yaml
+
+    from hf_adapt.config import config_from_dict
+    from hf_adapt.outputs import write_json, write_text
+    from hf_adapt.recipes.finetune import FinetuneConfig, main
+    from hf_adapt.tune.study import storage_label, summary
+
+    out = checked.output_dir
+    trials = study.trials
+    write_text(out / "trials.csv", study.trials_dataframe().to_csv(index=False))
+    figures = _figures(study, out / "figures")
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    counts = summary(study)
+    if not complete:
+        raise ConfigError(f"no trial completed ({counts}); see trials.csv for each trial's error")
+    best = _best(study)
+    values = checked.space.sample(optuna.trial.FixedTrial(best.params), checked.base)
+    best_config = {**values, "output_dir": str(out / "best")}
+    write_text(out / "best_config.yaml", yaml.safe_dump(best_config, sort_keys=False))
+    search = {"optuna_version": optuna.__version__, "sampler": settings.sampler, "pruner": settings.pruner,
+              "objectives": checked.objectives, "trials": counts, "best_trial": best.number,
+              "best_values": best.values, "seconds": seconds, "storage": storage_label(checked.storage),
+              "space": [{"name": p.name, "description": _describe(p), "best": best.params.get(p.name, "(not sampled)")}
+                        for p in checked.space.parameters]}
+    result = main(config_from_dict(FinetuneConfig, {**best_config, "overwrite_output_dir": True}), search=search)
+    facts = {**search, "best_params": best.params, "best_config": str(out / "best_config.yaml"),
+             "test_metrics": result.test_metrics, "figures": figures, "output_dir": str(result.output_dir)}
+    write_json(out / "tune_results.json", facts)
+    logger.info("best trial %d: %s; retrained and tested once in %s: %s", best.number,
+                dict(zip(checked.objectives, best.values)), result.output_dir,
+                " ".join(f"{k}={v:.4f}" for k, v in result.test_metrics.items()))
+    return facts
+
+
+def _best(study):
+    """The best trial: on one objective Optuna's; on several the Pareto trial best on the first."""
+    if len(study.directions) == 1:
+        return study.best_trial
+    sign = 1 if study.directions[0].name == "MAXIMIZE" else -1
+    return max(study.best_trials, key=lambda t: sign * t.values[0])
+
+
+def _describe(parameter) -> str:
+    if parameter.distribution == "categorical":
+        text = f"categorical {list(parameter.choices)}"
+    else:
+        text = f"{parameter.distribution} [{parameter.low}, {parameter.high}]" + (
+            f" step {parameter.step}" if parameter.step else "")
+    conditions = ", ".join(f"{k} in {list(v)}" for k, v in parameter.when.items())
+    return text + (f" when {conditions}" if conditions else "")
+
+
+def _figures(study, directory: Path) -> list[str]:
+    """Optuna's optimization history, parameter importances and parallel coordinates, as PNG; a figure that
+    needs more completed trials than the study has is left out."""
+    import warnings
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as plots
+
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    target = (lambda t: t.values[0]) if len(study.directions) > 1 else None
+    for name, draw in (("optimization_history", plots.plot_optimization_history),
+                       ("param_importances", plots.plot_param_importances),
+                       ("parallel_coordinate", plots.plot_parallel_coordinate)):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                axes = draw(study, target=target) if target else draw(study)
+        except (ValueError, RuntimeError, ZeroDivisionError) as err:
+            logger.info("no %s figure: %s", name, err)
+            continue
+        figure = (axes.flat[0] if hasattr(axes, "flat") else axes).figure
+        figure.savefig(directory / f"{name}.png", dpi=100, bbox_inches="tight")
+        plt.close(figure)
+        written.append(f"figures/{name}.png")
+    return written

@@ -1,0 +1,157 @@
+"""The Optuna side of a search: the study (storage, sampler, pruner, directions), pruning from the loop's epochs, and
+one progress line per trial.
+
+Storage is ``sqlite:///<output_dir>/study.db`` unless a URL is given: embedded and resumable (a killed search
+continues the same study, its unfinished trial marked failed by the heartbeat). A PostgreSQL URL
+(``postgresql://user@host/db``) lets any number of workers, on one machine or many, run the same command on one
+study: each asks the study for its next trial, so none is lost or run twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from hf_adapt.errors import ConfigError
+from hf_adapt.loop import Callback
+
+logger = logging.getLogger("hf_adapt.tune")
+
+SAMPLERS = {"tpe": "TPESampler", "random": "RandomSampler", "cmaes": "CmaEsSampler", "qmc": "QMCSampler",
+            "gp": "GPSampler", "nsga2": "NSGAIISampler"}
+PRUNERS = ("median", "hyperband", "none")
+MINIMISED = {"log_loss", "ece", "brier", "trainable_parameters", "seconds"}  # every other objective is maximised
+HEARTBEAT_SECONDS = 20
+
+
+def direction(objective: str) -> str:
+    return "minimize" if objective in MINIMISED else "maximize"
+
+
+def check_choices(sampler: str, pruner: str, objectives: list[str], metrics: tuple[str, ...]) -> None:
+    """Before anything runs: known sampler and pruner names, objectives the trials report, no pruning across
+    several objectives (Optuna prunes single-objective studies only)."""
+    if sampler not in SAMPLERS:
+        raise ConfigError(f"sampler must be one of {sorted(SAMPLERS)}, got {sampler!r}")
+    if pruner not in PRUNERS:
+        raise ConfigError(f"pruner must be one of {list(PRUNERS)}, got {pruner!r}")
+    known = (*metrics, "trainable_parameters", "seconds")
+    unknown = [o for o in objectives if o not in known]
+    if not objectives or unknown or len(set(objectives)) != len(objectives):
+        raise ConfigError(f"objectives must be distinct names among {list(known)}, got {objectives}")
+    if objectives[0] not in metrics:
+        raise ConfigError(f"the first objective is the validation metric trials are pruned and ranked on; got "
+                          f"{objectives[0]!r}, expected one of {list(metrics)}")
+    if len(objectives) > 1 and pruner != "none":
+        raise ConfigError("Optuna prunes single-objective studies only: with several objectives set pruner: none")
+
+
+def make_study(storage: str, name: str, sampler: str, pruner: str, objectives: list[str], seed: int):
+    """Create the study, or load it when ``storage`` already holds one called ``name`` (a resumed or shared search)."""
+    import optuna
+
+    sampler_class = getattr(optuna.samplers, SAMPLERS[sampler])
+    kwargs = {"seed": seed} if "seed" in sampler_class.__init__.__code__.co_varnames else {}
+    pruners = {"median": lambda: optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0),
+               "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1),
+               "none": optuna.pruners.NopPruner}
+    rdb = _storage(storage)
+    study = optuna.create_study(storage=rdb, study_name=name, sampler=sampler_class(**kwargs), pruner=pruners[pruner](),
+                                directions=[direction(o) for o in objectives], load_if_exists=True)
+    stored = [d.name.lower() for d in study.directions]
+    if stored != [direction(o) for o in objectives]:
+        raise ConfigError(f"study {name!r} in {storage_label(storage)} was created with directions {stored}; "
+                          f"these objectives need {[direction(o) for o in objectives]}: use another study_name")
+    return study
+
+
+def _storage(url: str, attempts: int = 5):
+    """Optuna's RDB storage at ``url``; workers started together race to create its tables, and the one that loses
+    finds them on a later attempt."""
+    import optuna
+    import sqlalchemy.exc
+
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(
+                url, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=3 * HEARTBEAT_SECONDS,
+                engine_kwargs=None if url.startswith("sqlite") else {"pool_pre_ping": True})
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError, sqlalchemy.exc.OperationalError) as err:
+            if attempt == attempts - 1 or "already exists" not in str(err) and "duplicate" not in str(err).lower():
+                raise ConfigError(f"the study storage {storage_label(url)} could not be opened: "
+                                  f"{str(err).splitlines()[0]}") from err
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def storage_label(storage: str) -> str:
+    """The storage URL without its password, for messages and the card."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(storage).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - a malformed URL: show only its scheme
+        return storage.split(":", 1)[0] + ":..."
+
+
+class Pruning(Callback):
+    """Reports each epoch's validation metric to the trial and stops a trial the pruner gives up on; the decision is
+    the main process's, shared with every process."""
+
+    def __init__(self, trial, metric: str):
+        self.trial, self.metric = trial, metric  # trial: None on the processes that follow the main one
+
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
+        import optuna
+        from accelerate import PartialState
+        from accelerate.utils import broadcast_object_list
+
+        state, prune = PartialState(), [False]
+        if self.trial is not None and self.metric in metrics:
+            self.trial.report(metrics[self.metric], epoch)
+            prune = [self.trial.should_prune()]
+        if state.num_processes > 1:
+            broadcast_object_list(prune)
+        if prune[0]:
+            raise optuna.TrialPruned(f"pruned after epoch {epoch}: {self.metric}={metrics.get(self.metric)}")
+
+
+class Progress:
+    """One line per finished trial: its value, the best so far, the counts, and the time left."""
+
+    def __init__(self, n_trials: int | None, timeout: float | None, objective: str):
+        self.n_trials, self.timeout, self.objective, self.started = n_trials, timeout, objective, time.monotonic()
+
+    def line(self, study, trial) -> str:
+        import optuna
+
+        states = [t.state for t in study.get_trials(deepcopy=False)]
+        done = sum(s.is_finished() for s in states)
+        counts = {s: states.count(s) for s in (optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)}
+        value = (f"{self.objective}={trial.values[0]:.4f}" if trial.values else trial.state.name.lower())
+        best = ""
+        if len(study.directions) == 1:
+            try:
+                best = f"best {study.best_value:.4f} (trial {study.best_trial.number})"
+            except ValueError:
+                best = "no completed trial yet"
+        elapsed = time.monotonic() - self.started
+        left = []
+        if self.timeout:
+            left.append(max(self.timeout - elapsed, 0.0))
+        if self.n_trials and done:
+            left.append(elapsed / max(done, 1) * max(self.n_trials - done, 0))
+        remaining = f", ~{min(left) / 60:.1f} min left" if left else ""
+        total = f"/{self.n_trials}" if self.n_trials else ""
+        return (f"trial {trial.number} {value}; {best}; {done}{total} finished, "
+                f"{counts[optuna.trial.TrialState.PRUNED]} pruned, {counts[optuna.trial.TrialState.FAIL]} failed; "
+                f"{elapsed / 60:.1f} min elapsed{remaining}")
+
+
+def summary(study) -> dict[str, Any]:
+    """Counts of the study's trials by state."""
+    import optuna
+
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    return {state.name.lower(): states.count(state) for state in optuna.trial.TrialState}
