@@ -140,27 +140,34 @@ def plan(settings: TuneSettings) -> _Plan:
 
 
 def tune(settings: TuneSettings) -> dict[str, Any]:
-    """Run the search ``settings`` describe; returns what ``tune_results.json`` holds."""
-    from accelerate import PartialState
+    """Run the search ``settings`` describe; returns what ``tune_results.json`` holds (on the main process).
 
+    Under ``accelerate launch`` with several processes the main process draws each trial and shares it; every
+    process trains it (one process group for all the runs) and the retrain."""
+    from hf_adapt.runtime import make_accelerator, one_process_group
     from hf_adapt.tune.study import make_study, storage_label
 
     checked = plan(settings)
-    state = PartialState()
-    checked.output_dir.mkdir(parents=True, exist_ok=True)
-    study = make_study(checked.storage, settings.study_name, settings.sampler, settings.pruner, checked.objectives,
-                       settings.seed if settings.seed is not None else checked.base.get("seed", 42))
-    _check_same_search(study, checked)
-    logger.info("study %r in %s: %d trial(s) so far; objectives %s", settings.study_name,
-                storage_label(checked.storage), len(study.trials), checked.objectives)
-    started = time.monotonic()
-    if state.is_main_process:
-        _optimize(study, checked, settings, state)
-    else:
-        _follow(checked, state)
-    if not (settings.retrain and state.is_main_process):
-        return {}
-    return _finish(study, checked, settings, time.monotonic() - started)
+    with one_process_group():
+        state = make_accelerator("no", 1, "none").state  # joins the processes (gloo on CPU) before the first trial
+        checked.output_dir.mkdir(parents=True, exist_ok=True)
+        seed = settings.seed if settings.seed is not None else checked.base.get("seed", 42)
+        for turn in (True, False):  # the main process creates the study, then the others load it
+            if state.is_main_process == turn:
+                study = make_study(checked.storage, settings.study_name, settings.sampler, settings.pruner,
+                                   checked.objectives, seed)
+                _check_same_search(study, checked)
+            state.wait_for_everyone()
+        logger.info("study %r in %s: %d trial(s) so far; objectives %s", settings.study_name,
+                    storage_label(checked.storage), len(study.trials), checked.objectives)
+        started = time.monotonic()
+        if state.is_main_process:
+            _optimize(study, checked, settings, state)
+        else:
+            _follow(checked)
+        if not settings.retrain:
+            return {}
+        return _finish(study, checked, settings, time.monotonic() - started, state.is_main_process)
 
 
 def _check_same_search(study, checked: _Plan) -> None:
@@ -233,7 +240,7 @@ def _optimize(study, checked: _Plan, settings: TuneSettings, state) -> None:
         broadcast_object_list([None])  # the other processes stop following
 
 
-def _follow(checked: _Plan, state) -> None:
+def _follow(checked: _Plan) -> None:
     """The other processes of a multi-process trial: train each trial the main process draws, until it stops."""
     from accelerate.utils import broadcast_object_list
 
@@ -249,8 +256,9 @@ def _follow(checked: _Plan, state) -> None:
             pass
 
 
-def _finish(study, checked: _Plan, settings: TuneSettings, seconds: float) -> dict[str, Any]:
-    """best_config.yaml, trials.csv, figures, the best config retrained and tested once, tune_results.json."""
+def _finish(study, checked: _Plan, settings: TuneSettings, seconds: float, main_process: bool) -> dict[str, Any]:
+    """best_config.yaml, trials.csv, figures, the best config retrained (by every process) and tested once,
+    tune_results.json."""
     import optuna
     import yaml
 
@@ -261,8 +269,10 @@ def _finish(study, checked: _Plan, settings: TuneSettings, seconds: float) -> di
 
     out = checked.output_dir
     trials = study.trials
-    write_text(out / "trials.csv", study.trials_dataframe().to_csv(index=False))
-    figures = _figures(study, out / "figures")
+    figures = []
+    if main_process:
+        write_text(out / "trials.csv", study.trials_dataframe().to_csv(index=False))
+        figures = _figures(study, out / "figures")
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     counts = summary(study)
     if not complete:
@@ -270,13 +280,16 @@ def _finish(study, checked: _Plan, settings: TuneSettings, seconds: float) -> di
     best = _best(study)
     values = checked.space.sample(optuna.trial.FixedTrial(best.params), checked.base)
     best_config = {**values, "output_dir": str(out / "best")}
-    write_text(out / "best_config.yaml", yaml.safe_dump(best_config, sort_keys=False))
+    if main_process:
+        write_text(out / "best_config.yaml", yaml.safe_dump(best_config, sort_keys=False))
     search = {"optuna_version": optuna.__version__, "sampler": settings.sampler, "pruner": settings.pruner,
               "objectives": checked.objectives, "trials": counts, "best_trial": best.number,
               "best_values": best.values, "seconds": seconds, "storage": storage_label(checked.storage),
               "space": [{"name": p.name, "description": _describe(p), "best": best.params.get(p.name, "(not sampled)")}
                         for p in checked.space.parameters]}
     result = main(config_from_dict(FinetuneConfig, {**best_config, "overwrite_output_dir": True}), search=search)
+    if not main_process:
+        return {}
     facts = {**search, "best_params": best.params, "best_config": str(out / "best_config.yaml"),
              "test_metrics": result.test_metrics, "figures": figures, "output_dir": str(result.output_dir)}
     write_json(out / "tune_results.json", facts)

@@ -78,7 +78,8 @@ def _storage(url: str, attempts: int = 5):
                 url, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=3 * HEARTBEAT_SECONDS,
                 engine_kwargs=None if url.startswith("sqlite") else {"pool_pre_ping": True})
         except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError, sqlalchemy.exc.OperationalError) as err:
-            if attempt == attempts - 1 or "already exists" not in str(err) and "duplicate" not in str(err).lower():
+            racing = ("already exists", "duplicate", "database is locked")
+            if attempt == attempts - 1 or not any(word in str(err).lower() for word in racing):
                 raise ConfigError(f"the study storage {storage_label(url)} could not be opened: "
                                   f"{str(err).splitlines()[0]}") from err
             time.sleep(0.5 * (attempt + 1))

@@ -125,3 +125,23 @@ def test_two_process_cross_validation_with_balanced_sampler(tiny_bert, credit_sa
     assert sum(f["held_rows"] for f in cv["folds"]) == pooled == len(cv["fold_of_row"])
     assert json.loads((out / "hf_adapt.json").read_text())["operating_point"]["positive_label"] == "bad"
     assert [p.name for p in tmp_path.iterdir()] == ["cv"], "stray staging dirs from another rank"
+
+
+@pytest.mark.distributed
+@pytest.mark.timeout(600)
+def test_two_process_tune_runs_each_trial_on_both_processes(tiny_bert, credit_sample, tmp_path):
+    """The main process draws each trial and shares it; both train it; one study, one retrain, one test."""
+    pytest.importorskip("optuna", reason="the tune extra is not installed: pip install -e '.[tune]'")
+    import yaml
+
+    base = tmp_path / "base.yaml"
+    base.write_text(yaml.safe_dump({
+        "model_name_or_path": str(tiny_bert), "base_model_id": "hf-adapt-tests/tiny-bert", "data": str(credit_sample),
+        "num_train_epochs": 1, "per_device_train_batch_size": 8, "max_length": 64, "report_to": "none",
+        "card_examples": 0, "bootstrap_resamples": 100,
+        "search": {"learning_rate": {"distribution": "log_uniform", "low": 1e-3, "high": 1e-2}}}))
+    proc = _launch("tune", ["--config", str(base), "--n_trials", "2", "--output_dir", str(tmp_path / "tune")])
+    assert proc.returncode == 0, [line for line in proc.stderr.splitlines() if "error" in line.lower()][:5]
+    results = json.loads((tmp_path / "tune" / "tune_results.json").read_text())
+    assert results["trials"]["complete"] == 2
+    assert json.loads((tmp_path / "tune" / "best" / "train_results.json").read_text())["num_processes"] == 2
