@@ -237,8 +237,9 @@ def explain_row(model, backbone, preprocessor, data_info: dict[str, Any], labels
     text = "".join(piece for _, piece in pieces)
     result = _integrated_gradients(model, backbone, preprocessor, labels, text, target, steps, predicted,
                                    row=row if hybrid else None)
-    table, table_baseline, table_delta = (_table_attributions(model, result.pop("_forward"), preprocessor.encoder,
-                                                              steps) if hybrid else (None, None, None))
+    forward_parts = result.pop("_forward")
+    table, table_baseline, table_delta = (_table_attributions(model, forward_parts, preprocessor.encoder, steps)
+                                          if hybrid else (None, None, None))
 
     spans, at = [], 0
     for column, piece in pieces:

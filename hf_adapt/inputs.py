@@ -123,13 +123,14 @@ def _check_row(item: Any, index: int, data: dict[str, Any]) -> Any:
 def _check_hybrid(item: Any, index: int, data: dict[str, Any]) -> dict[str, Any]:
     """A row of a hybrid table model: a dict over its text's columns (the text column, or the rendered ones) and its
     table-feature columns, each checked as training read it."""
+    from hf_adapt.table_features import row_columns, row_kinds
+
     text_column = data.get("input_column") if data.get("kind") == "text" else None
-    columns = list(dict.fromkeys(([text_column] if text_column else data["feature_columns"]) + data["table_features"]))
+    columns = row_columns(data)
     if not isinstance(item, Mapping):
         raise DataError(f"input {index}: this model reads rows with table features: a dict over its columns "
                         f"{_names(columns)} (a text alone lacks the numbers it reads); got {_got(item)}")
-    kinds = {**(data.get("column_kinds") or {}), **(data.get("table_column_kinds") or {})}
-    row = _row_values(item, index, columns, {**kinds, **({text_column: "text"} if text_column else {})})
+    row = _row_values(item, index, columns, row_kinds(data))
     if text_column:
         row[text_column] = _check_text(row[text_column], index, data)
     return row

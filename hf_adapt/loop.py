@@ -75,8 +75,8 @@ class Callback:
         """Once the gradients of an optimiser step are synchronised, before clipping and ``optimizer.step()``."""
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
-        """After each epoch's evaluation (``metrics`` empty without validation), on every process; may raise to stop
-        training (a hyperparameter search prunes a trial so)."""
+        """After each epoch's evaluation (``metrics``: the validation metrics, if any, and ``train_loss``), on every
+        process; may raise to stop training (a hyperparameter search prunes a trial so)."""
 
 
 class CheckpointPhase(Protocol):

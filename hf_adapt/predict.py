@@ -68,9 +68,9 @@ class Predictor:
     def _draw_key(self, item: Any) -> Any:
         """What keys a row's random draws under group rules: its text, or a hybrid's row rendered over its columns."""
         if isinstance(item, dict) and self.data_info.get("table_features"):
-            from hf_adapt.table_features import row_key
+            from hf_adapt.table_features import row_columns, row_key
 
-            return row_key(item, sorted(set(self.preprocessor.text.columns) | set(self.data_info["table_features"])))
+            return row_key(item, sorted(row_columns(self.data_info)))
         return self._model_input(item)
 
     def _to_input(self, item: Any) -> Any:

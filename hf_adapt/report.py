@@ -107,13 +107,13 @@ def write_row_explanations(directory: Path, model, backbone, data_info: dict[str
                            rows: list[dict[str, Any]], predicted: list[str]) -> list[dict[str, Any]]:
     """Integrated-gradients attributions per column for a few test rows (``figures/explain_<i>.png``
     and ``.json``), and the card's summary of each: prediction and the three strongest columns."""
-    from hf_adapt.explain import explain_row, write_explanation
+    from hf_adapt.explain import TEMPLATE_BUCKET, explain_row, write_explanation
 
     shown = []
     for i, (row, label) in enumerate(zip(rows, predicted)):
         result = explain_row(model, backbone, backbone.preprocessor, data_info, labels, row, predicted=label)
         png, _ = write_explanation(result, directory / FIGURES, stem=f"explain_{i}")
-        top = [c for c in result["columns"] if c["column"] in data_info["feature_columns"]][:3]
+        top = [c for c in result["columns"] if c["column"] != TEMPLATE_BUCKET][:3]
         shown.append({"path": png.relative_to(directory).as_posix(), "predicted": label,
                       "explained_output": result["explained_output"],
                       "top": [{"column": c["column"], "value": c["value"], "attribution": c["attribution"]}

@@ -26,18 +26,21 @@ zeros); a row that lacks a column is refused by name (:mod:`hf_adapt.inputs`).
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from hf_adapt.data.rows import is_missing
 from hf_adapt.errors import ConfigError, DataError, ModelError
 
 logger = logging.getLogger("hf_adapt.table_features")
 
 FILE = "table_features.json"
+FORMAT = 1  # table_features.json's layout; a file of another is refused
+_NEITHER = ("table_features: column(s) {} hold values that are neither numbers nor categories (dates, lists, all "
+            "empty ...); leave them out of table_features")
 DEEP_WIDTH = 64  # hidden units of the deep path
 UNKNOWN_RULE = ("a missing number takes the training median (with its was-missing indicator where training had "
                 "missing values); a category not seen in training is encoded as unknown (no category); a row that "
@@ -59,9 +62,14 @@ def resolve_columns(table_features: str | list | None, data) -> list[str]:
     unknown = [c for c in table_features if c not in columns]
     if unknown:
         raise ConfigError(f"table_features names column(s) {unknown} that the data lacks (columns: {columns})")
-    reserved = [c for c in table_features if c in ("label", data.input_column)]
+    reserved = [c for c in table_features if c in ("label", data.input_column, data.origin.get("grouped_by"))]
     if reserved:
-        raise ConfigError(f"table_features may not name the label or the text column: {reserved}")
+        raise ConfigError(f"table_features may not name the label, the text column or the group column (an id that "
+                          f"groups the splits: the model would learn who, not what): {reserved}")
+    absent = {split: [c for c in table_features if c not in ds.column_names] for split, ds in data.splits.items()}
+    if any(absent.values()):
+        raise ConfigError(f"table_features: every split must carry the columns; missing "
+                          f"{ {k: v for k, v in absent.items() if v} }")
     if len(set(table_features)) != len(table_features):
         raise ConfigError(f"table_features names a column twice: {table_features}")
     return list(table_features)
@@ -78,11 +86,11 @@ def column_kinds(dataset, columns: list[str]) -> dict[str, str]:
 
 
 def category(value: Any) -> str:
-    """A category as the encoder keys it: numbers written as training wrote them (1.0 is "1"), missing as
-    ``"missing"``."""
+    """A category as the encoder keys it: numbers written as training wrote them (1.0 is "1"); missing (None, NaN, a
+    blank string, as a served row's empty cell is read) as ``"missing"``."""
     from hf_adapt.data import format_value
 
-    return format_value(value)
+    return "missing" if isinstance(value, str) and not value.strip() else format_value(value)
 
 
 @dataclass
@@ -116,8 +124,11 @@ class TableEncoder:
         for column, kind in kinds.items():
             values = [row[column] for row in rows]
             if kind == "number":
-                numbers = np.array([np.nan if _missing(v) else float(v) for v in values], dtype=np.float64)
+                numbers = np.array([np.nan if is_missing(v) else float(v) for v in values], dtype=np.float64)
                 missing = np.isnan(numbers)
+                if np.isinf(numbers).any():
+                    raise DataError(f"table_features: column {column!r} holds an infinite number in training row "
+                                    f"{int(np.flatnonzero(np.isinf(numbers))[0])}; numbers must be finite")
                 if missing.all():
                     raise DataError(f"table_features: column {column!r} is empty in every training row")
                 median = float(np.median(numbers[~missing]))
@@ -133,8 +144,7 @@ class TableEncoder:
                                    len(categories), len(rows))
                 encoder.categorical.append({"column": column, "categories": categories})
             else:
-                raise DataError(f"table_features: column {column!r} holds values that are neither numbers nor "
-                                "categories (dates, lists, all empty ...); leave it out of table_features")
+                raise DataError(_NEITHER.format([column]))
         return encoder
 
     def encode(self, rows: list[dict[str, Any]]) -> np.ndarray:
@@ -142,12 +152,12 @@ class TableEncoder:
         out = np.zeros((len(rows), self.width), dtype=np.float32)
         at = 0
         for entry in self.numeric:
-            numbers = np.array([entry["median"] if _missing(r[entry["column"]]) else float(r[entry["column"]])
+            numbers = np.array([entry["median"] if is_missing(r[entry["column"]]) else float(r[entry["column"]])
                                 for r in rows], dtype=np.float64)
             out[:, at] = (numbers - entry["mean"]) / entry["std"]
             at += 1
         for entry in self.indicators:
-            missing = np.array([_missing(r[entry["column"]]) for r in rows], dtype=np.float64)
+            missing = np.array([is_missing(r[entry["column"]]) for r in rows], dtype=np.float64)
             out[:, at] = (missing - entry["mean"]) / entry["std"]
             at += 1
         for entry in self.categorical:
@@ -160,8 +170,8 @@ class TableEncoder:
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        return {"numeric": self.numeric, "indicators": self.indicators, "categorical": self.categorical,
-                "unknown": UNKNOWN_RULE}
+        return {"kind": "hf_adapt.table_features", "format": FORMAT, "numeric": self.numeric,
+                "indicators": self.indicators, "categorical": self.categorical, "unknown": UNKNOWN_RULE}
 
     def save(self, directory: str | Path) -> None:
         from hf_adapt.outputs import write_json
@@ -178,6 +188,9 @@ class TableEncoder:
             raise ModelError(f"{path} is missing: this model reads table features and needs the encoding fitted "
                              "in training")
         raw = read_object(path)
+        if raw.get("format") != FORMAT:
+            raise ModelError(f"{path} is table-feature encoding format {raw.get('format')!r}; this hf-adapt reads "
+                             f"format {FORMAT}")
         try:
             encoder = cls(list(raw["numeric"]), list(raw["indicators"]), list(raw["categorical"]))
             for entry in encoder.numeric:
@@ -191,10 +204,6 @@ class TableEncoder:
         return encoder
 
 
-def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
-
-
 def _moments(values: np.ndarray) -> dict[str, float]:
     """Mean and standard deviation as scikit-learn's StandardScaler takes them (a constant column: std 1)."""
     std = float(values.std())
@@ -206,6 +215,9 @@ def fit_linear(features: np.ndarray, labels: list[int], num_labels: int, seed: i
     model's log-odds go to the second label (the first's logit is 0), so their softmax is its probability."""
     from sklearn.linear_model import LogisticRegression
 
+    if len(set(labels)) < 2:
+        raise DataError(f"table_features: the training rows hold one class only ({labels[0] if labels else 'none'}); "
+                        "the wide path's logistic regression needs two")
     model = LogisticRegression(max_iter=2000, random_state=seed).fit(features, labels)
     weight = np.zeros((num_labels, features.shape[1]))
     bias = np.zeros(num_labels)
@@ -217,6 +229,23 @@ def fit_linear(features: np.ndarray, labels: list[int], num_labels: int, seed: i
     absent = sorted(set(range(num_labels)) - set(classes))
     bias[absent] = bias[classes].min() - 10.0  # a label the rows lack starts improbable
     return weight, bias
+
+
+def row_columns(data_info: dict[str, Any]) -> list[str]:
+    """The columns a row given to a model carries, from ``hf_adapt.json``'s data block: a table's feature columns,
+    plus a hybrid's table features (after its text column, for text data); none for other text and image models."""
+    table = list(data_info.get("table_features") or [])
+    if data_info.get("kind") == "table":
+        text = list(data_info.get("feature_columns") or [])
+    else:
+        text = [data_info["input_column"]] if table and data_info.get("input_column") else []
+    return list(dict.fromkeys(text + table))
+
+
+def row_kinds(data_info: dict[str, Any]) -> dict[str, str]:
+    """How training read each of :func:`row_columns` ("number", "text", "bool"), where recorded."""
+    text = {data_info["input_column"]: "text"} if data_info.get("kind") == "text" and data_info.get("input_column") else {}
+    return {**(data_info.get("column_kinds") or {}), **(data_info.get("table_column_kinds") or {}), **text}
 
 
 def row_key(row: dict[str, Any], columns: list[str]) -> str:
@@ -244,10 +273,9 @@ class TableInputs:
         if not columns:
             return None
         kinds = column_kinds(data.splits["train"], columns)
-        odd = {c: k for c, k in kinds.items() if k == "other"}
+        odd = sorted(c for c, k in kinds.items() if k == "other")
         if odd:
-            raise DataError(f"table_features: column(s) {sorted(odd)} hold values that are neither numbers nor "
-                            "categories (dates, lists, all empty ...); leave them out of table_features")
+            raise DataError(_NEITHER.format(odd))
         return cls(columns, kinds, data.input_column if data.kind == "text" else None,
                    [] if data.kind == "text" else list(data.feature_columns), data.text_template)
 

@@ -126,6 +126,7 @@ def test_attributions_add_up_to_the_output_change(pairs_output, credit_sample):
     row = pd.read_csv(credit_sample).to_dict("records")[5]
     result = explain_row(predictor.model, predictor.backbone, predictor.preprocessor, info, labels, row, steps=50)
     assert "encoder.embeddings.word_embeddings" in result["method"]  # found inside MeanPoolingClassifier
+    json.dumps(result)  # nothing but JSON: what hf-adapt explain and the server write
     t = labels.index(result["target"])
     at_input, at_baseline = _baseline_output(predictor, result["text"], t, 1 - t)
     probs = result["probabilities"]

@@ -114,3 +114,19 @@ def test_fit_linear_gives_logits_whose_softmax_is_the_probability():
     # three labels, one absent from the rows: it starts improbable
     weight, bias = fit_linear(x, [0 if v < -0.5 else 1 for v in x[:, 0]], 3, seed=0)
     assert bias[2] < bias[:2].min() - 5 and not weight[2].any()
+
+
+def test_what_would_break_the_encoding_or_leak_is_refused(credit_sample, tmp_path):
+    from hf_adapt.data import DataSpec, load_labelled
+
+    with pytest.raises(DataError, match="'income' holds an infinite number in training row 1"):
+        TableEncoder.fit([{"income": 1.0}, {"income": float("inf")}], {"income": "number"})
+    with pytest.raises(DataError, match="one class only"):
+        fit_linear(np.zeros((3, 2)), [1, 1, 1], 2, seed=0)
+    frame = pd.read_csv(credit_sample).assign(customer_id=lambda f: range(len(f)))
+    frame.to_csv(tmp_path / "grouped.csv", index=False)
+    data = load_labelled(DataSpec(source=str(tmp_path / "grouped.csv"), label_column="creditability",
+                                  group_column="customer_id", feature_columns=["age_in_years", "housing"]))
+    with pytest.raises(ConfigError, match="group column"):
+        TableInputs.of(["age_in_years", "customer_id"], data)
+    assert TableEncoder.fit([{"housing": "  "}], {"housing": "text"}).categorical[0]["categories"] == ["missing"]

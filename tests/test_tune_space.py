@@ -75,3 +75,10 @@ def test_pruning_stops_a_trial_that_falls_behind():
     Pruning(ahead, "auroc").on_epoch_end(1, {"auroc": 0.95})  # goes on
     with pytest.raises(optuna.TrialPruned, match="after epoch 1"):
         Pruning(behind, "auroc").on_epoch_end(1, {"auroc": 0.5})
+
+
+def test_a_condition_reads_the_config_defaults_where_the_base_is_silent():
+    space = SearchSpace.parse({"adapter.r": {"distribution": "int", "low": 4, "high": 8, "when": {"regime": "adapter"}}},
+                              FinetuneConfig)
+    values = space.sample(optuna.trial.FixedTrial({"adapter.r": 6}), {})  # regime left at its default: adapter
+    assert values["adapter"]["r"] == 6

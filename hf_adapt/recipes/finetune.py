@@ -93,7 +93,7 @@ class _Trainer:
                  first_rows: tuple[list, list] | None = None):
         self.cfg, self.accelerator, self.spec, self.parent, self.data = cfg, accelerator, spec, parent, data
         self.checkpoints = checkpoints  # hf_adapt.checkpoints.Checkpoints, or None
-        self.table = table  # hf_adapt.recipes.finetune.TableInputs of a hybrid table model, or None
+        self.table = table  # hf_adapt.table_features.TableInputs of a hybrid table model, or None
         self.first_rows = first_rows  # the rows the first model's table encoding was fitted on (hybrid)
         self.callbacks: list = []  # the caller's loop callbacks (a tuning trial's pruning)
         self.first = self.build(first_rows)  # the model is checked before any training, and its input kind known
@@ -194,9 +194,9 @@ class Validation:
 
 
 def validate(cfg: FinetuneConfig, callbacks=()) -> Validation:
-    """Train as :func:`main` does and score the validation split only: one trial of ``hf-adapt tune``. The test split
-    is never scored and nothing is written (``cfg.output_dir`` is held while it runs); ``callbacks`` join the loop's
-    (pruning)."""
+    """Train as :func:`main` does without cross-validation, and score the validation split only: one trial of
+    ``hf-adapt tune`` (a config's ``cv_folds`` applies to the retrain of the best). The test split is never scored
+    and nothing is written (``cfg.output_dir`` is held while it runs); ``callbacks`` join the loop's (pruning)."""
     from hf_adapt.run import recipe_run
 
     with recipe_run(cfg) as run:
@@ -305,10 +305,10 @@ def _train_and_test(cfg: FinetuneConfig, run, setup: _Setup) -> _Done:
         from hf_adapt.metrics import softmax
 
         keys = inputs["test"]
-        if trained.backbone.info.get("table_features"):  # rows: keyed as the predictor keys them
+        if trainer.table is not None:  # rows: keyed as the predictor keys them
             from hf_adapt.table_features import row_key
 
-            keys = [row_key(row, sorted(row)) for row in keys]
+            keys = [row_key(row, sorted(trainer.table.row_columns)) for row in keys]
         evaluation.fairness = _fairness_results(cfg, rules, data, setup.positive, softmax(evaluation.logits.astype(
             "float64")), evaluation.labels, keys)
     logger.info("test: %s", " ".join(f"{k}={v:.4f}" for k, v in evaluation.metrics.items()))
@@ -411,7 +411,8 @@ def _fit_fairness(cfg: FinetuneConfig, data, positive: int, trained, calibration
     groups = group_values(list(data.splits["validation"][column]), bins, column)
     rules = fit_group_rules(cfg.fairness["constraint"], column, bins, softmax(logits)[:, positive],
                             np.asarray(labels) == positive, groups)
-    rules.used_as_input = column in (data.feature_columns or []) or column == data.input_column
+    rules.used_as_input = (column in (data.feature_columns or []) or column == data.input_column
+                           or column in (trained.backbone.info.get("table_features") or []))
     rules.positive_label = data.labels[positive]
     logger.info("fairness (%s on %s): rules for groups %s", rules.constraint, column, sorted(rules.rules))
     return rules
@@ -626,7 +627,9 @@ def _card_media(directory: Path, cfg, model, backbone, data, history, evaluation
     operating_point = record["operating_point"]
     example = data.splits["test"][0]
     example_input, example_file, gradcam = None, None, []
-    row_columns = _row_columns(data, backbone)
+    from hf_adapt.table_features import row_columns as columns_of
+
+    row_columns = columns_of(record["input_info"])
     if row_columns:
         example_input = repr({c: example[c] for c in row_columns})
     elif data.kind == "text":
@@ -665,13 +668,6 @@ def _summary(cfg, base_model, dataset_name, data) -> str:
     via = f" by way of the backbone of `{Path(cfg.init_from).name}`" if cfg.init_from else ""
     return (f"A {len(data.labels)}-class classifier ({', '.join(data.labels)}) adapted from {base}{via} with {how}, "
             f"trained with hf-adapt on {dataset_name}.")
-
-
-def _row_columns(data, backbone) -> list[str]:
-    """The columns a row passed to the model carries (none for texts and images of a text-only model)."""
-    if backbone.info.get("table_features"):
-        return list(dict.fromkeys(backbone.preprocessor.text.columns + backbone.info["table_features"]))
-    return list(data.feature_columns) if data.kind == "table" else []
 
 
 def _table_facts(backbone) -> dict[str, Any] | None:

@@ -92,35 +92,59 @@ class _Plan:
     objectives: list[str]
     output_dir: Path
     storage: str
+    prunes: bool = True  # single objective and a pruner: epochs are reported
+
+
+def _read_yaml(path: str, what: str) -> Any:
+    """A YAML file's contents; unreadable or invalid YAML is refused, naming the file."""
+    import yaml
+
+    from hf_adapt.config import read_config_text
+
+    try:
+        return yaml.safe_load(read_config_text(path))
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{what} {path}: not valid YAML: {str(err).splitlines()[0]}") from None
+
+
+def _read_search(settings: TuneSettings) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The base config's values and the raw search space (its ``search:`` block, then ``--search`` over it)."""
+    base = _read_yaml(settings.config, "--config") or {}
+    if not isinstance(base, dict):
+        raise ConfigError(f"--config {settings.config}: expected a mapping of finetune fields")
+    raw = base.pop("search", None) or {}
+    if settings.search:
+        extra = _read_yaml(settings.search, "--search") or {}
+        extra = extra.get("search", extra) if isinstance(extra, dict) else extra
+        if not isinstance(extra, dict) or not isinstance(raw, dict):
+            raise ConfigError(f"the search space must be a mapping of fields to distributions "
+                              f"({settings.search if not isinstance(extra, dict) else settings.config})")
+        raw = {**raw, **extra}
+    if not raw:
+        raise ConfigError(f"no search space: give --search space.yaml, or a search: block in {settings.config}")
+    return base, raw
 
 
 def plan(settings: TuneSettings) -> _Plan:
     """Read and check the base config and the space: every field, range and edge value, before the first trial."""
-    import dataclasses
+    import importlib.util
     import typing
 
-    import yaml
-
-    from hf_adapt.config import check_values, config_from_dict, read_config_text
+    from hf_adapt.config import check_values, config_from_dict
     from hf_adapt.options import ClassifierOptions
     from hf_adapt.recipes.finetune import FinetuneConfig
     from hf_adapt.tune.space import SearchSpace
+
+    if importlib.util.find_spec("optuna") is None:
+        raise ConfigError("hf-adapt tune needs Optuna: pip install 'hf-adapt[tune]'")
     from hf_adapt.tune.study import check_choices
 
-    base = yaml.safe_load(read_config_text(settings.config)) or {}
-    if not isinstance(base, dict):
-        raise ConfigError(f"{settings.config}: expected a mapping of finetune fields")
-    raw = base.pop("search", None) or {}
-    if settings.search:
-        extra = yaml.safe_load(read_config_text(settings.search)) or {}
-        raw = {**raw, **(extra.get("search", extra) if isinstance(extra, dict) else {"": extra})}
-    if not raw:
-        raise ConfigError(f"no search space: give --search space.yaml, or a search: block in {settings.config}")
+    base, raw = _read_search(settings)
     check_values(FinetuneConfig, base, source=settings.config)
     config_from_dict(FinetuneConfig, base, source=settings.config)
     space = SearchSpace.parse(raw, FinetuneConfig)
     if any(name.startswith("adapter.") for name in space.names) and "adapter" not in base:
-        base["adapter"] = next(f for f in dataclasses.fields(FinetuneConfig) if f.name == "adapter").default_factory()
+        base["adapter"] = space.defaults["adapter"]
     for name, value, values in space.edge_configs(base):
         try:
             config_from_dict(FinetuneConfig, {**values, **TRIAL_VALUES}, source="search")
@@ -128,15 +152,35 @@ def plan(settings: TuneSettings) -> _Plan:
             raise ConfigError(f"search: {name} = {value!r} gives a config the finetune recipe refuses: {err}") from None
     metric = base.get("metric_for_best_model", FinetuneConfig.metric_for_best_model)
     objectives = [o.strip() for o in settings.objectives.split(",")] if settings.objectives else [metric]
-    metrics = typing.get_args(typing.get_type_hints(ClassifierOptions)["metric_for_best_model"])
-    check_choices(settings.sampler, settings.pruner, objectives, metrics)
+    check_choices(settings.sampler, settings.pruner, objectives,
+                  typing.get_args(typing.get_type_hints(ClassifierOptions)["metric_for_best_model"]))
     if objectives[0] != metric:
         base["metric_for_best_model"] = objectives[0]  # the epoch each trial keeps is judged on what it reports
     if settings.n_trials is not None and settings.n_trials < 0 or settings.timeout is not None and settings.timeout <= 0:
         raise ConfigError("n_trials must be >= 0 and timeout > 0")
     output_dir = Path(settings.output_dir)
     storage = settings.storage or f"sqlite:///{(output_dir / 'study.db').absolute()}"
-    return _Plan(base, space, raw, objectives, output_dir, storage)
+    return _Plan(base, space, raw, objectives, output_dir, storage,
+                 prunes=len(objectives) == 1 and settings.pruner != "none")
+
+
+def together(state, work):
+    """``work()`` on the main process; every process returns its result, or raises its error, so none is left
+    waiting for a broadcast that never comes."""
+    box: list[Any] = [None]
+    if state.is_main_process:
+        try:
+            box = [("ok", work())]
+        except Exception as err:  # noqa: BLE001 - handed to every process, then raised
+            box = [("error", err)]
+    if state.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        broadcast_object_list(box)
+    kind, value = box[0]
+    if kind == "error":
+        raise value
+    return value
 
 
 def tune(settings: TuneSettings) -> dict[str, Any]:
@@ -148,18 +192,20 @@ def tune(settings: TuneSettings) -> dict[str, Any]:
     from hf_adapt.tune.study import make_study, storage_label
 
     checked = plan(settings)
-    with one_process_group():
-        state = make_accelerator("no", 1, "none").state  # joins the processes (gloo on CPU) before the first trial
+    seed = settings.seed if settings.seed is not None else checked.base.get("seed", 42)
+
+    def open_study():
         checked.output_dir.mkdir(parents=True, exist_ok=True)
-        seed = settings.seed if settings.seed is not None else checked.base.get("seed", 42)
-        for turn in (True, False):  # the main process creates the study, then the others load it
-            if state.is_main_process == turn:
-                study = make_study(checked.storage, settings.study_name, settings.sampler, settings.pruner,
-                                   checked.objectives, seed)
-                _check_same_search(study, checked)
-            state.wait_for_everyone()
+        study = make_study(checked.storage, settings.study_name, settings.sampler, settings.pruner,
+                           checked.objectives, seed)
+        _check_same_search(study, checked)
         logger.info("study %r in %s: %d trial(s) so far; objectives %s", settings.study_name,
                     storage_label(checked.storage), len(study.trials), checked.objectives)
+        return study
+
+    with one_process_group():
+        state = make_accelerator("no", 1, "none").state  # joins the processes (gloo on CPU) before the first trial
+        study = together(state, open_study)  # the main process's study; the others need none
         started = time.monotonic()
         if state.is_main_process:
             _optimize(study, checked, settings, state)
@@ -167,20 +213,22 @@ def tune(settings: TuneSettings) -> dict[str, Any]:
             _follow(checked)
         if not settings.retrain:
             return {}
-        return _finish(study, checked, settings, time.monotonic() - started, state.is_main_process)
+        return _finish(study, checked, settings, time.monotonic() - started, state)
 
 
 def _check_same_search(study, checked: _Plan) -> None:
-    """A study resumed (or shared) must be the same search: the same base config and space."""
+    """A study resumed (or shared) must be the same search: the same base config, space and objectives."""
     import json
 
-    fingerprint = json.dumps({"base": checked.base, "space": checked.raw_space}, sort_keys=True, default=str)
+    fingerprint = json.dumps({"base": checked.base, "space": checked.raw_space, "objectives": checked.objectives},
+                             sort_keys=True, default=str)
     recorded = study.user_attrs.get("search")
     if recorded is None:
         study.set_user_attr("search", fingerprint)
     elif recorded != fingerprint:
-        raise ConfigError(f"study {study.study_name!r} holds another search (base config or space differ); resume it "
-                          "with the same --config and --search, or give a new --study_name or --output_dir")
+        raise ConfigError(f"study {study.study_name!r} holds another search (base config, space or objectives "
+                          "differ); resume it with the same --config, --search and --objectives, or give a new "
+                          "--study_name or --output_dir")
 
 
 def _trial(values: dict[str, Any], checked: _Plan, number: int, trial=None) -> list[float]:
@@ -194,7 +242,7 @@ def _trial(values: dict[str, Any], checked: _Plan, number: int, trial=None) -> l
     directory = checked.output_dir / "trials" / f"trial-{number}"
     cfg = config_from_dict(FinetuneConfig, {**values, **TRIAL_VALUES, "output_dir": str(directory)}, source="trial")
     try:
-        result = validate(cfg, [Pruning(trial, checked.objectives[0])])
+        result = validate(cfg, [Pruning(trial, checked.objectives[0], checked.prunes)])
     finally:
         shutil.rmtree(directory, ignore_errors=True)  # a trial leaves its numbers in the study, no files
     found = {**result.metrics, "trainable_parameters": result.trainable_parameters, "seconds": result.seconds}
@@ -256,47 +304,54 @@ def _follow(checked: _Plan) -> None:
             pass
 
 
-def _finish(study, checked: _Plan, settings: TuneSettings, seconds: float, main_process: bool) -> dict[str, Any]:
-    """best_config.yaml, trials.csv, figures, the best config retrained (by every process) and tested once,
-    tune_results.json."""
+def _finish(study, checked: _Plan, settings: TuneSettings, seconds: float, state) -> dict[str, Any]:
+    """The study's files and the best config (main process), that config retrained by every process and tested
+    once, then tune_results.json."""
+    from hf_adapt.config import config_from_dict
+    from hf_adapt.outputs import write_json
+    from hf_adapt.recipes.finetune import FinetuneConfig, main
+
+    best_config, search = together(state, lambda: _write_study_files(study, checked, settings, seconds))
+    result = main(config_from_dict(FinetuneConfig, {**best_config, "overwrite_output_dir": True}), search=search)
+    if not state.is_main_process:
+        return {}
+    facts = {**search, "best_config": str(checked.output_dir / "best_config.yaml"), "test_metrics": result.test_metrics,
+             "output_dir": str(result.output_dir)}
+    write_json(checked.output_dir / "tune_results.json", facts)
+    logger.info("best trial %d: %s; retrained and tested once in %s: %s", search["best_trial"],
+                dict(zip(checked.objectives, search["best_values"])), result.output_dir,
+                " ".join(f"{k}={v:.4f}" for k, v in result.test_metrics.items()))
+    return facts
+
+
+def _write_study_files(study, checked: _Plan, settings: TuneSettings, seconds: float):
+    """trials.csv, the figures and best_config.yaml, once every trial of the study has finished (other workers'
+    included); the best config's values and the search's facts for the card."""
     import optuna
     import yaml
 
-    from hf_adapt.config import config_from_dict
-    from hf_adapt.outputs import write_json, write_text
-    from hf_adapt.recipes.finetune import FinetuneConfig, main
-    from hf_adapt.tune.study import storage_label, summary
+    from hf_adapt.outputs import write_text
+    from hf_adapt.tune.study import storage_label, summary, wait_for_running
 
     out = checked.output_dir
-    trials = study.trials
-    figures = []
-    if main_process:
-        write_text(out / "trials.csv", study.trials_dataframe().to_csv(index=False))
-        figures = _figures(study, out / "figures")
-    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    wait_for_running(study)
+    write_text(out / "trials.csv", study.trials_dataframe().to_csv(index=False))
+    figures = _figures(study, out / "figures")
     counts = summary(study)
-    if not complete:
+    if not counts.get("complete"):
         raise ConfigError(f"no trial completed ({counts}); see trials.csv for each trial's error")
     best = _best(study)
     values = checked.space.sample(optuna.trial.FixedTrial(best.params), checked.base)
     best_config = {**values, "output_dir": str(out / "best")}
-    if main_process:
-        write_text(out / "best_config.yaml", yaml.safe_dump(best_config, sort_keys=False))
+    write_text(out / "best_config.yaml", yaml.safe_dump(best_config, sort_keys=False))
     search = {"optuna_version": optuna.__version__, "sampler": settings.sampler, "pruner": settings.pruner,
               "objectives": checked.objectives, "trials": counts, "best_trial": best.number,
-              "best_values": best.values, "seconds": seconds, "storage": storage_label(checked.storage),
+              "best_values": best.values, "best_params": best.params, "wall_seconds": seconds,
+              "seconds": sum(t.duration.total_seconds() for t in study.trials if t.duration is not None),
+              "storage": storage_label(checked.storage), "figures": figures,
               "space": [{"name": p.name, "description": _describe(p), "best": best.params.get(p.name, "(not sampled)")}
                         for p in checked.space.parameters]}
-    result = main(config_from_dict(FinetuneConfig, {**best_config, "overwrite_output_dir": True}), search=search)
-    if not main_process:
-        return {}
-    facts = {**search, "best_params": best.params, "best_config": str(out / "best_config.yaml"),
-             "test_metrics": result.test_metrics, "figures": figures, "output_dir": str(result.output_dir)}
-    write_json(out / "tune_results.json", facts)
-    logger.info("best trial %d: %s; retrained and tested once in %s: %s", best.number,
-                dict(zip(checked.objectives, best.values)), result.output_dir,
-                " ".join(f"{k}={v:.4f}" for k, v in result.test_metrics.items()))
-    return facts
+    return best_config, search
 
 
 def _best(study):

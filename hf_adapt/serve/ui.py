@@ -57,14 +57,17 @@ def _classifier_inputs(server, gr) -> tuple[list[Any], Any]:
     if info["kind"] == "image":
         upload = gr.File(label="Image (PNG, JPEG or DICOM)", type="binary", elem_id="image")
         return [upload], lambda data: bytes(data) if data else None
-    if info["kind"] == "text":
+    from hf_adapt.table_features import row_columns, row_kinds
+
+    columns, kinds = row_columns(info), row_kinds(info)
+    if not columns:  # a text model
         return [gr.Textbox(label="Text", lines=4, elem_id="text")], lambda text: text
-    kinds = info.get("column_kinds") or {}
-    boxes = [gr.Textbox(label=column, elem_id=f"column-{column}") for column in info["feature_columns"]]
+    boxes = [gr.Textbox(label=column, lines=4 if kinds.get(column) == "text" and column == info.get("input_column")
+                        else 1, elem_id=f"column-{column}") for column in columns]
 
     def row(*values):
         return {column: (_number(value) if kinds.get(column) == "number" else value)
-                for column, value in zip(info["feature_columns"], values)}
+                for column, value in zip(columns, values)}
 
     return boxes, row
 

@@ -56,7 +56,8 @@ class Parameter:
                                    step=self.step)
 
     def applies(self, values: dict[str, Any]) -> bool:
-        """Whether the ``when`` condition holds for ``values`` (the sampled values over the base config)."""
+        """Whether the ``when`` condition holds for ``values`` (the sampled values over the base config over the
+        config's defaults)."""
         return all(_lookup(values, name) in allowed for name, allowed in self.when.items())
 
 
@@ -117,6 +118,7 @@ class SearchSpace:
     """The searched fields, those without a condition first (a condition reads what is sampled before it)."""
 
     parameters: list[Parameter]
+    defaults: dict[str, Any] = field(default_factory=dict)  # the config's defaults, which conditions also read
 
     @classmethod
     def parse(cls, raw: Any, config_class: type) -> SearchSpace:
@@ -132,7 +134,10 @@ class SearchSpace:
             if any(other in names and next(q for q in parameters if q.name == other).when for other in p.when):
                 raise ConfigError(f"search: {p.name}: conditions may name base fields or unconditioned parameters, "
                                   f"not other conditioned ones ({sorted(p.when)})")
-        return cls(sorted(parameters, key=lambda p: bool(p.when)))
+        defaults = {f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+                    for f in dataclasses.fields(config_class) if f.init
+                    and (f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING)}
+        return cls(sorted(parameters, key=lambda p: bool(p.when)), defaults)
 
     @property
     def names(self) -> list[str]:
@@ -143,7 +148,7 @@ class SearchSpace:
         adapter dict)."""
         values = dict(base)
         for parameter in self.parameters:
-            if parameter.applies(values):
+            if parameter.applies({**self.defaults, **values}):
                 values = with_value(values, parameter.name, parameter.suggest(trial))
         return values
 

@@ -48,21 +48,32 @@ def check_choices(sampler: str, pruner: str, objectives: list[str], metrics: tup
 
 
 def make_study(storage: str, name: str, sampler: str, pruner: str, objectives: list[str], seed: int):
-    """Create the study, or load it when ``storage`` already holds one called ``name`` (a resumed or shared search)."""
+    """Create the study, or load it when ``storage`` already holds one called ``name`` (a resumed or shared search).
+
+    The sampler's seed moves with the trials the study already holds, so a resumed search draws new settings
+    rather than repeating its first ones; with a shared store (several workers) each worker also mixes in its
+    process id, and TPE assumes the running trials' values (``constant_liar``) so workers spread out."""
+    import os
+
     import optuna
 
-    sampler_class = getattr(optuna.samplers, SAMPLERS[sampler])
-    kwargs = {"seed": seed} if "seed" in sampler_class.__init__.__code__.co_varnames else {}
     pruners = {"median": lambda: optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0),
                "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1),
                "none": optuna.pruners.NopPruner}
-    rdb = _storage(storage)
-    study = optuna.create_study(storage=rdb, study_name=name, sampler=sampler_class(**kwargs), pruner=pruners[pruner](),
+    study = optuna.create_study(storage=_storage(storage), study_name=name, pruner=pruners[pruner](),
                                 directions=[direction(o) for o in objectives], load_if_exists=True)
     stored = [d.name.lower() for d in study.directions]
     if stored != [direction(o) for o in objectives]:
         raise ConfigError(f"study {name!r} in {storage_label(storage)} was created with directions {stored}; "
                           f"these objectives need {[direction(o) for o in objectives]}: use another study_name")
+    shared = not storage.startswith("sqlite")
+    seed = seed + len(study.trials) + (os.getpid() if shared else 0)
+    sampler_class = getattr(optuna.samplers, SAMPLERS[sampler])
+    arguments = sampler_class.__init__.__code__.co_varnames
+    kwargs = {"seed": seed % 2**32} if "seed" in arguments else {}
+    if shared and "constant_liar" in arguments:
+        kwargs["constant_liar"] = True
+    study.sampler = sampler_class(**kwargs)
     return study
 
 
@@ -72,6 +83,8 @@ def _storage(url: str, attempts: int = 5):
     import optuna
     import sqlalchemy.exc
 
+    if url.startswith("postgresql://"):  # the driver the tune extra installs, whatever SQLAlchemy's default
+        url = "postgresql+psycopg://" + url[len("postgresql://"):]
     for attempt in range(attempts):
         try:
             return optuna.storages.RDBStorage(
@@ -100,18 +113,25 @@ class Pruning(Callback):
     """Reports each epoch's validation metric to the trial and stops a trial the pruner gives up on; the decision is
     the main process's, shared with every process."""
 
-    def __init__(self, trial, metric: str):
-        self.trial, self.metric = trial, metric  # trial: None on the processes that follow the main one
+    def __init__(self, trial, metric: str, enabled: bool = True):
+        # trial: None on the processes that follow the main one; enabled: false with several objectives (Optuna
+        # prunes single-objective studies only) or pruner none, when nothing is reported
+        self.trial, self.metric, self.enabled = trial, metric, enabled
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
+        if not self.enabled:
+            return
         import optuna
         from accelerate import PartialState
         from accelerate.utils import broadcast_object_list
 
         state, prune = PartialState(), [False]
         if self.trial is not None and self.metric in metrics:
-            self.trial.report(metrics[self.metric], epoch)
-            prune = [self.trial.should_prune()]
+            try:  # the decision reaches every process even if asking for it fails here
+                self.trial.report(metrics[self.metric], epoch)
+                prune = [self.trial.should_prune()]
+            except Exception as err:  # noqa: BLE001 - a storage error: keep training, say so
+                logger.warning("trial %d: the pruner could not be asked (%s); the trial goes on", self.trial.number, err)
         if state.num_processes > 1:
             broadcast_object_list(prune)
         if prune[0]:
@@ -156,3 +176,17 @@ def summary(study) -> dict[str, Any]:
 
     states = [t.state for t in study.get_trials(deepcopy=False)]
     return {state.name.lower(): states.count(state) for state in optuna.trial.TrialState}
+
+
+def wait_for_running(study, poll_seconds: float = 5.0) -> None:
+    """Wait until no trial of ``study`` runs (other workers finishing theirs); a trial whose worker died is failed
+    once its heartbeat is stale."""
+    import optuna
+
+    while True:
+        optuna.storages.fail_stale_trials(study)
+        running = [t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))]
+        if not running:
+            return
+        logger.info("waiting for trial(s) %s of other workers to finish before choosing the best", running)
+        time.sleep(poll_seconds)

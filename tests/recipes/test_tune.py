@@ -160,3 +160,12 @@ def test_two_workers_share_one_postgresql_study(tiny_bert, credit_sample, tmp_pa
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
     ran = [line for log in logs for line in log.splitlines() if " hf_adapt.tune: trial " in line]
     assert sorted(int(line.split(" trial ")[1].split()[0]) for line in ran) == numbers  # each trial ran once
+
+
+def test_several_objectives_search_the_pareto_front(tiny_bert, credit_sample, tmp_path):
+    base = _base(tmp_path, tiny_bert, credit_sample, num_train_epochs=1)
+    facts = tune(TuneSettings(config=str(base), n_trials=3, output_dir=str(tmp_path / "tune"), sampler="nsga2",
+                              pruner="none", objectives="auroc,trainable_parameters"))
+    assert facts["trials"]["complete"] == 3 and len(facts["best_values"]) == 2
+    study = optuna.load_study(study_name="hf-adapt", storage=f"sqlite:///{tmp_path / 'tune' / 'study.db'}")
+    assert facts["best_trial"] in {t.number for t in study.best_trials}
