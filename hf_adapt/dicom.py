@@ -93,9 +93,9 @@ def _pixels(dataset, name: str):
         detail = str(err).strip().replace("\n", " ")
         raise ImageReadError(
             name, "unsupported transfer syntax",
-            f"unsupported transfer syntax {syntax} ({syntax.name}): no decoder here can read it; installing "
-            f"pylibjpeg with its plugins (pylibjpeg-libjpeg, pylibjpeg-openjpeg) or python-gdcm may help "
-            f"[{detail}]",
+            f"unsupported transfer syntax {syntax} ({syntax.name}): no installed decoder reads it; "
+            f"pip install 'hf-adapt[medical]' adds the pylibjpeg decoders (JPEG, JPEG-LS, JPEG 2000), and "
+            f"python-gdcm reads most others [{detail}]",
         ) from err
     except ValueError as err:
         if "less than expected" in str(err) or "truncated" in str(err).lower():
@@ -162,11 +162,21 @@ def read_dicom(path: str | os.PathLike[str] | BinaryIO, window: tuple[float, flo
             DICOM file, no pixel data, unsupported transfer syntax (no decoder installed),
             truncated file, or otherwise unreadable. ``reason`` holds the short key.
     """
+    name = str(path) if isinstance(path, (str, os.PathLike)) else getattr(path, "name", "<DICOM bytes>")
+    try:
+        return _image(_dataset(path, name), name, window)
+    except ImageReadError:
+        raise
+    except Exception as err:  # noqa: BLE001 - pydicom parses values lazily: a malformed one fails where it is read
+        raise ImageReadError(name, "unreadable", f"unreadable DICOM file: a malformed value "
+                                                 f"({type(err).__name__}: {err})") from err
+
+
+def _image(dataset, name: str, window: tuple[float, float] | None):
+    """``read_dicom``'s work on a parsed dataset."""
     import numpy as np
     from PIL import Image
 
-    name = str(path) if isinstance(path, (str, os.PathLike)) else getattr(path, "name", "<DICOM bytes>")
-    dataset = _dataset(path, name)
     pixels = _pixels(dataset, name)
     interpretation = str(dataset.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     if interpretation == "PALETTE COLOR":

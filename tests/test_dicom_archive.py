@@ -1,0 +1,75 @@
+"""Every DICOM file of pydicom's test set and of ``pydicom-data`` (compressed ones as hospital archives hand them out):
+each reads, or is refused by name with ``ImageReadError``; nothing escapes as another exception. With the ``medical``
+extra's decoders, JPEG, JPEG-LS and JPEG 2000 files read; without them they are refused naming the extra."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import subprocess
+import sys
+import warnings
+
+import pytest
+
+pydicom = pytest.importorskip("pydicom")
+
+COUNT = """
+import collections, json, logging, os, sys, warnings
+if "--without-decoders" in sys.argv:  # as on a machine without the medical extra
+    for name in ("pylibjpeg", "libjpeg", "openjpeg", "rle", "gdcm"):
+        sys.modules[name] = None
+warnings.simplefilter("ignore")
+logging.disable(logging.WARNING)
+from pydicom.data import get_testdata_files
+from hf_adapt.dicom import ImageReadError, read_dicom
+counts, refused, escaped = collections.Counter(), {}, []
+for path in sorted({f for f in get_testdata_files("*") if os.path.isfile(f)}):
+    try:
+        read_dicom(path)
+        counts["read"] += 1
+    except ImageReadError as err:
+        counts[err.reason] += 1
+        refused[os.path.basename(path)] = str(err)
+    except Exception as err:
+        escaped.append(f"{os.path.basename(path)}: {type(err).__name__}: {err}")
+print(json.dumps({"counts": counts, "refused": refused, "escaped": escaped}))
+"""
+
+
+def _count(*flags: str) -> dict:
+    """Read every test file in a fresh interpreter (so decoders can be hidden from it)."""
+    run = subprocess.run([sys.executable, "-c", COUNT, *flags], capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert run.returncode == 0, run.stderr[-2000:]
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def test_every_test_file_reads_or_is_refused_by_name():
+    pytest.importorskip("pylibjpeg", reason="the medical extra is not installed: pip install -e '.[medical]'")
+    found = _count()
+    counts = found["counts"]
+    assert found["escaped"] == [], found["escaped"]
+    assert counts["read"] >= 50 and sum(counts.values()) >= 80, counts
+    # the compressed syntaxes the medical extra decodes
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from pydicom.data import get_testdata_file
+
+        from hf_adapt.dicom import read_dicom
+
+        for name in ("JPEG2000.dcm", "MR_small_jpeg_ls_lossless.dcm", "JPEG-LL.dcm", "SC_rgb_jpeg_dcmtk.dcm"):
+            assert read_dicom(get_testdata_file(name)).size[0] > 0, name
+    bad = found["refused"].get("badVR.dcm")
+    assert bad and "malformed value" in bad  # a malformed value: named, not a bare ValueError
+    if "no pixel data" in counts:
+        assert counts["no pixel data"] == sum("no pixel data" in m for m in found["refused"].values())
+
+
+def test_without_decoders_compressed_files_are_refused_naming_the_extra():
+    found = _count("--without-decoders")
+    assert found["escaped"] == [], found["escaped"]
+    refused = [message for message in found["refused"].values() if "unsupported transfer syntax" in message]
+    assert refused and all("hf-adapt[medical]" in message for message in refused)
+    assert collections.Counter(found["counts"])["unsupported transfer syntax"] == len(refused)
