@@ -15,7 +15,8 @@ from hf_adapt.errors import ConfigError
 from hf_adapt.recipes.finetune import FinetuneConfig
 
 REPO = Path(__file__).resolve().parents[1]
-SHIPPED = sorted((REPO / "recipes" / "configs").glob("*.yaml"))
+SHIPPED = sorted(p for p in (REPO / "recipes" / "configs").glob("*.yaml") if not p.name.startswith("tune_"))
+SEARCH_SPACES = sorted((REPO / "recipes" / "configs").glob("tune_*.yaml"))  # hf-adapt tune --search files
 ALL_RECIPES = {**RECIPES, **GROUPED_RECIPES}  # "feedback train" too
 # a shipped config is named after its recipe's command (feedback_dpo.yaml: hf-adapt feedback train)
 CONFIG_PREFIX = {name: name.split()[0] for name in ALL_RECIPES}
@@ -78,6 +79,18 @@ def test_shipped_configs_bind_to_their_recipe(path):
 
     module, cls_name, _ = ALL_RECIPES[recipe]
     assert isinstance(config_from_namespace(args), getattr(importlib.import_module(module), cls_name))
+
+
+@pytest.mark.parametrize("path", SEARCH_SPACES, ids=lambda p: p.name)
+def test_shipped_search_spaces_check_against_finetune(path):
+    """A shipped tune_*.yaml is a search space over the finetune recipe, and checks as one."""
+    pytest.importorskip("optuna", reason="the tune extra is not installed")
+    import yaml
+
+    from hf_adapt.recipes.finetune import FinetuneConfig
+    from hf_adapt.tune.space import SearchSpace
+
+    assert SearchSpace.parse(yaml.safe_load(path.read_text()), FinetuneConfig).names
 
 
 def test_shipped_configs_exist():
