@@ -424,13 +424,12 @@ def score_distribution(scores: np.ndarray, y_true: np.ndarray, class_names: Sequ
 
 
 def threshold_rates(scores: np.ndarray, positive: np.ndarray, threshold: float) -> tuple[float, float, float]:
-    """False positive rate, true positive rate (recall) and precision when ``scores >= threshold`` is called positive."""
-    called = np.asarray(scores) >= threshold
-    positive = np.asarray(positive, dtype=bool)
-    tpr = float(called[positive].mean()) if positive.any() else float("nan")
-    fpr = float(called[~positive].mean()) if (~positive).any() else float("nan")
-    precision = float(positive[called].mean()) if called.any() else float("nan")
-    return fpr, tpr, precision
+    """False positive rate, true positive rate (recall) and precision when ``scores >= threshold`` is called positive:
+    the curves' coordinates of :func:`hf_adapt.operating_point.threshold_metrics`."""
+    from hf_adapt.operating_point import threshold_metrics
+
+    rates = threshold_metrics(scores, positive, threshold)
+    return 1 - rates["specificity"], rates["sensitivity"], rates["ppv"]
 
 
 def roc_and_pr_curves(scores: np.ndarray, positive: np.ndarray, positive_name: str, threshold: float | None,

@@ -61,9 +61,7 @@ class Predictor:
 
     def text_of(self, row: dict[str, Any]) -> str:
         """The text the model reads of a (checked) table row: the row rendered, or a hybrid's text column."""
-        if self.data_info.get("table_features"):
-            return self.preprocessor.text(row)
-        return render_row(row, self.data_info["feature_columns"], self.data_info.get("text_template"))
+        return self.preprocessor.text(row) if self.data_info.get("table_features") else self._model_input(row)
 
     def _draw_key(self, item: Any) -> Any:
         """What keys a row's random draws under group rules: its text, or a hybrid's row rendered over its columns."""
@@ -266,6 +264,7 @@ def load_adapted(path_or_repo_id: str, merge: bool = False, device: str = "cpu",
                              pooling=model_info.get("pooling") or "model")
         backbone = builder.build(spec)
     check_base(backbone, model_info, path_or_repo_id)
+    backbone.preprocessor = builder.load_preprocessor(str(directory), spec)  # the one saved with the model
     if info["data"].get("table_features"):  # a hybrid table model: the text backbone with its table paths
         backbone = _hybrid(backbone, directory, info["data"], len(labels))
     model = restore_model(backbone, info["regime"], directory)
@@ -277,12 +276,7 @@ def load_adapted(path_or_repo_id: str, merge: bool = False, device: str = "cpu",
             model = model.merge_and_unload()
         except (AttributeError, ValueError, NotImplementedError):
             pass  # method without a merge: serve it unmerged
-    preprocessor = builder.load_preprocessor(str(directory), spec)
-    if info["data"].get("table_features"):
-        from hf_adapt.backbones.hybrid import HybridPreprocessor
-
-        preprocessor = HybridPreprocessor(preprocessor, backbone.preprocessor.encoder, backbone.preprocessor.text)
-    return Predictor(model, backbone, preprocessor, labels, info, device=device)
+    return Predictor(model, backbone, backbone.preprocessor, labels, info, device=device)
 
 
 def _hybrid(backbone, directory: Path, data_info: dict[str, Any], num_labels: int):

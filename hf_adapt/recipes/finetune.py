@@ -353,9 +353,10 @@ def _check_evaluation(cfg: FinetuneConfig, data) -> int | None:
     return positive
 
 
-def _held_out(cv, trained):
-    """The held-out logits and labels that choose what is fitted after training (calibration, the operating point):
-    the validation split, the kept fold's held-out rows, or (refit) all out-of-fold predictions pooled."""
+def _held_out(cv, trained, calibration=None):
+    """The held-out logits (calibrated with ``calibration``) and labels that choose what is fitted after training
+    (calibration, group rules, the operating point): the validation split, the kept fold's held-out rows, or (refit)
+    all out-of-fold predictions pooled."""
     import numpy as np
 
     if cv is not None and cv.keep == "refit":
@@ -363,7 +364,8 @@ def _held_out(cv, trained):
     else:
         logits, labels = trained.held_logits, trained.held_labels
         where = f"held-out fold {cv.chosen_fold}" if cv is not None else "the validation split"
-    return np.asarray(logits, dtype=np.float64), np.asarray(labels), where
+    logits = np.asarray(logits, dtype=np.float64)
+    return (calibration.apply(logits) if calibration is not None else logits), np.asarray(labels), where
 
 
 def _calibrate(cfg: FinetuneConfig, positive: int | None, cv, trained):
@@ -398,19 +400,15 @@ def _fit_fairness(cfg: FinetuneConfig, data, positive: int, trained, calibration
     """Group rules fitted on the validation split's (calibrated) positive scores; None without fairness."""
     if not cfg.fairness:
         return None
-    import numpy as np
-
     from hf_adapt.fairness import fit_group_rules
     from hf_adapt.metrics import softmax
     from hf_adapt.subgroups import group_values
 
     column, bins = cfg.fairness["sensitive_column"], cfg.fairness.get("bins")
-    logits, labels, _ = _held_out(None, trained)
-    if calibration is not None:
-        logits = calibration.apply(logits)
+    logits, labels, _ = _held_out(None, trained, calibration)
     groups = group_values(list(data.splits["validation"][column]), bins, column)
     rules = fit_group_rules(cfg.fairness["constraint"], column, bins, softmax(logits)[:, positive],
-                            np.asarray(labels) == positive, groups)
+                            labels == positive, groups)
     rules.used_as_input = (column in (data.feature_columns or []) or column == data.input_column
                            or column in (trained.backbone.info.get("table_features") or []))
     rules.positive_label = data.labels[positive]
@@ -437,16 +435,12 @@ def _fairness_results(cfg: FinetuneConfig, rules, data, positive: int, probs, la
 
 def _select_operating_point(cfg: FinetuneConfig, data, positive: int, cv, trained, calibration=None):
     """The threshold on the positive class's (calibrated) probability, chosen on the held-out rows."""
-    import numpy as np
-
     from hf_adapt.metrics import softmax
     from hf_adapt.operating_point import select_threshold
 
-    logits, labels, where = _held_out(cv, trained)
-    if calibration is not None:
-        logits = calibration.apply(logits)
-    point = select_threshold(softmax(np.asarray(logits, dtype=np.float64))[:, positive],
-                             np.asarray(labels) == positive, cfg.operating_point, cfg.operating_target)
+    logits, labels, where = _held_out(cv, trained, calibration)
+    point = select_threshold(softmax(logits)[:, positive], labels == positive, cfg.operating_point,
+                             cfg.operating_target)
     point.selected_on = where
     logger.info("operating point (%s) on %s: threshold %.4f", cfg.operating_point, where, point.threshold)
     return point

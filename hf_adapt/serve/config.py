@@ -82,11 +82,13 @@ class ServeConfig(Options):
         """This server's feedback file and answers file: one name per replica when replicas share a Hub repo."""
         import socket
 
+        from hf_adapt.serve.answers import ANSWERS_DIR
+
         log = Path(self.feedback_log)
         stem = log.name.removesuffix(".jsonl")
         if self.feedback_repo:
             stem = f"{stem}-{self.replica or socket.gethostname()}"
-        return log.with_name(f"{stem}.jsonl"), log.parent / ".answers" / f"{stem}.jsonl"
+        return log.with_name(f"{stem}.jsonl"), log.parent / ANSWERS_DIR / f"{stem}.jsonl"
 
 
 def is_loopback(host: str) -> bool:

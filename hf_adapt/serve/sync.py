@@ -16,6 +16,8 @@ import threading
 import time
 from pathlib import Path
 
+from hf_adapt.serve.answers import ANSWERS_DIR
+
 logger = logging.getLogger("hf_adapt.serve")
 
 
@@ -30,7 +32,7 @@ class HubSync:
         self.pull_every = pull_every
         self._pulled_at = float("-inf")
         self._lock = threading.Lock()
-        self.cache = folder / ".answers" / ".replicas"
+        self.cache = folder / ANSWERS_DIR / ".replicas"
 
     def flush(self) -> None:
         """Upload what changed now (waits for it)."""
@@ -57,4 +59,4 @@ class HubSync:
                                       local_dir=self.cache)
                 except Exception as err:  # noqa: BLE001 - the Hub unreachable: this lookup misses, the next retries
                     logger.warning("could not read other replicas' answers from %s: %s", self.repo_id, err)
-        return [self.cache / ".answers"]
+        return [self.cache / ANSWERS_DIR]
