@@ -221,10 +221,11 @@ def md_prose(value: Any) -> str:
 @functools.cache
 def environment():
     """The Jinja environment every card template renders in: ``ModelCard.from_template``'s settings plus the
-    ``md``, ``code`` and ``prose`` filters."""
+    ``md``, ``code`` and ``prose`` filters, and ``{% include %}`` of the sections ``model_cards/`` shares
+    (``_search.md``)."""
     import jinja2
 
-    env = jinja2.Environment()
+    env = jinja2.Environment(loader=jinja2.FunctionLoader(lambda name: template_path(name).read_text(encoding="utf-8")))
     env.filters.update(md=md, code=md_code, prose=md_prose)
     return env
 

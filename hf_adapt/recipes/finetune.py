@@ -183,21 +183,27 @@ def main(cfg: FinetuneConfig, search: dict[str, Any] | None = None) -> FinetuneR
                           done.model, done.trained.backbone, setup.data, pushed, done.point, done.cv)
 
 
-@dataclass
-class Validation:
-    """What one tuning trial measured: the validation metrics of the best epoch, and what it cost."""
-
-    metrics: dict[str, float]
-    trainable_parameters: int
-    seconds: float
-    history: Any
+TUNE_VALIDATION = "the validation split"  # what hf-adapt tune's trials are scored on (validate), for the card
 
 
-def validate(cfg: FinetuneConfig, callbacks=()) -> Validation:
+def tune_objectives(cfg: FinetuneConfig) -> dict[str, str]:
+    """What :func:`validate` reports, each with its direction; the first is ``hf-adapt tune``'s default objective."""
+    import typing
+
+    from hf_adapt.metrics import LOWER_IS_BETTER
+
+    metrics = typing.get_args(typing.get_type_hints(ClassifierOptions)["metric_for_best_model"])
+    ordered = [cfg.metric_for_best_model, *(m for m in metrics if m != cfg.metric_for_best_model)]
+    return {m: "minimize" if m in LOWER_IS_BETTER else "maximize" for m in ordered}
+
+
+def validate(cfg: FinetuneConfig, callbacks=()):
     """Train as :func:`main` does without cross-validation, and score the validation split only: one trial of
     ``hf-adapt tune`` (a config's ``cv_folds`` applies to the retrain of the best). The test split is never scored
-    and nothing is written (``cfg.output_dir`` is held while it runs); ``callbacks`` join the loop's (pruning)."""
+    and nothing is written (``cfg.output_dir`` is held while it runs); ``callbacks`` join the loop's (pruning).
+    Returns a :class:`hf_adapt.tune.study.Validation`: the best epoch's validation metrics."""
     from hf_adapt.run import recipe_run
+    from hf_adapt.tune.study import Validation
 
     with recipe_run(cfg) as run:
         setup = _prepare(cfg, run)
