@@ -63,6 +63,7 @@ def base_model_info(cfg: Any, backbone: Backbone) -> dict[str, Any]:
             "pretrained": cfg.pretrained, "revision": cfg.model_revision or backbone.info.get("commit"),
             "trust_remote_code": cfg.trust_remote_code, "image_size": cfg.image_size,
             "max_length": cfg.max_length, "pooling": backbone.info.get("pooling"), "base_model_id": cfg.base_model_id,
+            "quantization": getattr(cfg, "quantization", None),  # how training loaded it; reloads use full precision
             # the base weights an adapter or probe sits on; a full fine-tune, a scratch model or a transfer
             # chain (its merged init weights) restores or rebuilds them, so there is nothing to check
             "weights_fingerprint": backbone.info.get("weights_fingerprint") if cfg.pretrained and not cfg.init_from

@@ -15,6 +15,7 @@ DataOptions          where the data comes from and how it is split              
 LabelOptions         labelled rows: the label, the inputs, budgets, images        finetune, continual, pretrain
 ParentOptions        the earlier hf-adapt output a run starts from                finetune, continual, feedback
 AdapterOptions       the peft adapter                                             all
+QuantizationOptions  QLoRA: the base in 4- or 8-bit (bitsandbytes)                finetune, pretrain, feedback
 RegimeOptions        which weights train                                          finetune, continual, pretrain
 TrainingOptions      the optimisation every trainer shares                        all
 ClassifierOptions    a classifier's head rate, layer decay and best epoch         finetune, continual
@@ -31,7 +32,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from hf_adapt.config import DEFAULT_MODEL, Options, default_adapter
 from hf_adapt.errors import ConfigError
@@ -154,6 +155,24 @@ class AdapterOptions(Options):
         from hf_adapt.regimes import get_regime
 
         get_regime(self.adapter_regime()).check_config(self.adapter)
+
+
+@dataclass
+class QuantizationOptions(Options):
+    """QLoRA: the base loaded in 4- or 8-bit through bitsandbytes (a CUDA GPU), an adapter trained on top."""
+
+    title = "quantization"
+    quantized_parents: ClassVar[bool] = False  # whether init_from's base can be loaded quantized (feedback: yes)
+    quantization: dict | None = field(default=None, metadata={"help": "BitsAndBytesConfig fields for the base model, e.g. {load_in_4bit: true, bnb_4bit_quant_type: nf4, bnb_4bit_compute_dtype: bfloat16, bnb_4bit_use_double_quant: true}; transformers backbones, regime adapter, a CUDA GPU and pip install 'hf-adapt[qlora]'. The card records it."})
+
+    def validate(self) -> None:
+        from hf_adapt.quantization import check_quantization
+
+        regime = self.adapter_regime() if isinstance(self, AdapterOptions) else "adapter"
+        check_quantization(self.quantization, getattr(self, "family", "transformers"), regime)
+        if self.quantization and getattr(self, "init_from", None) and not self.quantized_parents:
+            raise ConfigError("quantization with init_from is not supported by this recipe: the parent's backbone "
+                              "reloads at full precision; train from the base model, or leave quantization unset")
 
 
 @dataclass

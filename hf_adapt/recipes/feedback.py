@@ -20,7 +20,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from hf_adapt.checkpoints import CheckpointOptions
 from hf_adapt.config import redefault
@@ -32,6 +32,7 @@ from hf_adapt.options import (
     CardOptions,
     ModelOptions,
     ParentOptions,
+    QuantizationOptions,
     RuntimeOptions,
     TrainingOptions,
 )
@@ -52,10 +53,12 @@ def _default_adapter() -> dict[str, Any]:
 
 
 @dataclass
-class FeedbackConfig(ModelOptions, ParentOptions, AdapterOptions, TrainingOptions, RuntimeOptions, CardOptions,
-                     CheckpointOptions, PublishOptions):
+class FeedbackConfig(ModelOptions, ParentOptions, AdapterOptions, QuantizationOptions, TrainingOptions, RuntimeOptions,
+                     CardOptions, CheckpointOptions, PublishOptions):
     """Train the next version of a model on what its users said about its answers, with a TRL trainer and a peft
     adapter, and score it against the version it started from on held-out prompts."""
+
+    quantized_parents: ClassVar[bool] = True  # the parent's adapter continues on its base loaded quantized
 
     # --- the feedback
     feedback: str | None = field(default=None, metadata={"help": "Feedback log: a .jsonl/.json/.parquet file, a folder of them, or a Hub dataset repo (see hf_adapt.feedback.log for the record schema)."})
@@ -379,7 +382,7 @@ def _starting_model(cfg: FeedbackConfig):
     parent = None
     model_block = {"name_or_path": cfg.model_name_or_path, "revision": cfg.model_revision,
                    "trust_remote_code": cfg.trust_remote_code, "max_length": cfg.max_length,
-                   "base_model_id": cfg.base_model_id}
+                   "base_model_id": cfg.base_model_id, "quantization": cfg.quantization}
     if cfg.init_from:
         parent = transfer.find_parent(cfg.init_from, cfg.init_from_revision, recipes=("feedback",),
                                       what="a served version to improve")
@@ -390,7 +393,8 @@ def _starting_model(cfg: FeedbackConfig):
         if parent.info["model"].get("trust_remote_code") and not cfg.trust_remote_code:
             raise ConfigError(f"init_from {cfg.init_from!r}: its base model runs code from its repo; pass "
                               "--trust_remote_code true only if you trust that code (a parent cannot turn it on)")
-        model_block = {**parent.info["model"], "max_length": cfg.max_length, "trust_remote_code": cfg.trust_remote_code}
+        model_block = {**parent.info["model"], "max_length": cfg.max_length, "trust_remote_code": cfg.trust_remote_code,
+                       "quantization": cfg.quantization}
     base_model = model_block.get("base_model_id") or hub_id(model_block["name_or_path"])
     return parent, model_block, base_model
 

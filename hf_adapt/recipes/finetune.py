@@ -26,6 +26,7 @@ from hf_adapt.options import (
     LabelOptions,
     ModelOptions,
     ParentOptions,
+    QuantizationOptions,
     RegimeOptions,
     RuntimeOptions,
     TableFeatureOptions,
@@ -37,7 +38,7 @@ logger = logging.getLogger("hf_adapt.finetune")
 
 @dataclass
 class FinetuneConfig(ModelOptions, BackboneOptions, DataOptions, LabelOptions, ParentOptions, RegimeOptions,
-                     TrainingOptions, ClassifierOptions, TableFeatureOptions, ImbalanceOptions, EvaluationOptions,
+                     QuantizationOptions, TrainingOptions, ClassifierOptions, TableFeatureOptions, ImbalanceOptions, EvaluationOptions,
                      CrossValidationOptions, RuntimeOptions, CardOptions, CheckpointOptions, PublishOptions):
     """Fine-tune a timm or transformers backbone on labelled data and write an evaluated adapter with a model card.
 
