@@ -256,3 +256,78 @@ def test_a_damaged_picked_slice_names_the_folder_and_the_file(tmp_path):
         read_series(tmp_path / "s")
     assert caught.value.reason == "truncated"
     assert read_series(tmp_path / "s", volume=VolumeReading(slice=0)).size == (128, 128)  # only picked ones decode
+
+
+# ----------------------------------------------------------------------------- the data path and the config
+
+
+def _tilted(k, dataset):
+    if k == 1:
+        dataset.ImageOrientationPatient = [1, 0, 0, 0, 0.866025, -0.5]
+
+
+def _series_manifest(tmp_path, count: int = 10, broken: int | None = None) -> None:
+    """A manifest whose rows name series folders (no image_column: the path column is found by itself)."""
+    import pandas as pd
+
+    rows = []
+    for i in range(count):
+        write_series(tmp_path / "series" / f"s{i}", count=3, change=_tilted if i == broken else None)
+        rows.append({"path": f"series/s{i}", "label": "a" if i % 2 else "b"})
+    pd.DataFrame(rows).to_csv(tmp_path / "manifest.csv", index=False)
+
+
+def test_a_manifest_of_series_folders_trains_on_2_5d_stacks(tmp_path):
+    from hf_adapt.data import DataSpec, load_labelled
+
+    _series_manifest(tmp_path)
+    spec = DataSpec(source=str(tmp_path / "manifest.csv"), volume=VolumeReading(context=1), dicom_window=list(WINDOW),
+                    test_size=0.2, validation_size=0.2)
+    data = load_labelled(spec)
+    assert data.input_column == "path" and data.volume == VolumeReading(context=1)
+    images = data.inputs("train", "image")
+    folder = data.splits["train"]["path"][0]
+    slices = [np.asarray(read_dicom(f"{folder}/IM{k}.dcm", WINDOW)) for k in (2, 1, 0)]  # IM2 is slice 0
+    assert np.array_equal(np.asarray(images[0]), np.stack(slices, axis=-1))
+
+
+def test_an_inconsistent_series_in_a_manifest_is_named_by_row_folder_and_file_or_counted(tmp_path, caplog):
+    from hf_adapt.data import DataSpec, load_labelled
+    from hf_adapt.errors import DataError
+
+    _series_manifest(tmp_path, broken=3)
+    spec = DataSpec(source=str(tmp_path / "manifest.csv"), test_size=0.2, validation_size=0.2)
+    with pytest.raises(DataError, match=r"manifest row 3 \(.*series/s3\): inconsistent series: file IM1\.dcm has "
+                                        r"ImageOrientationPatient"):
+        load_labelled(spec)
+    with caplog.at_level(logging.WARNING, logger="hf_adapt.data"):
+        data = load_labelled(DataSpec(**{**spec.__dict__, "on_bad_image": "skip"}))
+    assert sum(data.origin["splits"].values()) == 9
+    assert sum(n.get("inconsistent series", 0) for n in data.origin["skipped_images"].values()) == 1
+
+
+def test_explain_and_prediction_read_a_series_folder_as_the_model_was_trained(tmp_path):
+    from hf_adapt.explain import read_input
+    from hf_adapt.inputs import check_inputs
+
+    write_series(tmp_path / "s")
+    info = {"kind": "image", "dicom_window": list(WINDOW), "volume_slice": 0, "volume_context": 1}
+    expected = np.asarray(read_series(tmp_path / "s", WINDOW, VolumeReading(0, 1)))
+    image, named = read_input(str(tmp_path / "s"), info)
+    assert np.array_equal(np.asarray(image), expected) and named == {"path": str(tmp_path / "s")}
+    assert np.array_equal(np.asarray(check_inputs(str(tmp_path / "s"), info)[0]), expected)
+    assert check_inputs(str(tmp_path / "s"), {"kind": "image"})[0].mode == "L"  # a model saved before: middle slice
+
+
+@pytest.mark.parametrize(("values", "words"), [
+    ({"volume_slice": "first"}, "volume_slice must be 'middle' or a slice index"),
+    ({"volume_slice": True}, "volume_slice must be 'middle' or a slice index"),
+    ({"volume_context": 2}, "volume_context must be 0 .* or 1 .*wider stacks have no channels"),
+])
+def test_bad_volume_settings_fail_when_the_config_is_read(values, words):
+    from hf_adapt.config import config_from_dict
+    from hf_adapt.recipes.finetune import FinetuneConfig
+
+    with pytest.raises(ConfigError, match=words):
+        config_from_dict(FinetuneConfig, values)
+    assert config_from_dict(FinetuneConfig, {"volume_slice": -1}).volume_slice == -1
