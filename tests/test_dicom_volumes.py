@@ -306,7 +306,7 @@ def test_an_inconsistent_series_in_a_manifest_is_named_by_row_folder_and_file_or
     assert sum(n.get("inconsistent series", 0) for n in data.origin["skipped_images"].values()) == 1
 
 
-def test_explain_and_prediction_read_a_series_folder_as_the_model_was_trained(tmp_path):
+def test_explain_prediction_and_uploads_read_volumes_as_the_model_was_trained(tmp_path):
     from hf_adapt.explain import read_input
     from hf_adapt.inputs import check_inputs
 
@@ -317,6 +317,9 @@ def test_explain_and_prediction_read_a_series_folder_as_the_model_was_trained(tm
     assert np.array_equal(np.asarray(image), expected) and named == {"path": str(tmp_path / "s")}
     assert np.array_equal(np.asarray(check_inputs(str(tmp_path / "s"), info)[0]), expected)
     assert check_inputs(str(tmp_path / "s"), {"kind": "image"})[0].mode == "L"  # a model saved before: middle slice
+    mr = get_testdata_file("emri_small.dcm")  # an uploaded multi-frame file's bytes, as the server hands them on
+    uploaded = check_inputs(open(mr, "rb").read(), info)[0]
+    assert np.array_equal(np.asarray(uploaded), np.asarray(read_dicom(mr, WINDOW, VolumeReading(0, 1))))
 
 
 @pytest.mark.parametrize(("values", "words"), [
