@@ -74,6 +74,13 @@ class VolumeReading:
         """The keys saved in ``hf_adapt.json``'s data block, which :meth:`from_info` reads back."""
         return dict(zip(VOLUME_FIELDS, (self.slice, self.context), strict=True))
 
+    def describe(self) -> str:
+        """The reading in words, for the model card."""
+        which = "the middle slice" if self.slice == "middle" else f"slice {self.slice}"
+        if self.context:
+            return f"{which} and its neighbours on each side as the three channels (2.5D; edge slices repeated)"
+        return which
+
     @property
     def channels(self) -> int:
         """How many slices a volume gives: the input channels they fill."""

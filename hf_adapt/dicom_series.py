@@ -92,11 +92,6 @@ def _slice_dataset(path: Path, name: str):
         dataset = read_dataset(path, str(path))
     except ImageReadError as err:
         raise ImageReadError(name, err.reason, f"file {path.name}: {err.detail}") from err
-    if int(dataset.get("NumberOfFrames") or 1) > 1:
-        raise ImageReadError(name, "inconsistent series",
-                             f"inconsistent series: file {path.name} holds {dataset.NumberOfFrames} frames; a series "
-                             "folder holds one slice per file (a multi-frame file is a volume by itself: name the "
-                             "file, not the folder)")
     return dataset
 
 
@@ -126,6 +121,10 @@ def _header(path: Path, folder: Path) -> _Slice:
         header = read_dataset(path, str(path), headers_only=True)
         if "Rows" not in header or "Columns" not in header:
             raise ImageReadError(str(folder), "no pixel data", f"file {path.name} is not an image (no Rows/Columns)")
+        if int(header.get("NumberOfFrames") or 1) > 1:
+            raise _refuse(str(folder), f"file {path.name} holds {header.NumberOfFrames} frames; a series folder holds "
+                                       "one slice per file (a multi-frame file is a volume by itself: name the file, "
+                                       "not the folder)")
         instance = header.get("InstanceNumber")
         return _Slice(path, header.get("SeriesInstanceUID"), (int(header.Rows), int(header.Columns)),
                       _numbers(header.get("ImageOrientationPatient")), _numbers(header.get("ImagePositionPatient")),

@@ -454,8 +454,9 @@ def _read_image(path: Path, data_info: dict[str, Any]):
 def read_input(input: str, data_info: dict[str, Any], row: int = 0) -> tuple[Any, dict[str, Any]]:
     """The raw input ``explain`` hands the model, and how to name it in the JSON.
 
-    Images: an image file, or a folder holding one DICOM series. Table rows: a .json file (one row object, or a list of them picked by
-    ``row``) or a CSV file and ``row``. Texts: a .txt file, or the text itself.
+    Images: an image file, or a folder holding one DICOM series. Table rows: a .json file (one row
+    object, or a list of them picked by ``row``) or a CSV file and ``row``. Texts: a .txt file, or the
+    text itself.
     """
     kind = data_info.get("kind")
     path = Path(input)

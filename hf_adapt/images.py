@@ -10,8 +10,8 @@ as a card example and published.
 DICOM files are read by :mod:`hf_adapt.dicom` with one intensity window for every split; 16-bit
 images are scaled to 8 bit, not clipped. A manifest path may name a folder holding one DICOM series
 (:mod:`hf_adapt.dicom_series`); it and multi-frame files are volumes, read as the run's
-:class:`~hf_adapt.dicom.VolumeReading` says (a slice, or a 2.5D stack of slices). Failures are :class:`~hf_adapt.dicom.ImageReadError`
-(a ``DataError``) whose ``reason`` is one of ``BAD_IMAGE_REASONS``.
+:class:`~hf_adapt.dicom.VolumeReading` says (a slice, or a 2.5D stack of slices). Failures are
+:class:`~hf_adapt.dicom.ImageReadError` (a ``DataError``) whose ``reason`` is one of ``BAD_IMAGE_REASONS``.
 """
 
 from __future__ import annotations

@@ -687,6 +687,8 @@ def _table_facts(backbone) -> dict[str, Any] | None:
 
 
 def _input_description(data) -> str:
+    from hf_adapt.dicom import VolumeReading
+
     if data.kind == "table":
         how = f"template `{data.text_template}`" if data.text_template else "`column: value, ...` pairs"
         return f"table rows rendered as text ({how}) over {len(data.feature_columns)} columns"
@@ -694,7 +696,8 @@ def _input_description(data) -> str:
         return f"text column `{data.input_column}`"
     if data.input_column is None:
         return f"pixel rows reshaped to {data.origin['pixel_shape']} images"
-    return f"images from column `{data.input_column}`"
+    volumes = "" if data.volume == VolumeReading() else f"; DICOM volumes as {data.volume.describe()}"
+    return f"images from column `{data.input_column}`{volumes}"
 
 
 def _trained_on(cv) -> tuple[str, ...]:

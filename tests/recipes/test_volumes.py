@@ -60,6 +60,8 @@ def test_a_2_5d_run_reloads_to_the_same_pixels_and_predictions(tiny_timm_convnet
         "report_to": "none", "torch_num_threads": 1, "license": "apache-2.0", "output_dir": str(tmp_path / "out")}))
     info = json.loads((result.output_dir / "hf_adapt.json").read_text())
     assert info["data"]["volume_slice"] == "middle" and info["data"]["volume_context"] == 1
+    card = (result.output_dir / "README.md").read_text()
+    assert "DICOM volumes as the middle slice and its neighbours on each side as the three channels (2.5D" in card
     paths, images = list(result.data.splits["test"]["path"]), result.data.inputs("test", "image")
     assert {image.mode for image in images} == {"RGB"} and {p.endswith(".dcm") for p in paths} == {True, False}
     for path, image in zip(paths, images):
