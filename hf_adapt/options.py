@@ -116,6 +116,8 @@ class LabelOptions(Options):
     train_samples_per_class: int | None = field(default=None, metadata={"help": "Label budget: train on this many rows of each class (stratified, seeded, nested like train_fraction)."})
     group_column: str | None = field(default=None, metadata={"help": "Column of group ids, e.g. patient_id: carved splits and cross-validation folds keep every group in one split, and given splits must not share a group."})
     dicom_window: list | None = field(default=None, metadata={"help": "DICOM images: [center, width] of the intensity window (after rescale slope/intercept); unset = the file's own window, else its full range."})
+    volume_slice: int | str = field(default="middle", metadata={"help": "DICOM volumes (a multi-frame file, or a manifest path naming a folder that holds one CT/MR series): the slice that becomes the 2D input: middle (slice n // 2 of n, in slice order) or a 0-based index in slice order (-1: the last). Series are ordered by ImagePositionPatient along the slice normal (by InstanceNumber only when no slice has a position), multi-frame files by frame; a volume without the chosen slice is refused by name. One-frame files are 2D images, read as they are."})
+    volume_context: int = field(default=0, metadata={"help": "DICOM volumes, 2.5D: neighbouring slices on each side of the chosen one stacked into the input channels, edge slices repeated. 0: the one slice (grayscale); 1: slices i-1, i, i+1 as the three channels of an RGB backbone (refused for a one-channel backbone, and for colour volumes), all windowed alike (dicom_window, else the middle slice's window, else their joint range). Saved with the model, so prediction and serving read volumes the same way."})
     on_bad_image: Literal["error", "skip"] = field(default="error", metadata={"help": "An image that cannot be read (missing file, no pixel data, unsupported transfer syntax, truncated): error stops before training; skip drops the row with a warning that counts each reason."})
     image_root: str | None = field(default=None, metadata={"help": "Manifests: a folder whose images the manifest may also name, besides its own folder (e.g. a shared scans folder beside it). Every manifest path must resolve, symlinks followed, inside one of the two; a path that leads elsewhere (../x.png, /an/absolute/path, a symlink pointing out) is refused before anything there is read, so no stray file is trained on or published as a card example."})
 
@@ -127,8 +129,10 @@ class LabelOptions(Options):
         if self.train_samples_per_class is not None and self.train_samples_per_class < 1:
             raise ConfigError(f"train_samples_per_class must be >= 1, got {self.train_samples_per_class}")
         from hf_adapt.data import check_dicom_window
+        from hf_adapt.dicom import VolumeReading
 
         check_dicom_window(self.dicom_window)
+        VolumeReading.from_info(self)  # refuses a slice that is not middle or an index, a context not 0 or 1
 
 
 @dataclass

@@ -4,7 +4,7 @@ and how its rows become model inputs."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from hf_adapt.data.checks import (
@@ -19,6 +19,7 @@ from hf_adapt.data.files import SPLIT_NAMES, data_version, image_root_folder, lo
 from hf_adapt.data.rows import detect_kind, render_row
 from hf_adapt.data.spec import DataSpec
 from hf_adapt.data.splits import encode_labels, label_names, make_splits
+from hf_adapt.dicom import VolumeReading
 from hf_adapt.errors import DataError
 from hf_adapt.images import (
     MANIFEST_ROW,
@@ -48,6 +49,7 @@ class LabelledData:
     text_template: str | None
     origin: dict[str, Any]  # source facts for the card: files, split sizes, how splits were made
     dicom_window: list[float] | None = None  # the window every DICOM image is read with (train, test, predict)
+    volume: VolumeReading = field(default_factory=VolumeReading)  # the slice(s) every DICOM volume gives
 
     @property
     def num_labels(self) -> int:
@@ -107,7 +109,8 @@ def load_labelled(spec: DataSpec) -> LabelledData:
         check_texts(encoded, column)
     elif column is None:  # a table rendered as text, or pixel columns
         check_numbers(encoded, features, allow_missing=kind == "table")
-    skipped = check_images(splits, column, spec.on_bad_image, spec.dicom_window) if kind == "image" and column is not None else {}
+    skipped = (check_images(splits, column, spec.on_bad_image, spec.dicom_window, spec.volume)
+               if kind == "image" and column is not None else {})
     splits = {k: v.remove_columns([MANIFEST_ROW]) if MANIFEST_ROW in v.column_names else v for k, v in splits.items()}
     if spec.text_template is not None and kind == "table":
         try:
@@ -126,7 +129,8 @@ def load_labelled(spec: DataSpec) -> LabelledData:
         "repeated_images": repeated,
     }
     window = origin["dicom_window"]
-    data = LabelledData(splits, names, kind, column, features, spec.text_template, origin, dicom_window=window)
+    data = LabelledData(splits, names, kind, column, features, spec.text_template, origin, dicom_window=window,
+                        volume=spec.volume)
     origin["label_counts"] = {split: data.label_counts(split) for split in splits}
     return data
 
@@ -144,7 +148,7 @@ def rows_to_inputs(dataset, input_kind: str, data: LabelledData) -> list[Any]:
         table = dataset.select_columns(data.feature_columns).to_pandas().to_numpy(dtype=np.float32)
         return [Image.fromarray(np.clip(r, 0, 255).astype(np.uint8).reshape(shape)) for r in table]
     if data.kind == "image":
-        return [open_image(v, f"row {i} column {data.input_column!r} ({name_of(v)})", data.dicom_window)
+        return [open_image(v, f"row {i} column {data.input_column!r} ({name_of(v)})", data.dicom_window, data.volume)
                 for i, v in enumerate(image_values(dataset, data.input_column))]
     if data.kind == "text":
         texts = dataset[data.input_column]

@@ -274,6 +274,7 @@ def _prepare(cfg: FinetuneConfig, run) -> _Setup:
     if parent is not None:
         logger.info("started from the backbone of %s (%s %s)", cfg.init_from, parent.recipe, parent.info.get("regime"))
     backbone = trainer.first[0]
+    _check_volume_channels(data, backbone)
     trainable, total = count_parameters(trainer.first[1])
     logger.info("%s backbone, %d labels, %s trainable of %s parameters", backbone.family, data.num_labels,
                 f"{trainable:,}", f"{total:,}")
@@ -281,6 +282,14 @@ def _prepare(cfg: FinetuneConfig, run) -> _Setup:
         inputs = {split: data.inputs(split, trainer.kind) for split in labels}
     backbone.preprocessor.check_inputs(inputs)  # one warning counts the texts max_length will cut
     return _Setup(data, positive, folds, parent, trainer, trainable, total, inputs, labels)
+
+
+def _check_volume_channels(data, backbone) -> None:
+    """A 2.5D stack fills three input channels; a one-channel backbone would blend its slices into one."""
+    mode = getattr(backbone.preprocessor, "mode", "RGB")  # image preprocessors say "RGB" or "L"
+    if data.kind == "image" and data.volume.channels == 3 and mode != "RGB":
+        raise ConfigError("volume_context: 1 stacks three slices into the input channels, but this backbone reads "
+                          "one channel; use a 3-channel backbone, or volume_context: 0")
 
 
 def _train_and_test(cfg: FinetuneConfig, run, setup: _Setup) -> _Done:
@@ -546,6 +555,7 @@ def _write_run_files(directory: Path, cfg, accelerator, model, backbone, family,
         transfer.carry(parent, directory)
     input_info = {"kind": data.kind, "feature_columns": data.feature_columns, "text_template": data.text_template,
                   "pixel_shape": cfg.pixel_shape, "input_column": data.input_column, "dicom_window": cfg.dicom_window,
+                  **data.volume.info(),
                   "column_kinds": column_kinds(data),
                   **{k: backbone.info[k] for k in ("table_features", "table_column_kinds") if k in backbone.info}}
     operating_point = _operating_point_facts(point, data, cfg)
@@ -684,6 +694,8 @@ def _table_facts(backbone) -> dict[str, Any] | None:
 
 
 def _input_description(data) -> str:
+    from hf_adapt.dicom import VolumeReading
+
     if data.kind == "table":
         how = f"template `{data.text_template}`" if data.text_template else "`column: value, ...` pairs"
         return f"table rows rendered as text ({how}) over {len(data.feature_columns)} columns"
@@ -691,7 +703,8 @@ def _input_description(data) -> str:
         return f"text column `{data.input_column}`"
     if data.input_column is None:
         return f"pixel rows reshaped to {data.origin['pixel_shape']} images"
-    return f"images from column `{data.input_column}`"
+    volumes = "" if data.volume == VolumeReading() else f"; DICOM volumes as {data.volume.describe()}"
+    return f"images from column `{data.input_column}`{volumes}"
 
 
 def _trained_on(cv) -> tuple[str, ...]:
