@@ -362,3 +362,12 @@ def to_8bit(image):
 
     values = np.asarray(image, dtype=np.float64)
     return Image.fromarray(_window_to_8bit(values, float(values.min()), float(values.max())))
+
+
+def check_volume_channels(data, backbone) -> None:
+    """Refuse, before training, a 2.5D stack (three slices in the input channels) for a backbone that reads one
+    channel, which would blend its slices into one; ``data`` is a ``LabelledData``."""
+    mode = getattr(backbone.preprocessor, "mode", "RGB")  # image preprocessors say "RGB" or "L"
+    if data.kind == "image" and data.volume.channels == 3 and mode != "RGB":
+        raise ConfigError("volume_context: 1 stacks three slices into the input channels, but this backbone reads "
+                          "one channel; use a 3-channel backbone, or volume_context: 0")

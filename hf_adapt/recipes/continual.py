@@ -214,6 +214,7 @@ def _first_model(cfg: ContinualConfig, parent, parent_labels, head: int, new: li
     from hf_adapt import transfer
     from hf_adapt.backbones import BackboneSpec, build_backbone
     from hf_adapt.config import DEFAULT_MODEL
+    from hf_adapt.dicom import check_volume_channels
     from hf_adapt.regimes import apply_regime
 
     kind = "image" if new[0].data.kind == "image" else "text"
@@ -226,6 +227,8 @@ def _first_model(cfg: ContinualConfig, parent, parent_labels, head: int, new: li
         logger.info("continuing %s (%s, %d labels)", cfg.init_from, parent.recipe, len(parent_labels))
     if backbone.preprocessor.input_kind != kind:
         raise ConfigError(f"the model reads {backbone.preprocessor.input_kind} inputs but the experiences hold {kind} data")
+    for experience in new:
+        check_volume_channels(experience.data, backbone)
     backbone.preprocessor.check_inputs({f"{e.name}/{split}": e.inputs(split, kind) for e in new
                                         for split in ("train", "validation", "test")})
     return backbone, model
@@ -484,7 +487,8 @@ def _write_run_files(directory: Path, cfg, accelerator, model, backbone, run, st
         "continues": {"source": parent.source, "revision": parent.revision} if parent else None,
         "head_names": backbone.head_names,
         "data": {"kind": data.kind, "feature_columns": data.feature_columns, "text_template": data.text_template,
-                 "pixel_shape": cfg.pixel_shape, "input_column": data.input_column, "column_kinds": column_kinds(data)},
+                 "pixel_shape": cfg.pixel_shape, "input_column": data.input_column, "column_kinds": column_kinds(data),
+                 "dicom_window": cfg.dicom_window, **data.volume.info()},  # images reload as they were read
         "continual": {"scenario": cfg.scenario, "strategy": strategy.name, "adapters": adapters,
                       "tasks": {e.name: {"task": e.task, "classes": e.classes} for e in run.experiences}},
     }, run.label_names)

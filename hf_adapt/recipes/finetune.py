@@ -247,6 +247,7 @@ def _prepare(cfg: FinetuneConfig, run) -> _Setup:
     from hf_adapt.adapters import count_parameters
     from hf_adapt.backbones import BackboneSpec
     from hf_adapt.data import DataSpec, load_labelled
+    from hf_adapt.dicom import check_volume_channels
     from hf_adapt.report import check_subgroups
     from hf_adapt.table_features import TableInputs
 
@@ -274,7 +275,7 @@ def _prepare(cfg: FinetuneConfig, run) -> _Setup:
     if parent is not None:
         logger.info("started from the backbone of %s (%s %s)", cfg.init_from, parent.recipe, parent.info.get("regime"))
     backbone = trainer.first[0]
-    _check_volume_channels(data, backbone)
+    check_volume_channels(data, backbone)
     trainable, total = count_parameters(trainer.first[1])
     logger.info("%s backbone, %d labels, %s trainable of %s parameters", backbone.family, data.num_labels,
                 f"{trainable:,}", f"{total:,}")
@@ -282,14 +283,6 @@ def _prepare(cfg: FinetuneConfig, run) -> _Setup:
         inputs = {split: data.inputs(split, trainer.kind) for split in labels}
     backbone.preprocessor.check_inputs(inputs)  # one warning counts the texts max_length will cut
     return _Setup(data, positive, folds, parent, trainer, trainable, total, inputs, labels)
-
-
-def _check_volume_channels(data, backbone) -> None:
-    """A 2.5D stack fills three input channels; a one-channel backbone would blend its slices into one."""
-    mode = getattr(backbone.preprocessor, "mode", "RGB")  # image preprocessors say "RGB" or "L"
-    if data.kind == "image" and data.volume.channels == 3 and mode != "RGB":
-        raise ConfigError("volume_context: 1 stacks three slices into the input channels, but this backbone reads "
-                          "one channel; use a 3-channel backbone, or volume_context: 0")
 
 
 def _train_and_test(cfg: FinetuneConfig, run, setup: _Setup) -> _Done:
