@@ -9,7 +9,8 @@ The rules, for whoever writes a page:
   configs).
 - ``hf-adapt`` there is the real command with tiny stand-ins appended to its training commands
   (``tests/docs/standin.py``): the example's text stays what a user runs, the test trains a 2-layer BERT for one
-  epoch. Processes a block leaves running (a server started with ``&``) are stopped when the page ends.
+  epoch. ``hf-adapt serve`` gets a free port, and ``localhost:8000`` in a block's text is read as that port.
+  Processes a block leaves running (a server started with ``&``) are stopped when the page ends.
 - A ``yaml`` block must be a mapping of finetune config keys, and is checked as the recipe checks a config file.
 - A ``text`` block is output or a file tree, not an example.
 - Anything else needs ``<!-- not run: the reason -->`` on the line before its fence: needs a GPU, the Hub, the real
@@ -26,6 +27,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from collections import Counter
@@ -126,8 +128,7 @@ def shared(tiny_bert, credit_sample, tmp_path_factory) -> dict[str, Path]:
                              "--num_train_epochs", "1", "--per_device_train_batch_size", "16",
                              "--learning_rate", "5e-3", "--torch_num_threads", "1", "--report_to", "none",
                              "--license", "apache-2.0", "--card_examples", "0", "--bootstrap_resamples", "100"],
-                "continual": ["--num_train_epochs", "1", "--torch_num_threads", "1", "--report_to", "none",
-                              "--card_examples", "0"]}
+                "continual": ["--num_train_epochs", "1", "--torch_num_threads", "1", "--report_to", "none"]}
     return {"root": root, "output": output, "credit": Path(credit_sample), "bin": bin_dir,
             "standins": json.dumps(standins)}
 
@@ -165,6 +166,12 @@ def _run_bash(block: Block, work: Path, env: dict, groups: list[int]) -> None:
     assert process.returncode == 0, f"{block} exited {process.returncode}:\n{block.code}\n--- output ---\n{out[-4000:]}"
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def _stop(groups: list[int]) -> None:
     for pgid in groups:  # a server a block started with & lives in that block's process group
         try:
@@ -177,8 +184,10 @@ def _stop(groups: list[int]) -> None:
                          ids=lambda p: str(p.relative_to(ROOT)))
 def test_the_examples_run(page, shared, tmp_path, monkeypatch):
     work = _page_folder(shared, tmp_path)
+    port = _free_port()
+    standins = {**json.loads(shared["standins"]), "serve": ["--port", str(port), "--torch_num_threads", "1"]}
     env = {**os.environ, "PATH": f"{shared['bin']}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(ROOT),
-           "HF_ADAPT_DOCS_STANDINS": shared["standins"], "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "HF_ADAPT_DOCS_STANDINS": json.dumps(standins), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
            "TOKENIZERS_PARALLELISM": "false"}
     monkeypatch.chdir(work)
     namespace: dict = {"__name__": "__docs__"}
@@ -187,6 +196,7 @@ def test_the_examples_run(page, shared, tmp_path, monkeypatch):
         for block in read_blocks(page):
             if block.not_run is not None or block.lang not in RUN:
                 continue
+            block.code = block.code.replace("localhost:8000", f"localhost:{port}")
             if block.lang == "python":
                 exec(compile(block.code, str(block), "exec"), namespace)  # noqa: S102 - the page's own example
             elif block.lang == "bash":
