@@ -49,6 +49,9 @@ class FinetuneConfig(ModelOptions, BackboneOptions, DataOptions, LabelOptions, P
     output_dir: str = redefault(RuntimeOptions, "output_dir", "outputs/finetune", help="Where the adapter, metrics and card go (written atomically).")
 
     def validate(self) -> None:
+        from hf_adapt.tasks import task_of
+
+        task_of(self)  # what makes no sense for the task (an operating point for regression ...) is refused now
         if not self.pretrained and self.regime not in ("full", "gradual_unfreeze"):
             raise ConfigError(f"pretrained: false needs regime: full or gradual_unfreeze; a {self.regime} run saves "
                               "only part of the weights, and a random base cannot be rebuilt when the output is loaded")
