@@ -36,6 +36,12 @@ class Task(Protocol):
     def check_config(self, cfg: Any) -> None:
         """Refuse, before any data is read, the settings that make no sense for this task."""
 
+    def fit(self, data: Any) -> Task:
+        """This task bound to loaded data (its classes, or its target's training-split scaling)."""
+
+    def baseline_outputs(self, model: Any, inputs: Any) -> np.ndarray:
+        """A fitted scikit-learn baseline's predictions on ``inputs``, as model outputs are (for ``metrics``)."""
+
     def read_labels(self, raw: dict[str, Any], spec: Any) -> tuple[dict[str, Any], list[str]]:
         """The splits with a ``label`` column as the task trains on it, and the output names (head size)."""
 
@@ -54,13 +60,29 @@ class Task(Protocol):
     def info(self) -> dict[str, Any]:
         """The ``task`` block saved in ``hf_adapt.json``."""
 
+    def explained(self, outputs: np.ndarray, labels: list[str], target: str | None,
+                  predicted: str | None) -> dict[str, Any]:
+        """What an explanation of one input's ``outputs`` (one row) attributes: ``index`` (and ``other``, whose output
+        is subtracted: a binary log-odds) of the output, ``explained_output`` (how the output is named) and the
+        ``facts`` about the prediction the explanation reports."""
+
 
 @dataclass
 class Classification:
     """Single-label softmax classification: the labels are class names, the head has one logit per class."""
 
+    num_labels: int = 0  # set by fit
     name: str = "classification"
     metric_names: tuple[str, ...] = ("accuracy", "macro_f1", "auroc", "log_loss", "ece", "brier", "gini", "ks")
+
+    def fit(self, data: Any) -> Classification:
+        return Classification(data.num_labels)
+
+    def baseline_outputs(self, model: Any, inputs: Any) -> np.ndarray:
+        # predict_proba columns follow model.classes_; align to all label ids
+        probs = np.full((len(inputs), self.num_labels), 1e-7)
+        probs[:, model.classes_] = model.predict_proba(inputs)
+        return np.log(probs)
 
     def check_config(self, cfg: Any) -> None:
         if getattr(cfg, "regression_loss", "mse") != "mse":
@@ -101,6 +123,23 @@ class Classification:
 
     def info(self) -> dict[str, Any]:
         return {"name": self.name, "format": TASK_FORMAT}
+
+    def explained(self, outputs: np.ndarray, labels: list[str], target: str | None,
+                  predicted: str | None) -> dict[str, Any]:
+        from hf_adapt.metrics import softmax
+
+        probs = softmax(np.asarray(outputs, dtype=np.float64)[None])[0]
+        predicted = predicted or labels[int(probs.argmax())]
+        name = predicted if target is None else target
+        if name not in labels:
+            raise ConfigError(f"target {name!r} is not one of this model's labels {labels}")
+        t = labels.index(name)
+        other = 1 - t if len(labels) == 2 else None  # binary: the log-odds of the explained class
+        explained = (f"logit({labels[t]})" if other is None
+                     else f"logit({labels[t]}) - logit({labels[other]}): log-odds of {labels[t]!r}")
+        return {"index": t, "other": other, "explained_output": explained,
+                "facts": {"predicted_label": predicted, "probabilities": dict(zip(labels, map(float, probs))),
+                          "target": labels[t]}}
 
 
 @dataclass
@@ -149,6 +188,8 @@ CLASSIFICATION_ONLY = {
     "positive_label": (None, "there is no positive class"),
     "train_fraction": (None, "label budgets are drawn per class"),
     "train_samples_per_class": (None, "there are no classes"),
+    "sensitive_columns": (None, "the per-group report scores classes (regression subgroups are not implemented yet)"),
+    "sensitive_bins": (None, "it belongs to sensitive_columns"),
 }
 REGRESSION_BASELINES = ("ridge", "tfidf_ridge")
 
@@ -206,6 +247,12 @@ class Regression:
         """This task with the target scaling of the training split's values."""
         return Regression(self.loss_name, TargetScaler.fit(train_values, column))
 
+    def fit(self, data: Any) -> Regression:
+        return self.fit_scaler(data.splits["train"]["label"], data.labels[0])
+
+    def baseline_outputs(self, model: Any, inputs: Any) -> np.ndarray:
+        return self._scaler().encode(model.predict(inputs))[:, None]
+
     def encode(self, values: list[Any]) -> list[float]:
         return self._scaler().encode(values).astype(np.float32).tolist()
 
@@ -221,6 +268,17 @@ class Regression:
 
     def info(self) -> dict[str, Any]:
         return {"name": self.name, "format": TASK_FORMAT, "loss": self.loss_name, "target": self._scaler().to_dict()}
+
+    def explained(self, outputs: np.ndarray, labels: list[str], target: str | None,
+                  predicted: str | None) -> dict[str, Any]:
+        if target not in (None, labels[0]):
+            raise ConfigError(f"target {target!r}: a regression model has one output, {labels[0]!r}")
+        scaler = self._scaler()
+        value = float(self.decode(np.asarray(outputs)[:1])[0])
+        return {"index": 0, "other": None,
+                "explained_output": (f"output({labels[0]}): the standardised prediction; {labels[0]} = output x "
+                                     f"{scaler.std:.6g} + {scaler.mean:.6g}"),
+                "facts": {"predicted_label": f"{value:.6g}", "predicted_value": value, "target": labels[0]}}
 
     def _scaler(self) -> TargetScaler:
         if self.scaler is None:
