@@ -26,6 +26,9 @@ READS = {"logistic_regression": "table", "hist_gradient_boosting": "table", "tfi
 DEFAULTS = {"classification": {"table": "logistic_regression", "text": "tfidf_logistic_regression"},
             "regression": {"table": "ridge", "text": "tfidf_ridge"}}
 DEFAULT = DEFAULTS["classification"]
+# task -> data kind -> the baselines a card shows with ``baseline: auto`` (the default first)
+AUTO = {"classification": {kind: [name] for kind, name in DEFAULTS["classification"].items()},
+        "regression": {"table": ["ridge", "hist_gradient_boosting"], "text": ["tfidf_ridge"]}}
 FITS = {"classification": ("logistic_regression", "hist_gradient_boosting", "tfidf_logistic_regression"),
         "regression": ("ridge", "hist_gradient_boosting", "tfidf_ridge")}
 

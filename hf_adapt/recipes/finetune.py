@@ -190,7 +190,8 @@ def main(cfg: FinetuneConfig, search: dict[str, Any] | None = None) -> FinetuneR
                 "(load_adapted predicts the most probable class; hf-adapt push refuses it); rerun with a target "
                 "the validation data can meet")
         pushed = run.push()
-    return FinetuneResult(Path(cfg.output_dir), done.evaluation.metrics, done.baseline, done.trained.history,
+    first = next(iter(done.baseline.values())) if done.baseline else None
+    return FinetuneResult(Path(cfg.output_dir), done.evaluation.metrics, first, done.trained.history,
                           done.model, done.trained.backbone, setup.data, pushed, done.point, done.cv)
 
 
@@ -244,7 +245,7 @@ class _Done:
     point: Any
     point_error: str | None
     evaluation: Any
-    baseline: Any
+    baseline: dict[str, Any] | None  # baseline name -> its test metrics, the card's first first
 
 
 def _prepare(cfg: FinetuneConfig, run) -> _Setup:
@@ -327,10 +328,8 @@ def _train_and_test(cfg: FinetuneConfig, run, setup: _Setup) -> _Done:
         evaluation.fairness = _fairness_results(cfg, rules, data, setup.positive, softmax(evaluation.logits.astype(
             "float64")), evaluation.labels, keys)
     logger.info("test: %s", " ".join(f"{k}={v:.4f}" for k, v in evaluation.metrics.items()))
-    baseline = None
-    if _baseline_name(cfg, data):
-        baseline = baselines.fit_baseline(_baseline_name(cfg, data), data, seed=cfg.seed, fit_on=_trained_on(cv),
-                                          task=setup.task)
+    baseline = {name: baselines.fit_baseline(name, data, seed=cfg.seed, fit_on=_trained_on(cv), task=setup.task)
+                for name in _baseline_names(cfg, data)} or None
     return _Done(trained, accelerator.unwrap_model(trained.model), cv, point, point_error, evaluation, baseline)
 
 
@@ -590,7 +589,7 @@ def _write_run_files(directory: Path, cfg, accelerator, model, backbone, family,
         "num_processes": accelerator.num_processes,
         "mixed_precision": accelerator.mixed_precision,
         "gradient_accumulation_steps": accelerator.gradient_accumulation_steps,
-        "baseline": {_baseline_name(cfg, data): baseline} if baseline else None,
+        "baseline": baseline,
         "data": data.origin,
     })
     save_config(cfg, directory / "config.yaml")
@@ -741,14 +740,14 @@ def _trained_on(cv) -> tuple[str, ...]:
     return ("train", "validation") if cv is not None and cv.keep == "refit" else ("train",)
 
 
-def _baseline_name(cfg, data) -> str | None:
-    """The baseline the card shows: the one named, or for auto the one of the task that reads this data (none for
-    images)."""
-    from hf_adapt.baselines import DEFAULTS
+def _baseline_names(cfg, data) -> list[str]:
+    """The baselines the card shows: the one named, or for auto those of the task that read this data (none for
+    images; a regression table gets ridge and gradient boosting)."""
+    from hf_adapt.baselines import AUTO
 
     if cfg.baseline == "auto":
-        return DEFAULTS[data.task].get(data.kind)
-    return None if cfg.baseline == "none" else cfg.baseline
+        return list(AUTO[data.task].get(data.kind, ()))
+    return [] if cfg.baseline == "none" else [cfg.baseline]
 
 
 def _operating_point_facts(point, data, cfg) -> dict[str, Any] | None:
@@ -805,15 +804,12 @@ def _baseline_facts(baseline, data, cfg, cv):
            "ridge": "as raw values (one-hot categoricals, standardised numerics), alpha 1, predicting the target in "
                     "its own unit",
            "tfidf_ridge": "as word 1-2-gram TF-IDF (sublinear tf, words in at least 2 rows), alpha 1"}
-    name = _baseline_name(cfg, data)
     from hf_adapt.baselines import BASELINES
 
     rows = sum(data.origin["splits"][split] for split in _trained_on(cv))
     what = (f"the same text column {data.input_column!r}" if data.kind == "text"
             else f"the same {len(data.feature_columns)} columns")
-    return {
-        "name": BASELINES[name],
-        "metrics": baseline,
-        "description": (f"Baseline: scikit-learn {BASELINES[name]} on {what}, {how[name]}, fitted on the same {rows} "
-                        "rows the model trained on."),
-    }
+    shown = [{"name": BASELINES[name], "metrics": metrics,
+              "description": (f"Baseline: scikit-learn {BASELINES[name]} on {what}, {how[name]}, fitted on the same "
+                              f"{rows} rows the model trained on.")} for name, metrics in baseline.items()]
+    return {**shown[0], "more": shown[1:]}

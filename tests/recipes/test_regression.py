@@ -44,8 +44,10 @@ def test_regression_run_writes_metrics_intervals_baseline_and_target_scaling(reg
     for name in ("rmse", "mae", "r2"):
         low, high = intervals[name]
         assert low <= metrics[name] <= high and low < high
-    baseline = json.loads((regression_run / "train_results.json").read_text())["baseline"]["ridge"]
-    assert set(baseline) == {"rmse", "mae", "r2"} and baseline["r2"] > 0.2  # duration explains much of the amount
+    baselines = json.loads((regression_run / "train_results.json").read_text())["baseline"]
+    assert list(baselines) == ["ridge", "hist_gradient_boosting"]  # a table: linear and gradient boosting
+    for metrics in baselines.values():
+        assert set(metrics) == {"rmse", "mae", "r2"} and metrics["r2"] > 0.2  # duration explains much of the amount
     history = json.loads((regression_run / "train_results.json").read_text())["history"]
     assert all("rmse" in row and "train_loss" in row for row in history)
 
@@ -56,7 +58,8 @@ def test_regression_card_shows_regression_sections_and_figures(regression_run):
     card = ModelCard.load(regression_run / "README.md")
     text = card.text
     assert "A regression model predicting `credit_amount`" in text
-    assert "| rmse |" in text and "| r2 |" in text and "ridge regression" in text
+    assert "| metric | this model | 95 % CI | ridge regression | gradient boosting |" in text
+    assert "| rmse |" in text and "| r2 |" in text and "HistGradientBoosting" not in text
     assert "RMSE (root mean squared error)" in text and "ECE is" not in text
     assert "figures/predicted_vs_actual.png" in text and "figures/residuals.png" in text
     assert (regression_run / "figures" / "predicted_vs_actual.png").stat().st_size > 1000
