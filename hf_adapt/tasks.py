@@ -228,6 +228,10 @@ class Regression:
 
         column, encoded = spec.label_column, {}
         for split, dataset in raw.items():
+            if type(dataset.features.get(column)).__name__ == "ClassLabel":  # class folders, or a labelled Hub set
+                raise DataError(f"{source_of(spec, split)}: label column {column!r} holds classes "
+                                f"({', '.join(dataset.features[column].names[:5])}, ...), not numbers; task: "
+                                "regression needs a numeric target column (a manifest or table with numbers)")
             where = f"{source_of(spec, split)} (split {split!r})"
             values = [_target_value(v, where, row, column) for row, v in enumerate(dataset[column])]
             dataset = dataset.remove_columns([column])

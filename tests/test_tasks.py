@@ -145,3 +145,8 @@ def test_regression_loss_is_mse_or_huber_on_the_single_output():
     mse = get_task("regression", "mse").loss(lambda model, inputs: outputs)(None, batch)["loss"]
     huber = get_task("regression", "huber").loss(lambda model, inputs: outputs)(None, batch)["loss"]
     assert mse.item() == pytest.approx(4.5) and huber.item() == pytest.approx((0 + 2.5) / 2)
+
+
+def test_class_folders_are_refused_as_a_regression_target(digits_folder):
+    with pytest.raises(DataError, match="holds classes .*not numbers; task: regression needs a numeric target"):
+        _load(digits_folder, label_column="label", text_template=None)

@@ -165,3 +165,12 @@ def test_serving_answers_the_number(regression_run, tiny_bert, credit_sample, tm
 
     (record,) = read_feedback(str(tmp_path / "feedback" / "served.jsonl")).records
     assert record["correction"] == "1234.5" and float(record["completion"]) == pytest.approx(got[0], rel=1e-6)
+
+
+def test_export_refuses_a_regression_model(regression_run, tmp_path):
+    from hf_adapt.errors import ModelError
+    from hf_adapt.export import export
+
+    with pytest.raises(ModelError, match="export writes classifiers; this is a regression model"):
+        export(str(regression_run), tmp_path / "exported")
+    assert not (tmp_path / "exported").exists()
