@@ -42,6 +42,11 @@ class Task(Protocol):
     def baseline_outputs(self, model: Any, inputs: Any) -> np.ndarray:
         """A fitted scikit-learn baseline's predictions on ``inputs``, as model outputs are (for ``metrics``)."""
 
+    wide_model: str  # the linear model a hybrid table model's wide path starts from
+
+    def fit_wide(self, features: np.ndarray, labels: list[Any], seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """Weights (outputs x width) and bias of that linear model on a hybrid's encoded training rows."""
+
     def read_labels(self, raw: dict[str, Any], spec: Any) -> tuple[dict[str, Any], list[str]]:
         """The splits with a ``label`` column as the task trains on it, and the output names (head size)."""
 
@@ -74,6 +79,10 @@ class Classification:
     num_labels: int = 0  # set by fit
     name: str = "classification"
     metric_names: tuple[str, ...] = ("accuracy", "macro_f1", "auroc", "log_loss", "ece", "brier", "gini", "ks")
+    wide_model: str = "logistic regression"
+
+    def fit_wide(self, features: np.ndarray, labels: list[Any], seed: int) -> tuple[np.ndarray, np.ndarray]:
+        return fit_linear(features, labels, self.num_labels, seed)
 
     def fit(self, data: Any) -> Classification:
         return Classification(data.num_labels)
@@ -142,6 +151,27 @@ class Classification:
                           "target": labels[t]}}
 
 
+def fit_linear(features: np.ndarray, labels: list[int], num_labels: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Weights ``(num_labels x width)`` and bias of logistic regression on ``features``, as logits: a binary
+    model's log-odds go to the second label (the first's logit is 0), so their softmax is its probability."""
+    from sklearn.linear_model import LogisticRegression
+
+    if len(set(labels)) < 2:
+        raise DataError(f"table_features: the training rows hold one class only ({labels[0] if labels else 'none'}); "
+                        "the wide path's logistic regression needs two")
+    model = LogisticRegression(max_iter=2000, random_state=seed).fit(features, labels)
+    weight = np.zeros((num_labels, features.shape[1]))
+    bias = np.zeros(num_labels)
+    classes = [int(c) for c in model.classes_]
+    if len(classes) == 2:  # the first present label's logit stays 0
+        weight[classes[1]], bias[classes[1]] = model.coef_[0], model.intercept_[0]
+    else:
+        weight[classes], bias[classes] = model.coef_, model.intercept_
+    absent = sorted(set(range(num_labels)) - set(classes))
+    bias[absent] = bias[classes].min() - 10.0  # a label the rows lack starts improbable
+    return weight, bias
+
+
 @dataclass
 class TargetScaler:
     """The training split's mean and standard deviation of a numeric target: the model learns
@@ -202,6 +232,13 @@ class Regression:
     scaler: TargetScaler | None = None
     name: str = "regression"
     metric_names: tuple[str, ...] = REGRESSION_METRICS
+    wide_model: str = "ridge regression (alpha 1, on the standardised target)"
+
+    def fit_wide(self, features: np.ndarray, labels: list[Any], seed: int) -> tuple[np.ndarray, np.ndarray]:
+        from sklearn.linear_model import Ridge
+
+        model = Ridge(alpha=1.0).fit(features, np.asarray(labels, dtype=np.float64))
+        return model.coef_[None, :], np.asarray([model.intercept_])
 
     def check_config(self, cfg: Any) -> None:
         for key, (default, why) in CLASSIFICATION_ONLY.items():
@@ -217,9 +254,6 @@ class Regression:
         if baseline in ("logistic_regression", "tfidf_logistic_regression"):
             raise ConfigError(f"baseline: {baseline} is a classifier; task: regression takes auto, none, ridge, "
                               "tfidf_ridge or hist_gradient_boosting")
-        if getattr(cfg, "table_features", "none") != "none":
-            raise ConfigError("table_features (the hybrid table model) is not implemented for task: regression yet; "
-                              "leave table_features: none (rows are rendered as text)")
         if getattr(cfg, "init_from", None):
             raise ConfigError("init_from is not implemented for task: regression yet; start from a base model")
 

@@ -39,7 +39,7 @@ def test_multi_label_is_refused_as_not_implemented():
     ({"train_samples_per_class": 5}, "train_samples_per_class"),
     ({"metric_for_best_model": "auroc"}, "auroc is a classification metric.*rmse"),
     ({"baseline": "logistic_regression"}, "logistic_regression is a classifier"),
-    ({"table_features": "auto"}, "table_features.*not implemented for task: regression"),
+    ({"init_from": "outputs/parent"}, "init_from is not implemented for task: regression"),
 ])
 def test_regression_refuses_classification_options_before_training(values, message):
     with pytest.raises(ConfigError, match=message):
@@ -150,3 +150,15 @@ def test_regression_loss_is_mse_or_huber_on_the_single_output():
 def test_class_folders_are_refused_as_a_regression_target(digits_folder):
     with pytest.raises(DataError, match="holds classes .*not numbers; task: regression needs a numeric target"):
         _load(digits_folder, label_column="label", text_template=None)
+
+
+def test_a_regression_hybrid_wide_path_is_ridge_on_the_standardised_target():
+    from sklearn.linear_model import Ridge
+
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(80, 5))
+    target = features @ np.array([1.0, -2.0, 0.5, 0.0, 3.0]) + rng.normal(0, 0.1, 80)
+    weight, bias = Regression().fit_wide(features, target.tolist(), seed=0)
+    assert weight.shape == (1, 5) and bias.shape == (1,)
+    expected = Ridge(alpha=1.0).fit(features, target).predict(features)
+    np.testing.assert_allclose(features @ weight.T[:, 0] + bias[0], expected, rtol=1e-6)

@@ -122,7 +122,7 @@ class _Trainer:
             return backbone, apply_regime(backbone, self.cfg.regime, self.cfg.adapter)
         from hf_adapt.backbones.hybrid import fit_hybrid, freeze_wide
 
-        backbone = fit_hybrid(backbone, self.table, rows, self.data.num_labels, self.cfg.seed)
+        backbone = fit_hybrid(backbone, self.table, rows, self.data.num_labels, self.cfg.seed, self.task)
         return backbone, freeze_wide(apply_regime(backbone, self.cfg.regime, self.cfg.adapter))
 
     def loader(self, inputs: list[Any], labels: list[int], train: bool, collate):
@@ -626,7 +626,7 @@ def _card_facts(cfg, data, backbone, family, parent, record: dict[str, Any]) -> 
         "imbalance": _imbalance_description(cfg, data),
         "grouped_by": data.origin.get("grouped_by"),
         "skipped_images": data.origin.get("skipped_images"),
-        "table_features": _table_facts(backbone),
+        "table_features": _table_facts(backbone, data),
     }
 
 
@@ -712,16 +712,17 @@ def _summary(cfg, base_model, dataset_name, data) -> str:
             f"trained with hf-adapt on {dataset_name}.")
 
 
-def _table_facts(backbone) -> dict[str, Any] | None:
+def _table_facts(backbone, data) -> dict[str, Any] | None:
     """The card's account of a hybrid's table features: the columns by kind, the paths and the rule for the unseen."""
     if not backbone.info.get("table_features"):
         return None
     from hf_adapt.table_features import DEEP_WIDTH, UNKNOWN_RULE
+    from hf_adapt.tasks import get_task
 
     encoder = backbone.preprocessor.encoder
     return {"numbers": [e["column"] for e in encoder.numeric], "indicators": [e["column"] for e in encoder.indicators],
             "categories": [e["column"] for e in encoder.categorical], "width": encoder.width,
-            "deep_width": DEEP_WIDTH, "unknown_rule": UNKNOWN_RULE}
+            "deep_width": DEEP_WIDTH, "unknown_rule": UNKNOWN_RULE, "wide": get_task(data.task).wide_model}
 
 
 def _input_description(data) -> str:

@@ -174,3 +174,27 @@ def test_export_refuses_a_regression_model(regression_run, tmp_path):
     with pytest.raises(ModelError, match="export writes classifiers; this is a regression model"):
         export(str(regression_run), tmp_path / "exported")
     assert not (tmp_path / "exported").exists()
+
+
+def test_hybrid_regression_starts_from_ridge_and_reloads(tiny_bert, credit_sample, tmp_path):
+    """table_features: the wide path holds ridge regression on the encoded columns; the model's test numbers reload."""
+    from hf_adapt.explain import explain
+    from hf_adapt.predict import load_adapted
+    from hf_adapt.tasks import regression_metrics
+
+    out = train_finetune(tmp_path / "hybrid", **regression_values(tiny_bert, credit_sample, table_features="auto",
+                                                                  num_train_epochs=1, card_examples=1))
+    info = json.loads((out / "hf_adapt.json").read_text())
+    assert sorted(info["data"]["table_features"]) == sorted(COLUMNS)
+    metrics = json.loads((out / "eval_results.json").read_text())
+    ridge = json.loads((out / "train_results.json").read_text())["baseline"]["ridge"]
+    assert metrics["r2"] > ridge["r2"] - 0.15  # starts at the linear model: near it after one epoch, not at chance
+    card = (out / "README.md").read_text()
+    assert "ridge regression (alpha 1, on the standardised target) fitted on the training rows" in card
+    rows, actual = _test_rows(tiny_bert, credit_sample)
+    again = regression_metrics(load_adapted(str(out)).predict_values(rows), actual)
+    assert again["rmse"] == pytest.approx(metrics["rmse"], rel=1e-4)
+    row_file = tmp_path / "row.json"
+    row_file.write_text(json.dumps(rows[0]))
+    result = json.loads(explain(str(out), str(row_file), out=tmp_path / "why", steps=8)[1].read_text())
+    assert result["target"] == "credit_amount" and {c["column"] for c in result["columns"]} >= set(COLUMNS)
