@@ -36,3 +36,15 @@ def code_version() -> str:
     dirty = "modified" if git("status", "--porcelain", "hf_adapt") else "clean"
     return (f"hf_adapt imported from `{Path(hf_adapt.__file__).parent}`; repository HEAD {git('rev-parse', '--short', 'HEAD') or '?'}"
             f" (its hf_adapt/: {dirty})")
+
+
+def run_reporting(run, args) -> int:
+    """``run(args)``, with any error printed rather than raised: a benchmark reports; it does not fail a build."""
+    import traceback
+
+    try:
+        run(args)
+    except Exception as err:  # noqa: BLE001 - printed, and the exit status stays 0
+        traceback.print_exc()
+        print(f"benchmark error: {type(err).__name__}: {err}")
+    return 0

@@ -6,6 +6,9 @@ Each is fitted on training rows only and scored on the rows the adapted model is
   categorical splits (ordinal-coded categoricals, raw numerics);
 - ``tfidf_logistic_regression`` (texts): word 1-2-gram TF-IDF of the text column (sublinear tf), then logistic
   regression: the baseline a text classifier must beat.
+
+For ``task: regression`` the same inputs feed regressors: ``ridge`` (tables, the linear baseline),
+``hist_gradient_boosting`` (tables, HistGradientBoostingRegressor) and ``tfidf_ridge`` (texts).
 """
 
 from __future__ import annotations
@@ -13,17 +16,26 @@ from __future__ import annotations
 import numpy as np
 
 from hf_adapt.data import LabelledData
-from hf_adapt.metrics import classification_metrics
 
 BASELINES = {"logistic_regression": "logistic regression", "hist_gradient_boosting": "gradient boosting",
-             "tfidf_logistic_regression": "TF-IDF + logistic regression"}
-READS = {"logistic_regression": "table", "hist_gradient_boosting": "table", "tfidf_logistic_regression": "text"}
-DEFAULT = {"table": "logistic_regression", "text": "tfidf_logistic_regression"}  # baseline: auto
+             "tfidf_logistic_regression": "TF-IDF + logistic regression", "ridge": "ridge regression",
+             "tfidf_ridge": "TF-IDF + ridge regression"}
+READS = {"logistic_regression": "table", "hist_gradient_boosting": "table", "tfidf_logistic_regression": "text",
+         "ridge": "table", "tfidf_ridge": "text"}
+# task -> data kind -> the baseline of ``baseline: auto``; the names each task can fit
+DEFAULTS = {"classification": {"table": "logistic_regression", "text": "tfidf_logistic_regression"},
+            "regression": {"table": "ridge", "text": "tfidf_ridge"}}
+DEFAULT = DEFAULTS["classification"]
+# task -> data kind -> the baselines a card shows with ``baseline: auto`` (the default first)
+AUTO = {"classification": {kind: [name] for kind, name in DEFAULTS["classification"].items()},
+        "regression": {"table": ["ridge", "hist_gradient_boosting"], "text": ["tfidf_ridge"]}}
+FITS = {"classification": ("logistic_regression", "hist_gradient_boosting", "tfidf_logistic_regression"),
+        "regression": ("ridge", "hist_gradient_boosting", "tfidf_ridge")}
 
 
-def baselines_for(kind: str) -> list[str]:
-    """The baselines that read data of ``kind`` (none for images)."""
-    return [name for name, reads in READS.items() if reads == kind]
+def baselines_for(kind: str, task: str = "classification") -> list[str]:
+    """The baselines of ``task`` that read data of ``kind`` (none for images)."""
+    return [name for name in FITS[task] if READS[name] == kind]
 
 
 def baseline_columns(data: LabelledData) -> list[str]:
@@ -31,62 +43,78 @@ def baseline_columns(data: LabelledData) -> list[str]:
     return [data.input_column] if data.kind == "text" else list(data.feature_columns)
 
 
-def _pipeline(name: str, numeric: list[str], categorical: list[str], seed: int):
+def _estimator(name: str, task: str, categorical: int, seed: int):
+    """The scikit-learn model at the end of baseline ``name``'s pipeline (gradient boosting fits either task)."""
+    from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+    from sklearn.linear_model import LogisticRegression, Ridge
+
+    if name in ("logistic_regression", "tfidf_logistic_regression"):
+        return LogisticRegression(max_iter=2000, random_state=seed)
+    if name in ("ridge", "tfidf_ridge"):
+        return Ridge(alpha=1.0)
+    boosting = HistGradientBoostingRegressor if task == "regression" else HistGradientBoostingClassifier
+    return boosting(categorical_features=list(range(categorical)), random_state=seed)
+
+
+def _pipeline(name: str, numeric: list[str], categorical: list[str], seed: int, task: str = "classification"):
     from sklearn.compose import make_column_transformer
     from sklearn.impute import SimpleImputer
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
 
-    if name == "logistic_regression":
-        from sklearn.linear_model import LogisticRegression
-
+    if name not in FITS[task]:
+        raise ValueError(f"unknown {task} baseline {name!r}; known: {list(FITS[task])}")
+    estimator = _estimator(name, task, len(categorical), seed)
+    if name in ("logistic_regression", "ridge"):
         # an empty cell (the model reads it as 'missing') becomes the median plus a was-missing flag
         scaled = make_pipeline(SimpleImputer(strategy="median", add_indicator=True), StandardScaler())
         return make_pipeline(
-            make_column_transformer((scaled, numeric), (OneHotEncoder(handle_unknown="ignore"), categorical)),
-            LogisticRegression(max_iter=2000, random_state=seed),
-        )
+            make_column_transformer((scaled, numeric), (OneHotEncoder(handle_unknown="ignore"), categorical)), estimator)
     if name == "hist_gradient_boosting":
-        from sklearn.ensemble import HistGradientBoostingClassifier
-
         encode = OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=np.nan)
-        return make_pipeline(
-            make_column_transformer((encode, categorical), ("passthrough", numeric)),
-            HistGradientBoostingClassifier(categorical_features=list(range(len(categorical))), random_state=seed),
-        )
-    if name == "tfidf_logistic_regression":
-        from sklearn.feature_extraction.text import TfidfVectorizer
-        from sklearn.linear_model import LogisticRegression
+        return make_pipeline(make_column_transformer((encode, categorical), ("passthrough", numeric)), estimator)
+    from sklearn.feature_extraction.text import TfidfVectorizer
 
-        (column,) = numeric + categorical
-        return make_pipeline(
-            make_column_transformer((TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True), column)),
-            LogisticRegression(max_iter=2000, random_state=seed),
-        )
-    raise ValueError(f"unknown baseline {name!r}; known: {sorted(BASELINES)}")
+    (column,) = numeric + categorical
+    return make_pipeline(
+        make_column_transformer((TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True), column)), estimator)
 
 
-def baseline_logits(name: str, train, test, columns: list[str], num_labels: int, seed: int = 0) -> np.ndarray:
-    """Log-probabilities of baseline ``name`` fitted on ``train`` and applied to ``test`` (pandas frames
-    with ``columns`` and an integer ``label`` column), one column per label id."""
+def fitted_baseline(name: str, train, columns: list[str], seed: int = 0, task: str = "classification"):
+    """Baseline ``name`` of ``task`` fitted on ``train`` (a pandas frame with ``columns`` and a ``label`` column:
+    class ids, or a regression target in its own unit)."""
     from pandas.api.types import is_numeric_dtype
 
     numeric = [c for c in columns if is_numeric_dtype(train[c])]
     categorical = [c for c in columns if c not in numeric]
-    model = _pipeline(name, numeric, categorical, seed)
-    model.fit(train[columns], train["label"])
-    # predict_proba columns follow model.classes_; align to all label ids
-    probs = np.full((len(test), num_labels), 1e-7)
-    probs[:, model.classes_] = model.predict_proba(test[columns])
-    return np.log(probs)
+    model = _pipeline(name, numeric, categorical, seed, task)
+    return model.fit(train[columns], train["label"])
+
+
+def baseline_logits(name: str, train, test, columns: list[str], num_labels: int, seed: int = 0) -> np.ndarray:
+    """Log-probabilities of classification baseline ``name`` fitted on ``train`` and applied to ``test`` (pandas
+    frames with ``columns`` and an integer ``label`` column), one column per label id."""
+    from hf_adapt.tasks import Classification
+
+    return Classification(num_labels).baseline_outputs(fitted_baseline(name, train, columns, seed), test[columns])
+
+
+def baseline_outputs(name: str, train, test, columns: list[str], task, seed: int = 0) -> np.ndarray:
+    """Baseline ``name`` fitted on ``train`` and applied to ``test``, as the model's outputs are: what ``task`` (a
+    bound :class:`hf_adapt.tasks.Task`) scores with ``task.metrics`` against its encoded labels."""
+    return task.baseline_outputs(fitted_baseline(name, train, columns, seed, task.name), test[columns])
 
 
 def fit_baseline(name: str, data: LabelledData, seed: int = 0,
-                 fit_on: tuple[str, ...] = ("train",)) -> dict[str, float]:
-    """Test metrics of baseline ``name`` fitted on the ``fit_on`` splits (those the model trained on)."""
+                 fit_on: tuple[str, ...] = ("train",), task=None) -> dict[str, float]:
+    """Test metrics of baseline ``name`` fitted on the ``fit_on`` splits (those the model trained on); ``task``: the
+    run's bound task (default: classification of ``data``)."""
     import pandas as pd
 
+    from hf_adapt.tasks import Classification
+
+    task = task or Classification(data.num_labels)
     train = pd.concat([data.splits[split].to_pandas() for split in fit_on], ignore_index=True)
     test = data.splits["test"].to_pandas()
-    logits = baseline_logits(name, train, test, baseline_columns(data), data.num_labels, seed)
-    return classification_metrics(logits, test["label"].to_numpy())
+    outputs = baseline_outputs(name, train, test, baseline_columns(data), task, seed)
+    return task.metrics(outputs, np.asarray(task.encode(test["label"].tolist())))

@@ -30,6 +30,9 @@ _METRICS = {
     "sensitivity": ("recall", "Sensitivity at the operating point"),
     "specificity": ("specificity", "Specificity at the operating point"),
     "perplexity": ("perplexity", "Perplexity"),
+    "rmse": ("rmse", "Root mean squared error"),
+    "mae": ("mae", "Mean absolute error"),
+    "r2": ("r_squared", "R²"),
     "preference_accuracy": ("accuracy", "Held-out preference accuracy"),
     "win_rate": ("win_rate", "Win rate against the parent"),
 }
@@ -93,6 +96,8 @@ def card_data(facts: dict[str, Any]):
         tags.append(str(facts["adapter"]["peft_type"]).lower())
     if facts["data_kind"] == "table":
         tags.append("tabular-as-text")
+    if (facts.get("task") or {}).get("name") == "regression":
+        tags.append("regression")
     return ModelCardData(
         model_name=facts["model_name"],
         base_model=facts.get("base_model"),
@@ -258,7 +263,7 @@ def render_card(facts: dict[str, Any], repo_id: str | None = None, revision: str
     context = {
         **facts,
         "adapter_json": json.dumps(adapter, sort_keys=True) if adapter else None,
-        "history_metrics": [m for m in ("accuracy", "auroc", "log_loss") if history and m in history[0]],
+        "history_metrics": [m for m in ("accuracy", "auroc", "log_loss", "rmse", "mae", "r2") if history and m in history[0]],
         "model_column": "this model",
         "load_args": json.dumps(load_path) + (f", revision={json.dumps(revision)}" if revision else ""),
         "on_hub": repo_id is not None,

@@ -25,6 +25,7 @@ class FoldTrainer(Protocol):
     """What :func:`cross_validate` needs of a recipe: a fresh model trained on given rows per call."""
 
     accelerator: Any  # freed of each fold's model before the next
+    task: Any  # hf_adapt.tasks.Task bound to the data: each fold's metrics and its baselines
 
     def train(self, train_rows: tuple[list, list], held_rows: tuple[list, list] | None, select_epoch: bool = True,
               phase: str = "train") -> Any:
@@ -66,6 +67,13 @@ def make_folds(data, k: int, seed: int, group_column: str | None = None) -> list
     return group_folds(labels, groups, k, seed)
 
 
+def _held_facts(data, held_labels: np.ndarray) -> dict[str, Any]:
+    """A held-out fold's labels: rows per class, or (regression, the labels standardised) the rows alone."""
+    if data.task != "classification":
+        return {}
+    return {"held_label_counts": {data.labels[c]: int((held_labels == c).sum()) for c in range(data.num_labels)}}
+
+
 def summarize(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:
     """Mean and sample standard deviation (ddof=1) of each metric across folds; NaN folds are left out."""
     summary = {}
@@ -81,18 +89,19 @@ def summarize(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:
 def cross_validate(trainer: FoldTrainer, data, folds, inputs: dict[str, list], labels: dict[str, list],
                    cfg) -> CrossValidation:
     """Train one model per fold through ``trainer`` (the finetune recipe's), then keep or refit."""
-    from hf_adapt.baselines import baseline_columns, baseline_logits, baselines_for
-    from hf_adapt.metrics import classification_metrics, is_better
+    from hf_adapt.baselines import baseline_columns, baseline_outputs, baselines_for
+    from hf_adapt.metrics import is_better
 
     pool_inputs = inputs["train"] + inputs["validation"]
     pool_labels = labels["train"] + labels["validation"]
-    frame, names = None, baselines_for(data.kind)
+    task = trainer.task
+    frame, names = None, baselines_for(data.kind, task.name)
     if names:
         import pandas as pd
 
         frame = pd.concat([data.splits["train"].to_pandas(), data.splits["validation"].to_pandas()],
                           ignore_index=True)
-    oof = np.zeros((len(pool_labels), data.num_labels))
+    oof = np.zeros((len(pool_labels), data.num_labels))  # regression: one standardised output
     fold_of_row = np.zeros(len(pool_labels), dtype=int)
     rows, baseline_rows, metric = [], {name: [] for name in names}, cfg.metric_for_best_model
     best_value, kept, chosen, fold_facts = None, None, None, []
@@ -105,16 +114,16 @@ def cross_validate(trainer: FoldTrainer, data, folds, inputs: dict[str, list], l
                                 phase=f"fold-{number}")
         oof[held_rows] = trained.held_logits
         fold_of_row[held_rows] = number
-        metrics = classification_metrics(trained.held_logits, trained.held_labels)
+        metrics = task.metrics(trained.held_logits, trained.held_labels)
         rows.append(metrics)
         fold = {"fold": number, "train_rows": int(len(train_rows)), "held_rows": int(len(held_rows)),
-                "held_label_counts": {data.labels[c]: int((held_labels == c).sum()) for c in range(data.num_labels)},
+                **_held_facts(data, held_labels),
                 "epochs": len(trained.history.history), "metrics": metrics, "baselines": {}}
         if frame is not None:
             for name in names:
-                logits = baseline_logits(name, frame.iloc[train_rows], frame.iloc[held_rows], baseline_columns(data),
-                                         data.num_labels, seed=cfg.seed)
-                fold["baselines"][name] = classification_metrics(logits, held_labels)
+                outputs = baseline_outputs(name, frame.iloc[train_rows], frame.iloc[held_rows], baseline_columns(data),
+                                           task, seed=cfg.seed)
+                fold["baselines"][name] = task.metrics(outputs, held_labels)
                 baseline_rows[name].append(fold["baselines"][name])
         logger.info("fold %d/%d: %s=%.4f", number, len(folds), metric, metrics[metric])
         if cfg.cv_keep == "best_fold" and is_better(metric, metrics[metric], best_value):

@@ -105,14 +105,15 @@ def _target_index(labels: list[str], target: str | None, predicted: str) -> int:
 
 
 def _integrated_gradients(model, backbone, preprocessor, labels: list[str], text: str, target: str | None,
-                          steps: int, predicted: str | None, row: dict[str, Any] | None = None) -> dict[str, Any]:
+                          steps: int, predicted: str | None, row: dict[str, Any] | None = None,
+                          task=None) -> dict[str, Any]:
     """Token attributions of ``text`` (captum ``LayerIntegratedGradients`` on the input embeddings); a hybrid
     table model reads ``row`` (whose text is ``text``), its table features held as they are."""
     import torch
     from captum.attr import LayerIntegratedGradients
 
     from hf_adapt.figures import eval_mode
-    from hf_adapt.metrics import softmax
+    from hf_adapt.tasks import Classification
 
     if steps < 1:
         raise ConfigError(f"--steps must be at least 1, got {steps}")
@@ -136,12 +137,9 @@ def _integrated_gradients(model, backbone, preprocessor, labels: list[str], text
 
     with eval_mode(model), torch.no_grad():
         logits = model_logits(batch["input_ids"], *(batch[k] for k in extra_names)).float()
-    probs = softmax(logits.cpu().numpy().astype(np.float64))[0]
-    predicted = predicted or labels[int(probs.argmax())]
-    t = _target_index(labels, target, predicted)
-    other = 1 - t if len(labels) == 2 else None  # binary: the log-odds of the explained class
-    explained = (f"logit({labels[t]})" if other is None
-                 else f"logit({labels[t]}) - logit({labels[other]}): log-odds of {labels[t]!r}")
+    choice = (task or Classification()).explained(logits.cpu().numpy().astype(np.float64)[0], labels, target,
+                                                  predicted)
+    t, other, explained = choice["index"], choice["other"], choice["explained_output"]
 
     def forward(input_ids, *extra):
         out = model_logits(input_ids, *extra)
@@ -167,9 +165,7 @@ def _integrated_gradients(model, backbone, preprocessor, labels: list[str], text
     ]
     return {
         "text": text,
-        "predicted_label": predicted,
-        "probabilities": dict(zip(labels, map(float, probs))),
-        "target": labels[t],
+        **choice["facts"],
         "method": (f"integrated gradients (captum LayerIntegratedGradients) on {layer_name}, {steps} steps; "
                    "baseline: every token replaced by the pad token, special tokens kept"),
         "explained_output": explained,
@@ -183,7 +179,7 @@ def _integrated_gradients(model, backbone, preprocessor, labels: list[str], text
 
 
 def explain_text(model, backbone, preprocessor, labels: list[str], text: str, target: str | None = None,
-                 steps: int = 50, *, predicted: str | None = None) -> dict[str, Any]:
+                 steps: int = 50, *, predicted: str | None = None, task=None) -> dict[str, Any]:
     """Token attributions for one text, for the predicted class (or ``target``).
 
     Args:
@@ -195,6 +191,8 @@ def explain_text(model, backbone, preprocessor, labels: list[str], text: str, ta
         steps: integration steps; more steps, smaller convergence delta.
         predicted: the label the caller's predictor gives (e.g. with an operating point applied); the
             arg max of the probabilities when None.
+        task: the model's :class:`hf_adapt.tasks.Task` (default classification); a regression model's single
+            output is explained, and the prediction is reported in the target's unit.
 
     Returns:
         a JSON-ready dict: ``kind`` "text", prediction, probabilities, target, method, the explained
@@ -202,13 +200,15 @@ def explain_text(model, backbone, preprocessor, labels: list[str], text: str, ta
         the token attributions sum to ``output_at_input - output_at_baseline`` up to the delta.
     """
     _check_text_model(preprocessor)
-    result = _integrated_gradients(model, backbone, preprocessor, labels, str(text), target, steps, predicted)
+    result = _integrated_gradients(model, backbone, preprocessor, labels, str(text), target, steps, predicted,
+                                   task=task)
     result.pop("_forward")
     return {"kind": "text", **result}
 
 
 def explain_row(model, backbone, preprocessor, data_info: dict[str, Any], labels: list[str], row: dict[str, Any],
-                target: str | None = None, steps: int = 50, *, predicted: str | None = None) -> dict[str, Any]:
+                target: str | None = None, steps: int = 50, *, predicted: str | None = None,
+                task=None) -> dict[str, Any]:
     """Per-column attributions for one table row rendered as text (``data_info["kind"] == "table"``), or for one
     row of a hybrid table model (``data_info["table_features"]``; its text is the rendered row or a text column).
 
@@ -236,7 +236,7 @@ def explain_row(model, backbone, preprocessor, data_info: dict[str, Any], labels
         pieces = render_pieces(row, list(data_info["feature_columns"]), data_info.get("text_template"))
     text = "".join(piece for _, piece in pieces)
     result = _integrated_gradients(model, backbone, preprocessor, labels, text, target, steps, predicted,
-                                   row=row if hybrid else None)
+                                   row=row if hybrid else None, task=task)
     forward_parts = result.pop("_forward")
     table, table_baseline, table_delta = (_table_attributions(model, forward_parts, preprocessor.encoder, steps)
                                           if hybrid else (None, None, None))
@@ -389,7 +389,8 @@ def _replace_atomically(path: Path, data: bytes) -> None:
 
 def _title(result: dict[str, Any]) -> str:
     predicted = result["predicted_label"]
-    return (f"predicted {predicted} ({result['probabilities'][predicted]:.2f}); "
+    confidence = f" ({result['probabilities'][predicted]:.2f})" if "probabilities" in result else ""
+    return (f"predicted {predicted}{confidence}; "
             f"integrated gradients of {result['explained_output'].split(':')[0]}")
 
 
@@ -499,14 +500,18 @@ def _default_out(input: str, source: dict[str, Any]) -> Path:
 def explain_checked(predictor, item: Any, target: str | None = None, steps: int = 50) -> dict[str, Any]:
     """The explanation of one already checked input (:func:`hf_adapt.inputs.check_inputs`) by the method its kind
     takes, of the ``target`` label or else of the label users get (operating point included)."""
-    predicted = predictor.predict(item)[0]["label"]
+    task = predictor.task
+    predicted = predictor.predict(item)[0]["label"] if task.name == "classification" else None
     pieces = (predictor.model, predictor.backbone, predictor.preprocessor)
     kind = predictor.data_info["kind"]
     if kind == "image":
+        if task.name != "classification":
+            raise ModelError(f"explain: Grad-CAM of a {task.name} image model is not implemented yet")
         return explain_image(*pieces, predictor.labels, item, target, predicted=predicted)
     if kind == "table" or predictor.data_info.get("table_features"):
-        return explain_row(*pieces, predictor.data_info, predictor.labels, item, target, steps, predicted=predicted)
-    return explain_text(*pieces, predictor.labels, item, target, steps, predicted=predicted)
+        return explain_row(*pieces, predictor.data_info, predictor.labels, item, target, steps, predicted=predicted,
+                           task=task)
+    return explain_text(*pieces, predictor.labels, item, target, steps, predicted=predicted, task=task)
 
 
 def explain(output_dir: str, input: str, out: str | os.PathLike | None = None, row: int = 0,

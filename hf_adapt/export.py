@@ -57,6 +57,10 @@ def export(output_dir: str, out: str | Path, format: Literal["merged", "onnx"] =
         raise ModelError("export writes text, table-as-text and image classifiers; this is a hybrid table model "
                          "(table_features), whose wide and deep paths no transformers or ONNX layout holds yet: "
                          "serve it with hf-adapt serve or load_adapted")
+    if predictor.task.name != "classification":
+        raise ModelError(f"export writes classifiers; this is a {predictor.task.name} model, whose output is "
+                         "standardised (hf_adapt.json's task.target) and which no exported layout undoes yet: serve "
+                         "it with hf-adapt serve or load_adapted")
     continual = predictor.info.get("continual") or {}
     if continual.get("scenario") == "task" or len(set((continual.get("adapters") or {}).values())) > 1:
         raise ModelError("export takes single-model outputs; this continual model routes inputs by task or through "

@@ -454,3 +454,40 @@ def roc_and_pr_curves(scores: np.ndarray, positive: np.ndarray, positive_name: s
     title = "ROC and precision-recall curves, test split"
     fig.suptitle(title, fontsize=10)
     return save_figure(fig, path, title)
+
+
+def _regression_points(predicted: np.ndarray, actual: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    predicted, actual = np.asarray(predicted, dtype=np.float64), np.asarray(actual, dtype=np.float64)
+    if predicted.shape != actual.shape or predicted.ndim != 1 or not predicted.size:
+        raise ValueError(f"predicted and actual must be 1-D of one length; got {predicted.shape} and {actual.shape}")
+    return predicted, actual
+
+
+def predicted_vs_actual(predicted: np.ndarray, actual: np.ndarray, target: str, path: str | os.PathLike) -> Path:
+    """Each test row's prediction against its true value, with the identity line: a perfect model lies on it."""
+    predicted, actual = _regression_points(predicted, actual)
+    fig = new_figure(figsize=(5, 5))
+    ax = fig.subplots()
+    ax.scatter(actual, predicted, s=10, alpha=0.5)
+    low, high = min(actual.min(), predicted.min()), max(actual.max(), predicted.max())
+    ax.plot([low, high], [low, high], color="grey", linestyle="--", linewidth=1, label="predicted = actual")
+    ax.set_xlabel(f"actual {target}")
+    ax.set_ylabel(f"predicted {target}")
+    ax.legend(loc="upper left")
+    title = f"Predicted vs actual, test split (n={len(actual)})"
+    ax.set_title(title)
+    return save_figure(fig, path, title)
+
+
+def residual_plot(predicted: np.ndarray, actual: np.ndarray, target: str, path: str | os.PathLike) -> Path:
+    """Residuals (actual - predicted) against the prediction: a funnel or a curve shows what the model misses."""
+    predicted, actual = _regression_points(predicted, actual)
+    fig = new_figure(figsize=(6, 4))
+    ax = fig.subplots()
+    ax.scatter(predicted, actual - predicted, s=10, alpha=0.5)
+    ax.axhline(0, color="grey", linestyle="--", linewidth=1)
+    ax.set_xlabel(f"predicted {target}")
+    ax.set_ylabel("residual (actual - predicted)")
+    title = f"Residuals, test split (n={len(actual)})"
+    ax.set_title(title)
+    return save_figure(fig, path, title)

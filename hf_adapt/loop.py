@@ -97,7 +97,7 @@ class CheckpointPhase(Protocol):
 
 
 class ExampleDataset(Dataset):
-    """Raw inputs (texts or images) with integer labels, and optionally the task id of each (continual learning)."""
+    """Raw inputs (texts or images) with labels (class ids, or regression targets), and optionally the task id of each (continual learning)."""
 
     def __init__(self, inputs: list[Any], labels: list[int], tasks: list[int] | None = None):
         if len(inputs) != len(labels) or (tasks is not None and len(tasks) != len(labels)):
@@ -122,7 +122,10 @@ def make_loader(dataset: ExampleDataset, collate: Callable, batch_size: int, tra
     """
     def collate_fn(examples):
         inputs, labels, *tasks = zip(*examples)
-        batch = {"inputs": collate(list(inputs), train), "labels": torch.tensor(labels, dtype=torch.long)}
+        # class ids, or (regression) standardised numbers
+        floats = any(isinstance(label, float) for label in labels)
+        batch = {"inputs": collate(list(inputs), train),
+                 "labels": torch.tensor(labels, dtype=torch.float32 if floats else torch.long)}
         if tasks:
             batch["task"] = torch.tensor(tasks[0], dtype=torch.long)
         return batch

@@ -107,7 +107,9 @@ class LabelOptions(Options):
     """Labelled rows: the label, the input columns, label budgets, and how images are read."""
 
     title = "labels and inputs"
-    label_column: str = field(default="creditability", metadata={"help": "Column holding the class label."})
+    task: Literal["classification", "multi_label", "regression"] = field(default="classification", metadata={"help": "What the label column holds. classification: one class per row (softmax, cross-entropy); regression: a number per row (one output trained on the target standardised with the training split's mean and std, saved with the model and undone at prediction; metrics rmse, mae, r2); multi_label: not implemented yet."})
+    regression_loss: Literal["mse", "huber"] = field(default="mse", metadata={"help": "task: regression: mean squared error, or Huber loss (delta 1 standard deviation of the target: less pull from outliers)."})
+    label_column: str = field(default="creditability", metadata={"help": "Column holding the class label (task: regression: the numeric target)."})
     image_column: str | None = field(default=None, metadata={"help": "Column holding images or image paths (auto-detected for image folders)."})
     feature_columns: list | None = field(default=None, metadata={"help": "Table columns to use, in order (default: all but the label)."})
     text_template: str | None = field(default=QUICKSTART_TEMPLATE, metadata={"help": "Python format string rendering a table row as text, e.g. '{age} years, {purpose}'; only the columns it names are used. null = 'column: value, ...' over all columns. The default is the quickstart's compact German Credit template."})
@@ -122,6 +124,11 @@ class LabelOptions(Options):
     image_root: str | None = field(default=None, metadata={"help": "Manifests: a folder whose images the manifest may also name, besides its own folder (e.g. a shared scans folder beside it). Every manifest path must resolve, symlinks followed, inside one of the two; a path that leads elsewhere (../x.png, /an/absolute/path, a symlink pointing out) is refused before anything there is read, so no stray file is trained on or published as a card example."})
 
     def validate(self) -> None:
+        from hf_adapt.tasks import get_task
+
+        get_task(self.task)  # multi_label: not implemented yet
+        if self.regression_loss != "mse" and self.task != "regression":
+            raise ConfigError(f"regression_loss: {self.regression_loss} applies to task: regression, not {self.task}")
         if self.train_fraction is not None and self.train_samples_per_class is not None:
             raise ConfigError("set train_fraction or train_samples_per_class, not both")
         if self.train_fraction is not None and not 0 < self.train_fraction <= 1:
@@ -228,7 +235,7 @@ class ClassifierOptions(Options):
     title = "classifier training"
     head_learning_rate: float | None = field(default=1e-2, metadata={"help": "Learning rate of the new classifier head (null: learning_rate). A fresh head on a frozen or adapted backbone often needs a higher one."})
     layer_lr_decay: float | None = field(default=None, metadata={"help": "Layer-wise learning-rate decay, e.g. 0.8: each layer below the top trains at decay x the rate of the layer above (embeddings/stem lowest); unset: one rate."})
-    metric_for_best_model: Literal["accuracy", "macro_f1", "auroc", "log_loss", "ece", "brier", "gini", "ks"] = field(default="auroc", metadata={"help": "Validation metric that picks the best epoch (and the best fold under cv_keep: best_fold)."})
+    metric_for_best_model: Literal["accuracy", "macro_f1", "auroc", "log_loss", "ece", "brier", "gini", "ks", "rmse", "mae", "r2"] = field(default="auroc", metadata={"help": "Validation metric that picks the best epoch (and the best fold under cv_keep: best_fold); task: regression takes rmse, mae or r2."})
     early_stopping_patience: int | None = field(default=None, metadata={"help": "Stop after this many epochs without improvement (unset: never)."})
 
     def validate(self) -> None:
@@ -275,7 +282,7 @@ class EvaluationOptions(Options):
     sensitive_bins: dict | None = field(default=None, metadata={"resumable": True, "help": "Bin edges for numeric sensitive columns, e.g. {age_in_years: [25, 35, 50]}."})
     positive_label: str | None = field(default=None, metadata={"resumable": True, "help": "Binary tasks: the label that counts as positive for sensitivity and selection rate (default: the second label)."})
     card_examples: int = field(default=4, metadata={"resumable": True, "help": "Images: test images saved with the model (the card's usage snippet) and shown with Grad-CAM maps; tables: up to 3 test rows explained per column (integrated gradients) in the card; 0 for none."})
-    baseline: Literal["auto", "none", "logistic_regression", "hist_gradient_boosting", "tfidf_logistic_regression"] = field(default="auto", metadata={"resumable": True, "help": "Reference model on the same split for the card; auto = logistic regression for tables, TF-IDF + logistic regression for texts. Cross-validation scores the ones that read the data on the same folds."})
+    baseline: Literal["auto", "none", "logistic_regression", "hist_gradient_boosting", "tfidf_logistic_regression", "ridge", "tfidf_ridge"] = field(default="auto", metadata={"resumable": True, "help": "Reference model on the same split for the card; auto = logistic regression for tables, TF-IDF + logistic regression for texts (task: regression: ridge regression, TF-IDF + ridge; hist_gradient_boosting is a regressor there). Cross-validation scores the ones that read the data on the same folds."})
 
     def validate(self) -> None:
         from hf_adapt.fairness import check_fairness

@@ -42,6 +42,9 @@ class Predictor:
         kind = data.get("kind") or ("image" if preprocessor.input_kind == "image"
                                     else "table" if data.get("feature_columns") else "text")  # outputs before "kind"
         self.data_info = {**data, "kind": kind}
+        from hf_adapt.tasks import task_from_info
+
+        self.task = task_from_info(info)  # what the outputs mean: classes, or a standardised number
         self.fairness = None  # group decision rules (hf_adapt.fairness.GroupRules), applied where rows carry the column
         if info.get("fairness"):
             from hf_adapt.fairness import GroupRules
@@ -188,6 +191,37 @@ class Predictor:
         return self.predict(inputs, task)
 
 
+class Regressor(Predictor):
+    """Numbers for images, texts or table rows, in the unit of the target the model was trained on: the model's
+    standardised output times the training split's standard deviation plus its mean (``hf_adapt.json``'s
+    ``task.target``). Each input is checked first, as for a classifier."""
+
+    @property
+    def target(self) -> str:
+        """The name of the column the model predicts."""
+        return self.labels[0]
+
+    def predict_values(self, inputs: Any) -> np.ndarray:
+        """The predicted numbers, one per input, as a float64 array."""
+        return self.task.decode(self.logits(inputs).numpy())
+
+    def predict(self, inputs: Any, task: str | None = None, sensitive: list[Any] | None = None) -> list[dict[str, Any]]:
+        """One ``{"value"}`` per input (the prediction in the target's unit); a single input may be passed bare."""
+        if task is not None or sensitive is not None:
+            raise ModelError("a regression model takes no task and no sensitive values")
+        return [{"value": float(v)} for v in self.predict_values(inputs if isinstance(inputs, list) else [inputs])]
+
+    def predict_proba(self, inputs: Any, task: str | None = None) -> np.ndarray:
+        raise ModelError(f"this is a regression model of {self.target!r}: it has no class probabilities; use "
+                         "predict or predict_values")
+
+    def decide(self, probs: np.ndarray) -> list[str]:
+        raise ModelError(f"this is a regression model of {self.target!r}: it decides no labels; use predict_values")
+
+
+PREDICTORS = {"classification": Predictor, "regression": Regressor}  # by hf_adapt.json's task
+
+
 def _not_a_repo_id(text: str) -> str | None:
     """Why ``text`` cannot be a Hub repo id (it is a path), or None when it can be one."""
     from huggingface_hub.errors import HFValidationError
@@ -233,7 +267,8 @@ def local_dir(path_or_repo_id: str, revision: str | None) -> Path:
 
 def load_adapted(path_or_repo_id: str, merge: bool = False, device: str = "cpu",
                  revision: str | None = None, trust_remote_code: bool = False) -> Predictor:
-    """Rebuild a trained model from an output dir or Hub repo.
+    """Rebuild a trained model from an output dir or Hub repo: a :class:`Predictor` of labels, or for a
+    ``task: regression`` output a :class:`Regressor` of numbers in the target's unit.
 
     Args:
         path_or_repo_id: an hf-adapt output directory or a Hub repo holding one.
@@ -247,6 +282,9 @@ def load_adapted(path_or_repo_id: str, merge: bool = False, device: str = "cpu",
     directory = local_dir(path_or_repo_id, revision)
     info, labels = read_run_info(directory)  # another recipe's output is refused here, naming its loader
     check_artifacts(directory, info)  # damaged weights fail now, before the base model is built
+    from hf_adapt.tasks import task_from_info
+
+    task = task_from_info(info, str(directory / "hf_adapt.json"))  # a damaged task block too
     if info.get("operating_point_error"):
         import logging
 
@@ -276,7 +314,7 @@ def load_adapted(path_or_repo_id: str, merge: bool = False, device: str = "cpu",
             model = model.merge_and_unload()
         except (AttributeError, ValueError, NotImplementedError):
             pass  # method without a merge: serve it unmerged
-    return Predictor(model, backbone, backbone.preprocessor, labels, info, device=device)
+    return PREDICTORS[task.name](model, backbone, backbone.preprocessor, labels, info, device=device)
 
 
 def _hybrid(backbone, directory: Path, data_info: dict[str, Any], num_labels: int):

@@ -53,6 +53,23 @@ def write_figures(directory: Path, history: list[dict[str, Any]], metric: str, p
     return {name: Path(path).relative_to(directory).as_posix() for name, path in paths.items()}
 
 
+def write_regression_figures(directory: Path, history: list[dict[str, Any]], metric: str, predicted: np.ndarray,
+                             actual: np.ndarray, target: str) -> dict[str, str]:
+    """A regression model's training curves, predicted-vs-actual and residual plots of the test split (numbers
+    in the target's unit), as PNGs; paths relative to ``directory``."""
+    from hf_adapt import figures
+
+    (directory / FIGURES).mkdir(exist_ok=True)
+    paths = {
+        "predicted_vs_actual": figures.predicted_vs_actual(predicted, actual, target,
+                                                           directory / FIGURES / "predicted_vs_actual.png"),
+        "residuals": figures.residual_plot(predicted, actual, target, directory / FIGURES / "residuals.png"),
+    }
+    if history and all(metric in row for row in history):
+        paths["training_curves"] = figures.training_curves(history, metric, directory / FIGURES / "training_curves.png")
+    return {name: Path(path).relative_to(directory).as_posix() for name, path in paths.items()}
+
+
 def example_indices(y_true: np.ndarray, count: int) -> list[int]:
     """Up to ``count`` test rows, one class after another, so every class shows up if it can."""
     by_class = [list(np.flatnonzero(y_true == c)) for c in np.unique(y_true)]
@@ -104,14 +121,16 @@ def write_gradcam(directory: Path, model, backbone, images: list[Any], probs: np
 
 
 def write_row_explanations(directory: Path, model, backbone, data_info: dict[str, Any], labels: list[str],
-                           rows: list[dict[str, Any]], predicted: list[str]) -> list[dict[str, Any]]:
+                           rows: list[dict[str, Any]], predicted: list[str], task=None) -> list[dict[str, Any]]:
     """Integrated-gradients attributions per column for a few test rows (``figures/explain_<i>.png``
-    and ``.json``), and the card's summary of each: prediction and the three strongest columns."""
+    and ``.json``), and the card's summary of each: prediction and the three strongest columns. ``task``: the
+    model's :class:`hf_adapt.tasks.Task` (default classification; a regression model's prediction is its own)."""
     from hf_adapt.explain import TEMPLATE_BUCKET, explain_row, write_explanation
 
     shown = []
     for i, (row, label) in enumerate(zip(rows, predicted)):
-        result = explain_row(model, backbone, backbone.preprocessor, data_info, labels, row, predicted=label)
+        result = explain_row(model, backbone, backbone.preprocessor, data_info, labels, row,
+                             predicted=label if task is None or task.name == "classification" else None, task=task)
         png, _ = write_explanation(result, directory / FIGURES, stem=f"explain_{i}")
         top = [c for c in result["columns"] if c["column"] != TEMPLATE_BUCKET][:3]
         shown.append({"path": png.relative_to(directory).as_posix(), "predicted": label,

@@ -34,6 +34,7 @@ import numpy as np
 
 from hf_adapt.data.rows import is_missing
 from hf_adapt.errors import ConfigError, DataError, ModelError
+from hf_adapt.tasks import fit_linear  # noqa: F401 - the classifier's wide path, where hybrids have long found it
 
 logger = logging.getLogger("hf_adapt.table_features")
 
@@ -208,27 +209,6 @@ def _moments(values: np.ndarray) -> dict[str, float]:
     """Mean and standard deviation as scikit-learn's StandardScaler takes them (a constant column: std 1)."""
     std = float(values.std())
     return {"mean": float(values.mean()), "std": std if std > 0 else 1.0}
-
-
-def fit_linear(features: np.ndarray, labels: list[int], num_labels: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Weights ``(num_labels x width)`` and bias of logistic regression on ``features``, as logits: a binary
-    model's log-odds go to the second label (the first's logit is 0), so their softmax is its probability."""
-    from sklearn.linear_model import LogisticRegression
-
-    if len(set(labels)) < 2:
-        raise DataError(f"table_features: the training rows hold one class only ({labels[0] if labels else 'none'}); "
-                        "the wide path's logistic regression needs two")
-    model = LogisticRegression(max_iter=2000, random_state=seed).fit(features, labels)
-    weight = np.zeros((num_labels, features.shape[1]))
-    bias = np.zeros(num_labels)
-    classes = [int(c) for c in model.classes_]
-    if len(classes) == 2:  # the first present label's logit stays 0
-        weight[classes[1]], bias[classes[1]] = model.coef_[0], model.intercept_[0]
-    else:
-        weight[classes], bias[classes] = model.coef_, model.intercept_
-    absent = sorted(set(range(num_labels)) - set(classes))
-    bias[absent] = bias[classes].min() - 10.0  # a label the rows lack starts improbable
-    return weight, bias
 
 
 def row_columns(data_info: dict[str, Any]) -> list[str]:

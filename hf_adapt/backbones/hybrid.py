@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from hf_adapt.backbones.base import Backbone
-from hf_adapt.table_features import DEEP_WIDTH, TableEncoder, TableInputs, fit_linear
+from hf_adapt.table_features import DEEP_WIDTH, TableEncoder, TableInputs
+from hf_adapt.tasks import fit_linear
 
 logger = logging.getLogger("hf_adapt.table_features")
 
@@ -137,13 +138,16 @@ def hybrid_backbone(backbone: Backbone, encoder: TableEncoder, text: RowText, nu
     )
 
 
-def fit_hybrid(backbone: Backbone, table: TableInputs, rows: tuple[list, list], num_labels: int, seed: int) -> Backbone:
+def fit_hybrid(backbone: Backbone, table: TableInputs, rows: tuple[list, list], num_labels: int, seed: int,
+               task=None) -> Backbone:
     """``backbone`` with ``table``'s encoding fitted on ``rows`` (inputs, labels) and the wide path initialised from
-    logistic regression fitted on that encoding of them."""
+    the linear model of ``task`` (default classification: logistic regression) fitted on that encoding of them."""
     encoder = TableEncoder.fit(rows[0], table.kinds)
-    wide = fit_linear(encoder.encode(rows[0]), rows[1], num_labels, seed)
+    features = encoder.encode(rows[0])
+    wide = fit_linear(features, rows[1], num_labels, seed) if task is None else task.fit_wide(features, rows[1], seed)
     logger.info("table features: %d columns as %d features beside the text; the wide path starts from "
-                "logistic regression on %d rows", len(table.columns), encoder.width, len(rows[0]))
+                "%s on %d rows", len(table.columns), encoder.width,
+                getattr(task, "wide_model", "logistic regression"), len(rows[0]))
     hybrid = hybrid_backbone(backbone, encoder, RowText(table.text_column, table.feature_columns, table.template),
                              num_labels, wide)
     hybrid.info.update(table.data_info())  # recorded in hf_adapt.json's data block

@@ -7,18 +7,11 @@ import logging
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from hf_adapt.data.checks import (
-    check_groups,
-    check_numbers,
-    check_spec,
-    check_texts,
-    check_unseen_labels,
-    delimiter_hint,
-)
+from hf_adapt.data.checks import check_groups, check_numbers, check_spec, check_texts, delimiter_hint
 from hf_adapt.data.files import SPLIT_NAMES, data_version, image_root_folder, load_raw, manifest_folders
 from hf_adapt.data.rows import detect_kind, render_row
 from hf_adapt.data.spec import DataSpec
-from hf_adapt.data.splits import encode_labels, label_names, make_splits
+from hf_adapt.data.splits import make_splits
 from hf_adapt.dicom import VolumeReading
 from hf_adapt.errors import DataError
 from hf_adapt.images import (
@@ -31,6 +24,7 @@ from hf_adapt.images import (
     path_column,
     resolve_paths,
 )
+from hf_adapt.tasks import get_task
 
 logger = logging.getLogger("hf_adapt.data")
 
@@ -41,7 +35,7 @@ GROUP_HINTS = ("patient_id", "patient", "subject_id", "customer_id")  # warned a
 class LabelledData:
     """Validated splits with integer labels, and how their rows become inputs."""
 
-    splits: dict[str, Any]  # "train"/"validation"/"test" -> datasets.Dataset (column "label" is int)
+    splits: dict[str, Any]  # "train"/"validation"/"test" -> datasets.Dataset (column "label": class id, or a number)
     labels: list[str]
     kind: str  # "table", "text" or "image"
     input_column: str | None
@@ -50,6 +44,7 @@ class LabelledData:
     origin: dict[str, Any]  # source facts for the card: files, split sizes, how splits were made
     dicom_window: list[float] | None = None  # the window every DICOM image is read with (train, test, predict)
     volume: VolumeReading = field(default_factory=VolumeReading)  # the slice(s) every DICOM volume gives
+    task: str = "classification"  # hf_adapt.tasks: regression labels are the target's numbers, ``labels`` its name
 
     @property
     def num_labels(self) -> int:
@@ -86,9 +81,8 @@ def load_labelled(spec: DataSpec) -> LabelledData:
             logger.warning("the data has a %r column but no group_column: splits are made by row, so one %s's rows "
                            "can be in train and in test; set group_column: %s to keep each in one split",
                            ids[0], ids[0], ids[0])
-    names = label_names(raw, spec.label_column)
-    encoded = {split: encode_labels(ds, spec.label_column, names) for split, ds in raw.items()}
-    check_unseen_labels(encoded, names)
+    task = get_task(spec.task)
+    encoded, names = task.read_labels(raw, spec)
     folders, image_root = manifest_folders(spec), image_root_folder(spec)
     first = next(iter(encoded))
     paths = path_column(encoded[first], spec.image_column, folders.get(SPLIT_NAMES.get(first, first)), image_root)
@@ -130,8 +124,8 @@ def load_labelled(spec: DataSpec) -> LabelledData:
     }
     window = origin["dicom_window"]
     data = LabelledData(splits, names, kind, column, features, spec.text_template, origin, dicom_window=window,
-                        volume=spec.volume)
-    origin["label_counts"] = {split: data.label_counts(split) for split in splits}
+                        volume=spec.volume, task=spec.task)
+    origin.update(task.label_facts(data))
     return data
 
 

@@ -35,6 +35,7 @@ class DataSpec:
     on_bad_image: str = "error"  # "error": stop at the first unreadable image; "skip": drop it, counted
     image_root: str | None = None  # a folder manifest image paths may point into, besides the manifest's own
     class_names: list[str] | None = None  # set by load_labelled, for messages
+    task: str = "classification"  # hf_adapt.tasks: what the label column holds (regression: a number)
 
     @classmethod
     def from_config(cls, cfg: Any) -> DataSpec:
@@ -54,4 +55,5 @@ class DataSpec:
             train_samples_per_class=cfg.train_samples_per_class, group_column=cfg.group_column,
             dicom_window=cfg.dicom_window, on_bad_image=cfg.on_bad_image, image_root=cfg.image_root,
             volume=VolumeReading.from_info(cfg),
+            task=getattr(cfg, "task", "classification"),
         )

@@ -19,6 +19,13 @@ def _looks_numeric(value: str) -> bool:
     return True
 
 
+def has_classes(labels) -> bool:
+    """Whether ``labels`` are class ids (stratify on them) rather than a numeric regression target."""
+    import numpy as np
+
+    return np.asarray(labels).dtype.kind in "iub"
+
+
 def label_names(dataset_dict, column: str) -> list[str]:
     """Sorted label names over all splits; refuses missing, mixed-type or continuous labels."""
     first = next(iter(dataset_dict.values()))
@@ -114,8 +121,8 @@ def _grouped_split(dataset, fraction: float, seed: int, name: str, column: str):
         raise DataError(f"cannot carve a {name} split grouped by {column!r}: all {len(labels)} rows belong to "
                         f"one {_group_noun(column)} ({groups[0]!r})")
     n_splits = max(2, round(1 / fraction))
-    counts = np.bincount(labels)
-    if counts[counts > 0].min() >= 2 and n_groups >= n_splits:
+    counts = np.bincount(labels) if has_classes(labels) else np.zeros(1)
+    if counts[counts > 0].size and counts[counts > 0].min() >= 2 and n_groups >= n_splits:
         with warnings.catch_warnings():  # "least populated class has only n members": still the best split
             warnings.simplefilter("ignore", UserWarning)
             folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
@@ -124,7 +131,8 @@ def _grouped_split(dataset, fraction: float, seed: int, name: str, column: str):
     else:
         splitter = GroupShuffleSplit(n_splits=1, test_size=fraction, random_state=seed)
         keep, held = next(splitter.split(indices, labels, groups))
-        how = f"{fraction:.0%} of the {column} groups (not stratified: too few rows or groups per class)"
+        how = (f"{fraction:.0%} of the {column} groups (not stratified: "
+               + ("too few rows or groups per class)" if has_classes(labels) else "a numeric target)"))
     if len(keep) == 0 or len(held) == 0:
         raise DataError(f"cannot carve a {name} split grouped by {column!r} out of {n_groups} groups")
     return dataset.select(sorted(keep)), dataset.select(sorted(held)), how
@@ -159,11 +167,18 @@ def group_folds(labels, groups, k: int, seed: int, names: list[str] | None = Non
     import warnings
 
     import numpy as np
-    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+    from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
 
     labels = np.asarray(labels)
     if k < 2:
         raise DataError(f"cross-validation needs at least 2 folds, got {k}")
+    if not has_classes(labels):  # a numeric target: plain (grouped) k-fold, shuffled and seeded
+        if len(labels) < k or (groups is not None and len(np.unique(_group_ids(groups))) < k):
+            raise DataError(f"{k}-fold cross-validation needs at least {k} rows (and groups); lower cv_folds")
+        indices = np.arange(len(labels))
+        if groups is None:
+            return list(KFold(n_splits=k, shuffle=True, random_state=seed).split(indices))
+        return list(GroupKFold(n_splits=k, shuffle=True, random_state=seed).split(indices, groups=_group_ids(groups)))
     def label_name(value) -> str:
         value = value.item() if hasattr(value, "item") else value
         return repr(names[value]) if names else repr(value)
@@ -200,8 +215,10 @@ def _stratified_split(dataset, fraction: float, seed: int, name: str):
 
     labels = np.asarray(dataset["label"])
     indices = np.arange(len(labels))
-    counts = np.bincount(labels)
-    stratify = labels if counts[counts > 0].min() >= 2 else None
+    stratify = None  # a numeric (regression) target is split at random
+    if has_classes(labels):
+        counts = np.bincount(labels)
+        stratify = labels if counts[counts > 0].min() >= 2 else None
     try:
         keep, held = train_test_split(indices, test_size=fraction, random_state=seed, stratify=stratify)
     except ValueError as err:
@@ -261,7 +278,8 @@ def make_splits(dataset_dict, spec: DataSpec) -> tuple[dict[str, Any], str]:
             how.append(f"{name}: {method}, {len(splits[name]) / total:.0%} of the rows (seed {spec.seed})")
         else:
             splits["train"], splits[name] = _stratified_split(splits["train"], fraction, spec.seed, name)
-            how.append(f"{name}: stratified {share:.0%} of the data (seed {spec.seed})")
+            way = "stratified" if has_classes(splits[name]["label"]) else "random"
+            how.append(f"{name}: {way} {share:.0%} of the data (seed {spec.seed})")
 
     if "test" not in splits:
         carve(spec.test_size, "test", spec.test_size)

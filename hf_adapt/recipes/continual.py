@@ -76,6 +76,12 @@ class ContinualConfig(ModelOptions, BackboneOptions, DataOptions, LabelOptions, 
             raise ConfigError("experiences: not set; give the stream as a list, e.g. "
                               "[{name: a, classes: [0, 1]}, {name: b, classes: [2, 3]}] (see recipes/configs/continual_*.yaml)")
         check_entries(self.experiences)
+        if self.task != "classification":
+            learning = {"class": "class-incremental learning adds classes to a head",
+                        "domain": "domain-incremental learning keeps one set of classes",
+                        "task": "task-incremental learning picks a task's classes"}[self.scenario]
+            raise ConfigError(f"task: {self.task} does not apply to hf-adapt continual: {learning}, and a "
+                              f"{self.task} target has no classes; train a {self.task} model with hf-adapt finetune")
         if not get_regime(self.regime).continual:
             raise ConfigError(f"regime {self.regime} is not a continual regime; use one of "
                               f"{', '.join(regimes_that('continual'))}")
@@ -388,6 +394,10 @@ def _parent_experiences(parent, label_names: list[str]):
 def _check_parent(parent, cfg) -> None:
     """Refuse an update that cannot continue the parent as it was trained."""
     info = parent.info.get("continual") or {}
+    task = (parent.info.get("task") or {}).get("name", "classification")
+    if task != "classification":
+        raise ConfigError(f"init_from {cfg.init_from!r} is a {task} model; continual learning (here "
+                          f"{cfg.scenario}-incremental) continues a classifier's classes, and a {task} target has none")
     if parent.info.get("regime") != cfg.regime:
         raise ConfigError(f"init_from {cfg.init_from!r} was trained with regime {parent.info.get('regime')!r}; an "
                           f"update continues its weights, so set regime: {parent.info.get('regime')}")

@@ -50,6 +50,9 @@ class FinetuneConfig(ModelOptions, BackboneOptions, DataOptions, LabelOptions, P
     output_dir: str = redefault(RuntimeOptions, "output_dir", "outputs/finetune", help="Where the adapter, metrics and card go (written atomically).")
 
     def validate(self) -> None:
+        from hf_adapt.tasks import task_of
+
+        task_of(self)  # what makes no sense for the task (an operating point for regression ...) is refused now
         if not self.pretrained and self.regime not in ("full", "gradual_unfreeze"):
             raise ConfigError(f"pretrained: false needs regime: full or gradual_unfreeze; a {self.regime} run saves "
                               "only part of the weights, and a random base cannot be rebuilt when the output is loaded")
@@ -91,8 +94,9 @@ class _Trainer:
     cross-validation once per fold and once more for a refit."""
 
     def __init__(self, cfg: FinetuneConfig, accelerator, spec, parent, data, checkpoints=None, table=None,
-                 first_rows: tuple[list, list] | None = None):
+                 first_rows: tuple[list, list] | None = None, task=None):
         self.cfg, self.accelerator, self.spec, self.parent, self.data = cfg, accelerator, spec, parent, data
+        self.task = task  # hf_adapt.tasks.Task bound to the data: the loss, the metrics
         self.checkpoints = checkpoints  # hf_adapt.checkpoints.Checkpoints, or None
         self.table = table  # hf_adapt.table_features.TableInputs of a hybrid table model, or None
         self.first_rows = first_rows  # the rows the first model's table encoding was fitted on (hybrid)
@@ -119,7 +123,7 @@ class _Trainer:
             return backbone, apply_regime(backbone, self.cfg.regime, self.cfg.adapter)
         from hf_adapt.backbones.hybrid import fit_hybrid, freeze_wide
 
-        backbone = fit_hybrid(backbone, self.table, rows, self.data.num_labels, self.cfg.seed)
+        backbone = fit_hybrid(backbone, self.table, rows, self.data.num_labels, self.cfg.seed, self.task)
         return backbone, freeze_wide(apply_regime(backbone, self.cfg.regime, self.cfg.adapter))
 
     def loader(self, inputs: list[Any], labels: list[int], train: bool, collate):
@@ -136,7 +140,7 @@ class _Trainer:
         ``select_epoch`` the best epoch on them is kept (and early stopping applies); without, or
         with no held rows, every configured epoch runs and the last is kept, so held-out scores
         are not selected on (cross-validation folds). ``phase`` names its checkpoints."""
-        from hf_adapt.loop import ClassificationTask, LoopSettings, balanced_class_weights, fit, predict
+        from hf_adapt.loop import LoopSettings, balanced_class_weights, fit, predict
         from hf_adapt.regimes import get_regime
 
         cfg = self.cfg
@@ -146,19 +150,26 @@ class _Trainer:
         collate = backbone.preprocessor.collate
         weights = (balanced_class_weights(train_rows[1], self.data.num_labels) if cfg.class_weights == "balanced"
                    else None)
-        task = ClassificationTask(backbone.logits, weights)
+        task = self.task.loss(backbone.logits, weights)
         overrides = {} if select_epoch and held_rows else {"restore_best": False, "early_stopping_patience": None}
         settings = LoopSettings.from_config(cfg, backbone, **overrides)
         callbacks = get_regime(cfg.regime).callbacks(backbone, cfg.unfreeze_every_epochs) + self.callbacks
         held_loader = self.loader(*held_rows, train=False, collate=collate) if held_rows else None
         checkpoints = self.checkpoints.phase(self.accelerator, phase) if self.checkpoints else None
         model, history = fit(self.accelerator, model, task, self.loader(*train_rows, train=True, collate=collate),
-                             held_loader, settings, callbacks=callbacks, checkpoints=checkpoints)
+                             held_loader, settings, evaluate_fn=self.evaluate, callbacks=callbacks,
+                             checkpoints=checkpoints)
         trained = Trained(model, backbone, task, history)
         if held_loader is not None:
             trained.held_logits, trained.held_labels = predict(
                 self.accelerator, model, task, self.accelerator.prepare(held_loader))
         return trained
+
+    def evaluate(self, accelerator, model, task, loader) -> dict[str, float]:
+        """An epoch's validation metrics: the task's (classification metrics, or RMSE, MAE and R²)."""
+        from hf_adapt.loop import predict
+
+        return self.task.metrics(*predict(accelerator, model, task, loader))
 
 
 def main(cfg: FinetuneConfig, search: dict[str, Any] | None = None) -> FinetuneResult:
@@ -180,7 +191,8 @@ def main(cfg: FinetuneConfig, search: dict[str, Any] | None = None) -> FinetuneR
                 "(load_adapted predicts the most probable class; hf-adapt push refuses it); rerun with a target "
                 "the validation data can meet")
         pushed = run.push()
-    return FinetuneResult(Path(cfg.output_dir), done.evaluation.metrics, done.baseline, done.trained.history,
+    first = next(iter(done.baseline.values())) if done.baseline else None
+    return FinetuneResult(Path(cfg.output_dir), done.evaluation.metrics, first, done.trained.history,
                           done.model, done.trained.backbone, setup.data, pushed, done.point, done.cv)
 
 
@@ -227,6 +239,7 @@ class _Setup:
     total: int
     inputs: dict[str, list]
     labels: dict[str, list]
+    task: Any  # hf_adapt.tasks.Task bound to the data
 
 
 @dataclass
@@ -239,7 +252,7 @@ class _Done:
     point: Any
     point_error: str | None
     evaluation: Any
-    baseline: Any
+    baseline: dict[str, Any] | None  # baseline name -> its test metrics, the card's first first
 
 
 def _prepare(cfg: FinetuneConfig, run) -> _Setup:
@@ -250,10 +263,12 @@ def _prepare(cfg: FinetuneConfig, run) -> _Setup:
     from hf_adapt.dicom import check_volume_channels
     from hf_adapt.report import check_subgroups
     from hf_adapt.table_features import TableInputs
+    from hf_adapt.tasks import task_of
 
     data = load_labelled(DataSpec.from_config(cfg))
+    task = task_of(cfg).fit(data)
     if cfg.baseline in baselines.READS and baselines.READS[cfg.baseline] != data.kind:
-        instead = baselines.DEFAULT.get(data.kind)
+        instead = baselines.DEFAULTS[task.name].get(data.kind)
         raise ConfigError(f"baseline: {cfg.baseline} reads {baselines.READS[cfg.baseline]} data; this data is "
                           f"{data.kind}" + (f" (use {instead})" if instead else " (use none)"))
     check_subgroups(data.splits, data.labels, cfg.sensitive_columns, cfg.sensitive_bins, cfg.positive_label)
@@ -266,12 +281,12 @@ def _prepare(cfg: FinetuneConfig, run) -> _Setup:
         transfer.check_parent(parent, cfg.family, cfg.model_name_or_path, DEFAULT_MODEL,
                               "image" if data.kind == "image" else "text")
     table = TableInputs.of(cfg.table_features, data)  # None: text only
-    labels = {split: list(data.splits[split]["label"]) for split in ("train", "validation", "test")}
+    labels = {split: task.encode(list(data.splits[split]["label"])) for split in ("train", "validation", "test")}
     inputs = {split: table.rows(data.splits[split]) for split in labels} if table is not None else None
     if run.checkpoints is not None:
         run.checkpoints.open(run.accelerator, cfg, data.origin.get("sha256"))
     trainer = _Trainer(cfg, run.accelerator, spec, parent, data, run.checkpoints, table,
-                       (inputs["train"], labels["train"]) if table is not None else None)
+                       (inputs["train"], labels["train"]) if table is not None else None, task)
     if parent is not None:
         logger.info("started from the backbone of %s (%s %s)", cfg.init_from, parent.recipe, parent.info.get("regime"))
     backbone = trainer.first[0]
@@ -282,7 +297,7 @@ def _prepare(cfg: FinetuneConfig, run) -> _Setup:
     if inputs is None:
         inputs = {split: data.inputs(split, trainer.kind) for split in labels}
     backbone.preprocessor.check_inputs(inputs)  # one warning counts the texts max_length will cut
-    return _Setup(data, positive, folds, parent, trainer, trainable, total, inputs, labels)
+    return _Setup(data, positive, folds, parent, trainer, trainable, total, inputs, labels, task)
 
 
 def _train_and_test(cfg: FinetuneConfig, run, setup: _Setup) -> _Done:
@@ -309,7 +324,8 @@ def _train_and_test(cfg: FinetuneConfig, run, setup: _Setup) -> _Done:
                                                      collate=trained.backbone.preprocessor.collate))
     test_logits, test_labels = predict(accelerator, trained.model, trained.task, test_loader)
     groups = list(data.splits["test"][cfg.group_column]) if cfg.group_column else None
-    evaluation = _evaluate_test(cfg, test_logits, test_labels, setup.positive, point, groups, calibration, fitted_on)
+    evaluation = _evaluate_test(cfg, setup.task, test_logits, test_labels, setup.positive, point, groups, calibration,
+                                fitted_on)
     if rules is not None:
         from hf_adapt.metrics import softmax
 
@@ -321,9 +337,8 @@ def _train_and_test(cfg: FinetuneConfig, run, setup: _Setup) -> _Done:
         evaluation.fairness = _fairness_results(cfg, rules, data, setup.positive, softmax(evaluation.logits.astype(
             "float64")), evaluation.labels, keys)
     logger.info("test: %s", " ".join(f"{k}={v:.4f}" for k, v in evaluation.metrics.items()))
-    baseline = None
-    if _baseline_name(cfg, data):
-        baseline = baselines.fit_baseline(_baseline_name(cfg, data), data, seed=cfg.seed, fit_on=_trained_on(cv))
+    baseline = {name: baselines.fit_baseline(name, data, seed=cfg.seed, fit_on=_trained_on(cv), task=setup.task)
+                for name in _baseline_names(cfg, data)} or None
     return _Done(trained, accelerator.unwrap_model(trained.model), cv, point, point_error, evaluation, baseline)
 
 
@@ -464,14 +479,15 @@ class TestEvaluation:
     calibration: dict[str, Any] | None = None  # the fitted calibration, where, and test metrics before and after
     raw_logits: Any = None  # before calibration
     fairness: dict[str, Any] | None = None  # the group rules and the test split without and with them
+    task: Any = None  # hf_adapt.tasks.Task the metrics are of (bound to the data)
 
 
 CALIBRATION_METRICS = ("ece", "brier", "log_loss")
 SUBGROUP_RESAMPLES = 100  # per-group intervals: each resample recomputes every group's metrics
 
 
-def _evaluate_test(cfg: FinetuneConfig, logits, labels, positive: int | None, point, groups=None, calibration=None,
-                   fitted_on: str | None = None) -> TestEvaluation:
+def _evaluate_test(cfg: FinetuneConfig, task, logits, labels, positive: int | None, point, groups=None,
+                   calibration=None, fitted_on: str | None = None) -> TestEvaluation:
     import numpy as np
 
     from hf_adapt.metrics import bootstrap_intervals, classification_metrics, softmax
@@ -483,7 +499,7 @@ def _evaluate_test(cfg: FinetuneConfig, logits, labels, positive: int | None, po
         logits = calibration.apply(raw).astype(np.float32)
 
     def score(logits, labels):
-        metrics = classification_metrics(logits, labels)
+        metrics = task.metrics(logits, labels)
         if point is not None:
             scores = softmax(np.asarray(logits, dtype=np.float64))[:, positive]
             metrics.update(threshold_metrics(scores, labels == positive, point.threshold))
@@ -500,7 +516,7 @@ def _evaluate_test(cfg: FinetuneConfig, logits, labels, positive: int | None, po
     if cfg.bootstrap_resamples:
         intervals = bootstrap_intervals(score, logits, labels, n_resamples=cfg.bootstrap_resamples, seed=cfg.seed,
                                         groups=groups)
-    return TestEvaluation(metrics, logits, labels, intervals, facts, raw)
+    return TestEvaluation(metrics, logits, labels, intervals, facts, raw, task=task)
 
 
 def _write_outputs(directory: Path, cfg, accelerator, model, backbone, family, data, history, evaluation,
@@ -512,6 +528,7 @@ def _write_outputs(directory: Path, cfg, accelerator, model, backbone, family, d
     facts = {
         **_card_facts(cfg, data, backbone, family, parent, record),
         "test_metrics": evaluation.metrics,
+        "task": evaluation.task.info(),
         "baseline": _baseline_facts(baseline, data, cfg, cv),
         "history": history.history,
         "best_epoch": history.best_epoch,
@@ -520,7 +537,8 @@ def _write_outputs(directory: Path, cfg, accelerator, model, backbone, family, d
         "train_seconds": history.train_seconds,
         "trainable_parameters": trainable,
         "total_parameters": total,
-        **_card_media(directory, cfg, model, backbone, data, history, evaluation, record),
+        **(_card_media if data.task == "classification" else _regression_media)(
+            directory, cfg, model, backbone, data, history, evaluation, record),
         "test_intervals": record["intervals"],
         "operating_point": record["operating_point"],
         "operating_point_error": point_error,
@@ -555,6 +573,7 @@ def _write_run_files(directory: Path, cfg, accelerator, model, backbone, family,
     write_run_info(directory, {
         "recipe": "finetune", "family": family, "regime": cfg.regime, "model": model_info,
         "init_from": transfer.run_info(parent) if parent is not None else None, "head_names": backbone.head_names,
+        "task": evaluation.task.info(),
         "data": input_info, "operating_point": operating_point, "operating_point_error": point_error,
         "calibration": {k: v for k, v in evaluation.calibration.items() if k != "test"} if evaluation.calibration else None,
         "fairness": {k: v for k, v in evaluation.fairness.items() if k not in ("test", "test_rows", "resamples")}
@@ -580,7 +599,7 @@ def _write_run_files(directory: Path, cfg, accelerator, model, backbone, family,
         "num_processes": accelerator.num_processes,
         "mixed_precision": accelerator.mixed_precision,
         "gradient_accumulation_steps": accelerator.gradient_accumulation_steps,
-        "baseline": {_baseline_name(cfg, data): baseline} if baseline else None,
+        "baseline": baseline,
         "data": data.origin,
     })
     save_config(cfg, directory / "config.yaml")
@@ -611,12 +630,13 @@ def _card_facts(cfg, data, backbone, family, parent, record: dict[str, Any]) -> 
         "split_sizes": data.origin["splits"],
         "split_method": data.origin["split_method"],
         "labels": data.labels,
-        "label_counts": data.origin["label_counts"],
+        "label_counts": data.origin.get("label_counts"),
+        "target_summary": data.origin.get("target_summary"),
         "lineage": transfer.lineage(parent, data.labels, cfg.regime) if parent is not None else None,
         "imbalance": _imbalance_description(cfg, data),
         "grouped_by": data.origin.get("grouped_by"),
         "skipped_images": data.origin.get("skipped_images"),
-        "table_features": _table_facts(backbone),
+        "table_features": _table_facts(backbone, data),
     }
 
 
@@ -664,26 +684,55 @@ def _card_media(directory: Path, cfg, model, backbone, data, history, evaluation
             "explanations": explained, "subgroups": subgroups, "subgroup_sentences": subgroup_sentences}
 
 
+def _regression_media(directory: Path, cfg, model, backbone, data, history, evaluation, record) -> dict[str, Any]:
+    """A regression card's example input, its predicted-vs-actual and residual plots, and row explanations."""
+    from hf_adapt import report
+    from hf_adapt.table_features import row_columns as columns_of
+
+    task = evaluation.task
+    predicted, actual = task.decode(evaluation.logits), task.decode(evaluation.labels)
+    row_columns = columns_of(record["input_info"])
+    example = data.splits["test"][0]
+    example_input = (repr({c: example[c] for c in row_columns}) if row_columns
+                     else repr(example[data.input_column]) if data.kind == "text" else None)
+    figures = report.write_regression_figures(directory, history.history, cfg.metric_for_best_model, predicted,
+                                              actual, data.labels[0])
+    explained = []
+    if row_columns and cfg.card_examples > 0:
+        rows = list(range(min(cfg.card_examples, 3, len(predicted))))
+        test_split = data.splits["test"]
+        explained = report.write_row_explanations(
+            directory, model, backbone, record["input_info"], data.labels,
+            [{c: test_split[i][c] for c in row_columns} for i in rows], [f"{predicted[i]:.4g}" for i in rows],
+            task=task)
+    return {"example_input": example_input, "example_file": None, "figures": figures, "gradcam": [],
+            "explanations": explained, "subgroups": None, "subgroup_sentences": []}
+
+
 def _summary(cfg, base_model, dataset_name, data) -> str:
     from hf_adapt.regimes import get_regime
 
     base = f"`{base_model}`" if base_model else f"`{cfg.model_name_or_path}`"
     how = get_regime(cfg.regime).describe(cfg.adapter)
     via = f" by way of the backbone of `{Path(cfg.init_from).name}`" if cfg.init_from else ""
+    if data.task == "regression":
+        return (f"A regression model predicting `{data.labels[0]}` (a number, in its own unit) adapted from {base}"
+                f"{via} with {how}, trained with hf-adapt on {dataset_name}.")
     return (f"A {len(data.labels)}-class classifier ({', '.join(data.labels)}) adapted from {base}{via} with {how}, "
             f"trained with hf-adapt on {dataset_name}.")
 
 
-def _table_facts(backbone) -> dict[str, Any] | None:
+def _table_facts(backbone, data) -> dict[str, Any] | None:
     """The card's account of a hybrid's table features: the columns by kind, the paths and the rule for the unseen."""
     if not backbone.info.get("table_features"):
         return None
     from hf_adapt.table_features import DEEP_WIDTH, UNKNOWN_RULE
+    from hf_adapt.tasks import get_task
 
     encoder = backbone.preprocessor.encoder
     return {"numbers": [e["column"] for e in encoder.numeric], "indicators": [e["column"] for e in encoder.indicators],
             "categories": [e["column"] for e in encoder.categorical], "width": encoder.width,
-            "deep_width": DEEP_WIDTH, "unknown_rule": UNKNOWN_RULE}
+            "deep_width": DEEP_WIDTH, "unknown_rule": UNKNOWN_RULE, "wide": get_task(data.task).wide_model}
 
 
 def _input_description(data) -> str:
@@ -705,13 +754,14 @@ def _trained_on(cv) -> tuple[str, ...]:
     return ("train", "validation") if cv is not None and cv.keep == "refit" else ("train",)
 
 
-def _baseline_name(cfg, data) -> str | None:
-    """The baseline the card shows: the one named, or for auto the one that reads this data (none for images)."""
-    from hf_adapt.baselines import DEFAULT
+def _baseline_names(cfg, data) -> list[str]:
+    """The baselines the card shows: the one named, or for auto those of the task that read this data (none for
+    images; a regression table gets ridge and gradient boosting)."""
+    from hf_adapt.baselines import AUTO
 
     if cfg.baseline == "auto":
-        return DEFAULT.get(data.kind)
-    return None if cfg.baseline == "none" else cfg.baseline
+        return list(AUTO[data.task].get(data.kind, ()))
+    return [] if cfg.baseline == "none" else [cfg.baseline]
 
 
 def _operating_point_facts(point, data, cfg) -> dict[str, Any] | None:
@@ -734,7 +784,6 @@ def _log_odds(probability: float) -> float | None:
 
 
 def _imbalance_description(cfg, data) -> str | None:
-    counts = data.origin["label_counts"]["train"]
     if cfg.class_weights == "balanced":
         from hf_adapt.loop import balanced_class_weights
 
@@ -743,6 +792,7 @@ def _imbalance_description(cfg, data) -> str | None:
         return (f"class-weighted cross-entropy: n_rows / (n_classes x class rows) of the rows each model trained on "
                 f"(on the train split: {shown})")
     if cfg.balanced_sampler:
+        counts = data.origin["label_counts"]["train"]
         return ("a balanced sampler: training batches drawn with replacement, every class equally likely "
                 f"(training rows per class: {', '.join(f'{k} {v}' for k, v in counts.items())})")
     return None
@@ -764,16 +814,16 @@ def _baseline_facts(baseline, data, cfg, cv):
     how = {"logistic_regression": "as raw values (one-hot categoricals, standardised numerics)",
            "hist_gradient_boosting": "as raw values (ordinal-coded categoricals with native categorical splits, raw "
                                      "numerics)",
-           "tfidf_logistic_regression": "as word 1-2-gram TF-IDF (sublinear tf, words in at least 2 rows)"}
-    name = _baseline_name(cfg, data)
+           "tfidf_logistic_regression": "as word 1-2-gram TF-IDF (sublinear tf, words in at least 2 rows)",
+           "ridge": "as raw values (one-hot categoricals, standardised numerics), alpha 1, predicting the target in "
+                    "its own unit",
+           "tfidf_ridge": "as word 1-2-gram TF-IDF (sublinear tf, words in at least 2 rows), alpha 1"}
     from hf_adapt.baselines import BASELINES
 
     rows = sum(data.origin["splits"][split] for split in _trained_on(cv))
     what = (f"the same text column {data.input_column!r}" if data.kind == "text"
             else f"the same {len(data.feature_columns)} columns")
-    return {
-        "name": BASELINES[name],
-        "metrics": baseline,
-        "description": (f"Baseline: scikit-learn {BASELINES[name]} on {what}, {how[name]}, fitted on the same {rows} "
-                        "rows the model trained on."),
-    }
+    shown = [{"name": BASELINES[name], "metrics": metrics,
+              "description": (f"Baseline: scikit-learn {BASELINES[name]} on {what}, {how[name]}, fitted on the same "
+                              f"{rows} rows the model trained on.")} for name, metrics in baseline.items()]
+    return {**shown[0], "more": shown[1:]}

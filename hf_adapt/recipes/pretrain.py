@@ -67,6 +67,9 @@ class PretrainConfig(ModelOptions, BackboneOptions, DataOptions, LabelOptions, R
         if not get_regime(self.regime).pretrains:
             raise ConfigError(f"regime {self.regime!r}: pretraining trains an adapter or the full model; use one of "
                               f"{', '.join(regimes_that('pretrains'))}")
+        if self.task != "classification":
+            raise ConfigError(f"task: {self.task} does not apply to hf-adapt pretrain (supervised pretraining learns "
+                              "classes); train a regression model with hf-adapt finetune")
         if self.objective == "supervised":
             if not self.label_column:
                 raise ConfigError("objective: supervised needs label_column (the source set's class labels)")

@@ -38,8 +38,8 @@ class Adapter(Regime):
         except ValueError as err:  # e.g. targets that match no module
             raise ConfigError(f"adapter could not be attached to {backbone.family} model: {err}") from err
 
-    def save(self, model: nn.Module, backbone: Backbone, directory: Path) -> None:
-        model.save_pretrained(str(directory))
+    def save(self, model: nn.Module, backbone: Backbone, directory: Path, state: dict[str, Any] | None = None) -> None:
+        model.save_pretrained(str(directory), **({"state_dict": state} if state is not None else {}))
 
     def check(self, directory: Path) -> None:
         from hf_adapt.weights import check_safetensors

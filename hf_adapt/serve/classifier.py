@@ -1,4 +1,7 @@
-"""Classifier routes: ``POST /v1/predict`` (micro-batched) and ``POST /v1/explain``.
+"""Classifier (and regression model) routes: ``POST /v1/predict`` (micro-batched) and ``POST /v1/explain``.
+
+A classifier answers each input with its label and class probabilities; a ``task: regression`` model with its
+``value``, the predicted number in the target's unit.
 
 Inputs are what the model was trained on: texts, table rows (JSON objects), or images (base64 strings or
 ``{"image_base64": ...}`` in JSON, or multipart file uploads; DICOM included). A string is never read as a path
@@ -19,6 +22,7 @@ from fastapi.responses import JSONResponse
 
 from hf_adapt.errors import DataError
 from hf_adapt.serve.answers import new_id
+from hf_adapt.serve.feedback import number_text
 
 router = APIRouter()
 
@@ -154,6 +158,12 @@ def keep_answers(server, logged: list[Any], results: list[tuple[dict[str, Any], 
     answers, out = [], []
     for item, (prediction, served) in zip(logged, results):  # served: the version that answered, swaps or not
         answer_id = new_id("pred")
+        if "value" in prediction:  # a regression model's number (the feedback log keeps it as text)
+            answers.append({"id": answer_id, "kind": "prediction", "model": served.name,
+                            "model_revision": served.revision, "input": item,
+                            "output": number_text(prediction["value"])})
+            out.append({"prediction_id": answer_id, "value": prediction["value"]})
+            continue
         decision = _decision(served.model.operating_point, prediction["probabilities"])
         answers.append({"id": answer_id, "kind": "prediction", "model": served.name, "model_revision": served.revision,
                         "input": item, "output": prediction["label"], "probabilities": prediction["probabilities"],

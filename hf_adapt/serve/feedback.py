@@ -48,13 +48,25 @@ def _prompt(server, answer: dict[str, Any], body: dict[str, Any]) -> tuple[Any, 
     return given, {}
 
 
-def _check_correction(server, correction: Any) -> None:
+def _check_correction(server, correction: Any) -> Any:
+    """The correction as the log keeps it; refused (422) when it cannot be one for this model."""
     if correction is None:
-        return
+        return None
     if server.served.kind == "classifier":
         labels = server.served.model.labels
+        if server.served.model.task.name == "regression":  # the right number, kept as text like the answer
+            if isinstance(correction, bool) or not isinstance(correction, int | float) or correction != correction:
+                raise HTTPException(422, f"correction {correction!r}: this regression model of {labels[0]!r} takes "
+                                         "the right number")
+            return number_text(correction)
         if correction not in labels:
             raise HTTPException(422, f"correction {correction!r} is not one of this model's labels {labels}")
+    return correction
+
+
+def number_text(value: float) -> str:
+    """A regression answer or correction as the feedback log (text) keeps it: the number, 10 significant digits."""
+    return format(float(value), ".10g")
 
 
 def feedback_record(server, body: Any) -> dict[str, Any]:
@@ -80,8 +92,7 @@ def feedback_record(server, body: Any) -> dict[str, Any]:
             raise HTTPException(422, "feedback: give a thumb ('up'/'down'), a score, or a correction")
         if judged is None:  # a correction alone: the answer was wrong unless it is the same
             judged = "up" if body["correction"] == answer["output"] else "down"
-    _check_correction(server, body.get("correction"))
-    correction = body.get("correction")
+    correction = _check_correction(server, body.get("correction"))
     if correction is not None and isinstance(answer["output"], list):  # a chat answer: corrected as a message
         correction = [{"role": "assistant", "content": correction}] if isinstance(correction, str) else correction
     prompt, extra = _prompt(server, answer, body)

@@ -109,6 +109,8 @@ def _classifier(server, gr) -> None:
             return None, "", f"Not predicted: {err}"
         results = [(p, served) for p in run_batch(served.model, [(None, checked)])]
         answer = keep_answers(server, [as_logged(item)], results, None)["predictions"][0]
+        if "value" in answer:  # a regression model: its number, shown as the label
+            return {f"{served.model.labels[0]} = {answer['value']:.6g}": 1.0}, answer["prediction_id"], ""
         return answer["probabilities"], answer["prediction_id"], ""
 
     def explain(*values):
