@@ -154,12 +154,12 @@ def _check_yaml(block: Block) -> None:
     check_values(FinetuneConfig, values, source=str(block))
 
 
-def _run_bash(block: Block, work: Path, env: dict, groups: list[int]) -> None:
+def _run_bash(block: Block, work: Path, env: dict, groups: list[int], seconds: float) -> None:
     process = subprocess.Popen(["bash", "-euo", "pipefail", "-c", block.code], cwd=work, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     groups.append(process.pid)
     try:
-        out, _ = process.communicate(timeout=240)
+        out, _ = process.communicate(timeout=seconds)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         raise
@@ -183,9 +183,20 @@ def _stop(groups: list[int]) -> None:
 @pytest.mark.parametrize("page", [p for p in PAGES if any(b.not_run is None and b.lang in RUN for b in read_blocks(p))],
                          ids=lambda p: str(p.relative_to(ROOT)))
 def test_the_examples_run(page, shared, tmp_path, monkeypatch):
+    _run_page(page, shared, tmp_path, monkeypatch, json.loads(shared["standins"]), block_seconds=240)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(2400)
+def test_the_tutorial_runs_on_the_real_model(shared, tmp_path, monkeypatch):
+    """The tutorial as a newcomer runs it: the real MiniLM-L6 and German Credit, no stand-ins but the port."""
+    _run_page(ROOT / "docs" / "tutorial.md", shared, tmp_path, monkeypatch, {}, block_seconds=1200)
+
+
+def _run_page(page: Path, shared: dict, tmp_path: Path, monkeypatch, standins: dict, block_seconds: float) -> None:
     work = _page_folder(shared, tmp_path)
     port = _free_port()
-    standins = {**json.loads(shared["standins"]), "serve": ["--port", str(port), "--torch_num_threads", "1"]}
+    standins = {**standins, "serve": ["--port", str(port), "--torch_num_threads", "1"]}
     env = {**os.environ, "PATH": f"{shared['bin']}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(ROOT),
            "HF_ADAPT_DOCS_STANDINS": json.dumps(standins), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
            "TOKENIZERS_PARALLELISM": "false"}
@@ -200,7 +211,7 @@ def test_the_examples_run(page, shared, tmp_path, monkeypatch):
             if block.lang == "python":
                 exec(compile(block.code, str(block), "exec"), namespace)  # noqa: S102 - the page's own example
             elif block.lang == "bash":
-                _run_bash(block, work, env, groups)
+                _run_bash(block, work, env, groups, block_seconds)
             else:
                 _check_yaml(block)
     finally:
