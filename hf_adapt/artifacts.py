@@ -63,17 +63,45 @@ def base_model_info(cfg: Any, backbone: Backbone) -> dict[str, Any]:
             "pretrained": cfg.pretrained, "revision": cfg.model_revision or backbone.info.get("commit"),
             "trust_remote_code": cfg.trust_remote_code, "image_size": cfg.image_size,
             "max_length": cfg.max_length, "pooling": backbone.info.get("pooling"), "base_model_id": cfg.base_model_id,
+            "quantization": getattr(cfg, "quantization", None),  # how training loaded it; reloads use full precision
             # the base weights an adapter or probe sits on; a full fine-tune, a scratch model or a transfer
             # chain (its merged init weights) restores or rebuilds them, so there is nothing to check
             "weights_fingerprint": backbone.info.get("weights_fingerprint") if cfg.pretrained and not cfg.init_from
             and get_regime(cfg.regime).keeps_base else None}
 
 
-def save_model(model: nn.Module, backbone: Backbone, regime: str, directory: Path) -> None:
-    """The smallest files that restore ``model``: what ``regime`` trains (see :mod:`hf_adapt.regimes`)."""
+def save_model(model: nn.Module, backbone: Backbone, regime: str, directory: Path,
+               state: dict[str, Any] | None = None) -> None:
+    """The smallest files that restore ``model``: what ``regime`` trains (see :mod:`hf_adapt.regimes`); ``state``:
+    its :func:`gathered_state` where its parameters are sharded."""
     from hf_adapt.regimes import get_regime
 
-    get_regime(regime).save(model, backbone, directory)
+    if state is None:  # a registered regime written before sharded saving keeps working unsharded
+        get_regime(regime).save(model, backbone, directory)
+    else:
+        get_regime(regime).save(model, backbone, directory, state)
+
+
+def gathered_state(accelerator, model: nn.Module) -> dict[str, Any] | None:
+    """The full state dict of a model whose parameters are sharded across processes, gathered to the main process
+    (in CPU memory), for :func:`save_model` to write what one process would; None where nothing is sharded (one
+    process, DDP, ZeRO-1/2: the model holds its full weights) and on the other processes.
+
+    A collective: every process must call it. FSDP2 (``fully_shard``, which Accelerate's ``fsdp_version: 2``
+    applies) is read through ``torch.distributed.checkpoint``'s full state dict; DeepSpeed ZeRO-3 through
+    ``accelerator.get_state_dict``, which consolidates its partitions."""
+    from torch.distributed.tensor import DTensor
+
+    if any(isinstance(p, DTensor) for p in model.parameters()):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return state if accelerator.is_main_process else None
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if plugin is not None and plugin.zero_stage == 3:
+        state = accelerator.get_state_dict(model)
+        return state if accelerator.is_main_process else None
+    return None
 
 
 def restore_model(backbone: Backbone, regime: str, directory: Path) -> nn.Module:

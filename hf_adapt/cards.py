@@ -136,8 +136,11 @@ def write_card(directory: Path, cfg: Any, accelerator: Any, recipe: str, facts: 
     """Write a run's ``card_facts.json`` and the ``README.md`` rendered from it: the facts every recipe's card
     shares (the model's name, the config's card fields, how and where the run ran), with the recipe's own
     ``facts`` (its template, summary, data, metrics) over them."""
+    from hf_adapt.quantization import describe
+
     facts = {"model_name": Path(cfg.output_dir).name, **cfg.card_text(),
-             **run_facts(cfg, accelerator, directory, recipe), **facts}
+             **run_facts(cfg, accelerator, directory, recipe),
+             "quantization": describe(getattr(cfg, "quantization", None)), **facts}
     write_facts(directory, facts)
     render_card(facts).save(str(directory / "README.md"))
     return facts
@@ -226,10 +229,11 @@ def md_prose(value: Any) -> str:
 @functools.cache
 def environment():
     """The Jinja environment every card template renders in: ``ModelCard.from_template``'s settings plus the
-    ``md``, ``code`` and ``prose`` filters."""
+    ``md``, ``code`` and ``prose`` filters, and ``{% include %}`` of the sections ``model_cards/`` shares
+    (``_search.md``)."""
     import jinja2
 
-    env = jinja2.Environment()
+    env = jinja2.Environment(loader=jinja2.FunctionLoader(lambda name: template_path(name).read_text(encoding="utf-8")))
     env.filters.update(md=md, code=md_code, prose=md_prose)
     return env
 

@@ -271,7 +271,7 @@ def export(argv: list[str] | None = None) -> int:
 
 def tune(argv: list[str] | None = None) -> int:
     """``hf-adapt tune --config base.yaml --search space.yaml --n_trials N`` (a recipe of recipes, with its own
-    parser: its ``--config`` is the finetune config the search starts from)."""
+    parser: its ``--config`` is the config of the recipe (``--recipe``) the search starts from)."""
     return importlib.import_module("hf_adapt.recipes.tune").run(argv)
 
 
@@ -281,7 +281,7 @@ COMMANDS = {"push": (push, "publish an output directory to the Hugging Face Hub"
             "explain": (explain, "explain one prediction (Grad-CAM, integrated gradients per token or column)"),
             "export": (export, "write a classifier for other serving stacks: merged (transformers, timm) or onnx"),
             "serve": (serve, "serve an output over HTTP: predictions or OpenAI-style completions, feedback, metrics"),
-            "tune": (tune, "search the finetune recipe's settings with Optuna, then retrain the best and test it once")}
+            "tune": (tune, "search a recipe's settings (finetune, continual, feedback) with Optuna, then retrain the best and test it once")}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from hf_adapt.errors import ConfigError, DataError, ModelError
-from hf_adapt.images import IMAGE_SUFFIXES, open_image
+from hf_adapt.images import IMAGE_SUFFIXES, exists, open_image
 
 logger = logging.getLogger("hf_adapt.explain")
 
@@ -445,16 +445,19 @@ def _read_row(path: Path, row: int) -> dict[str, Any]:
     return rows[row]
 
 
-def _read_image(path: Path, dicom_window: list[float] | None):
-    """The image as the predictor opens it (DICOM too, windowed as in training)."""
-    return open_image(str(path), str(path), dicom_window)
+def _read_image(path: Path, data_info: dict[str, Any]):
+    """The image as the predictor opens it (DICOM files and series too, windowed and sliced as in training)."""
+    from hf_adapt.dicom import VolumeReading
+
+    return open_image(str(path), str(path), data_info.get("dicom_window"), VolumeReading.from_info(data_info))
 
 
 def read_input(input: str, data_info: dict[str, Any], row: int = 0) -> tuple[Any, dict[str, Any]]:
     """The raw input ``explain`` hands the model, and how to name it in the JSON.
 
-    Images: an image file. Table rows: a .json file (one row object, or a list of them picked by
-    ``row``) or a CSV file and ``row``. Texts: a .txt file, or the text itself.
+    Images: an image file, or a folder holding one DICOM series. Table rows: a .json file (one row
+    object, or a list of them picked by ``row``) or a CSV file and ``row``. Texts: a .txt file, or the
+    text itself.
     """
     kind = data_info.get("kind")
     path = Path(input)
@@ -463,10 +466,10 @@ def read_input(input: str, data_info: dict[str, Any], row: int = 0) -> tuple[Any
     if looks_like_file and not path.is_file():
         raise DataError(f"input file not found: {input}")
     if kind == "image":
-        if suffix in (*TABLE_SUFFIXES, ".txt", ".tsv", ".jsonl") or not path.is_file():
-            raise DataError(f"this model reads images: INPUT must be an image file ({', '.join(IMAGE_SUFFIXES)}); "
-                            f"got {input!r}")
-        return _read_image(path, data_info.get("dicom_window")), {"path": str(path)}
+        if suffix in (*TABLE_SUFFIXES, ".txt", ".tsv", ".jsonl") or not exists(path):
+            raise DataError(f"this model reads images: INPUT must be an image file ({', '.join(IMAGE_SUFFIXES)}) or "
+                            f"a DICOM series folder; got {input!r}")
+        return _read_image(path, data_info), {"path": str(path)}
     if suffix in IMAGE_SUFFIXES:
         raise DataError(f"{input} is an image, but this model reads {kind} inputs (text)")
     if kind == "table":

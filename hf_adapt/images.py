@@ -8,8 +8,10 @@ row before any file outside is opened, so no stray file is trained on, nor saved
 as a card example and published.
 
 DICOM files are read by :mod:`hf_adapt.dicom` with one intensity window for every split; 16-bit
-images are scaled to 8 bit, not clipped. Failures are :class:`~hf_adapt.dicom.ImageReadError`
-(a ``DataError``) whose ``reason`` is one of ``BAD_IMAGE_REASONS``.
+images are scaled to 8 bit, not clipped. A manifest path may name a folder holding one DICOM series
+(:mod:`hf_adapt.dicom_series`); it and multi-frame files are volumes, read as the run's
+:class:`~hf_adapt.dicom.VolumeReading` says (a slice, or a 2.5D stack of slices). Failures are
+:class:`~hf_adapt.dicom.ImageReadError` (a ``DataError``) whose ``reason`` is one of ``BAD_IMAGE_REASONS``.
 """
 
 from __future__ import annotations
@@ -20,14 +22,15 @@ import os
 from pathlib import Path
 from typing import Any
 
-from hf_adapt.dicom import DICOM_SUFFIXES, ImageReadError, has_dicom_magic, is_dicom, read_dicom, to_8bit
+from hf_adapt.dicom import DICOM_SUFFIXES, ImageReadError, VolumeReading, has_dicom_magic, is_dicom, read_dicom, to_8bit
+from hf_adapt.dicom_series import is_series_folder, read_series
 from hf_adapt.errors import DataError
 
 logger = logging.getLogger("hf_adapt.data")
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", *DICOM_SUFFIXES)
 BAD_IMAGE_REASONS = ("missing file", "not an image", "no pixel data", "unsupported transfer syntax", "truncated",
-                     "unreadable")
+                     "unreadable", "no such slice", "colour volume", "inconsistent series")
 _PATH_COLUMNS = ("path", "image")  # auto-detected manifest columns (image_column unset)
 _COLOUR_SPACES = ("CMYK", "YCbCr", "LAB", "HSV")  # converted to RGB when opened
 MANIFEST_ROW = "__manifest_row__"  # a manifest row's index in its file, kept through splitting for messages
@@ -58,13 +61,21 @@ def _plain_mode(image):
     return image.convert("RGB") if image.mode in _COLOUR_SPACES else image
 
 
-def open_image(value: Any, where: str, dicom_window: list[float] | tuple[float, float] | None = None):
+def exists(path: str | os.PathLike[str]) -> bool:
+    """Whether an image path names something to read: a file, or a folder (a DICOM series)."""
+    return os.path.isfile(path) or os.path.isdir(path)
+
+
+def open_image(value: Any, where: str, dicom_window: list[float] | tuple[float, float] | None = None,
+               volume: VolumeReading | None = None):
     """A PIL image from a path, file bytes (``{"bytes", "path"}``) or an already decoded image.
 
     DICOM files (by suffix or the "DICM" marker) go through :func:`hf_adapt.dicom.read_dicom`
-    with ``dicom_window`` ([center, width]; None: the file's own window); others through PIL.
-    16-bit images are scaled to 8 bit by their range, not clipped. The predictor opens a user's
-    file with this and the run's ``LabelledData.dicom_window``, so it sees the training pixels.
+    with ``dicom_window`` ([center, width]; None: the file's own window), a folder through
+    :func:`hf_adapt.dicom_series.read_series` (one series), both with ``volume`` (None: the middle
+    slice); others through PIL. 16-bit images are scaled to 8 bit by their range, not clipped. The
+    predictor opens a user's file with this and the run's ``LabelledData.dicom_window`` and
+    ``volume``, so it sees the training pixels.
 
     Raises:
         ImageReadError: a ``DataError`` whose message starts with ``where`` (name the file in it)
@@ -82,12 +93,14 @@ def open_image(value: Any, where: str, dicom_window: list[float] | tuple[float, 
         if data:
             if has_dicom_magic(data) or (path and Path(path).suffix.lower() in DICOM_SUFFIXES):
                 buffer = io.BytesIO(data)
-                return read_dicom(buffer, window)
+                return read_dicom(buffer, window, volume)
             source = io.BytesIO(data)
         elif not path:
             raise ImageReadError(where, "missing file", "no image: the path is empty")
+        elif os.path.isdir(path):
+            return read_series(path, window, volume)
         elif is_dicom(path):
-            return read_dicom(path, window)
+            return read_dicom(path, window, volume)
         else:
             source = path
     except ImageReadError as err:
@@ -117,7 +130,7 @@ def name_of(value: Any) -> str:
 
 
 def check_images(splits: dict[str, Any], column: str, on_bad_image: str = "error",
-                 dicom_window: list[float] | None = None) -> dict[str, dict[str, int]]:
+                 dicom_window: list[float] | None = None, volume: VolumeReading | None = None) -> dict[str, dict[str, int]]:
     """Open every image once, before training, so a bad file fails now and is named.
 
     Missing files are listed together first (a wrong manifest folder breaks them all). With
@@ -130,7 +143,7 @@ def check_images(splits: dict[str, Any], column: str, on_bad_image: str = "error
         manifest = MANIFEST_ROW in dataset.column_names
         rows = dataset[MANIFEST_ROW] if manifest else range(len(dataset))
         label = "manifest row" if manifest else "row"
-        missing = [i for i, v in enumerate(values) if v is None or (isinstance(v, str) and not os.path.isfile(v))]
+        missing = [i for i, v in enumerate(values) if v is None or (isinstance(v, str) and not exists(v))]
         if missing and on_bad_image == "error":
             shown = "; ".join(f"{label} {rows[i]}: {name_of(values[i])}" for i in missing[:5])
             more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
@@ -142,7 +155,7 @@ def check_images(splits: dict[str, Any], column: str, on_bad_image: str = "error
             if i in bad:
                 continue
             try:
-                open_image(value, f"split {split!r} {label} {rows[i]} ({name_of(value)})", dicom_window)
+                open_image(value, f"split {split!r} {label} {rows[i]} ({name_of(value)})", dicom_window, volume)
             except ImageReadError as err:
                 if on_bad_image == "error":
                     raise
@@ -185,14 +198,15 @@ def _looks_like_image_path(value: Any, folder: Path | None, roots: list[str]) ->
     candidate = path if path.is_absolute() or folder is None else folder / path
     if not _inside(_real(candidate), roots):  # never opened to sniff DICOM; resolve_paths refuses it by row
         return "/" in value or os.sep in value
-    return is_dicom(candidate)
+    return is_series_folder(candidate) or is_dicom(candidate)
 
 
 def path_column(dataset, image_column: str | None, folder: Path | None,
                 image_root: str | os.PathLike[str] | None = None) -> str | None:
     """The manifest column holding image file paths: ``image_column`` if it holds strings, else a
-    ``path`` (or ``image``) string column whose first values name image or DICOM files. Only files
-    inside ``folder`` or ``image_root`` are opened to look for the DICOM marker."""
+    ``path`` (or ``image``) string column whose first values name image or DICOM files, or folders
+    holding a DICOM series. Only files inside ``folder`` or ``image_root`` are opened to look for
+    the DICOM marker."""
     def is_string(column: str) -> bool:
         feature = dataset.features.get(column)
         return type(feature).__name__ == "Value" and feature.dtype in ("string", "large_string")
@@ -218,7 +232,7 @@ def count_repeated_images(splits: dict[str, Any], column: str) -> int:
         if column not in dataset.column_names:
             continue
         for row, value in zip(dataset[MANIFEST_ROW], dataset[column]):
-            if value and os.path.isfile(value):
+            if value and exists(value):
                 first = seen.setdefault(os.path.realpath(value), (split, row))
                 if first != (split, row):
                     repeats.append((value, first, (split, row)))

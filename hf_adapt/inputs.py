@@ -13,7 +13,6 @@ import math
 import os
 import string
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -179,19 +178,21 @@ def _pixels_image(array: np.ndarray, index: int, shape: list[int] | None):
 def _check_image(item: Any, index: int, data: dict[str, Any]):
     from PIL import Image
 
-    from hf_adapt.images import open_image
+    from hf_adapt.dicom import VolumeReading
+    from hf_adapt.images import exists, open_image
 
-    shape = data.get("pixel_shape")
+    shape, volume = data.get("pixel_shape"), VolumeReading.from_info(data)
     if isinstance(item, Image.Image):
         if min(item.size) == 0:
             raise DataError(f"input {index}: the image is empty ({item.size[0]} x {item.size[1]} pixels)")
         return item
     if isinstance(item, (bytes, bytearray)):  # an uploaded file's contents
-        return open_image({"bytes": bytes(item), "path": None}, f"input {index} (image bytes)", data.get("dicom_window"))
-    if isinstance(item, (str, os.PathLike)):  # PNG/JPEG or DICOM, windowed as in training
-        if not Path(item).is_file():
+        return open_image({"bytes": bytes(item), "path": None}, f"input {index} (image bytes)", data.get("dicom_window"),
+                          volume)
+    if isinstance(item, (str, os.PathLike)):  # PNG/JPEG, DICOM or a DICOM series folder, read as in training
+        if not exists(item):
             raise DataError(f"input {index}: no image file {os.fspath(item)!r}")
-        return open_image(item, f"input {index} ({os.fspath(item)})", data.get("dicom_window"))
+        return open_image(item, f"input {index} ({os.fspath(item)})", data.get("dicom_window"), volume)
     if isinstance(item, Mapping) and shape:
         columns = data["feature_columns"]
         row = _row_values(item, index, columns, dict.fromkeys(columns, "number"))
@@ -227,7 +228,8 @@ def check_inputs(inputs: Any, data_info: dict[str, Any], first_index: int = 0) -
     Args:
         inputs: one input, or a list of them.
         data_info: ``hf_adapt.json``'s ``data`` block: ``kind`` ("table", "text" or "image"),
-            ``feature_columns``, ``column_kinds``, ``text_template``, ``pixel_shape``, ``dicom_window``.
+            ``feature_columns``, ``column_kinds``, ``text_template``, ``pixel_shape``, ``dicom_window``,
+            ``volume_slice``, ``volume_context``.
         first_index: the index of ``inputs[0]`` in the caller's batch, for messages.
 
     Returns:

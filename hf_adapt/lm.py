@@ -25,6 +25,7 @@ from hf_adapt.backbones.base import Backbone, BackboneSpec
 from hf_adapt.errors import ConfigError, DataError, ModelError
 from hf_adapt.loop import Callback, training_loader
 from hf_adapt.outputs import RUN_FILE
+from hf_adapt.quantization import load_kwargs
 from hf_adapt.run_record import read_record
 from hf_adapt.sources import resolve_source
 
@@ -117,7 +118,7 @@ def build_lm(spec: BackboneSpec, objective: str) -> tuple[Backbone, str]:
     try:
         model, loading = _auto_class(objective).from_pretrained(
             path, revision=spec.revision, trust_remote_code=spec.trust_remote_code, dtype=torch.float32,
-            output_loading_info=True, **spec.model_kwargs)
+            output_loading_info=True, **spec.model_kwargs, **load_kwargs(spec.quantization))
     except (OSError, ValueError) as err:
         raise ModelError(f"model {spec.name_or_path!r} could not be loaded as a {objective} model: "
                          f"{type(err).__name__}: {str(err).splitlines()[0]}") from err
@@ -137,7 +138,8 @@ def build_lm(spec: BackboneSpec, objective: str) -> tuple[Backbone, str]:
         peft_task_type="CAUSAL_LM" if objective == "clm" else None,
         num_parameters=sum(p.numel() for p in model.parameters()),
         info={"model_type": config.model_type, "commit": getattr(config, "_commit_hash", None),
-              "hub_id": hub_id_of(spec), "objective": objective, "new_keys": new_keys},
+              "hub_id": hub_id_of(spec), "objective": objective, "new_keys": new_keys,
+              "quantization": spec.quantization},
     )
     return backbone, objective
 

@@ -55,6 +55,11 @@ def _auroc(scores: np.ndarray, positive: np.ndarray) -> float:
     return _trapezoid_area(*_roc_points(scores, positive))
 
 
+def auroc_of(scores: np.ndarray, positive: np.ndarray) -> float:
+    """``sklearn.metrics.roc_auc_score`` of ``scores`` against booleans ``positive``; both classes must be present."""
+    return _auroc(np.asarray(scores, dtype=np.float64), np.asarray(positive, dtype=bool))
+
+
 def binary_score_metrics(scores: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """AUROC, Gini, KS and Brier score of positive-class probabilities ``scores`` against 0/1 ``labels``.
 

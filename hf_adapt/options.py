@@ -15,6 +15,7 @@ DataOptions          where the data comes from and how it is split              
 LabelOptions         labelled rows: the label, the inputs, budgets, images        finetune, continual, pretrain
 ParentOptions        the earlier hf-adapt output a run starts from                finetune, continual, feedback
 AdapterOptions       the peft adapter                                             all
+QuantizationOptions  QLoRA: the base in 4- or 8-bit (bitsandbytes)                finetune, pretrain, feedback
 RegimeOptions        which weights train                                          finetune, continual, pretrain
 TrainingOptions      the optimisation every trainer shares                        all
 ClassifierOptions    a classifier's head rate, layer decay and best epoch         finetune, continual
@@ -31,7 +32,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from hf_adapt.config import DEFAULT_MODEL, Options, default_adapter
 from hf_adapt.errors import ConfigError
@@ -117,6 +118,8 @@ class LabelOptions(Options):
     train_samples_per_class: int | None = field(default=None, metadata={"help": "Label budget: train on this many rows of each class (stratified, seeded, nested like train_fraction)."})
     group_column: str | None = field(default=None, metadata={"help": "Column of group ids, e.g. patient_id: carved splits and cross-validation folds keep every group in one split, and given splits must not share a group."})
     dicom_window: list | None = field(default=None, metadata={"help": "DICOM images: [center, width] of the intensity window (after rescale slope/intercept); unset = the file's own window, else its full range."})
+    volume_slice: int | str = field(default="middle", metadata={"help": "DICOM volumes (a multi-frame file, or a manifest path naming a folder that holds one CT/MR series): the slice that becomes the 2D input: middle (slice n // 2 of n, in slice order) or a 0-based index in slice order (-1: the last). Series are ordered by ImagePositionPatient along the slice normal (by InstanceNumber only when no slice has a position), multi-frame files by frame; a volume without the chosen slice is refused by name. One-frame files are 2D images, read as they are."})
+    volume_context: int = field(default=0, metadata={"help": "DICOM volumes, 2.5D: neighbouring slices on each side of the chosen one stacked into the input channels, edge slices repeated. 0: the one slice (grayscale); 1: slices i-1, i, i+1 as the three channels of an RGB backbone (refused for a one-channel backbone, and for colour volumes), all windowed alike (dicom_window, else the middle slice's window, else their joint range). Saved with the model, so prediction and serving read volumes the same way."})
     on_bad_image: Literal["error", "skip"] = field(default="error", metadata={"help": "An image that cannot be read (missing file, no pixel data, unsupported transfer syntax, truncated): error stops before training; skip drops the row with a warning that counts each reason."})
     image_root: str | None = field(default=None, metadata={"help": "Manifests: a folder whose images the manifest may also name, besides its own folder (e.g. a shared scans folder beside it). Every manifest path must resolve, symlinks followed, inside one of the two; a path that leads elsewhere (../x.png, /an/absolute/path, a symlink pointing out) is refused before anything there is read, so no stray file is trained on or published as a card example."})
 
@@ -133,8 +136,10 @@ class LabelOptions(Options):
         if self.train_samples_per_class is not None and self.train_samples_per_class < 1:
             raise ConfigError(f"train_samples_per_class must be >= 1, got {self.train_samples_per_class}")
         from hf_adapt.data import check_dicom_window
+        from hf_adapt.dicom import VolumeReading
 
         check_dicom_window(self.dicom_window)
+        VolumeReading.from_info(self)  # refuses a slice that is not middle or an index, a context not 0 or 1
 
 
 @dataclass
@@ -161,6 +166,24 @@ class AdapterOptions(Options):
         from hf_adapt.regimes import get_regime
 
         get_regime(self.adapter_regime()).check_config(self.adapter)
+
+
+@dataclass
+class QuantizationOptions(Options):
+    """QLoRA: the base loaded in 4- or 8-bit through bitsandbytes (a CUDA GPU), an adapter trained on top."""
+
+    title = "quantization"
+    quantized_parents: ClassVar[bool] = False  # whether init_from's base can be loaded quantized (feedback: yes)
+    quantization: dict | None = field(default=None, metadata={"help": "BitsAndBytesConfig fields for the base model, e.g. {load_in_4bit: true, bnb_4bit_quant_type: nf4, bnb_4bit_compute_dtype: bfloat16, bnb_4bit_use_double_quant: true}; transformers backbones, regime adapter, a CUDA GPU and pip install 'hf-adapt[qlora]'. The card records it."})
+
+    def validate(self) -> None:
+        from hf_adapt.quantization import check_quantization
+
+        regime = self.adapter_regime() if isinstance(self, AdapterOptions) else "adapter"
+        check_quantization(self.quantization, getattr(self, "family", "transformers"), regime)
+        if self.quantization and getattr(self, "init_from", None) and not self.quantized_parents:
+            raise ConfigError("quantization with init_from is not supported by this recipe: the parent's backbone "
+                              "reloads at full precision; train from the base model, or leave quantization unset")
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Search the finetune recipe's settings with Optuna, then retrain the best config and test it once.
+"""Search a recipe's settings (finetune, continual, feedback) with Optuna, then retrain the best config and test it once.
 
 Usage:
     python recipes/tune.py --config recipes/configs/credit_minilm_lora.yaml --search recipes/configs/tune_credit.yaml --n_trials 12

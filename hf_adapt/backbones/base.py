@@ -34,6 +34,7 @@ class BackboneSpec:
     pooling: str = "auto"  # text: "model" (the checkpoint's head), "mean" (masked mean pooling) or "auto"
     train_transform: dict[str, Any] | str | None = None  # create_transform kwargs or a preset name ("medical")
     model_kwargs: dict[str, Any] = field(default_factory=dict)
+    quantization: dict[str, Any] | None = None  # BitsAndBytesConfig fields (QLoRA), see hf_adapt.quantization
 
     @classmethod
     def from_config(cls, cfg: Any, num_labels: int) -> BackboneSpec:
@@ -44,6 +45,7 @@ class BackboneSpec:
             weights_file=cfg.weights_file, pretrained=cfg.pretrained, reset_head=cfg.reset_head,
             revision=cfg.model_revision, trust_remote_code=cfg.trust_remote_code, image_size=cfg.image_size,
             max_length=cfg.max_length, train_transform=cfg.train_transform, pooling=cfg.text_pooling,
+            quantization=getattr(cfg, "quantization", None),
         )
 
 

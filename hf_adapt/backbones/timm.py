@@ -197,6 +197,9 @@ class TimmBuilder:
         import timm
         from timm.data import resolve_model_data_config
 
+        if spec.quantization:
+            raise ConfigError(f"quantization loads transformers models through bitsandbytes; {spec.name_or_path!r} "
+                              "is a timm model: leave quantization unset")
         name = _model_name(resolve_source(spec.name_or_path, field="model_name_or_path"))
         use_hub_weights = spec.pretrained and spec.weights_file is None
         kwargs = dict(spec.model_kwargs)

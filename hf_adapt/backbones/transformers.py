@@ -12,6 +12,7 @@ from torch import nn
 
 from hf_adapt.backbones.base import Backbone, BackboneSpec, adapter_target_names, head_prefixes
 from hf_adapt.errors import ModelError
+from hf_adapt.quantization import load_kwargs
 from hf_adapt.sources import hub_id, resolve_source
 
 logger = logging.getLogger("hf_adapt.backbones")
@@ -116,7 +117,7 @@ def _mean_pooling_model(path: str, spec: BackboneSpec) -> MeanPoolingClassifier:
     from transformers import AutoModel
 
     kwargs = dict(revision=spec.revision, trust_remote_code=spec.trust_remote_code, dtype=torch.float32,
-                  **spec.model_kwargs)
+                  **spec.model_kwargs, **load_kwargs(spec.quantization))
     try:  # no pooler: it would be an unused parameter under DDP
         encoder = AutoModel.from_pretrained(path, add_pooling_layer=False, **kwargs)
     except TypeError:
@@ -204,7 +205,8 @@ class TransformersBuilder:
                 forward=forward_logits,
                 num_parameters=sum(p.numel() for p in model.parameters()),
                 info={"model_type": config.model_type, "pooling": "mean",
-                      "commit": getattr(config, "_commit_hash", None), "hub_id": hub_id_of(spec)},
+                      "commit": getattr(config, "_commit_hash", None), "hub_id": hub_id_of(spec),
+                      "quantization": spec.quantization},
             )
         model, info = AutoModelForSequenceClassification.from_pretrained(
             path,
@@ -215,6 +217,7 @@ class TransformersBuilder:
             trust_remote_code=spec.trust_remote_code,
             dtype=torch.float32,
             **spec.model_kwargs,
+            **load_kwargs(spec.quantization),
         )
         if model.config.pad_token_id is None:
             model.config.pad_token_id = tokenizer.pad_token_id
@@ -240,7 +243,8 @@ class TransformersBuilder:
             peft_task_type="SEQ_CLS",
             num_parameters=sum(p.numel() for p in model.parameters()),
             info={"model_type": model.config.model_type, "new_modules": head_names, "pooling": "model",
-                  "commit": getattr(config, "_commit_hash", None), "hub_id": hub_id_of(spec)},
+                  "commit": getattr(config, "_commit_hash", None), "hub_id": hub_id_of(spec),
+                  "quantization": spec.quantization},
         )
 
     def load_preprocessor(self, directory: str, spec: BackboneSpec) -> TextPreprocessor:

@@ -4,7 +4,7 @@ and how its rows become model inputs."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from hf_adapt.data.checks import check_groups, check_numbers, check_spec, check_texts, delimiter_hint
@@ -12,6 +12,7 @@ from hf_adapt.data.files import SPLIT_NAMES, data_version, image_root_folder, lo
 from hf_adapt.data.rows import detect_kind, render_row
 from hf_adapt.data.spec import DataSpec
 from hf_adapt.data.splits import make_splits
+from hf_adapt.dicom import VolumeReading
 from hf_adapt.errors import DataError
 from hf_adapt.images import (
     MANIFEST_ROW,
@@ -42,6 +43,7 @@ class LabelledData:
     text_template: str | None
     origin: dict[str, Any]  # source facts for the card: files, split sizes, how splits were made
     dicom_window: list[float] | None = None  # the window every DICOM image is read with (train, test, predict)
+    volume: VolumeReading = field(default_factory=VolumeReading)  # the slice(s) every DICOM volume gives
     task: str = "classification"  # hf_adapt.tasks: regression labels are the target's numbers, ``labels`` its name
 
     @property
@@ -101,7 +103,8 @@ def load_labelled(spec: DataSpec) -> LabelledData:
         check_texts(encoded, column)
     elif column is None:  # a table rendered as text, or pixel columns
         check_numbers(encoded, features, allow_missing=kind == "table")
-    skipped = check_images(splits, column, spec.on_bad_image, spec.dicom_window) if kind == "image" and column is not None else {}
+    skipped = (check_images(splits, column, spec.on_bad_image, spec.dicom_window, spec.volume)
+               if kind == "image" and column is not None else {})
     splits = {k: v.remove_columns([MANIFEST_ROW]) if MANIFEST_ROW in v.column_names else v for k, v in splits.items()}
     if spec.text_template is not None and kind == "table":
         try:
@@ -121,7 +124,7 @@ def load_labelled(spec: DataSpec) -> LabelledData:
     }
     window = origin["dicom_window"]
     data = LabelledData(splits, names, kind, column, features, spec.text_template, origin, dicom_window=window,
-                        task=spec.task)
+                        volume=spec.volume, task=spec.task)
     origin.update(task.label_facts(data))
     return data
 
@@ -139,7 +142,7 @@ def rows_to_inputs(dataset, input_kind: str, data: LabelledData) -> list[Any]:
         table = dataset.select_columns(data.feature_columns).to_pandas().to_numpy(dtype=np.float32)
         return [Image.fromarray(np.clip(r, 0, 255).astype(np.uint8).reshape(shape)) for r in table]
     if data.kind == "image":
-        return [open_image(v, f"row {i} column {data.input_column!r} ({name_of(v)})", data.dicom_window)
+        return [open_image(v, f"row {i} column {data.input_column!r} ({name_of(v)})", data.dicom_window, data.volume)
                 for i, v in enumerate(image_values(dataset, data.input_column))]
     if data.kind == "text":
         texts = dataset[data.input_column]

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from hf_adapt.dicom import VolumeReading
+
 
 @dataclass
 class DataSpec:
@@ -29,6 +31,7 @@ class DataSpec:
     train_samples_per_class: int | None = None  # label budget: this many training rows per class
     group_column: str | None = None  # e.g. patient_id: no group in two splits
     dicom_window: list[float] | None = None  # DICOM [center, width] after rescale; None: the file's window
+    volume: VolumeReading = field(default_factory=VolumeReading)  # which slice(s) of a DICOM volume become the input
     on_bad_image: str = "error"  # "error": stop at the first unreadable image; "skip": drop it, counted
     image_root: str | None = None  # a folder manifest image paths may point into, besides the manifest's own
     class_names: list[str] | None = None  # set by load_labelled, for messages
@@ -51,5 +54,6 @@ class DataSpec:
             load_kwargs=cfg.data_kwargs or {}, train_fraction=cfg.train_fraction,
             train_samples_per_class=cfg.train_samples_per_class, group_column=cfg.group_column,
             dicom_window=cfg.dicom_window, on_bad_image=cfg.on_bad_image, image_root=cfg.image_root,
+            volume=VolumeReading.from_info(cfg),
             task=getattr(cfg, "task", "classification"),
         )

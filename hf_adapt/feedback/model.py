@@ -27,7 +27,7 @@ def backbone_spec(model: dict[str, Any], objective: str):
     return BackboneSpec(name_or_path=model["name_or_path"], num_labels=1 if objective == REWARD else 0,
                         family="transformers", revision=model.get("revision"),
                         trust_remote_code=bool(model.get("trust_remote_code")), max_length=model["max_length"],
-                        pooling="model")
+                        pooling="model", quantization=model.get("quantization"))
 
 
 def build_base(model: dict[str, Any], objective: str):
@@ -58,9 +58,12 @@ def build_model(model: dict[str, Any], objective: str, adapter: dict[str, Any], 
         return apply_regime(backbone, "adapter", adapter), backbone
     from peft import PeftModel
 
+    from hf_adapt import quantization
+
     check_safetensors(parent_dir)
+    base = quantization.prepare(backbone.model, model.get("quantization"))
     try:
-        return PeftModel.from_pretrained(backbone.model, str(parent_dir), is_trainable=True), backbone
+        return PeftModel.from_pretrained(base, str(parent_dir), is_trainable=True), backbone
     except (OSError, ValueError, KeyError) as err:
         raise ModelError(f"the adapter of {parent_dir} does not load onto {model['name_or_path']!r}: {err}") from err
 
@@ -121,7 +124,9 @@ def _load(directory: Path, info: dict[str, Any], trust_remote_code: bool, merge:
         raise ModelError(f"{directory}: the base model needs trust_remote_code=True, which runs code from its repo; "
                          "pass it only if you trust that code")
     check_safetensors(directory)
-    backbone = build_base({**info["model"], "trust_remote_code": trust_remote_code}, info["objective"])
+    # a QLoRA round's base reloads at full precision (see hf_adapt.quantization)
+    backbone = build_base({**info["model"], "trust_remote_code": trust_remote_code, "quantization": None},
+                          info["objective"])
     model = peft_model.from_pretrained(backbone.model, str(directory))
     if merge:
         model = model.merge_and_unload()

@@ -99,9 +99,45 @@ class ContinualResult:
     strategy: Any
     push: Any = None
 
+    @property
+    def test_metrics(self) -> dict[str, float]:
+        """The final model on every experience's test rows together."""
+        return self.results["test_metrics"]
 
-def main(cfg: ContinualConfig) -> ContinualResult:
-    """Learn ``cfg``'s stream of experiences; write the model, the forgetting matrix and the release gate."""
+
+TUNE_VALIDATION = "every experience's validation rows, scored after the whole stream"  # hf-adapt tune's trials
+
+
+def tune_objectives(cfg: ContinualConfig) -> dict[str, str]:
+    """What :func:`validate` reports, each with its direction; the first is ``hf-adapt tune``'s default objective:
+    the final model's mean ``continual_metric`` over the experiences (forgetting included), then forgetting."""
+    from hf_adapt.metrics import LOWER_IS_BETTER
+
+    return {"continual_average": "minimize" if cfg.continual_metric in LOWER_IS_BETTER else "maximize",
+            "average_forgetting": "minimize", "max_forgetting": "minimize"}
+
+
+def validate(cfg: ContinualConfig, callbacks=()):
+    """Learn the stream as :func:`main` does, scoring every experience on its validation rows instead of its test
+    rows: one trial of ``hf-adapt tune``. Nothing is written; after each experience ``callbacks`` see the running
+    ``continual_average`` (pruning). Returns a :class:`hf_adapt.tune.study.Validation`."""
+    from hf_adapt.adapters import count_parameters
+    from hf_adapt.run import recipe_run
+    from hf_adapt.tune.study import Validation
+
+    with recipe_run(cfg) as job:
+        setup = _prepare(cfg, job)
+        model, results = _learn_stream(cfg, job, setup, split="validation", callbacks=callbacks)
+        summary = results["summary"]
+        metrics = {"continual_average": summary["average"],
+                   "average_forgetting": summary["average_forgetting"] or 0.0,  # none: one experience, nothing lost
+                   "max_forgetting": summary["max_forgetting"] or 0.0}
+        return Validation(metrics, count_parameters(model)[0], job.seconds, results["training"])
+
+
+def main(cfg: ContinualConfig, search: dict[str, Any] | None = None) -> ContinualResult:
+    """Learn ``cfg``'s stream of experiences; write the model, the forgetting matrix and the release gate.
+    ``search``: the hyperparameter search that chose ``cfg`` (``hf-adapt tune``), for the card."""
     from hf_adapt.adapters import count_parameters
     from hf_adapt.run import recipe_run
 
@@ -112,7 +148,7 @@ def main(cfg: ContinualConfig) -> ContinualResult:
             trainable, total = count_parameters(model)
             job.write(lambda directory: _write_outputs(
                 directory, cfg, job.accelerator, model, setup.backbone, setup.stream, setup.strategy, results,
-                setup.parent, trainable, total, job.seconds))
+                setup.parent, trainable, total, job.seconds, search))
         result = ContinualResult(Path(cfg.output_dir), results, model, setup.backbone, setup.strategy)
         gate = results["gate"]
         if not gate["passed"]:
@@ -184,6 +220,7 @@ def _first_model(cfg: ContinualConfig, parent, parent_labels, head: int, new: li
     from hf_adapt import transfer
     from hf_adapt.backbones import BackboneSpec, build_backbone
     from hf_adapt.config import DEFAULT_MODEL
+    from hf_adapt.dicom import check_volume_channels
     from hf_adapt.regimes import apply_regime
 
     kind = "image" if new[0].data.kind == "image" else "text"
@@ -196,20 +233,23 @@ def _first_model(cfg: ContinualConfig, parent, parent_labels, head: int, new: li
         logger.info("continuing %s (%s, %d labels)", cfg.init_from, parent.recipe, len(parent_labels))
     if backbone.preprocessor.input_kind != kind:
         raise ConfigError(f"the model reads {backbone.preprocessor.input_kind} inputs but the experiences hold {kind} data")
+    for experience in new:
+        check_volume_channels(experience.data, backbone)
     backbone.preprocessor.check_inputs({f"{e.name}/{split}": e.inputs(split, kind) for e in new
                                         for split in ("train", "validation", "test")})
     return backbone, model
 
 
-def _learn_stream(cfg: ContinualConfig, job, setup: _Setup):
-    """Train each new experience in turn, scoring every experience after each; the model and the results."""
+def _learn_stream(cfg: ContinualConfig, job, setup: _Setup, split: str = "test", callbacks=()):
+    """Train each new experience in turn, scoring every experience's ``split`` rows after each; the model and the
+    results. ``callbacks`` see the mean of the experiences learnt so far after each (``continual_average``)."""
     from hf_adapt.continual.base import ContinualTask
     from hf_adapt.continual.heads import grow_head
     from hf_adapt.loop import fit
 
     accelerator, run, strategy, backbone, head = job.accelerator, setup.stream, setup.strategy, setup.backbone, setup.head
     model = accelerator.prepare_model(setup.model, evaluation_mode=True)  # on the device for row 0; fit wraps it later
-    rows = [_evaluate_all(run, strategy, model, head, cfg)]
+    rows = [_evaluate_all(run, strategy, model, head, cfg, split)]
     row_names, histories = ["before"], []
     for experience in setup.new:
         run.step = experience.trained_at
@@ -232,8 +272,9 @@ def _learn_stream(cfg: ContinualConfig, job, setup: _Setup):
         strategy.after_experience(run, experience, model)
         histories.append({"experience": experience.name, "rows": len(train), "best_epoch": history.best_epoch,
                           "steps": history.steps, "train_seconds": history.train_seconds, "history": history.history})
-        rows.append(_evaluate_all(run, strategy, model, head, cfg))
+        rows.append(_evaluate_all(run, strategy, model, head, cfg, split))
         row_names.append(experience.name)
+        _report_step(callbacks, run, rows[-1], cfg.continual_metric)
         accelerator.free_memory()  # drop the prepared copies of this experience before the next
     return model, _results(cfg, run, strategy, rows, row_names, histories)
 
@@ -255,8 +296,17 @@ def _head_size(parent_labels, scenario: str, label_names: list[str], first) -> i
     return len(label_names) if scenario == "domain" else max(first.classes) + 1
 
 
-def _evaluate_all(run, strategy, model, head: int, cfg) -> list[dict[str, Any] | None]:
-    """Test metrics of every experience whose classes the head knows (None for the others)."""
+def _report_step(callbacks, run, row, metric: str) -> None:
+    """The mean ``metric`` over the experiences learnt so far, to each callback, as the step's ``continual_average``."""
+    learnt = [cell[metric] for e, cell in zip(run.experiences, row)
+              if e.trained_at <= run.step and cell is not None and cell[metric] == cell[metric]]
+    if learnt:
+        for callback in callbacks:
+            callback.on_epoch_end(run.step, {"continual_average": sum(learnt) / len(learnt)})
+
+
+def _evaluate_all(run, strategy, model, head: int, cfg, split: str = "test") -> list[dict[str, Any] | None]:
+    """Metrics on the ``split`` rows of every experience whose classes the head knows (None for the others)."""
     from hf_adapt.continual.base import ContinualTask
     from hf_adapt.loop import ExampleDataset, make_loader, predict
     from hf_adapt.metrics import classification_metrics
@@ -267,8 +317,8 @@ def _evaluate_all(run, strategy, model, head: int, cfg) -> list[dict[str, Any] |
         if max(experience.classes) >= head:
             row.append(None)
             continue
-        labels = experience.labels["test"]
-        dataset = ExampleDataset(experience.inputs("test", run.input_kind), labels, [experience.task] * len(labels))
+        labels = experience.labels[split]
+        dataset = ExampleDataset(experience.inputs(split, run.input_kind), labels, [experience.task] * len(labels))
         loader = run.accelerator.prepare(make_loader(dataset, run.backbone.preprocessor.collate,
                                                      cfg.per_device_eval_batch_size, train=False, seed=cfg.seed))
         logits, y = predict(run.accelerator, model, task, loader)
@@ -403,11 +453,11 @@ def _resume(parent, labels: list[str], cfg):
 
 
 def _write_outputs(directory: Path, cfg, accelerator, model, backbone, run, strategy, results, parent, trainable, total,
-                   wall_seconds) -> None:
+                   wall_seconds, search=None) -> None:
     model_info = _write_run_files(directory, cfg, accelerator, model, backbone, run, strategy, results, parent,
                                   wall_seconds)
     _write_card(directory, cfg, accelerator, backbone, run, strategy, results, parent, model_info, trainable, total,
-                wall_seconds)
+                wall_seconds, search)
 
 
 def _write_run_files(directory: Path, cfg, accelerator, model, backbone, run, strategy, results, parent,
@@ -447,7 +497,8 @@ def _write_run_files(directory: Path, cfg, accelerator, model, backbone, run, st
         "continues": {"source": parent.source, "revision": parent.revision} if parent else None,
         "head_names": backbone.head_names,
         "data": {"kind": data.kind, "feature_columns": data.feature_columns, "text_template": data.text_template,
-                 "pixel_shape": cfg.pixel_shape, "input_column": data.input_column, "column_kinds": column_kinds(data)},
+                 "pixel_shape": cfg.pixel_shape, "input_column": data.input_column, "column_kinds": column_kinds(data),
+                 "dicom_window": cfg.dicom_window, **data.volume.info()},  # images reload as they were read
         "continual": {"scenario": cfg.scenario, "strategy": strategy.name, "adapters": adapters,
                       "tasks": {e.name: {"task": e.task, "classes": e.classes} for e in run.experiences}},
     }, run.label_names)
@@ -468,7 +519,7 @@ def _write_run_files(directory: Path, cfg, accelerator, model, backbone, run, st
 
 
 def _write_card(directory: Path, cfg, accelerator, backbone, run, strategy, results, parent, model_info, trainable,
-                total, wall_seconds) -> None:
+                total, wall_seconds, search=None) -> None:
     """The forgetting-matrix figure, the card's facts (``card_facts.json``) and the card rendered from them."""
     from hf_adapt import cards, figures, transfer
     from hf_adapt.continual.metrics import markdown_table
@@ -509,6 +560,7 @@ def _write_card(directory: Path, cfg, accelerator, backbone, run, strategy, resu
         "trainable_parameters": trainable,
         "total_parameters": total,
         "wall_seconds": wall_seconds,
+        "search": search,
     }
     cards.write_card(directory, cfg, accelerator, "continual", facts)
 

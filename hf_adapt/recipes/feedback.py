@@ -9,6 +9,7 @@ learned from and whether it got better. ``min_win_rate`` gates the push.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
 import math
@@ -19,7 +20,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from hf_adapt.checkpoints import CheckpointOptions
 from hf_adapt.config import redefault
@@ -31,6 +32,7 @@ from hf_adapt.options import (
     CardOptions,
     ModelOptions,
     ParentOptions,
+    QuantizationOptions,
     RuntimeOptions,
     TrainingOptions,
 )
@@ -51,10 +53,12 @@ def _default_adapter() -> dict[str, Any]:
 
 
 @dataclass
-class FeedbackConfig(ModelOptions, ParentOptions, AdapterOptions, TrainingOptions, RuntimeOptions, CardOptions,
-                     CheckpointOptions, PublishOptions):
+class FeedbackConfig(ModelOptions, ParentOptions, AdapterOptions, QuantizationOptions, TrainingOptions, RuntimeOptions,
+                     CardOptions, CheckpointOptions, PublishOptions):
     """Train the next version of a model on what its users said about its answers, with a TRL trainer and a peft
     adapter, and score it against the version it started from on held-out prompts."""
+
+    quantized_parents: ClassVar[bool] = True  # the parent's adapter continues on its base loaded quantized
 
     # --- the feedback
     feedback: str | None = field(default=None, metadata={"help": "Feedback log: a .jsonl/.json/.parquet file, a folder of them, or a Hub dataset repo (see hf_adapt.feedback.log for the record schema)."})
@@ -134,6 +138,11 @@ class FeedbackResult:
     model: Any
     tokenizer: Any
     push: Any = None
+
+    @property
+    def test_metrics(self) -> dict[str, Any]:
+        """The round against its parent on the held-out prompts."""
+        return self.metrics
 
 
 # ----------------------------------------------------------------------------- the window and the split
@@ -270,16 +279,56 @@ def make_trainer(cfg: FeedbackConfig, model, tokenizer, rows: list[dict[str, Any
 # ----------------------------------------------------------------------------- the run
 
 
-def main(cfg: FeedbackConfig) -> FeedbackResult:
+TUNE_VALIDATION = ("a validation share (eval_size) of the training prompts, split off by prompt; the held-out "
+                   "prompts the card reports on were not used")  # what hf-adapt tune's trials are scored on
+
+
+def tune_objectives(cfg: FeedbackConfig) -> dict[str, str]:
+    """What :func:`validate` reports with ``cfg``'s judge, each with its direction; the first (the win rate
+    against the parent) is ``hf-adapt tune``'s default objective."""
+    found = {"win_rate": "maximize"}
+    if resolve_judge(cfg) == "pairs":
+        found.update(preference_accuracy="maximize", reward_margin="maximize")
+    else:
+        found.update(judged_reward="maximize")
+    return found
+
+
+def validate(cfg: FeedbackConfig, callbacks=()):
+    """One trial of ``hf-adapt tune``: train a round as :func:`main` does on part of its training prompts and score
+    it against the parent on the rest (grouped by prompt, ``eval_size``); the held-out prompts are neither trained
+    nor scored, and nothing is written. TRL trains the round in one go, so ``callbacks`` (pruning) see nothing.
+    Returns a :class:`hf_adapt.tune.study.Validation` (its metrics on the main process; empty on the others)."""
+    from hf_adapt import outputs
+    from hf_adapt.adapters import count_parameters
+    from hf_adapt.tune.study import Validation
+
+    with outputs.claimed(cfg.output_dir, cfg.overwrite_output_dir):
+        started = time.perf_counter()
+        state = _start(cfg)
+        plan = _plan_round(cfg, validation=True)
+        with _trained(cfg, state, plan) as (trainer, args, _, backbone):
+            model = trainer.accelerator.unwrap_model(trainer.model)
+            metrics = {}
+            if trainer.accelerator.is_main_process:
+                metrics, _ = evaluate_round(cfg, model, backbone.preprocessor.tokenizer, plan.held_out,
+                                            plan.judge_name, plan.judge, plan.parent, args)
+            trainer.accelerator.wait_for_everyone()
+        return Validation({k: v for k, v in metrics.items() if isinstance(v, float)}, count_parameters(model)[0],
+                          time.perf_counter() - started)
+
+
+def main(cfg: FeedbackConfig, search: dict[str, Any] | None = None) -> FeedbackResult:
     """Train the next version on ``cfg.feedback``, score it against the parent on held-out feedback, and write it,
-    as the only writer of ``cfg.output_dir`` (see :func:`hf_adapt.outputs.claimed`)."""
+    as the only writer of ``cfg.output_dir`` (see :func:`hf_adapt.outputs.claimed`). ``search``: the
+    hyperparameter search that chose ``cfg`` (``hf-adapt tune``), for the card."""
     from hf_adapt import outputs
 
     with outputs.claimed(cfg.output_dir, cfg.overwrite_output_dir):
         started = time.perf_counter()
         state = _start(cfg)
         plan = _plan_round(cfg)  # everything that can fail on bad input happens before a model loads
-        result, accelerator = _train_round(cfg, state, plan, started)
+        result, accelerator = _train_round(cfg, state, plan, started, search)
         if state.is_main_process and result.gate.get("passed") is False:
             raise ReleaseGateError(f"release gate failed, not pushed: win rate {result.metrics['win_rate']:.4f} "
                                    f"against the parent is below min_win_rate {cfg.min_win_rate:g}. The outputs are "
@@ -333,7 +382,7 @@ def _starting_model(cfg: FeedbackConfig):
     parent = None
     model_block = {"name_or_path": cfg.model_name_or_path, "revision": cfg.model_revision,
                    "trust_remote_code": cfg.trust_remote_code, "max_length": cfg.max_length,
-                   "base_model_id": cfg.base_model_id}
+                   "base_model_id": cfg.base_model_id, "quantization": cfg.quantization}
     if cfg.init_from:
         parent = transfer.find_parent(cfg.init_from, cfg.init_from_revision, recipes=("feedback",),
                                       what="a served version to improve")
@@ -344,12 +393,15 @@ def _starting_model(cfg: FeedbackConfig):
         if parent.info["model"].get("trust_remote_code") and not cfg.trust_remote_code:
             raise ConfigError(f"init_from {cfg.init_from!r}: its base model runs code from its repo; pass "
                               "--trust_remote_code true only if you trust that code (a parent cannot turn it on)")
-        model_block = {**parent.info["model"], "max_length": cfg.max_length, "trust_remote_code": cfg.trust_remote_code}
+        model_block = {**parent.info["model"], "max_length": cfg.max_length, "trust_remote_code": cfg.trust_remote_code,
+                       "quantization": cfg.quantization}
     base_model = model_block.get("base_model_id") or hub_id(model_block["name_or_path"])
     return parent, model_block, base_model
 
 
-def _plan_round(cfg: FeedbackConfig) -> _Round:
+def _plan_round(cfg: FeedbackConfig, validation: bool = False) -> _Round:
+    """The round's checked inputs; with ``validation`` (a tuning trial) the held-out prompts are set aside and the
+    training prompts split again, into those it trains on and those it is scored on."""
     from hf_adapt.feedback.convert import convert
     from hf_adapt.feedback.inspect import summarize
     from hf_adapt.feedback.log import read_feedback
@@ -370,6 +422,9 @@ def _plan_round(cfg: FeedbackConfig) -> _Round:
     records = window.log.records
     train_idx, eval_idx = split_prompts(records, cfg.eval_size, cfg.max_eval_prompts, cfg.seed)
     train_records, eval_records = [records[i] for i in train_idx], [records[i] for i in eval_idx]
+    if validation:
+        train_idx, eval_idx = split_prompts(train_records, cfg.eval_size, cfg.max_eval_prompts, cfg.seed)
+        train_records, eval_records = [train_records[i] for i in train_idx], [train_records[i] for i in eval_idx]
     conversion = convert(train_records, cfg.trainer, include_up=cfg.sft_include_up,
                          max_pairs_per_prompt=cfg.max_pairs_per_prompt)
     check_rows(conversion, cfg, cfg.feedback)
@@ -388,9 +443,11 @@ def _plan_round(cfg: FeedbackConfig) -> _Round:
                   held_out, judge_name, judge, summary)
 
 
-def _train_round(cfg: FeedbackConfig, state, plan: _Round, started: float):
-    """Build the model, train it through TRL, score it on the main process and write the outputs there."""
-    from hf_adapt import outputs, preemption
+@contextlib.contextmanager
+def _trained(cfg: FeedbackConfig, state, plan: _Round):
+    """The round's model trained through TRL: yields the trainer, its TRL config, the training output and the
+    backbone; its working folder is removed afterwards."""
+    from hf_adapt import preemption
     from hf_adapt.checkpoints import trainer_checkpoints
     from hf_adapt.feedback.model import build_model, check_chat_template
 
@@ -410,7 +467,17 @@ def _train_round(cfg: FeedbackConfig, state, plan: _Round, started: float):
                         if cfg.checkpointing_steps else "checkpointing is off, so the round's training is lost")
                 raise preemption.Preempted(f"stopped by SIGTERM at step {trainer.state.global_step}: {kept}; the "
                                            "output directory was not written")
-        accelerator = trainer.accelerator
+        yield trainer, args, train_output, backbone
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _train_round(cfg: FeedbackConfig, state, plan: _Round, started: float, search=None):
+    """Build the model, train it through TRL, score it on the main process and write the outputs there."""
+    from hf_adapt import outputs
+
+    with _trained(cfg, state, plan) as (trainer, args, train_output, backbone):
+        accelerator, tokenizer = trainer.accelerator, backbone.preprocessor.tokenizer
         model = accelerator.unwrap_model(trainer.model)
         metrics, examples, gate, staging = {}, [], {}, None
         if accelerator.is_main_process:
@@ -424,7 +491,7 @@ def _train_round(cfg: FeedbackConfig, state, plan: _Round, started: float):
                  "examples": examples, "gate": gate, "args": args, "parent": plan.parent,
                  "model_block": plan.model_block, "base_model": plan.base_model,
                  "log_history": trainer.state.log_history, "train_seconds": train_output.metrics.get("train_runtime"),
-                 "steps": trainer.state.global_step}
+                 "steps": trainer.state.global_step, "search": search}
         try:
             if staging is not None:
                 staging.mkdir(parents=True)
@@ -435,8 +502,6 @@ def _train_round(cfg: FeedbackConfig, state, plan: _Round, started: float):
             outputs.discard(staging)
             raise
         accelerator.wait_for_everyone()
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
     return FeedbackResult(Path(cfg.output_dir), metrics, gate, model, tokenizer), accelerator
 
 

@@ -26,6 +26,7 @@ from hf_adapt.options import (
     LabelOptions,
     ModelOptions,
     ParentOptions,
+    QuantizationOptions,
     RegimeOptions,
     RuntimeOptions,
     TableFeatureOptions,
@@ -37,7 +38,7 @@ logger = logging.getLogger("hf_adapt.finetune")
 
 @dataclass
 class FinetuneConfig(ModelOptions, BackboneOptions, DataOptions, LabelOptions, ParentOptions, RegimeOptions,
-                     TrainingOptions, ClassifierOptions, TableFeatureOptions, ImbalanceOptions, EvaluationOptions,
+                     QuantizationOptions, TrainingOptions, ClassifierOptions, TableFeatureOptions, ImbalanceOptions, EvaluationOptions,
                      CrossValidationOptions, RuntimeOptions, CardOptions, CheckpointOptions, PublishOptions):
     """Fine-tune a timm or transformers backbone on labelled data and write an evaluated adapter with a model card.
 
@@ -195,21 +196,27 @@ def main(cfg: FinetuneConfig, search: dict[str, Any] | None = None) -> FinetuneR
                           done.model, done.trained.backbone, setup.data, pushed, done.point, done.cv)
 
 
-@dataclass
-class Validation:
-    """What one tuning trial measured: the validation metrics of the best epoch, and what it cost."""
-
-    metrics: dict[str, float]
-    trainable_parameters: int
-    seconds: float
-    history: Any
+TUNE_VALIDATION = "the validation split"  # what hf-adapt tune's trials are scored on (validate), for the card
 
 
-def validate(cfg: FinetuneConfig, callbacks=()) -> Validation:
+def tune_objectives(cfg: FinetuneConfig) -> dict[str, str]:
+    """What :func:`validate` reports, each with its direction; the first is ``hf-adapt tune``'s default objective."""
+    import typing
+
+    from hf_adapt.metrics import LOWER_IS_BETTER
+
+    metrics = typing.get_args(typing.get_type_hints(ClassifierOptions)["metric_for_best_model"])
+    ordered = [cfg.metric_for_best_model, *(m for m in metrics if m != cfg.metric_for_best_model)]
+    return {m: "minimize" if m in LOWER_IS_BETTER else "maximize" for m in ordered}
+
+
+def validate(cfg: FinetuneConfig, callbacks=()):
     """Train as :func:`main` does without cross-validation, and score the validation split only: one trial of
     ``hf-adapt tune`` (a config's ``cv_folds`` applies to the retrain of the best). The test split is never scored
-    and nothing is written (``cfg.output_dir`` is held while it runs); ``callbacks`` join the loop's (pruning)."""
+    and nothing is written (``cfg.output_dir`` is held while it runs); ``callbacks`` join the loop's (pruning).
+    Returns a :class:`hf_adapt.tune.study.Validation`: the best epoch's validation metrics."""
     from hf_adapt.run import recipe_run
+    from hf_adapt.tune.study import Validation
 
     with recipe_run(cfg) as run:
         setup = _prepare(cfg, run)
@@ -253,6 +260,7 @@ def _prepare(cfg: FinetuneConfig, run) -> _Setup:
     from hf_adapt.adapters import count_parameters
     from hf_adapt.backbones import BackboneSpec
     from hf_adapt.data import DataSpec, load_labelled
+    from hf_adapt.dicom import check_volume_channels
     from hf_adapt.report import check_subgroups
     from hf_adapt.table_features import TableInputs
     from hf_adapt.tasks import task_of
@@ -282,6 +290,7 @@ def _prepare(cfg: FinetuneConfig, run) -> _Setup:
     if parent is not None:
         logger.info("started from the backbone of %s (%s %s)", cfg.init_from, parent.recipe, parent.info.get("regime"))
     backbone = trainer.first[0]
+    check_volume_channels(data, backbone)
     trainable, total = count_parameters(trainer.first[1])
     logger.info("%s backbone, %d labels, %s trainable of %s parameters", backbone.family, data.num_labels,
                 f"{trainable:,}", f"{total:,}")
@@ -557,6 +566,7 @@ def _write_run_files(directory: Path, cfg, accelerator, model, backbone, family,
         transfer.carry(parent, directory)
     input_info = {"kind": data.kind, "feature_columns": data.feature_columns, "text_template": data.text_template,
                   "pixel_shape": cfg.pixel_shape, "input_column": data.input_column, "dicom_window": cfg.dicom_window,
+                  **data.volume.info(),
                   "column_kinds": column_kinds(data),
                   **{k: backbone.info[k] for k in ("table_features", "table_column_kinds") if k in backbone.info}}
     operating_point = _operating_point_facts(point, data, cfg)
@@ -726,6 +736,8 @@ def _table_facts(backbone, data) -> dict[str, Any] | None:
 
 
 def _input_description(data) -> str:
+    from hf_adapt.dicom import VolumeReading
+
     if data.kind == "table":
         how = f"template `{data.text_template}`" if data.text_template else "`column: value, ...` pairs"
         return f"table rows rendered as text ({how}) over {len(data.feature_columns)} columns"
@@ -733,7 +745,8 @@ def _input_description(data) -> str:
         return f"text column `{data.input_column}`"
     if data.input_column is None:
         return f"pixel rows reshaped to {data.origin['pixel_shape']} images"
-    return f"images from column `{data.input_column}`"
+    volumes = "" if data.volume == VolumeReading() else f"; DICOM volumes as {data.volume.describe()}"
+    return f"images from column `{data.input_column}`{volumes}"
 
 
 def _trained_on(cv) -> tuple[str, ...]:

@@ -22,6 +22,7 @@ from hf_adapt.options import (
     DataOptions,
     LabelOptions,
     ModelOptions,
+    QuantizationOptions,
     RegimeOptions,
     RuntimeOptions,
     TrainingOptions,
@@ -31,8 +32,8 @@ logger = logging.getLogger("hf_adapt.pretrain")
 
 
 @dataclass
-class PretrainConfig(ModelOptions, BackboneOptions, DataOptions, LabelOptions, RegimeOptions, TrainingOptions,
-                     RuntimeOptions, CardOptions, CheckpointOptions, PublishOptions):
+class PretrainConfig(ModelOptions, BackboneOptions, DataOptions, LabelOptions, RegimeOptions, QuantizationOptions,
+                     TrainingOptions, RuntimeOptions, CardOptions, CheckpointOptions, PublishOptions):
     """Continue pretraining a text backbone on unlabelled text (masked LM for encoders, causal LM for
     decoders) and write it with its held-out perplexity before and after, and a model card; or, with
     objective: supervised, pretrain any backbone on a labelled source set (a finetune run, which the backbone
@@ -112,7 +113,8 @@ def backbone_spec(cfg: PretrainConfig):
     from hf_adapt.backbones import BackboneSpec
 
     return BackboneSpec(name_or_path=cfg.model_name_or_path, num_labels=0, family="transformers",
-                        revision=cfg.model_revision, trust_remote_code=cfg.trust_remote_code, max_length=cfg.max_length)
+                        revision=cfg.model_revision, trust_remote_code=cfg.trust_remote_code, max_length=cfg.max_length,
+                        quantization=cfg.quantization)
 
 
 @dataclass
@@ -248,7 +250,7 @@ def _write_run_files(directory: Path, cfg: PretrainConfig, accelerator, model, b
         # pin Hub bases to the commit trained on, so reloads cannot drift
         "model": {"name_or_path": cfg.model_name_or_path, "revision": cfg.model_revision or backbone.info.get("commit"),
                   "trust_remote_code": cfg.trust_remote_code, "base_model_id": cfg.base_model_id,
-                  "max_length": cfg.max_length},
+                  "max_length": cfg.max_length, "quantization": cfg.quantization},
         "data": data_info,
     }))
     write_json(directory / "eval_results.json", metrics)

@@ -1,14 +1,17 @@
-"""``hf-adapt tune``: search the finetune recipe's settings with Optuna, then retrain the best and test it once.
+"""``hf-adapt tune``: search a recipe's settings with Optuna, then retrain the best and test it once.
 
     hf-adapt tune --config base.yaml --search space.yaml --n_trials 20 --output_dir outputs/tune
+    hf-adapt tune --recipe continual --config stream.yaml --search space.yaml --n_trials 10
     hf-adapt tune --config base.yaml --storage postgresql://tuner@db/hf_adapt --n_trials 100   # on every worker
 
-Each trial is the finetune recipe on its train and validation splits (``finetune.validate``): the search space
+Each trial is the recipe's ``validate``: the recipe trained without its test data, scored on validation data
+(finetune: its validation split; continual: every experience's validation rows after the whole stream;
+feedback: a validation share of the training prompts, the held-out report prompts untouched). The search space
 (:mod:`hf_adapt.tune.space`) sets some of its fields over the base config, pruning stops a trial whose
-validation metric falls behind, a failed trial records its error and the search goes on. Nothing a trial runs
-scores the test split. Afterwards the best trial's config is written as ``best_config.yaml`` (``hf-adapt finetune
---config`` reruns it), retrained by the recipe's ``main`` into ``best/`` (its one test evaluation, with the search
-in its card), and the trials go to ``trials.csv``, ``figures/`` and ``tune_results.json``.
+validation metric falls behind, a failed trial records its error and the search goes on. Afterwards the best
+trial's config is written as ``best_config.yaml`` (``hf-adapt <recipe> --config`` reruns it), retrained by the
+recipe's ``main`` into ``best/`` (its one test evaluation, with the search in its card), and the trials go to
+``trials.csv``, ``figures/`` and ``tune_results.json``.
 """
 
 from __future__ import annotations
@@ -25,12 +28,17 @@ from hf_adapt.errors import ConfigError
 logger = logging.getLogger("hf_adapt.tune")
 
 TRIAL_VALUES = {"overwrite_output_dir": True, "push_to_hub": False, "report_to": "none", "card_examples": 0,
-                "checkpointing_steps": None}  # a trial writes nothing and publishes nothing
+                "checkpointing_steps": None}  # a trial writes nothing and publishes nothing (fields its recipe has)
+# the recipes a search runs: module (with validate, main and tune_objectives) and config class
+RECIPES = {"finetune": ("hf_adapt.recipes.finetune", "FinetuneConfig"),
+           "continual": ("hf_adapt.recipes.continual", "ContinualConfig"),
+           "feedback": ("hf_adapt.recipes.feedback", "FeedbackConfig")}
 
 
 @dataclass
 class TuneSettings:
     config: str
+    recipe: str = "finetune"
     search: str | None = None
     n_trials: int | None = None
     timeout: float | None = None
@@ -46,8 +54,9 @@ class TuneSettings:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hf-adapt tune", description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", required=True, help="the finetune config the search starts from (YAML); a search: "
+    p.add_argument("--config", required=True, help="the recipe's config the search starts from (YAML); a search: "
                    "block in it is the search space")
+    p.add_argument("--recipe", default="finetune", choices=sorted(RECIPES), help="the recipe each trial runs")
     p.add_argument("--search", help="the search space (YAML), instead of or over the config's search: block")
     p.add_argument("--n_trials", type=int, help="trials the study should hold when done (all workers and earlier "
                    "runs counted; default 20 without --timeout)")
@@ -57,8 +66,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--study_name", default="hf-adapt")
     p.add_argument("--sampler", default="tpe", help="tpe, random, cmaes, qmc, gp or nsga2")
     p.add_argument("--pruner", default="median", help="median, hyperband or none")
-    p.add_argument("--objectives", help="comma list, the first a validation metric (default: the config's "
-                   "metric_for_best_model), then e.g. trainable_parameters or seconds (multi-objective)")
+    p.add_argument("--objectives", help="comma list, the first a validation metric (default: finetune: the "
+                   "config's metric_for_best_model; continual: continual_average; feedback: win_rate), then e.g. "
+                   "trainable_parameters or seconds (multi-objective)")
     p.add_argument("--output_dir", default="outputs/tune")
     p.add_argument("--retrain", default="true", choices=["true", "false"],
                    help="retrain the best trial's config and test it (false on all but one of several workers)")
@@ -84,15 +94,39 @@ def run(argv: list[str] | None = None) -> int:
 
 @dataclass
 class _Plan:
-    """A search, checked before any trial: the base config values, the space, the objectives, where it lives."""
+    """A search, checked before any trial: the recipe, the base config values, the space, the objectives, where it
+    lives."""
 
+    recipe: str
     base: dict[str, Any]
     space: Any  # hf_adapt.tune.space.SearchSpace
     raw_space: dict[str, Any]
     objectives: list[str]
+    directions: list[str]
     output_dir: Path
     storage: str
     prunes: bool = True  # single objective and a pruner: epochs are reported
+
+    @property
+    def module(self):
+        import importlib
+
+        return importlib.import_module(RECIPES[self.recipe][0])
+
+    @property
+    def config_class(self) -> type:
+        return getattr(self.module, RECIPES[self.recipe][1])
+
+    def config(self, values: dict[str, Any], source: str, trial: bool = False):
+        """The recipe's config from ``values`` (a trial's: writing and publishing nothing)."""
+        import dataclasses
+
+        from hf_adapt.config import config_from_dict
+
+        if trial:
+            fields = {f.name for f in dataclasses.fields(self.config_class)}
+            values = {**values, **{k: v for k, v in TRIAL_VALUES.items() if k in fields}}
+        return config_from_dict(self.config_class, values, source=source)
 
 
 def _read_yaml(path: str, what: str) -> Any:
@@ -128,40 +162,50 @@ def _read_search(settings: TuneSettings) -> tuple[dict[str, Any], dict[str, Any]
 def plan(settings: TuneSettings) -> _Plan:
     """Read and check the base config and the space: every field, range and edge value, before the first trial."""
     import importlib.util
-    import typing
 
-    from hf_adapt.config import check_values, config_from_dict
-    from hf_adapt.options import ClassifierOptions
-    from hf_adapt.recipes.finetune import FinetuneConfig
+    from hf_adapt.config import check_values
     from hf_adapt.tune.space import SearchSpace
 
     if importlib.util.find_spec("optuna") is None:
         raise ConfigError("hf-adapt tune needs Optuna: pip install 'hf-adapt[tune]'")
-    from hf_adapt.tune.study import check_choices
-
+    if settings.recipe not in RECIPES:
+        raise ConfigError(f"recipe must be one of {sorted(RECIPES)}, got {settings.recipe!r}")
     base, raw = _read_search(settings)
-    check_values(FinetuneConfig, base, source=settings.config)
-    config_from_dict(FinetuneConfig, base, source=settings.config)
-    space = SearchSpace.parse(raw, FinetuneConfig)
-    if any(name.startswith("adapter.") for name in space.names) and "adapter" not in base:
-        base["adapter"] = space.defaults["adapter"]
-    for name, value, values in space.edge_configs(base):
+    checked = _Plan(settings.recipe, base, None, raw, [], [], Path(settings.output_dir),
+                    settings.storage or f"sqlite:///{(Path(settings.output_dir) / 'study.db').absolute()}")
+    check_values(checked.config_class, base, source=settings.config)
+    cfg = checked.config(base, settings.config)
+    checked.space = SearchSpace.parse(raw, checked.config_class)
+    for mapping in {name.split(".", 1)[0] for name in checked.space.names if "." in name} - set(base):
+        base[mapping] = checked.space.defaults[mapping]
+    for name, value, values in checked.space.edge_configs(base):
         try:
-            config_from_dict(FinetuneConfig, {**values, **TRIAL_VALUES}, source="search")
+            checked.config(values, "search", trial=True)
         except ConfigError as err:
-            raise ConfigError(f"search: {name} = {value!r} gives a config the finetune recipe refuses: {err}") from None
-    metric = base.get("metric_for_best_model", FinetuneConfig.metric_for_best_model)
-    objectives = [o.strip() for o in settings.objectives.split(",")] if settings.objectives else [metric]
-    check_choices(settings.sampler, settings.pruner, objectives,
-                  typing.get_args(typing.get_type_hints(ClassifierOptions)["metric_for_best_model"]))
-    if objectives[0] != metric:
-        base["metric_for_best_model"] = objectives[0]  # the epoch each trial keeps is judged on what it reports
+            raise ConfigError(f"search: {name} = {value!r} gives a config the {settings.recipe} recipe refuses: "
+                              f"{err}") from None
+    _choose_objectives(checked, settings, cfg)
     if settings.n_trials is not None and settings.n_trials < 0 or settings.timeout is not None and settings.timeout <= 0:
         raise ConfigError("n_trials must be >= 0 and timeout > 0")
-    output_dir = Path(settings.output_dir)
-    storage = settings.storage or f"sqlite:///{(output_dir / 'study.db').absolute()}"
-    return _Plan(base, space, raw, objectives, output_dir, storage,
-                 prunes=len(objectives) == 1 and settings.pruner != "none")
+    return checked
+
+
+def _choose_objectives(checked: _Plan, settings: TuneSettings, cfg) -> None:
+    """The objectives (default: the recipe's first validation metric) and their directions, checked; a finetune
+    or continual trial keeps the epoch that is best on the first objective when it is a metric the loop reports."""
+    import typing
+
+    from hf_adapt.tune.study import COSTS, check_choices
+
+    metrics = checked.module.tune_objectives(cfg)
+    objectives = [o.strip() for o in settings.objectives.split(",")] if settings.objectives else [next(iter(metrics))]
+    check_choices(settings.sampler, settings.pruner, objectives, metrics)
+    hints = typing.get_type_hints(checked.config_class)
+    if objectives[0] in typing.get_args(hints.get("metric_for_best_model")):
+        checked.base["metric_for_best_model"] = objectives[0]
+    checked.objectives = objectives
+    checked.directions = [{**metrics, **COSTS}[o] for o in objectives]
+    checked.prunes = len(objectives) == 1 and settings.pruner != "none"
 
 
 def together(state, work):
@@ -197,7 +241,7 @@ def tune(settings: TuneSettings) -> dict[str, Any]:
     def open_study():
         checked.output_dir.mkdir(parents=True, exist_ok=True)
         study = make_study(checked.storage, settings.study_name, settings.sampler, settings.pruner,
-                           checked.objectives, seed)
+                           checked.directions, seed)
         _check_same_search(study, checked)
         logger.info("study %r in %s: %d trial(s) so far; objectives %s", settings.study_name,
                     storage_label(checked.storage), len(study.trials), checked.objectives)
@@ -220,33 +264,32 @@ def _check_same_search(study, checked: _Plan) -> None:
     """A study resumed (or shared) must be the same search: the same base config, space and objectives."""
     import json
 
-    fingerprint = json.dumps({"base": checked.base, "space": checked.raw_space, "objectives": checked.objectives},
-                             sort_keys=True, default=str)
+    search = {"base": checked.base, "space": checked.raw_space, "objectives": checked.objectives}
+    if checked.recipe != "finetune":  # studies made before --recipe existed stay resumable
+        search["recipe"] = checked.recipe
+    fingerprint = json.dumps(search, sort_keys=True, default=str)
     recorded = study.user_attrs.get("search")
     if recorded is None:
         study.set_user_attr("search", fingerprint)
     elif recorded != fingerprint:
-        raise ConfigError(f"study {study.study_name!r} holds another search (base config, space or objectives "
-                          "differ); resume it with the same --config, --search and --objectives, or give a new "
-                          "--study_name or --output_dir")
+        raise ConfigError(f"study {study.study_name!r} holds another search (recipe, base config, space or "
+                          "objectives differ); resume it with the same --recipe, --config, --search and --objectives, "
+                          "or give a new --study_name or --output_dir")
 
 
 def _trial(values: dict[str, Any], checked: _Plan, number: int, trial=None) -> list[float]:
-    """One trial: the finetune recipe on train and validation with ``values``; the objectives' values."""
+    """One trial: the recipe's ``validate`` with ``values`` (no test data); the objectives' values."""
     import shutil
 
-    from hf_adapt.config import config_from_dict
-    from hf_adapt.recipes.finetune import FinetuneConfig, validate
     from hf_adapt.tune.study import Pruning
 
     directory = checked.output_dir / "trials" / f"trial-{number}"
-    cfg = config_from_dict(FinetuneConfig, {**values, **TRIAL_VALUES, "output_dir": str(directory)}, source="trial")
+    cfg = checked.config({**values, "output_dir": str(directory)}, "trial", trial=True)
     try:
-        result = validate(cfg, [Pruning(trial, checked.objectives[0], checked.prunes)])
+        result = checked.module.validate(cfg, [Pruning(trial, checked.objectives[0], checked.prunes)])
     finally:
         shutil.rmtree(directory, ignore_errors=True)  # a trial leaves its numbers in the study, no files
-    found = {**result.metrics, "trainable_parameters": result.trainable_parameters, "seconds": result.seconds}
-    return [float(found[o]) for o in checked.objectives]
+    return result.values(checked.objectives)
 
 
 def _optimize(study, checked: _Plan, settings: TuneSettings, state) -> None:
@@ -307,12 +350,11 @@ def _follow(checked: _Plan) -> None:
 def _finish(study, checked: _Plan, settings: TuneSettings, seconds: float, state) -> dict[str, Any]:
     """The study's files and the best config (main process), that config retrained by every process and tested
     once, then tune_results.json."""
-    from hf_adapt.config import config_from_dict
     from hf_adapt.outputs import write_json
-    from hf_adapt.recipes.finetune import FinetuneConfig, main
 
     best_config, search = together(state, lambda: _write_study_files(study, checked, settings, seconds))
-    result = main(config_from_dict(FinetuneConfig, {**best_config, "overwrite_output_dir": True}), search=search)
+    cfg = checked.config({**best_config, "overwrite_output_dir": True}, "best_config.yaml")
+    result = checked.module.main(cfg, search=search)
     if not state.is_main_process:
         return {}
     facts = {**search, "best_config": str(checked.output_dir / "best_config.yaml"), "test_metrics": result.test_metrics,
@@ -320,7 +362,7 @@ def _finish(study, checked: _Plan, settings: TuneSettings, seconds: float, state
     write_json(checked.output_dir / "tune_results.json", facts)
     logger.info("best trial %d: %s; retrained and tested once in %s: %s", search["best_trial"],
                 dict(zip(checked.objectives, search["best_values"])), result.output_dir,
-                " ".join(f"{k}={v:.4f}" for k, v in result.test_metrics.items()))
+                " ".join(f"{k}={v:.4f}" for k, v in result.test_metrics.items() if isinstance(v, float)))
     return facts
 
 
@@ -344,7 +386,8 @@ def _write_study_files(study, checked: _Plan, settings: TuneSettings, seconds: f
     values = checked.space.sample(optuna.trial.FixedTrial(best.params), checked.base)
     best_config = {**values, "output_dir": str(out / "best")}
     write_text(out / "best_config.yaml", yaml.safe_dump(best_config, sort_keys=False))
-    search = {"optuna_version": optuna.__version__, "sampler": settings.sampler, "pruner": settings.pruner,
+    search = {"recipe": checked.recipe, "validation": checked.module.TUNE_VALIDATION,
+              "optuna_version": optuna.__version__, "sampler": settings.sampler, "pruner": settings.pruner,
               "objectives": checked.objectives, "trials": counts, "best_trial": best.number,
               "best_values": best.values, "best_params": best.params, "wall_seconds": seconds,
               "seconds": sum(t.duration.total_seconds() for t in study.trials if t.duration is not None),

@@ -26,18 +26,20 @@ class Adapter(Regime):
     def apply(self, backbone: Backbone, adapter: dict[str, Any] | None) -> nn.Module:
         from peft import get_peft_model
 
+        from hf_adapt import quantization
         from hf_adapt.adapters import make_peft_config
 
         if not adapter:
             raise ConfigError("regime 'adapter' needs an adapter dict, e.g. {peft_type: LORA, r: 8}")
         peft_config = make_peft_config(adapter, backbone)
+        model = quantization.prepare(backbone.model, backbone.info.get("quantization"))  # QLoRA
         try:
-            return get_peft_model(backbone.model, peft_config)
+            return get_peft_model(model, peft_config)
         except ValueError as err:  # e.g. targets that match no module
             raise ConfigError(f"adapter could not be attached to {backbone.family} model: {err}") from err
 
-    def save(self, model: nn.Module, backbone: Backbone, directory: Path) -> None:
-        model.save_pretrained(str(directory))
+    def save(self, model: nn.Module, backbone: Backbone, directory: Path, state: dict[str, Any] | None = None) -> None:
+        model.save_pretrained(str(directory), **({"state_dict": state} if state is not None else {}))
 
     def check(self, directory: Path) -> None:
         from hf_adapt.weights import check_safetensors

@@ -34,8 +34,10 @@ class Regime:
         """Loop callbacks the regime needs while training (default: none)."""
         return []
 
-    def save(self, model: nn.Module, backbone: Backbone, directory: Path) -> None:
-        """Write what restores the trained model onto a fresh backbone."""
+    def save(self, model: nn.Module, backbone: Backbone, directory: Path, state: dict[str, Any] | None = None) -> None:
+        """Write what restores the trained model onto a fresh backbone; ``state``: the model's full state dict when
+        its parameters are sharded (FSDP2, ZeRO-3; see :func:`hf_adapt.artifacts.gathered_state`), else read off
+        ``model``."""
         raise NotImplementedError
 
     def check(self, directory: Path) -> None:

@@ -22,10 +22,13 @@ class Full(Regime):
         backbone.model.requires_grad_(True)
         return backbone.model
 
-    def save(self, model: nn.Module, backbone: Backbone, directory: Path) -> None:
-        from safetensors.torch import save_model
+    def save(self, model: nn.Module, backbone: Backbone, directory: Path, state: dict[str, Any] | None = None) -> None:
+        from safetensors.torch import save_file, save_model
 
-        save_model(model, str(directory / MODEL_FILE))
+        if state is None:
+            save_model(model, str(directory / MODEL_FILE))  # tied weights once
+        else:  # gathered from shards: tied weights arrive as separate copies, each saved
+            save_file({k: v.contiguous() for k, v in state.items()}, str(directory / MODEL_FILE))
 
     def check(self, directory: Path) -> None:
         from hf_adapt.weights import check_weights_file

@@ -26,12 +26,12 @@ class LinearProbe(Regime):
             modules[name].requires_grad_(True)
         return model
 
-    def save(self, model: nn.Module, backbone: Backbone, directory: Path) -> None:
+    def save(self, model: nn.Module, backbone: Backbone, directory: Path, state: dict[str, Any] | None = None) -> None:
         from safetensors.torch import save_file
 
         prefixes = tuple(f"{name}." for name in backbone.head_names)
-        save_file({k: v.contiguous() for k, v in model.state_dict().items() if k.startswith(prefixes)},
-                  str(directory / HEAD_FILE))
+        state = model.state_dict() if state is None else state
+        save_file({k: v.contiguous() for k, v in state.items() if k.startswith(prefixes)}, str(directory / HEAD_FILE))
 
     def check(self, directory: Path) -> None:
         from hf_adapt.weights import check_weights_file

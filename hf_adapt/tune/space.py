@@ -9,8 +9,9 @@ Written as YAML (a ``search:`` block of the base config, or its own file)::
     adapter.lora_dropout: {distribution: uniform, low: 0.0, high: 0.3, when: {regime: adapter}}
     num_train_epochs: {distribution: int, low: 1, high: 5}
 
-Every key is a field of the recipe's config, or ``adapter.<key>`` for a key of the peft adapter dict
-(``adapter.peft_type`` included). Distributions: ``log_uniform``, ``uniform``, ``int`` (``step``,
+Every key is a field of the recipe's config, or ``<field>.<key>`` for a key of one of its mapping fields:
+``adapter.r`` (the peft adapter dict, ``adapter.peft_type`` included), ``trainer_args.beta`` (feedback's TRL
+config), ``strategy_options.buffer_size`` (a continual strategy's options). Distributions: ``log_uniform``, ``uniform``, ``int`` (``step``,
 ``log``) and ``categorical`` (``choices``). ``when: {field: value or [values]}`` samples the
 field only where the other fields (sampled, or the base config's) have those values: LoRA fields only
 when the regime is ``adapter``.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +35,7 @@ KEYS = {"distribution", "low", "high", "step", "log", "choices", "when"}
 class Parameter:
     """One searched field."""
 
-    name: str  # a config field, or adapter.<key>
+    name: str  # a config field, or <mapping field>.<key>
     distribution: str
     low: float | None = None
     high: float | None = None
@@ -62,19 +64,31 @@ class Parameter:
 
 
 def _lookup(values: dict[str, Any], name: str) -> Any:
-    if name.startswith("adapter."):
-        return (values.get("adapter") or {}).get(name.split(".", 1)[1])
+    if "." in name:
+        mapping, key = name.split(".", 1)
+        return (values.get(mapping) or {}).get(key)
     return values.get(name)
 
 
-def _parameter(name: str, spec: Any, fields: set[str]) -> Parameter:
+def _is_dict(hint) -> bool:
+    """Whether a field's type is a mapping (``dict``, ``dict[str, Any]``, ``dict | None``)."""
+    return any(h is dict or typing.get_origin(h) is dict for h in (hint, *typing.get_args(hint)))
+
+
+def _known(name: str, fields: set[str], mappings: set[str]) -> bool:
+    """A config field, or ``<mapping field>.<key>``."""
+    mapping, _, key = name.partition(".")
+    return name in fields or (mapping in mappings and bool(key))
+
+
+def _parameter(name: str, spec: Any, fields: set[str], mappings: set[str]) -> Parameter:
     where = f"search: {name}"
     if not isinstance(spec, dict):
         raise ConfigError(f"{where}: expected a mapping such as {{distribution: log_uniform, low: 1e-4, high: 1e-2}}, "
                           f"got {spec!r}")
-    if name not in fields and not (name.startswith("adapter.") and len(name) > len("adapter.")):
-        raise ConfigError(f"{where}: not a field of the recipe's config (nor adapter.<key>); known fields: "
-                          f"{sorted(fields)}")
+    if not _known(name, fields, mappings):
+        raise ConfigError(f"{where}: not a field of the recipe's config (nor <field>.<key> of its mapping fields "
+                          f"{sorted(mappings)}); known fields: {sorted(fields)}")
     unknown = sorted(set(spec) - KEYS)
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; a parameter has {sorted(KEYS)}")
@@ -82,7 +96,7 @@ def _parameter(name: str, spec: Any, fields: set[str]) -> Parameter:
     if distribution not in DISTRIBUTIONS:
         raise ConfigError(f"{where}: distribution must be one of {list(DISTRIBUTIONS)}, got {distribution!r}")
     when = spec.get("when") or {}
-    if not isinstance(when, dict) or any(k not in fields and not k.startswith("adapter.") for k in when):
+    if not isinstance(when, dict) or any(not _known(k, fields, mappings) for k in when):
         raise ConfigError(f"{where}: when must map config fields to a value or a list of values, got {when!r}")
     when = {k: tuple(v) if isinstance(v, list) else (v,) for k, v in when.items()}
     if distribution == "categorical":
@@ -126,7 +140,11 @@ class SearchSpace:
         if not isinstance(raw, dict) or not raw:
             raise ConfigError(f"search: expected a non-empty mapping of fields to distributions, got {raw!r}")
         fields = {f.name for f in dataclasses.fields(config_class) if f.init} - {"output_dir"}
-        parameters = [_parameter(str(name), spec, fields) for name, spec in raw.items()]
+        defaults = {f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+                    for f in dataclasses.fields(config_class) if f.init
+                    and (f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING)}
+        mappings = {name for name, hint in typing.get_type_hints(config_class).items() if name in fields and _is_dict(hint)}
+        parameters = [_parameter(str(name), spec, fields, mappings) for name, spec in raw.items()]
         names = {p.name for p in parameters}
         for p in parameters:
             if p.name in p.when:
@@ -134,9 +152,6 @@ class SearchSpace:
             if any(other in names and next(q for q in parameters if q.name == other).when for other in p.when):
                 raise ConfigError(f"search: {p.name}: conditions may name base fields or unconditioned parameters, "
                                   f"not other conditioned ones ({sorted(p.when)})")
-        defaults = {f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-                    for f in dataclasses.fields(config_class) if f.init
-                    and (f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING)}
         return cls(sorted(parameters, key=lambda p: bool(p.when)), defaults)
 
     @property
@@ -144,7 +159,7 @@ class SearchSpace:
         return [p.name for p in self.parameters]
 
     def sample(self, trial, base: dict[str, Any]) -> dict[str, Any]:
-        """The trial's config values: ``base`` with each applicable parameter's value (``adapter.*`` into the
+        """The trial's config values: ``base`` with each applicable parameter's value (``adapter.r`` into the
         adapter dict)."""
         values = dict(base)
         for parameter in self.parameters:
@@ -165,7 +180,8 @@ class SearchSpace:
 
 
 def with_value(values: dict[str, Any], name: str, value: Any) -> dict[str, Any]:
-    """``values`` with field ``name`` (or ``adapter.<key>``) set to ``value``."""
-    if name.startswith("adapter."):
-        return {**values, "adapter": {**(values.get("adapter") or {}), name.split(".", 1)[1]: value}}
+    """``values`` with field ``name`` (or ``<mapping field>.<key>``) set to ``value``."""
+    if "." in name:
+        mapping, key = name.split(".", 1)
+        return {**values, mapping: {**(values.get(mapping) or {}), key: value}}
     return {**values, name: value}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from hf_adapt.errors import ConfigError
@@ -21,22 +22,36 @@ logger = logging.getLogger("hf_adapt.tune")
 SAMPLERS = {"tpe": "TPESampler", "random": "RandomSampler", "cmaes": "CmaEsSampler", "qmc": "QMCSampler",
             "gp": "GPSampler", "nsga2": "NSGAIISampler"}
 PRUNERS = ("median", "hyperband", "none")
-MINIMISED = {"log_loss", "ece", "brier", "trainable_parameters", "seconds"}  # every other objective is maximised
+COSTS = {"trainable_parameters": "minimize", "seconds": "minimize"}  # what every trial costs, beside its metrics
 HEARTBEAT_SECONDS = 20
 
 
-def direction(objective: str) -> str:
-    return "minimize" if objective in MINIMISED else "maximize"
+@dataclass
+class Validation:
+    """What one tuning trial measured: its validation metrics (the recipe's ``tune_objectives``), and its cost."""
+
+    metrics: dict[str, float]
+    trainable_parameters: int
+    seconds: float
+    history: Any = None
+
+    def values(self, objectives: list[str]) -> list[float]:
+        found = {**self.metrics, "trainable_parameters": self.trainable_parameters, "seconds": self.seconds}
+        missing = [o for o in objectives if found.get(o) is None]
+        if missing:
+            raise ValueError(f"the trial reported no {missing} (it reported {sorted(found)})")
+        return [float(found[o]) for o in objectives]
 
 
-def check_choices(sampler: str, pruner: str, objectives: list[str], metrics: tuple[str, ...]) -> None:
-    """Before anything runs: known sampler and pruner names, objectives the trials report, no pruning across
-    several objectives (Optuna prunes single-objective studies only)."""
+def check_choices(sampler: str, pruner: str, objectives: list[str], metrics: dict[str, str]) -> None:
+    """Before anything runs: known sampler and pruner names, objectives the trials report (``metrics``: the
+    recipe's validation metrics and their directions), no pruning across several objectives (Optuna prunes
+    single-objective studies only)."""
     if sampler not in SAMPLERS:
         raise ConfigError(f"sampler must be one of {sorted(SAMPLERS)}, got {sampler!r}")
     if pruner not in PRUNERS:
         raise ConfigError(f"pruner must be one of {list(PRUNERS)}, got {pruner!r}")
-    known = (*metrics, "trainable_parameters", "seconds")
+    known = (*metrics, *COSTS)
     unknown = [o for o in objectives if o not in known]
     if not objectives or unknown or len(set(objectives)) != len(objectives):
         raise ConfigError(f"objectives must be distinct names among {list(known)}, got {objectives}")
@@ -47,7 +62,7 @@ def check_choices(sampler: str, pruner: str, objectives: list[str], metrics: tup
         raise ConfigError("Optuna prunes single-objective studies only: with several objectives set pruner: none")
 
 
-def make_study(storage: str, name: str, sampler: str, pruner: str, objectives: list[str], seed: int):
+def make_study(storage: str, name: str, sampler: str, pruner: str, directions: list[str], seed: int):
     """Create the study, or load it when ``storage`` already holds one called ``name`` (a resumed or shared search).
 
     The sampler's seed moves with the trials the study already holds, so a resumed search draws new settings
@@ -61,11 +76,11 @@ def make_study(storage: str, name: str, sampler: str, pruner: str, objectives: l
                "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1),
                "none": optuna.pruners.NopPruner}
     study = optuna.create_study(storage=_storage(storage), study_name=name, pruner=pruners[pruner](),
-                                directions=[direction(o) for o in objectives], load_if_exists=True)
+                                directions=directions, load_if_exists=True)
     stored = [d.name.lower() for d in study.directions]
-    if stored != [direction(o) for o in objectives]:
+    if stored != directions:
         raise ConfigError(f"study {name!r} in {storage_label(storage)} was created with directions {stored}; "
-                          f"these objectives need {[direction(o) for o in objectives]}: use another study_name")
+                          f"these objectives need {directions}: use another study_name")
     shared = not storage.startswith("sqlite")
     seed = seed + len(study.trials) + (os.getpid() if shared else 0)
     sampler_class = getattr(optuna.samplers, SAMPLERS[sampler])

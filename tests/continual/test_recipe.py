@@ -122,12 +122,17 @@ def test_domain_incremental_keeps_the_head_and_measures_forward_transfer(block_r
 
 
 def test_task_incremental_predicts_within_the_task(block_resnet, blocks_csv, tmp_path):
-    run = main(_config(tmp_path, block_resnet, blocks_csv, scenario="task", num_train_epochs=2))
+    run = main(_config(tmp_path, block_resnet, blocks_csv, scenario="task", num_train_epochs=2,
+                       dicom_window=[40.0, 400.0]))  # pixel rows ignore it; a reload must still read it
     matrix = run.results["matrix"]
     # with the task id known, old tasks only compete with their own two classes: far less forgetting
     assert run.results["summary"]["average"] > 0.8, matrix
-    info = json.loads((run.output_dir / "hf_adapt.json").read_text())["continual"]
+    record = json.loads((run.output_dir / "hf_adapt.json").read_text())
+    info = record["continual"]
     assert info["scenario"] == "task" and info["tasks"]["cd"] == {"task": 1, "classes": [2, 3]}
+    # images reload as training read them: the DICOM window and the volume reading are in the record
+    assert {k: record["data"][k] for k in ("dicom_window", "volume_slice", "volume_context")} == {
+        "dicom_window": [40.0, 400.0], "volume_slice": "middle", "volume_context": 0}
 
 
 @pytest.mark.parametrize("values, error, message", [

@@ -77,7 +77,7 @@ def test_mlm_lora_lowers_held_out_loss_and_writes_the_contract(mlm_lora):
         "format_version": 2, "kind": "language_model", "recipe": "pretrain", "family": "transformers",
         "objective": "mlm", "regime": "adapter",
         "model": {"name_or_path": cfg.model_name_or_path, "revision": None, "trust_remote_code": False,
-                  "base_model_id": "hf-adapt-tests/tiny-bert", "max_length": 64},
+                  "base_model_id": "hf-adapt-tests/tiny-bert", "max_length": 64, "quantization": None},
         "data": {"source": cfg.data, "text_column": "review", "packing": True, "mlm_probability": 0.15},
     }
     assert config_from_dict(PretrainConfig, yaml.safe_load((out / "config.yaml").read_text())) == cfg
