@@ -318,7 +318,7 @@ def _check_text_model(preprocessor) -> None:
 
 
 def explain_image(model, backbone, preprocessor, labels: list[str], image: Any, target: str | None = None,
-                  *, predicted: str | None = None) -> dict[str, Any]:
+                  *, predicted: str | None = None, task=None) -> dict[str, Any]:
     """Grad-CAM (captum ``LayerGradCam``) of the predicted class (or ``target``) for one PIL image.
 
     The map is taken on the last convolutional feature stage (``figures.gradcam_target_layer``)
@@ -348,10 +348,17 @@ def explain_image(model, backbone, preprocessor, labels: list[str], image: Any, 
         return backbone.logits(model, {"pixel_values": pixels})
 
     with eval_mode(model), torch.no_grad():
-        probs = softmax(forward(batch).float().cpu().numpy().astype(np.float64))[0]
-    predicted = predicted or labels[int(probs.argmax())]
-    t = _target_index(labels, target, predicted)
-    title = f"predicted {predicted} ({probs[labels.index(predicted)]:.2f}); Grad-CAM for {labels[t]}"
+        outputs = forward(batch).float().cpu().numpy().astype(np.float64)[0]
+    if task is not None and task.name == "multi_label":  # one sigmoid per label: any number may be predicted
+        chosen = task.explained(outputs, labels, target, None)
+        t, predicted = chosen["index"], chosen["facts"]["predicted_label"]
+        probs = np.asarray([chosen["facts"]["probabilities"][name] for name in labels])
+        title = f"predicted {predicted}; Grad-CAM for {labels[t]} ({probs[t]:.2f})"
+    else:
+        probs = softmax(outputs[None])[0]
+        predicted = predicted or labels[int(probs.argmax())]
+        t = _target_index(labels, target, predicted)
+        title = f"predicted {predicted} ({probs[labels.index(predicted)]:.2f}); Grad-CAM for {labels[t]}"
     shown = figures.as_seen(batch, preprocessor.data_config) if hasattr(preprocessor, "data_config") else [image]
     empty = not figures.gradcam_maps(forward, layer, batch, [t]).any()
     if empty:
@@ -389,7 +396,8 @@ def _replace_atomically(path: Path, data: bytes) -> None:
 
 def _title(result: dict[str, Any]) -> str:
     predicted = result["predicted_label"]
-    confidence = f" ({result['probabilities'][predicted]:.2f})" if "probabilities" in result else ""
+    probabilities = result.get("probabilities") or {}  # a multi-label prediction is several labels: no one number
+    confidence = f" ({probabilities[predicted]:.2f})" if predicted in probabilities else ""
     return (f"predicted {predicted}{confidence}; "
             f"integrated gradients of {result['explained_output'].split(':')[0]}")
 
@@ -505,9 +513,9 @@ def explain_checked(predictor, item: Any, target: str | None = None, steps: int 
     pieces = (predictor.model, predictor.backbone, predictor.preprocessor)
     kind = predictor.data_info["kind"]
     if kind == "image":
-        if task.name != "classification":
+        if task.name == "regression":
             raise ModelError(f"explain: Grad-CAM of a {task.name} image model is not implemented yet")
-        return explain_image(*pieces, predictor.labels, item, target, predicted=predicted)
+        return explain_image(*pieces, predictor.labels, item, target, predicted=predicted, task=task)
     if kind == "table" or predictor.data_info.get("table_features"):
         return explain_row(*pieces, predictor.data_info, predictor.labels, item, target, steps, predicted=predicted,
                            task=task)
