@@ -256,6 +256,14 @@ def peak_memory(into: dict):
             into["peak_gib"] = None
 
 
+def failure(err: Exception) -> str:
+    """What a table cell says about a section that failed; the traceback goes to the log (not for the time guard)."""
+    if isinstance(err, TimeGuard):
+        return str(err)
+    traceback.print_exc()
+    return f"{type(err).__name__}: {err}"
+
+
 def free_memory() -> None:
     import torch
 
@@ -486,28 +494,38 @@ def run_trainer(plan: Plan, folder: Path, batches: list[dict], deadline: float, 
     return {**clock.summary(plan), **result}
 
 
-def run_fsdp(plan: Plan, folder: Path, work: Path, deadline: float, processes: int) -> dict:
-    """The hf-adapt contender under ``accelerate launch --config_file recipes/accelerate/fsdp.yaml``."""
+def run_fsdp(plan: Plan, folder: Path, work: Path, deadline: float, gpus: list[str]) -> dict:
+    """The hf-adapt contender under ``accelerate launch --config_file recipes/accelerate/fsdp.yaml`` on ``gpus`` (one
+    process each; one CPU process without them)."""
     (work / "plan.json").write_text(json.dumps({"plan": asdict(plan), "deadline": deadline}))
     for old in work.glob("fsdp_rank*.json"):
         old.unlink()
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-               str(REPO / "recipes" / "accelerate" / "fsdp.yaml"), "--num_processes", str(processes),
+               str(REPO / "recipes" / "accelerate" / "fsdp.yaml"), "--num_processes", str(len(gpus) or 1),
                "--mixed_precision", plan.precision, "--main_process_port", str(free_port()),
                str(Path(__file__).resolve()), "--fsdp_worker", "--work_dir", str(work)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    if gpus:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
     started = time.time()
+    # its own process group: past the guard the launcher and every rank it started go, not only the launcher
+    launch = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                              start_new_session=True)
     try:
-        done = subprocess.run(command, capture_output=True, text=True, env=env,
-                              timeout=max(10.0, deadline - started + 30))
+        output, _ = launch.communicate(timeout=max(10.0, deadline - started + 30))
     except subprocess.TimeoutExpired:
-        return {"error": f"the launch ran past its time guard ({deadline - started:.0f} s)"}
+        os.killpg(launch.pid, 9)
+        launch.communicate()
+        return {"error": f"the launch ran past its time guard ({deadline - started:.0f} s) and was stopped"}
     ranks = sorted(work.glob("fsdp_rank*.json"))
-    if done.returncode or not ranks:
-        tail = (done.stderr or done.stdout).strip().splitlines()[-6:]
-        return {"error": f"accelerate launch exited {done.returncode}: " + " | ".join(tail)}
+    if launch.returncode or not ranks:
+        print(output[-5000:], flush=True)
+        tail = output.strip().splitlines()[-4:]
+        return {"error": f"accelerate launch exited {launch.returncode}: " + " | ".join(tail)}
     results = [json.loads(p.read_text()) for p in ranks]
     main = results[0]
+    if "traceback" in main:
+        print(f"FSDP rank 0 failed:\n{main['traceback']}", flush=True)
     peaks = [r.get("peak_gib") for r in results if r.get("peak_gib") is not None]
     main["peak_gib"] = max(peaks) if peaks else None
     main["launch_seconds"] = time.time() - started
@@ -678,8 +696,7 @@ def dpo_section(plan: Plan, folder: Path, work: Path, deadline: float) -> dict[s
                 r = run()
             r["pairs_per_s"] = r["steps"] * plan.dpo_batch / r["train_seconds"]
         except Exception as err:  # one failed side does not hide the other
-            traceback.print_exc()
-            r = {"error": f"{type(err).__name__}: {err}"}
+            r = {"error": failure(err)}
         results[name] = {**r, **memory, "train_pairs": len(rows), "batch": plan.dpo_batch}
         free_memory()
     return results
@@ -832,10 +849,12 @@ def table(lora: dict, dpo: dict, fsdp: dict) -> list[str]:
     return lines
 
 
-def hardware() -> dict:
+def hardware(gpus: list[str]) -> dict:
+    """This process's GPU (the in-process contenders run on it) and how many the FSDP launch used."""
     import torch
 
-    info = {"python": platform.python_version(), "cpu_cores": os.cpu_count(), "platform": platform.platform()}
+    info = {"python": platform.python_version(), "cpu_cores": os.cpu_count(), "platform": platform.platform(),
+            "fsdp_gpus": len(gpus)}
     if torch.cuda.is_available():
         names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
         info.update(gpus=names, gpu_memory_gib=torch.cuda.get_device_properties(0).total_memory / 2**30,
@@ -858,7 +877,8 @@ def versions() -> dict:
 
 def report(mode: str, plan: Plan, facts: dict, lora: dict, dpo: dict, fsdp: dict, lines: list, meta: dict) -> str:
     hw = meta["hardware"]
-    gpus = ", ".join(hw["gpus"]) if hw["gpus"] else f"no GPU ({hw['cpu_cores']} CPU cores)"
+    gpus = (f"{', '.join(hw['gpus'])} ({hw['gpu_memory_gib']:.0f} GiB, CUDA {hw['cuda']}; FSDP on {hw['fsdp_gpus']} "
+            f"GPU(s)), {hw['cpu_cores']} CPU cores" if hw["gpus"] else f"no GPU ({hw['cpu_cores']} CPU cores)")
     flops = facts["flops"]
     out = [f"# GPU benchmark ({mode})", "",
            f"{meta['date']} on {gpus}; " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items())
@@ -899,8 +919,7 @@ def lora_section(plan: Plan, folder: Path, work: Path, budget: Budget, skip: set
             with peak_memory(memory):
                 r = run(deadline)
         except Exception as err:  # one failed contender does not hide the others
-            traceback.print_exc()
-            r = {"error": f"{type(err).__name__}: {err}"}
+            r = {"error": failure(err)}
         results[name] = {**r, **memory}
         free_memory()
         print(f"[lora] {name}: " + (f"{r['tokens_per_s']:,.0f} tokens/s" if "tokens_per_s" in r else
@@ -914,11 +933,27 @@ def guarded(section: str, skip: set[str], budget: Budget, share: float, run) -> 
     try:
         return run(budget.section(share))
     except Exception as err:
-        traceback.print_exc()
-        return {"error": f"{type(err).__name__}: {err}"}
+        return {"error": failure(err)}
+
+
+def pin_one_gpu() -> list[str]:
+    """The GPUs this machine shows, for the FSDP launch; this process keeps only the first, or ``Trainer`` and TRL
+    would wrap the model in ``DataParallel`` over the others. Call before torch initialises CUDA."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is None:
+        done = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.device_count())"],
+                              capture_output=True, text=True, timeout=300)
+        count = int(done.stdout.strip() or 0) if done.returncode == 0 else 0
+        gpus = [str(i) for i in range(count)]
+    else:
+        gpus = [d.strip() for d in listed.split(",") if d.strip()]
+    if gpus:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpus[0]
+    return gpus
 
 
 def run(args: argparse.Namespace) -> None:
+    gpus = [] if args.smoke else pin_one_gpu()
     import torch
     import transformers
 
@@ -949,8 +984,7 @@ def run(args: argparse.Namespace) -> None:
         dpo = guarded("dpo", skip, budget, plan.dpo_s, lambda d: dpo_section(plan, folder, work, d))
         if "skipped" in dpo or "error" in dpo:
             dpo = {"hf-adapt feedback": dpo, "TRL DPOTrainer": dpo}
-        processes = torch.cuda.device_count() or 1
-        fsdp = guarded("fsdp", skip, budget, plan.fsdp_s, lambda d: run_fsdp(plan, folder, work, d, processes))
+        fsdp = guarded("fsdp", skip, budget, plan.fsdp_s, lambda d: run_fsdp(plan, folder, work, d, gpus))
     finally:
         if own_work:
             shutil.rmtree(work, ignore_errors=True)
@@ -960,7 +994,7 @@ def run(args: argparse.Namespace) -> None:
     add_mfu(fsdp, facts["flops"], peak, fsdp.get("processes") or 1)
     lines = checks(plan, lora, fsdp, args.smoke)
     meta = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "hardware": hardware(), "versions": versions(), "code": code_version(), "peak_tflops": peak,
+            "hardware": hardware(gpus), "versions": versions(), "code": code_version(), "peak_tflops": peak,
             "peak_source": source, "wall_seconds": time.time() - started}
     text = report(mode, plan, facts, lora, dpo, fsdp, lines, meta)
     print(text, flush=True)
