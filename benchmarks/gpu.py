@@ -888,7 +888,7 @@ def report(mode: str, plan: Plan, facts: dict, lora: dict, dpo: dict, fsdp: dict
            f"LoRA r={plan.lora_r} on {', '.join(LORA_TARGETS)} ({flops['lora_parameters']:,} parameters), "
            f"{'bf16 autocast over fp32 weights' if plan.precision == 'bf16' else 'fp32'}, sequence {plan.seq}, batch "
            f"{plan.batch}, {plan.warmup} warm-up + {plan.steps} timed steps per contender. MFU: "
-           f"(4 N + 6 N_lora + 12 L d T) = {flops['lora_flops'] / 1e9:.2f} GFLOPs per token over "
+           f"(4 N + 6 N_lora + 12 L d T) = {flops['lora_flops'] / 1e9:.3g} GFLOPs per token over "
            f"{fmt(meta['peak_tflops'], '.1f')} TFLOPS ({meta['peak_source']}); the 6N convention reads 1.5x higher "
            "(results.json).", "", *table(lora, dpo, fsdp), "",
            *[f"- {verdict(ok)}: {text}" for text, ok in lines], "",
