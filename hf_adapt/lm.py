@@ -297,7 +297,10 @@ class LanguageModelingTask:
         """Logits, and per example the summed loss and the number of scored tokens."""
         logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
         scores, labels = (logits[:, :-1], batch["labels"][:, 1:]) if self.causal else (logits, batch["labels"])
-        losses = F.cross_entropy(scores.float().transpose(1, 2), labels, ignore_index=-100, reduction="none")
+        # flat (tokens, vocab) rows: the (batch, vocab, length) layout of a transpose is ~4x slower at a 32k
+        # vocabulary (benchmarks/README.md, gpu.py)
+        losses = F.cross_entropy(scores.float().reshape(-1, scores.shape[-1]), labels.reshape(-1), ignore_index=-100,
+                                 reduction="none").view(labels.shape)
         return logits, losses.sum(dim=1), (labels != -100).sum(dim=1)
 
     def __call__(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
