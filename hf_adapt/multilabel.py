@@ -367,3 +367,33 @@ def _check_unseen(sets: dict[str, list[list[str]]], names: list[str]) -> None:
             raise DataError(f"split {split!r} row {row}: label {label!r} never appears in the train split "
                             f"({len(unseen)} such label(s) in {split!r}); a model cannot learn a label it never "
                             "trains on: add train rows with it, or drop it")
+
+
+SUBGROUP_METRICS = ("micro_f1", "macro_f1", "map")
+
+
+def subgroup_metrics(logits: np.ndarray, targets: np.ndarray, thresholds: np.ndarray,
+                     groups: dict[str, list[str]], n_boot: int = 0, seed: int = 0) -> dict[str, Any]:
+    """Per sensitive column and group: its test rows, micro-F1, macro-F1 and mAP at the thresholds (95 % bootstrap
+    intervals over the group's rows with ``n_boot``), and per metric the gap between the best and worst group."""
+    from hf_adapt.metrics import bootstrap_intervals
+
+    def score(group_logits, group_targets):
+        found = multilabel_metrics(group_logits, group_targets, thresholds)
+        return {name: found[name] for name in SUBGROUP_METRICS}
+
+    columns = {}
+    for column, values in groups.items():
+        rows = []
+        for group in sorted(set(values)):
+            at = np.asarray([v == group for v in values])
+            metrics = score(logits[at], targets[at])
+            intervals = (bootstrap_intervals(score, logits[at], targets[at], n_resamples=n_boot, seed=seed)
+                         if n_boot else {})
+            rows.append({"group": group, "rows": int(at.sum()), "metrics": metrics, "intervals": intervals})
+        gaps = {}
+        for name in SUBGROUP_METRICS:
+            values_of = [r["metrics"][name] for r in rows if r["metrics"][name] == r["metrics"][name]]
+            gaps[name] = max(values_of) - min(values_of) if len(values_of) > 1 else float("nan")
+        columns[column] = {"groups": rows, "gaps": gaps}
+    return {"columns": columns, "metrics": list(SUBGROUP_METRICS), "resamples": n_boot}

@@ -736,9 +736,19 @@ def _multilabel_media(directory: Path, cfg, model, backbone, data, history, eval
             directory, model, backbone, record["input_info"], data.labels,
             [{c: test_split[i][c] for c in row_columns} for i in rows],
             [", ".join(name for name, on in zip(data.labels, flags) if on) or "(none)" for flags in decided], task=task)
+    subgroups = None
+    if cfg.sensitive_columns:
+        from hf_adapt.multilabel import subgroup_metrics
+        from hf_adapt.subgroups import group_values
+
+        bins = cfg.sensitive_bins or {}
+        groups = {name: group_values(list(data.splits["test"][name]), bins.get(name), name)
+                  for name in cfg.sensitive_columns}
+        subgroups = subgroup_metrics(logits, targets, np.asarray(task.info()["thresholds"]), groups,
+                                     min(cfg.bootstrap_resamples, SUBGROUP_RESAMPLES), cfg.seed)
     return {"example_input": example_input, "example_file": None, "figures": figures, "gradcam": [],
             "explanations": explained, "subgroups": None, "subgroup_sentences": [],
-            "per_label": task.per_label(logits, targets)}
+            "per_label": task.per_label(logits, targets), "multilabel_subgroups": subgroups}
 
 
 MEDIA = {"classification": _card_media, "regression": _regression_media, "multi_label": _multilabel_media}

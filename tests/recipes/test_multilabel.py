@@ -42,7 +42,8 @@ def _values(tiny_bert, data, **values):
 
 @pytest.fixture(scope="module")
 def multilabel_run(tmp_path_factory, tiny_bert, findings_csv):
-    return train_finetune(tmp_path_factory.mktemp("ml") / "out", **_values(tiny_bert, findings_csv))
+    return train_finetune(tmp_path_factory.mktemp("ml") / "out", **_values(
+        tiny_bert, findings_csv, sensitive_columns=["foreign_worker"]))
 
 
 def test_a_multi_label_run_chooses_and_saves_a_threshold_per_label(multilabel_run):
@@ -61,6 +62,7 @@ def test_a_multi_label_run_chooses_and_saves_a_threshold_per_label(multilabel_ru
     assert "- multi-label" in card  # the Hub tag
     assert (multilabel_run / "figures" / "precision_recall.png").is_file()
     assert "ECE is the top-label" not in card
+    assert "Test metrics per group of the sensitive column(s)" in card and "| foreign_worker | gap |" in card
 
 
 def test_load_adapted_returns_label_sets_at_the_saved_thresholds(multilabel_run, findings_csv):
