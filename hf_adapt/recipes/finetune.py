@@ -200,12 +200,12 @@ TUNE_VALIDATION = "the validation split"  # what hf-adapt tune's trials are scor
 
 
 def tune_objectives(cfg: FinetuneConfig) -> dict[str, str]:
-    """What :func:`validate` reports, each with its direction; the first is ``hf-adapt tune``'s default objective."""
-    import typing
-
+    """What :func:`validate` reports (the metrics of the config's task), each with its direction; the first is
+    ``hf-adapt tune``'s default objective."""
     from hf_adapt.metrics import LOWER_IS_BETTER
+    from hf_adapt.tasks import task_of
 
-    metrics = typing.get_args(typing.get_type_hints(ClassifierOptions)["metric_for_best_model"])
+    metrics = task_of(cfg).metric_names
     ordered = [cfg.metric_for_best_model, *(m for m in metrics if m != cfg.metric_for_best_model)]
     return {m: "minimize" if m in LOWER_IS_BETTER else "maximize" for m in ordered}
 
