@@ -697,7 +697,7 @@ def _regression_media(directory: Path, cfg, model, backbone, data, history, eval
                      else repr(example[data.input_column]) if data.kind == "text" else None)
     figures = report.write_regression_figures(directory, history.history, cfg.metric_for_best_model, predicted,
                                               actual, data.labels[0])
-    explained = []
+    explained, example_file, gradcam = [], None, []
     if row_columns and cfg.card_examples > 0:
         rows = list(range(min(cfg.card_examples, 3, len(predicted))))
         test_split = data.splits["test"]
@@ -705,7 +705,13 @@ def _regression_media(directory: Path, cfg, model, backbone, data, history, eval
             directory, model, backbone, record["input_info"], data.labels,
             [{c: test_split[i][c] for c in row_columns} for i in rows], [f"{predicted[i]:.4g}" for i in rows],
             task=task)
-    return {"example_input": example_input, "example_file": None, "figures": figures, "gradcam": [],
+    if backbone.preprocessor.input_kind == "image" and cfg.card_examples > 0:  # test images, their Grad-CAM maps
+        rows = list(range(min(cfg.card_examples, len(predicted))))
+        images = data.inputs("test", "image")[:len(rows)]
+        example_file = report.write_examples(directory, images)[0]
+        gradcam = report.gradcam_figures(directory, model, backbone, images, [0] * len(rows),
+                                         [f"true {actual[i]:.4g}, predicted {predicted[i]:.4g}" for i in rows])
+    return {"example_input": example_input, "example_file": example_file, "figures": figures, "gradcam": gradcam,
             "explanations": explained, "subgroups": None, "subgroup_sentences": []}
 
 

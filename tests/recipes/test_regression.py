@@ -198,3 +198,47 @@ def test_hybrid_regression_starts_from_ridge_and_reloads(tiny_bert, credit_sampl
     row_file.write_text(json.dumps(rows[0]))
     result = json.loads(explain(str(out), str(row_file), out=tmp_path / "why", steps=8)[1].read_text())
     assert result["target"] == "credit_amount" and {c["column"] for c in result["columns"]} >= set(COLUMNS)
+
+
+@pytest.fixture(scope="module")
+def ink_manifest(tmp_path_factory):
+    """240 real scikit-learn digits as PNGs in a manifest whose target is each image's total ink (a number)."""
+    import pandas as pd
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    root = tmp_path_factory.mktemp("ink")
+    (root / "images").mkdir()
+    rows = []
+    for i in range(240):
+        Image.fromarray((digits.images[i] * 255 / 16).astype(np.uint8)).save(root / "images" / f"{i}.png")
+        rows.append({"path": f"images/{i}.png", "ink": float(digits.images[i].sum())})
+    pd.DataFrame(rows).to_csv(root / "manifest.csv", index=False)
+    return root / "manifest.csv"
+
+
+def test_image_regression_writes_examples_and_grad_cam_and_reloads(tiny_timm_convnet, ink_manifest, tmp_path):
+    from hf_adapt.config import config_from_dict
+    from hf_adapt.data import DataSpec, load_labelled
+    from hf_adapt.explain import explain
+    from hf_adapt.predict import load_adapted
+    from hf_adapt.recipes.finetune import FinetuneConfig
+    from hf_adapt.tasks import regression_metrics
+
+    values = {"model_name_or_path": str(tiny_timm_convnet), "data": str(ink_manifest), "image_column": "path",
+              "label_column": "ink", "task": "regression", "metric_for_best_model": "rmse", "text_template": None,
+              "reset_head": True, "image_size": 32, "card_examples": 2, "bootstrap_resamples": 100}
+    out = train_finetune(tmp_path / "ink", **values)
+    card = (out / "README.md").read_text()
+    assert "examples/0.png" in card and "evidence that raises its prediction" in card
+    assert (out / "examples" / "0.png").exists()
+    data = load_labelled(DataSpec.from_config(config_from_dict(FinetuneConfig, values)))
+    predictor = load_adapted(str(out))
+    again = regression_metrics(predictor.predict_values(data.inputs("test", "image")),
+                               np.asarray(data.splits["test"]["label"]))
+    assert again["rmse"] == pytest.approx(json.loads((out / "eval_results.json").read_text())["rmse"], rel=1e-4)
+    _, json_path = explain(str(out), str(ink_manifest.parent / "images" / "5.png"), out=tmp_path / "why")
+    result = json.loads(json_path.read_text())
+    assert result["kind"] == "image" and result["target"] == "ink" and "probabilities" not in result
+    assert float(result["predicted_label"]) == pytest.approx(result["predicted_value"], rel=1e-5)
