@@ -242,3 +242,36 @@ def test_image_regression_writes_examples_and_grad_cam_and_reloads(tiny_timm_con
     result = json.loads(json_path.read_text())
     assert result["kind"] == "image" and result["target"] == "ink" and "probabilities" not in result
     assert float(result["predicted_label"]) == pytest.approx(result["predicted_value"], rel=1e-5)
+
+
+def test_a_regression_model_pushes_and_loads_back_from_the_hub(tiny_bert, credit_sample, tmp_path, monkeypatch):
+    import re
+    import subprocess
+    import sys
+
+    from huggingface_hub import ModelCard
+
+    import hf_adapt
+    from hf_adapt.hub import PushSettings, push_output
+    from tests.hub_server import LocalHub, hub_env, record_backoff
+
+    repo = "hf-adapt-tests/credit-amount"
+    out = train_finetune(tmp_path / "out", **regression_values(tiny_bert, credit_sample, num_train_epochs=1,
+                                                               card_examples=0, base_model_id="hf-adapt-tests/tiny-bert"))
+    with LocalHub({"hf-adapt-tests/tiny-bert": tiny_bert}) as hub:
+        hub_env(monkeypatch, hub, tmp_path, token="hf_TestTokenThatMustNeverLeak0123456789")
+        record_backoff(monkeypatch)
+        push_output(out, PushSettings(repo_id=repo, backoff_seconds=0.01))
+        rows = _test_rows(tiny_bert, credit_sample)[0][:5]
+        pulled = hf_adapt.load_adapted(repo)
+        np.testing.assert_allclose(pulled.predict_values(rows), hf_adapt.load_adapted(str(out)).predict_values(rows),
+                                   rtol=1e-6)
+        card = hub.repo(repo).files("main")["README.md"].decode()
+        snippet = re.search(r"## How to use\n\n```python\n(.*?)```", card, re.S).group(1)
+        proc = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, timeout=300,
+                              cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert re.search(r"\[\{'value': -?[0-9.]+", proc.stdout.strip().splitlines()[-1])
+    data = ModelCard(card).data
+    assert data.base_model == "hf-adapt-tests/tiny-bert" and "regression" in data.tags
+    assert {r.metric_type for r in data.eval_results} == {"rmse", "mae", "r_squared"}
