@@ -65,6 +65,9 @@ class Task(Protocol):
     def info(self) -> dict[str, Any]:
         """The ``task`` block saved in ``hf_adapt.json``."""
 
+    def head_description(self, labels: list[str], new: bool) -> str:
+        """How a card names the head over ``labels``: a new one (``new``), or a parent's that was dropped."""
+
     def explained(self, outputs: np.ndarray, labels: list[str], target: str | None,
                   predicted: str | None) -> dict[str, Any]:
         """What an explanation of one input's ``outputs`` (one row) attributes: ``index`` (and ``other``, whose output
@@ -132,6 +135,10 @@ class Classification:
 
     def info(self) -> dict[str, Any]:
         return {"name": self.name, "format": TASK_FORMAT}
+
+    def head_description(self, labels: list[str], new: bool) -> str:
+        names = ", ".join(labels)
+        return f"a classification head for {len(labels)} labels ({names})" if new else f"{len(labels)}-label head ({names})"
 
     def explained(self, outputs: np.ndarray, labels: list[str], target: str | None,
                   predicted: str | None) -> dict[str, Any]:
@@ -254,8 +261,6 @@ class Regression:
         if baseline in ("logistic_regression", "tfidf_logistic_regression"):
             raise ConfigError(f"baseline: {baseline} is a classifier; task: regression takes auto, none, ridge, "
                               "tfidf_ridge or hist_gradient_boosting")
-        if getattr(cfg, "init_from", None):
-            raise ConfigError("init_from is not implemented for task: regression yet; start from a base model")
 
     def read_labels(self, raw: dict[str, Any], spec: Any) -> tuple[dict[str, Any], list[str]]:
         from datasets import Value
@@ -306,6 +311,9 @@ class Regression:
 
     def info(self) -> dict[str, Any]:
         return {"name": self.name, "format": TASK_FORMAT, "loss": self.loss_name, "target": self._scaler().to_dict()}
+
+    def head_description(self, labels: list[str], new: bool) -> str:
+        return f"a regression head (one output: {labels[0]}, standardised)" if new else f"regression head ({labels[0]})"
 
     def explained(self, outputs: np.ndarray, labels: list[str], target: str | None,
                   predicted: str | None) -> dict[str, Any]:

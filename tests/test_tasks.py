@@ -39,7 +39,7 @@ def test_multi_label_is_refused_as_not_implemented():
     ({"train_samples_per_class": 5}, "train_samples_per_class"),
     ({"metric_for_best_model": "auroc"}, "auroc is a classification metric.*rmse"),
     ({"baseline": "logistic_regression"}, "logistic_regression is a classifier"),
-    ({"init_from": "outputs/parent"}, "init_from is not implemented for task: regression"),
+    ({"sensitive_columns": ["age"]}, "sensitive_columns.*does not apply to task: regression"),
 ])
 def test_regression_refuses_classification_options_before_training(values, message):
     with pytest.raises(ConfigError, match=message):

@@ -611,6 +611,7 @@ def _card_facts(cfg, data, backbone, family, parent, record: dict[str, Any]) -> 
     """What the card says about the model, its data and the run's settings."""
     from hf_adapt import transfer
     from hf_adapt.regimes import regime_facts
+    from hf_adapt.tasks import get_task
 
     base_model = cfg.base_model_id or (transfer.base_model(parent) if parent is not None else backbone.info.get("hub_id"))
     dataset_name = cfg.dataset_title(cfg.data)
@@ -632,7 +633,8 @@ def _card_facts(cfg, data, backbone, family, parent, record: dict[str, Any]) -> 
         "labels": data.labels,
         "label_counts": data.origin.get("label_counts"),
         "target_summary": data.origin.get("target_summary"),
-        "lineage": transfer.lineage(parent, data.labels, cfg.regime) if parent is not None else None,
+        "lineage": (transfer.lineage(parent, data.labels, cfg.regime, get_task(data.task))
+                    if parent is not None else None),
         "imbalance": _imbalance_description(cfg, data),
         "grouped_by": data.origin.get("grouped_by"),
         "skipped_images": data.origin.get("skipped_images"),

@@ -275,3 +275,18 @@ def test_a_regression_model_pushes_and_loads_back_from_the_hub(tiny_bert, credit
     data = ModelCard(card).data
     assert data.base_model == "hf-adapt-tests/tiny-bert" and "regression" in data.tags
     assert {r.metric_type for r in data.eval_results} == {"rmse", "mae", "r_squared"}
+
+
+def test_regression_transfers_from_a_classifier_and_says_which_head_was_dropped(tiny_bert, credit_sample, tmp_path):
+    from hf_adapt.predict import Regressor, load_adapted
+
+    parent = train_finetune(tmp_path / "parent", model_name_or_path=str(tiny_bert), data=str(credit_sample),
+                            card_examples=0, bootstrap_resamples=0)
+    child = train_finetune(tmp_path / "child", **regression_values(tiny_bert, credit_sample, init_from=str(parent),
+                                                                   num_train_epochs=1, card_examples=0))
+    card = (child / "README.md").read_text()
+    assert ("a regression head (one output: credit_amount, standardised); the parent's 2-label head (bad, good) was "
+            "dropped") in card
+    predictor = load_adapted(str(child))
+    assert isinstance(predictor, Regressor) and json.loads((child / "hf_adapt.json").read_text())["init_from"]
+    assert np.isfinite(predictor.predict_values(_test_rows(tiny_bert, credit_sample)[0][:3])).all()
