@@ -68,6 +68,9 @@ class Task(Protocol):
     def head_description(self, labels: list[str], new: bool) -> str:
         """How a card names the head over ``labels``: a new one (``new``), or a parent's that was dropped."""
 
+    def model_noun(self, labels: list[str]) -> str:
+        """What the card's summary calls the model, e.g. 'A 2-class classifier (bad, good)'."""
+
     def explained(self, outputs: np.ndarray, labels: list[str], target: str | None,
                   predicted: str | None) -> dict[str, Any]:
         """What an explanation of one input's ``outputs`` (one row) attributes: ``index`` (and ``other``, whose output
@@ -135,6 +138,9 @@ class Classification:
 
     def info(self) -> dict[str, Any]:
         return {"name": self.name, "format": TASK_FORMAT}
+
+    def model_noun(self, labels: list[str]) -> str:
+        return f"A {len(labels)}-class classifier ({', '.join(labels)})"
 
     def head_description(self, labels: list[str], new: bool) -> str:
         names = ", ".join(labels)
@@ -311,6 +317,9 @@ class Regression:
 
     def info(self) -> dict[str, Any]:
         return {"name": self.name, "format": TASK_FORMAT, "loss": self.loss_name, "target": self._scaler().to_dict()}
+
+    def model_noun(self, labels: list[str]) -> str:
+        return f"A regression model predicting `{labels[0]}` (a number, in its own unit)"
 
     def head_description(self, labels: list[str], new: bool) -> str:
         return f"a regression head (one output: {labels[0]}, standardised)" if new else f"regression head ({labels[0]})"

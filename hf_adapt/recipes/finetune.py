@@ -537,8 +537,7 @@ def _write_outputs(directory: Path, cfg, accelerator, model, backbone, family, d
         "train_seconds": history.train_seconds,
         "trainable_parameters": trainable,
         "total_parameters": total,
-        **(_card_media if data.task == "classification" else _regression_media)(
-            directory, cfg, model, backbone, data, history, evaluation, record),
+        **_MEDIA[data.task](directory, cfg, model, backbone, data, history, evaluation, record),
         "test_intervals": record["intervals"],
         "operating_point": record["operating_point"],
         "operating_point_error": point_error,
@@ -717,17 +716,18 @@ def _regression_media(directory: Path, cfg, model, backbone, data, history, eval
             "explanations": explained, "subgroups": None, "subgroup_sentences": []}
 
 
+_MEDIA = {"classification": _card_media, "regression": _regression_media}  # by task: what the card shows of test
+
+
 def _summary(cfg, base_model, dataset_name, data) -> str:
     from hf_adapt.regimes import get_regime
+    from hf_adapt.tasks import get_task
 
     base = f"`{base_model}`" if base_model else f"`{cfg.model_name_or_path}`"
     how = get_regime(cfg.regime).describe(cfg.adapter)
     via = f" by way of the backbone of `{Path(cfg.init_from).name}`" if cfg.init_from else ""
-    if data.task == "regression":
-        return (f"A regression model predicting `{data.labels[0]}` (a number, in its own unit) adapted from {base}"
-                f"{via} with {how}, trained with hf-adapt on {dataset_name}.")
-    return (f"A {len(data.labels)}-class classifier ({', '.join(data.labels)}) adapted from {base}{via} with {how}, "
-            f"trained with hf-adapt on {dataset_name}.")
+    return (f"{get_task(data.task).model_noun(data.labels)} adapted from {base}{via} with {how}, trained with "
+            f"hf-adapt on {dataset_name}.")
 
 
 def _table_facts(backbone, data) -> dict[str, Any] | None:

@@ -133,7 +133,7 @@ def test_cross_validation_scores_model_and_both_table_baselines_per_fold(tiny_be
         assert cv["summary"][name]["rmse"]["folds"] == 3
     assert cv["summary"]["ridge"]["r2"]["mean"] > 0.2
     card = (out / "README.md").read_text()
-    assert "3-fold" in card and "gradient boosting" in card
+    assert "3-fold shuffled cross-validation" in card and "gradient boosting" in card
     assert "held_label_counts" not in cv["folds"][0]
 
 
