@@ -298,6 +298,14 @@ class MultiLabel:
         return {"name": self.name, "format": TASK_FORMAT, "thresholds": [float(t) for t in self._thresholds()],
                 "thresholds_chosen_on": self.chosen_on, "default_thresholds": list(self.defaulted)}
 
+    def model_noun(self, labels: list[str]) -> str:
+        return f"A multi-label classifier ({len(labels)} labels, any number per input: {', '.join(labels)})"
+
+    def head_description(self, labels: list[str], new: bool) -> str:
+        names = ", ".join(labels)
+        return (f"a multi-label head (one sigmoid output per label: {names})" if new
+                else f"{len(labels)}-label multi-label head ({names})")
+
     def explained(self, outputs: np.ndarray, labels: list[str], target: str | None,
                   predicted: str | None) -> dict[str, Any]:
         probs = sigmoid(np.asarray(outputs, dtype=np.float64))

@@ -109,6 +109,16 @@ def write_examples(directory: Path, images: list[Any]) -> list[str]:
 def write_gradcam(directory: Path, model, backbone, images: list[Any], probs: np.ndarray, y_true: np.ndarray,
                   labels: list[str]) -> list[dict[str, str]]:
     """Grad-CAM overlays for the predicted class of each image; empty for models without a conv feature map."""
+    predicted = [int(p.argmax()) for p in probs]
+    titles = [f"true {labels[t]}, predicted {labels[p]} ({probs[i, p]:.2f})"
+              for i, (t, p) in enumerate(zip(y_true, predicted))]
+    return gradcam_figures(directory, model, backbone, images, predicted, titles)
+
+
+def gradcam_figures(directory: Path, model, backbone, images: list[Any], outputs: list[int],
+                    titles: list[str]) -> list[dict[str, str]]:
+    """Grad-CAM overlays of output ``outputs[i]`` for image ``i`` (a class, or a regression model's one output),
+    titled; empty for models without a conv feature map."""
     import torch
 
     from hf_adapt import figures
@@ -121,16 +131,13 @@ def write_gradcam(directory: Path, model, backbone, images: list[Any], probs: np
     if layer is None:
         logger.info("no Grad-CAM maps: the backbone has no convolutional feature map to attribute")
         return []
-    predicted = [int(p.argmax()) for p in probs]
-    titles = [f"true {labels[t]}, predicted {labels[p]} ({probs[i, p]:.2f})"
-              for i, (t, p) in enumerate(zip(y_true, predicted))]
 
     def forward(pixels: torch.Tensor) -> torch.Tensor:
         return backbone.logits(model, {"pixel_values": pixels})
 
     (directory / FIGURES).mkdir(exist_ok=True)
     shown = figures.as_seen(batch, backbone.preprocessor.data_config)  # the model's view: resized, cropped
-    paths = figures.gradcam_overlays(forward, layer, shown, batch, predicted, titles, directory / FIGURES)
+    paths = figures.gradcam_overlays(forward, layer, shown, batch, outputs, titles, directory / FIGURES)
     return [{"path": Path(p).relative_to(directory).as_posix(), "title": t} for p, t in zip(paths, titles)]
 
 

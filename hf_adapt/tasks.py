@@ -69,6 +69,12 @@ class Task(Protocol):
     def info(self) -> dict[str, Any]:
         """The ``task`` block saved in ``hf_adapt.json``."""
 
+    def head_description(self, labels: list[str], new: bool) -> str:
+        """How a card names the head over ``labels``: a new one (``new``), or a parent's that was dropped."""
+
+    def model_noun(self, labels: list[str]) -> str:
+        """What the card's summary calls the model, e.g. 'A 2-class classifier (bad, good)'."""
+
     def explained(self, outputs: np.ndarray, labels: list[str], target: str | None,
                   predicted: str | None) -> dict[str, Any]:
         """What an explanation of one input's ``outputs`` (one row) attributes: ``index`` (and ``other``, whose output
@@ -146,6 +152,13 @@ class Classification:
 
     def info(self) -> dict[str, Any]:
         return {"name": self.name, "format": TASK_FORMAT}
+
+    def model_noun(self, labels: list[str]) -> str:
+        return f"A {len(labels)}-class classifier ({', '.join(labels)})"
+
+    def head_description(self, labels: list[str], new: bool) -> str:
+        names = ", ".join(labels)
+        return f"a classification head for {len(labels)} labels ({names})" if new else f"{len(labels)}-label head ({names})"
 
     def explained(self, outputs: np.ndarray, labels: list[str], target: str | None,
                   predicted: str | None) -> dict[str, Any]:
@@ -268,8 +281,6 @@ class Regression:
         if baseline in ("logistic_regression", "tfidf_logistic_regression"):
             raise ConfigError(f"baseline: {baseline} is a classifier; task: regression takes auto, none, ridge, "
                               "tfidf_ridge or hist_gradient_boosting")
-        if getattr(cfg, "init_from", None):
-            raise ConfigError("init_from is not implemented for task: regression yet; start from a base model")
 
     def read_labels(self, raw: dict[str, Any], spec: Any) -> tuple[dict[str, Any], list[str]]:
         from datasets import Value
@@ -323,6 +334,12 @@ class Regression:
 
     def info(self) -> dict[str, Any]:
         return {"name": self.name, "format": TASK_FORMAT, "loss": self.loss_name, "target": self._scaler().to_dict()}
+
+    def model_noun(self, labels: list[str]) -> str:
+        return f"A regression model predicting `{labels[0]}` (a number, in its own unit)"
+
+    def head_description(self, labels: list[str], new: bool) -> str:
+        return f"a regression head (one output: {labels[0]}, standardised)" if new else f"regression head ({labels[0]})"
 
     def explained(self, outputs: np.ndarray, labels: list[str], target: str | None,
                   predicted: str | None) -> dict[str, Any]:

@@ -200,12 +200,12 @@ TUNE_VALIDATION = "the validation split"  # what hf-adapt tune's trials are scor
 
 
 def tune_objectives(cfg: FinetuneConfig) -> dict[str, str]:
-    """What :func:`validate` reports, each with its direction; the first is ``hf-adapt tune``'s default objective."""
-    import typing
-
+    """What :func:`validate` reports (the metrics of the config's task), each with its direction; the first is
+    ``hf-adapt tune``'s default objective."""
     from hf_adapt.metrics import LOWER_IS_BETTER
+    from hf_adapt.tasks import task_of
 
-    metrics = typing.get_args(typing.get_type_hints(ClassifierOptions)["metric_for_best_model"])
+    metrics = task_of(cfg).metric_names
     ordered = [cfg.metric_for_best_model, *(m for m in metrics if m != cfg.metric_for_best_model)]
     return {m: "minimize" if m in LOWER_IS_BETTER else "maximize" for m in ordered}
 
@@ -540,7 +540,7 @@ def _write_outputs(directory: Path, cfg, accelerator, model, backbone, family, d
         "train_seconds": history.train_seconds,
         "trainable_parameters": trainable,
         "total_parameters": total,
-        **MEDIA[data.task](directory, cfg, model, backbone, data, history, evaluation, record),
+        **_MEDIA[data.task](directory, cfg, model, backbone, data, history, evaluation, record),
         "test_intervals": record["intervals"],
         "operating_point": record["operating_point"],
         "operating_point_error": point_error,
@@ -613,6 +613,7 @@ def _card_facts(cfg, data, backbone, family, parent, record: dict[str, Any]) -> 
     """What the card says about the model, its data and the run's settings."""
     from hf_adapt import transfer
     from hf_adapt.regimes import regime_facts
+    from hf_adapt.tasks import get_task
 
     base_model = cfg.base_model_id or (transfer.base_model(parent) if parent is not None else backbone.info.get("hub_id"))
     dataset_name = cfg.dataset_title(cfg.data)
@@ -634,7 +635,8 @@ def _card_facts(cfg, data, backbone, family, parent, record: dict[str, Any]) -> 
         "labels": data.labels,
         "label_counts": data.origin.get("label_counts"),
         "target_summary": data.origin.get("target_summary"),
-        "lineage": transfer.lineage(parent, data.labels, cfg.regime) if parent is not None else None,
+        "lineage": (transfer.lineage(parent, data.labels, cfg.regime, get_task(data.task))
+                    if parent is not None else None),
         "imbalance": _imbalance_description(cfg, data),
         "grouped_by": data.origin.get("grouped_by"),
         "skipped_images": data.origin.get("skipped_images"),
@@ -699,7 +701,7 @@ def _regression_media(directory: Path, cfg, model, backbone, data, history, eval
                      else repr(example[data.input_column]) if data.kind == "text" else None)
     figures = report.write_regression_figures(directory, history.history, cfg.metric_for_best_model, predicted,
                                               actual, data.labels[0])
-    explained = []
+    explained, example_file, gradcam = [], None, []
     if row_columns and cfg.card_examples > 0:
         rows = list(range(min(cfg.card_examples, 3, len(predicted))))
         test_split = data.splits["test"]
@@ -707,7 +709,13 @@ def _regression_media(directory: Path, cfg, model, backbone, data, history, eval
             directory, model, backbone, record["input_info"], data.labels,
             [{c: test_split[i][c] for c in row_columns} for i in rows], [f"{predicted[i]:.4g}" for i in rows],
             task=task)
-    return {"example_input": example_input, "example_file": None, "figures": figures, "gradcam": [],
+    if backbone.preprocessor.input_kind == "image" and cfg.card_examples > 0:  # test images, their Grad-CAM maps
+        rows = list(range(min(cfg.card_examples, len(predicted))))
+        images = data.inputs("test", "image")[:len(rows)]
+        example_file = report.write_examples(directory, images)[0]
+        gradcam = report.gradcam_figures(directory, model, backbone, images, [0] * len(rows),
+                                         [f"true {actual[i]:.4g}, predicted {predicted[i]:.4g}" for i in rows])
+    return {"example_input": example_input, "example_file": example_file, "figures": figures, "gradcam": gradcam,
             "explanations": explained, "subgroups": None, "subgroup_sentences": []}
 
 
@@ -751,23 +759,19 @@ def _multilabel_media(directory: Path, cfg, model, backbone, data, history, eval
             "per_label": task.per_label(logits, targets), "multilabel_subgroups": subgroups}
 
 
-MEDIA = {"classification": _card_media, "regression": _regression_media, "multi_label": _multilabel_media}
+# by task: what the card shows of test
+_MEDIA = {"classification": _card_media, "regression": _regression_media, "multi_label": _multilabel_media}
 
 
 def _summary(cfg, base_model, dataset_name, data) -> str:
     from hf_adapt.regimes import get_regime
+    from hf_adapt.tasks import get_task
 
     base = f"`{base_model}`" if base_model else f"`{cfg.model_name_or_path}`"
     how = get_regime(cfg.regime).describe(cfg.adapter)
     via = f" by way of the backbone of `{Path(cfg.init_from).name}`" if cfg.init_from else ""
-    if data.task == "regression":
-        return (f"A regression model predicting `{data.labels[0]}` (a number, in its own unit) adapted from {base}"
-                f"{via} with {how}, trained with hf-adapt on {dataset_name}.")
-    if data.task == "multi_label":
-        return (f"A multi-label classifier ({len(data.labels)} labels, any number per input: {', '.join(data.labels)}) "
-                f"adapted from {base}{via} with {how}, trained with hf-adapt on {dataset_name}.")
-    return (f"A {len(data.labels)}-class classifier ({', '.join(data.labels)}) adapted from {base}{via} with {how}, "
-            f"trained with hf-adapt on {dataset_name}.")
+    return (f"{get_task(data.task).model_noun(data.labels)} adapted from {base}{via} with {how}, trained with "
+            f"hf-adapt on {dataset_name}.")
 
 
 def _table_facts(backbone, data) -> dict[str, Any] | None:
