@@ -97,13 +97,6 @@ def input_embedding_layer(model: Any) -> tuple[str, Any]:
     raise ModelError(f"{type(model).__name__} has no transformers input embedding layer to attribute to")
 
 
-def _target_index(labels: list[str], target: str | None, predicted: str) -> int:
-    name = predicted if target is None else target
-    if name not in labels:
-        raise ConfigError(f"target {name!r} is not one of this model's labels {labels}")
-    return labels.index(name)
-
-
 def _integrated_gradients(model, backbone, preprocessor, labels: list[str], text: str, target: str | None,
                           steps: int, predicted: str | None, row: dict[str, Any] | None = None,
                           task=None) -> dict[str, Any]:
@@ -318,20 +311,21 @@ def _check_text_model(preprocessor) -> None:
 
 
 def explain_image(model, backbone, preprocessor, labels: list[str], image: Any, target: str | None = None,
-                  *, predicted: str | None = None) -> dict[str, Any]:
+                  *, predicted: str | None = None, task=None) -> dict[str, Any]:
     """Grad-CAM (captum ``LayerGradCam``) of the predicted class (or ``target``) for one PIL image.
 
     The map is taken on the last convolutional feature stage (``figures.gradcam_target_layer``)
     and drawn over the image as the model sees it (resized, cropped); models without such a map
     (ViT and other token-sequence backbones) raise ``ModelError``. The result holds the PNG bytes
     under ``overlay_png``, which :func:`write_explanation` writes and leaves out of the JSON.
-    ``predicted`` as for :func:`explain_text`.
+    ``predicted`` and ``task`` as for :func:`explain_text` (a regression model's one output is mapped: the regions
+    that raise its prediction).
     """
     import torch
 
     from hf_adapt import figures
     from hf_adapt.figures import eval_mode
-    from hf_adapt.metrics import softmax
+    from hf_adapt.tasks import Classification
 
     if getattr(preprocessor, "input_kind", None) != "image":
         raise DataError(f"this model reads {getattr(preprocessor, 'input_kind', 'unknown')} inputs, not images")
@@ -348,10 +342,13 @@ def explain_image(model, backbone, preprocessor, labels: list[str], image: Any, 
         return backbone.logits(model, {"pixel_values": pixels})
 
     with eval_mode(model), torch.no_grad():
-        probs = softmax(forward(batch).float().cpu().numpy().astype(np.float64))[0]
-    predicted = predicted or labels[int(probs.argmax())]
-    t = _target_index(labels, target, predicted)
-    title = f"predicted {predicted} ({probs[labels.index(predicted)]:.2f}); Grad-CAM for {labels[t]}"
+        outputs = forward(batch).float().cpu().numpy().astype(np.float64)[0]
+    choice = (task or Classification()).explained(outputs, labels, target, predicted)
+    t, facts = choice["index"], choice["facts"]
+    classes = "probabilities" in facts  # Grad-CAM maps one logit, not a binary log-odds
+    shown_label = facts["predicted_label"]
+    confidence = f" ({facts['probabilities'][shown_label]:.2f})" if shown_label in facts.get("probabilities", {}) else ""
+    title = f"predicted {shown_label}{confidence}; Grad-CAM for {labels[t]}"
     shown = figures.as_seen(batch, preprocessor.data_config) if hasattr(preprocessor, "data_config") else [image]
     empty = not figures.gradcam_maps(forward, layer, batch, [t]).any()
     if empty:
@@ -364,11 +361,9 @@ def explain_image(model, backbone, preprocessor, labels: list[str], image: Any, 
         "kind": "image",
         "image_size": list(image.size),
         "model_input_size": list(batch.shape[-2:]),
-        "predicted_label": predicted,
-        "probabilities": dict(zip(labels, map(float, probs))),
-        "target": labels[t],
+        **facts,
         "method": f"Grad-CAM on {layer_name}",
-        "explained_output": f"logit({labels[t]})",
+        "explained_output": f"logit({labels[t]})" if classes else choice["explained_output"],
         "map_is_empty": bool(empty),
         "title": title,
         "overlay_png": png,
@@ -389,7 +384,8 @@ def _replace_atomically(path: Path, data: bytes) -> None:
 
 def _title(result: dict[str, Any]) -> str:
     predicted = result["predicted_label"]
-    confidence = f" ({result['probabilities'][predicted]:.2f})" if "probabilities" in result else ""
+    probabilities = result.get("probabilities") or {}  # a multi-label prediction is several labels: no one number
+    confidence = f" ({probabilities[predicted]:.2f})" if predicted in probabilities else ""
     return (f"predicted {predicted}{confidence}; "
             f"integrated gradients of {result['explained_output'].split(':')[0]}")
 
@@ -505,9 +501,7 @@ def explain_checked(predictor, item: Any, target: str | None = None, steps: int 
     pieces = (predictor.model, predictor.backbone, predictor.preprocessor)
     kind = predictor.data_info["kind"]
     if kind == "image":
-        if task.name != "classification":
-            raise ModelError(f"explain: Grad-CAM of a {task.name} image model is not implemented yet")
-        return explain_image(*pieces, predictor.labels, item, target, predicted=predicted)
+        return explain_image(*pieces, predictor.labels, item, target, predicted=predicted, task=task)
     if kind == "table" or predictor.data_info.get("table_features"):
         return explain_row(*pieces, predictor.data_info, predictor.labels, item, target, steps, predicted=predicted,
                            task=task)

@@ -70,6 +70,20 @@ def write_regression_figures(directory: Path, history: list[dict[str, Any]], met
     return {name: Path(path).relative_to(directory).as_posix() for name, path in paths.items()}
 
 
+def write_multilabel_figures(directory: Path, history: list[dict[str, Any]], metric: str, probs: np.ndarray,
+                             targets: np.ndarray, names: list[str], thresholds: np.ndarray) -> dict[str, str]:
+    """A multi-label model's training curves and per-label precision-recall curves of the test split, as PNGs;
+    paths relative to ``directory``."""
+    from hf_adapt import figures
+
+    (directory / FIGURES).mkdir(exist_ok=True)
+    paths = {"precision_recall": figures.precision_recall_per_label(
+        probs, targets, names, thresholds, directory / FIGURES / "precision_recall.png")}
+    if history and all(metric in row for row in history):
+        paths["training_curves"] = figures.training_curves(history, metric, directory / FIGURES / "training_curves.png")
+    return {name: Path(path).relative_to(directory).as_posix() for name, path in paths.items()}
+
+
 def example_indices(y_true: np.ndarray, count: int) -> list[int]:
     """Up to ``count`` test rows, one class after another, so every class shows up if it can."""
     by_class = [list(np.flatnonzero(y_true == c)) for c in np.unique(y_true)]
@@ -95,6 +109,16 @@ def write_examples(directory: Path, images: list[Any]) -> list[str]:
 def write_gradcam(directory: Path, model, backbone, images: list[Any], probs: np.ndarray, y_true: np.ndarray,
                   labels: list[str]) -> list[dict[str, str]]:
     """Grad-CAM overlays for the predicted class of each image; empty for models without a conv feature map."""
+    predicted = [int(p.argmax()) for p in probs]
+    titles = [f"true {labels[t]}, predicted {labels[p]} ({probs[i, p]:.2f})"
+              for i, (t, p) in enumerate(zip(y_true, predicted))]
+    return gradcam_figures(directory, model, backbone, images, predicted, titles)
+
+
+def gradcam_figures(directory: Path, model, backbone, images: list[Any], outputs: list[int],
+                    titles: list[str]) -> list[dict[str, str]]:
+    """Grad-CAM overlays of output ``outputs[i]`` for image ``i`` (a class, or a regression model's one output),
+    titled; empty for models without a conv feature map."""
     import torch
 
     from hf_adapt import figures
@@ -107,16 +131,13 @@ def write_gradcam(directory: Path, model, backbone, images: list[Any], probs: np
     if layer is None:
         logger.info("no Grad-CAM maps: the backbone has no convolutional feature map to attribute")
         return []
-    predicted = [int(p.argmax()) for p in probs]
-    titles = [f"true {labels[t]}, predicted {labels[p]} ({probs[i, p]:.2f})"
-              for i, (t, p) in enumerate(zip(y_true, predicted))]
 
     def forward(pixels: torch.Tensor) -> torch.Tensor:
         return backbone.logits(model, {"pixel_values": pixels})
 
     (directory / FIGURES).mkdir(exist_ok=True)
     shown = figures.as_seen(batch, backbone.preprocessor.data_config)  # the model's view: resized, cropped
-    paths = figures.gradcam_overlays(forward, layer, shown, batch, predicted, titles, directory / FIGURES)
+    paths = figures.gradcam_overlays(forward, layer, shown, batch, outputs, titles, directory / FIGURES)
     return [{"path": Path(p).relative_to(directory).as_posix(), "title": t} for p, t in zip(paths, titles)]
 
 

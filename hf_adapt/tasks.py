@@ -39,6 +39,10 @@ class Task(Protocol):
     def fit(self, data: Any) -> Task:
         """This task bound to loaded data (its classes, or its target's training-split scaling)."""
 
+    def tuned(self, logits: np.ndarray, labels: np.ndarray, where: str) -> Task:
+        """After training, this task with what it chooses on held-out outputs (multi-label: a threshold per label);
+        ``where`` names those rows (the validation split, a fold) for the record."""
+
     def baseline_outputs(self, model: Any, inputs: Any) -> np.ndarray:
         """A fitted scikit-learn baseline's predictions on ``inputs``, as model outputs are (for ``metrics``)."""
 
@@ -64,6 +68,12 @@ class Task(Protocol):
 
     def info(self) -> dict[str, Any]:
         """The ``task`` block saved in ``hf_adapt.json``."""
+
+    def head_description(self, labels: list[str], new: bool) -> str:
+        """How a card names the head over ``labels``: a new one (``new``), or a parent's that was dropped."""
+
+    def model_noun(self, labels: list[str]) -> str:
+        """What the card's summary calls the model, e.g. 'A 2-class classifier (bad, good)'."""
 
     def explained(self, outputs: np.ndarray, labels: list[str], target: str | None,
                   predicted: str | None) -> dict[str, Any]:
@@ -120,6 +130,16 @@ class Classification:
     def encode(self, values: list[Any]) -> list[Any]:
         return list(values)
 
+    def class_weights(self, labels: list[Any], num_labels: int) -> Any:
+        """``class_weights: balanced``: scikit-learn's balanced weight per class."""
+        from hf_adapt.loop import balanced_class_weights
+
+        return balanced_class_weights(labels, num_labels)
+
+    def tuned(self, logits: np.ndarray, labels: np.ndarray, where: str) -> Classification:
+        """Nothing to choose on validation (a multi-label task chooses its thresholds there)."""
+        return self
+
     def loss(self, logits_fn: Any, class_weights: Any = None) -> Any:
         from hf_adapt.loop import ClassificationTask
 
@@ -132,6 +152,13 @@ class Classification:
 
     def info(self) -> dict[str, Any]:
         return {"name": self.name, "format": TASK_FORMAT}
+
+    def model_noun(self, labels: list[str]) -> str:
+        return f"A {len(labels)}-class classifier ({', '.join(labels)})"
+
+    def head_description(self, labels: list[str], new: bool) -> str:
+        names = ", ".join(labels)
+        return f"a classification head for {len(labels)} labels ({names})" if new else f"{len(labels)}-label head ({names})"
 
     def explained(self, outputs: np.ndarray, labels: list[str], target: str | None,
                   predicted: str | None) -> dict[str, Any]:
@@ -254,8 +281,6 @@ class Regression:
         if baseline in ("logistic_regression", "tfidf_logistic_regression"):
             raise ConfigError(f"baseline: {baseline} is a classifier; task: regression takes auto, none, ridge, "
                               "tfidf_ridge or hist_gradient_boosting")
-        if getattr(cfg, "init_from", None):
-            raise ConfigError("init_from is not implemented for task: regression yet; start from a base model")
 
     def read_labels(self, raw: dict[str, Any], spec: Any) -> tuple[dict[str, Any], list[str]]:
         from datasets import Value
@@ -294,6 +319,9 @@ class Regression:
     def encode(self, values: list[Any]) -> list[float]:
         return self._scaler().encode(values).astype(np.float32).tolist()
 
+    def tuned(self, logits: np.ndarray, labels: np.ndarray, where: str) -> Regression:
+        return self
+
     def decode(self, outputs: Any) -> np.ndarray:
         """Model outputs (standardised, shape (n,) or (n, 1)) as numbers in the target's unit."""
         return self._scaler().decode(np.asarray(outputs, dtype=np.float64).reshape(-1))
@@ -306,6 +334,12 @@ class Regression:
 
     def info(self) -> dict[str, Any]:
         return {"name": self.name, "format": TASK_FORMAT, "loss": self.loss_name, "target": self._scaler().to_dict()}
+
+    def model_noun(self, labels: list[str]) -> str:
+        return f"A regression model predicting `{labels[0]}` (a number, in its own unit)"
+
+    def head_description(self, labels: list[str], new: bool) -> str:
+        return f"a regression head (one output: {labels[0]}, standardised)" if new else f"regression head ({labels[0]})"
 
     def explained(self, outputs: np.ndarray, labels: list[str], target: str | None,
                   predicted: str | None) -> dict[str, Any]:
@@ -383,8 +417,9 @@ def get_task(name: str = "classification", regression_loss: str = "mse") -> Task
     if name == "regression":
         return Regression(regression_loss)
     if name == "multi_label":
-        raise ConfigError("task: multi_label is not implemented yet; use task: classification (one label per row) "
-                          "or regression")
+        from hf_adapt.multilabel import MultiLabel
+
+        return MultiLabel()
     raise ConfigError(f"task {name!r} is not one of {list(TASKS)}")
 
 
@@ -395,12 +430,16 @@ def task_of(cfg: Any) -> Task:
     return task
 
 
-def task_from_info(info: dict[str, Any], where: str = "hf_adapt.json") -> Task:
-    """The task of a saved model (``hf_adapt.json``'s ``task`` block; outputs without one are classifiers)."""
+def task_from_info(info: dict[str, Any], labels: list[str], where: str = "hf_adapt.json") -> Task:
+    """The task of a saved model (``hf_adapt.json``'s ``task`` block; outputs without one are classifiers) with
+    ``labels``, its ``label_map.json``."""
     block = info.get("task") or {"name": "classification"}
-    if not isinstance(block, dict) or block.get("name") not in ("classification", "regression"):
-        raise ModelError(f"{where}: task {block!r} is not one this version of hf-adapt loads (classification, "
-                         "regression)"[:400])
+    if not isinstance(block, dict) or block.get("name") not in TASKS:
+        raise ModelError(f"{where}: task {block!r} is not one this version of hf-adapt loads {list(TASKS)}"[:400])
     if block["name"] == "classification":
-        return Classification()
+        return Classification(len(labels))
+    if block["name"] == "multi_label":
+        from hf_adapt.multilabel import MultiLabel
+
+        return MultiLabel.from_info(block, labels, where)
     return Regression(block.get("loss", "mse"), TargetScaler.from_dict(block.get("target"), where))

@@ -281,10 +281,12 @@ def base_model(parent: Parent) -> str | None:
     return read_json(facts).get("base_model") if facts.is_file() else parent.info["model"].get("base_model_id")
 
 
-def lineage(parent: Parent, new_labels: list[str], regime: str) -> dict[str, Any]:
-    """The card's account of what came from the parent and what is new."""
+def lineage(parent: Parent, new_labels: list[str], regime: str, task=None) -> dict[str, Any]:
+    """The card's account of what came from the parent and what is new; ``task``: the new model's
+    :class:`hf_adapt.tasks.Task` (default classification), which names its head."""
     from hf_adapt.regimes import get_regime
     from hf_adapt.sources import is_disk_path
+    from hf_adapt.tasks import Classification, task_from_info
 
     info = parent.info
     what = {"pretrain": f"{info.get('objective', 'continued').upper()} continued pretraining",
@@ -293,9 +295,10 @@ def lineage(parent: Parent, new_labels: list[str], regime: str) -> dict[str, Any
     if get_regime(info["regime"]).uses_adapter:
         kept += ", with its adapter merged into them"
     parent_labels = parent.labels()
-    new = f"a classification head for {len(new_labels)} labels ({', '.join(new_labels)})"
+    new = (task or Classification()).head_description(new_labels, new=True)
     if parent_labels:
-        new += f"; the parent's {len(parent_labels)}-label head ({', '.join(parent_labels)}) was dropped"
+        dropped = task_from_info(parent.info, str(parent.directory)).head_description(parent_labels, new=False)
+        new += f"; the parent's {dropped} was dropped"
     new += f"; trained with `{regime}`"
     metrics = {}
     results = parent.directory / "eval_results.json"

@@ -39,7 +39,7 @@ def test_multi_label_is_refused_as_not_implemented():
     ({"train_samples_per_class": 5}, "train_samples_per_class"),
     ({"metric_for_best_model": "auroc"}, "auroc is a classification metric.*rmse"),
     ({"baseline": "logistic_regression"}, "logistic_regression is a classifier"),
-    ({"init_from": "outputs/parent"}, "init_from is not implemented for task: regression"),
+    ({"sensitive_columns": ["age"]}, "sensitive_columns.*does not apply to task: regression"),
 ])
 def test_regression_refuses_classification_options_before_training(values, message):
     with pytest.raises(ConfigError, match=message):
@@ -162,3 +162,11 @@ def test_a_regression_hybrid_wide_path_is_ridge_on_the_standardised_target():
     assert weight.shape == (1, 5) and bias.shape == (1,)
     expected = Ridge(alpha=1.0).fit(features, target).predict(features)
     np.testing.assert_allclose(features @ weight.T[:, 0] + bias[0], expected, rtol=1e-6)
+
+
+def test_tune_searches_a_regression_run_on_its_own_metrics():
+    from hf_adapt.recipes.finetune import tune_objectives
+
+    objectives = tune_objectives(config_from_dict(FinetuneConfig, {**REGRESSION, "metric_for_best_model": "mae"}))
+    assert objectives == {"mae": "minimize", "rmse": "minimize", "r2": "maximize"}
+    assert next(iter(tune_objectives(config_from_dict(FinetuneConfig, {})))) == "auroc"

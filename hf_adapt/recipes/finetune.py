@@ -140,7 +140,7 @@ class _Trainer:
         ``select_epoch`` the best epoch on them is kept (and early stopping applies); without, or
         with no held rows, every configured epoch runs and the last is kept, so held-out scores
         are not selected on (cross-validation folds). ``phase`` names its checkpoints."""
-        from hf_adapt.loop import LoopSettings, balanced_class_weights, fit, predict
+        from hf_adapt.loop import LoopSettings, fit, predict
         from hf_adapt.regimes import get_regime
 
         cfg = self.cfg
@@ -148,7 +148,7 @@ class _Trainer:
         backbone, model = self.first if reuse else self.build(train_rows)
         self.first = None
         collate = backbone.preprocessor.collate
-        weights = (balanced_class_weights(train_rows[1], self.data.num_labels) if cfg.class_weights == "balanced"
+        weights = (self.task.class_weights(train_rows[1], self.data.num_labels) if cfg.class_weights == "balanced"
                    else None)
         task = self.task.loss(backbone.logits, weights)
         overrides = {} if select_epoch and held_rows else {"restore_best": False, "early_stopping_patience": None}
@@ -200,12 +200,12 @@ TUNE_VALIDATION = "the validation split"  # what hf-adapt tune's trials are scor
 
 
 def tune_objectives(cfg: FinetuneConfig) -> dict[str, str]:
-    """What :func:`validate` reports, each with its direction; the first is ``hf-adapt tune``'s default objective."""
-    import typing
-
+    """What :func:`validate` reports (the metrics of the config's task), each with its direction; the first is
+    ``hf-adapt tune``'s default objective."""
     from hf_adapt.metrics import LOWER_IS_BETTER
+    from hf_adapt.tasks import task_of
 
-    metrics = typing.get_args(typing.get_type_hints(ClassifierOptions)["metric_for_best_model"])
+    metrics = task_of(cfg).metric_names
     ordered = [cfg.metric_for_best_model, *(m for m in metrics if m != cfg.metric_for_best_model)]
     return {m: "minimize" if m in LOWER_IS_BETTER else "maximize" for m in ordered}
 
@@ -311,6 +311,7 @@ def _train_and_test(cfg: FinetuneConfig, run, setup: _Setup) -> _Done:
         trained = cv.kept
     else:
         trained = trainer.train((inputs["train"], labels["train"]), (inputs["validation"], labels["validation"]))
+    setup.task = setup.task.tuned(*_held_out(cv, trained))  # multi-label: a threshold per label
     calibration, fitted_on = _calibrate(cfg, setup.positive, cv, trained)
     rules = _fit_fairness(cfg, data, setup.positive, trained, calibration)
     point, point_error = None, None
@@ -355,6 +356,8 @@ def _check_evaluation(cfg: FinetuneConfig, data) -> int | None:
     from hf_adapt.calibration import check_method
     from hf_adapt.errors import DataError
 
+    if data.task != "classification":  # its own checks (hf_adapt.tasks) refused what needs classes
+        return None
     binary = data.num_labels == 2
     check_method(cfg.calibration, data.num_labels)
     _check_fairness(cfg, data)
@@ -537,8 +540,7 @@ def _write_outputs(directory: Path, cfg, accelerator, model, backbone, family, d
         "train_seconds": history.train_seconds,
         "trainable_parameters": trainable,
         "total_parameters": total,
-        **(_card_media if data.task == "classification" else _regression_media)(
-            directory, cfg, model, backbone, data, history, evaluation, record),
+        **_MEDIA[data.task](directory, cfg, model, backbone, data, history, evaluation, record),
         "test_intervals": record["intervals"],
         "operating_point": record["operating_point"],
         "operating_point_error": point_error,
@@ -611,6 +613,7 @@ def _card_facts(cfg, data, backbone, family, parent, record: dict[str, Any]) -> 
     """What the card says about the model, its data and the run's settings."""
     from hf_adapt import transfer
     from hf_adapt.regimes import regime_facts
+    from hf_adapt.tasks import get_task
 
     base_model = cfg.base_model_id or (transfer.base_model(parent) if parent is not None else backbone.info.get("hub_id"))
     dataset_name = cfg.dataset_title(cfg.data)
@@ -632,7 +635,8 @@ def _card_facts(cfg, data, backbone, family, parent, record: dict[str, Any]) -> 
         "labels": data.labels,
         "label_counts": data.origin.get("label_counts"),
         "target_summary": data.origin.get("target_summary"),
-        "lineage": transfer.lineage(parent, data.labels, cfg.regime) if parent is not None else None,
+        "lineage": (transfer.lineage(parent, data.labels, cfg.regime, get_task(data.task))
+                    if parent is not None else None),
         "imbalance": _imbalance_description(cfg, data),
         "grouped_by": data.origin.get("grouped_by"),
         "skipped_images": data.origin.get("skipped_images"),
@@ -697,7 +701,7 @@ def _regression_media(directory: Path, cfg, model, backbone, data, history, eval
                      else repr(example[data.input_column]) if data.kind == "text" else None)
     figures = report.write_regression_figures(directory, history.history, cfg.metric_for_best_model, predicted,
                                               actual, data.labels[0])
-    explained = []
+    explained, example_file, gradcam = [], None, []
     if row_columns and cfg.card_examples > 0:
         rows = list(range(min(cfg.card_examples, 3, len(predicted))))
         test_split = data.splits["test"]
@@ -705,21 +709,69 @@ def _regression_media(directory: Path, cfg, model, backbone, data, history, eval
             directory, model, backbone, record["input_info"], data.labels,
             [{c: test_split[i][c] for c in row_columns} for i in rows], [f"{predicted[i]:.4g}" for i in rows],
             task=task)
-    return {"example_input": example_input, "example_file": None, "figures": figures, "gradcam": [],
+    if backbone.preprocessor.input_kind == "image" and cfg.card_examples > 0:  # test images, their Grad-CAM maps
+        rows = list(range(min(cfg.card_examples, len(predicted))))
+        images = data.inputs("test", "image")[:len(rows)]
+        example_file = report.write_examples(directory, images)[0]
+        gradcam = report.gradcam_figures(directory, model, backbone, images, [0] * len(rows),
+                                         [f"true {actual[i]:.4g}, predicted {predicted[i]:.4g}" for i in rows])
+    return {"example_input": example_input, "example_file": example_file, "figures": figures, "gradcam": gradcam,
             "explanations": explained, "subgroups": None, "subgroup_sentences": []}
+
+
+def _multilabel_media(directory: Path, cfg, model, backbone, data, history, evaluation, record) -> dict[str, Any]:
+    """A multi-label card's example input, per-label metrics at the chosen thresholds, precision-recall curves and
+    row explanations (of the most probable label)."""
+    import numpy as np
+
+    from hf_adapt import report
+    from hf_adapt.multilabel import sigmoid
+    from hf_adapt.table_features import row_columns as columns_of
+
+    task, logits, targets = evaluation.task, evaluation.logits, evaluation.labels
+    row_columns = columns_of(record["input_info"])
+    example = data.splits["test"][0]
+    example_input = (repr({c: example[c] for c in row_columns}) if row_columns
+                     else repr(example[data.input_column]) if data.kind == "text" else None)
+    figures = report.write_multilabel_figures(directory, history.history, cfg.metric_for_best_model, sigmoid(logits),
+                                              targets, data.labels, np.asarray(task.info()["thresholds"]))
+    explained = []
+    if row_columns and cfg.card_examples > 0:
+        rows = list(range(min(cfg.card_examples, 3, len(targets))))
+        decided = task.decide(logits[rows])
+        test_split = data.splits["test"]
+        explained = report.write_row_explanations(
+            directory, model, backbone, record["input_info"], data.labels,
+            [{c: test_split[i][c] for c in row_columns} for i in rows],
+            [", ".join(name for name, on in zip(data.labels, flags) if on) or "(none)" for flags in decided], task=task)
+    subgroups = None
+    if cfg.sensitive_columns:
+        from hf_adapt.multilabel import subgroup_metrics
+        from hf_adapt.subgroups import group_values
+
+        bins = cfg.sensitive_bins or {}
+        groups = {name: group_values(list(data.splits["test"][name]), bins.get(name), name)
+                  for name in cfg.sensitive_columns}
+        subgroups = subgroup_metrics(logits, targets, np.asarray(task.info()["thresholds"]), groups,
+                                     min(cfg.bootstrap_resamples, SUBGROUP_RESAMPLES), cfg.seed)
+    return {"example_input": example_input, "example_file": None, "figures": figures, "gradcam": [],
+            "explanations": explained, "subgroups": None, "subgroup_sentences": [],
+            "per_label": task.per_label(logits, targets), "multilabel_subgroups": subgroups}
+
+
+# by task: what the card shows of test
+_MEDIA = {"classification": _card_media, "regression": _regression_media, "multi_label": _multilabel_media}
 
 
 def _summary(cfg, base_model, dataset_name, data) -> str:
     from hf_adapt.regimes import get_regime
+    from hf_adapt.tasks import get_task
 
     base = f"`{base_model}`" if base_model else f"`{cfg.model_name_or_path}`"
     how = get_regime(cfg.regime).describe(cfg.adapter)
     via = f" by way of the backbone of `{Path(cfg.init_from).name}`" if cfg.init_from else ""
-    if data.task == "regression":
-        return (f"A regression model predicting `{data.labels[0]}` (a number, in its own unit) adapted from {base}"
-                f"{via} with {how}, trained with hf-adapt on {dataset_name}.")
-    return (f"A {len(data.labels)}-class classifier ({', '.join(data.labels)}) adapted from {base}{via} with {how}, "
-            f"trained with hf-adapt on {dataset_name}.")
+    return (f"{get_task(data.task).model_noun(data.labels)} adapted from {base}{via} with {how}, trained with "
+            f"hf-adapt on {dataset_name}.")
 
 
 def _table_facts(backbone, data) -> dict[str, Any] | None:
@@ -785,10 +837,13 @@ def _log_odds(probability: float) -> float | None:
 
 def _imbalance_description(cfg, data) -> str | None:
     if cfg.class_weights == "balanced":
-        from hf_adapt.loop import balanced_class_weights
+        from hf_adapt.tasks import get_task
 
-        weights = balanced_class_weights(list(data.splits["train"]["label"]), data.num_labels)
+        weights = get_task(data.task).class_weights(list(data.splits["train"]["label"]), data.num_labels)
         shown = ", ".join(f"{name} {w:.2f}" for name, w in zip(data.labels, weights.tolist()))
+        if data.task == "multi_label":
+            return ("binary cross-entropy with each label's positives weighted by negatives / positives (pos_weight) "
+                    f"of the rows each model trained on (on the train split: {shown})")
         return (f"class-weighted cross-entropy: n_rows / (n_classes x class rows) of the rows each model trained on "
                 f"(on the train split: {shown})")
     if cfg.balanced_sampler:

@@ -92,8 +92,12 @@ def _classifier(server, gr) -> None:
         up = gr.Button("👍 Right", elem_id="thumbs-up")
         down = gr.Button("👎 Wrong", elem_id="thumbs-down")
     with gr.Row():
-        correction = gr.Dropdown(server.served.model.labels, label="The right label", elem_id="correction")
-        correct = gr.Button("Send the right label", elem_id="send-correction")
+        if server.served.model.task.name == "regression":  # the right number, not a label
+            correction = gr.Number(label=f"The right {server.served.model.labels[0]}", elem_id="correction")
+        else:
+            correction = gr.Dropdown(server.served.model.labels, label="The right label", elem_id="correction")
+        correct = gr.Button("Send the right " + ("number" if server.served.model.task.name == "regression" else "label"),
+                            elem_id="send-correction")
     status = gr.Markdown(elem_id="status")
     explain_button = gr.Button("Explain", elem_id="explain")
     explanation = gr.JSON(label="Explanation")

@@ -133,7 +133,7 @@ def test_cross_validation_scores_model_and_both_table_baselines_per_fold(tiny_be
         assert cv["summary"][name]["rmse"]["folds"] == 3
     assert cv["summary"]["ridge"]["r2"]["mean"] > 0.2
     card = (out / "README.md").read_text()
-    assert "3-fold" in card and "gradient boosting" in card
+    assert "3-fold shuffled cross-validation" in card and "gradient boosting" in card
     assert "held_label_counts" not in cv["folds"][0]
 
 
@@ -198,3 +198,95 @@ def test_hybrid_regression_starts_from_ridge_and_reloads(tiny_bert, credit_sampl
     row_file.write_text(json.dumps(rows[0]))
     result = json.loads(explain(str(out), str(row_file), out=tmp_path / "why", steps=8)[1].read_text())
     assert result["target"] == "credit_amount" and {c["column"] for c in result["columns"]} >= set(COLUMNS)
+
+
+@pytest.fixture(scope="module")
+def ink_manifest(tmp_path_factory):
+    """240 real scikit-learn digits as PNGs in a manifest whose target is each image's total ink (a number)."""
+    import pandas as pd
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    root = tmp_path_factory.mktemp("ink")
+    (root / "images").mkdir()
+    rows = []
+    for i in range(240):
+        Image.fromarray((digits.images[i] * 255 / 16).astype(np.uint8)).save(root / "images" / f"{i}.png")
+        rows.append({"path": f"images/{i}.png", "ink": float(digits.images[i].sum())})
+    pd.DataFrame(rows).to_csv(root / "manifest.csv", index=False)
+    return root / "manifest.csv"
+
+
+def test_image_regression_writes_examples_and_grad_cam_and_reloads(tiny_timm_convnet, ink_manifest, tmp_path):
+    from hf_adapt.config import config_from_dict
+    from hf_adapt.data import DataSpec, load_labelled
+    from hf_adapt.explain import explain
+    from hf_adapt.predict import load_adapted
+    from hf_adapt.recipes.finetune import FinetuneConfig
+    from hf_adapt.tasks import regression_metrics
+
+    values = {"model_name_or_path": str(tiny_timm_convnet), "data": str(ink_manifest), "image_column": "path",
+              "label_column": "ink", "task": "regression", "metric_for_best_model": "rmse", "text_template": None,
+              "reset_head": True, "image_size": 32, "card_examples": 2, "bootstrap_resamples": 100}
+    out = train_finetune(tmp_path / "ink", **values)
+    card = (out / "README.md").read_text()
+    assert "examples/0.png" in card and "evidence that raises its prediction" in card
+    assert (out / "examples" / "0.png").exists()
+    data = load_labelled(DataSpec.from_config(config_from_dict(FinetuneConfig, values)))
+    predictor = load_adapted(str(out))
+    again = regression_metrics(predictor.predict_values(data.inputs("test", "image")),
+                               np.asarray(data.splits["test"]["label"]))
+    assert again["rmse"] == pytest.approx(json.loads((out / "eval_results.json").read_text())["rmse"], rel=1e-4)
+    _, json_path = explain(str(out), str(ink_manifest.parent / "images" / "5.png"), out=tmp_path / "why")
+    result = json.loads(json_path.read_text())
+    assert result["kind"] == "image" and result["target"] == "ink" and "probabilities" not in result
+    assert float(result["predicted_label"]) == pytest.approx(result["predicted_value"], rel=1e-5)
+
+
+def test_a_regression_model_pushes_and_loads_back_from_the_hub(tiny_bert, credit_sample, tmp_path, monkeypatch):
+    import re
+    import subprocess
+    import sys
+
+    from huggingface_hub import ModelCard
+
+    import hf_adapt
+    from hf_adapt.hub import PushSettings, push_output
+    from tests.hub_server import LocalHub, hub_env, record_backoff
+
+    repo = "hf-adapt-tests/credit-amount"
+    out = train_finetune(tmp_path / "out", **regression_values(tiny_bert, credit_sample, num_train_epochs=1,
+                                                               card_examples=0, base_model_id="hf-adapt-tests/tiny-bert"))
+    with LocalHub({"hf-adapt-tests/tiny-bert": tiny_bert}) as hub:
+        hub_env(monkeypatch, hub, tmp_path, token="hf_TestTokenThatMustNeverLeak0123456789")
+        record_backoff(monkeypatch)
+        push_output(out, PushSettings(repo_id=repo, backoff_seconds=0.01))
+        rows = _test_rows(tiny_bert, credit_sample)[0][:5]
+        pulled = hf_adapt.load_adapted(repo)
+        np.testing.assert_allclose(pulled.predict_values(rows), hf_adapt.load_adapted(str(out)).predict_values(rows),
+                                   rtol=1e-6)
+        card = hub.repo(repo).files("main")["README.md"].decode()
+        snippet = re.search(r"## How to use\n\n```python\n(.*?)```", card, re.S).group(1)
+        proc = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, timeout=300,
+                              cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert re.search(r"\[\{'value': -?[0-9.]+", proc.stdout.strip().splitlines()[-1])
+    data = ModelCard(card).data
+    assert data.base_model == "hf-adapt-tests/tiny-bert" and "regression" in data.tags
+    assert {r.metric_type for r in data.eval_results} == {"rmse", "mae", "r_squared"}
+
+
+def test_regression_transfers_from_a_classifier_and_says_which_head_was_dropped(tiny_bert, credit_sample, tmp_path):
+    from hf_adapt.predict import Regressor, load_adapted
+
+    parent = train_finetune(tmp_path / "parent", model_name_or_path=str(tiny_bert), data=str(credit_sample),
+                            card_examples=0, bootstrap_resamples=0)
+    child = train_finetune(tmp_path / "child", **regression_values(tiny_bert, credit_sample, init_from=str(parent),
+                                                                   num_train_epochs=1, card_examples=0))
+    card = (child / "README.md").read_text()
+    assert ("a regression head (one output: credit_amount, standardised); the parent's 2-label head (bad, good) was "
+            "dropped") in card
+    predictor = load_adapted(str(child))
+    assert isinstance(predictor, Regressor) and json.loads((child / "hf_adapt.json").read_text())["init_from"]
+    assert np.isfinite(predictor.predict_values(_test_rows(tiny_bert, credit_sample)[0][:3])).all()

@@ -88,3 +88,30 @@ def test_a_thumb_on_a_chat_answer_is_a_record(browser, tiny_chat_llama, tmp_path
     (record,) = read_feedback(log).records
     assert record["feedback"] == "up" and record["prompt"] == [{"role": "user", "content": "How was product 2?"}]
     assert record["completion"][0]["role"] == "assistant" and record["metadata"]["via"] == "ui"
+
+
+def test_a_reviewer_corrects_a_regression_model_with_a_number(browser, tiny_bert, credit_sample, tmp_path):
+    frame = pd.read_csv(credit_sample)
+    texts = pd.DataFrame({"text": [f"{r['purpose']}, {r['credit_amount']} DM" for r in frame.to_dict("records")],
+                          "months": frame["duration_in_month"]})
+    texts.to_csv(tmp_path / "texts.csv", index=False)
+    output = train_finetune(tmp_path / "out", model_name_or_path=str(tiny_bert), data=str(tmp_path / "texts.csv"),
+                            text_column="text", label_column="months", task="regression", text_template=None,
+                            metric_for_best_model="rmse", bootstrap_resamples=0)
+    served = load_served(str(output), None, False, "cpu")
+    log = tmp_path / "feedback" / "served.jsonl"
+    server = Server(ServeConfig(model=str(output), feedback_log=str(log), ui=True), served)
+    with running(create_app(server)) as url:
+        page = browser.new_page()
+        page.goto(f"{url}/ui/")
+        page.locator("#text textarea").fill("car (new), 2500 DM")
+        page.locator("#predict").click()
+        page.wait_for_function("() => document.querySelector('#answer-id textarea').value.startsWith('pred-')")
+        page.wait_for_selector("#prediction :text('months =')")
+        page.locator("#correction input").fill("24")
+        page.locator("#send-correction").click()
+        page.wait_for_selector("#status :text('Recorded')")
+        page.close()
+    (record,) = read_feedback(log).records
+    assert record["correction"] == "24" and record["prompt"] == "car (new), 2500 DM"
+    assert float(record["completion"]) == pytest.approx(served.model.predict_values(["car (new), 2500 DM"])[0], rel=1e-6)
