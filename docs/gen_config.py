@@ -1,4 +1,5 @@
-"""Write docs/reference/config.md from the config dataclasses' own fields, types, defaults and help.
+"""Write docs/reference/config.md from the config dataclasses' own fields, types, defaults and help, and from
+the argparse flags of the commands that have no config dataclass (tune, push, export, explain, feedback inspect/convert).
 
 Run ``python docs/gen_config.py`` after changing a config field; ``tests/docs/test_config_reference.py`` fails
 while the page differs from what this writes. ``hf-adapt <recipe> --help`` reads the same help strings
@@ -82,18 +83,31 @@ def _component_section(klass: type) -> list[str]:
             *(_line(f) for f in fields), ""]
 
 
-def _tune_section() -> list[str]:
-    from hf_adapt.recipes.tune import parser
-
-    out = ["## `hf-adapt tune`", "", "`hf_adapt.recipes.tune.parser`: the search's own flags; the recipe it runs takes "
-           "its config from `--config` (see that recipe above).", ""]
-    for action in parser()._actions:
-        if isinstance(action, argparse._HelpAction):
+def _flags_section(command: str, where: str, parser: argparse.ArgumentParser) -> list[str]:
+    """A command whose flags are declared with argparse (not a config dataclass): each flag with its help."""
+    out = [f"## `{command}`", "", f"`{where}`: {parser.description or ''}".rstrip(), ""]
+    for action in parser._actions:
+        if isinstance(action, argparse._HelpAction | argparse._SubParsersAction):
             continue
-        default = "required" if action.required else f"default `{action.default!r}`"
+        name = action.option_strings[0] if action.option_strings else action.dest
+        default = "required" if action.required or not action.option_strings else f"default `{action.default!r}`"
         choices = f", one of {list(action.choices)}" if action.choices else ""
-        out.append(f"- **`{action.option_strings[0]}`** ({default}{choices}): {action.help or ''}")
+        out.append(f"- **`{name}`** ({default}{choices}): {' '.join((action.help or '').split())}")
     return out + [""]
+
+
+def _command_sections() -> list[str]:
+    from hf_adapt import cli
+    from hf_adapt.recipes.tune import parser as tune_parser
+
+    feedback = {a.dest: a for a in cli.feedback_parser()._actions if isinstance(a, argparse._SubParsersAction)}
+    groups = next(iter(feedback.values())).choices
+    return [*_flags_section("hf-adapt tune", "hf_adapt.recipes.tune.parser", tune_parser()),
+            *_flags_section("hf-adapt push", "hf_adapt.cli.push_parser", cli.push_parser()),
+            *_flags_section("hf-adapt export", "hf_adapt.cli.export_parser", cli.export_parser()),
+            *_flags_section("hf-adapt explain", "hf_adapt.cli.explain_parser", cli.explain_parser()),
+            *_flags_section("hf-adapt feedback inspect", "hf_adapt.cli.feedback_parser", groups["inspect"]),
+            *_flags_section("hf-adapt feedback convert", "hf_adapt.cli.feedback_parser", groups["convert"])]
 
 
 def render() -> str:
@@ -109,7 +123,7 @@ def render() -> str:
     components: dict[type, None] = {}
     for command, (module, name) in RECIPES.items():
         lines += _recipe_section(command, getattr(importlib.import_module(module), name), components)
-    lines += _tune_section()
+    lines += _command_sections()
     lines += ["## Components", "", "Each component owns its fields, their help and their checks, once; a recipe "
               "lists the components it uses.", ""]
     for klass in components:
