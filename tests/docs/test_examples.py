@@ -85,6 +85,8 @@ def test_every_block_is_run_or_says_why_not():
         for block in read_blocks(page):
             if block.not_run is not None:
                 assert block.not_run, f"{block}: say why it is not run"
+                for named in re.findall(r"tests/[\w/]+\.py", block.not_run):  # "tests/x.py runs it": it must exist
+                    assert (ROOT / named).is_file(), f"{block}: its reason names {named}, which does not exist"
                 counts["not run"] += 1
                 reasons[block.not_run.split(";")[0]] += 1
             elif block.lang in RUN:
