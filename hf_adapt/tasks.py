@@ -6,7 +6,8 @@ outputs the head has, the loss, the metrics, the baselines that fit it, and what
 - ``regression``: one number per row; the target is standardised with the training split's mean and standard
   deviation (saved as the ``task`` block of ``hf_adapt.json`` and undone at prediction), one output, MSE or Huber
   loss, and RMSE, MAE and R² in the original unit.
-- ``multi_label``: several labels per row; not implemented yet (refused).
+- ``multi_label``: several labels per row; one sigmoid output per label, binary cross-entropy, a threshold per
+  label chosen on validation and saved (:class:`hf_adapt.multilabel.MultiLabel`).
 
 The recipe asks its task (:func:`get_task`) instead of testing ``cfg.task``; torch and scikit-learn are imported
 when a task is used, not when this module is.

@@ -76,6 +76,9 @@ class ContinualConfig(ModelOptions, BackboneOptions, DataOptions, LabelOptions, 
             raise ConfigError("experiences: not set; give the stream as a list, e.g. "
                               "[{name: a, classes: [0, 1]}, {name: b, classes: [2, 3]}] (see recipes/configs/continual_*.yaml)")
         check_entries(self.experiences)
+        if self.task == "multi_label":
+            raise ConfigError("task: multi_label is not implemented for hf-adapt continual yet (new labels as a new "
+                              "experience); train a multi-label model with hf-adapt finetune")
         if self.task != "classification":
             learning = {"class": "class-incremental learning adds classes to a head",
                         "domain": "domain-incremental learning keeps one set of classes",
@@ -397,6 +400,9 @@ def _check_parent(parent, cfg) -> None:
     """Refuse an update that cannot continue the parent as it was trained."""
     info = parent.info.get("continual") or {}
     task = (parent.info.get("task") or {}).get("name", "classification")
+    if task == "multi_label":
+        raise ConfigError(f"init_from {cfg.init_from!r} is a multi-label model; continuing one with new labels is "
+                          "not implemented for hf-adapt continual yet")
     if task != "classification":
         raise ConfigError(f"init_from {cfg.init_from!r} is a {task} model; continual learning (here "
                           f"{cfg.scenario}-incremental) continues a classifier's classes, and a {task} target has none")

@@ -101,6 +101,14 @@ def test_explain_attributes_one_label_of_a_row(multilabel_run, findings_csv, tmp
     assert set(facts["probabilities"]) == set(LABELS)
 
 
+def test_export_refuses_a_multi_label_model(multilabel_run, tmp_path):
+    from hf_adapt.errors import ModelError
+    from hf_adapt.export import export
+
+    with pytest.raises(ModelError, match="this is a multi_label model, whose labels are decided by per-label"):
+        export(str(multilabel_run), str(tmp_path / "exported"))
+
+
 def test_serving_answers_label_sets_and_takes_corrected_sets(multilabel_run, findings_csv, tmp_path):
     pytest.importorskip("fastapi")
     from hf_adapt.feedback.log import read_feedback
@@ -134,6 +142,13 @@ def test_serving_answers_label_sets_and_takes_corrected_sets(multilabel_run, fin
 def test_what_multi_label_cannot_mean_is_refused_by_the_config(values, error, message, tiny_bert, findings_csv):
     with pytest.raises(error, match=message):
         config_from_dict(FinetuneConfig, _values(tiny_bert, findings_csv, **values))
+
+
+def test_continual_refuses_multi_label_by_name():
+    from hf_adapt.recipes.continual import ContinualConfig
+
+    with pytest.raises(ConfigError, match="task: multi_label is not implemented for hf-adapt continual yet"):
+        config_from_dict(ContinualConfig, {"task": "multi_label", "experiences": [{"name": "a", "classes": [0]}]})
 
 
 def test_bad_labels_are_refused_naming_the_row(tiny_bert, findings_csv, tmp_path):
