@@ -24,6 +24,11 @@ epoch by validation mAP, a threshold per label chosen on validation for the best
 regression and one gradient-boosting model per label on the same columns and rows, all scored on the same test
 rows with the same bootstrap (micro/macro F1 at each model's own thresholds, mAP and mean per-label AUROC).
 
+DICOM (``--part dicom``): every DICOM file of pydicom's test set and of ``pydicom-data`` read by ``read_dicom``
+(``benchmarks/dicom_counts.py``) three times: the code before issue 22's DICOM work (``BEFORE``, checked out in a
+temporary git worktree; no decoders then), today's code without the ``medical`` extra's decoders, and with them.
+Counts of files read, refused by name (per reason), and escaped as another exception.
+
 Files: the derived CSV and the run folder go to ``--work_dir`` (default ``outputs/benchmarks/tasks``, git-ignored);
 ``summary_regression.md`` and ``.json`` to ``--results_dir`` (default ``benchmarks/results/tasks``), under
 ``quick/`` or ``full/``.
@@ -33,6 +38,7 @@ Usage::
         python benchmarks/tasks.py --part regression --quick   # smoke run: 300 training rows, 1 epoch, ~1 min
     python benchmarks/tasks.py --part regression           # full: all 1611 training rows, 3 epochs, ~10 min
     python benchmarks/tasks.py --part multilabel           # full: 861 training rows, 4 epochs
+    python benchmarks/tasks.py --part dicom                # read counts before and after, ~2 min
 """
 
 from __future__ import annotations
@@ -190,6 +196,49 @@ def multilabel_report(facts: dict, plan: Plan) -> str:
     return "\n".join(lines)
 
 
+BEFORE = "e5942c5^"  # the commit before "Compressed DICOM (issue 22 part 4)"
+
+
+def dicom_counts(pythonpath: str, *flags: str) -> dict:
+    import subprocess
+
+    run = subprocess.run([sys.executable, str(REPO / "benchmarks" / "dicom_counts.py"), *flags], capture_output=True,
+                         text=True, timeout=1200, env={**os.environ, "PYTHONPATH": pythonpath, "HF_HUB_OFFLINE": "1"})
+    if run.returncode != 0:
+        raise RuntimeError(run.stderr[-2000:])
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def run_dicom(args, plan: Plan, work: Path) -> dict:
+    """The read counts of the code before the DICOM work, and of today's without and with the decoders."""
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="hf-adapt-before-") as tmp:
+        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", tmp, BEFORE], check=True,
+                       capture_output=True)
+        try:
+            before = dicom_counts(tmp, "--without-decoders")  # no extra installed them then
+        finally:
+            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", tmp], capture_output=True)
+    return {"before": {"rev": BEFORE, **before}, "without_decoders": dicom_counts(str(REPO), "--without-decoders"),
+            "with_decoders": dicom_counts(str(REPO))}
+
+
+def dicom_report(facts: dict, plan: Plan) -> str:
+    runs = {"before": f"before ({facts['before']['rev']}, no decoders)", "without_decoders": "now, without the decoders",
+            "with_decoders": "now, with `hf-adapt[medical]`"}
+    reasons = sorted({r for key in runs for r in facts[key]["counts"] if r != "read"})
+    lines = ["## DICOM: every file of pydicom's test data and pydicom-data", "",
+             "| outcome | " + " | ".join(runs.values()) + " |", "|---|" + "---|" * len(runs)]
+    for reason in ["read", *reasons]:
+        lines.append(f"| {'read' if reason == 'read' else f'refused: {reason}'} | "
+                     + " | ".join(str(facts[key]["counts"].get(reason, 0)) for key in runs) + " |")
+    lines.append("| escaped (another exception) | " + " | ".join(str(len(facts[key]["escaped"])) for key in runs) + " |")
+    lines += ["", "Escaped before: " + ("; ".join(facts["before"]["escaped"]) or "none"), ""]
+    return "\n".join(lines)
+
+
 def regression_values(plan: Plan, csv: Path, out: Path, threads: int) -> dict:
     values = {"data": str(csv), "task": "regression", "label_column": TARGET, "text_template": TEMPLATE,
               "metric_for_best_model": "rmse", "num_train_epochs": plan.epochs, "seed": 42,
@@ -295,14 +344,14 @@ def render(summary: dict) -> str:
               f"- total wall time {summary['wall_seconds'] / 60:.1f} min", ""]
     part = summary["part"]
     facts = summary[part]
-    report = {"regression": regression_report, "multilabel": multilabel_report}[part]
+    report = {"regression": regression_report, "multilabel": multilabel_report, "dicom": dicom_report}[part]
     body = f"## {part}\n\nfailed: {facts['error']}\n" if "error" in facts else report(facts, plan)
     return "\n".join(header) + "\n" + body
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--part", choices=("regression", "multilabel"), default="regression")
+    parser.add_argument("--part", choices=("regression", "multilabel", "dicom"), default="regression")
     parser.add_argument("--quick", action="store_true", help="smoke run: 300 training rows, 1 epoch")
     parser.add_argument("--torch_num_threads", type=int, default=1)
     parser.add_argument("--work_dir", default=str(REPO / "outputs" / "benchmarks" / "tasks"))
@@ -325,7 +374,8 @@ def run(args: argparse.Namespace) -> None:
     started, version = time.perf_counter(), code_version()
     machine = {"python": platform.python_version(), "cpu_count": os.cpu_count(), "load_average": list(os.getloadavg())}
     try:
-        facts = {"regression": run_regression, "multilabel": run_multilabel}[args.part](args, plan, work)
+        facts = {"regression": run_regression, "multilabel": run_multilabel, "dicom": run_dicom}[args.part](
+            args, plan, work)
     except Exception as err:  # reported in the summary
         traceback.print_exc()
         facts = {"error": f"{type(err).__name__}: {err}"}

@@ -175,16 +175,18 @@ class _Trainer:
 def main(cfg: FinetuneConfig, search: dict[str, Any] | None = None) -> FinetuneResult:
     """Fine-tune as ``cfg`` says; write the evaluated model, its card and figures to ``cfg.output_dir``.
     ``search``: the hyperparameter search that chose ``cfg`` (``hf-adapt tune``), for the card."""
+    from hf_adapt.artifacts import gathered_state
     from hf_adapt.run import recipe_run
 
     with recipe_run(cfg) as run:
         setup = _prepare(cfg, run)  # everything that can fail on bad input happens before training
         with run.writing():
             done = _train_and_test(cfg, run, setup)
+            state = gathered_state(run.accelerator, done.model)  # FSDP2 / ZeRO-3 shards, gathered by every process
             run.write(lambda directory: _write_outputs(
                 directory, cfg, run.accelerator, done.model, done.trained.backbone, done.trained.backbone.family,
                 setup.data, done.trained.history, done.evaluation, done.baseline, setup.trainable, setup.total,
-                run.seconds, setup.parent, done.point, done.point_error, done.cv, search))
+                run.seconds, setup.parent, done.point, done.point_error, done.cv, search, state))
         if done.point_error is not None:
             raise OperatingPointError(
                 f"{done.point_error}. The trained model was written to {cfg.output_dir} without an operating point "
@@ -523,11 +525,12 @@ def _evaluate_test(cfg: FinetuneConfig, task, logits, labels, positive: int | No
 
 
 def _write_outputs(directory: Path, cfg, accelerator, model, backbone, family, data, history, evaluation,
-                   baseline, trainable, total, wall_seconds, parent, point, point_error, cv, search=None) -> None:
+                   baseline, trainable, total, wall_seconds, parent, point, point_error, cv, search=None,
+                   state=None) -> None:
     from hf_adapt import cards
 
     record = _write_run_files(directory, cfg, accelerator, model, backbone, family, data, history, evaluation,
-                              baseline, wall_seconds, parent, point, point_error, cv)
+                              baseline, wall_seconds, parent, point, point_error, cv, state)
     facts = {
         **_card_facts(cfg, data, backbone, family, parent, record),
         "test_metrics": evaluation.metrics,
@@ -553,14 +556,15 @@ def _write_outputs(directory: Path, cfg, accelerator, model, backbone, family, d
 
 
 def _write_run_files(directory: Path, cfg, accelerator, model, backbone, family, data, history, evaluation,
-                     baseline, wall_seconds, parent, point, point_error, cv) -> dict[str, Any]:
-    """The model, its run record and the result files; returns what the card needs of them."""
+                     baseline, wall_seconds, parent, point, point_error, cv, state=None) -> dict[str, Any]:
+    """The model, its run record and the result files; returns what the card needs of them. ``state``: the
+    model's gathered full state dict where its parameters are sharded."""
     from hf_adapt import transfer
     from hf_adapt.artifacts import base_model_info, column_kinds, save_model, write_run_info
     from hf_adapt.config import save_config
     from hf_adapt.outputs import write_json
 
-    save_model(model, backbone, cfg.regime, directory)
+    save_model(model, backbone, cfg.regime, directory, state)
     backbone.preprocessor.save(str(directory))
     model_info = base_model_info(cfg, backbone)
     if parent is not None:  # the base is the root of the parent's chain; the parent's weights go in init/
