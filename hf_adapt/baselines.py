@@ -8,7 +8,9 @@ Each is fitted on training rows only and scored on the rows the adapted model is
   regression: the baseline a text classifier must beat.
 
 For ``task: regression`` the same inputs feed regressors: ``ridge`` (tables, the linear baseline),
-``hist_gradient_boosting`` (tables, HistGradientBoostingRegressor) and ``tfidf_ridge`` (texts).
+``hist_gradient_boosting`` (tables, HistGradientBoostingRegressor) and ``tfidf_ridge`` (texts). For
+``task: multi_label`` the classifiers are fitted once per label (one-vs-rest: scikit-learn's
+MultiOutputClassifier).
 """
 
 from __future__ import annotations
@@ -25,12 +27,15 @@ READS = {"logistic_regression": "table", "hist_gradient_boosting": "table", "tfi
 # task -> data kind -> the baseline of ``baseline: auto``; the names each task can fit
 DEFAULTS = {"classification": {"table": "logistic_regression", "text": "tfidf_logistic_regression"},
             "regression": {"table": "ridge", "text": "tfidf_ridge"}}
+DEFAULTS["multi_label"] = DEFAULTS["classification"]
 DEFAULT = DEFAULTS["classification"]
 # task -> data kind -> the baselines a card shows with ``baseline: auto`` (the default first)
 AUTO = {"classification": {kind: [name] for kind, name in DEFAULTS["classification"].items()},
         "regression": {"table": ["ridge", "hist_gradient_boosting"], "text": ["tfidf_ridge"]}}
+AUTO["multi_label"] = AUTO["classification"]
 FITS = {"classification": ("logistic_regression", "hist_gradient_boosting", "tfidf_logistic_regression"),
         "regression": ("ridge", "hist_gradient_boosting", "tfidf_ridge")}
+FITS["multi_label"] = FITS["classification"]
 
 
 def baselines_for(kind: str, task: str = "classification") -> list[str]:
@@ -48,12 +53,18 @@ def _estimator(name: str, task: str, categorical: int, seed: int):
     from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
     from sklearn.linear_model import LogisticRegression, Ridge
 
-    if name in ("logistic_regression", "tfidf_logistic_regression"):
-        return LogisticRegression(max_iter=2000, random_state=seed)
     if name in ("ridge", "tfidf_ridge"):
         return Ridge(alpha=1.0)
-    boosting = HistGradientBoostingRegressor if task == "regression" else HistGradientBoostingClassifier
-    return boosting(categorical_features=list(range(categorical)), random_state=seed)
+    if name in ("logistic_regression", "tfidf_logistic_regression"):
+        estimator = LogisticRegression(max_iter=2000, random_state=seed)
+    else:
+        boosting = HistGradientBoostingRegressor if task == "regression" else HistGradientBoostingClassifier
+        estimator = boosting(categorical_features=list(range(categorical)), random_state=seed)
+    if task == "multi_label":
+        from sklearn.multioutput import MultiOutputClassifier
+
+        return MultiOutputClassifier(estimator)
+    return estimator
 
 
 def _pipeline(name: str, numeric: list[str], categorical: list[str], seed: int, task: str = "classification"):
@@ -88,7 +99,8 @@ def fitted_baseline(name: str, train, columns: list[str], seed: int = 0, task: s
     numeric = [c for c in columns if is_numeric_dtype(train[c])]
     categorical = [c for c in columns if c not in numeric]
     model = _pipeline(name, numeric, categorical, seed, task)
-    return model.fit(train[columns], train["label"])
+    labels = np.asarray(train["label"].tolist()) if task == "multi_label" else train["label"]  # rows of 0/1 flags
+    return model.fit(train[columns], labels)
 
 
 def baseline_logits(name: str, train, test, columns: list[str], num_labels: int, seed: int = 0) -> np.ndarray:

@@ -96,8 +96,9 @@ def card_data(facts: dict[str, Any]):
         tags.append(str(facts["adapter"]["peft_type"]).lower())
     if facts["data_kind"] == "table":
         tags.append("tabular-as-text")
-    if (facts.get("task") or {}).get("name") == "regression":
-        tags.append("regression")
+    task = (facts.get("task") or {}).get("name")
+    if task in ("regression", "multi_label"):
+        tags.append(task.replace("_", "-"))
     return ModelCardData(
         model_name=facts["model_name"],
         base_model=facts.get("base_model"),

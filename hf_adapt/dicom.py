@@ -168,6 +168,13 @@ def frame_pixels(dataset, name: str, index: int | None = None):
         return pixel_array(dataset, index=index)
     except (NotImplementedError, RuntimeError) as err:  # no decoder for this syntax, or every plugin failed
         detail = str(err).strip().replace("\n", " ")
+        if "exceptions were raised by all available plugins" in detail and _has_medical_decoders():
+            # the extra's decoders are there and this file beats them: asking for the extra would not help
+            raise ImageReadError(
+                name, "unsupported transfer syntax",
+                f"transfer syntax {syntax} ({syntax.name}): the installed decoders could not decode this file; "
+                f"python-gdcm may [{detail}]",
+            ) from err
         raise ImageReadError(
             name, "unsupported transfer syntax",
             f"unsupported transfer syntax {syntax} ({syntax.name}): no installed decoder reads it; "
@@ -371,3 +378,13 @@ def check_volume_channels(data, backbone) -> None:
     if data.kind == "image" and data.volume.channels == 3 and mode != "RGB":
         raise ConfigError("volume_context: 1 stacks three slices into the input channels, but this backbone reads "
                           "one channel; use a 3-channel backbone, or volume_context: 0")
+
+
+def _has_medical_decoders() -> bool:
+    """Whether the ``medical`` extra's decoders (pylibjpeg) are installed."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("pylibjpeg") is not None
+    except ValueError:  # hidden (sys.modules entry None)
+        return False

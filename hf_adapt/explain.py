@@ -347,7 +347,7 @@ def explain_image(model, backbone, preprocessor, labels: list[str], image: Any, 
     t, facts = choice["index"], choice["facts"]
     classes = "probabilities" in facts  # Grad-CAM maps one logit, not a binary log-odds
     shown_label = facts["predicted_label"]
-    confidence = f" ({facts['probabilities'][shown_label]:.2f})" if classes else ""
+    confidence = f" ({facts['probabilities'][shown_label]:.2f})" if shown_label in facts.get("probabilities", {}) else ""
     title = f"predicted {shown_label}{confidence}; Grad-CAM for {labels[t]}"
     shown = figures.as_seen(batch, preprocessor.data_config) if hasattr(preprocessor, "data_config") else [image]
     empty = not figures.gradcam_maps(forward, layer, batch, [t]).any()
@@ -384,7 +384,8 @@ def _replace_atomically(path: Path, data: bytes) -> None:
 
 def _title(result: dict[str, Any]) -> str:
     predicted = result["predicted_label"]
-    confidence = f" ({result['probabilities'][predicted]:.2f})" if "probabilities" in result else ""
+    probabilities = result.get("probabilities") or {}  # a multi-label prediction is several labels: no one number
+    confidence = f" ({probabilities[predicted]:.2f})" if predicted in probabilities else ""
     return (f"predicted {predicted}{confidence}; "
             f"integrated gradients of {result['explained_output'].split(':')[0]}")
 

@@ -58,9 +58,11 @@ def export(output_dir: str, out: str | Path, format: Literal["merged", "onnx"] =
                          "(table_features), whose wide and deep paths no transformers or ONNX layout holds yet: "
                          "serve it with hf-adapt serve or load_adapted")
     if predictor.task.name != "classification":
-        raise ModelError(f"export writes classifiers; this is a {predictor.task.name} model, whose output is "
-                         "standardised (hf_adapt.json's task.target) and which no exported layout undoes yet: serve "
-                         "it with hf-adapt serve or load_adapted")
+        why = {"regression": "whose output is standardised (hf_adapt.json's task.target)",
+               "multi_label": "whose labels are decided by per-label thresholds (hf_adapt.json's task.thresholds)"}
+        raise ModelError(f"export writes single-label classifiers; this is a {predictor.task.name} model, "
+                         f"{why.get(predictor.task.name, 'of another kind')}, which no exported layout undoes yet: "
+                         "serve it with hf-adapt serve or load_adapted")
     continual = predictor.info.get("continual") or {}
     if continual.get("scenario") == "task" or len(set((continual.get("adapters") or {}).values())) > 1:
         raise ModelError("export takes single-model outputs; this continual model routes inputs by task or through "

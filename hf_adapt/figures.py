@@ -491,3 +491,24 @@ def residual_plot(predicted: np.ndarray, actual: np.ndarray, target: str, path: 
     title = f"Residuals, test split (n={len(actual)})"
     ax.set_title(title)
     return save_figure(fig, path, title)
+
+
+def precision_recall_per_label(probs: np.ndarray, targets: np.ndarray, names: list[str], thresholds: np.ndarray,
+                               path: str | os.PathLike) -> Path:
+    """One precision-recall curve per label (multi-label), each with its decision threshold marked."""
+    from sklearn.metrics import precision_recall_curve
+
+    fig = new_figure(figsize=(5.5, 4.5))
+    ax = fig.subplots()
+    for j, name in enumerate(names):
+        truth = targets[:, j].astype(bool)
+        if not truth.any():
+            continue  # undefined without a positive row
+        precision, recall, cuts = precision_recall_curve(truth, probs[:, j])
+        line = ax.plot(recall, precision, label=name)[0]
+        at = min(int(np.searchsorted(cuts, thresholds[j])), len(cuts) - 1)
+        ax.plot(recall[at], precision[at], "o", color=line.get_color())
+    title = "Test precision-recall per label (dot: its threshold)"
+    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title=title)
+    ax.legend(fontsize="small", loc="lower left")
+    return save_figure(fig, path, title)

@@ -297,7 +297,10 @@ class LanguageModelingTask:
         """Logits, and per example the summed loss and the number of scored tokens."""
         logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
         scores, labels = (logits[:, :-1], batch["labels"][:, 1:]) if self.causal else (logits, batch["labels"])
-        losses = F.cross_entropy(scores.float().transpose(1, 2), labels, ignore_index=-100, reduction="none")
+        # flat (tokens, vocab) rows: the (batch, vocab, length) layout of a transpose is ~4x slower at a 32k
+        # vocabulary (benchmarks/README.md, gpu.py)
+        losses = F.cross_entropy(scores.float().reshape(-1, scores.shape[-1]), labels.reshape(-1), ignore_index=-100,
+                                 reduction="none").view(labels.shape)
         return logits, losses.sum(dim=1), (labels != -100).sum(dim=1)
 
     def __call__(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -347,18 +350,27 @@ class ScoreBefore(Callback):
 # ----------------------------------------------------------------------------- artifacts
 
 
-def save_lm(model: nn.Module, backbone: Backbone, regime: str, directory: Path) -> None:
+def save_lm(model: nn.Module, backbone: Backbone, regime: str, directory: Path,
+            state: dict[str, Any] | None = None) -> None:
     """Full: the whole LM with ``save_pretrained``; adapter: peft's files, plus the parameters the base
-    checkpoint lacked (``lm_head.safetensors``), which peft does not save."""
+    checkpoint lacked (``lm_head.safetensors``), which peft does not save. ``state``: the model's gathered full
+    state dict where its parameters are sharded (:func:`hf_adapt.artifacts.gathered_state`)."""
     from hf_adapt.regimes import get_regime
 
-    model.save_pretrained(str(directory))
+    model.save_pretrained(str(directory), **({"state_dict": state} if state is not None else {}))
     backbone.preprocessor.tokenizer.save_pretrained(str(directory))
     if get_regime(regime).uses_adapter and backbone.info["new_keys"]:
         from safetensors.torch import save_file
 
-        new = new_parameters(model.get_base_model(), backbone.info["new_keys"])
-        tensors = {name: param.detach().cpu().contiguous() for name, param in new.items()}
+        if state is None:
+            new = new_parameters(model.get_base_model(), backbone.info["new_keys"])
+            tensors = {name: param.detach().cpu().contiguous() for name, param in new.items()}
+        else:  # the peft model's keys, as new_parameters names them in the plain model
+            wanted, tensors = set(backbone.info["new_keys"]), {}
+            for key, value in state.items():
+                name = key.removeprefix("base_model.model.").replace(".base_layer.", ".")
+                if name in wanted and name not in tensors:
+                    tensors[name] = value.contiguous()
         save_file(tensors, str(directory / LM_HEAD_FILE))
 
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import numpy as np
 
 # Metrics where lower is better; everything else is maximised.
-LOWER_IS_BETTER = {"log_loss", "ece", "brier", "loss", "perplexity", "rmse", "mae"}
+LOWER_IS_BETTER = {"log_loss", "ece", "brier", "loss", "perplexity", "rmse", "mae", "hamming_loss"}
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -107,9 +107,11 @@ class LabelOptions(Options):
     """Labelled rows: the label, the input columns, label budgets, and how images are read."""
 
     title = "labels and inputs"
-    task: Literal["classification", "multi_label", "regression"] = field(default="classification", metadata={"help": "What the label column holds. classification: one class per row (softmax, cross-entropy); regression: a number per row (one output trained on the target standardised with the training split's mean and std, saved with the model and undone at prediction; metrics rmse, mae, r2); multi_label: not implemented yet."})
+    task: Literal["classification", "multi_label", "regression"] = field(default="classification", metadata={"help": "What the label column holds. classification: one class per row (softmax, cross-entropy); regression: a number per row (one output trained on the target standardised with the training split's mean and std, saved with the model and undone at prediction; metrics rmse, mae, r2); multi_label: several labels per row (label_column holds each row's list, or label_columns name 0/1 columns; one sigmoid output per label, binary cross-entropy, a threshold per label chosen on validation for the best F1; metrics micro_f1, macro_f1, map, auroc, subset_accuracy, hamming_loss)."})
     regression_loss: Literal["mse", "huber"] = field(default="mse", metadata={"help": "task: regression: mean squared error, or Huber loss (delta 1 standard deviation of the target: less pull from outliers)."})
-    label_column: str = field(default="creditability", metadata={"help": "Column holding the class label (task: regression: the numeric target)."})
+    label_column: str = field(default="creditability", metadata={"help": "Column holding the class label (task: regression: the numeric target; task: multi_label: each row's labels, as a list, a JSON list or a label_separator-joined string; empty: none)."})
+    label_columns: list | None = field(default=None, metadata={"help": "task: multi_label: one 0/1 column per label instead of a label list (the column names are the labels)."})
+    label_separator: str = field(default="|", metadata={"help": "task: multi_label: what joins a row's labels in a text label_column, e.g. 'effusion|edema'."})
     image_column: str | None = field(default=None, metadata={"help": "Column holding images or image paths (auto-detected for image folders)."})
     feature_columns: list | None = field(default=None, metadata={"help": "Table columns to use, in order (default: all but the label)."})
     text_template: str | None = field(default=QUICKSTART_TEMPLATE, metadata={"help": "Python format string rendering a table row as text, e.g. '{age} years, {purpose}'; only the columns it names are used. null = 'column: value, ...' over all columns. The default is the quickstart's compact German Credit template."})
@@ -126,7 +128,15 @@ class LabelOptions(Options):
     def validate(self) -> None:
         from hf_adapt.tasks import get_task
 
-        get_task(self.task)  # multi_label: not implemented yet
+        get_task(self.task)
+        if self.label_columns is not None and self.task != "multi_label":
+            raise ConfigError(f"label_columns apply to task: multi_label (one 0/1 column per label), not {self.task}; "
+                              "set task: multi_label, or name the one label_column")
+        if self.label_columns is not None and (not self.label_columns or len(set(self.label_columns)) != len(
+                self.label_columns) or not all(isinstance(c, str) for c in self.label_columns)):
+            raise ConfigError(f"label_columns must be distinct column names, got {self.label_columns!r}")
+        if not self.label_separator:
+            raise ConfigError("label_separator must not be empty")
         if self.regression_loss != "mse" and self.task != "regression":
             raise ConfigError(f"regression_loss: {self.regression_loss} applies to task: regression, not {self.task}")
         if self.train_fraction is not None and self.train_samples_per_class is not None:
@@ -235,7 +245,7 @@ class ClassifierOptions(Options):
     title = "classifier training"
     head_learning_rate: float | None = field(default=1e-2, metadata={"help": "Learning rate of the new classifier head (null: learning_rate). A fresh head on a frozen or adapted backbone often needs a higher one."})
     layer_lr_decay: float | None = field(default=None, metadata={"help": "Layer-wise learning-rate decay, e.g. 0.8: each layer below the top trains at decay x the rate of the layer above (embeddings/stem lowest); unset: one rate."})
-    metric_for_best_model: Literal["accuracy", "macro_f1", "auroc", "log_loss", "ece", "brier", "gini", "ks", "rmse", "mae", "r2"] = field(default="auroc", metadata={"help": "Validation metric that picks the best epoch (and the best fold under cv_keep: best_fold); task: regression takes rmse, mae or r2."})
+    metric_for_best_model: Literal["accuracy", "macro_f1", "auroc", "log_loss", "ece", "brier", "gini", "ks", "rmse", "mae", "r2", "micro_f1", "map", "subset_accuracy", "hamming_loss"] = field(default="auroc", metadata={"help": "Validation metric that picks the best epoch (and the best fold under cv_keep: best_fold); task: regression takes rmse, mae or r2; task: multi_label takes micro_f1, macro_f1, map, auroc, subset_accuracy or hamming_loss (at 0.5 while training; the thresholds are chosen after)."})
     early_stopping_patience: int | None = field(default=None, metadata={"help": "Stop after this many epochs without improvement (unset: never)."})
 
     def validate(self) -> None:

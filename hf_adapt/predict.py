@@ -44,7 +44,7 @@ class Predictor:
         self.data_info = {**data, "kind": kind}
         from hf_adapt.tasks import task_from_info
 
-        self.task = task_from_info(info)  # what the outputs mean: classes, or a standardised number
+        self.task = task_from_info(info, labels)  # what the outputs mean: classes, label sets, or a number
         self.fairness = None  # group decision rules (hf_adapt.fairness.GroupRules), applied where rows carry the column
         if info.get("fairness"):
             from hf_adapt.fairness import GroupRules
@@ -219,7 +219,38 @@ class Regressor(Predictor):
         raise ModelError(f"this is a regression model of {self.target!r}: it decides no labels; use predict_values")
 
 
-PREDICTORS = {"classification": Predictor, "regression": Regressor}  # by hf_adapt.json's task
+class MultiLabelPredictor(Predictor):
+    """Label sets for images, texts or table rows: one sigmoid probability per label, and every label whose
+    probability reaches its threshold (chosen on validation, ``hf_adapt.json``'s ``task.thresholds``)."""
+
+    def predict_proba(self, inputs: Any, task: str | None = None) -> np.ndarray:
+        """Each label's probability (independent sigmoids; a row's need not sum to 1), columns in ``self.labels``
+        order."""
+        from hf_adapt.multilabel import sigmoid
+
+        return sigmoid(self.logits(inputs, task).numpy())
+
+    @property
+    def thresholds(self) -> dict[str, float]:
+        """Each label's decision threshold on its probability."""
+        return dict(zip(self.labels, self.task.info()["thresholds"]))
+
+    def decide(self, probs: np.ndarray) -> list[list[str]]:
+        """The labels each row of probabilities carries: those at or above their threshold (possibly none)."""
+        thresholds = np.asarray(self.task.info()["thresholds"])
+        return [[name for name, on in zip(self.labels, row) if on] for row in np.asarray(probs) >= thresholds]
+
+    def predict(self, inputs: Any, task: str | None = None, sensitive: list[Any] | None = None) -> list[dict[str, Any]]:
+        """One ``{"labels", "probabilities"}`` per input; a single input may be passed bare."""
+        if sensitive is not None:
+            raise ModelError("a multi-label model has no group rules: it takes no sensitive values")
+        probs = self.predict_proba(inputs if isinstance(inputs, list) else [inputs], task)
+        return [{"labels": labels, "probabilities": dict(zip(self.labels, map(float, p)))}
+                for labels, p in zip(self.decide(probs), probs)]
+
+
+PREDICTORS = {"classification": Predictor, "regression": Regressor,  # by hf_adapt.json's task
+              "multi_label": MultiLabelPredictor}
 
 
 def _not_a_repo_id(text: str) -> str | None:
@@ -284,7 +315,7 @@ def load_adapted(path_or_repo_id: str, merge: bool = False, device: str = "cpu",
     check_artifacts(directory, info)  # damaged weights fail now, before the base model is built
     from hf_adapt.tasks import task_from_info
 
-    task = task_from_info(info, str(directory / "hf_adapt.json"))  # a damaged task block too
+    task = task_from_info(info, labels, str(directory / "hf_adapt.json"))  # a damaged task block too
     if info.get("operating_point_error"):
         import logging
 

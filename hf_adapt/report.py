@@ -70,6 +70,20 @@ def write_regression_figures(directory: Path, history: list[dict[str, Any]], met
     return {name: Path(path).relative_to(directory).as_posix() for name, path in paths.items()}
 
 
+def write_multilabel_figures(directory: Path, history: list[dict[str, Any]], metric: str, probs: np.ndarray,
+                             targets: np.ndarray, names: list[str], thresholds: np.ndarray) -> dict[str, str]:
+    """A multi-label model's training curves and per-label precision-recall curves of the test split, as PNGs;
+    paths relative to ``directory``."""
+    from hf_adapt import figures
+
+    (directory / FIGURES).mkdir(exist_ok=True)
+    paths = {"precision_recall": figures.precision_recall_per_label(
+        probs, targets, names, thresholds, directory / FIGURES / "precision_recall.png")}
+    if history and all(metric in row for row in history):
+        paths["training_curves"] = figures.training_curves(history, metric, directory / FIGURES / "training_curves.png")
+    return {name: Path(path).relative_to(directory).as_posix() for name, path in paths.items()}
+
+
 def example_indices(y_true: np.ndarray, count: int) -> list[int]:
     """Up to ``count`` test rows, one class after another, so every class shows up if it can."""
     by_class = [list(np.flatnonzero(y_true == c)) for c in np.unique(y_true)]

@@ -6,7 +6,8 @@ outputs the head has, the loss, the metrics, the baselines that fit it, and what
 - ``regression``: one number per row; the target is standardised with the training split's mean and standard
   deviation (saved as the ``task`` block of ``hf_adapt.json`` and undone at prediction), one output, MSE or Huber
   loss, and RMSE, MAE and R² in the original unit.
-- ``multi_label``: several labels per row; not implemented yet (refused).
+- ``multi_label``: several labels per row; one sigmoid output per label, binary cross-entropy, a threshold per
+  label chosen on validation and saved (:class:`hf_adapt.multilabel.MultiLabel`).
 
 The recipe asks its task (:func:`get_task`) instead of testing ``cfg.task``; torch and scikit-learn are imported
 when a task is used, not when this module is.
@@ -38,6 +39,10 @@ class Task(Protocol):
 
     def fit(self, data: Any) -> Task:
         """This task bound to loaded data (its classes, or its target's training-split scaling)."""
+
+    def tuned(self, logits: np.ndarray, labels: np.ndarray, where: str) -> Task:
+        """After training, this task with what it chooses on held-out outputs (multi-label: a threshold per label);
+        ``where`` names those rows (the validation split, a fold) for the record."""
 
     def baseline_outputs(self, model: Any, inputs: Any) -> np.ndarray:
         """A fitted scikit-learn baseline's predictions on ``inputs``, as model outputs are (for ``metrics``)."""
@@ -125,6 +130,16 @@ class Classification:
 
     def encode(self, values: list[Any]) -> list[Any]:
         return list(values)
+
+    def class_weights(self, labels: list[Any], num_labels: int) -> Any:
+        """``class_weights: balanced``: scikit-learn's balanced weight per class."""
+        from hf_adapt.loop import balanced_class_weights
+
+        return balanced_class_weights(labels, num_labels)
+
+    def tuned(self, logits: np.ndarray, labels: np.ndarray, where: str) -> Classification:
+        """Nothing to choose on validation (a multi-label task chooses its thresholds there)."""
+        return self
 
     def loss(self, logits_fn: Any, class_weights: Any = None) -> Any:
         from hf_adapt.loop import ClassificationTask
@@ -305,6 +320,9 @@ class Regression:
     def encode(self, values: list[Any]) -> list[float]:
         return self._scaler().encode(values).astype(np.float32).tolist()
 
+    def tuned(self, logits: np.ndarray, labels: np.ndarray, where: str) -> Regression:
+        return self
+
     def decode(self, outputs: Any) -> np.ndarray:
         """Model outputs (standardised, shape (n,) or (n, 1)) as numbers in the target's unit."""
         return self._scaler().decode(np.asarray(outputs, dtype=np.float64).reshape(-1))
@@ -400,8 +418,9 @@ def get_task(name: str = "classification", regression_loss: str = "mse") -> Task
     if name == "regression":
         return Regression(regression_loss)
     if name == "multi_label":
-        raise ConfigError("task: multi_label is not implemented yet; use task: classification (one label per row) "
-                          "or regression")
+        from hf_adapt.multilabel import MultiLabel
+
+        return MultiLabel()
     raise ConfigError(f"task {name!r} is not one of {list(TASKS)}")
 
 
@@ -412,12 +431,16 @@ def task_of(cfg: Any) -> Task:
     return task
 
 
-def task_from_info(info: dict[str, Any], where: str = "hf_adapt.json") -> Task:
-    """The task of a saved model (``hf_adapt.json``'s ``task`` block; outputs without one are classifiers)."""
+def task_from_info(info: dict[str, Any], labels: list[str], where: str = "hf_adapt.json") -> Task:
+    """The task of a saved model (``hf_adapt.json``'s ``task`` block; outputs without one are classifiers) with
+    ``labels``, its ``label_map.json``."""
     block = info.get("task") or {"name": "classification"}
-    if not isinstance(block, dict) or block.get("name") not in ("classification", "regression"):
-        raise ModelError(f"{where}: task {block!r} is not one this version of hf-adapt loads (classification, "
-                         "regression)"[:400])
+    if not isinstance(block, dict) or block.get("name") not in TASKS:
+        raise ModelError(f"{where}: task {block!r} is not one this version of hf-adapt loads {list(TASKS)}"[:400])
     if block["name"] == "classification":
-        return Classification()
+        return Classification(len(labels))
+    if block["name"] == "multi_label":
+        from hf_adapt.multilabel import MultiLabel
+
+        return MultiLabel.from_info(block, labels, where)
     return Regression(block.get("loss", "mse"), TargetScaler.from_dict(block.get("target"), where))

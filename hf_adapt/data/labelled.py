@@ -51,9 +51,11 @@ class LabelledData:
         return len(self.labels)
 
     def label_counts(self, split: str) -> dict[str, int]:
+        """Rows of each label in ``split`` (multi-label: rows carrying it)."""
         counts = {name: 0 for name in self.labels}
-        for label_id in self.splits[split]["label"]:
-            counts[self.labels[label_id]] += 1
+        for label in self.splits[split]["label"]:
+            for label_id in ([i for i, flag in enumerate(label) if flag] if isinstance(label, list) else [label]):
+                counts[self.labels[label_id]] += 1
         return counts
 
     def inputs(self, split: str, input_kind: str) -> list[Any]:
@@ -68,7 +70,7 @@ def load_labelled(spec: DataSpec) -> LabelledData:
     for split, dataset in raw.items():
         if len(dataset) == 0:
             raise DataError(f"split {split!r} of {spec.source} is empty")
-        if spec.label_column not in dataset.column_names:
+        if not spec.label_columns and spec.label_column not in dataset.column_names:
             raise DataError(
                 f"label column {spec.label_column!r} not found in split {split!r}; columns are {dataset.column_names}"
                 + delimiter_hint(dataset.column_names)

@@ -36,6 +36,8 @@ class DataSpec:
     image_root: str | None = None  # a folder manifest image paths may point into, besides the manifest's own
     class_names: list[str] | None = None  # set by load_labelled, for messages
     task: str = "classification"  # hf_adapt.tasks: what the label column holds (regression: a number)
+    label_columns: list[str] | None = None  # multi_label: one 0/1 column per label, instead of label_column
+    label_separator: str = "|"  # multi_label: what joins a row's labels in a text label_column
 
     @classmethod
     def from_config(cls, cfg: Any) -> DataSpec:
@@ -56,4 +58,5 @@ class DataSpec:
             dicom_window=cfg.dicom_window, on_bad_image=cfg.on_bad_image, image_root=cfg.image_root,
             volume=VolumeReading.from_info(cfg),
             task=getattr(cfg, "task", "classification"),
+            label_columns=getattr(cfg, "label_columns", None), label_separator=getattr(cfg, "label_separator", "|"),
         )

@@ -20,10 +20,12 @@ def _looks_numeric(value: str) -> bool:
 
 
 def has_classes(labels) -> bool:
-    """Whether ``labels`` are class ids (stratify on them) rather than a numeric regression target."""
+    """Whether ``labels`` are class ids (stratify on them) rather than a numeric regression target or a multi-label
+    row's 0/1 vector (both split at random)."""
     import numpy as np
 
-    return np.asarray(labels).dtype.kind in "iub"
+    labels = np.asarray(labels)
+    return labels.ndim == 1 and labels.dtype.kind in "iub"
 
 
 def label_names(dataset_dict, column: str) -> list[str]:

@@ -76,6 +76,9 @@ class ContinualConfig(ModelOptions, BackboneOptions, DataOptions, LabelOptions, 
             raise ConfigError("experiences: not set; give the stream as a list, e.g. "
                               "[{name: a, classes: [0, 1]}, {name: b, classes: [2, 3]}] (see recipes/configs/continual_*.yaml)")
         check_entries(self.experiences)
+        if self.task == "multi_label":
+            raise ConfigError("task: multi_label is not implemented for hf-adapt continual yet (new labels as a new "
+                              "experience); train a multi-label model with hf-adapt finetune")
         if self.task != "classification":
             learning = {"class": "class-incremental learning adds classes to a head",
                         "domain": "domain-incremental learning keeps one set of classes",
@@ -139,6 +142,7 @@ def main(cfg: ContinualConfig, search: dict[str, Any] | None = None) -> Continua
     """Learn ``cfg``'s stream of experiences; write the model, the forgetting matrix and the release gate.
     ``search``: the hyperparameter search that chose ``cfg`` (``hf-adapt tune``), for the card."""
     from hf_adapt.adapters import count_parameters
+    from hf_adapt.artifacts import gathered_state
     from hf_adapt.run import recipe_run
 
     with recipe_run(cfg) as job:
@@ -146,9 +150,10 @@ def main(cfg: ContinualConfig, search: dict[str, Any] | None = None) -> Continua
         with job.writing(trackers=False):
             model, results = _learn_stream(cfg, job, setup)
             trainable, total = count_parameters(model)
+            state = gathered_state(job.accelerator, model)  # FSDP2 / ZeRO-3 shards, gathered by every process
             job.write(lambda directory: _write_outputs(
                 directory, cfg, job.accelerator, model, setup.backbone, setup.stream, setup.strategy, results,
-                setup.parent, trainable, total, job.seconds, search))
+                setup.parent, trainable, total, job.seconds, search, state))
         result = ContinualResult(Path(cfg.output_dir), results, model, setup.backbone, setup.strategy)
         gate = results["gate"]
         if not gate["passed"]:
@@ -395,6 +400,9 @@ def _check_parent(parent, cfg) -> None:
     """Refuse an update that cannot continue the parent as it was trained."""
     info = parent.info.get("continual") or {}
     task = (parent.info.get("task") or {}).get("name", "classification")
+    if task == "multi_label":
+        raise ConfigError(f"init_from {cfg.init_from!r} is a multi-label model; continuing one with new labels is "
+                          "not implemented for hf-adapt continual yet")
     if task != "classification":
         raise ConfigError(f"init_from {cfg.init_from!r} is a {task} model; continual learning (here "
                           f"{cfg.scenario}-incremental) continues a classifier's classes, and a {task} target has none")
@@ -453,22 +461,22 @@ def _resume(parent, labels: list[str], cfg):
 
 
 def _write_outputs(directory: Path, cfg, accelerator, model, backbone, run, strategy, results, parent, trainable, total,
-                   wall_seconds, search=None) -> None:
+                   wall_seconds, search=None, state=None) -> None:
     model_info = _write_run_files(directory, cfg, accelerator, model, backbone, run, strategy, results, parent,
-                                  wall_seconds)
+                                  wall_seconds, state)
     _write_card(directory, cfg, accelerator, backbone, run, strategy, results, parent, model_info, trainable, total,
                 wall_seconds, search)
 
 
 def _write_run_files(directory: Path, cfg, accelerator, model, backbone, run, strategy, results, parent,
-                     wall_seconds) -> dict[str, Any]:
+                     wall_seconds, state=None) -> dict[str, Any]:
     """The model, the strategy's state, the run record and the result files; returns the record's model block."""
     from hf_adapt import transfer
     from hf_adapt.artifacts import base_model_info, column_kinds, save_model, write_run_info
     from hf_adapt.config import save_config
     from hf_adapt.outputs import write_json
 
-    save_model(model, backbone, cfg.regime, directory)
+    save_model(model, backbone, cfg.regime, directory, state)
     backbone.preprocessor.save(str(directory))
     new = [e for e in run.experiences if e.trained_at > 0]
     data = new[0].data

@@ -248,7 +248,9 @@ def trl_config(cfg: FeedbackConfig, workdir: str, counts: dict[str, int], num_pr
         "save_strategy": "steps" if cfg.checkpointing_steps else "no", "save_steps": cfg.checkpointing_steps or 500,
         "save_total_limit": cfg.checkpoints_total_limit, "bf16": cfg.mixed_precision == "bf16", "fp16": cfg.mixed_precision == "fp16",
         "gradient_checkpointing": False, "max_length": cfg.max_length, "dataloader_num_workers": cfg.num_workers,
-        "use_cpu": _cpu_ranks(), "ddp_timeout": cfg.ddp_timeout,
+        # on a machine without an accelerator TRL must be told it runs on CPU, one process or several, or it
+        # refuses bf16 ("Your setup doesn't support bf16/gpu")
+        "use_cpu": not _has_accelerator(), "ddp_timeout": cfg.ddp_timeout,
         "disable_tqdm": True,
     }
     if spec.defaults is not None:
@@ -511,6 +513,12 @@ def _fingerprint(records: list[dict[str, Any]]) -> str:
     import json
 
     return hashlib.sha256(json.dumps(records, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _has_accelerator() -> bool:
+    import torch
+
+    return torch.accelerator.is_available()
 
 
 def _cpu_ranks() -> bool:

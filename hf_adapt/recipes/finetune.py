@@ -140,7 +140,7 @@ class _Trainer:
         ``select_epoch`` the best epoch on them is kept (and early stopping applies); without, or
         with no held rows, every configured epoch runs and the last is kept, so held-out scores
         are not selected on (cross-validation folds). ``phase`` names its checkpoints."""
-        from hf_adapt.loop import LoopSettings, balanced_class_weights, fit, predict
+        from hf_adapt.loop import LoopSettings, fit, predict
         from hf_adapt.regimes import get_regime
 
         cfg = self.cfg
@@ -148,7 +148,7 @@ class _Trainer:
         backbone, model = self.first if reuse else self.build(train_rows)
         self.first = None
         collate = backbone.preprocessor.collate
-        weights = (balanced_class_weights(train_rows[1], self.data.num_labels) if cfg.class_weights == "balanced"
+        weights = (self.task.class_weights(train_rows[1], self.data.num_labels) if cfg.class_weights == "balanced"
                    else None)
         task = self.task.loss(backbone.logits, weights)
         overrides = {} if select_epoch and held_rows else {"restore_best": False, "early_stopping_patience": None}
@@ -175,16 +175,18 @@ class _Trainer:
 def main(cfg: FinetuneConfig, search: dict[str, Any] | None = None) -> FinetuneResult:
     """Fine-tune as ``cfg`` says; write the evaluated model, its card and figures to ``cfg.output_dir``.
     ``search``: the hyperparameter search that chose ``cfg`` (``hf-adapt tune``), for the card."""
+    from hf_adapt.artifacts import gathered_state
     from hf_adapt.run import recipe_run
 
     with recipe_run(cfg) as run:
         setup = _prepare(cfg, run)  # everything that can fail on bad input happens before training
         with run.writing():
             done = _train_and_test(cfg, run, setup)
+            state = gathered_state(run.accelerator, done.model)  # FSDP2 / ZeRO-3 shards, gathered by every process
             run.write(lambda directory: _write_outputs(
                 directory, cfg, run.accelerator, done.model, done.trained.backbone, done.trained.backbone.family,
                 setup.data, done.trained.history, done.evaluation, done.baseline, setup.trainable, setup.total,
-                run.seconds, setup.parent, done.point, done.point_error, done.cv, search))
+                run.seconds, setup.parent, done.point, done.point_error, done.cv, search, state))
         if done.point_error is not None:
             raise OperatingPointError(
                 f"{done.point_error}. The trained model was written to {cfg.output_dir} without an operating point "
@@ -311,6 +313,7 @@ def _train_and_test(cfg: FinetuneConfig, run, setup: _Setup) -> _Done:
         trained = cv.kept
     else:
         trained = trainer.train((inputs["train"], labels["train"]), (inputs["validation"], labels["validation"]))
+    setup.task = setup.task.tuned(*_held_out(cv, trained))  # multi-label: a threshold per label
     calibration, fitted_on = _calibrate(cfg, setup.positive, cv, trained)
     rules = _fit_fairness(cfg, data, setup.positive, trained, calibration)
     point, point_error = None, None
@@ -377,6 +380,8 @@ def _check_evaluation(cfg: FinetuneConfig, data) -> int | None:
     from hf_adapt.calibration import check_method
     from hf_adapt.errors import DataError
 
+    if data.task != "classification":  # its own checks (hf_adapt.tasks) refused what needs classes
+        return None
     binary = data.num_labels == 2
     check_method(cfg.calibration, data.num_labels)
     _check_fairness(cfg, data)
@@ -543,11 +548,12 @@ def _evaluate_test(cfg: FinetuneConfig, task, logits, labels, positive: int | No
 
 
 def _write_outputs(directory: Path, cfg, accelerator, model, backbone, family, data, history, evaluation,
-                   baseline, trainable, total, wall_seconds, parent, point, point_error, cv, search=None) -> None:
+                   baseline, trainable, total, wall_seconds, parent, point, point_error, cv, search=None,
+                   state=None) -> None:
     from hf_adapt import cards
 
     record = _write_run_files(directory, cfg, accelerator, model, backbone, family, data, history, evaluation,
-                              baseline, wall_seconds, parent, point, point_error, cv)
+                              baseline, wall_seconds, parent, point, point_error, cv, state)
     facts = {
         **_card_facts(cfg, data, backbone, family, parent, record),
         "test_metrics": evaluation.metrics,
@@ -573,14 +579,15 @@ def _write_outputs(directory: Path, cfg, accelerator, model, backbone, family, d
 
 
 def _write_run_files(directory: Path, cfg, accelerator, model, backbone, family, data, history, evaluation,
-                     baseline, wall_seconds, parent, point, point_error, cv) -> dict[str, Any]:
-    """The model, its run record and the result files; returns what the card needs of them."""
+                     baseline, wall_seconds, parent, point, point_error, cv, state=None) -> dict[str, Any]:
+    """The model, its run record and the result files; returns what the card needs of them. ``state``: the
+    model's gathered full state dict where its parameters are sharded."""
     from hf_adapt import transfer
     from hf_adapt.artifacts import base_model_info, column_kinds, save_model, write_run_info
     from hf_adapt.config import save_config
     from hf_adapt.outputs import write_json
 
-    save_model(model, backbone, cfg.regime, directory)
+    save_model(model, backbone, cfg.regime, directory, state)
     backbone.preprocessor.save(str(directory))
     model_info = base_model_info(cfg, backbone)
     if parent is not None:  # the base is the root of the parent's chain; the parent's weights go in init/
@@ -740,7 +747,48 @@ def _regression_media(directory: Path, cfg, model, backbone, data, history, eval
             "explanations": explained, "subgroups": None, "subgroup_sentences": []}
 
 
-_MEDIA = {"classification": _card_media, "regression": _regression_media}  # by task: what the card shows of test
+def _multilabel_media(directory: Path, cfg, model, backbone, data, history, evaluation, record) -> dict[str, Any]:
+    """A multi-label card's example input, per-label metrics at the chosen thresholds, precision-recall curves and
+    row explanations (of the most probable label)."""
+    import numpy as np
+
+    from hf_adapt import report
+    from hf_adapt.multilabel import sigmoid
+    from hf_adapt.table_features import row_columns as columns_of
+
+    task, logits, targets = evaluation.task, evaluation.logits, evaluation.labels
+    row_columns = columns_of(record["input_info"])
+    example = data.splits["test"][0]
+    example_input = (repr({c: example[c] for c in row_columns}) if row_columns
+                     else repr(example[data.input_column]) if data.kind == "text" else None)
+    figures = report.write_multilabel_figures(directory, history.history, cfg.metric_for_best_model, sigmoid(logits),
+                                              targets, data.labels, np.asarray(task.info()["thresholds"]))
+    explained = []
+    if row_columns and cfg.card_examples > 0:
+        rows = list(range(min(cfg.card_examples, 3, len(targets))))
+        decided = task.decide(logits[rows])
+        test_split = data.splits["test"]
+        explained = report.write_row_explanations(
+            directory, model, backbone, record["input_info"], data.labels,
+            [{c: test_split[i][c] for c in row_columns} for i in rows],
+            [", ".join(name for name, on in zip(data.labels, flags) if on) or "(none)" for flags in decided], task=task)
+    subgroups = None
+    if cfg.sensitive_columns:
+        from hf_adapt.multilabel import subgroup_metrics
+        from hf_adapt.subgroups import group_values
+
+        bins = cfg.sensitive_bins or {}
+        groups = {name: group_values(list(data.splits["test"][name]), bins.get(name), name)
+                  for name in cfg.sensitive_columns}
+        subgroups = subgroup_metrics(logits, targets, np.asarray(task.info()["thresholds"]), groups,
+                                     min(cfg.bootstrap_resamples, SUBGROUP_RESAMPLES), cfg.seed)
+    return {"example_input": example_input, "example_file": None, "figures": figures, "gradcam": [],
+            "explanations": explained, "subgroups": None, "subgroup_sentences": [],
+            "per_label": task.per_label(logits, targets), "multilabel_subgroups": subgroups}
+
+
+# by task: what the card shows of test
+_MEDIA = {"classification": _card_media, "regression": _regression_media, "multi_label": _multilabel_media}
 
 
 def _summary(cfg, base_model, dataset_name, data) -> str:
@@ -817,10 +865,13 @@ def _log_odds(probability: float) -> float | None:
 
 def _imbalance_description(cfg, data) -> str | None:
     if cfg.class_weights == "balanced":
-        from hf_adapt.loop import balanced_class_weights
+        from hf_adapt.tasks import get_task
 
-        weights = balanced_class_weights(list(data.splits["train"]["label"]), data.num_labels)
+        weights = get_task(data.task).class_weights(list(data.splits["train"]["label"]), data.num_labels)
         shown = ", ".join(f"{name} {w:.2f}" for name, w in zip(data.labels, weights.tolist()))
+        if data.task == "multi_label":
+            return ("binary cross-entropy with each label's positives weighted by negatives / positives (pos_weight) "
+                    f"of the rows each model trained on (on the train split: {shown})")
         return (f"class-weighted cross-entropy: n_rows / (n_classes x class rows) of the rows each model trained on "
                 f"(on the train split: {shown})")
     if cfg.balanced_sampler:

@@ -139,6 +139,7 @@ def main(cfg: PretrainConfig) -> PretrainResult:
 
         return finetune_main(finetune_config(cfg))
     from hf_adapt import lm
+    from hf_adapt.artifacts import gathered_state
     from hf_adapt.loop import fit
     from hf_adapt.run import recipe_run
 
@@ -158,12 +159,13 @@ def main(cfg: PretrainConfig) -> PretrainResult:
             logger.info("test: perplexity %.2f -> %.2f over %d tokens", metrics["perplexity_before"],
                         metrics["perplexity"], tokens)
             unwrapped = accelerator.unwrap_model(model)
+            state = gathered_state(accelerator, unwrapped)  # FSDP2 / ZeRO-3 shards, gathered by every process
             blocks = setup.blocks
             token_counts = {split: sum(len(ids) for ids in blocks[split]["input_ids"]) for split in blocks}
             sizes = {"blocks": {k: len(v) for k, v in blocks.items()}, "tokens": token_counts}
             run.write(lambda directory: _write_outputs(
                 directory, cfg, accelerator, unwrapped, setup.backbone, setup.objective, setup.corpus, history,
-                metrics, sizes, setup.trainable, setup.total, run.seconds))
+                metrics, sizes, setup.trainable, setup.total, run.seconds, state))
         pushed = run.push()
     return PretrainResult(Path(cfg.output_dir), metrics, setup.objective, history, unwrapped, setup.backbone,
                           setup.corpus, pushed)
@@ -226,21 +228,21 @@ def _loop_settings(cfg: PretrainConfig):
 
 
 def _write_outputs(directory: Path, cfg: PretrainConfig, accelerator, model, backbone, objective, corpus, history,
-                   metrics, sizes, trainable, total, wall_seconds) -> None:
+                   metrics, sizes, trainable, total, wall_seconds, state=None) -> None:
     _write_run_files(directory, cfg, accelerator, model, backbone, objective, corpus, history, metrics, sizes,
-                     wall_seconds)
+                     wall_seconds, state)
     _write_card(directory, cfg, accelerator, backbone, objective, corpus, history, metrics, sizes, trainable, total)
 
 
 def _write_run_files(directory: Path, cfg: PretrainConfig, accelerator, model, backbone, objective, corpus, history,
-                     metrics, sizes, wall_seconds) -> None:
+                     metrics, sizes, wall_seconds, state=None) -> None:
     """The language model, its run record and the result files."""
     from hf_adapt.config import save_config
     from hf_adapt.lm import save_lm
     from hf_adapt.outputs import write_json
     from hf_adapt.run_record import RunRecord, write_record
 
-    save_lm(model, backbone, cfg.regime, directory)
+    save_lm(model, backbone, cfg.regime, directory, state)
     data_info = {"source": corpus.origin["source"], "text_column": corpus.column, "packing": cfg.packing,
                  "mlm_probability": cfg.mlm_probability if objective == "mlm" else None}
     write_record(directory, RunRecord("language_model", "pretrain", {

@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse
 
 from hf_adapt.errors import DataError
 from hf_adapt.serve.answers import new_id
-from hf_adapt.serve.feedback import number_text
+from hf_adapt.serve.feedback import labels_text, number_text
 
 router = APIRouter()
 
@@ -163,6 +163,13 @@ def keep_answers(server, logged: list[Any], results: list[tuple[dict[str, Any], 
                             "model_revision": served.revision, "input": item,
                             "output": number_text(prediction["value"])})
             out.append({"prediction_id": answer_id, "value": prediction["value"]})
+            continue
+        if "labels" in prediction:  # a multi-label model's label set (the feedback log keeps it as text)
+            answers.append({"id": answer_id, "kind": "prediction", "model": served.name,
+                            "model_revision": served.revision, "input": item,
+                            "output": labels_text(prediction["labels"]), "probabilities": prediction["probabilities"]})
+            out.append({"prediction_id": answer_id, "labels": prediction["labels"],
+                        "probabilities": prediction["probabilities"]})
             continue
         decision = _decision(served.model.operating_point, prediction["probabilities"])
         answers.append({"id": answer_id, "kind": "prediction", "model": served.name, "model_revision": served.revision,

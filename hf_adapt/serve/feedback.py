@@ -59,9 +59,19 @@ def _check_correction(server, correction: Any) -> Any:
                 raise HTTPException(422, f"correction {correction!r}: this regression model of {labels[0]!r} takes "
                                          "the right number")
             return number_text(correction)
+        if server.served.model.task.name == "multi_label":  # the right label set, kept as text like the answer
+            if not isinstance(correction, list) or not all(isinstance(c, str) and c in labels for c in correction):
+                raise HTTPException(422, f"correction {correction!r}: this multi-label model takes the right list of "
+                                         f"labels, each one of {labels} (an empty list: none applies)")
+            return labels_text(correction)
         if correction not in labels:
             raise HTTPException(422, f"correction {correction!r} is not one of this model's labels {labels}")
     return correction
+
+
+def labels_text(labels: list[str]) -> str:
+    """A multi-label answer or correction as the feedback log (text) keeps it: the labels, sorted, joined by "|"."""
+    return "|".join(sorted(set(labels)))
 
 
 def number_text(value: float) -> str:
@@ -91,7 +101,7 @@ def feedback_record(server, body: Any) -> dict[str, Any]:
         if judged is None and body.get("correction") is None:
             raise HTTPException(422, "feedback: give a thumb ('up'/'down'), a score, or a correction")
         if judged is None:  # a correction alone: the answer was wrong unless it is the same
-            judged = "up" if body["correction"] == answer["output"] else "down"
+            judged = "up" if _check_correction(server, body["correction"]) == answer["output"] else "down"
     correction = _check_correction(server, body.get("correction"))
     if correction is not None and isinstance(answer["output"], list):  # a chat answer: corrected as a message
         correction = [{"role": "assistant", "content": correction}] if isinstance(correction, str) else correction

@@ -269,3 +269,10 @@ def test_a_round_resumed_from_a_checkpoint_ends_where_the_uninterrupted_round_en
     with pytest.raises(ConfigError, match=r"differs in \['max_steps'\]"):
         main(_config(tmp_path, tiny_chat_llama, log, name="round", overwrite_output_dir=True,
                      resume_from_checkpoint="latest", **{**settings, "max_steps": 6}))
+
+
+def test_a_bf16_round_runs_on_one_cpu_process(tiny_chat_llama, tmp_path):
+    """TRL refuses bf16 on a machine without an accelerator unless told it runs on CPU, one process included."""
+    log = write_log(tmp_path / "chat.jsonl", product_feedback(range(10), conversational=True))
+    result = main(_config(tmp_path, tiny_chat_llama, log, max_steps=2, mixed_precision="bf16"))
+    assert (result.output_dir / "adapter_model.safetensors").is_file()

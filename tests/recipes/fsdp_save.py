@@ -45,8 +45,36 @@ def sharded_step(model_dir: str, regime: str, accelerator) -> tuple:
     return spec, backbone, model, logits
 
 
+def language_model(model_dir: str, out_dir: Path, accelerator) -> None:
+    """A masked LM with an adapter (pretrain's save_lm, with the MLM head the checkpoint lacks): the files written
+    from the gathered shards equal those written from the unsharded model."""
+    from safetensors.torch import load_file
+
+    from hf_adapt.lm import LM_HEAD_FILE, build_lm, save_lm
+
+    torch.manual_seed(0)
+    backbone, _ = build_lm(BackboneSpec(model_dir, num_labels=0, family="transformers", max_length=32), "mlm")
+    model = apply_regime(backbone, "adapter", ADAPTER)
+    if accelerator.is_main_process:
+        save_lm(model, backbone, "adapter", out_dir / "lm-unsharded")
+    for module in model.modules():
+        if type(module).__name__ == "BertLayer":
+            fully_shard(module)
+    fully_shard(model)
+    state = gathered_state(accelerator, model)
+    if accelerator.is_main_process:
+        save_lm(model, backbone, "adapter", out_dir / "lm-sharded", state)
+        for name in ("adapter_model.safetensors", LM_HEAD_FILE):
+            one, other = (load_file(str(out_dir / d / name)) for d in ("lm-unsharded", "lm-sharded"))
+            assert set(one) <= set(other), (name, sorted(set(one) - set(other)))
+            assert all(torch.equal(one[k], other[k]) for k in one), name
+        print("FSDP-SAVE language_model 0", flush=True)
+    accelerator.wait_for_everyone()
+
+
 def main(model_dir: str, out_dir: str) -> None:
     accelerator = make_accelerator("no", 1, "none")
+    language_model(model_dir, Path(out_dir), accelerator)
     for regime in ("adapter", "full", "linear_probe"):
         spec, backbone, model, logits = sharded_step(model_dir, regime, accelerator)
         state = gathered_state(accelerator, model)  # every rank takes part

@@ -26,6 +26,6 @@ def test_a_sharded_model_saves_what_restores_its_logits(tiny_bert, tmp_path):
     proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)  # teardown has hung
     assert proc.returncode == 0, proc.stderr[-4000:]
     found = dict(line.split()[1:] for line in proc.stdout.splitlines() if line.startswith("FSDP-SAVE "))
-    assert sorted(found) == ["adapter", "full", "linear_probe"], proc.stdout
+    assert sorted(found) == ["adapter", "full", "language_model", "linear_probe"], proc.stdout
     assert all(float(diff) < 1e-5 for diff in found.values()), found
     assert (tmp_path / "out" / "adapter" / "adapter_model.safetensors").is_file()

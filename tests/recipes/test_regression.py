@@ -171,7 +171,7 @@ def test_export_refuses_a_regression_model(regression_run, tmp_path):
     from hf_adapt.errors import ModelError
     from hf_adapt.export import export
 
-    with pytest.raises(ModelError, match="export writes classifiers; this is a regression model"):
+    with pytest.raises(ModelError, match="export writes single-label classifiers; this is a regression model"):
         export(str(regression_run), tmp_path / "exported")
     assert not (tmp_path / "exported").exists()
 
