@@ -356,6 +356,9 @@ def _compare_baselines(cfg: FinetuneConfig, task, data, cv, evaluation, groups) 
     labels = np.asarray(task.encode(list(data.splits["test"]["label"])))
     held = np.asarray(evaluation.labels)
     paired = bool(cfg.bootstrap_resamples) and held.shape == labels.shape and np.allclose(labels, held)  # same rows
+    if cfg.bootstrap_resamples and not paired:
+        logger.warning("the scored test rows are not in the test split's order; the card gives no paired differences "
+                       "from the baselines")
     for name in _baseline_names(cfg, data):
         outputs = baselines.test_outputs(name, data, cfg.seed, _trained_on(cv), task)
         scores[name] = task.metrics(outputs, labels)
