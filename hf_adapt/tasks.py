@@ -412,7 +412,7 @@ class RegressionLoss:
 
 
 def get_task(name: str = "classification", regression_loss: str = "mse") -> Task:
-    """The task called ``name`` (``multi_label`` is refused: not implemented yet)."""
+    """The task called ``name``: classification, regression or multi_label."""
     if name == "classification":
         return Classification()
     if name == "regression":
