@@ -283,7 +283,7 @@ def run_arm(args, plan: Plan, work: Path, arm: str):
     return {"output_dir": str(out), "run_wall_seconds": time.perf_counter() - started,
             "metrics": read("eval_results.json"), "intervals": read("eval_intervals.json")["intervals"],
             "best_epoch": train["best_epoch"], "history": train["history"],
-            "train_seconds": train["train_seconds"]}, result.data
+            "train_seconds": train["train_seconds"], "paired": train.get("baseline_differences")}, result.data
 
 
 def run_regression(args, plan: Plan, work: Path) -> dict:
@@ -296,8 +296,8 @@ def run_regression(args, plan: Plan, work: Path) -> dict:
             "baselines": baselines(data, plan, seed=42)}
 
 
-def cell(value: float, interval, metric: str) -> str:
-    fmt = "{:.3f}" if metric == "r2" else "{:,.0f}"
+def cell(value: float, interval, metric: str, signed: bool = False) -> str:
+    fmt = ("{:+.3f}" if signed else "{:.3f}") if metric == "r2" else ("{:+,.0f}" if signed else "{:,.0f}")
     return f"{fmt.format(value)} [{fmt.format(interval[0])}, {fmt.format(interval[1])}]"
 
 
@@ -317,6 +317,13 @@ def regression_report(facts: dict, plan: Plan) -> str:
     for key, entry in rows:
         lines.append(f"| {NAMES[key]} | " + " | ".join(cell(entry["metrics"][m], entry["intervals"][m], m)
                                                         for m in METRICS) + " |")
+    lines += ["", "Paired differences on the same test rows (model minus baseline, as the recipe's card states them: "
+              "95 % bootstrap intervals with the same resamples for both; an interval excluding 0 is a real "
+              "difference):", "", "| model - baseline | RMSE ($) | MAE ($) | R² |", "|---|---|---|---|"]
+    for arm, entry in facts["models"].items():
+        for name, difference in (entry.get("paired") or {}).items():
+            lines.append(f"| {NAMES[arm]} - {NAMES[name]} | " + " | ".join(
+                cell(difference[m]["difference"], difference[m]["interval"], m, signed=True) for m in METRICS) + " |")
     lines.append("")
     return "\n".join(lines)
 

@@ -121,12 +121,17 @@ def fit_baseline(name: str, data: LabelledData, seed: int = 0,
                  fit_on: tuple[str, ...] = ("train",), task=None) -> dict[str, float]:
     """Test metrics of baseline ``name`` fitted on the ``fit_on`` splits (those the model trained on); ``task``: the
     run's bound task (default: classification of ``data``)."""
-    import pandas as pd
-
     from hf_adapt.tasks import Classification
 
     task = task or Classification(data.num_labels)
+    outputs = test_outputs(name, data, seed, fit_on, task)
+    return task.metrics(outputs, np.asarray(task.encode(data.splits["test"]["label"])))
+
+
+def test_outputs(name: str, data: LabelledData, seed: int, fit_on: tuple[str, ...], task) -> np.ndarray:
+    """Baseline ``name`` fitted on the ``fit_on`` splits, applied to the test split in its row order: outputs that
+    ``task.metrics`` scores, row by row beside the model's (a paired comparison)."""
+    import pandas as pd
+
     train = pd.concat([data.splits[split].to_pandas() for split in fit_on], ignore_index=True)
-    test = data.splits["test"].to_pandas()
-    outputs = baseline_outputs(name, train, test, baseline_columns(data), task, seed)
-    return task.metrics(outputs, np.asarray(task.encode(test["label"].tolist())))
+    return baseline_outputs(name, train, data.splits["test"].to_pandas(), baseline_columns(data), task, seed)

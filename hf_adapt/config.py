@@ -222,6 +222,14 @@ class Options:
                 validate(self)
 
 
+def refuse_set(cfg: Any, settings: dict[str, tuple[Any, str]], what: str) -> None:
+    """Refuse the first of ``settings`` (field -> (its unset value, why it does not apply)) that ``cfg`` sets,
+    naming the field, its value, ``what`` it does not apply to and why."""
+    for key, (unset, why) in settings.items():
+        if hasattr(cfg, key) and getattr(cfg, key) != unset:
+            raise ConfigError(f"{key}: {getattr(cfg, key)!r} does not apply to {what} ({why}); leave {key} unset")
+
+
 def redefault(component: type, name: str, default: Any = dataclasses.MISSING, *,
               default_factory: Any = dataclasses.MISSING, help: str | None = None) -> Any:
     """Field ``name`` of ``component`` with a recipe's own default (and help): the recipe declares it again with

@@ -122,8 +122,8 @@ def make_loader(dataset: ExampleDataset, collate: Callable, batch_size: int, tra
     """
     def collate_fn(examples):
         inputs, labels, *tasks = zip(*examples)
-        # class ids, or (regression) standardised numbers
-        floats = any(isinstance(label, float) for label in labels)
+        # class ids, (regression) standardised numbers, or (multi-label) a 0/1 flag per label
+        floats = any(isinstance(label, (float, list)) for label in labels)  # multi-label rows: 0/1 lists
         batch = {"inputs": collate(list(inputs), train),
                  "labels": torch.tensor(labels, dtype=torch.float32 if floats else torch.long)}
         if tasks:
@@ -162,8 +162,11 @@ def training_loader(dataset: Dataset, collate_fn: Callable, batch_size: int, see
     # fit() rewinds to an epoch's start when it resumes
     generator = getattr(sampler, "generator", None) or torch.Generator().manual_seed(seed)
     order = sampler or torch.utils.data.RandomSampler(range(len(dataset)), generator=generator)
+    # a last batch of one row: BatchNorm cannot train on it ("Expected more than 1 value per channel"), and one
+    # row's gradient step is noise; a different row sits it out each epoch
+    lone = len(order) > batch_size and len(order) % batch_size == 1
     return DataLoader(_Keyed(dataset), batch_size=batch_size, sampler=_Salted(order, generator),
-                      collate_fn=seeded_collate, generator=generator, num_workers=num_workers)
+                      collate_fn=seeded_collate, generator=generator, num_workers=num_workers, drop_last=lone)
 
 
 class _Salted(torch.utils.data.Sampler):

@@ -216,10 +216,9 @@ class MultiLabel:
     wide_model: str = "one logistic regression per label"
 
     def check_config(self, cfg: Any) -> None:
-        for key, (default, why) in SINGLE_LABEL_ONLY.items():
-            if hasattr(cfg, key) and getattr(cfg, key) != default:
-                raise ConfigError(f"{key}: {getattr(cfg, key)!r} does not apply to task: multi_label ({why}); "
-                                  f"leave {key} unset")
+        from hf_adapt.config import refuse_set
+
+        refuse_set(cfg, SINGLE_LABEL_ONLY, "task: multi_label")
         metric = getattr(cfg, "metric_for_best_model", None)
         if metric is not None and metric not in MULTI_LABEL_METRICS:
             raise ConfigError(f"metric_for_best_model: {metric} is not a multi-label metric; task: multi_label takes "

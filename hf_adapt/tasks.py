@@ -269,10 +269,9 @@ class Regression:
         return model.coef_[None, :], np.asarray([model.intercept_])
 
     def check_config(self, cfg: Any) -> None:
-        for key, (default, why) in CLASSIFICATION_ONLY.items():
-            if hasattr(cfg, key) and getattr(cfg, key) != default:
-                raise ConfigError(f"{key}: {getattr(cfg, key)!r} does not apply to task: regression ({why}); "
-                                  f"leave {key} unset")
+        from hf_adapt.config import refuse_set
+
+        refuse_set(cfg, CLASSIFICATION_ONLY, "task: regression")
         metric = getattr(cfg, "metric_for_best_model", None)
         if metric is not None and metric not in REGRESSION_METRICS:
             raise ConfigError(f"metric_for_best_model: {metric} is a classification metric; task: regression takes "
@@ -412,7 +411,7 @@ class RegressionLoss:
 
 
 def get_task(name: str = "classification", regression_loss: str = "mse") -> Task:
-    """The task called ``name`` (``multi_label`` is refused: not implemented yet)."""
+    """The task called ``name``: classification, regression or multi_label."""
     if name == "classification":
         return Classification()
     if name == "regression":

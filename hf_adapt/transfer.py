@@ -297,7 +297,8 @@ def lineage(parent: Parent, new_labels: list[str], regime: str, task=None) -> di
     parent_labels = parent.labels()
     new = (task or Classification()).head_description(new_labels, new=True)
     if parent_labels:
-        dropped = task_from_info(parent.info, str(parent.directory)).head_description(parent_labels, new=False)
+        dropped = task_from_info(parent.info, parent_labels, str(parent.directory)).head_description(parent_labels,
+                                                                                                    new=False)
         new += f"; the parent's {dropped} was dropped"
     new += f"; trained with `{regime}`"
     metrics = {}

@@ -303,7 +303,7 @@ def _prepare(cfg: FinetuneConfig, run) -> _Setup:
 
 
 def _train_and_test(cfg: FinetuneConfig, run, setup: _Setup) -> _Done:
-    from hf_adapt import baselines, crossval
+    from hf_adapt import crossval
     from hf_adapt.loop import predict
 
     data, inputs, labels, trainer = setup.data, setup.inputs, setup.labels, setup.trainer
@@ -340,9 +340,34 @@ def _train_and_test(cfg: FinetuneConfig, run, setup: _Setup) -> _Done:
         evaluation.fairness = _fairness_results(cfg, rules, data, setup.positive, softmax(evaluation.logits.astype(
             "float64")), evaluation.labels, keys)
     logger.info("test: %s", " ".join(f"{k}={v:.4f}" for k, v in evaluation.metrics.items()))
-    baseline = {name: baselines.fit_baseline(name, data, seed=cfg.seed, fit_on=_trained_on(cv), task=setup.task)
-                for name in _baseline_names(cfg, data)} or None
+    baseline = _compare_baselines(cfg, setup.task, data, cv, evaluation, groups)
     return _Done(trained, accelerator.unwrap_model(trained.model), cv, point, point_error, evaluation, baseline)
+
+
+def _compare_baselines(cfg: FinetuneConfig, task, data, cv, evaluation, groups) -> dict[str, Any] | None:
+    """Each baseline's test metrics (name -> metrics); with bootstrap intervals, also the paired differences of the
+    model's metrics from each baseline's on the same test rows (``evaluation.baseline_differences``)."""
+    import numpy as np
+
+    from hf_adapt import baselines
+    from hf_adapt.metrics import paired_differences
+
+    scores, differences = {}, {}
+    labels = np.asarray(task.encode(list(data.splits["test"]["label"])))
+    held = np.asarray(evaluation.labels)
+    paired = bool(cfg.bootstrap_resamples) and held.shape == labels.shape and np.allclose(labels, held)  # same rows
+    if cfg.bootstrap_resamples and not paired:
+        logger.warning("the scored test rows are not in the test split's order; the card gives no paired differences "
+                       "from the baselines")
+    for name in _baseline_names(cfg, data):
+        outputs = baselines.test_outputs(name, data, cfg.seed, _trained_on(cv), task)
+        scores[name] = task.metrics(outputs, labels)
+        if paired:
+            differences[name] = paired_differences(task.metrics, np.asarray(evaluation.logits, dtype=np.float64),
+                                                   outputs, evaluation.labels, cfg.bootstrap_resamples, cfg.seed,
+                                                   groups)
+    evaluation.baseline_differences = differences or None
+    return scores or None
 
 
 def _positive_index(cfg: FinetuneConfig, data) -> int | None:
@@ -485,6 +510,7 @@ class TestEvaluation:
     raw_logits: Any = None  # before calibration
     fairness: dict[str, Any] | None = None  # the group rules and the test split without and with them
     task: Any = None  # hf_adapt.tasks.Task the metrics are of (bound to the data)
+    baseline_differences: dict[str, Any] | None = None  # baseline -> metric -> paired difference and its interval
 
 
 CALIBRATION_METRICS = ("ece", "brier", "log_loss")
@@ -535,7 +561,7 @@ def _write_outputs(directory: Path, cfg, accelerator, model, backbone, family, d
         **_card_facts(cfg, data, backbone, family, parent, record),
         "test_metrics": evaluation.metrics,
         "task": evaluation.task.info(),
-        "baseline": _baseline_facts(baseline, data, cfg, cv),
+        "baseline": _baseline_facts(baseline, data, cfg, cv, evaluation.baseline_differences),
         "history": history.history,
         "best_epoch": history.best_epoch,
         "metric_for_best_model": cfg.metric_for_best_model,
@@ -606,6 +632,7 @@ def _write_run_files(directory: Path, cfg, accelerator, model, backbone, family,
         "mixed_precision": accelerator.mixed_precision,
         "gradient_accumulation_steps": accelerator.gradient_accumulation_steps,
         "baseline": baseline,
+        "baseline_differences": evaluation.baseline_differences,
         "data": data.origin,
     })
     save_config(cfg, directory / "config.yaml")
@@ -867,7 +894,7 @@ def _cv_facts(cv, data) -> dict[str, Any]:
             "pooled_rows": len(cv.oof_labels)}
 
 
-def _baseline_facts(baseline, data, cfg, cv):
+def _baseline_facts(baseline, data, cfg, cv, differences=None):
     if not baseline:
         return None
     how = {"logistic_regression": "as raw values (one-hot categoricals, standardised numerics)",
@@ -882,7 +909,7 @@ def _baseline_facts(baseline, data, cfg, cv):
     rows = sum(data.origin["splits"][split] for split in _trained_on(cv))
     what = (f"the same text column {data.input_column!r}" if data.kind == "text"
             else f"the same {len(data.feature_columns)} columns")
-    shown = [{"name": BASELINES[name], "metrics": metrics,
+    shown = [{"name": BASELINES[name], "metrics": metrics, "difference": (differences or {}).get(name),
               "description": (f"Baseline: scikit-learn {BASELINES[name]} on {what}, {how[name]}, fitted on the same "
                               f"{rows} rows the model trained on.")} for name, metrics in baseline.items()]
     return {**shown[0], "more": shown[1:]}

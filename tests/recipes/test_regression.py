@@ -290,3 +290,19 @@ def test_regression_transfers_from_a_classifier_and_says_which_head_was_dropped(
     predictor = load_adapted(str(child))
     assert isinstance(predictor, Regressor) and json.loads((child / "hf_adapt.json").read_text())["init_from"]
     assert np.isfinite(predictor.predict_values(_test_rows(tiny_bert, credit_sample)[0][:3])).all()
+
+
+def test_the_card_states_paired_differences_from_each_baseline(regression_run):
+
+    differences = json.loads((regression_run / "train_results.json").read_text())["baseline_differences"]
+    metrics = json.loads((regression_run / "eval_results.json").read_text())
+    baselines = json.loads((regression_run / "train_results.json").read_text())["baseline"]
+    for name in ("ridge", "hist_gradient_boosting"):
+        for metric in ("rmse", "mae", "r2"):
+            entry = differences[name][metric]
+            assert entry["difference"] == pytest.approx(metrics[metric] - baselines[name][metric], abs=1e-6)
+            low, high = entry["interval"]
+            assert low <= entry["difference"] <= high
+    card = (regression_run / "README.md").read_text()
+    assert "Paired differences on the same test rows" in card
+    assert "- ridge regression: rmse " in card and "- gradient boosting: rmse " in card
