@@ -138,10 +138,26 @@ def test_serving_answers_label_sets_and_takes_corrected_sets(multilabel_run, fin
     ({"calibration": "temperature"}, ConfigError, "separate sigmoids"),
     ({"metric_for_best_model": "accuracy"}, ConfigError, "not a multi-label metric"),
     ({"task": "classification", "label_columns": LABELS}, ConfigError, "label_columns apply to task: multi_label"),
+    ({"baseline": "ridge"}, ConfigError, "baseline: ridge is a regression baseline"),
+    ({"task": "classification", "label_column": "creditability"}, ConfigError,
+     "metric_for_best_model: map is a multi-label metric; task: classification takes"),
 ])
 def test_what_multi_label_cannot_mean_is_refused_by_the_config(values, error, message, tiny_bert, findings_csv):
     with pytest.raises(error, match=message):
         config_from_dict(FinetuneConfig, _values(tiny_bert, findings_csv, **values))
+
+
+def test_a_label_on_no_training_row_trains_and_its_baseline_predicts_its_rate(tiny_bert, findings_csv, tmp_path,
+                                                                               caplog):
+    frame = pd.read_csv(findings_csv).drop(columns=["findings"])
+    frame["never"] = 0  # e.g. a finding no patient in this extract has
+    frame.to_csv(tmp_path / "never.csv", index=False)
+    with caplog.at_level("WARNING"):
+        out = train_finetune(tmp_path / "out", **_values(tiny_bert, tmp_path / "never.csv",
+                                                         label_columns=[*LABELS, "never"], num_train_epochs=1))
+    assert "['never'] are on every training row or on none" in caplog.text
+    baselines = json.loads((out / "train_results.json").read_text())["baseline_differences"]
+    assert "logistic_regression" in baselines  # fitted with the constant label, not refused after training
 
 
 def test_continual_refuses_multi_label_by_name():
