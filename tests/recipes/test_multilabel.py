@@ -182,3 +182,35 @@ def test_bad_labels_are_refused_naming_the_row(tiny_bert, findings_csv, tmp_path
         files[name] = str(tmp_path / f"{name}.csv")
     with pytest.raises(DataError, match="label 'unheard_of' never appears in the train split"):
         train_finetune(tmp_path / "b", **{**_values(tiny_bert, ""), "data_files": files})
+
+
+def test_a_multi_label_model_pushes_and_loads_back_from_the_hub(tiny_bert, findings_csv, tmp_path, monkeypatch):
+    import re
+    import subprocess
+    import sys
+
+    from huggingface_hub import ModelCard
+
+    import hf_adapt
+    from hf_adapt.hub import PushSettings, push_output
+    from tests.hub_server import LocalHub, hub_env, record_backoff
+
+    repo = "hf-adapt-tests/credit-findings"
+    out = train_finetune(tmp_path / "out", **_values(tiny_bert, findings_csv, num_train_epochs=1,
+                                                     base_model_id="hf-adapt-tests/tiny-bert"))
+    with LocalHub({"hf-adapt-tests/tiny-bert": tiny_bert}) as hub:
+        hub_env(monkeypatch, hub, tmp_path, token="hf_TestTokenThatMustNeverLeak0123456789")
+        record_backoff(monkeypatch)
+        push_output(out, PushSettings(repo_id=repo, backoff_seconds=0.01))
+        rows = pd.read_csv(findings_csv).head(5).to_dict("records")
+        pulled = hf_adapt.load_adapted(repo)
+        assert pulled.thresholds == hf_adapt.load_adapted(str(out)).thresholds
+        np.testing.assert_allclose(pulled.predict_proba(rows), hf_adapt.load_adapted(str(out)).predict_proba(rows),
+                                   rtol=1e-6)
+        card = hub.repo(repo).files("main")["README.md"].decode()
+        snippet = re.search(r"## How to use\n\n```python\n(.*?)```", card, re.S).group(1)
+        proc = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, timeout=300,
+                              cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "'labels': [" in proc.stdout.strip().splitlines()[-1]
+    assert "multi-label" in ModelCard(card).data.tags
