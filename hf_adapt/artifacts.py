@@ -98,8 +98,9 @@ def gathered_state(accelerator, model: nn.Module) -> dict[str, Any] | None:
         state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         return state if accelerator.is_main_process else None
     plugin = getattr(accelerator.state, "deepspeed_plugin", None)
-    if plugin is not None and plugin.zero_stage == 3:
-        state = accelerator.get_state_dict(model)
+    if plugin is not None and plugin.zero_stage == 3:  # consolidated by the DeepSpeed engine that wraps ``model``
+        engine = next((m for m in getattr(accelerator, "_models", []) if accelerator.unwrap_model(m) is model), model)
+        state = accelerator.get_state_dict(engine)  # needs zero3_save_16bit_model (recipes/accelerate sets it)
         return state if accelerator.is_main_process else None
     return None
 

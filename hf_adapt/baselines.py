@@ -60,11 +60,35 @@ def _estimator(name: str, task: str, categorical: int, seed: int):
     else:
         boosting = HistGradientBoostingRegressor if task == "regression" else HistGradientBoostingClassifier
         estimator = boosting(categorical_features=list(range(categorical)), random_state=seed)
-    if task == "multi_label":
-        from sklearn.multioutput import MultiOutputClassifier
+    return per_label(estimator) if task == "multi_label" else estimator
 
-        return MultiOutputClassifier(estimator)
-    return estimator
+
+def per_label(estimator):
+    """:class:`PerLabel` over ``estimator``, built when scikit-learn is imported (it is a scikit-learn estimator)."""
+    from sklearn.base import BaseEstimator, ClassifierMixin
+
+    class PerLabel(ClassifierMixin, BaseEstimator):
+        """One clone of a classifier per label column (as scikit-learn's MultiOutputClassifier), except that a label
+        with one value in the training rows (never, or always, present) predicts its rate instead of failing to fit."""
+
+        def __init__(self, estimator):
+            self.estimator = estimator
+
+        def fit(self, features, labels) -> PerLabel:
+            from sklearn.base import clone
+
+            labels = np.asarray(labels)
+            self.fitted_ = [clone(self.estimator).fit(features, column) if len(np.unique(column)) > 1
+                            else float(column.mean()) for column in labels.T]
+            return self
+
+        def predict_proba(self, features) -> list[np.ndarray]:
+            """Per label, ``(rows, 2)`` probabilities of absent and present."""
+            rows = features.shape[0]
+            return [np.column_stack([np.full(rows, 1 - m), np.full(rows, m)]) if isinstance(m, float)
+                    else m.predict_proba(features) for m in self.fitted_]
+
+    return PerLabel(estimator)
 
 
 def _pipeline(name: str, numeric: list[str], categorical: list[str], seed: int, task: str = "classification"):
@@ -124,14 +148,24 @@ def fit_baseline(name: str, data: LabelledData, seed: int = 0,
     from hf_adapt.tasks import Classification
 
     task = task or Classification(data.num_labels)
-    outputs = test_outputs(name, data, seed, fit_on, task)
-    return task.metrics(outputs, np.asarray(task.encode(data.splits["test"]["label"])))
+    outputs, scorer = test_outputs(name, data, seed, fit_on, task)
+    return scorer.metrics(outputs, np.asarray(task.encode(data.splits["test"]["label"])))
 
 
-def test_outputs(name: str, data: LabelledData, seed: int, fit_on: tuple[str, ...], task) -> np.ndarray:
-    """Baseline ``name`` fitted on the ``fit_on`` splits, applied to the test split in its row order: outputs that
-    ``task.metrics`` scores, row by row beside the model's (a paired comparison)."""
+def test_outputs(name: str, data: LabelledData, seed: int, fit_on: tuple[str, ...], task):
+    """Baseline ``name`` fitted on the ``fit_on`` splits, applied to the test split in its row order: outputs to
+    score row by row beside the model's (a paired comparison), and the task that scores them. A multi-label
+    baseline gets thresholds of its own, chosen on the validation split as the model's are (0.5 where it trained
+    on the validation rows: cross-validation's refit)."""
     import pandas as pd
 
     train = pd.concat([data.splits[split].to_pandas() for split in fit_on], ignore_index=True)
-    return baseline_outputs(name, train, data.splits["test"].to_pandas(), baseline_columns(data), task, seed)
+    model = fitted_baseline(name, train, baseline_columns(data), seed, task.name)
+    columns = baseline_columns(data)
+    if task.name == "multi_label" and "validation" not in fit_on:
+        valid = data.splits["validation"].to_pandas()
+        task = task.tuned(task.baseline_outputs(model, valid[columns]),
+                          np.asarray(task.encode(valid["label"].tolist())), "the validation split")
+    elif task.name == "multi_label":
+        task = type(task)(task.names)  # 0.5
+    return task.baseline_outputs(model, data.splits["test"].to_pandas()[columns]), task

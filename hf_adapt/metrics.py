@@ -226,12 +226,16 @@ def bootstrap_intervals(fn: Callable[..., dict[str, float]], *arrays: np.ndarray
 
 def paired_differences(fn: Callable[..., dict[str, float]], outputs: np.ndarray, other: np.ndarray,
                        labels: np.ndarray, n_resamples: int = 1000, seed: int = 0,
-                       groups: np.ndarray | None = None) -> dict[str, dict[str, object]]:
-    """Each metric of ``fn(outputs, labels)`` minus the same metric of ``fn(other, labels)``: two models scored on the
-    same rows, with a paired percentile-bootstrap 95 % interval of the difference (both drawn on the same resampled
-    rows, or groups). ``{metric: {"difference", "interval"}}``; an interval that excludes 0 says the two differ."""
+                       groups: np.ndarray | None = None,
+                       other_fn: Callable[..., dict[str, float]] | None = None) -> dict[str, dict[str, object]]:
+    """Each metric of ``fn(outputs, labels)`` minus the same metric of ``other_fn(other, labels)`` (default ``fn``):
+    two models scored on the same rows, with a paired percentile-bootstrap 95 % interval of the difference (both
+    drawn on the same resampled rows, or groups). ``{metric: {"difference", "interval"}}``; an interval that
+    excludes 0 says the two differ."""
+    other_fn = other_fn or fn
+
     def difference(a, b, y):
-        mine, theirs = fn(a, y), fn(b, y)
+        mine, theirs = fn(a, y), other_fn(b, y)
         return {key: mine[key] - theirs[key] for key in mine if key in theirs}
 
     point = difference(np.asarray(outputs), np.asarray(other), np.asarray(labels))

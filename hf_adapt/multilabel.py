@@ -227,6 +227,9 @@ class MultiLabel:
         if getattr(cfg, "regression_loss", "mse") != "mse":
             raise ConfigError("regression_loss applies to task: regression; task: multi_label trains binary "
                               "cross-entropy per label")
+        if getattr(cfg, "baseline", None) in ("ridge", "tfidf_ridge"):
+            raise ConfigError(f"baseline: {cfg.baseline} is a regression baseline; task: multi_label takes auto, "
+                              "none, logistic_regression, hist_gradient_boosting or tfidf_logistic_regression")
 
     def read_labels(self, raw: dict[str, Any], spec: Any) -> tuple[dict[str, Any], list[str]]:
         """Each split's labels as a 0/1 vector per row over the training split's label names: from ``label_columns``
@@ -258,6 +261,13 @@ class MultiLabel:
                                       for split in data.splits}}
 
     def fit(self, data: Any) -> MultiLabel:
+        import logging
+
+        absent = [name for name, count in data.label_counts("train").items() if count in (0, len(data.splits["train"]))]
+        if absent:
+            logging.getLogger("hf_adapt.multilabel").warning(
+                "label(s) %s are on every training row or on none: the model cannot learn them from these rows, "
+                "and their baselines predict their training rate", absent)
         return MultiLabel(tuple(data.labels))
 
     def class_weights(self, labels: list[Any], num_labels: int) -> Any:
@@ -329,7 +339,8 @@ class MultiLabel:
                 or not all(isinstance(t, (int, float)) and 0 <= t <= 1 for t in thresholds)):
             raise ModelError(f"{where}: task.thresholds must hold one number in [0, 1] per label ({len(labels)}), "
                              f"got {thresholds!r}"[:400])
-        return cls(tuple(labels), tuple(float(t) for t in thresholds), block.get("thresholds_chosen_on"))
+        return cls(tuple(labels), tuple(float(t) for t in thresholds), block.get("thresholds_chosen_on"),
+                   tuple(block.get("default_thresholds") or ()))
 
 
 def _train_split(sets: dict[str, Any]) -> str:

@@ -11,7 +11,8 @@ backbone, the adapter regime) and when the model is built (bitsandbytes installe
 machine that cannot run it refuses before training, naming what is missing. Only the adapter (and head) is
 saved; the record keeps the quantization, and ``load_adapted`` rebuilds the base at full precision (the adapter
 was trained against the dequantized 4-bit weights, so its logits differ from training's by the quantization
-error) unless it is given the same ``quantization``.
+error). No weights fingerprint is recorded for a quantized base: its packed weights match no full-precision
+reload.
 """
 
 from __future__ import annotations

@@ -109,8 +109,9 @@ class Classification:
             raise ConfigError(f"regression_loss: {cfg.regression_loss} applies to task: regression; this task is "
                               "classification (cross-entropy)")
         metric = getattr(cfg, "metric_for_best_model", None)
-        if metric in REGRESSION_METRICS:
-            raise ConfigError(f"metric_for_best_model: {metric} is a regression metric; task: classification takes "
+        if metric is not None and metric not in self.metric_names:
+            kind = "regression" if metric in REGRESSION_METRICS else "multi-label"
+            raise ConfigError(f"metric_for_best_model: {metric} is a {kind} metric; task: classification takes "
                               f"one of {list(self.metric_names)}")
         if getattr(cfg, "baseline", None) in REGRESSION_BASELINES:
             raise ConfigError(f"baseline: {cfg.baseline} is a regression baseline; task: classification takes "

@@ -47,7 +47,8 @@ def resolve_family(spec: BackboneSpec) -> str:
 def build_backbone(spec: BackboneSpec) -> Backbone:
     """The backbone ``spec`` names, with the fingerprint of its weights as built (see :func:`weights_fingerprint`)."""
     backbone = get_builder(resolve_family(spec)).build(spec)
-    backbone.info["weights_fingerprint"] = weights_fingerprint(backbone)
+    # a quantized base (QLoRA) holds packed 4/8-bit weights that no full-precision reload can match: none recorded
+    backbone.info["weights_fingerprint"] = None if spec.quantization else weights_fingerprint(backbone)
     return backbone
 
 

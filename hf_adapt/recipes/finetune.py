@@ -225,7 +225,11 @@ def validate(cfg: FinetuneConfig, callbacks=()):
         setup.trainer.callbacks = list(callbacks)
         trained = setup.trainer.train((setup.inputs["train"], setup.labels["train"]),
                                       (setup.inputs["validation"], setup.labels["validation"]))
-        return Validation(trained.history.best_metrics, setup.trainable, run.seconds, trained.history)
+        metrics = dict(trained.history.best_metrics)
+        tuned = setup.task.tuned(trained.held_logits, trained.held_labels, "the validation split")
+        if tuned is not setup.task:  # multi-label: scored at its thresholds, as the retrained model will be
+            metrics.update(tuned.metrics(trained.held_logits, trained.held_labels))
+        return Validation(metrics, setup.trainable, run.seconds, trained.history)
 
 
 @dataclass
@@ -360,12 +364,12 @@ def _compare_baselines(cfg: FinetuneConfig, task, data, cv, evaluation, groups) 
         logger.warning("the scored test rows are not in the test split's order; the card gives no paired differences "
                        "from the baselines")
     for name in _baseline_names(cfg, data):
-        outputs = baselines.test_outputs(name, data, cfg.seed, _trained_on(cv), task)
-        scores[name] = task.metrics(outputs, labels)
+        outputs, scorer = baselines.test_outputs(name, data, cfg.seed, _trained_on(cv), task)
+        scores[name] = scorer.metrics(outputs, labels)
         if paired:
             differences[name] = paired_differences(task.metrics, np.asarray(evaluation.logits, dtype=np.float64),
                                                    outputs, evaluation.labels, cfg.bootstrap_resamples, cfg.seed,
-                                                   groups)
+                                                   groups, other_fn=scorer.metrics)
     evaluation.baseline_differences = differences or None
     return scores or None
 

@@ -94,10 +94,13 @@ def _classifier(server, gr) -> None:
     with gr.Row():
         if server.served.model.task.name == "regression":  # the right number, not a label
             correction = gr.Number(label=f"The right {server.served.model.labels[0]}", elem_id="correction")
+        elif server.served.model.task.name == "multi_label":  # the right set of labels, possibly empty
+            correction = gr.Dropdown(server.served.model.labels, multiselect=True, label="The right labels",
+                                     elem_id="correction")
         else:
             correction = gr.Dropdown(server.served.model.labels, label="The right label", elem_id="correction")
-        correct = gr.Button("Send the right " + ("number" if server.served.model.task.name == "regression" else "label"),
-                            elem_id="send-correction")
+        what = {"regression": "number", "multi_label": "labels"}.get(server.served.model.task.name, "label")
+        correct = gr.Button(f"Send the right {what}", elem_id="send-correction")
     status = gr.Markdown(elem_id="status")
     explain_button = gr.Button("Explain", elem_id="explain")
     explanation = gr.JSON(label="Explanation")
@@ -115,6 +118,9 @@ def _classifier(server, gr) -> None:
         answer = keep_answers(server, [as_logged(item)], results, None)["predictions"][0]
         if "value" in answer:  # a regression model: its number, shown as the label
             return {f"{served.model.labels[0]} = {answer['value']:.6g}": 1.0}, answer["prediction_id"], ""
+        if "labels" in answer:  # multi-label: each label's probability; those at their thresholds are predicted
+            decided = ", ".join(answer["labels"]) or "none"
+            return answer["probabilities"], answer["prediction_id"], f"Predicted labels: {decided}"
         return answer["probabilities"], answer["prediction_id"], ""
 
     def explain(*values):

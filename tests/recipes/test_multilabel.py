@@ -138,10 +138,26 @@ def test_serving_answers_label_sets_and_takes_corrected_sets(multilabel_run, fin
     ({"calibration": "temperature"}, ConfigError, "separate sigmoids"),
     ({"metric_for_best_model": "accuracy"}, ConfigError, "not a multi-label metric"),
     ({"task": "classification", "label_columns": LABELS}, ConfigError, "label_columns apply to task: multi_label"),
+    ({"baseline": "ridge"}, ConfigError, "baseline: ridge is a regression baseline"),
+    ({"task": "classification", "label_column": "creditability"}, ConfigError,
+     "metric_for_best_model: map is a multi-label metric; task: classification takes"),
 ])
 def test_what_multi_label_cannot_mean_is_refused_by_the_config(values, error, message, tiny_bert, findings_csv):
     with pytest.raises(error, match=message):
         config_from_dict(FinetuneConfig, _values(tiny_bert, findings_csv, **values))
+
+
+def test_a_label_on_no_training_row_trains_and_its_baseline_predicts_its_rate(tiny_bert, findings_csv, tmp_path,
+                                                                               caplog):
+    frame = pd.read_csv(findings_csv).drop(columns=["findings"])
+    frame["never"] = 0  # e.g. a finding no patient in this extract has
+    frame.to_csv(tmp_path / "never.csv", index=False)
+    with caplog.at_level("WARNING"):
+        out = train_finetune(tmp_path / "out", **_values(tiny_bert, tmp_path / "never.csv",
+                                                         label_columns=[*LABELS, "never"], num_train_epochs=1))
+    assert "['never'] are on every training row or on none" in caplog.text
+    baselines = json.loads((out / "train_results.json").read_text())["baseline_differences"]
+    assert "logistic_regression" in baselines  # fitted with the constant label, not refused after training
 
 
 def test_continual_refuses_multi_label_by_name():
@@ -166,3 +182,35 @@ def test_bad_labels_are_refused_naming_the_row(tiny_bert, findings_csv, tmp_path
         files[name] = str(tmp_path / f"{name}.csv")
     with pytest.raises(DataError, match="label 'unheard_of' never appears in the train split"):
         train_finetune(tmp_path / "b", **{**_values(tiny_bert, ""), "data_files": files})
+
+
+def test_a_multi_label_model_pushes_and_loads_back_from_the_hub(tiny_bert, findings_csv, tmp_path, monkeypatch):
+    import re
+    import subprocess
+    import sys
+
+    from huggingface_hub import ModelCard
+
+    import hf_adapt
+    from hf_adapt.hub import PushSettings, push_output
+    from tests.hub_server import LocalHub, hub_env, record_backoff
+
+    repo = "hf-adapt-tests/credit-findings"
+    out = train_finetune(tmp_path / "out", **_values(tiny_bert, findings_csv, num_train_epochs=1,
+                                                     base_model_id="hf-adapt-tests/tiny-bert"))
+    with LocalHub({"hf-adapt-tests/tiny-bert": tiny_bert}) as hub:
+        hub_env(monkeypatch, hub, tmp_path, token="hf_TestTokenThatMustNeverLeak0123456789")
+        record_backoff(monkeypatch)
+        push_output(out, PushSettings(repo_id=repo, backoff_seconds=0.01))
+        rows = pd.read_csv(findings_csv).head(5).to_dict("records")
+        pulled = hf_adapt.load_adapted(repo)
+        assert pulled.thresholds == hf_adapt.load_adapted(str(out)).thresholds
+        np.testing.assert_allclose(pulled.predict_proba(rows), hf_adapt.load_adapted(str(out)).predict_proba(rows),
+                                   rtol=1e-6)
+        card = hub.repo(repo).files("main")["README.md"].decode()
+        snippet = re.search(r"## How to use\n\n```python\n(.*?)```", card, re.S).group(1)
+        proc = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, timeout=300,
+                              cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "'labels': [" in proc.stdout.strip().splitlines()[-1]
+    assert "multi-label" in ModelCard(card).data.tags
