@@ -68,7 +68,8 @@ def push_parser() -> argparse.ArgumentParser:
                         help="open a pull request against main instead of committing to it")
     parser.add_argument("--overwrite-card", "--overwrite_card", dest="overwrite_card", action="store_true",
                         help="replace a README.md that someone edited on the Hub")
-    parser.add_argument("--commit-message", "--commit_message", dest="commit_message")
+    parser.add_argument("--commit-message", "--commit_message", dest="commit_message",
+                        help="the Hub commit's message (default: the recipe, the regime and the test metric)")
     parser.add_argument("--parent", help="org/name[@revision] of the hf-adapt model this version succeeds (card lineage)")
     parser.add_argument("--update-parent", "--update_parent", dest="update_parent", action="store_true",
                         help="point the parent's card at this version (new_version)")
@@ -113,7 +114,7 @@ def feedback_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--json", action="store_true", help="print the full summary as JSON")
     convert = commands.add_parser("convert", help="a log as the dataset one TRL trainer reads (or, with --dry_run, "
                                   "only the report of what it would hold)")
-    convert.add_argument("log")
+    convert.add_argument("log", help="a .jsonl/.json/.parquet file, a folder of them, or a Hub dataset repo")
     convert.add_argument("--to", required=True, choices=[*trainer_names(), "experience"],
                          help="the trainer to convert for; experience: corrected labels as a CSV for hf-adapt continual")
     convert.add_argument("--output", help="where to write the rows (.jsonl; .csv for experience)")

@@ -63,13 +63,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
     p.add_argument("--storage", help="Optuna storage URL (default sqlite:///<output_dir>/study.db); a PostgreSQL "
                    "URL shares one study among workers")
-    p.add_argument("--study_name", default="hf-adapt")
+    p.add_argument("--study_name", default="hf-adapt", help="the study's name in the storage; workers that share a "
+                   "study use the same name")
     p.add_argument("--sampler", default="tpe", help="tpe, random, cmaes, qmc, gp or nsga2")
     p.add_argument("--pruner", default="median", help="median, hyperband or none")
     p.add_argument("--objectives", help="comma list, the first a validation metric (default: finetune: the "
                    "config's metric_for_best_model; continual: continual_average; feedback: win_rate), then e.g. "
                    "trainable_parameters or seconds (multi-objective)")
-    p.add_argument("--output_dir", default="outputs/tune")
+    p.add_argument("--output_dir", default="outputs/tune", help="where study.db (the default storage), trials.csv, "
+                   "figures/, best_config.yaml, best/ and tune_results.json go")
     p.add_argument("--retrain", default="true", choices=["true", "false"],
                    help="retrain the best trial's config and test it (false on all but one of several workers)")
     p.add_argument("--seed", type=int, help="the sampler's seed (default: the config's seed)")
