@@ -29,6 +29,7 @@ def gpu_bench():
         del sys.modules[spec.name]
 
 
+@pytest.mark.slow  # the slow tier, which CI also runs: keeps the default tier (README command 2) near 12 minutes on 2 cores
 def test_smoke_run_prints_every_row_and_the_checks_pass(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     done = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--output_dir", str(tmp_path / "out")],

@@ -27,6 +27,7 @@ def hub(monkeypatch, tmp_path, block_resnet):
         yield server
 
 
+@pytest.mark.slow  # the slow tier, which CI also runs: keeps the default tier (README command 2) near 12 minutes on 2 cores
 def test_versions_through_the_hub(hub, block_resnet, blocks_csv, tmp_path):
     common = dict(regime="adapter", adapter=LORA, strategy="replay", strategy_options={"buffer_size": 16},
                   num_train_epochs=1, base_model_id=BASE, push_to_hub=True, hub_model_id=REPO, license="apache-2.0")

@@ -13,6 +13,8 @@ import pytest
 
 import hf_adapt
 
+pytestmark = pytest.mark.slow  # the slow tier, which CI also runs: keeps the default tier (README command 2) near 12 minutes on 2 cores
+
 REPO = Path(__file__).resolve().parents[2]
 
 

@@ -184,6 +184,7 @@ def test_bad_labels_are_refused_naming_the_row(tiny_bert, findings_csv, tmp_path
         train_finetune(tmp_path / "b", **{**_values(tiny_bert, ""), "data_files": files})
 
 
+@pytest.mark.slow  # the slow tier, which CI also runs: keeps the default tier (README command 2) near 12 minutes on 2 cores
 def test_a_multi_label_model_pushes_and_loads_back_from_the_hub(tiny_bert, findings_csv, tmp_path, monkeypatch):
     import re
     import subprocess

@@ -244,6 +244,7 @@ def test_image_regression_writes_examples_and_grad_cam_and_reloads(tiny_timm_con
     assert float(result["predicted_label"]) == pytest.approx(result["predicted_value"], rel=1e-5)
 
 
+@pytest.mark.slow  # the slow tier, which CI also runs: keeps the default tier (README command 2) near 12 minutes on 2 cores
 def test_a_regression_model_pushes_and_loads_back_from_the_hub(tiny_bert, credit_sample, tmp_path, monkeypatch):
     import re
     import subprocess

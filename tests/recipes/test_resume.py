@@ -201,6 +201,7 @@ def test_a_run_killed_while_writing_its_outputs_leaves_the_previous_output_whole
     assert not partial.exists(), "the dead run's staging folder is tidied away"
 
 
+@pytest.mark.slow  # the slow tier, which CI also runs: keeps the default tier (README command 2) near 12 minutes on 2 cores
 @pytest.mark.distributed
 @pytest.mark.timeout(900)
 def test_a_two_process_run_killed_mid_epoch_resumes_to_the_same_adapter(tiny_bert, credit_sample, tmp_path):

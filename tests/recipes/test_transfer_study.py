@@ -206,6 +206,7 @@ def test_cli_runs_a_study_and_reports_bad_input_in_one_line(tiny_bert, credit_sa
     assert "hf-adapt transfer_study: error: arm 'x': unknown key(s) ['lr']" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # the slow tier, which CI also runs: keeps the default tier (README command 2) near 12 minutes on 2 cores
 @pytest.mark.distributed
 @pytest.mark.timeout(300)
 def test_two_processes_run_every_cell_and_write_the_study_once(tiny_bert, credit_sample, tmp_path):

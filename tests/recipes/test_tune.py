@@ -144,6 +144,7 @@ def postgres_url():
         shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.mark.slow  # the slow tier, which CI also runs: keeps the default tier (README command 2) near 12 minutes on 2 cores
 @pytest.mark.timeout(600)
 def test_two_workers_share_one_postgresql_study(tiny_bert, credit_sample, tmp_path, postgres_url):
     base = _base(tmp_path, tiny_bert, credit_sample, num_train_epochs=1)
