@@ -918,3 +918,10 @@ def hub_env(monkeypatch, hub: LocalHub, tmp_path: Path | str, token: str | None 
                             "HUB_DATASETS_URL": hub.url + "/datasets/{repo_id}/resolve/{revision}/{path}"}.items():
             monkeypatch.setattr(config, name, value, raising=False)
     return env
+
+
+def card_snippet(card_text: str) -> str:
+    """The Python of a model card's "How to use" section, to run as a user would."""
+    import re
+
+    return re.search(r"## How to use\n\n```python\n(.*?)```", card_text, re.S).group(1)

@@ -24,7 +24,7 @@ from hf_adapt.config import config_from_dict
 from hf_adapt.errors import HfAdaptError, HubError
 from hf_adapt.hub import PushSettings, push_output
 from hf_adapt.recipes.finetune import FinetuneConfig, main
-from tests.hub_server import LocalHub, hub_env, record_backoff
+from tests.hub_server import LocalHub, card_snippet, hub_env, record_backoff
 
 TOKEN = "hf_TestTokenThatMustNeverLeak0123456789"
 REPO = "hf-adapt-tests/credit-lora"
@@ -67,10 +67,6 @@ def _fast(**kwargs) -> PushSettings:
 def _digest(directory: Path) -> dict[str, str]:
     return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(directory.rglob("*")) if p.is_file()}
-
-
-def _snippet(card_text: str) -> str:
-    return re.search(r"## How to use\n\n```python\n(.*?)```", card_text, re.S).group(1)
 
 
 def test_recipe_pushes_one_commit_with_every_file(tiny_bert, credit_sample, tmp_path, hub, capsys, caplog):
@@ -176,7 +172,7 @@ def test_pushed_adapter_loads_back_and_its_snippet_runs(credit_run, hub, tmp_pat
     assert any(r.startswith("GET /hf-adapt-tests/tiny-bert/resolve/") for r in hub.requests)  # base from the Hub
     assert torch.equal(hf_adapt.load_adapted(REPO, revision="v1").logits(texts), expected)
 
-    snippet = _snippet(hub.repo(REPO).files("main")["README.md"].decode())
+    snippet = card_snippet(hub.repo(REPO).files("main")["README.md"].decode())
     assert f'hf_adapt.load_adapted("{REPO}")' in snippet
     proc = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -256,7 +252,7 @@ def test_branches_tags_and_pull_requests(credit_run, hub):
     repo = hub.repo(REPO)
     assert repo.tags["exp-1"] == repo.branches["experiment"]
     assert "README.md" not in repo.files("main")
-    snippet = _snippet(repo.files("experiment")["README.md"].decode())
+    snippet = card_snippet(repo.files("experiment")["README.md"].decode())
     assert f'load_adapted("{REPO}", revision="experiment")' in snippet
     with pytest.raises(HubError, match="already exists"):
         push_output(result.output_dir, _fast(tag="exp-1"))
@@ -328,7 +324,7 @@ def test_image_card_has_gradcam_and_a_runnable_snippet(tiny_timm_convnet, digits
     local_text = (out / "README.md").read_text()
     assert all(f"](figures/{p.name})" in local_text for p in gradcam)
     for text, cwd in ((local_text, Path.cwd()), (hub.repo("hf-adapt-tests/digits-lora").files()["README.md"].decode(), tmp_path)):
-        proc = subprocess.run([sys.executable, "-c", _snippet(text)], capture_output=True, text=True, timeout=300,
+        proc = subprocess.run([sys.executable, "-c", card_snippet(text)], capture_output=True, text=True, timeout=300,
                               cwd=cwd)
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert "'label': '" in proc.stdout

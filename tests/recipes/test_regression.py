@@ -254,7 +254,7 @@ def test_a_regression_model_pushes_and_loads_back_from_the_hub(tiny_bert, credit
 
     import hf_adapt
     from hf_adapt.hub import PushSettings, push_output
-    from tests.hub_server import LocalHub, hub_env, record_backoff
+    from tests.hub_server import LocalHub, card_snippet, hub_env, record_backoff
 
     repo = "hf-adapt-tests/credit-amount"
     out = train_finetune(tmp_path / "out", **regression_values(tiny_bert, credit_sample, num_train_epochs=1,
@@ -268,7 +268,7 @@ def test_a_regression_model_pushes_and_loads_back_from_the_hub(tiny_bert, credit
         np.testing.assert_allclose(pulled.predict_values(rows), hf_adapt.load_adapted(str(out)).predict_values(rows),
                                    rtol=1e-6)
         card = hub.repo(repo).files("main")["README.md"].decode()
-        snippet = re.search(r"## How to use\n\n```python\n(.*?)```", card, re.S).group(1)
+        snippet = card_snippet(card)
         proc = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, timeout=300,
                               cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
