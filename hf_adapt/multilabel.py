@@ -11,6 +11,9 @@ bootstrap calls them a thousand times:
 - ``auroc``: mean per-label AUROC over the labels with both a positive and a negative row;
 - ``subset_accuracy``: the share of rows whose whole label set is right; ``hamming_loss``: the share of wrong
   (row, label) decisions.
+
+A target of -1 means "not annotated" (continual learning: an experience annotates its own labels only): each label
+is then scored on the rows that annotate it, and the pooled metrics count annotated (row, label) pairs only.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ TASK_FORMAT = 1  # version of the ``task`` block of hf_adapt.json (hf_adapt.task
 
 MULTI_LABEL_METRICS = ("micro_f1", "macro_f1", "map", "auroc", "subset_accuracy", "hamming_loss")
 DEFAULT_THRESHOLD = 0.5  # where validation cannot choose one (a label without a positive validation row)
+NOT_ANNOTATED = -1  # a target no one labelled: neither trained on nor scored
 
 
 def sigmoid(logits: np.ndarray) -> np.ndarray:
@@ -35,16 +39,17 @@ def sigmoid(logits: np.ndarray) -> np.ndarray:
     return np.exp(-np.logaddexp(0.0, -logits))  # 1 / (1 + exp(-x)) without overflow
 
 
-def _checked(logits: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _checked(logits: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Logits as floats, which (row, label) targets are positive, and which are annotated (not -1)."""
     logits, targets = np.asarray(logits, dtype=np.float64), np.asarray(targets)
     if logits.ndim != 2 or logits.shape != targets.shape or len(logits) == 0:
         raise ValueError(f"logits and targets must be (rows, labels) of one shape with rows > 0; got {logits.shape} "
                          f"and {targets.shape}")
     if not np.isfinite(logits).all():
         raise ValueError(f"logits hold {int(np.sum(~np.isfinite(logits)))} non-finite values (NaN or inf)")
-    if not np.isin(targets, (0, 1)).all():
-        raise ValueError(f"targets must be 0/1 per label; got values {np.unique(targets)[:5].tolist()}")
-    return logits, targets.astype(bool)
+    if not np.isin(targets, (0, 1, NOT_ANNOTATED)).all():
+        raise ValueError(f"targets must be 0/1 per label (-1: not annotated); got values {np.unique(targets)[:5].tolist()}")
+    return logits, targets == 1, targets != NOT_ANNOTATED
 
 
 def average_precision(scores: np.ndarray, positive: np.ndarray) -> float:
@@ -63,7 +68,8 @@ def average_precision(scores: np.ndarray, positive: np.ndarray) -> float:
 
 
 def _f1(predicted: np.ndarray, positive: np.ndarray) -> np.ndarray:
-    """F1 per column of (rows, labels) booleans; NaN where a label neither occurs nor is predicted."""
+    """F1 per column of (rows, labels) booleans (``predicted`` false where not annotated); NaN where a label
+    neither occurs nor is predicted."""
     true_positives = (predicted & positive).sum(axis=0)
     denominator = predicted.sum(axis=0) + positive.sum(axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -74,22 +80,26 @@ def multilabel_metrics(logits: np.ndarray, targets: np.ndarray, thresholds: np.n
                        ) -> dict[str, float]:
     """The metrics of the module docstring for ``logits`` (rows, labels) against 0/1 ``targets``, deciding each
     label at its threshold (default 0.5)."""
-    logits, positive = _checked(logits, targets)
+    logits, positive, known = _checked(logits, targets)
     probs = sigmoid(logits)
     cut = np.full(logits.shape[1], DEFAULT_THRESHOLD) if thresholds is None else np.asarray(thresholds, dtype=float)
-    predicted = probs >= cut
+    predicted = (probs >= cut) & known
     pooled = 2 * (predicted & positive).sum() / max(predicted.sum() + positive.sum(), 1)
     per_label_f1 = _f1(predicted, positive)
-    aps = [average_precision(probs[:, j], positive[:, j]) for j in range(logits.shape[1])]
-    both = [j for j in range(logits.shape[1]) if 0 < positive[:, j].sum() < len(positive)]
+    labels = range(logits.shape[1])
+    aps = [average_precision(probs[known[:, j], j], positive[known[:, j], j]) for j in labels]
+    both = [j for j in labels if 0 < positive[:, j].sum() < known[:, j].sum()]
+    wrong = (predicted != positive) & known
+    rows = known.any(axis=1)
     nan = float("nan")
     return {
         "micro_f1": float(pooled) if predicted.any() or positive.any() else nan,
         "macro_f1": float(np.nanmean(per_label_f1)) if np.isfinite(per_label_f1).any() else nan,
         "map": float(np.nanmean(aps)) if np.isfinite(aps).any() else nan,
-        "auroc": float(np.mean([auroc_of(probs[:, j], positive[:, j]) for j in both])) if both else nan,
-        "subset_accuracy": float(np.mean((predicted == positive).all(axis=1))),
-        "hamming_loss": float(np.mean(predicted != positive)),
+        "auroc": float(np.mean([auroc_of(probs[known[:, j], j], positive[known[:, j], j]) for j in both]))
+                 if both else nan,
+        "subset_accuracy": float(np.mean(~wrong[rows].any(axis=1))) if rows.any() else nan,
+        "hamming_loss": float(wrong.sum() / known.sum()) if known.any() else nan,
     }
 
 
@@ -97,11 +107,11 @@ def per_label_metrics(logits: np.ndarray, targets: np.ndarray, thresholds: np.nd
                       names: list[str]) -> list[dict[str, Any]]:
     """Each label's support (positive rows), AUROC, average precision, and precision, recall and F1 at its
     threshold; NaN where undefined."""
-    logits, positive = _checked(logits, targets)
+    logits, positive, known = _checked(logits, targets)
     probs = sigmoid(logits)
     rows = []
     for j, name in enumerate(names):
-        scores, truth = probs[:, j], positive[:, j]
+        scores, truth = probs[known[:, j], j], positive[known[:, j], j]
         predicted = scores >= thresholds[j]
         hits = int((predicted & truth).sum())
         nan = float("nan")
@@ -121,16 +131,17 @@ def choose_thresholds(logits: np.ndarray, targets: np.ndarray) -> tuple[np.ndarr
     between the lowest probability predicted positive and the next one below, so that rows scored like those
     decide alike. A label without a positive row keeps 0.5. Returns the thresholds and the indices of the labels
     that kept the default."""
-    logits, positive = _checked(logits, targets)
+    logits, positive, known = _checked(logits, targets)
     probs = sigmoid(logits)
     thresholds, defaulted = np.full(logits.shape[1], DEFAULT_THRESHOLD), []
     for j in range(logits.shape[1]):
-        truth = positive[:, j]
+        truth = positive[known[:, j], j]
         if not truth.any():
             defaulted.append(j)
             continue
-        order = np.argsort(probs[:, j], kind="mergesort")[::-1]
-        ranked = probs[order, j]
+        scores = probs[known[:, j], j]
+        order = np.argsort(scores, kind="mergesort")[::-1]
+        ranked = scores[order]
         last_of_tie = np.r_[np.flatnonzero(np.diff(ranked)), ranked.size - 1]
         true_positives = np.cumsum(truth[order], dtype=np.float64)[last_of_tie]
         f1 = 2 * true_positives / (last_of_tie + 1 + truth.sum())

@@ -111,7 +111,7 @@ class Predictor:
         if task is not None and task not in tasks:
             raise ModelError(f"task {task!r} is not one of this model's experiences {sorted(tasks)}"
                              if tasks else "this model takes no task")
-        from hf_adapt.continual.routing import mask_logits, routed_logits
+        from hf_adapt.continual.routing import label_logits, mask_logits, routed_logits
 
         def allowed(name: str) -> torch.Tensor:
             mask = torch.zeros(len(self.labels), dtype=torch.bool)
@@ -119,6 +119,9 @@ class Predictor:
             return mask
 
         adapters = continual.get("adapters")
+        if adapters and len(set(adapters.values())) > 1 and continual.get("routing") == "label" and task is None:
+            experts = [(adapters[name], allowed(name)) for name in adapters]  # multi-label: each label's own adapter
+            return lambda batch: label_logits(self.model, self.backbone.logits, batch, experts)
         if adapters and len(set(adapters.values())) > 1:
             experts = [(adapters[name], allowed(name)) for name in adapters if task is None or name == task]
             return lambda batch: routed_logits(self.model, self.backbone.logits, batch, experts,

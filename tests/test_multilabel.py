@@ -47,6 +47,35 @@ def test_metrics_are_scikit_learns(seed):
         assert row["recall"] == pytest.approx(sk.recall_score(targets[:, j], predicted[:, j]))
 
 
+def test_targets_not_annotated_are_left_out_of_every_metric():
+    """Continual learning: rows 0-149 annotate labels 0-1, rows 150-299 labels 2-4 (-1 elsewhere). Each label is
+    scored on its own rows, and the pooled metrics count the annotated (row, label) pairs alone, as scikit-learn
+    does on those pairs."""
+    logits, targets = _data(3)
+    thresholds = np.array([0.3, 0.4, 0.5, 0.6, 0.7])
+    masked = targets.copy()
+    masked[:150, 2:] = -1
+    masked[150:, :2] = -1
+    found = multilabel_metrics(logits, masked, thresholds)
+    probs, known = sigmoid(logits), masked >= 0
+    predicted = (probs >= thresholds).astype(int)
+    blocks = [(slice(0, 150), slice(0, 2)), (slice(150, 300), slice(2, 5))]
+    pairs_true = np.concatenate([targets[r, c].ravel() for r, c in blocks])
+    pairs_pred = np.concatenate([predicted[r, c].ravel() for r, c in blocks])
+    assert found["micro_f1"] == pytest.approx(sk.f1_score(pairs_true, pairs_pred))
+    assert found["hamming_loss"] == pytest.approx(np.mean(pairs_true != pairs_pred))
+    per_label = [(targets[known[:, j], j], probs[known[:, j], j], predicted[known[:, j], j]) for j in range(5)]
+    assert found["map"] == pytest.approx(np.mean([sk.average_precision_score(t, p) for t, p, _ in per_label]))
+    assert found["auroc"] == pytest.approx(np.mean([sk.roc_auc_score(t, p) for t, p, _ in per_label]))
+    assert found["macro_f1"] == pytest.approx(np.mean([sk.f1_score(t, d) for t, _, d in per_label]))
+    right = [(predicted[r, c] == targets[r, c]).all(axis=1) for r, c in blocks]
+    assert found["subset_accuracy"] == pytest.approx(np.concatenate(right).mean())
+    chosen, _ = choose_thresholds(logits, masked)
+    for j in range(5):
+        alone, _ = choose_thresholds(logits[known[:, j], j:j + 1], targets[known[:, j], j:j + 1])
+        assert chosen[j] == pytest.approx(alone[0])
+
+
 def test_a_label_without_positives_is_left_out_where_undefined():
     logits, targets = _data(3)
     targets[:, 1] = 0

@@ -7,6 +7,8 @@ Which adapter answers an input is the routing rule:
   every adapter scores the input over its own experience's classes, and the adapter with the
   highest top-class probability answers. Overconfident adapters win inputs they never saw,
   so this rule is where such a model forgets; the accuracy matrix measures it.
+- ``label`` (multi-label, class-incremental): each label is answered by the adapter of the
+  experience that annotates it; the labels are independent sigmoids, so nothing is chosen.
 """
 
 from __future__ import annotations
@@ -17,11 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hf_adapt.continual.base import ContinualRun, ContinualTask, Experience, Strategy
-from hf_adapt.continual.routing import routed_logits
+from hf_adapt.continual.base import ContinualRun, ContinualTask, Experience, MultiLabelContinualTask, Strategy
+from hf_adapt.continual.routing import label_logits, routed_logits
 from hf_adapt.errors import ConfigError
 
-ROUTINGS = ("auto", "task_id", "confidence")
+ROUTINGS = ("auto", "task_id", "confidence", "label")
 FIRST = "default"  # peft's name for the first adapter: outputs load with PeftModel.from_pretrained as usual
 
 
@@ -46,8 +48,13 @@ class AdapterPerExperience(Strategy):
         if self.routing == "task_id" and run.scenario != "task":
             raise ConfigError(f"routing: task_id needs the task id at test time, which a {run.scenario}-incremental "
                               "run does not have; use scenario: task, or routing: confidence")
+        if run.multi_label:
+            self._check_multi_label(run)
+        if self.routing == "label" and not run.multi_label:
+            raise ConfigError("routing: label answers each label of a multi-label model from its own adapter; a "
+                              "single-label model takes task_id or confidence")
         if self.routing == "auto":
-            self.routing = "task_id" if run.scenario == "task" else "confidence"
+            self.routing = "task_id" if run.scenario == "task" else "label" if run.multi_label else "confidence"
         single = [e.name for e in run.experiences if len(e.classes) < 2]
         if self.routing == "confidence" and single:
             raise ConfigError(f"routing: confidence cannot serve experience(s) {single} with a single class: their "
@@ -56,6 +63,15 @@ class AdapterPerExperience(Strategy):
         for earlier in run.experiences:  # a parent trained with one adapter: it answers for all its experiences
             if earlier.trained_at == 0 and earlier.name not in self.adapters:
                 self.adapters[earlier.name] = FIRST
+
+    def _check_multi_label(self, run: ContinualRun) -> None:
+        if run.scenario == "domain":
+            raise ConfigError("strategy adapter_per_experience with task: multi_label needs scenario: class (each "
+                              "label answered by the adapter of the experience that annotates it) or task; in a "
+                              "domain-incremental run every adapter annotates every label, and no rule picks one")
+        if self.routing == "confidence":
+            raise ConfigError("routing: confidence compares one softmax per adapter; a multi-label model answers "
+                              "each label from the adapter of the experience that annotates it (routing: label)")
 
     def before_experience(self, run: ContinualRun, experience: Experience, model: nn.Module) -> nn.Module:
         name = FIRST if not self.adapters else f"exp{experience.task}"
@@ -67,7 +83,7 @@ class AdapterPerExperience(Strategy):
 
     def training_task(self, run: ContinualRun, task: ContinualTask, model: nn.Module):
         # each adapter learns its own experience's classes only, so the confidences routing compares are comparable
-        return ContinualTask(task.logits_fn, run.task_classes(run.head_size, always=True))
+        return run.base_task(run.head_size, always=True)
 
     def evaluation_task(self, run: ContinualRun, task: ContinualTask, model: nn.Module):
         learnt = [e for e in run.learnt() if e.name in self.adapters]
@@ -76,6 +92,13 @@ class AdapterPerExperience(Strategy):
         positions = {e.task: i for i, e in enumerate(learnt)}
         masks = run.task_classes(run.head_size, always=True)
         experts = [(self.adapters[e.name], masks[e.task]) for e in learnt]
+
+        if self.routing == "label":
+            def by_label(model_, batch):
+                logits = label_logits(model_, task.logits_fn, batch["inputs"], experts)
+                return {"loss": MultiLabelContinualTask.loss_of(logits, batch["labels"]), "logits": logits}
+
+            return by_label
 
         def routed(model_, batch):
             choice = None

@@ -68,7 +68,7 @@ class EWC(Strategy):
         loader = prepare_data_loader(make_loader(run.dataset([rows[i] for i in mine]), run.backbone.preprocessor.collate,
                                                  1, train=False, seed=run.seed),
                                      accelerator.device, num_processes=1, process_index=0, put_on_device=True)
-        task = ContinualTask(run.backbone.logits, run.task_classes(run.head_size))
+        task = run.base_task(run.head_size)
         sums = {n: torch.zeros_like(p) for n, p in params.items()}
         count = torch.zeros((), device=accelerator.device)
         model.eval()

@@ -6,6 +6,10 @@ An entry is a dict::
     {name: store-b, where: {product: [B001, B002]}}      # rows whose column takes one of these values
     {name: scanner-2, data: path/to/other.csv}           # its own source (any data field of the recipe)
 
+With ``task: multi_label``, ``classes`` names the labels an experience annotates (new findings read on
+the rows it keeps): its rows are not filtered by them, and a row's other labels are not annotated there
+(neither trained on nor scored). Without ``classes`` it annotates every label of its data.
+
 Rows are split once per source (stratified, seeded), and experiences cut from the same
 source take their rows from those splits, so no test row of one experience trains another.
 Label ids in the run's label map are given in order of first appearance, so the classes
@@ -22,9 +26,9 @@ from hf_adapt.errors import ConfigError, DataError
 
 SCENARIOS = ("class", "domain", "task")
 # data fields an experience may set for its own source (those of FinetuneConfig)
-DATA_FIELDS = ("data", "data_files", "data_kwargs", "data_subset", "data_revision", "label_column", "text_column",
-               "image_column", "feature_columns", "text_template", "pixel_shape", "max_train_samples",
-               "max_eval_samples", "train_fraction", "train_samples_per_class")
+DATA_FIELDS = ("data", "data_files", "data_kwargs", "data_subset", "data_revision", "label_column", "label_columns",
+               "label_separator", "text_column", "image_column", "feature_columns", "text_template", "pixel_shape",
+               "max_train_samples", "max_eval_samples", "train_fraction", "train_samples_per_class")
 # what reading an experience's rows depends on: recorded with it, so a later version re-reads the same rows
 SPEC_FIELDS = (*DATA_FIELDS, "validation_size", "test_size", "seed")
 KEYS = ("name", "classes", "where", *SPEC_FIELDS)
@@ -85,17 +89,20 @@ def load_experiences(cfg, entries: list[dict[str, Any]], label_names: list[str],
                 raise DataError(f"experience {name!r}: {err}") from err
         data = loaded[key]
         splits = _cut(name, data, entry)
-        present = sorted({label for split in splits.values() for label in split["label"]})
-        classes = []
+        multi_label = data.task == "multi_label"
+        present = (_annotated(name, data, entry) if multi_label
+                   else sorted({label for split in splits.values() for label in split["label"]}))
         for label in present:
-            text = data.labels[label]
-            if text not in label_names:
-                label_names.append(text)
-            classes.append(label_names.index(text))
+            if data.labels[label] not in label_names:
+                label_names.append(data.labels[label])
         remap = {label: label_names.index(data.labels[label]) for label in present}
+        if multi_label:  # each row's positives among the labels this experience annotates
+            labels = {s: [sorted(remap[j] for j, flag in enumerate(row) if flag and j in remap) for row in split["label"]]
+                      for s, split in splits.items()}
+        else:
+            labels = {s: [remap[x] for x in split["label"]] for s, split in splits.items()}
         experiences.append(Experience(
-            name=name, task=first_task + i, classes=sorted(classes),
-            labels={s: [remap[x] for x in split["label"]] for s, split in splits.items()},
+            name=name, task=first_task + i, classes=sorted(remap.values()), labels=labels,
             splits=splits, data=data, trained_at=0 if trained_at is None else trained_at + i,
             description={"source": str(data.origin["source"]), "where": entry.get("where"),
                          "rows": {s: len(split) for s, split in splits.items()},
@@ -105,9 +112,21 @@ def load_experiences(cfg, entries: list[dict[str, Any]], label_names: list[str],
     return experiences
 
 
+def _annotated(name: str, data, entry: dict[str, Any]) -> list[int]:
+    """A multi-label experience's labels (ids in its data): its ``classes``, else every label of its data. Its rows
+    are annotated for these alone; a row's other labels are neither learnt nor scored in this experience."""
+    if not entry.get("classes"):
+        return list(range(len(data.labels)))
+    wanted = [str(c) for c in entry["classes"]]
+    unknown = [c for c in wanted if c not in data.labels]
+    if unknown:
+        raise DataError(f"experience {name!r}: classes {unknown} are not labels of its data; labels are {data.labels}")
+    return sorted(data.labels.index(c) for c in wanted)
+
+
 def _cut(name: str, data, entry: dict[str, Any]) -> dict[str, Any]:
     splits = dict(data.splits)
-    if entry.get("classes"):
+    if entry.get("classes") and data.task != "multi_label":  # multi-label: classes pick labels, not rows
         wanted = [str(c) for c in entry["classes"]]
         unknown = [c for c in wanted if c not in data.labels]
         if unknown:

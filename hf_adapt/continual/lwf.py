@@ -2,7 +2,8 @@
 
 Before each experience after the first, a frozen copy of the model is kept as teacher; the
 loss adds ``alpha * T^2 * KL(teacher || student)`` over the classes learnt so far, at
-temperature ``T``, on the new experience's inputs. No old data is kept.
+temperature ``T``, on the new experience's inputs (multi-label: the binary cross-entropy of the
+student's sigmoids against the teacher's, per old label). No old data is kept.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import copy
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from hf_adapt.continual.base import ContinualRun, ContinualTask, Experience, Strategy
@@ -43,15 +43,15 @@ class LwF(Strategy):
     def training_task(self, run: ContinualRun, task: ContinualTask, model: nn.Module):
         if self.teacher is None:
             return task
-        teacher, n, t = self.teacher, self.old_classes, self.temperature
+        teacher, n = self.teacher, self.old_classes
 
         def distilled(model_, batch):
             out = task(model_, batch)
             # before any task mask: in task-incremental runs the old classes are exactly the masked ones
             with torch.no_grad():
-                target = F.softmax(task.logits_fn(teacher, batch["inputs"])[:, :n].float() / t, dim=-1)
-            student = F.log_softmax(out["raw_logits"][:, :n].float() / t, dim=-1)
-            out["loss"] = out["loss"] + self.alpha * t * t * F.kl_div(student, target, reduction="batchmean")
+                target = task.logits_fn(teacher, batch["inputs"])[:, :n]
+            distance = task.distillation(out["raw_logits"][:, :n], target, self.temperature)
+            out["loss"] = out["loss"] + self.alpha * distance
             return out
 
         return distilled

@@ -28,7 +28,7 @@ class Replay(Strategy):
             raise ConfigError(f"strategy_options.selection {selection!r} is not one of {list(SELECTIONS)}")
         self.buffer_size, self.selection = buffer_size, selection
         self.buffer: list[Row] = []
-        self.labels: list[int] = []  # label of each buffered row, for class balance
+        self.labels: list[int] = []  # label of each buffered row (multi-label: its rarest), for class balance
         self.seen = 0  # rows offered to the reservoir so far
         self.offered: list[str] = []  # experiences whose rows the buffer has drawn from
 
@@ -48,7 +48,7 @@ class Replay(Strategy):
 
     def after_experience(self, run: ContinualRun, experience: Experience, model) -> None:
         rng = random.Random(f"{run.seed}-{experience.name}")
-        rows, labels = experience.rows("train"), experience.labels["train"]
+        rows, labels = experience.rows("train"), experience.balance_keys("train")
         self.offered.append(experience.name)
         if self.selection == "reservoir":  # Vitter's algorithm R over the stream of all training rows
             for row, label in zip(rows, labels):

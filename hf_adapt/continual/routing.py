@@ -4,6 +4,8 @@
   with one adapter per experience, that experience's adapter answers.
 - With one adapter per experience and no task id, every adapter scores the input over its own
   experience's classes and the most confident one answers (``confidence`` routing).
+- A multi-label model's labels are independent: each label's output comes from the adapter of the
+  experience that annotates it (``label`` routing).
 """
 
 from __future__ import annotations
@@ -48,6 +50,24 @@ def routed_logits(model: nn.Module, logits_fn: Callable[[nn.Module, Any], torch.
     choice = confident if choice is None else torch.where(choice.to(confident.device) < 0, confident,
                                                           choice.to(confident.device))
     return stacked[choice.to(stacked.device), torch.arange(stacked.shape[1], device=stacked.device)]
+
+
+def label_logits(model: nn.Module, logits_fn: Callable[[nn.Module, Any], torch.Tensor], inputs: Any,
+                 experts: list[tuple[str, torch.Tensor]]) -> torch.Tensor:
+    """Multi-label outputs where each label's logit comes from the adapter of the experience that annotates it
+    (``label`` routing; a later expert answers a label two annotate). Labels no expert annotates keep the first
+    adapter's logit."""
+    peft_model = _peft(model)
+    active = peft_model.active_adapter
+    out = None
+    try:
+        for adapter, allowed in experts:
+            peft_model.set_adapter(adapter)
+            logits = logits_fn(model, inputs).float()
+            out = logits if out is None else torch.where(allowed.to(logits.device), logits, out)
+    finally:
+        peft_model.set_adapter(active)
+    return out
 
 
 def _margin(logits: torch.Tensor) -> torch.Tensor:

@@ -38,6 +38,9 @@ STATE_FILE = "continual_state.json"
 STATE_TENSORS = "continual_state.safetensors"
 MATRIX_FIGURE = "continual_matrix.png"
 CARD_METRICS = ("accuracy", "macro_f1", "auroc")
+SINGLE_LABEL_METRICS = ("accuracy", "macro_f1", "auroc", "log_loss", "ece")
+MULTI_LABEL_METRICS = ("map", "auroc", "macro_f1", "micro_f1")  # micro/macro-F1 at each label's threshold
+MULTI_LABEL_ONLY = ("map", "micro_f1")
 
 
 @dataclass
@@ -59,12 +62,12 @@ class ContinualConfig(ModelOptions, BackboneOptions, DataOptions, LabelOptions, 
     scenario: Literal["class", "domain", "task"] = field(default="class", metadata={"help": "class: new labels extend the head; domain: every experience has the same labels; task: the task id (the experience) is known at test time and picks its classes."})
     strategy: str = field(default="naive", metadata={"help": "naive, replay, ewc, lwf, adapter_per_experience or joint (the upper bound), or one added with hf_adapt.continual.register_strategy."})
     strategy_options: dict | None = field(default=None, metadata={"help": "The strategy's settings, e.g. replay {buffer_size: 200, selection: class_balanced|reservoir}; ewc {ewc_lambda: 1000, fisher_samples: 256, decay: 1.0}; lwf {alpha: 1.0, temperature: 2.0}; adapter_per_experience {routing: auto|task_id|confidence}."})
-    continual_metric: Literal["accuracy", "macro_f1", "auroc", "log_loss", "ece"] = field(default="accuracy", metadata={"resumable": True, "help": "Test metric of the accuracy matrix, forgetting and the release gate."})
+    continual_metric: Literal["accuracy", "macro_f1", "auroc", "log_loss", "ece", "map", "micro_f1"] | None = field(default=None, metadata={"resumable": True, "help": "Test metric of the accuracy matrix, forgetting and the release gate. Default: accuracy; task: multi_label: map (it takes map, auroc, macro_f1 or micro_f1, the F1s at each label's threshold)."})
     max_forgetting: float | None = field(default=None, metadata={"resumable": True, "help": "Release gate: when any earlier experience loses more than this much of continual_metric (from its best to the end), the run writes its outputs, refuses to push and exits non-zero."})
     keep_best_epoch: bool = field(default=False, metadata={"help": "Keep each experience's best epoch on its validation rows (default: the last epoch; choosing on new data alone favours forgetting)."})
 
     init_from: str | None = redefault(ParentOptions, "init_from", None, help="Update a served version: an earlier finetune or continual output (folder or Hub repo) whose adapter, head and label map go on learning the new experiences. Its test data is scored before and after (old vs new in the card), and a continual parent's strategy state (replay buffer, Fisher) carries over.")
-    metric_for_best_model: Literal["accuracy", "macro_f1", "auroc", "log_loss", "ece"] = redefault(ClassifierOptions, "metric_for_best_model", "accuracy", help="Validation metric logged each epoch (and used with keep_best_epoch).")
+    metric_for_best_model: Literal["accuracy", "macro_f1", "auroc", "log_loss", "ece", "map", "micro_f1"] | None = redefault(ClassifierOptions, "metric_for_best_model", None, help="Validation metric logged each epoch (and used with keep_best_epoch). Default: continual_metric.")
     output_dir: str = redefault(RuntimeOptions, "output_dir", "outputs/continual", help="Where the model, the matrix, its heat map and the card go (written atomically).")
 
     def validate(self) -> None:
@@ -77,20 +80,36 @@ class ContinualConfig(ModelOptions, BackboneOptions, DataOptions, LabelOptions, 
                               "[{name: a, classes: [0, 1]}, {name: b, classes: [2, 3]}] (see recipes/configs/continual_*.yaml)")
         check_entries(self.experiences)
         if self.task == "multi_label":
-            raise ConfigError("task: multi_label is not implemented for hf-adapt continual yet (new labels as a new "
-                              "experience); train a multi-label model with hf-adapt finetune")
-        if self.task != "classification":
+            self._check_multi_label()
+        elif self.task != "classification":
             learning = {"class": "class-incremental learning adds classes to a head",
                         "domain": "domain-incremental learning keeps one set of classes",
                         "task": "task-incremental learning picks a task's classes"}[self.scenario]
             raise ConfigError(f"task: {self.task} does not apply to hf-adapt continual: {learning}, and a "
                               f"{self.task} target has no classes; train a {self.task} model with hf-adapt finetune")
+        else:
+            for name in ("continual_metric", "metric_for_best_model"):
+                if getattr(self, name) in MULTI_LABEL_ONLY:
+                    raise ConfigError(f"{name}: {getattr(self, name)} is a multi-label metric; task: classification "
+                                      f"takes one of {list(SINGLE_LABEL_METRICS)}")
+        self.continual_metric = self.continual_metric or ("map" if self.task == "multi_label" else "accuracy")
+        self.metric_for_best_model = self.metric_for_best_model or self.continual_metric
         if not get_regime(self.regime).continual:
             raise ConfigError(f"regime {self.regime} is not a continual regime; use one of "
                               f"{', '.join(regimes_that('continual'))}")
         if self.max_forgetting is not None and self.max_forgetting < 0:
             raise ConfigError(f"max_forgetting must be >= 0, got {self.max_forgetting}")
         make_strategy(self.strategy, self.strategy_options)  # unknown strategies and options fail here
+
+    def _check_multi_label(self) -> None:
+        """Multi-label streams: new labels (class), new data for the same labels (domain), or known tasks."""
+        from hf_adapt.tasks import task_of
+
+        for name in ("continual_metric", "metric_for_best_model"):
+            if getattr(self, name) not in (None, *MULTI_LABEL_METRICS):
+                raise ConfigError(f"{name}: {getattr(self, name)} is not a multi-label metric; task: multi_label "
+                                  f"takes one of {list(MULTI_LABEL_METRICS)}, e.g. {name}: map")
+        task_of(self)  # what only means something for one class per row (init_from among them, for now)
 
 
 @dataclass
@@ -209,7 +228,8 @@ def _prepare(cfg: ContinualConfig, job) -> _Setup:
     check_splits(experiences)
     if state is not None:
         strategy.load_state(*state)
-    stream = ContinualRun(cfg.scenario, experiences, label_names, None, job.accelerator, cfg.seed)
+    stream = ContinualRun(cfg.scenario, experiences, label_names, None, job.accelerator, cfg.seed,
+                          multi_label=cfg.task == "multi_label")
     strategy.check(stream, cfg.regime)
     head = stream.head_size = _head_size(parent_labels, cfg.scenario, label_names, new[0])
     backbone, model = _first_model(cfg, parent, parent_labels, head, new)
@@ -248,9 +268,8 @@ def _first_model(cfg: ContinualConfig, parent, parent_labels, head: int, new: li
 def _learn_stream(cfg: ContinualConfig, job, setup: _Setup, split: str = "test", callbacks=()):
     """Train each new experience in turn, scoring every experience's ``split`` rows after each; the model and the
     results. ``callbacks`` see the mean of the experiences learnt so far after each (``continual_average``)."""
-    from hf_adapt.continual.base import ContinualTask
     from hf_adapt.continual.heads import grow_head
-    from hf_adapt.loop import fit
+    from hf_adapt.loop import fit, predict
 
     accelerator, run, strategy, backbone, head = job.accelerator, setup.stream, setup.strategy, setup.backbone, setup.head
     model = accelerator.prepare_model(setup.model, evaluation_mode=True)  # on the device for row 0; fit wraps it later
@@ -264,16 +283,19 @@ def _learn_stream(cfg: ContinualConfig, job, setup: _Setup, split: str = "test",
             logger.info("head grown from %d to %d classes", head, needed)
             head = run.head_size = needed
         model = strategy.before_experience(run, experience, model)
-        task = strategy.training_task(run, ContinualTask(backbone.logits, run.task_classes(head)), model)
+        task = strategy.training_task(run, run.base_task(head), model)
         train = strategy.train_rows(run, experience)
         logger.info("experience %d/%d %r: %d training rows (%d of its own), classes %s", experience.trained_at,
                     len(setup.new), experience.name, len(train), len(experience.labels["train"]),
                     [run.label_names[c] for c in experience.classes])
         phase = job.checkpoints.phase(accelerator, f"experience-{run.step}") if job.checkpoints else None
         prepared, history = fit(accelerator, model, task, *_loaders(cfg, run, strategy, experience, train),
-                                setup.settings, checkpoints=phase)
+                                setup.settings, checkpoints=phase,
+                                evaluate_fn=lambda acc, m, t, loader: run.metrics(*predict(acc, m, t, loader)))
         model = accelerator.unwrap_model(prepared)
         model.eval()
+        if run.multi_label:  # the thresholds of the labels it annotates, on its validation rows
+            _choose_thresholds(cfg, run, strategy, experience, model, head)
         strategy.after_experience(run, experience, model)
         histories.append({"experience": experience.name, "rows": len(train), "best_epoch": history.best_epoch,
                           "steps": history.steps, "train_seconds": history.train_seconds, "history": history.history})
@@ -282,6 +304,18 @@ def _learn_stream(cfg: ContinualConfig, job, setup: _Setup, split: str = "test",
         _report_step(callbacks, run, rows[-1], cfg.continual_metric)
         accelerator.free_memory()  # drop the prepared copies of this experience before the next
     return model, _results(cfg, run, strategy, rows, row_names, histories)
+
+
+def _choose_thresholds(cfg: ContinualConfig, run, strategy, experience, model, head: int) -> None:
+    from hf_adapt.loop import make_loader, predict
+
+    rows = strategy.validation_rows(run, experience)
+    task = strategy.evaluation_task(run, run.base_task(head), model)
+    loader = run.accelerator.prepare(make_loader(run.dataset(rows, "validation"), run.backbone.preprocessor.collate,
+                                                 cfg.per_device_eval_batch_size, train=False, seed=cfg.seed))
+    chosen = run.choose_thresholds(*predict(run.accelerator, model, task, loader))
+    logger.info("thresholds chosen on %s's validation rows for %s", experience.name,
+                [run.label_names[j] for j in chosen])
 
 
 def _loaders(cfg: ContinualConfig, run, strategy, experience, train) -> list:
@@ -312,22 +346,19 @@ def _report_step(callbacks, run, row, metric: str) -> None:
 
 def _evaluate_all(run, strategy, model, head: int, cfg, split: str = "test") -> list[dict[str, Any] | None]:
     """Metrics on the ``split`` rows of every experience whose classes the head knows (None for the others)."""
-    from hf_adapt.continual.base import ContinualTask
-    from hf_adapt.loop import ExampleDataset, make_loader, predict
-    from hf_adapt.metrics import classification_metrics
+    from hf_adapt.loop import make_loader, predict
 
-    task = strategy.evaluation_task(run, ContinualTask(run.backbone.logits, run.task_classes(head)), model)
+    task = strategy.evaluation_task(run, run.base_task(head), model)
     row = []
     for experience in run.experiences:
         if max(experience.classes) >= head:
             row.append(None)
             continue
-        labels = experience.labels[split]
-        dataset = ExampleDataset(experience.inputs(split, run.input_kind), labels, [experience.task] * len(labels))
-        loader = run.accelerator.prepare(make_loader(dataset, run.backbone.preprocessor.collate,
+        loader = run.accelerator.prepare(make_loader(run.dataset(experience.rows(split), split),
+                                                     run.backbone.preprocessor.collate,
                                                      cfg.per_device_eval_batch_size, train=False, seed=cfg.seed))
         logits, y = predict(run.accelerator, model, task, loader)
-        row.append({**classification_metrics(logits, y), "_logits": logits, "_labels": y})
+        row.append({**run.metrics(logits, y), "_logits": logits, "_labels": y})
     return row
 
 
@@ -335,7 +366,6 @@ def _results(cfg, run, strategy, rows, row_names, histories) -> dict[str, Any]:
     import numpy as np
 
     from hf_adapt.continual.metrics import gate, summarize
-    from hf_adapt.metrics import classification_metrics
 
     names = [e.name for e in run.experiences]
     trained_at = [e.trained_at for e in run.experiences]
@@ -346,7 +376,7 @@ def _results(cfg, run, strategy, rows, row_names, histories) -> dict[str, Any]:
     matrix = matrices[cfg.continual_metric]
     summary = summarize(matrix, trained_at, names, cfg.continual_metric)
     last = rows[-1]
-    overall = classification_metrics(np.concatenate([c["_logits"] for c in last]), np.concatenate([c["_labels"] for c in last]))
+    overall = run.metrics(np.concatenate([c["_logits"] for c in last]), np.concatenate([c["_labels"] for c in last]))
     return {
         "scenario": cfg.scenario,
         "strategy": {"name": strategy.name, "description": strategy.description, "options": strategy.card_facts()},
@@ -362,7 +392,22 @@ def _results(cfg, run, strategy, rows, row_names, histories) -> dict[str, Any]:
         "test_metrics": overall,  # the final model on the union of every experience's test rows
         "training": histories,
         "labels": run.label_names,
+        "task": _task(run).info(),
     }
+
+
+def _task(run):
+    """What the outputs mean (``hf_adapt.json``'s task block): classes, or multi-label with each label's threshold."""
+    from hf_adapt.tasks import Classification
+
+    if not run.multi_label:
+        return Classification(len(run.label_names))
+    from hf_adapt.multilabel import MultiLabel
+
+    names = tuple(run.label_names)
+    return MultiLabel(names, tuple(float(t) for t in run.thresholds_for(len(names))),
+                      "the validation rows of the experience that annotates each label, after learning it",
+                      tuple(name for j, name in enumerate(names) if j not in run.chosen))
 
 
 def _parent_experiences(parent, label_names: list[str]):
@@ -504,10 +549,12 @@ def _write_run_files(directory: Path, cfg, accelerator, model, backbone, run, st
         "init_from": chain,
         "continues": {"source": parent.source, "revision": parent.revision} if parent else None,
         "head_names": backbone.head_names,
+        "task": results["task"],
         "data": {"kind": data.kind, "feature_columns": data.feature_columns, "text_template": data.text_template,
                  "pixel_shape": cfg.pixel_shape, "input_column": data.input_column, "column_kinds": column_kinds(data),
                  "dicom_window": cfg.dicom_window, **data.volume.info()},  # images reload as they were read
         "continual": {"scenario": cfg.scenario, "strategy": strategy.name, "adapters": adapters,
+                      "routing": state_facts.get("routing"),
                       "tasks": {e.name: {"task": e.task, "classes": e.classes} for e in run.experiences}},
     }, run.label_names)
     write_json(directory / RESULTS_FILE, results)
@@ -542,7 +589,7 @@ def _write_card(directory: Path, cfg, accelerator, backbone, run, strategy, resu
                for i, h in enumerate(results["training"])]
     facts = {
         "card_template": "continual.md",
-        "summary": (f"A {len(run.label_names)}-class classifier ({', '.join(run.label_names)}) on `{base_model or cfg.model_name_or_path}`, "
+        "summary": (f"{_task(run).model_noun(run.label_names)} on `{base_model or cfg.model_name_or_path}`, "
                     f"taught {len(new)} experience(s) in turn ({cfg.scenario}-incremental, strategy `{strategy.name}`) with hf-adapt."),
         "base_model": base_model,
         "model_source": model_info["name_or_path"],
@@ -553,6 +600,8 @@ def _write_card(directory: Path, cfg, accelerator, backbone, run, strategy, resu
         "data_kind": data.kind,
         "input_kind": backbone.preprocessor.input_kind,
         "labels": run.label_names,
+        "task": results["task"],
+        "multi_label": results["task"] if run.multi_label else None,
         "test_metrics": results["test_metrics"],
         "history": history,
         "scenario": cfg.scenario,
