@@ -103,13 +103,15 @@ class ContinualConfig(ModelOptions, BackboneOptions, DataOptions, LabelOptions, 
 
     def _check_multi_label(self) -> None:
         """Multi-label streams: new labels (class), new data for the same labels (domain), or known tasks."""
-        from hf_adapt.tasks import task_of
+        from hf_adapt.config import refuse_set
+        from hf_adapt.multilabel import SINGLE_LABEL_ONLY
 
         for name in ("continual_metric", "metric_for_best_model"):
             if getattr(self, name) not in (None, *MULTI_LABEL_METRICS):
                 raise ConfigError(f"{name}: {getattr(self, name)} is not a multi-label metric; task: multi_label "
                                   f"takes one of {list(MULTI_LABEL_METRICS)}, e.g. {name}: map")
-        task_of(self)  # what only means something for one class per row (init_from among them, for now)
+        # what only means something for one class per row; init_from here continues a multi-label version
+        refuse_set(self, {k: v for k, v in SINGLE_LABEL_ONLY.items() if k != "init_from"}, "task: multi_label")
 
 
 @dataclass
@@ -215,7 +217,7 @@ def _prepare(cfg: ContinualConfig, job) -> _Setup:
                                       what="a classifier to continue")
         _check_parent(parent, cfg)
         label_names = parent.labels()
-        experiences = _parent_experiences(parent, list(label_names))
+        experiences = _parent_experiences(parent, list(label_names), cfg.task)
         state = _parent_state(parent, cfg)
     parent_labels = list(label_names) if parent else None
     names = {e.name for e in experiences}
@@ -230,6 +232,10 @@ def _prepare(cfg: ContinualConfig, job) -> _Setup:
         strategy.load_state(*state)
     stream = ContinualRun(cfg.scenario, experiences, label_names, None, job.accelerator, cfg.seed,
                           multi_label=cfg.task == "multi_label")
+    if parent is not None and stream.multi_label:  # the parent's thresholds, until its labels are annotated again
+        block = parent.info["task"]
+        stream.thresholds = [float(t) for t in block["thresholds"]]
+        stream.chosen = {j for j, name in enumerate(parent_labels) if name not in (block.get("default_thresholds") or ())}
     strategy.check(stream, cfg.regime)
     head = stream.head_size = _head_size(parent_labels, cfg.scenario, label_names, new[0])
     backbone, model = _first_model(cfg, parent, parent_labels, head, new)
@@ -410,7 +416,7 @@ def _task(run):
                       tuple(name for j, name in enumerate(names) if j not in run.chosen))
 
 
-def _parent_experiences(parent, label_names: list[str]):
+def _parent_experiences(parent, label_names: list[str], task: str):
     """The parent's experiences (a finetune parent: its whole data set) re-read from their data sources, with
     the rows it was tested on: what "old versus new" is measured on, and what replay may draw from."""
     from hf_adapt.config import config_from_dict
@@ -430,8 +436,8 @@ def _parent_experiences(parent, label_names: list[str]):
         entries = [{"name": Path(parent.source).name, **{k: values[k] for k in SPEC_FIELDS if k in values}}]
     before = list(label_names)
     try:
-        experiences = load_experiences(config_from_dict(FinetuneConfig, {}), entries, label_names, first_task=0,
-                                       trained_at=None)
+        experiences = load_experiences(config_from_dict(FinetuneConfig, {"task": task}), entries, label_names,
+                                       first_task=0, trained_at=None)
     except (DataError, ConfigError) as err:
         raise DataError(f"init_from {parent.source!r}: its data could not be re-read for the old-versus-new "
                         f"comparison and replay: {err}") from err
@@ -445,10 +451,10 @@ def _check_parent(parent, cfg) -> None:
     """Refuse an update that cannot continue the parent as it was trained."""
     info = parent.info.get("continual") or {}
     task = (parent.info.get("task") or {}).get("name", "classification")
-    if task == "multi_label":
-        raise ConfigError(f"init_from {cfg.init_from!r} is a multi-label model; continuing one with new labels is "
-                          "not implemented for hf-adapt continual yet")
-    if task != "classification":
+    if "multi_label" in (task, cfg.task) and task != cfg.task:
+        raise ConfigError(f"init_from {cfg.init_from!r} is a {task.replace('_', '-')} model and this run is "
+                          f"task: {cfg.task}; an update keeps its parent's task, so set task: {task}")
+    if task not in ("classification", "multi_label"):
         raise ConfigError(f"init_from {cfg.init_from!r} is a {task} model; continual learning (here "
                           f"{cfg.scenario}-incremental) continues a classifier's classes, and a {task} target has none")
     if parent.info.get("regime") != cfg.regime:
@@ -627,7 +633,7 @@ def _old_vs_new(results, run) -> list[dict[str, Any]]:
     rows = []
     for j, e in enumerate(run.experiences):
         if e.trained_at == 0:
-            for m in CARD_METRICS:
+            for m in MULTI_LABEL_METRICS if run.multi_label else CARD_METRICS:
                 before, after = results["matrices"][m][0][j], results["matrices"][m][-1][j]
                 rows.append({"experience": e.name, "metric": m, "before": before, "after": after,
                              "change": None if before is None or after is None else after - before})

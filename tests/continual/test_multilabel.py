@@ -170,3 +170,37 @@ def test_multi_label_refusals(tiny_bert, findings, tmp_path):
             "experiences": [{"name": "a"}], "strategy": "adapter_per_experience",
             "strategy_options": {"routing": "label"}, "data": str(findings / "train.csv"),
             "model_name_or_path": str(tiny_bert), "output_dir": str(tmp_path / "c")}))
+
+
+def test_a_served_multi_label_version_learns_a_new_label(tiny_bert, findings, tmp_path):
+    """A finetune output that knows bad and long (its ``old`` column) is updated with ``rented``, annotated on the
+    second stream's rows: the label map grows, the old labels keep their thresholds, and the card compares old
+    and new on the parent's own test rows."""
+    from tests.conftest import train_finetune
+
+    for split in ("train", "validation", "test"):
+        frame = pd.read_csv(findings / f"{split}.csv", keep_default_na=False)
+        frame["old"] = ["|".join(x for x in str(f).split("|") if x in ("bad", "long")) for f in frame["findings"]]
+        frame.to_csv(tmp_path / f"{split}.csv", index=False)
+    files = {split: str(tmp_path / f"{split}.csv") for split in ("train", "validation", "test")}
+    parent = train_finetune(tmp_path / "parent", model_name_or_path=str(tiny_bert), data="csv", data_files=files,
+                            task="multi_label", label_column="old", metric_for_best_model="map",
+                            text_template=TEMPLATE, num_train_epochs=2, learning_rate=1e-2, card_examples=0,
+                            bootstrap_resamples=0)
+    before = json.loads((parent / "hf_adapt.json").read_text())["task"]["thresholds"]
+    update = main(_config(tiny_bert, tmp_path, tmp_path / "update", init_from=str(parent), strategy="lwf",
+                          experiences=[{"name": "rent", "classes": ["rented"], "where": {"stream": ["second"]}}]))
+    results = update.results
+    assert results["labels"] == LABELS and results["rows"] == ["before", "rent"]
+    assert [e["classes"] for e in results["experiences"]] == [["bad", "long"], ["rented"]]
+    assert results["matrix"][0][0] is not None and results["matrix"][0][1] is None  # the parent knew no rented
+    thresholds = results["task"]["thresholds"]
+    assert thresholds[:2] == pytest.approx(before)  # rent annotates rented alone: the old labels keep theirs
+    card = (update.output_dir / "README.md").read_text()
+    assert "Old versus new on the parent's own test data" in card and "| map |" in card
+    predictor = hf_adapt.load_adapted(str(update.output_dir))
+    assert list(predictor.thresholds) == LABELS
+    with pytest.raises(ConfigError, match="set task: multi_label"):
+        main(_config(tiny_bert, tmp_path, tmp_path / "wrong", init_from=str(parent), task="classification",
+                     continual_metric=None, label_column="creditability",
+                     experiences=[{"name": "x", "where": {"stream": ["second"]}}]))

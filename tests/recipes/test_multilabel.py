@@ -160,14 +160,6 @@ def test_a_label_on_no_training_row_trains_and_its_baseline_predicts_its_rate(ti
     assert "logistic_regression" in baselines  # fitted with the constant label, not refused after training
 
 
-def test_continual_refuses_updating_a_multi_label_version_by_name():
-    from hf_adapt.recipes.continual import ContinualConfig
-
-    with pytest.raises(ConfigError, match="init_from.*not implemented for task: multi_label yet"):
-        config_from_dict(ContinualConfig, {"task": "multi_label", "init_from": "outputs/x",
-                                           "experiences": [{"name": "a", "classes": ["b"]}]})
-
-
 def test_bad_labels_are_refused_naming_the_row(tiny_bert, findings_csv, tmp_path):
     frame = pd.read_csv(findings_csv)
     frame.loc[3, "long"] = 2
