@@ -93,10 +93,11 @@ class AdapterPerExperience(Strategy):
         masks = run.task_classes(run.head_size, always=True)
         experts = [(self.adapters[e.name], masks[e.task]) for e in learnt]
 
+        loss_of = MultiLabelContinualTask.loss_of if run.multi_label else F.cross_entropy
         if self.routing == "label":
             def by_label(model_, batch):
                 logits = label_logits(model_, task.logits_fn, batch["inputs"], experts)
-                return {"loss": MultiLabelContinualTask.loss_of(logits, batch["labels"]), "logits": logits}
+                return {"loss": loss_of(logits, batch["labels"]), "logits": logits}
 
             return by_label
 
@@ -105,7 +106,7 @@ class AdapterPerExperience(Strategy):
             if self.routing == "task_id":  # -1: a task not learnt yet, answered by confidence
                 choice = torch.tensor([positions.get(int(t), -1) for t in batch["task"]])
             logits = routed_logits(model_, task.logits_fn, batch["inputs"], experts, choice)
-            return {"loss": F.cross_entropy(logits, batch["labels"]), "logits": logits}
+            return {"loss": loss_of(logits, batch["labels"]), "logits": logits}
 
         return routed
 

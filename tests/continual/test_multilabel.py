@@ -105,25 +105,28 @@ def test_the_saved_model_serves_what_the_run_scored(naive_run, findings):
     assert "- multi-label" in card  # the Hub tag
 
 
-@pytest.mark.parametrize("strategy,options", [
-    ("lwf", {"alpha": 1.0, "temperature": 2.0}),
-    ("replay", {"buffer_size": 20}),
-    ("ewc", {"fisher_samples": 16}),
-    ("adapter_per_experience", None),
+@pytest.mark.parametrize("strategy,options,scenario", [
+    ("lwf", {"alpha": 1.0, "temperature": 2.0}, "class"),
+    ("replay", {"buffer_size": 20}, "class"),
+    ("ewc", {"fisher_samples": 16}, "class"),
+    ("adapter_per_experience", None, "class"),
+    ("adapter_per_experience", None, "task"),
 ])
-def test_each_strategy_learns_the_stream(strategy, options, tiny_bert, findings, tmp_path):
+def test_each_strategy_learns_the_stream(strategy, options, scenario, tiny_bert, findings, tmp_path):
     out = tmp_path / "out"
-    run = main(_config(tiny_bert, findings, out, strategy=strategy, strategy_options=options, num_train_epochs=2))
+    run = main(_config(tiny_bert, findings, out, strategy=strategy, strategy_options=options, scenario=scenario,
+                       num_train_epochs=2))
     matrix = run.results["matrix"]
     assert matrix[-1][0] is not None and matrix[-1][1] is not None
     assert all(np.isfinite(v) for v in matrix[-1])
     predictor = hf_adapt.load_adapted(str(out))
     rows, targets = _annotated_test_targets(findings, "risk")
-    served = multilabel_metrics(predictor.logits(rows).numpy(), targets)
-    assert served["map"] == pytest.approx(matrix[-1][0], abs=1e-5)  # label routing reloads as it ran
+    task = {"task": "risk"} if scenario == "task" else {}
+    served = multilabel_metrics(predictor.logits(rows, **task).numpy(), targets)
+    assert served["map"] == pytest.approx(matrix[-1][0], abs=1e-5)  # routing reloads as it ran
     if strategy == "adapter_per_experience":
         record = json.loads((out / "hf_adapt.json").read_text())
-        assert record["continual"]["routing"] == "label"
+        assert record["continual"]["routing"] == ("task_id" if scenario == "task" else "label")
         # nothing forgotten: the first experience's label is answered by its own, frozen adapter
         assert matrix[-1][0] == pytest.approx(matrix[1][0], abs=1e-6)
     if strategy == "replay":
