@@ -132,7 +132,9 @@ def make_loader(dataset: ExampleDataset, collate: Callable, batch_size: int, tra
         return batch
 
     if isinstance(dataset, IterableDataset):  # (position, example): batches seeded by position, as rows are below
-        return DataLoader(dataset, batch_size=batch_size, collate_fn=_seeded(collate_fn, seed))
+        # its own generator: starting an iteration (each epoch, a resume) draws a seed, never from dropout's
+        return DataLoader(dataset, batch_size=batch_size, collate_fn=_seeded(collate_fn, seed),
+                          generator=torch.Generator().manual_seed(seed))
     if not train:
         return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_fn, num_workers=num_workers)
     sampler = None
