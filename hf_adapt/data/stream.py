@@ -94,7 +94,7 @@ def _number(row: dict[str, Any], index: int) -> dict[str, int]:
 def _label_text(dataset, column: str):
     """A split whose label column is a ``ClassLabel`` (an image folder) with the class names instead of ids, as the
     streamed rows carry them."""
-    from datasets import Value
+    from datasets import Features, Value
 
     feature = dataset.features.get(column)
     if type(feature).__name__ != "ClassLabel":
@@ -102,7 +102,7 @@ def _label_text(dataset, column: str):
     names = feature.names
     return dataset.cast_column(column, Value("int64")).map(
         lambda batch: {column: [names[i] for i in batch[column]]}, batched=True,
-        features=dataset.features.copy() | {column: Value("string")})
+        features=Features({**dataset.features, column: Value("string")}))
 
 
 class RowReader:

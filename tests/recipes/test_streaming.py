@@ -177,3 +177,38 @@ def test_two_processes_stream_unequal_shares_for_the_same_steps(tiny_bert, credi
     assert results["num_processes"] == 2 and results["steps"] == 45
     assert [h["step"] for h in results["history"]] == [15, 30, 45]
     assert results["streamed"]["examples_seen"] == 45 * 8 * 2
+
+
+def test_an_image_folder_streams_its_train_class_folders_dicom_included(tiny_timm_convnet, tmp_path):
+    """Real digits as PNGs in train/, validation/ and test/ class folders, and a real CT slice (DICOM, which
+    ``imagefolder`` would skip) among the train images: the stream lists the files and opens each when reached."""
+    import numpy as np
+    from PIL import Image
+    from pydicom.data import get_testdata_file
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    root = tmp_path / "digits"
+    for label in range(3):
+        rows = np.flatnonzero(digits.target == label)[:30]
+        for split, chosen in (("train", rows[:20]), ("validation", rows[20:25]), ("test", rows[25:])):
+            folder = root / split / str(label)
+            folder.mkdir(parents=True)
+            for i in chosen:
+                Image.fromarray((digits.images[i] * 255 / 16).astype(np.uint8)).resize((32, 32)).save(folder / f"{i}.png")
+    shutil.copy(get_testdata_file("CT_small.dcm"), root / "train" / "0" / "ct.dcm")
+    from hf_adapt.data import DataSpec
+    from hf_adapt.data.stream import RowReader, TrainStream, load_streamed
+
+    data, streamed = load_streamed(DataSpec(source=str(root), label_column="label"))
+    assert data.kind == "image" and data.labels == ["0", "1", "2"] and streamed.probe_rows == 61
+    share = TrainStream(streamed, RowReader(data, "image", "label", streamed.source, 61), 0, 100)
+    images = [image for _, (image, _) in itertools.islice(share, 61)]
+    assert sorted({image.size for image in images}) == [(32, 32), (128, 128)], "the CT slice is read, not skipped"
+
+    out = train_finetune(tmp_path / "img", model_name_or_path=str(tiny_timm_convnet), data=str(root),
+                         label_column="label", reset_head=True, image_size=32, streaming=True, max_steps=6,
+                         per_device_train_batch_size=8, metric_for_best_model="accuracy", bootstrap_resamples=0,
+                         adapter={"peft_type": "LORA", "r": 4, "lora_alpha": 8})
+    results = json.loads((out / "train_results.json").read_text())
+    assert results["steps"] == 6 and results["streamed"]["examples_seen"] == 48
