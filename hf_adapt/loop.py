@@ -416,10 +416,7 @@ def fit(accelerator, model: nn.Module, task: Task, train_loader: DataLoader, eva
     and when training ends, and first resume from ``checkpoints.resume_from`` if set. A resumed
     run continues bitwise where the saved one was: the same batches in the same order, the same
     dropout draws, and (with loaders from :func:`training_loader`) the same augmentation.
-
-    A ``train_loader`` over a stream (a torch ``IterableDataset`` with ``seek``, already split by process: see
-    :mod:`hf_adapt.data.stream`) has no end: it trains ``settings.max_steps`` steps, an epoch being
-    ``settings.eval_steps`` of them, and goes on across epochs and resumes where it was.
+    A stream (:mod:`hf_adapt.data.stream`) has no end: ``max_steps`` steps, each epoch ``eval_steps`` of them.
 
     SIGTERM (see :mod:`hf_adapt.preemption`) stops every process at the same optimiser step, with a
     checkpoint there when ``checkpoints`` is given, and raises :class:`~hf_adapt.preemption.Preempted`.
@@ -428,16 +425,8 @@ def fit(accelerator, model: nn.Module, task: Task, train_loader: DataLoader, eva
     # the generator that shuffles the training data: its state at an epoch's start fixes the epoch's order
     generator = getattr(train_loader.sampler, "generator", None)
     optimizer = make_optimizer(model, settings)
-    stream = isinstance(train_loader.dataset, IterableDataset)
-    if stream:
-        if settings.max_steps <= 0:
-            raise ValueError("a stream has no end: set max_steps")
-        model, optimizer, eval_loader = accelerator.prepare(model, optimizer, eval_loader)
-        train_loader = _prepare_stream(accelerator, train_loader)
-        steps_per_epoch = settings.eval_steps or settings.max_steps
-    else:
-        model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
-        steps_per_epoch = math.ceil(len(train_loader) / accelerator.gradient_accumulation_steps)
+    model, optimizer, train_loader, eval_loader, steps_per_epoch, stream = _prepare(
+        accelerator, model, optimizer, train_loader, eval_loader, settings)
     total_steps = settings.max_steps if settings.max_steps > 0 else steps_per_epoch * settings.num_train_epochs
     epochs = math.ceil(total_steps / steps_per_epoch)
     scheduler = _make_scheduler(accelerator, optimizer, settings, total_steps)
@@ -493,13 +482,26 @@ def fit(accelerator, model: nn.Module, task: Task, train_loader: DataLoader, eva
     return model, result
 
 
-def _prepare_stream(accelerator, loader: DataLoader) -> DataLoader:
-    """A stream's loader with its batches placed on the device: each process reads its own share already, so
-    it is neither sharded again nor read by one process and dispatched (Accelerate's ways with an iterable)."""
+def _prepare(accelerator, model, optimizer, train_loader: DataLoader, eval_loader: DataLoader | None,
+             settings: LoopSettings):
+    """Everything through ``accelerator.prepare``, the optimiser steps of an epoch (a stream's: ``eval_steps``),
+    and whether the training data is a stream (a torch ``IterableDataset`` with ``seek``, each process's share).
+
+    A stream's loader only has its batches placed on the device: each process reads its own share already, so it
+    is neither sharded again nor read by one process and dispatched (Accelerate's ways with an iterable).
+    """
+    if not isinstance(train_loader.dataset, IterableDataset):
+        model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
+        return model, optimizer, train_loader, eval_loader, math.ceil(
+            len(train_loader) / accelerator.gradient_accumulation_steps), False
     from accelerate.data_loader import prepare_data_loader
 
-    return prepare_data_loader(loader, accelerator.device, num_processes=1, process_index=0, put_on_device=True,
-                               dispatch_batches=False)
+    if settings.max_steps <= 0:
+        raise ValueError("a stream has no end: set max_steps")
+    model, optimizer, eval_loader = accelerator.prepare(model, optimizer, eval_loader)
+    train_loader = prepare_data_loader(train_loader, accelerator.device, num_processes=1, process_index=0,
+                                       put_on_device=True, dispatch_batches=False)
+    return model, optimizer, train_loader, eval_loader, settings.eval_steps or settings.max_steps, True
 
 
 def _make_scheduler(accelerator, optimizer, settings: LoopSettings, total_steps: int):
