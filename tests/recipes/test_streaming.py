@@ -86,6 +86,34 @@ def test_a_train_row_with_an_unknown_label_is_refused_by_file_row_and_column(cre
         list(itertools.islice(_share(streamed, data, buffer=1), 1200))
 
 
+def test_streamed_rows_become_the_inputs_the_in_memory_path_makes(credit_files, tmp_path):
+    """Rendered table rows, and pixel rows reshaped to images: with a shuffle buffer of one row the stream reads
+    the file in order, so its inputs are the in-memory path's for the same rows."""
+    import numpy as np
+    import pandas as pd
+
+    data, streamed = _streamed(credit_files)
+    share = _share(streamed, data, buffer=1)
+    assert [text for _, text in _positions_and_texts(share, 600)] == data.inputs("train", "text")
+
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    frame = pd.DataFrame(digits.data[:90].astype(int), columns=[f"p{i}" for i in range(64)])
+    frame["label"] = digits.target[:90]
+    files = {}
+    for split, rows in (("train", slice(0, 60)), ("validation", slice(60, 75)), ("test", slice(75, 90))):
+        frame.iloc[rows].to_csv(tmp_path / f"{split}.csv", index=False)
+        files[split] = str(tmp_path / f"{split}.csv")
+    from hf_adapt.data import DataSpec
+    from hf_adapt.data.stream import RowReader, TrainStream, load_streamed
+
+    data, streamed = load_streamed(DataSpec(source="", label_column="label", pixel_shape=[8, 8], data_files=files))
+    share = TrainStream(streamed, RowReader(data, "image", "label", streamed.source, streamed.probe_rows), 0, 1)
+    streamed_images = [image for _, (image, _) in itertools.islice(share, 60)]
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(streamed_images, data.inputs("train", "image"), strict=True))
+
+
 @pytest.mark.parametrize(("values", "message"), [
     ({}, "streaming: true needs max_steps"),
     ({"max_steps": 4, "cv_folds": 3}, "cv_folds: 3 does not apply to streaming: true"),
