@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from hf_adapt import preemption
 from hf_adapt.adapters import freeze_frozen_norm_statistics
@@ -119,6 +119,7 @@ def make_loader(dataset: ExampleDataset, collate: Callable, batch_size: int, tra
 
     ``balanced``: training batches are drawn with replacement, each class equally likely
     (a seeded ``WeightedRandomSampler``; an epoch is still ``len(dataset)`` examples).
+    ``dataset`` may instead be a stream (:class:`hf_adapt.data.stream.TrainStream`), which orders itself.
     """
     def collate_fn(examples):
         inputs, labels, *tasks = zip(*examples)
@@ -130,6 +131,10 @@ def make_loader(dataset: ExampleDataset, collate: Callable, batch_size: int, tra
             batch["task"] = torch.tensor(tasks[0], dtype=torch.long)
         return batch
 
+    if isinstance(dataset, IterableDataset):  # (position, example): batches seeded by position, as rows are below
+        # its own generator: starting an iteration (each epoch, a resume) draws a seed, never from dropout's
+        return DataLoader(dataset, batch_size=batch_size, collate_fn=_seeded(collate_fn, seed),
+                          generator=torch.Generator().manual_seed(seed))
     if not train:
         return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_fn, num_workers=num_workers)
     sampler = None
@@ -153,11 +158,6 @@ def training_loader(dataset: Dataset, collate_fn: Callable, batch_size: int, see
     mid-epoch (Accelerate's loader collates one batch ahead) sees exactly the batches it would have;
     the salt gives the same rows new draws next epoch, even in a batch of one.
     """
-    def seeded_collate(items):
-        keys = [key for key, _ in items]
-        with _batch_rng(seed, keys):
-            return collate_fn([item for _, item in items])
-
     # the order (or the sampler's draws), the salts and the workers' base seed, all from one generator that
     # fit() rewinds to an epoch's start when it resumes
     generator = getattr(sampler, "generator", None) or torch.Generator().manual_seed(seed)
@@ -166,7 +166,17 @@ def training_loader(dataset: Dataset, collate_fn: Callable, batch_size: int, see
     # row's gradient step is noise; a different row sits it out each epoch
     lone = len(order) > batch_size and len(order) % batch_size == 1
     return DataLoader(_Keyed(dataset), batch_size=batch_size, sampler=_Salted(order, generator),
-                      collate_fn=seeded_collate, generator=generator, num_workers=num_workers, drop_last=lone)
+                      collate_fn=_seeded(collate_fn, seed), generator=generator, num_workers=num_workers, drop_last=lone)
+
+
+def _seeded(collate_fn: Callable, seed: int) -> Callable:
+    """``collate_fn`` over ``(key, item)`` pairs, its random draws seeded by ``seed`` and the batch's keys."""
+    def seeded_collate(items):
+        keys = [key for key, _ in items]
+        with _batch_rng(seed, keys):
+            return collate_fn([item for _, item in items])
+
+    return seeded_collate
 
 
 class _Salted(torch.utils.data.Sampler):
@@ -237,6 +247,7 @@ class LoopSettings:
     logging_steps: int = 10
     layer_lr_decay: float | None = None  # lr of layer d = lr * decay ** (top - d); None: one rate for all
     restore_best: bool = True  # False: keep the last epoch's weights (epochs are still evaluated and logged)
+    eval_steps: int | None = None  # a stream's epoch: evaluate every this many optimiser steps (None: at max_steps)
 
     @classmethod
     def from_config(cls, cfg: Any, backbone: Any, **overrides: Any) -> LoopSettings:
@@ -248,7 +259,7 @@ class LoopSettings:
             weight_decay=cfg.weight_decay, lr_scheduler_type=cfg.lr_scheduler_type, warmup_ratio=cfg.warmup_ratio,
             max_grad_norm=cfg.max_grad_norm, metric_for_best_model=cfg.metric_for_best_model,
             early_stopping_patience=cfg.early_stopping_patience, logging_steps=cfg.logging_steps,
-            layer_lr_decay=cfg.layer_lr_decay,
+            layer_lr_decay=cfg.layer_lr_decay, eval_steps=getattr(cfg, "eval_steps", None),
         )
         return cls(**{**settings, **overrides})
 
@@ -405,6 +416,7 @@ def fit(accelerator, model: nn.Module, task: Task, train_loader: DataLoader, eva
     and when training ends, and first resume from ``checkpoints.resume_from`` if set. A resumed
     run continues bitwise where the saved one was: the same batches in the same order, the same
     dropout draws, and (with loaders from :func:`training_loader`) the same augmentation.
+    A stream (:mod:`hf_adapt.data.stream`) has no end: ``max_steps`` steps, each epoch ``eval_steps`` of them.
 
     SIGTERM (see :mod:`hf_adapt.preemption`) stops every process at the same optimiser step, with a
     checkpoint there when ``checkpoints`` is given, and raises :class:`~hf_adapt.preemption.Preempted`.
@@ -413,8 +425,8 @@ def fit(accelerator, model: nn.Module, task: Task, train_loader: DataLoader, eva
     # the generator that shuffles the training data: its state at an epoch's start fixes the epoch's order
     generator = getattr(train_loader.sampler, "generator", None)
     optimizer = make_optimizer(model, settings)
-    model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
-    steps_per_epoch = math.ceil(len(train_loader) / accelerator.gradient_accumulation_steps)
+    model, optimizer, train_loader, eval_loader, steps_per_epoch, stream = _prepare(
+        accelerator, model, optimizer, train_loader, eval_loader, settings)
     total_steps = settings.max_steps if settings.max_steps > 0 else steps_per_epoch * settings.num_train_epochs
     epochs = math.ceil(total_steps / steps_per_epoch)
     scheduler = _make_scheduler(accelerator, optimizer, settings, total_steps)
@@ -432,8 +444,9 @@ def fit(accelerator, model: nn.Module, task: Task, train_loader: DataLoader, eva
         freeze_frozen_norm_statistics(model)
         for callback in callbacks:
             callback.on_epoch_start(epoch, model)
+        epoch_end = min(total_steps, epoch * steps_per_epoch) if stream else total_steps  # a stream never ends
         for batch in run.epoch_batches(epoch, train_loader):
-            if run.step >= total_steps:  # resumed from a checkpoint taken at max_steps, mid-epoch
+            if run.step >= epoch_end:  # resumed from a checkpoint taken at max_steps, mid-epoch
                 break
             with accelerator.accumulate(model):
                 loss = task(model, batch)["loss"]
@@ -449,7 +462,7 @@ def fit(accelerator, model: nn.Module, task: Task, train_loader: DataLoader, eva
             run.count(loss)
             if accelerator.sync_gradients:
                 run.optimizer_stepped(progress, scheduler)
-            if run.step >= total_steps:
+            if run.step >= epoch_end:
                 break
         run.check_divergence()
         metrics = evaluate_fn(accelerator, model, task, eval_loader) if eval_loader is not None else {}
@@ -467,6 +480,28 @@ def fit(accelerator, model: nn.Module, task: Task, train_loader: DataLoader, eva
         metric = settings.metric_for_best_model
         logger.info("restored best epoch %s (%s=%.4f)", result.best_epoch, metric, result.best_metrics[metric])
     return model, result
+
+
+def _prepare(accelerator, model, optimizer, train_loader: DataLoader, eval_loader: DataLoader | None,
+             settings: LoopSettings):
+    """Everything through ``accelerator.prepare``, the optimiser steps of an epoch (a stream's: ``eval_steps``),
+    and whether the training data is a stream (a torch ``IterableDataset`` with ``seek``, each process's share).
+
+    A stream's loader only has its batches placed on the device: each process reads its own share already, so it
+    is neither sharded again nor read by one process and dispatched (Accelerate's ways with an iterable).
+    """
+    if not isinstance(train_loader.dataset, IterableDataset):
+        model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
+        return model, optimizer, train_loader, eval_loader, math.ceil(
+            len(train_loader) / accelerator.gradient_accumulation_steps), False
+    from accelerate.data_loader import prepare_data_loader
+
+    if settings.max_steps <= 0:
+        raise ValueError("a stream has no end: set max_steps")
+    model, optimizer, eval_loader = accelerator.prepare(model, optimizer, eval_loader)
+    train_loader = prepare_data_loader(train_loader, accelerator.device, num_processes=1, process_index=0,
+                                       put_on_device=True, dispatch_batches=False)
+    return model, optimizer, train_loader, eval_loader, settings.eval_steps or settings.max_steps, True
 
 
 def _make_scheduler(accelerator, optimizer, settings: LoopSettings, total_steps: int):
@@ -501,24 +536,33 @@ class _Run:
         self.diverged_at = torch.full((), -1, dtype=torch.long, device=accelerator.device)
         self.running = torch.zeros((), device=accelerator.device)  # a tensor: no GPU sync per step
         self.seen = 0
+        self.consumed = 0  # batches trained on, all epochs: where a stream is
         self.resumed_epoch: int | None = None
         if checkpoints is not None and checkpoints.resume_from is not None:
             self._resume()
 
     def epoch_batches(self, epoch: int, loader: DataLoader):
-        """The epoch's batches; a resumed epoch restarts its shuffle and skips what was already trained on."""
-        if epoch == self.resumed_epoch:
-            self.resumed_epoch = None
+        """The epoch's batches; a resumed epoch restarts its shuffle and skips what was already trained on. A
+        stream goes on from the batches trained on so far, in any epoch."""
+        resumed = epoch == self.resumed_epoch
+        self.resumed_epoch = None
+        if not resumed:
+            self.running, self.seen, self.batches = torch.zeros((), device=self.accelerator.device), 0, 0
+        seek = getattr(loader.dataset, "seek", None)
+        if seek is not None:
+            seek(self.consumed * loader.batch_size)  # every batch of an endless stream is full
+            return loader
+        if resumed:
             if self.generator is not None and self.epoch_generator is not None:
                 self.generator.set_state(self.epoch_generator)
             return self.accelerator.skip_first_batches(loader, self.batches)
         self.epoch_generator = self.generator.get_state() if self.generator is not None else None
-        self.running, self.seen, self.batches = torch.zeros((), device=self.accelerator.device), 0, 0
         return loader
 
     def count(self, loss: torch.Tensor) -> None:
         loss = loss.detach()
         self.running, self.seen, self.batches = self.running + loss.float(), self.seen + 1, self.batches + 1
+        self.consumed += 1
         self.diverged_at = torch.where((self.diverged_at < 0) & ~torch.isfinite(loss), self.step + 1, self.diverged_at)
 
     def optimizer_stepped(self, progress, scheduler) -> None:
@@ -590,6 +634,7 @@ class _Run:
     def save(self) -> None:
         self.check_divergence()  # a checkpoint is always one to go back to
         state = {"phase": self.checkpoints.name, "step": self.step, "epoch": self.epoch, "batches": self.batches,
+                 "consumed": self.consumed,
                  "seen": self.seen, "stale": self.stale, "finished": self.finished,
                  "num_processes": self.accelerator.num_processes, "best_epoch": self.result.best_epoch,
                  "best_metrics": self.result.best_metrics, "history": self.result.history}
@@ -631,6 +676,7 @@ class _Run:
             raise ConfigError(f"{self.checkpoints.resume_from} was saved by {state['num_processes']} processes; "
                               f"resume it with as many (now {self.accelerator.num_processes})")
         self.step, self.epoch, self.batches = state["step"], state["epoch"], state["batches"]
+        self.consumed = state.get("consumed", 0)  # checkpoints from before streaming lack it
         self.seen, self.stale, self.finished = state["seen"], state["stale"], state["finished"]
         self.result.best_epoch, self.result.best_metrics = state["best_epoch"], state["best_metrics"]
         self.result.history = state["history"]

@@ -12,6 +12,7 @@ component            fields                                                     
 ModelOptions         the base model: where it comes from, its revision, tokens    all
 BackboneOptions      how a classification backbone is built                       finetune, continual, pretrain
 DataOptions          where the data comes from and how it is split                finetune, continual, pretrain
+StreamingOptions     a train split read while training (larger than memory)       finetune
 LabelOptions         labelled rows: the label, the inputs, budgets, images        finetune, continual, pretrain
 ParentOptions        the earlier hf-adapt output a run starts from                finetune, continual, feedback
 AdapterOptions       the peft adapter                                             all
@@ -100,6 +101,52 @@ class DataOptions(Options):
         _share(self, "test_size")
         if self.validation_size + self.test_size >= 1:
             raise ConfigError("validation_size + test_size must leave rows for training")
+
+
+# what needs the whole train split at hand before training (field -> (its unset value, why)); streaming refuses them
+NEEDS_WHOLE_TRAIN = {
+    "task": ("classification", "regression standardises its target by the train split's mean and std, and "
+                               "multi-label rows carry several labels; streaming reads single-label classes"),
+    "cv_folds": (None, "cross-validation folds the whole train split"),
+    "table_features": ("none", "a hybrid's table encoding and wide path are fitted on the whole train split"),
+    "class_weights": ("none", "balanced weights count each class's train rows"),
+    "balanced_sampler": (False, "the sampler draws from the whole train split"),
+    "max_train_samples": (None, "max_steps bounds a stream"),
+    "train_fraction": (None, "a label budget draws from the whole train split"),
+    "train_samples_per_class": (None, "a label budget draws from the whole train split"),
+    "group_column": (None, "no group in two splits is checked over the whole train split"),
+    "num_workers": (0, "the stream is read in each training process"),
+}
+
+
+@dataclass
+class StreamingOptions(Options):
+    """A train split larger than memory, read while the model trains (hf_adapt.data.stream)."""
+
+    title = "streaming data"
+    streaming: bool = field(default=False, metadata={"help": "Read the train split while training, as a datasets IterableDataset (CSV/JSON/parquet data_files, or a folder with train/, validation/ and test/ class subfolders, DICOM included), each process its own share; validation and test must be given and load whole. Trains max_steps steps (required), evaluating every eval_steps; the share is reread, reshuffled, until then; a resumed run continues at the same example. Label names come from validation, test and the first 1000 train rows; a later train row with another label stops the run, named."})
+    eval_steps: int | None = field(default=None, metadata={"help": "streaming: evaluate on validation (and keep the best weights) every this many optimiser steps (unset: once, at max_steps)."})
+    shuffle_buffer_size: int = field(default=1000, metadata={"help": "streaming: rows in the seeded shuffle buffer of each process's share of the train split (more: better mixed, more memory)."})
+
+    def validate(self) -> None:
+        if not self.streaming:
+            if self.eval_steps is not None:
+                raise ConfigError("eval_steps applies to streaming: true (a stream's epoch); an in-memory run "
+                                  "evaluates once per epoch")
+            return
+        from hf_adapt.config import refuse_set
+
+        if getattr(self, "max_steps", -1) <= 0:
+            raise ConfigError("streaming: true needs max_steps (> 0): a stream's length is not known before it is "
+                              "read, so epochs cannot count the training")
+        if self.eval_steps is not None and self.eval_steps < 1:
+            raise ConfigError(f"eval_steps must be >= 1, got {self.eval_steps}")
+        if self.shuffle_buffer_size < 1:
+            raise ConfigError(f"shuffle_buffer_size must be >= 1, got {self.shuffle_buffer_size}")
+        refuse_set(self, NEEDS_WHOLE_TRAIN, "streaming: true")
+        if getattr(self, "baseline", "none") not in ("auto", "none"):
+            raise ConfigError(f"baseline: {self.baseline} is fitted on the whole train split, which streaming: true "
+                              "never holds; leave baseline auto (none when streaming) or none")
 
 
 @dataclass

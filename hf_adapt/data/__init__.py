@@ -12,7 +12,8 @@ Image files are opened and checked by :mod:`hf_adapt.images` (DICOM through :mod
 
 Modules: ``spec`` (what to load), ``files`` (reading files, folders, Hub datasets), ``splits``
 (labels, carved splits, budgets, folds), ``rows`` (which kind the data is, rows rendered as text), ``checks`` (checks on loaded rows),
-``labelled`` (``load_labelled``, ``LabelledData``, rows as inputs) and ``corpus`` (``load_corpus``, documents for language modelling).
+``labelled`` (``load_labelled``, ``LabelledData``, rows as inputs), ``corpus`` (``load_corpus``, documents for language modelling)
+and ``stream`` (``load_streamed``: a train split read while training; imported where used, as it imports torch).
 """
 
 from hf_adapt.data.checks import check_dicom_window

@@ -4,6 +4,7 @@ and what pins the exact data for the card. A file that fails to load is read aga
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from pathlib import Path
 
 from hf_adapt.data.spec import DataSpec
@@ -268,3 +269,56 @@ def image_root_folder(spec: DataSpec) -> str | None:
                           "into besides the manifest's own")
     return str(root.resolve())
 
+
+
+STREAM_NEEDS = ("streaming: true reads the train split while it trains and cannot carve validation and test from it; "
+                "give all three, e.g. data_files: {train: train.csv, validation: validation.csv, test: test.csv}, or "
+                "a folder with train/, validation/ and test/ class subfolders")
+
+
+def stream_sources(spec: DataSpec) -> tuple[dict[str, str] | Path, DataSpec]:
+    """Where a streamed run's train split is (its table file, or its image class folder) and the spec of its
+    validation and test splits, which load whole (:func:`load_raw`); refuses what cannot stream."""
+    files = _table_files(spec)
+    if files is not None:
+        named = {SPLIT_NAMES.get(split, split): name for split, name in files.items()}
+        if set(named) != {"train", "validation", "test"}:
+            raise ConfigError(f"{STREAM_NEEDS}; found split(s) {sorted(named)}")
+        path = Path(resolve_source(named["train"], field="data_files.train"))
+        if not path.is_file():
+            raise DataError(f"data file for split 'train' not found: {path}")
+        if format_of(path) is None:
+            raise DataError(f"data file {path}: unsupported format; use one of {sorted(TABLE_FORMATS)}")
+        held = {split: name for split, name in files.items() if SPLIT_NAMES.get(split, split) != "train"}
+        return {"train": str(path)}, replace(spec, data_files=held)
+    path = Path(resolve_source(spec.source, field="data")) if spec.source else None
+    if path is None or not path.is_dir():
+        raise ConfigError(f"streaming: true reads local files and folders; {spec.source!r} is neither (a Hub "
+                          "dataset streams from the Hub, which this version does not do)")
+    folders = {SPLIT_NAMES[p.name]: p for p in _subfolders(path) if p.name in SPLIT_NAMES}
+    if set(folders) != {"train", "validation", "test"}:
+        raise ConfigError(f"{STREAM_NEEDS}; {path} has {sorted(folders) or 'no split folders'}")
+    return folders["train"], replace(spec, source=str(path), data_files=None)
+
+
+def stream_formats(train: dict[str, str], spec: DataSpec) -> tuple[str, dict]:
+    """The ``datasets`` builder and keyword arguments that read a train table file as :func:`load_raw` reads it."""
+    path = train["train"]
+    kwargs = {"delimiter": "\t"} if path.endswith((".tsv", ".tsv.gz")) else {}
+    return format_of(Path(path)), {**kwargs, **spec.load_kwargs}
+
+
+def image_listing(folder: Path) -> list[tuple[str, str]]:
+    """(file path, class name) of every image file in ``folder``'s class subfolders, DICOM included, in name order:
+    what a streamed image split reads, one file at a time."""
+    return [(str(f.resolve()), class_dir.name) for class_dir in _subfolders(folder)
+            for f in sorted(class_dir.rglob("*")) if f.is_file() and is_image_file(f)]
+
+
+def held_out_folders(root: Path, spec: DataSpec):
+    """The validation and test class folders under ``root`` as a ``DatasetDict``, each loaded whole."""
+    from datasets import DatasetDict
+
+    folders = {SPLIT_NAMES[p.name]: p for p in _subfolders(root) if p.name in SPLIT_NAMES}
+    return DatasetDict({split: load_raw(replace(spec, source=str(folders[split]), data_files=None))["train"]
+                        for split in ("validation", "test")})

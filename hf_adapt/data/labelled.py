@@ -63,10 +63,11 @@ class LabelledData:
         return rows_to_inputs(self.splits[split], input_kind, self)
 
 
-def load_labelled(spec: DataSpec) -> LabelledData:
-    """Load, validate and split the data a classification recipe trains on."""
+def load_labelled(spec: DataSpec, raw=None) -> LabelledData:
+    """Load, validate and split the data a classification recipe trains on; ``raw``: its splits already read
+    (a ``DatasetDict``; a stream's first rows as train, see :mod:`hf_adapt.data.stream`)."""
     check_spec(spec)
-    raw = load_raw(spec)
+    raw = load_raw(spec) if raw is None else raw
     for split, dataset in raw.items():
         if len(dataset) == 0:
             raise DataError(f"split {split!r} of {spec.source} is empty")
@@ -131,26 +132,51 @@ def load_labelled(spec: DataSpec) -> LabelledData:
     return data
 
 
-def rows_to_inputs(dataset, input_kind: str, data: LabelledData) -> list[Any]:
+def _check_input_kind(data: LabelledData, input_kind: str) -> None:
     if data.kind == "image" and input_kind != "image":
         raise DataError(f"the data holds images but the backbone takes {input_kind} inputs")
     if data.kind != "image" and input_kind == "image":
         raise DataError("the backbone takes images; set pixel_shape for pixel tables or point data at images")
+
+
+def _pixels(values, shape):
+    import numpy as np
+    from PIL import Image
+
+    return Image.fromarray(np.clip(np.asarray(values, dtype=np.float32), 0, 255).astype(np.uint8).reshape(shape))
+
+
+def _text(text: Any, where: str, column: str) -> str:
+    if not isinstance(text, str) or not text.strip():
+        raise DataError(f"{where}: text column {column!r} is empty or not text")
+    return text
+
+
+def rows_to_inputs(dataset, input_kind: str, data: LabelledData) -> list[Any]:
+    _check_input_kind(data, input_kind)
     if data.kind == "image" and data.input_column is None:  # pixel table
         import numpy as np
-        from PIL import Image
 
         shape = tuple(data.origin["pixel_shape"])
         table = dataset.select_columns(data.feature_columns).to_pandas().to_numpy(dtype=np.float32)
-        return [Image.fromarray(np.clip(r, 0, 255).astype(np.uint8).reshape(shape)) for r in table]
+        return [_pixels(r, shape) for r in table]
     if data.kind == "image":
         return [open_image(v, f"row {i} column {data.input_column!r} ({name_of(v)})", data.dicom_window, data.volume)
                 for i, v in enumerate(image_values(dataset, data.input_column))]
     if data.kind == "text":
-        texts = dataset[data.input_column]
-        for row, text in enumerate(texts):
-            if not isinstance(text, str) or not text.strip():
-                raise DataError(f"row {row}: text column {data.input_column!r} is empty or not text")
-        return list(texts)
+        return [_text(text, f"row {row}", data.input_column) for row, text in enumerate(dataset[data.input_column])]
     return [render_row(row, data.feature_columns, data.text_template) for row in dataset]
 
+
+def row_input(row: dict[str, Any], input_kind: str, data: LabelledData, where: str) -> Any:
+    """One row's model input, as :func:`rows_to_inputs` makes a split's (a streamed row: ``where`` names it)."""
+    _check_input_kind(data, input_kind)
+    if data.kind == "image" and data.input_column is None:
+        return _pixels([row[c] for c in data.feature_columns], tuple(data.origin["pixel_shape"]))
+    if data.kind == "image":
+        value = row[data.input_column]
+        return open_image(value, f"{where} column {data.input_column!r} ({name_of(value)})", data.dicom_window,
+                          data.volume)
+    if data.kind == "text":
+        return _text(row[data.input_column], where, data.input_column)
+    return render_row(row, data.feature_columns, data.text_template)

@@ -38,6 +38,7 @@ class DataSpec:
     task: str = "classification"  # hf_adapt.tasks: what the label column holds (regression: a number)
     label_columns: list[str] | None = None  # multi_label: one 0/1 column per label, instead of label_column
     label_separator: str = "|"  # multi_label: what joins a row's labels in a text label_column
+    streamed: bool = False  # the train split is a stream's first rows (hf_adapt.data.stream): later rows may add classes
 
     @classmethod
     def from_config(cls, cfg: Any) -> DataSpec:

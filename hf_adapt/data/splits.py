@@ -67,15 +67,16 @@ def label_names(dataset_dict, column: str) -> list[str]:
     return [str(v) for v in sorted(values)]
 
 
+def label_key(value) -> str:
+    """A label value as its name in :func:`label_names` (2.0 and 2 are class "2")."""
+    return str(int(value)) if isinstance(value, float) else str(value)
+
+
 def encode_labels(dataset, column: str, names: list[str]):
     index = {name: i for i, name in enumerate(names)}
 
     def encode(batch):
-        out = []
-        for value in batch[column]:
-            key = str(int(value)) if isinstance(value, float) else str(value)
-            out.append(index[key])
-        return {"label": out}
+        return {"label": [index[label_key(value)] for value in batch[column]]}
 
     if type(dataset.features.get(column)).__name__ == "ClassLabel":
         return dataset.rename_column(column, "label") if column != "label" else dataset

@@ -29,6 +29,7 @@ from hf_adapt.options import (
     QuantizationOptions,
     RegimeOptions,
     RuntimeOptions,
+    StreamingOptions,
     TableFeatureOptions,
     TrainingOptions,
 )
@@ -37,7 +38,7 @@ logger = logging.getLogger("hf_adapt.finetune")
 
 
 @dataclass
-class FinetuneConfig(ModelOptions, BackboneOptions, DataOptions, LabelOptions, ParentOptions, RegimeOptions,
+class FinetuneConfig(ModelOptions, BackboneOptions, DataOptions, StreamingOptions, LabelOptions, ParentOptions, RegimeOptions,
                      QuantizationOptions, TrainingOptions, ClassifierOptions, TableFeatureOptions, ImbalanceOptions, EvaluationOptions,
                      CrossValidationOptions, RuntimeOptions, CardOptions, CheckpointOptions, PublishOptions):
     """Fine-tune a timm or transformers backbone on labelled data and write an evaluated adapter with a model card.
@@ -94,8 +95,9 @@ class _Trainer:
     cross-validation once per fold and once more for a refit."""
 
     def __init__(self, cfg: FinetuneConfig, accelerator, spec, parent, data, checkpoints=None, table=None,
-                 first_rows: tuple[list, list] | None = None, task=None):
+                 first_rows: tuple[list, list] | None = None, task=None, stream=None):
         self.cfg, self.accelerator, self.spec, self.parent, self.data = cfg, accelerator, spec, parent, data
+        self.stream = stream  # hf_adapt.data.stream.StreamedTrain: the train split is read while training
         self.task = task  # hf_adapt.tasks.Task bound to the data: the loss, the metrics
         self.checkpoints = checkpoints  # hf_adapt.checkpoints.Checkpoints, or None
         self.table = table  # hf_adapt.table_features.TableInputs of a hybrid table model, or None
@@ -134,6 +136,19 @@ class _Trainer:
                            cfg.per_device_train_batch_size if train else cfg.per_device_eval_batch_size,
                            train=train, seed=cfg.seed, num_workers=cfg.num_workers, balanced=cfg.balanced_sampler)
 
+    def train_loader(self, rows: tuple[list, list], collate):
+        """The loader over the training rows, or this process's share of the streamed train split."""
+        if self.stream is None:
+            return self.loader(*rows, train=True, collate=collate)
+        from hf_adapt.data.stream import RowReader, TrainStream
+        from hf_adapt.loop import make_loader
+
+        cfg, accelerator = self.cfg, self.accelerator
+        reader = RowReader(self.data, self.kind, cfg.label_column, self.stream.source, self.stream.probe_rows)
+        share = TrainStream(self.stream, reader, cfg.seed, cfg.shuffle_buffer_size, accelerator.process_index,
+                            accelerator.num_processes)
+        return make_loader(share, collate, cfg.per_device_train_batch_size, train=True, seed=cfg.seed)
+
     def train(self, train_rows: tuple[list, list], held_rows: tuple[list, list] | None,
               select_epoch: bool = True, phase: str = "train") -> Trained:
         """Train on ``train_rows`` (inputs, labels) and score ``held_rows`` every epoch. With
@@ -156,7 +171,7 @@ class _Trainer:
         callbacks = get_regime(cfg.regime).callbacks(backbone, cfg.unfreeze_every_epochs) + self.callbacks
         held_loader = self.loader(*held_rows, train=False, collate=collate) if held_rows else None
         checkpoints = self.checkpoints.phase(self.accelerator, phase) if self.checkpoints else None
-        model, history = fit(self.accelerator, model, task, self.loader(*train_rows, train=True, collate=collate),
+        model, history = fit(self.accelerator, model, task, self.train_loader(train_rows, collate),
                              held_loader, settings, evaluate_fn=self.evaluate, callbacks=callbacks,
                              checkpoints=checkpoints)
         trained = Trained(model, backbone, task, history)
@@ -271,7 +286,13 @@ def _prepare(cfg: FinetuneConfig, run) -> _Setup:
     from hf_adapt.table_features import TableInputs
     from hf_adapt.tasks import task_of
 
-    data = load_labelled(DataSpec.from_config(cfg))
+    stream = None
+    if cfg.streaming:
+        from hf_adapt.data.stream import load_streamed
+
+        data, stream = load_streamed(DataSpec.from_config(cfg))
+    else:
+        data = load_labelled(DataSpec.from_config(cfg))
     task = task_of(cfg).fit(data)
     if cfg.baseline in baselines.READS and baselines.READS[cfg.baseline] != data.kind:
         instead = baselines.DEFAULTS[task.name].get(data.kind)
@@ -292,7 +313,7 @@ def _prepare(cfg: FinetuneConfig, run) -> _Setup:
     if run.checkpoints is not None:
         run.checkpoints.open(run.accelerator, cfg, data.origin.get("sha256"))
     trainer = _Trainer(cfg, run.accelerator, spec, parent, data, run.checkpoints, table,
-                       (inputs["train"], labels["train"]) if table is not None else None, task)
+                       (inputs["train"], labels["train"]) if table is not None else None, task, stream)
     if parent is not None:
         logger.info("started from the backbone of %s (%s %s)", cfg.init_from, parent.recipe, parent.info.get("regime"))
     backbone = trainer.first[0]
@@ -317,6 +338,10 @@ def _train_and_test(cfg: FinetuneConfig, run, setup: _Setup) -> _Done:
         trained = cv.kept
     else:
         trained = trainer.train((inputs["train"], labels["train"]), (inputs["validation"], labels["validation"]))
+    if trainer.stream is not None:  # every batch of a stream is full
+        accelerator = run.accelerator
+        data.origin["streamed"]["examples_seen"] = (trained.history.steps * accelerator.gradient_accumulation_steps
+                                                    * cfg.per_device_train_batch_size * accelerator.num_processes)
     setup.task = setup.task.tuned(*_held_out(cv, trained))  # multi-label: a threshold per label
     calibration, fitted_on = _calibrate(cfg, setup.positive, cv, trained)
     rules = _fit_fairness(cfg, data, setup.positive, trained, calibration)
@@ -637,6 +662,7 @@ def _write_run_files(directory: Path, cfg, accelerator, model, backbone, family,
         "gradient_accumulation_steps": accelerator.gradient_accumulation_steps,
         "baseline": baseline,
         "baseline_differences": evaluation.baseline_differences,
+        "streamed": data.origin.get("streamed"),
         "data": data.origin,
     })
     save_config(cfg, directory / "config.yaml")
@@ -666,6 +692,7 @@ def _card_facts(cfg, data, backbone, family, parent, record: dict[str, Any]) -> 
         "input_kind": backbone.preprocessor.input_kind,
         "input_description": _input_description(data),
         "split_sizes": data.origin["splits"],
+        "streamed": data.origin.get("streamed"),
         "split_method": data.origin["split_method"],
         "labels": data.labels,
         "label_counts": data.origin.get("label_counts"),
@@ -846,8 +873,8 @@ def _baseline_names(cfg, data) -> list[str]:
     images; a regression table gets ridge and gradient boosting)."""
     from hf_adapt.baselines import AUTO
 
-    if cfg.baseline == "auto":
-        return list(AUTO[data.task].get(data.kind, ()))
+    if cfg.baseline == "auto":  # none for a stream: a baseline fits the whole train split
+        return [] if data.origin.get("streamed") else list(AUTO[data.task].get(data.kind, ()))
     return [] if cfg.baseline == "none" else [cfg.baseline]
 
 
