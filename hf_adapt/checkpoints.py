@@ -147,7 +147,6 @@ class Phase:
             tensors.update(sharding.load_dcp(path, accelerator.unwrap_model(model), optimizer,
                                              state.get("sharded_tensors", [])))
         elif sharding.uses_deepspeed(accelerator):
-            sharding.require_deepspeed()
             # the engine's own loader; the frozen weights were left out of the checkpoint and stay as built
             accelerator.load_state(str(path), load_module_strict=False)
         else:
@@ -177,7 +176,6 @@ def _save_training_state(accelerator, directory: Path, model, optimizer, sharded
         sharding.save_dcp(directory, accelerator.unwrap_model(model), optimizer, sharded_tensors)
         return
     if sharding.uses_deepspeed(accelerator):
-        sharding.require_deepspeed()
         # the engine's save_checkpoint: each process its partitions of the weights and optimizer state
         accelerator.save_state(str(directory), exclude_frozen_parameters=True)
         return

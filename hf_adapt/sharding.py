@@ -43,13 +43,18 @@ def uses_deepspeed(accelerator) -> bool:
     return str(getattr(accelerator, "distributed_type", "")).endswith("DEEPSPEED")
 
 
-def require_deepspeed() -> None:
-    """DeepSpeed is an optional extra: say how to get it when a config asks for it and it is missing."""
+def require_deepspeed(gpu: bool) -> None:
+    """A launch that asks for DeepSpeed (``ACCELERATE_USE_DEEPSPEED``): refuse it by name where it cannot run, before
+    Accelerate would fail with its own message or, on a machine without a GPU, quietly run without DeepSpeed."""
     import importlib.util
 
     if importlib.util.find_spec("deepspeed") is None:
-        raise ConfigError("this launch asks for DeepSpeed, which is not installed: pip install -e \".[deepspeed]\" "
-                          "(it needs a CUDA toolkit), or launch with recipes/accelerate/fsdp.yaml instead")
+        raise ConfigError("this launch asks for DeepSpeed (distributed_type: DEEPSPEED), which is not installed: "
+                          'pip install -e ".[deepspeed]" (it needs a CUDA toolkit), or launch with '
+                          "recipes/accelerate/fsdp.yaml, which shards with torch alone")
+    if not gpu:
+        raise ConfigError("this launch asks for DeepSpeed, which runs on GPUs and this machine has none; "
+                          "launch with recipes/accelerate/cpu_2proc.yaml for several CPU processes")
 
 
 @contextlib.contextmanager
