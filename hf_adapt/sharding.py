@@ -39,6 +39,19 @@ def is_fsdp2(model: nn.Module) -> bool:
     return any(isinstance(p, DTensor) for p in model.parameters())
 
 
+def zero3_engine(accelerator, model: nn.Module):
+    """The DeepSpeed ZeRO-3 engine that wraps ``model`` (whose parameters it partitions); None under anything else."""
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if plugin is None or plugin.zero_stage != 3:
+        return None
+    return next((m for m in getattr(accelerator, "_models", []) if accelerator.unwrap_model(m) is model), model)
+
+
+def is_sharded(accelerator, model: nn.Module) -> bool:
+    """Whether no process holds ``model``'s full weights (FSDP2, ZeRO-3): a forward pass is then a collective."""
+    return is_fsdp2(model) or zero3_engine(accelerator, model) is not None
+
+
 def uses_deepspeed(accelerator) -> bool:
     return str(getattr(accelerator, "distributed_type", "")).endswith("DEEPSPEED")
 

@@ -35,7 +35,7 @@ def test_a_sharded_model_saves_what_restores_its_logits(tiny_bert, tmp_path):
     assert (tmp_path / "out" / "adapter" / "adapter_model.safetensors").is_file()
 
 
-def _torchrun(script: str, *args: str) -> subprocess.CompletedProcess:
+def _torchrun(script: str, *args) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                str(HERE / script), *map(str, args)]
@@ -74,3 +74,32 @@ def test_a_sharded_run_stopped_at_a_checkpoint_resumes_to_the_same_weights_and_o
         assert not differing, f"{name}: {len(differing)} of {len(ours)} tensors differ, e.g. {differing[:3]}"
     history = [json.loads((d / "history.json").read_text()) for d in (out, tmp_path / "whole")]
     assert history[0] == history[1] and history[0]["steps"] == 6
+
+
+@pytest.mark.distributed
+@pytest.mark.timeout(900)
+def test_a_feedback_round_on_a_sharded_policy_writes_what_an_unsharded_round_writes(tiny_chat_llama, tmp_path):
+    """TRL trains the FSDP2-sharded policy on both processes; the round is scored and written from its gathered
+    weights: the same files as a two-process DDP round, an adapter within float tolerance of it, the same scores."""
+    from safetensors.torch import load_file
+
+    from tests.feedback.conftest import product_feedback, write_log
+    from tests.recipes.test_distributed import _launch
+
+    log = write_log(tmp_path / "log.jsonl", product_feedback(range(10), conversational=True))
+    args = ["--model_name_or_path", str(tiny_chat_llama), "--feedback", str(log), "--trainer", "kto",
+            "--max_steps", "3", "--max_length", "64", "--learning_rate", "1e-3",
+            "--adapter", "{peft_type: LORA, r: 4, lora_alpha: 8}"]
+    sharded = _torchrun("feedback_fsdp.py", "feedback", "train", *args, "--output_dir", tmp_path / "sharded")
+    assert sharded.returncode == 0 and "FEEDBACK-FSDP sharded" in sharded.stdout, sharded.stderr[-4000:]
+    plain = _launch("feedback", [*args, "--output_dir", str(tmp_path / "plain")])
+    assert plain.returncode == 0, plain.stderr[-4000:]
+    files = [sorted(p.name for p in (tmp_path / d).iterdir()) for d in ("sharded", "plain")]
+    assert files[0] == files[1] and "adapter_model.safetensors" in files[0]
+    ours, theirs = (load_file(tmp_path / d / "adapter_model.safetensors") for d in ("sharded", "plain"))
+    assert ours.keys() == theirs.keys()
+    assert max(float((ours[k] - theirs[k]).abs().max()) for k in ours) < 1e-5
+    assert any(float(ours[k].abs().sum()) > 0 for k in ours if "lora_B" in k), "the adapter never trained"
+    scores = [json.loads((tmp_path / d / "eval_results.json").read_text()) for d in ("sharded", "plain")]
+    assert scores[0].keys() == scores[1].keys() and scores[0]["win_rate"] == pytest.approx(scores[1]["win_rate"])
+    assert json.loads((tmp_path / "sharded" / "train_results.json").read_text())["num_processes"] == 2
