@@ -13,7 +13,10 @@ retraining them.
 Every checkpoint is written to a hidden ``.step-<N>.partial`` sibling and renamed into place
 once complete; ``loop_state.json`` is written last, and a folder without it is never resumed
 from. Everything loads through safetensors or ``torch.load(weights_only=True)`` (Accelerate's
-loader), never an unrestricted pickle.
+loader), never an unrestricted pickle; DeepSpeed's engine loads its own files.
+
+A sharded model (FSDP2, DeepSpeed) checkpoints its weights and optimizer state one shard per
+process instead, see :mod:`hf_adapt.sharding`.
 """
 
 from __future__ import annotations
