@@ -80,7 +80,9 @@ def test_a_sharded_run_stopped_at_a_checkpoint_resumes_to_the_same_weights_and_o
 @pytest.mark.timeout(900)
 def test_a_feedback_round_on_a_sharded_policy_writes_what_an_unsharded_round_writes(tiny_chat_llama, tmp_path):
     """TRL trains the FSDP2-sharded policy on both processes; the round is scored and written from its gathered
-    weights: the same files as a two-process DDP round, an adapter within float tolerance of it, the same scores."""
+    weights: the same files as a two-process DDP round, an adapter within float tolerance of it, the same scores;
+    a second sharded round continues it (its parent adapter loaded onto the sharded base). Without the gather
+    the main process scores the sharded model alone and the round never ends."""
     from safetensors.torch import load_file
 
     from tests.feedback.conftest import product_feedback, write_log
@@ -103,3 +105,13 @@ def test_a_feedback_round_on_a_sharded_policy_writes_what_an_unsharded_round_wri
     scores = [json.loads((tmp_path / d / "eval_results.json").read_text()) for d in ("sharded", "plain")]
     assert scores[0].keys() == scores[1].keys() and scores[0]["win_rate"] == pytest.approx(scores[1]["win_rate"])
     assert json.loads((tmp_path / "sharded" / "train_results.json").read_text())["num_processes"] == 2
+
+    # the next round continues the sharded one's adapter, sharded again, and is scored against it
+    child = _torchrun("feedback_fsdp.py", "feedback", "train", "--init_from", tmp_path / "sharded", "--feedback", log,
+                      "--trainer", "dpo", "--max_steps", "2", "--max_length", "64", "--learning_rate", "1e-3",
+                      "--output_dir", tmp_path / "child")
+    assert child.returncode == 0 and "FEEDBACK-FSDP sharded" in child.stdout, child.stderr[-4000:]
+    assert json.loads((tmp_path / "child" / "hf_adapt.json").read_text())["init_from"]["trainer"] == "kto"
+    grown = load_file(tmp_path / "child" / "adapter_model.safetensors")
+    assert grown.keys() == ours.keys() and any(not torch.equal(grown[k], ours[k]) for k in ours)
+    assert 0 <= json.loads((tmp_path / "child" / "eval_results.json").read_text())["win_rate"] <= 1
