@@ -290,9 +290,13 @@ def trainable_keys(model: nn.Module) -> list[str]:
 
 
 def _trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """CPU copy of what training changes (:func:`trainable_keys`)."""
+    """CPU copy of what training changes (:func:`trainable_keys`); an FSDP2 shard stays on its device, where its
+    device mesh is (each process keeps its own shard: a checkpoint writes it through DCP)."""
+    from torch.distributed.tensor import DTensor
+
     keys = set(trainable_keys(model))
-    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if k in keys}
+    return {k: v.detach().clone() if isinstance(v, DTensor) else v.detach().cpu().clone()
+            for k, v in model.state_dict().items() if k in keys}
 
 
 def _is_head(name: str, head_names: list[str]) -> bool:
