@@ -8,7 +8,7 @@ uses. Usage: ``fsdp_resume.py MODEL_DIR OUT_DIR MODE [LEARNING_RATE]``, MODE one
 - ``resume``: ``--resume_from_checkpoint latest`` in a fresh launch, and finish.
 
 A finished run's main process writes ``OUT_DIR/final.safetensors`` (the gathered weights ``fit`` returns: the best
-epoch's, restored), ``last.safetensors`` (the weights and AdamW moments as the last epoch ended, gathered) and
+epoch's, the first, restored), ``last.safetensors`` (the weights and AdamW moments as the last epoch ended, gathered) and
 ``history.json``, and prints ``FSDP-RESUME done <mode>``."""
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from torch.distributed.fsdp import fully_shard
 from hf_adapt import checkpoints as checkpointing
 from hf_adapt.artifacts import gathered_state
 from hf_adapt.backbones import BackboneSpec, build_backbone
-from hf_adapt.loop import Callback, ClassificationTask, ExampleDataset, LoopSettings, fit, make_loader
+from hf_adapt.loop import Callback, ClassificationTask, ExampleDataset, LoopSettings, evaluate, fit, make_loader
 from hf_adapt.regimes import apply_regime
 from hf_adapt.runtime import make_accelerator
 
@@ -68,6 +68,13 @@ class LastEpoch(Callback):
             tensors = {f"weight.{k}": v for k, v in weights.items()}
             tensors |= {f"{name}.{k}": v[name] for k, v in moments["state"].items() for name in ("exp_avg", "exp_avg_sq")}
             save_file({k: v.contiguous() for k, v in tensors.items()}, str(self.out / "last.safetensors"))
+
+
+def evaluate_small_adapter(accelerator, model, task, loader) -> dict[str, float]:
+    """The validation metrics and ``small_adapter``, minus the norm of LoRA's B matrices: they grow from zero, so the
+    first epoch is the best, and the weights ``fit`` restores at the end are the ones the checkpoint kept (sharded)."""
+    norm = sum(float(p.full_tensor().norm()) for name, p in model.named_parameters() if ".lora_B." in name)
+    return {**evaluate(accelerator, model, task, loader), "small_adapter": -norm}
 
 
 def sharded_model(model_dir: str):
@@ -117,9 +124,9 @@ def main(model_dir: str, out_dir: str, mode: str, learning_rate: str = "5e-2") -
     if mode == "stop":
         stop_after(4)
     settings = LoopSettings(num_train_epochs=2, learning_rate=cfg.learning_rate, logging_steps=1,
-                            metric_for_best_model="log_loss", head_names=backbone.head_names)
+                            metric_for_best_model="small_adapter", head_names=backbone.head_names)
     task = ClassificationTask(backbone.forward)
-    model, result = fit(accelerator, model, task, train, evaluation, settings,
+    model, result = fit(accelerator, model, task, train, evaluation, settings, evaluate_small_adapter,
                         callbacks=[LastEpoch(out, 2)], checkpoints=phase)
     state = gathered_state(accelerator, model)
     if accelerator.is_main_process:

@@ -73,7 +73,9 @@ def test_a_sharded_run_stopped_at_a_checkpoint_resumes_to_the_same_weights_and_o
         differing = [k for k in ours if not torch.equal(ours[k], theirs[k])]
         assert not differing, f"{name}: {len(differing)} of {len(ours)} tensors differ, e.g. {differing[:3]}"
     history = [json.loads((d / "history.json").read_text()) for d in (out, tmp_path / "whole")]
-    assert history[0] == history[1] and history[0]["steps"] == 6
+    assert history[0] == history[1] and history[0]["steps"] == 6 and history[0]["best_epoch"] == 1
+    last, best = load_file(out / "last.safetensors"), load_file(out / "final.safetensors")
+    assert any(not torch.equal(best[k], last[f"weight.{k}"]) for k in best), "the best epoch is the last one"
 
 
 @pytest.mark.distributed
