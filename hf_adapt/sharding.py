@@ -1,4 +1,4 @@
-"""Checkpoints of a model whose weights are sharded across processes (FSDP2, DeepSpeed ZeRO).
+"""Models whose weights are sharded across processes (FSDP2, DeepSpeed ZeRO): which they are, and their checkpoints.
 
 Accelerate's ``save_state`` writes one process's view of the model and optimizer. That is the
 whole state under DDP, but under FSDP2 (parameters as ``DTensor`` shards, whether Accelerate's
