@@ -82,26 +82,30 @@ def save_model(model: nn.Module, backbone: Backbone, regime: str, directory: Pat
         get_regime(regime).save(model, backbone, directory, state)
 
 
-def gathered_state(accelerator, model: nn.Module) -> dict[str, Any] | None:
+def gathered_state(accelerator, model: nn.Module, trainable_only: bool = False) -> dict[str, Any] | None:
     """The full state dict of a model whose parameters are sharded across processes, gathered to the main process
     (in CPU memory), for :func:`save_model` to write what one process would; None where nothing is sharded (one
-    process, DDP, ZeRO-1/2: the model holds its full weights) and on the other processes.
+    process, DDP, ZeRO-1/2: the model holds its full weights) and on the other processes. ``trainable_only``: only
+    the parameters that train (and the buffers), e.g. an adapter, not the frozen base.
 
     A collective: every process must call it. FSDP2 (``fully_shard``, which Accelerate's ``fsdp_version: 2``
     applies) is read through ``torch.distributed.checkpoint``'s full state dict; DeepSpeed ZeRO-3 through
     ``accelerator.get_state_dict``, which consolidates its partitions."""
-    from torch.distributed.tensor import DTensor
+    from hf_adapt.sharding import is_fsdp2, zero3_engine
 
-    if any(isinstance(p, DTensor) for p in model.parameters()):
+    if is_fsdp2(model):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-        state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=trainable_only)
+        state = get_model_state_dict(model, options=options)
         return state if accelerator.is_main_process else None
-    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
-    if plugin is not None and plugin.zero_stage == 3:  # consolidated by the DeepSpeed engine that wraps ``model``
-        engine = next((m for m in getattr(accelerator, "_models", []) if accelerator.unwrap_model(m) is model), model)
+    engine = zero3_engine(accelerator, model)
+    if engine is not None:  # consolidated by the DeepSpeed engine that wraps ``model``
         state = accelerator.get_state_dict(engine)  # needs zero3_save_16bit_model (recipes/accelerate sets it)
-        return state if accelerator.is_main_process else None
+        if not accelerator.is_main_process:
+            return None
+        frozen = {n for n, p in model.named_parameters() if not p.requires_grad} if trainable_only else set()
+        return {k: v for k, v in state.items() if k not in frozen}
     return None
 
 

@@ -13,7 +13,10 @@ retraining them.
 Every checkpoint is written to a hidden ``.step-<N>.partial`` sibling and renamed into place
 once complete; ``loop_state.json`` is written last, and a folder without it is never resumed
 from. Everything loads through safetensors or ``torch.load(weights_only=True)`` (Accelerate's
-loader), never an unrestricted pickle.
+loader), never an unrestricted pickle; DeepSpeed's engine loads its own files.
+
+A sharded model (FSDP2, DeepSpeed) checkpoints its weights and optimizer state one shard per
+process instead, see :mod:`hf_adapt.sharding`.
 """
 
 from __future__ import annotations
@@ -97,22 +100,26 @@ class Phase:
     def name(self) -> str:
         return self.directory.name
 
-    def save(self, accelerator, step: int, state: dict[str, Any], tensors: dict[str, Any]) -> Path:
-        """``accelerator.save_state`` into a hidden sibling, the loop state last, then rename into place and
-        drop the oldest beyond ``keep``. Collective: every process calls it."""
+    def save(self, accelerator, step: int, state: dict[str, Any], tensors: dict[str, Any], model=None,
+             optimizer=None) -> Path:
+        """``accelerator.save_state`` into a hidden sibling (for a sharded ``model``, see :mod:`hf_adapt.sharding`),
+        the loop state last, then rename into place and drop the oldest beyond ``keep``. Collective: every process
+        calls it."""
         from safetensors.torch import save_file
 
         from hf_adapt.outputs import commit, on_main, space_checked, write_json
 
         final = self.directory / f"step-{step}"
         partial = self.directory / f".step-{step}.partial"
+        sharded = _sharded(tensors)  # the loop's FSDP2 shards (the best epoch's weights): written by every process
+        state = {**state, "sharded_tensors": sorted(sharded)}
 
         def prepare() -> None:
             shutil.rmtree(partial, ignore_errors=True)  # left by a run killed while saving
             partial.mkdir(parents=True)
 
         def complete() -> None:
-            save_file({k: v.contiguous() for k, v in tensors.items()}, str(partial / TENSORS_FILE))
+            save_file({k: v.contiguous() for k, v in tensors.items() if k not in sharded}, str(partial / TENSORS_FILE))
             write_json(partial / STATE_FILE, state)  # last: its presence marks a complete checkpoint
             commit(partial, final)
             for old in checkpoints_in(self.directory)[:-self.keep]:
@@ -120,36 +127,66 @@ class Phase:
 
         with space_checked(final, cleanup=partial):  # a full disk: a clear error, and no empty .partial left
             on_main(accelerator, prepare)
-            hook = accelerator.register_save_state_pre_hook(keep_trainable)
-            try:
-                accelerator.save_state(str(partial))  # every process writes its own RNG states
-            finally:
-                hook.remove()
+            _save_training_state(accelerator, partial, model, optimizer, {k: tensors[k] for k in sharded})
             accelerator.wait_for_everyone()
             on_main(accelerator, complete)
         logger.info("checkpoint %s", final)
         return final
 
-    def load(self, accelerator, model) -> tuple[dict[str, Any], dict[str, Any]]:
+    def load(self, accelerator, model, optimizer=None) -> tuple[dict[str, Any], dict[str, Any]]:
         """Restore the training state saved in ``resume_from`` (after ``accelerator.prepare``)."""
         from safetensors import safe_open
         from safetensors.torch import load_file
 
+        from hf_adapt import sharding
         from hf_adapt.loop import trainable_keys
 
         path = self.resume_from
-        expected = {_unwrapped(k) for k in trainable_keys(model)}
-        with safe_open(str(path / "model.safetensors"), framework="pt") as handle:
-            saved = {_unwrapped(k) for k in handle.keys()}
-        if saved != expected:
-            raise ConfigError(
-                f"checkpoint {path} does not fit this model: {len(saved - expected)} saved tensors it lacks "
-                f"(e.g. {sorted(saved - expected)[:3]}), {len(expected - saved)} it needs that were not saved "
-                f"(e.g. {sorted(expected - saved)[:3]}); resume with the settings of the run that saved it")
-        accelerator.load_state(str(path), strict=False)  # only the trainable tensors are in it, checked above
         state = json.loads((path / STATE_FILE).read_text())
+        tensors = load_file(str(path / TENSORS_FILE))
+        if sharding.is_fsdp2(model):
+            with sharding.accelerate_state_only(accelerator):
+                accelerator.load_state(str(path))  # scheduler, RNG states, scaler
+            tensors.update(sharding.load_dcp(path, accelerator.unwrap_model(model), optimizer,
+                                             state.get("sharded_tensors", [])))
+        elif sharding.uses_deepspeed(accelerator):
+            # the engine's own loader; the frozen weights were left out of the checkpoint and stay as built
+            accelerator.load_state(str(path), load_module_strict=False)
+        else:
+            expected = {_unwrapped(k) for k in trainable_keys(model)}
+            with safe_open(str(path / "model.safetensors"), framework="pt") as handle:
+                saved = {_unwrapped(k) for k in handle.keys()}
+            sharding.check_fits(path, saved, expected)
+            accelerator.load_state(str(path), strict=False)  # only the trainable tensors are in it, checked above
         logger.info("resumed from %s (optimiser step %d, epoch %d)", path, state["step"], state["epoch"])
-        return state, load_file(str(path / TENSORS_FILE))
+        return state, tensors
+
+
+def _sharded(tensors: dict[str, Any]) -> set[str]:
+    from torch.distributed.tensor import DTensor
+
+    return {k for k, v in tensors.items() if isinstance(v, DTensor)}
+
+
+def _save_training_state(accelerator, directory: Path, model, optimizer, sharded_tensors: dict[str, Any]) -> None:
+    """Weights, optimizer, scheduler, RNG states: through Accelerate, or (FSDP2) the weights and optimizer through
+    DCP, each process writing its shard. Collective."""
+    from hf_adapt import sharding
+
+    if model is not None and sharding.is_fsdp2(model):
+        with sharding.accelerate_state_only(accelerator):
+            accelerator.save_state(str(directory))  # every process writes its own RNG states
+        sharding.save_dcp(directory, accelerator.unwrap_model(model), optimizer, sharded_tensors)
+        return
+    if sharding.uses_deepspeed(accelerator):
+        # the engine's save_checkpoint: each process its partitions of the weights and optimizer state
+        accelerator.save_state(str(directory), exclude_frozen_parameters=True)
+        return
+    hook = accelerator.register_save_state_pre_hook(keep_trainable)
+    try:
+        accelerator.save_state(str(directory))  # every process writes its own RNG states
+    finally:
+        hook.remove()
 
 
 def _unwrapped(key: str) -> str:

@@ -89,10 +89,13 @@ class CheckpointPhase(Protocol):
     def name(self) -> str:
         """The phase's name, recorded in the state it saves."""
 
-    def save(self, accelerator, step: int, state: dict[str, Any], tensors: dict[str, Any]) -> Path:
-        """Save the accelerator's state with the loop's ``state`` and ``tensors``; collective. The checkpoint's path."""
+    def save(self, accelerator, step: int, state: dict[str, Any], tensors: dict[str, Any], model: nn.Module,
+             optimizer: torch.optim.Optimizer) -> Path:
+        """Save the training state (``model``'s and ``optimizer``'s, sharded or not, and the accelerator's) with the
+        loop's ``state`` and ``tensors``; collective. The checkpoint's path."""
 
-    def load(self, accelerator, model: nn.Module) -> tuple[dict[str, Any], dict[str, Any]]:
+    def load(self, accelerator, model: nn.Module, optimizer: torch.optim.Optimizer,
+             ) -> tuple[dict[str, Any], dict[str, Any]]:
         """Restore the state saved in ``resume_from`` (after ``accelerator.prepare``): the loop's state and tensors."""
 
 
@@ -298,9 +301,13 @@ def trainable_keys(model: nn.Module) -> list[str]:
 
 
 def _trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """CPU copy of what training changes (:func:`trainable_keys`)."""
+    """CPU copy of what training changes (:func:`trainable_keys`); an FSDP2 shard stays on its device, where its
+    device mesh is (each process keeps its own shard: a checkpoint writes it through DCP)."""
+    from torch.distributed.tensor import DTensor
+
     keys = set(trainable_keys(model))
-    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if k in keys}
+    return {k: v.detach().clone() if isinstance(v, DTensor) else v.detach().cpu().clone()
+            for k, v in model.state_dict().items() if k in keys}
 
 
 def _is_head(name: str, head_names: list[str]) -> bool:
@@ -433,7 +440,7 @@ def fit(accelerator, model: nn.Module, task: Task, train_loader: DataLoader, eva
     trainable = [p for p in model.parameters() if p.requires_grad]
     for callback in callbacks:
         callback.on_train_start(accelerator, model, optimizer)
-    run = _Run(accelerator, model, settings, checkpoints, generator)
+    run = _Run(accelerator, model, optimizer, settings, checkpoints, generator)
     result = run.result
     progress = _progress(total_steps, accelerator.is_local_main_process, initial=run.step)
     start = time.perf_counter()
@@ -521,9 +528,9 @@ class _Run:
     """Where :func:`fit` is (step, epoch, position in the epoch, best weights, running loss), and its
     checkpoints: everything a resumed run needs beyond what ``accelerator.save_state`` keeps."""
 
-    def __init__(self, accelerator, model: nn.Module, settings: LoopSettings, checkpoints: CheckpointPhase | None,
-                 generator: torch.Generator | None):
-        self.accelerator, self.model, self.settings = accelerator, model, settings
+    def __init__(self, accelerator, model: nn.Module, optimizer: torch.optim.Optimizer, settings: LoopSettings,
+                 checkpoints: CheckpointPhase | None, generator: torch.Generator | None):
+        self.accelerator, self.model, self.optimizer, self.settings = accelerator, model, optimizer, settings
         self.checkpoints, self.generator = checkpoints, generator
         self.result = FitResult()
         self.step, self.epoch, self.batches, self.stale = 0, 1, 0, 0
@@ -643,7 +650,8 @@ class _Run:
             tensors["epoch_generator"] = self.epoch_generator
         if self.best_state is not None:
             tensors.update({f"best.{k}": v for k, v in self.best_state.items()})
-        self.last_checkpoint = str(self.checkpoints.save(self.accelerator, self.step, state, tensors))
+        self.last_checkpoint = str(self.checkpoints.save(self.accelerator, self.step, state, tensors, self.model,
+                                                           self.optimizer))
         self.saved_step = self.step
 
     def should_stop(self) -> bool:
@@ -669,7 +677,7 @@ class _Run:
                                    "the output directory was not written")
 
     def _resume(self) -> None:
-        state, tensors = self.checkpoints.load(self.accelerator, self.model)
+        state, tensors = self.checkpoints.load(self.accelerator, self.model, self.optimizer)
         if state["num_processes"] != self.accelerator.num_processes:
             from hf_adapt.errors import ConfigError
 

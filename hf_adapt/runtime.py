@@ -30,6 +30,10 @@ def make_accelerator(mixed_precision: str, gradient_accumulation_steps: int, rep
     AcceleratorState._reset_state()
     GradientState._reset_state()
     cpu = world > 1 and not torch.accelerator.is_available()
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":  # accelerate launch's DEEPSPEED
+        from hf_adapt.sharding import require_deepspeed
+
+        require_deepspeed(torch.accelerator.is_available())
     trackers = trackers_for(report_to)
     accelerator = Accelerator(
         cpu=cpu or None,

@@ -310,7 +310,7 @@ def validate(cfg: FeedbackConfig, callbacks=()):
         state = _start(cfg)
         plan = _plan_round(cfg, validation=True)
         with _trained(cfg, state, plan) as (trainer, args, _, backbone):
-            model = trainer.accelerator.unwrap_model(trainer.model)
+            model = _whole_model(cfg, plan, trainer.accelerator, trainer.accelerator.unwrap_model(trainer.model))
             metrics = {}
             if trainer.accelerator.is_main_process:
                 metrics, _ = evaluate_round(cfg, model, backbone.preprocessor.tokenizer, plan.held_out,
@@ -475,12 +475,13 @@ def _trained(cfg: FeedbackConfig, state, plan: _Round):
 
 
 def _train_round(cfg: FeedbackConfig, state, plan: _Round, started: float, search=None):
-    """Build the model, train it through TRL, score it on the main process and write the outputs there."""
+    """Build the model, train it through TRL, score it on the main process and write the outputs there (a sharded
+    model through its gathered copy, see :func:`_whole_model`)."""
     from hf_adapt import outputs
 
     with _trained(cfg, state, plan) as (trainer, args, train_output, backbone):
         accelerator, tokenizer = trainer.accelerator, backbone.preprocessor.tokenizer
-        model = accelerator.unwrap_model(trainer.model)
+        model = _whole_model(cfg, plan, accelerator, accelerator.unwrap_model(trainer.model))
         metrics, examples, gate, staging = {}, [], {}, None
         if accelerator.is_main_process:
             metrics, examples = evaluate_round(cfg, model, tokenizer, plan.held_out, plan.judge_name, plan.judge,
@@ -505,6 +506,36 @@ def _train_round(cfg: FeedbackConfig, state, plan: _Round, started: float, searc
             raise
         accelerator.wait_for_everyone()
     return FeedbackResult(Path(cfg.output_dir), metrics, gate, model, tokenizer), accelerator
+
+
+def _whole_model(cfg: FeedbackConfig, plan: _Round, accelerator, model):
+    """The trained policy whole, for the main process to score and write: ``model`` itself where one process holds
+    all its weights (one process, DDP, ZeRO-1/2); under FSDP2 or ZeRO-3, on the main process a fresh copy built as
+    the round's model was and given its gathered trained weights (the other processes keep ``model``). Collective.
+
+    Scoring generates answers, and a forward pass of a sharded model is a collective that every process must join
+    in step, so the main process cannot score it alone. Running the same generation on every process would repeat
+    it N times (or need prompts split and answers gathered, with lengths kept in step), and the parent's adapter,
+    loaded beside the trained one to compare them, would sit unsharded inside the sharded modules. One unsharded
+    copy on the main process costs one gather of the adapter (not the frozen base) and the memory of one model for
+    inference, and what it scores is exactly what it writes and what ``load_policy`` loads."""
+    from hf_adapt.artifacts import gathered_state
+    from hf_adapt.feedback.model import build_model
+    from hf_adapt.sharding import is_sharded
+
+    if not is_sharded(accelerator, model):
+        return model
+    state = gathered_state(accelerator, model, trainable_only=True)
+    if not accelerator.is_main_process:
+        return model
+    whole, _ = build_model(plan.model_block, get_trainer(cfg.trainer).objective, cfg.adapter,
+                           plan.parent.directory if plan.parent else None)
+    trainable = {name for name, p in whole.named_parameters() if p.requires_grad}
+    if trainable - set(state):  # a trainer that renamed or dropped the adapter: never score the untrained one
+        raise RuntimeError(f"the gathered weights lack {len(trainable - set(state))} trained tensors of the policy, "
+                           f"e.g. {sorted(trainable - set(state))[:3]}")
+    whole.load_state_dict({k: v for k, v in state.items() if k in trainable}, strict=False)
+    return whole.to(accelerator.device)
 
 
 def _fingerprint(records: list[dict[str, Any]]) -> str:
