@@ -544,6 +544,7 @@ class _Run:
         self.running = torch.zeros((), device=accelerator.device)  # a tensor: no GPU sync per step
         self.seen = 0
         self.consumed = 0  # batches trained on, all epochs: where a stream is
+        self.stream_batches = None  # a stream's one iterator, kept across epochs (re-opening it re-reads the rows)
         self.resumed_epoch: int | None = None
         if checkpoints is not None and checkpoints.resume_from is not None:
             self._resume()
@@ -556,9 +557,11 @@ class _Run:
         if not resumed:
             self.running, self.seen, self.batches = torch.zeros((), device=self.accelerator.device), 0, 0
         seek = getattr(loader.dataset, "seek", None)
-        if seek is not None:
-            seek(self.consumed * loader.batch_size)  # every batch of an endless stream is full
-            return loader
+        if seek is not None:  # one pass over an endless stream, each epoch going on where the last stopped
+            if self.stream_batches is None:
+                seek(self.consumed * loader.batch_size)  # every batch of a stream is full; 0 unless resumed
+                self.stream_batches = iter(loader)
+            return self.stream_batches
         if resumed:
             if self.generator is not None and self.epoch_generator is not None:
                 self.generator.set_state(self.epoch_generator)

@@ -52,13 +52,17 @@ def load_streamed(spec: DataSpec) -> tuple[LabelledData, StreamedTrain]:
 
         fmt, kwargs = stream_formats(train, spec)
         rows = load_dataset(fmt, data_files=train, split="train", streaming=True, **kwargs)
+        rows = rows.map(_number, with_indices=True)  # one file, one shard: the index is the file's row
         held, source = load_raw(held_spec), train["train"]
     else:  # class folders: the files are listed, and read one at a time
         listed = image_listing(train)
         if not listed:
             raise DataError(f"split 'train' is empty: {train} holds no image files in class subfolders")
-        features = Features({"image": ImageFeature(decode=False), "label": Value("string")})
-        rows = IterableDataset.from_generator(_listed_images, gen_kwargs={"listed": listed}, features=features)
+        features = Features({"image": ImageFeature(decode=False), "label": Value("string"), ROW: Value("int64")})
+        # a list in gen_kwargs is one shard per file (so a shuffle permutes all the files), and an index from map
+        # would count within a shard: each row carries its position in the listing instead
+        numbered = [(position, path, label) for position, (path, label) in enumerate(listed)]
+        rows = IterableDataset.from_generator(_listed_images, gen_kwargs={"listed": numbered}, features=features)
         held, source = held_out_folders(Path(held_spec.source), spec), str(train)
     try:
         probe = list(itertools.islice(rows, PROBE_ROWS))
@@ -66,7 +70,8 @@ def load_streamed(spec: DataSpec) -> tuple[LabelledData, StreamedTrain]:
         raise DataError(f"could not read train file {source}: {type(err).__name__}: {err}") from err
     if not probe:
         raise DataError(f"split 'train' is empty: {source} holds no rows")
-    raw = {"train": Dataset.from_list(probe, features=rows.features),
+    columns = Features({k: v for k, v in rows.features.items() if k != ROW}) if rows.features else None
+    raw = {"train": Dataset.from_list([{k: v for k, v in row.items() if k != ROW} for row in probe], features=columns),
            **{split: _label_text(ds, spec.label_column) for split, ds in held.items()}}
     data = load_labelled(replace(spec, streamed=True), raw=DatasetDict(raw))
     if data.kind == "image" and data.input_column is not None and isinstance(train, dict):
@@ -79,12 +84,12 @@ def load_streamed(spec: DataSpec) -> tuple[LabelledData, StreamedTrain]:
     counts = data.origin.get("label_counts")
     if counts and "train" in counts:  # of the first rows only
         counts[f"first {len(probe)} train rows"] = counts.pop("train")
-    return data, StreamedTrain(rows.map(_number, with_indices=True), source, len(probe))
+    return data, StreamedTrain(rows, source, len(probe))
 
 
-def _listed_images(listed: list[tuple[str, str]]):
-    for path, label in listed:
-        yield {"image": {"bytes": None, "path": path}, "label": label}
+def _listed_images(listed: list[tuple[int, str, str]]):
+    for position, path, label in listed:
+        yield {"image": {"bytes": None, "path": path}, "label": label, ROW: position}
 
 
 def _number(row: dict[str, Any], index: int) -> dict[str, int]:
@@ -118,6 +123,9 @@ class RowReader:
         value = row.get(self.label_column)
         if is_missing(value):
             raise DataError(f"{where}: label column {self.label_column!r} is empty")
+        if isinstance(value, float) and not value.is_integer():
+            raise DataError(f"{where}: label {value!r} in column {self.label_column!r} is not a class (a whole "
+                            "number or a name); a number to predict is task: regression, which does not stream")
         label = self.index.get(label_key(value))
         if label is None:
             raise DataError(f"{where}: label {value!r} in column {self.label_column!r} is not one of the labels "

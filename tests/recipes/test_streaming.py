@@ -36,10 +36,10 @@ def _streamed(credit_files, **spec):
     return load_streamed(DataSpec(source="", label_column="creditability", data_files=credit_files, **spec))
 
 
-def _share(streamed, data, rank=0, world=1, seed=0, buffer=100):
+def _share(streamed, data, rank=0, world=1, seed=0, buffer=100, label_column="creditability"):
     from hf_adapt.data.stream import RowReader, TrainStream
 
-    reader = RowReader(data, "text", "creditability", streamed.source, streamed.probe_rows)
+    reader = RowReader(data, "text", label_column, streamed.source, streamed.probe_rows)
     return TrainStream(streamed, reader, seed, buffer, rank, world)
 
 
@@ -70,6 +70,42 @@ def test_the_train_split_streams_split_by_process_in_a_seeded_order_from_any_pos
     assert len(set(shares[0]) | set(shares[1])) == len(set(texts[:600]))
 
 
+def test_each_row_is_read_once_however_often_the_run_evaluates():
+    """An evaluation every 20 steps must not re-open the stream: that would read the rows trained on so far
+    again, reads growing with max_steps squared over eval_steps."""
+    from datasets import IterableDataset
+    from torch import nn
+
+    from hf_adapt.data.stream import StreamedTrain, TrainStream, _number
+    from hf_adapt.loop import LoopSettings, fit, make_loader
+    from hf_adapt.runtime import make_accelerator
+
+    reads = [0]
+
+    def rows():
+        for i in range(100_000):
+            reads[0] += 1
+            yield {"x": float(i % 7), "label": i % 2}
+
+    def task(model, batch):
+        logits = model(batch["inputs"])
+        return {"loss": nn.functional.cross_entropy(logits, batch["labels"]), "logits": logits}
+
+    stream = IterableDataset.from_generator(rows).map(_number, with_indices=True)
+    share = TrainStream(StreamedTrain(stream, "memory", 0), lambda row: (torch.tensor([row["x"]]), row["label"]), 0, 10)
+    read = {}
+    for eval_steps in (200, 20):
+        reads[0] = 0
+        loader = make_loader(share, lambda items, train=False: torch.stack(items), 8, train=True, seed=0)
+        settings = LoopSettings(num_train_epochs=1, max_steps=200, eval_steps=eval_steps, metric_for_best_model="loss",
+                                restore_best=False)
+        _, result = fit(make_accelerator("no", 1, "none"), nn.Linear(1, 2), task, loader, None, settings,
+                        evaluate_fn=lambda *args: {"loss": 0.0})
+        assert result.steps == 200
+        read[eval_steps] = reads[0]
+    assert read[20] == read[200] < 1700  # 1600 examples trained on, plus the shuffle buffer and prefetch
+
+
 def test_a_train_row_with_an_unknown_label_is_refused_by_file_row_and_column(credit_files, tmp_path):
     import pandas as pd
 
@@ -84,6 +120,29 @@ def test_a_train_row_with_an_unknown_label_is_refused_by_file_row_and_column(cre
     with pytest.raises(DataError, match=r"train\.csv row 1030: label 'maybe' in column 'creditability' is not one "
                                         r"of the labels \['bad', 'good'\]"):
         list(itertools.islice(_share(streamed, data, buffer=1), 1200))
+
+
+def test_a_train_row_with_a_fractional_label_is_refused_not_rounded(credit_files, tmp_path):
+    import pandas as pd
+
+    from hf_adapt.errors import DataError
+
+    files = {}
+    for split in ("train", "validation", "test"):
+        frame = pd.read_csv(credit_files[split])
+        frame = pd.concat([frame, frame], ignore_index=True) if split == "train" else frame
+        frame["grade"] = (frame.index % 3 + 1).astype(float)
+        if split == "train":
+            frame.loc[1030, "grade"] = 2.7  # after the first 1000 rows; 2.0 would be class "2"
+        frame.to_csv(tmp_path / f"{split}.csv", index=False)
+        files[split] = str(tmp_path / f"{split}.csv")
+    from hf_adapt.data import DataSpec
+    from hf_adapt.data.stream import load_streamed
+
+    data, streamed = load_streamed(DataSpec(source="", label_column="grade", data_files=files))
+    assert data.labels == ["1", "2", "3"]
+    with pytest.raises(DataError, match=r"train\.csv row 1030: label 2\.7 in column 'grade' is not a class"):
+        list(itertools.islice(_share(streamed, data, buffer=1, label_column="grade"), 1200))
 
 
 def test_streamed_rows_become_the_inputs_the_in_memory_path_makes(credit_files, tmp_path):
@@ -249,6 +308,13 @@ def test_an_image_folder_streams_its_train_class_folders_dicom_included(tiny_tim
     share = TrainStream(streamed, RowReader(data, "image", "label", streamed.source, 61), 0, 100)
     images = [image for _, (image, _) in itertools.islice(share, 61)]
     assert sorted({image.size for image in images}) == [(32, 32), (128, 128)], "the CT slice is read, not skipped"
+    from hf_adapt.data.files import image_listing
+    from hf_adapt.data.stream import ROW
+
+    listing = image_listing(root / "train")  # a row number in a message is the file's place in the listing
+    rows = list(itertools.islice(streamed.rows, 61))
+    assert sorted(row[ROW] for row in rows) == list(range(61))
+    assert all(row["image"]["path"] == listing[row[ROW]][0] for row in rows)
 
     out = train_finetune(tmp_path / "img", model_name_or_path=str(tiny_timm_convnet), data=str(root),
                          label_column="label", reset_head=True, image_size=32, streaming=True, max_steps=6,
