@@ -112,7 +112,7 @@ class Phase:
         final = self.directory / f"step-{step}"
         partial = self.directory / f".step-{step}.partial"
         sharded = _sharded(tensors)  # the loop's FSDP2 shards (the best epoch's weights): written by every process
-        state = {**state, "sharded_tensors": sorted(sharded)}
+        state = {**state, "sharded_tensors": sorted(sharded), "sharding": _sharding(accelerator, model)}
 
         def prepare() -> None:
             shutil.rmtree(partial, ignore_errors=True)  # left by a run killed while saving
@@ -143,6 +143,11 @@ class Phase:
 
         path = self.resume_from
         state = json.loads((path / STATE_FILE).read_text())
+        saved, now = state.get("sharding", "none"), _sharding(accelerator, model)
+        processes = state.get("num_processes", accelerator.num_processes)
+        if processes != accelerator.num_processes or saved != now:  # before reading what it holds
+            raise ConfigError(f"{path} was saved by {processes} process(es) with sharding {saved}; resume it as it "
+                              f"was launched (now {accelerator.num_processes}, sharding {now})")
         tensors = load_file(str(path / TENSORS_FILE))
         if sharding.is_fsdp2(model):
             with sharding.accelerate_state_only(accelerator):
@@ -160,6 +165,15 @@ class Phase:
             accelerator.load_state(str(path), strict=False)  # only the trainable tensors are in it, checked above
         logger.info("resumed from %s (optimiser step %d, epoch %d)", path, state["step"], state["epoch"])
         return state, tensors
+
+
+def _sharding(accelerator, model) -> str:
+    """How the weights are laid out across processes, which decides how a checkpoint stores them."""
+    from hf_adapt import sharding
+
+    if model is not None and sharding.is_fsdp2(model):
+        return "fsdp2"
+    return "deepspeed" if sharding.uses_deepspeed(accelerator) else "none"
 
 
 def _sharded(tensors: dict[str, Any]) -> set[str]:

@@ -499,6 +499,7 @@ def _prepare(accelerator, model, optimizer, train_loader: DataLoader, eval_loade
     """
     if not isinstance(train_loader.dataset, IterableDataset):
         model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
+        _check_best_epoch(accelerator, model, settings, eval_loader)
         return model, optimizer, train_loader, eval_loader, math.ceil(
             len(train_loader) / accelerator.gradient_accumulation_steps), False
     from accelerate.data_loader import prepare_data_loader
@@ -506,9 +507,24 @@ def _prepare(accelerator, model, optimizer, train_loader: DataLoader, eval_loade
     if settings.max_steps <= 0:
         raise ValueError("a stream has no end: set max_steps")
     model, optimizer, eval_loader = accelerator.prepare(model, optimizer, eval_loader)
+    _check_best_epoch(accelerator, model, settings, eval_loader)
     train_loader = prepare_data_loader(train_loader, accelerator.device, num_processes=1, process_index=0,
                                        put_on_device=True, dispatch_batches=False)
     return model, optimizer, train_loader, eval_loader, settings.eval_steps or settings.max_steps, True
+
+
+def _check_best_epoch(accelerator, model: nn.Module, settings: LoopSettings, eval_loader) -> None:
+    """Refuse keeping the best epoch's weights where they cannot be copied: under ZeRO-3 each process holds a
+    partition of every parameter, and ``state_dict`` gives empty placeholders, so the run would silently keep
+    the last epoch (gathering them needs ``deepspeed.zero.GatheredParameters``, which has never run here)."""
+    from hf_adapt.sharding import zero3_engine
+
+    if settings.restore_best and eval_loader is not None and zero3_engine(accelerator, model) is not None:
+        from hf_adapt.errors import ConfigError
+
+        raise ConfigError("keeping the best epoch's weights is not implemented under DeepSpeed ZeRO-3 (its parameters "
+                          "are partitioned): launch with FSDP2 (recipes/accelerate/fsdp.yaml) or ZeRO-2, or train "
+                          "without held-out rows to select an epoch on")
 
 
 def _make_scheduler(accelerator, optimizer, settings: LoopSettings, total_steps: int):

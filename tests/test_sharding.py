@@ -62,3 +62,37 @@ def test_a_deepspeed_checkpoint_goes_through_the_engine_without_the_frozen_weigh
     # frozen weights are not in the checkpoint: the engine must not insist on them
     assert accelerator.calls[-1] == ("load_state", {"load_module_strict": False})
     assert state["step"] == 2 and set(tensors) == {"running"}
+
+
+def test_a_checkpoint_resumes_only_under_the_launch_that_saved_it(tmp_path):
+    """A two-process FSDP2 checkpoint holds its weights as DCP shards and no model.safetensors: resumed by a plain
+    launch it is refused by name before anything is read, not with a missing file."""
+    from safetensors.torch import save_file
+
+    from hf_adapt.checkpoints import TENSORS_FILE
+
+    step = tmp_path / "train" / "step-4"
+    (step / "sharded").mkdir(parents=True)
+    save_file({"running": torch.zeros(())}, str(step / TENSORS_FILE))
+    (step / STATE_FILE).write_text(json.dumps({"step": 4, "epoch": 1, "num_processes": 2, "sharding": "fsdp2"}))
+    accelerator = make_accelerator("no", 1, "none")
+    model = accelerator.prepare(nn.Linear(2, 2))
+    with pytest.raises(ConfigError, match=r"saved by 2 process\(es\) with sharding fsdp2; resume it as it was "
+                                          r"launched \(now 1, sharding none\)"):
+        Phase(step.parent, 2, 2, step).load(accelerator, model)
+
+
+def test_keeping_the_best_epoch_under_zero3_is_refused_not_silently_skipped():
+    from types import SimpleNamespace
+
+    from hf_adapt.loop import LoopSettings, _check_best_epoch
+
+    model = nn.Linear(2, 2)
+    zero3 = SimpleNamespace(state=SimpleNamespace(deepspeed_plugin=SimpleNamespace(zero_stage=3)), _models=[model],
+                            unwrap_model=lambda m: m)
+    with pytest.raises(ConfigError, match="best epoch's weights is not implemented under DeepSpeed ZeRO-3"):
+        _check_best_epoch(zero3, model, LoopSettings(num_train_epochs=1), eval_loader=[])
+    _check_best_epoch(zero3, model, LoopSettings(num_train_epochs=1, restore_best=False), eval_loader=[])
+    _check_best_epoch(zero3, model, LoopSettings(num_train_epochs=1), eval_loader=None)  # nothing to select on
+    zero2 = SimpleNamespace(state=SimpleNamespace(deepspeed_plugin=SimpleNamespace(zero_stage=2)))
+    _check_best_epoch(zero2, model, LoopSettings(num_train_epochs=1), eval_loader=[])

@@ -525,17 +525,23 @@ def _whole_model(cfg: FeedbackConfig, plan: _Round, accelerator, model):
 
     if not is_sharded(accelerator, model):
         return model
+    from hf_adapt.outputs import on_main
+
     state = gathered_state(accelerator, model, trainable_only=True)
-    if not accelerator.is_main_process:
-        return model
-    whole, _ = build_model(plan.model_block, get_trainer(cfg.trainer).objective, cfg.adapter,
-                           plan.parent.directory if plan.parent else None)
-    trainable = {name for name, p in whole.named_parameters() if p.requires_grad}
-    if trainable - set(state):  # a trainer that renamed or dropped the adapter: never score the untrained one
-        raise RuntimeError(f"the gathered weights lack {len(trainable - set(state))} trained tensors of the policy, "
-                           f"e.g. {sorted(trainable - set(state))[:3]}")
-    whole.load_state_dict({k: v for k, v in state.items() if k in trainable}, strict=False)
-    return whole.to(accelerator.device)
+    built = {}
+
+    def build() -> None:  # a failure here reaches every process (on_main), which would otherwise wait for it
+        whole, _ = build_model(plan.model_block, get_trainer(cfg.trainer).objective, cfg.adapter,
+                               plan.parent.directory if plan.parent else None)
+        trainable = {name for name, p in whole.named_parameters() if p.requires_grad}
+        if trainable - set(state):  # a trainer that renamed or dropped the adapter: never score the untrained one
+            raise RuntimeError(f"the gathered weights lack {len(trainable - set(state))} trained tensors of the "
+                               f"policy, e.g. {sorted(trainable - set(state))[:3]}")
+        whole.load_state_dict({k: v for k, v in state.items() if k in trainable}, strict=False)
+        built["model"] = whole.to(accelerator.device)
+
+    on_main(accelerator, build)
+    return built.get("model", model)
 
 
 def _fingerprint(records: list[dict[str, Any]]) -> str:
