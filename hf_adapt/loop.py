@@ -114,11 +114,14 @@ class ExampleDataset(Dataset):
 
 
 def make_loader(dataset: ExampleDataset, collate: Callable, batch_size: int, train: bool, seed: int,
-                num_workers: int = 0, balanced: bool = False) -> DataLoader:
+                num_workers: int = 0, balanced: bool = False, lengths: list[int] | None = None) -> DataLoader:
     """Batches of ``{"inputs", "labels"[, "task"]}``; shuffled (seeded) for training.
 
     ``balanced``: training batches are drawn with replacement, each class equally likely
     (a seeded ``WeightedRandomSampler``; an epoch is still ``len(dataset)`` examples).
+    ``lengths`` (each row's, ``group_by_length``): training batches hold rows of similar length, shuffled in
+    mega-batches of 50 batches each sorted by length (transformers' seeded ``LengthGroupedSampler``), so a
+    padded batch wastes less.
     """
     def collate_fn(examples):
         inputs, labels, *tasks = zip(*examples)
@@ -140,6 +143,12 @@ def make_loader(dataset: ExampleDataset, collate: Callable, batch_size: int, tra
         weights = (1.0 / torch.bincount(labels).double())[labels]
         sampler = WeightedRandomSampler(weights, num_samples=len(labels), replacement=True,
                                         generator=torch.Generator().manual_seed(seed))
+    elif lengths is not None:
+        from transformers.trainer_pt_utils import LengthGroupedSampler
+
+        if len(lengths) != len(dataset):
+            raise ValueError(f"{len(lengths)} lengths for {len(dataset)} rows")
+        sampler = LengthGroupedSampler(batch_size, lengths=list(lengths), generator=torch.Generator().manual_seed(seed))
     return training_loader(dataset, collate_fn, batch_size, seed, num_workers, sampler)
 
 

@@ -18,13 +18,14 @@ AdapterOptions       the peft adapter                                           
 QuantizationOptions  QLoRA: the base in 4- or 8-bit (bitsandbytes)                finetune, pretrain, feedback
 RegimeOptions        which weights train                                          finetune, continual, pretrain
 TrainingOptions      the optimisation every trainer shares                        all
-ClassifierOptions    a classifier's head rate, layer decay and best epoch         finetune, continual
+ClassifierOptions    a classifier's head rate, layer decay, best epoch, batching      finetune, continual
 ImbalanceOptions     class weights or a balanced sampler                          finetune
 TableFeatureOptions  a row's columns beside the text (hybrid table models)        finetune
 EvaluationOptions    the test report: threshold, intervals, groups, baseline      finetune
 CrossValidation...   k-fold cross-validation                                      finetune
 RuntimeOptions       output folder, threads, workers, trackers                    all
 CardOptions          what the card says that the run cannot measure               all
+SpeedOptions         TF32, torch.compile, Liger kernels (hf_adapt.speed)          finetune, pretrain, feedback
 ===================  ===========================================================  ========================
 """
 
@@ -247,10 +248,17 @@ class ClassifierOptions(Options):
     layer_lr_decay: float | None = field(default=None, metadata={"help": "Layer-wise learning-rate decay, e.g. 0.8: each layer below the top trains at decay x the rate of the layer above (embeddings/stem lowest); unset: one rate."})
     metric_for_best_model: Literal["accuracy", "macro_f1", "auroc", "log_loss", "ece", "brier", "gini", "ks", "rmse", "mae", "r2", "micro_f1", "map", "subset_accuracy", "hamming_loss"] = field(default="auroc", metadata={"help": "Validation metric that picks the best epoch (and the best fold under cv_keep: best_fold); task: regression takes rmse, mae or r2; task: multi_label takes micro_f1, macro_f1, map, auroc, subset_accuracy or hamming_loss (at 0.5 while training; the thresholds are chosen after)."})
     early_stopping_patience: int | None = field(default=None, metadata={"help": "Stop after this many epochs without improvement (unset: never)."})
+    group_by_length: bool = field(default=False, metadata={"help": "Text: training batches of rows of similar token length (shuffled mega-batches of 50 batches, each sorted by length, as transformers' LengthGroupedSampler), so less padding is computed. Each row's loss is the same; which rows share a batch changes. Refused for images (one size, no padding) and with balanced_sampler. Measured in benchmarks/speed.py."})
 
     def validate(self) -> None:
         if self.layer_lr_decay is not None and not 0 < self.layer_lr_decay <= 1:
             raise ConfigError(f"layer_lr_decay must be in (0, 1], got {self.layer_lr_decay}")
+        if self.group_by_length and getattr(self, "balanced_sampler", False):
+            raise ConfigError("group_by_length orders the training rows by length, balanced_sampler draws them by "
+                              "class: set one of them")
+        if self.group_by_length and getattr(self, "family", "auto") == "timm":
+            raise ConfigError("group_by_length groups texts by token length; family timm reads images of one size, "
+                              "which have no padding to save: leave group_by_length unset")
 
 
 @dataclass

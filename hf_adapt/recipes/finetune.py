@@ -32,6 +32,7 @@ from hf_adapt.options import (
     TableFeatureOptions,
     TrainingOptions,
 )
+from hf_adapt.speed import SpeedOptions
 
 logger = logging.getLogger("hf_adapt.finetune")
 
@@ -39,7 +40,8 @@ logger = logging.getLogger("hf_adapt.finetune")
 @dataclass
 class FinetuneConfig(ModelOptions, BackboneOptions, DataOptions, LabelOptions, ParentOptions, RegimeOptions,
                      QuantizationOptions, TrainingOptions, ClassifierOptions, TableFeatureOptions, ImbalanceOptions, EvaluationOptions,
-                     CrossValidationOptions, RuntimeOptions, CardOptions, CheckpointOptions, PublishOptions):
+                     CrossValidationOptions, RuntimeOptions, CardOptions, CheckpointOptions, PublishOptions,
+                     SpeedOptions):
     """Fine-tune a timm or transformers backbone on labelled data and write an evaluated adapter with a model card.
 
     With no arguments: LoRA on the pretrained MiniLM-L6 (sentence-transformers/all-MiniLM-L6-v2,
@@ -112,6 +114,7 @@ class _Trainer:
         from hf_adapt import transfer
         from hf_adapt.backbones import build_backbone
         from hf_adapt.regimes import apply_regime
+        from hf_adapt.speed import apply_liger
 
         set_seed(self.cfg.seed)  # every fold starts from the same head initialisation
         if self.parent is not None:
@@ -119,6 +122,7 @@ class _Trainer:
                 backbone = build_backbone(transfer.start_spec(self.parent, self.spec, Path(workdir)))
         else:
             backbone = build_backbone(self.spec)
+        apply_liger(backbone.model, self.cfg)  # Liger's kernels into the transformers model, when asked
         if self.table is None:
             return backbone, apply_regime(backbone, self.cfg.regime, self.cfg.adapter)
         from hf_adapt.backbones.hybrid import fit_hybrid, freeze_wide
@@ -126,13 +130,15 @@ class _Trainer:
         backbone = fit_hybrid(backbone, self.table, rows, self.data.num_labels, self.cfg.seed, self.task)
         return backbone, freeze_wide(apply_regime(backbone, self.cfg.regime, self.cfg.adapter))
 
-    def loader(self, inputs: list[Any], labels: list[int], train: bool, collate):
+    def loader(self, inputs: list[Any], labels: list[int], train: bool, preprocessor):
         from hf_adapt.loop import ExampleDataset, make_loader
+        from hf_adapt.speed import row_lengths
 
         cfg = self.cfg
-        return make_loader(ExampleDataset(inputs, labels), collate,
+        return make_loader(ExampleDataset(inputs, labels), preprocessor.collate,
                            cfg.per_device_train_batch_size if train else cfg.per_device_eval_batch_size,
-                           train=train, seed=cfg.seed, num_workers=cfg.num_workers, balanced=cfg.balanced_sampler)
+                           train=train, seed=cfg.seed, num_workers=cfg.num_workers, balanced=cfg.balanced_sampler,
+                           lengths=row_lengths(preprocessor, inputs, cfg.group_by_length and train))
 
     def train(self, train_rows: tuple[list, list], held_rows: tuple[list, list] | None,
               select_epoch: bool = True, phase: str = "train") -> Trained:
@@ -147,18 +153,18 @@ class _Trainer:
         reuse = self.first is not None and (self.table is None or train_rows[0] is self.first_rows[0])
         backbone, model = self.first if reuse else self.build(train_rows)
         self.first = None
-        collate = backbone.preprocessor.collate
+        preprocessor = backbone.preprocessor
         weights = (self.task.class_weights(train_rows[1], self.data.num_labels) if cfg.class_weights == "balanced"
                    else None)
         task = self.task.loss(backbone.logits, weights)
         overrides = {} if select_epoch and held_rows else {"restore_best": False, "early_stopping_patience": None}
         settings = LoopSettings.from_config(cfg, backbone, **overrides)
         callbacks = get_regime(cfg.regime).callbacks(backbone, cfg.unfreeze_every_epochs) + self.callbacks
-        held_loader = self.loader(*held_rows, train=False, collate=collate) if held_rows else None
+        held_loader = self.loader(*held_rows, train=False, preprocessor=preprocessor) if held_rows else None
         checkpoints = self.checkpoints.phase(self.accelerator, phase) if self.checkpoints else None
-        model, history = fit(self.accelerator, model, task, self.loader(*train_rows, train=True, collate=collate),
-                             held_loader, settings, evaluate_fn=self.evaluate, callbacks=callbacks,
-                             checkpoints=checkpoints)
+        train_loader = self.loader(*train_rows, train=True, preprocessor=preprocessor)
+        model, history = fit(self.accelerator, model, task, train_loader, held_loader, settings,
+                             evaluate_fn=self.evaluate, callbacks=callbacks, checkpoints=checkpoints)
         trained = Trained(model, backbone, task, history)
         if held_loader is not None:
             trained.held_logits, trained.held_labels = predict(
@@ -268,6 +274,7 @@ def _prepare(cfg: FinetuneConfig, run) -> _Setup:
     from hf_adapt.data import DataSpec, load_labelled
     from hf_adapt.dicom import check_volume_channels
     from hf_adapt.report import check_subgroups
+    from hf_adapt.speed import row_lengths
     from hf_adapt.table_features import TableInputs
     from hf_adapt.tasks import task_of
 
@@ -297,6 +304,7 @@ def _prepare(cfg: FinetuneConfig, run) -> _Setup:
         logger.info("started from the backbone of %s (%s %s)", cfg.init_from, parent.recipe, parent.info.get("regime"))
     backbone = trainer.first[0]
     check_volume_channels(data, backbone)
+    row_lengths(backbone.preprocessor, [], cfg.group_by_length)  # group_by_length: refused now for images
     trainable, total = count_parameters(trainer.first[1])
     logger.info("%s backbone, %d labels, %s trainable of %s parameters", backbone.family, data.num_labels,
                 f"{trainable:,}", f"{total:,}")
@@ -328,7 +336,7 @@ def _train_and_test(cfg: FinetuneConfig, run, setup: _Setup) -> _Done:
             point_error = str(err)
     accelerator = run.accelerator
     test_loader = accelerator.prepare(trainer.loader(inputs["test"], labels["test"], train=False,
-                                                     collate=trained.backbone.preprocessor.collate))
+                                                     preprocessor=trained.backbone.preprocessor))
     test_logits, test_labels = predict(accelerator, trained.model, trained.task, test_loader)
     groups = list(data.splits["test"][cfg.group_column]) if cfg.group_column else None
     evaluation = _evaluate_test(cfg, setup.task, test_logits, test_labels, setup.positive, point, groups, calibration,
