@@ -472,10 +472,16 @@ def fit(accelerator, model: nn.Module, task: Task, train_loader: DataLoader, eva
         run.save()  # the phase's final state: a resumed run replays a finished phase from it
     result.steps, result.train_seconds = run.step, time.perf_counter() - start
     if run.best_state is not None and settings.restore_best:
-        accelerator.unwrap_model(model).load_state_dict(run.best_state, strict=False)
+        _unwrapped(accelerator, model).load_state_dict(run.best_state, strict=False)
         metric = settings.metric_for_best_model
         logger.info("restored best epoch %s (%s=%.4f)", result.best_epoch, metric, result.best_metrics[metric])
     return model, result
+
+
+def _unwrapped(accelerator, model: nn.Module) -> nn.Module:
+    """The module training changes, out of DDP and torch.compile's wrappers: its state-dict keys are those of an
+    uncompiled run (no ``_orig_mod.``), so best weights and checkpoints load either way."""
+    return accelerator.unwrap_model(model, keep_torch_compile=False)
 
 
 def _make_scheduler(accelerator, optimizer, settings: LoopSettings, total_steps: int):
@@ -565,7 +571,7 @@ class _Run:
         elif is_better(metric, metrics[metric], result.best_metrics.get(metric)):
             result.best_epoch, result.best_metrics = epoch, metrics
             restore = self.settings.restore_best
-            self.best_state = _trainable_state(self.accelerator.unwrap_model(self.model)) if restore else None
+            self.best_state = _trainable_state(_unwrapped(self.accelerator, self.model)) if restore else None
             self.stale = 0
         else:
             self.stale += 1

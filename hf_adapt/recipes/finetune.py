@@ -353,7 +353,8 @@ def _train_and_test(cfg: FinetuneConfig, run, setup: _Setup) -> _Done:
             "float64")), evaluation.labels, keys)
     logger.info("test: %s", " ".join(f"{k}={v:.4f}" for k, v in evaluation.metrics.items()))
     baseline = _compare_baselines(cfg, setup.task, data, cv, evaluation, groups)
-    return _Done(trained, accelerator.unwrap_model(trained.model), cv, point, point_error, evaluation, baseline)
+    unwrapped = accelerator.unwrap_model(trained.model, keep_torch_compile=False)  # the module torch.compile wraps
+    return _Done(trained, unwrapped, cv, point, point_error, evaluation, baseline)
 
 
 def _compare_baselines(cfg: FinetuneConfig, task, data, cv, evaluation, groups) -> dict[str, Any] | None:

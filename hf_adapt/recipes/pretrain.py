@@ -159,7 +159,7 @@ def main(cfg: PretrainConfig) -> PretrainResult:
                        "perplexity_before": lm.perplexity(before.loss), "eval_tokens": tokens}
             logger.info("test: perplexity %.2f -> %.2f over %d tokens", metrics["perplexity_before"],
                         metrics["perplexity"], tokens)
-            unwrapped = accelerator.unwrap_model(model)
+            unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
             state = gathered_state(accelerator, unwrapped)  # FSDP2 / ZeRO-3 shards, gathered by every process
             blocks = setup.blocks
             token_counts = {split: sum(len(ids) for ids in blocks[split]["input_ids"]) for split in blocks}
