@@ -47,7 +47,7 @@ def test_a_compiled_run_saves_and_reloads_to_the_same_logits(tiny_bert, credit_s
 
     torch._dynamo.reset()
     counters.clear()
-    result = main(_config(tiny_bert, credit_sample, tmp_path, torch_compile=True))
+    result = main(_config(tiny_bert, credit_sample, tmp_path, torch_compile=True, max_train_samples=48))
     assert counters["stats"]["unique_graphs"] > 0, "accelerator.prepare did not compile the model"
     assert not isinstance(result.model, OptimizedModule)  # the saved one, as without torch_compile
     keys = load_file(str(result.output_dir / "adapter_model.safetensors"))
@@ -143,3 +143,23 @@ def test_feedback_hands_the_speed_options_to_trl_and_refuses_them_twice(tmp_path
     with pytest.raises(ConfigError, match="padding_free: true is turned off by TRL"):
         check_taken(asked, SimpleNamespace(padding_free=False))  # what TRL 1.16's DPOTrainer does with it
     check_taken(asked, SimpleNamespace(padding_free=True))
+
+
+def test_a_continual_stream_trains_each_experience_on_length_grouped_batches(tiny_bert, credit_sample, tmp_path,
+                                                                            monkeypatch):
+    from hf_adapt import speed
+    from hf_adapt.recipes.continual import ContinualConfig
+    from hf_adapt.recipes.continual import main as continual_main
+
+    grouped = []
+    real = speed.row_lengths
+    monkeypatch.setattr(speed, "row_lengths", lambda p, rows, on: grouped.append((len(rows), on)) or real(p, rows, on))
+    cfg = config_from_dict(ContinualConfig, dict(
+        model_name_or_path=str(tiny_bert), base_model_id=None, data=str(credit_sample), label_column="creditability",
+        scenario="domain", experiences=[{"name": "own", "where": {"housing": ["own"]}},
+                                        {"name": "other", "where": {"housing": ["rent", "for free"]}}],
+        output_dir=str(tmp_path / "out"), num_train_epochs=1, per_device_train_batch_size=8, max_length=64,
+        report_to="none", torch_num_threads=1, group_by_length=True))
+    continual_main(cfg)
+    assert len(grouped) == 2 and all(n > 8 and on for n, on in grouped)  # each experience's training rows
+    assert (tmp_path / "out" / "hf_adapt.json").is_file()
