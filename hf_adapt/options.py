@@ -369,3 +369,22 @@ class CardOptions(Options):
         from hf_adapt.sources import known_dataset_name
 
         return self.dataset_name or known_dataset_name(str(source)) or Path(str(source)).name
+
+
+@dataclass
+class SpeedOptions(Options):
+    """Speed options for GPUs and compilers; each off by default, and refused where it cannot take effect."""
+
+    title = "speed"
+    tf32: bool = field(default=False, metadata={"help": "CUDA GPUs (Ampere or newer): float32 matrix multiplications and convolutions in TensorFloat-32 (10-bit mantissa; what mixed_precision: bf16 leaves in float32 too), process-wide, as TrainingArguments' tf32. Refused on a machine without a CUDA GPU."})
+    torch_compile: bool = field(default=False, metadata={"help": "Compile the model with torch.compile (inductor, through Accelerate's dynamo plugin). The first steps pay for compiling (and one recompile when text lengths vary); the saved files are the same as without. Measured in benchmarks/speed.py (CPU) and benchmarks/gpu.py."})
+    torch_compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = field(default="default", metadata={"help": "torch_compile: torch.compile's mode (reduce-overhead and max-autotune use CUDA graphs)."})
+    liger_kernel: bool = field(default=False, metadata={"help": "Liger's Triton kernels (RMSNorm, RoPE, SwiGLU/GeGLU, layer norm) patched into a transformers model of an architecture Liger supports (Llama, Mistral, Qwen, Gemma, ...), through transformers' apply_liger_kernel; the loss stays ours. Needs a CUDA GPU and pip install liger-kernel; refused otherwise."})
+
+    def validate(self) -> None:
+        if self.torch_compile_mode != "default" and not self.torch_compile:
+            raise ConfigError(f"torch_compile_mode: {self.torch_compile_mode} applies with torch_compile: true; "
+                              "set torch_compile: true, or leave torch_compile_mode unset")
+        if self.liger_kernel and getattr(self, "family", "transformers") == "timm":
+            raise ConfigError("liger_kernel patches transformers models (Llama, Mistral, Qwen, Gemma, ...); family "
+                              "timm has no Liger kernels: leave liger_kernel unset")

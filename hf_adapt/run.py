@@ -32,12 +32,13 @@ class RecipeRun:
 
         from hf_adapt import speed
         from hf_adapt.checkpoints import Checkpoints
+        from hf_adapt.options import SpeedOptions
         from hf_adapt.runtime import make_accelerator, set_cpu_threads
 
         self.cfg = cfg
         self.started = time.perf_counter()
         cfg.check_push(cfg.base_model_id)
-        if isinstance(cfg, speed.SpeedOptions):  # what this machine cannot do is refused before anything loads
+        if isinstance(cfg, SpeedOptions):  # what this machine cannot do is refused before anything loads
             speed.require_runtime(cfg)
             speed.enable(cfg)
         self.checkpoints = Checkpoints.from_config(cfg)

@@ -1,6 +1,6 @@
 """Speed options: TF32, ``torch.compile`` and Liger kernels, each off unless the config turns it on.
 
-:class:`SpeedOptions` is the config component (finetune, continual, pretrain, feedback); ``group_by_length``, the
+:class:`hf_adapt.options.SpeedOptions` is the config component (finetune, pretrain, feedback); ``group_by_length``, the
 text option that cuts padding, is a classifier's (:class:`hf_adapt.options.ClassifierOptions`) because only the
 classification loaders take it. Each option is checked twice, as QLoRA's are (:mod:`hf_adapt.quantization`): when
 the config is read (what makes no sense with the rest of the config), and on the machine before anything trains
@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
-from hf_adapt.config import Options
 from hf_adapt.errors import ConfigError
 
 logger = logging.getLogger("hf_adapt.speed")
@@ -27,25 +25,6 @@ LIGER_INSTALL = "pip install liger-kernel"
 # the kernels that leave a model's forward as it is: our tasks compute the loss from the logits, which Liger's fused
 # linear cross-entropy (its default for causal LMs) never materialises
 LIGER_CONFIG = {"fused_linear_cross_entropy": False, "cross_entropy": False}
-
-
-@dataclass
-class SpeedOptions(Options):
-    """Speed options for GPUs and compilers; each off by default, and refused where it cannot take effect."""
-
-    title = "speed"
-    tf32: bool = field(default=False, metadata={"help": "CUDA GPUs (Ampere or newer): float32 matrix multiplications and convolutions in TensorFloat-32 (10-bit mantissa; what mixed_precision: bf16 leaves in float32 too), process-wide, as TrainingArguments' tf32. Refused on a machine without a CUDA GPU."})
-    torch_compile: bool = field(default=False, metadata={"help": "Compile the model with torch.compile (inductor, through Accelerate's dynamo plugin). The first steps pay for compiling (and one recompile when text lengths vary); the saved files are the same as without. Measured in benchmarks/speed.py (CPU) and benchmarks/gpu.py."})
-    torch_compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = field(default="default", metadata={"help": "torch_compile: torch.compile's mode (reduce-overhead and max-autotune use CUDA graphs)."})
-    liger_kernel: bool = field(default=False, metadata={"help": "Liger's Triton kernels (RMSNorm, RoPE, SwiGLU/GeGLU, layer norm) patched into a transformers model of an architecture Liger supports (Llama, Mistral, Qwen, Gemma, ...), through transformers' apply_liger_kernel; the loss stays ours. Needs a CUDA GPU and pip install liger-kernel; refused otherwise."})
-
-    def validate(self) -> None:
-        if self.torch_compile_mode != "default" and not self.torch_compile:
-            raise ConfigError(f"torch_compile_mode: {self.torch_compile_mode} applies with torch_compile: true; "
-                              "set torch_compile: true, or leave torch_compile_mode unset")
-        if self.liger_kernel and getattr(self, "family", "transformers") == "timm":
-            raise ConfigError("liger_kernel patches transformers models (Llama, Mistral, Qwen, Gemma, ...); family "
-                              "timm has no Liger kernels: leave liger_kernel unset")
 
 
 def require_runtime(cfg: Any) -> None:

@@ -34,9 +34,9 @@ from hf_adapt.options import (
     ParentOptions,
     QuantizationOptions,
     RuntimeOptions,
+    SpeedOptions,
     TrainingOptions,
 )
-from hf_adapt.speed import SpeedOptions
 
 logger = logging.getLogger("hf_adapt.feedback")
 

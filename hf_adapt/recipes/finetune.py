@@ -29,10 +29,10 @@ from hf_adapt.options import (
     QuantizationOptions,
     RegimeOptions,
     RuntimeOptions,
+    SpeedOptions,
     TableFeatureOptions,
     TrainingOptions,
 )
-from hf_adapt.speed import SpeedOptions
 
 logger = logging.getLogger("hf_adapt.finetune")
 

@@ -25,9 +25,9 @@ from hf_adapt.options import (
     QuantizationOptions,
     RegimeOptions,
     RuntimeOptions,
+    SpeedOptions,
     TrainingOptions,
 )
-from hf_adapt.speed import SpeedOptions
 
 logger = logging.getLogger("hf_adapt.pretrain")
 
