@@ -35,7 +35,7 @@ torch runs with one thread (``torch.set_num_threads(1)``), ``TOKENIZERS_PARALLEL
 
 Usage::
 
-    python benchmarks/speed.py                      # 384 reviews, max_length 128, 2 timed epochs (~15 min, 2 cores)
+    python benchmarks/speed.py                      # 384 reviews, max_length 128, 2 timed epochs (~9 min, 2 cores)
     python benchmarks/speed.py --only default,group_by_length --repeats 3
 """
 
