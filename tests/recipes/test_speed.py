@@ -163,3 +163,20 @@ def test_a_continual_stream_trains_each_experience_on_length_grouped_batches(tin
     continual_main(cfg)
     assert len(grouped) == 2 and all(n > 8 and on for n, on in grouped)  # each experience's training rows
     assert (tmp_path / "out" / "hf_adapt.json").is_file()
+
+
+def test_liger_patches_a_llama_and_leaves_its_forward(tiny_llama):
+    """Patching needs no GPU (running the kernels does): Liger's RMSNorm and SwiGLU replace the modules' forwards,
+    and the model's own forward stays, so our tasks still read its logits."""
+    pytest.importorskip("liger_kernel")
+    from types import SimpleNamespace
+
+    from transformers import AutoModelForCausalLM
+
+    from hf_adapt.speed import apply_liger
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_llama))
+    apply_liger(model, SimpleNamespace(liger_kernel=True))
+    assert model.model.norm.forward.__func__.__module__.startswith("liger_kernel")
+    assert model.model.layers[0].mlp.forward.__func__.__module__.startswith("liger_kernel")
+    assert model.forward.__func__.__module__.startswith("transformers")  # no fused linear cross-entropy forward
