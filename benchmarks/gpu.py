@@ -49,12 +49,19 @@ recipe trains on. Pairs/s: steps x batch / TRL's ``train_runtime`` (the same tra
 first steps included); the round's wall time adds loading, TRL's tokenising and, for the recipe, scoring the
 held-out pairs and writing the output.
 
+Speed-option rows (section ``speed``, last, in ``speed_s`` of the budget): the hf-adapt row again with one option
+of ``hf_adapt.speed`` on each, applied as the recipes apply them: ``tf32: true``, ``torch_compile: true`` (its
+compiling falls in the warm-up steps) and ``liger_kernel: true`` (needs ``pip install liger-kernel``; the row says
+so when it is missing). Their per-step losses are checked against the plain loop's like the other rows. They are
+how ``docs/scale.md`` learns whether each option pays on a GPU; until this script has run on one, it says so.
+
 Checks (PASS/FAIL lines under the table): every contender saw the same batches as the plain loop; its per-step
 losses match the plain loop's within a tolerance (bf16: 0.5 % of the loss, 2 % for the FSDP row, whose FSDP2
 bf16 parameters also put the residual stream in bf16; fp32 smoke: 1e-4); hf-adapt's tokens/s
 is at least Trainer + peft's; hf-adapt's MFU is at least 40 %.
 
-``--smoke`` runs the whole pipeline on CPU in float32 with a 2-layer, 64-wide Llama (sequence 64, 2 + 3 steps, a
+``--smoke`` runs the whole pipeline on CPU in float32 (the torch_compile row with dynamo's eager backend; the tf32
+and Liger rows are refused there, as the recipes refuse them) with a 2-layer, 64-wide Llama (sequence 64, 2 + 3 steps, a
 few DPO pairs) in well under a minute; there the FSDP row runs the same launch, which Accelerate runs without
 FSDP on CPU, and says so. A per-section time guard stops a section that runs past its share of ``--budget_s``
 (default 500 s from the model build on, so that with imports and the report the run stays under 10 minutes) and
@@ -100,7 +107,7 @@ SEED = 0
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 SPECIAL = ["<pad>", "<s>", "</s>", "<unk>"]
 MFU_TARGET = 0.40
-SECTIONS = ("lora", "dpo", "fsdp")
+SECTIONS = ("lora", "dpo", "fsdp", "speed")
 # dense bf16 tensor-core peaks (NVIDIA datasheets, TFLOPS); the first name contained in the device name wins
 PEAK_TFLOPS = [("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H200 NVL", 835.0), ("H100", 989.4), ("H200", 989.4),
                ("GH200", 989.4), ("B200", 2250.0), ("A100", 312.0), ("L40S", 362.0), ("L4", 121.0)]
@@ -138,6 +145,7 @@ class Plan:
     contender_s: float = 90.0
     dpo_s: float = 150.0
     fsdp_s: float = 150.0
+    speed_s: float = 150.0  # the speed-option rows together, last (each runs in a third of what is left)
 
     @property
     def total_steps(self) -> int:
@@ -150,7 +158,7 @@ GPU = Plan(hidden=2048, layers=16, heads=32, kv_heads=8, intermediate=8192, voca
 SMOKE = Plan(hidden=64, layers=2, heads=4, kv_heads=2, intermediate=128, vocab=256, seq=64, batch=2, warmup=2,
              steps=3, lr=1e-3, precision="no", loss_rtol=1e-4, fsdp_rtol=1e-4, dpo_pairs=20, dpo_prompt_words=6,
              dpo_completion_words=10, dpo_max_length=24, dpo_batch=4, dpo_lr=1e-4, dpo_eval_size=0.2, budget_s=300.0,
-             contender_s=60.0, dpo_s=120.0, fsdp_s=120.0)
+             contender_s=60.0, dpo_s=120.0, fsdp_s=120.0, speed_s=90.0)
 
 
 def lora_dict(plan: Plan) -> dict:
@@ -429,20 +437,35 @@ def hf_adapt_settings(plan: Plan, total_steps: int):
                         logging_steps=10)
 
 
-def run_hf_adapt(plan: Plan, folder: Path, blocks: list[dict], deadline: float, precision: str | None = None) -> dict:
-    """hf-adapt's path for LoRA continued pretraining of a causal LM (what ``hf-adapt pretrain`` wires)."""
+def speed_options(**chosen):
+    """The speed fields of a recipe config (``hf_adapt.speed.SpeedOptions``), off unless ``chosen``."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(**{"tf32": False, "torch_compile": False, "torch_compile_mode": "default",
+                              "liger_kernel": False, **chosen})
+
+
+def run_hf_adapt(plan: Plan, folder: Path, blocks: list[dict], deadline: float, precision: str | None = None,
+                 options=None, accelerator_kwargs: dict | None = None) -> dict:
+    """hf-adapt's path for LoRA continued pretraining of a causal LM (what ``hf-adapt pretrain`` wires), with the
+    speed ``options`` applied as the recipe applies them (``accelerator_kwargs``: instead of theirs)."""
     import torch
     from accelerate.utils import set_seed
 
-    from hf_adapt import lm
+    from hf_adapt import lm, speed
     from hf_adapt.backbones import BackboneSpec
     from hf_adapt.loop import fit
     from hf_adapt.regimes import get_regime
     from hf_adapt.runtime import make_accelerator
 
-    accelerator = make_accelerator(plan.precision if precision is None else precision, 1, "none")
+    options = options or speed_options()
+    speed.require_runtime(options)  # what the recipe refuses on this machine, the row refuses too
+    speed.enable(options)
+    kwargs = speed.accelerator_kwargs(options) if accelerator_kwargs is None else accelerator_kwargs
+    accelerator = make_accelerator(plan.precision if precision is None else precision, 1, "none", **kwargs)
     backbone, objective = lm.build_lm(BackboneSpec(name_or_path=str(folder), num_labels=0, family="transformers",
                                                    max_length=plan.seq), "clm")
+    speed.apply_liger(backbone.model, options)
     set_seed(SEED)  # every contender draws the same LoRA init
     regime = get_regime("adapter")
     model = regime.apply(backbone, lora_dict(plan))
@@ -459,6 +482,11 @@ def run_hf_adapt(plan: Plan, folder: Path, blocks: list[dict], deadline: float, 
         result["stopped"] = str(err)
     finally:
         accelerator.free_memory()
+        if options.tf32:  # process-wide: the rows after this one run without it
+            from transformers.utils import enable_tf32
+
+            enable_tf32(False)
+        torch._dynamo.reset()
     return {**clock.summary(plan, accelerator.num_processes), **result}
 
 
@@ -830,7 +858,12 @@ HOW = {
     "hf-adapt FSDP": "the hf-adapt row under `accelerate launch --config_file recipes/accelerate/fsdp.yaml`",
     "hf-adapt feedback": "`hf-adapt feedback` (FeedbackConfig, trainer dpo)",
     "TRL DPOTrainer": "DPOTrainer(model, peft_config=LoraConfig) called directly",
+    "hf-adapt + tf32": "the hf-adapt row with `tf32: true` (TF32 for what bf16 autocast leaves in float32)",
+    "hf-adapt + torch_compile": "the hf-adapt row with `torch_compile: true` (inductor; compiling is in the warm-up)",
+    "hf-adapt + liger_kernel": "the hf-adapt row with `liger_kernel: true` (Liger's RMSNorm, RoPE, SwiGLU kernels)",
 }
+SPEED_ROWS = {"hf-adapt + tf32": {"tf32": True}, "hf-adapt + torch_compile": {"torch_compile": True},
+              "hf-adapt + liger_kernel": {"liger_kernel": True}}
 
 
 def table(lora: dict, dpo: dict, fsdp: dict) -> list[str]:
@@ -927,6 +960,41 @@ def lora_section(plan: Plan, folder: Path, work: Path, budget: Budget, skip: set
     return results
 
 
+def speed_section(plan: Plan, folder: Path, budget: Budget, skip: set[str], smoke: bool) -> dict[str, dict]:
+    """The hf-adapt row again with each speed option on, in a third each of the section's share. The smoke run
+    compiles with dynamo's eager backend (the same wrapping, no minutes of inductor compiling on a CPU); on a
+    machine that refuses an option (TF32 and Liger without a CUDA GPU) its row says so."""
+    from hf_adapt.errors import ConfigError
+
+    blocks = make_blocks(plan, plan.total_steps * plan.batch)
+    results: dict[str, dict] = {}
+    end = time.time() + plan.speed_s
+    for name, chosen in SPEED_ROWS.items():
+        if "speed" in skip:
+            results[name] = {"skipped": "--skip speed"}
+            continue
+        kwargs = None
+        if smoke and chosen.get("torch_compile"):
+            from accelerate.utils import TorchDynamoPlugin
+
+            kwargs = {"dynamo_plugin": TorchDynamoPlugin(backend="eager")}
+        memory: dict = {}
+        try:
+            deadline = min(budget.section(plan.speed_s), time.time() + max(end - time.time(), 0) / 3)
+            with peak_memory(memory):
+                r = run_hf_adapt(plan, folder, blocks, deadline, options=speed_options(**chosen),
+                                 accelerator_kwargs=kwargs)
+        except ConfigError as err:
+            r = {"skipped": f"refused here: {err}"}
+        except Exception as err:
+            r = {"error": failure(err)}
+        results[name] = {**r, **memory}
+        free_memory()
+        print(f"[speed] {name}: " + (f"{r['tokens_per_s']:,.0f} tokens/s" if "tokens_per_s" in r else
+                                      str(r.get("error") or r.get("skipped") or r.get("stopped"))), flush=True)
+    return results
+
+
 def guarded(section: str, skip: set[str], budget: Budget, share: float, run) -> dict:
     if section in skip:
         return {"skipped": f"--skip {section}"}
@@ -985,6 +1053,7 @@ def run(args: argparse.Namespace) -> None:
         if "skipped" in dpo or "error" in dpo:
             dpo = {"hf-adapt feedback": dpo, "TRL DPOTrainer": dpo}
         fsdp = guarded("fsdp", skip, budget, plan.fsdp_s, lambda d: run_fsdp(plan, folder, work, d, gpus))
+        lora.update(speed_section(plan, folder, budget, skip, args.smoke))
     finally:
         if own_work:
             shutil.rmtree(work, ignore_errors=True)

@@ -117,11 +117,14 @@ class ExampleDataset(Dataset):
 
 
 def make_loader(dataset: ExampleDataset, collate: Callable, batch_size: int, train: bool, seed: int,
-                num_workers: int = 0, balanced: bool = False) -> DataLoader:
+                num_workers: int = 0, balanced: bool = False, lengths: list[int] | None = None) -> DataLoader:
     """Batches of ``{"inputs", "labels"[, "task"]}``; shuffled (seeded) for training.
 
     ``balanced``: training batches are drawn with replacement, each class equally likely
     (a seeded ``WeightedRandomSampler``; an epoch is still ``len(dataset)`` examples).
+    ``lengths`` (each row's, ``group_by_length``): training batches hold rows of similar length, shuffled in
+    mega-batches of 50 batches each sorted by length (transformers' seeded ``LengthGroupedSampler``), so a
+    padded batch wastes less.
     ``dataset`` may instead be a stream (:class:`hf_adapt.data.stream.TrainStream`), which orders itself.
     """
     def collate_fn(examples):
@@ -148,6 +151,12 @@ def make_loader(dataset: ExampleDataset, collate: Callable, batch_size: int, tra
         weights = (1.0 / torch.bincount(labels).double())[labels]
         sampler = WeightedRandomSampler(weights, num_samples=len(labels), replacement=True,
                                         generator=torch.Generator().manual_seed(seed))
+    elif lengths is not None:
+        from transformers.trainer_pt_utils import LengthGroupedSampler
+
+        if len(lengths) != len(dataset):
+            raise ValueError(f"{len(lengths)} lengths for {len(dataset)} rows")
+        sampler = LengthGroupedSampler(batch_size, lengths=list(lengths), generator=torch.Generator().manual_seed(seed))
     return training_loader(dataset, collate_fn, batch_size, seed, num_workers, sampler)
 
 
@@ -483,7 +492,7 @@ def fit(accelerator, model: nn.Module, task: Task, train_loader: DataLoader, eva
         run.save()  # the phase's final state: a resumed run replays a finished phase from it
     result.steps, result.train_seconds = run.step, time.perf_counter() - start
     if run.best_state is not None and settings.restore_best:
-        accelerator.unwrap_model(model).load_state_dict(run.best_state, strict=False)
+        _unwrapped(accelerator, model).load_state_dict(run.best_state, strict=False)
         metric = settings.metric_for_best_model
         logger.info("restored best epoch %s (%s=%.4f)", result.best_epoch, metric, result.best_metrics[metric])
     return model, result
@@ -525,6 +534,12 @@ def _check_best_epoch(accelerator, model: nn.Module, settings: LoopSettings, eva
         raise ConfigError("keeping the best epoch's weights is not implemented under DeepSpeed ZeRO-3 (its parameters "
                           "are partitioned): launch with FSDP2 (recipes/accelerate/fsdp.yaml) or ZeRO-2, or train "
                           "without held-out rows to select an epoch on")
+
+
+def _unwrapped(accelerator, model: nn.Module) -> nn.Module:
+    """The module training changes, out of DDP and torch.compile's wrappers: its state-dict keys are those of an
+    uncompiled run (no ``_orig_mod.``), so best weights and checkpoints load either way."""
+    return accelerator.unwrap_model(model, keep_torch_compile=False)
 
 
 def _make_scheduler(accelerator, optimizer, settings: LoopSettings, total_steps: int):
@@ -626,7 +641,7 @@ class _Run:
         elif is_better(metric, metrics[metric], result.best_metrics.get(metric)):
             result.best_epoch, result.best_metrics = epoch, metrics
             restore = self.settings.restore_best
-            self.best_state = _trainable_state(self.accelerator.unwrap_model(self.model)) if restore else None
+            self.best_state = _trainable_state(_unwrapped(self.accelerator, self.model)) if restore else None
             self.stale = 0
         else:
             self.stale += 1

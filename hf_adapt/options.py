@@ -19,13 +19,14 @@ AdapterOptions       the peft adapter                                           
 QuantizationOptions  QLoRA: the base in 4- or 8-bit (bitsandbytes)                finetune, pretrain, feedback
 RegimeOptions        which weights train                                          finetune, continual, pretrain
 TrainingOptions      the optimisation every trainer shares                        all
-ClassifierOptions    a classifier's head rate, layer decay and best epoch         finetune, continual
+ClassifierOptions    a classifier's head rate, layer decay, best epoch, batching      finetune, continual
 ImbalanceOptions     class weights or a balanced sampler                          finetune
 TableFeatureOptions  a row's columns beside the text (hybrid table models)        finetune
 EvaluationOptions    the test report: threshold, intervals, groups, baseline      finetune
 CrossValidation...   k-fold cross-validation                                      finetune
 RuntimeOptions       output folder, threads, workers, trackers                    all
 CardOptions          what the card says that the run cannot measure               all
+SpeedOptions         TF32, torch.compile, Liger kernels (hf_adapt.speed)          finetune, pretrain, feedback
 ===================  ===========================================================  ========================
 """
 
@@ -116,6 +117,7 @@ NEEDS_WHOLE_TRAIN = {
     "train_samples_per_class": (None, "a label budget draws from the whole train split"),
     "group_column": (None, "no group in two splits is checked over the whole train split"),
     "num_workers": (0, "the stream is read in each training process"),
+    "group_by_length": (False, "length-grouped batches sort mega-batches of the whole train split"),
 }
 
 
@@ -294,10 +296,17 @@ class ClassifierOptions(Options):
     layer_lr_decay: float | None = field(default=None, metadata={"help": "Layer-wise learning-rate decay, e.g. 0.8: each layer below the top trains at decay x the rate of the layer above (embeddings/stem lowest); unset: one rate."})
     metric_for_best_model: Literal["accuracy", "macro_f1", "auroc", "log_loss", "ece", "brier", "gini", "ks", "rmse", "mae", "r2", "micro_f1", "map", "subset_accuracy", "hamming_loss"] = field(default="auroc", metadata={"help": "Validation metric that picks the best epoch (and the best fold under cv_keep: best_fold); task: regression takes rmse, mae or r2; task: multi_label takes micro_f1, macro_f1, map, auroc, subset_accuracy or hamming_loss (at 0.5 while training; the thresholds are chosen after)."})
     early_stopping_patience: int | None = field(default=None, metadata={"help": "Stop after this many epochs without improvement (unset: never)."})
+    group_by_length: bool = field(default=False, metadata={"help": "Text: training batches of rows of similar token length (shuffled mega-batches of 50 batches, each sorted by length, as transformers' LengthGroupedSampler), so less padding is computed. Each row's loss is the same; which rows share a batch changes. Refused for images (one size, no padding) and with balanced_sampler. 1.55x faster epochs on real review text (benchmarks/speed.py, CPU)."})
 
     def validate(self) -> None:
         if self.layer_lr_decay is not None and not 0 < self.layer_lr_decay <= 1:
             raise ConfigError(f"layer_lr_decay must be in (0, 1], got {self.layer_lr_decay}")
+        if self.group_by_length and getattr(self, "balanced_sampler", False):
+            raise ConfigError("group_by_length orders the training rows by length, balanced_sampler draws them by "
+                              "class: set one of them")
+        if self.group_by_length and getattr(self, "family", "auto") == "timm":
+            raise ConfigError("group_by_length groups texts by token length; family timm reads images of one size, "
+                              "which have no padding to save: leave group_by_length unset")
 
 
 @dataclass
@@ -408,3 +417,22 @@ class CardOptions(Options):
         from hf_adapt.sources import known_dataset_name
 
         return self.dataset_name or known_dataset_name(str(source)) or Path(str(source)).name
+
+
+@dataclass
+class SpeedOptions(Options):
+    """Speed options for GPUs and compilers; each off by default, and refused where it cannot take effect."""
+
+    title = "speed"
+    tf32: bool = field(default=False, metadata={"help": "CUDA GPUs (Ampere or newer): float32 matrix multiplications and convolutions in TensorFloat-32 (10-bit mantissa; what mixed_precision: bf16 leaves in float32 too), process-wide, as TrainingArguments' tf32. Refused on a machine without a CUDA GPU."})
+    torch_compile: bool = field(default=False, metadata={"help": "Compile the model with torch.compile (inductor, through Accelerate's dynamo plugin). The first steps pay for compiling (and one recompile when text lengths vary); the saved files are the same as without. For GPUs: on a 2-core CPU it made MiniLM training slower (benchmarks/speed.py); benchmarks/gpu.py measures it on a GPU."})
+    torch_compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = field(default="default", metadata={"help": "torch_compile: torch.compile's mode (reduce-overhead and max-autotune use CUDA graphs)."})
+    liger_kernel: bool = field(default=False, metadata={"help": "Liger's Triton kernels (RMSNorm, RoPE, SwiGLU/GeGLU, layer norm) patched into a transformers model of an architecture Liger supports (Llama, Mistral, Qwen, Gemma, ...), through transformers' apply_liger_kernel; the loss stays ours. Needs a CUDA GPU and pip install liger-kernel; refused otherwise."})
+
+    def validate(self) -> None:
+        if self.torch_compile_mode != "default" and not self.torch_compile:
+            raise ConfigError(f"torch_compile_mode: {self.torch_compile_mode} applies with torch_compile: true; "
+                              "set torch_compile: true, or leave torch_compile_mode unset")
+        if self.liger_kernel and getattr(self, "family", "transformers") == "timm":
+            raise ConfigError("liger_kernel patches transformers models (Llama, Mistral, Qwen, Gemma, ...); family "
+                              "timm has no Liger kernels: leave liger_kernel unset")

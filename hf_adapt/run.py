@@ -30,17 +30,22 @@ class RecipeRun:
     def __init__(self, cfg: Any):
         from accelerate.utils import set_seed
 
+        from hf_adapt import speed
         from hf_adapt.checkpoints import Checkpoints
+        from hf_adapt.options import SpeedOptions
         from hf_adapt.runtime import make_accelerator, set_cpu_threads
 
         self.cfg = cfg
         self.started = time.perf_counter()
         cfg.check_push(cfg.base_model_id)
+        if isinstance(cfg, SpeedOptions):  # what this machine cannot do is refused before anything loads
+            speed.require_runtime(cfg)
+            speed.enable(cfg)
         self.checkpoints = Checkpoints.from_config(cfg)
         self._staging = outputs.staging_path(cfg.output_dir)  # created by the main process once inputs are valid
         self.staging: Path | None = None
         self.accelerator = make_accelerator(cfg.mixed_precision, cfg.gradient_accumulation_steps, cfg.report_to,
-                                            project_dir=str(self._staging))
+                                            project_dir=str(self._staging), **speed.accelerator_kwargs(cfg))
         set_cpu_threads(cfg.torch_num_threads, self.accelerator)
         set_seed(cfg.seed)
         if not self.accelerator.is_main_process:

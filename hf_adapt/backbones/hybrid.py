@@ -96,6 +96,10 @@ class HybridPreprocessor:
     def check_inputs(self, inputs: dict[str, list[dict[str, Any]]]) -> dict[str, int]:
         return self.text_preprocessor.check_inputs({split: [self.text(r) for r in rows] for split, rows in inputs.items()})
 
+    def lengths(self, rows: list[dict[str, Any]]) -> list[int]:
+        """Each row's text length in tokens, as the text backbone reads it."""
+        return self.text_preprocessor.lengths([self.text(row) for row in rows])
+
     def save(self, directory: str) -> None:
         self.text_preprocessor.save(directory)
         self.encoder.save(directory)

@@ -47,16 +47,22 @@ class TextPreprocessor:
         one warning for all splits that counts them."""
         truncated = {}
         for split, texts in inputs.items():
-            lengths = []
-            for start in range(0, len(texts), 1000):
-                lengths += self.tokenizer(list(texts[start:start + 1000]), return_length=True,
-                                          return_attention_mask=False, verbose=False)["length"]
+            lengths = self.lengths(texts, truncate=False)
             truncated[split] = sum(n > self.max_length for n in lengths)
         if any(truncated.values()):
             logger.warning("texts longer than max_length %d tokens are truncated: %s; raise max_length to keep more "
                            "of them", self.max_length,
                            ", ".join(f"{split} {n} of {len(inputs[split])}" for split, n in truncated.items()))
         return truncated
+
+    def lengths(self, texts: list[str], truncate: bool = True) -> list[int]:
+        """Each text's length in tokens (special tokens included), at most ``max_length`` when ``truncate``, as
+        ``collate`` cuts it (what ``group_by_length`` sorts by)."""
+        lengths = []
+        for start in range(0, len(texts), 1000):
+            lengths += self.tokenizer(list(texts[start:start + 1000]), return_length=True,
+                                      return_attention_mask=False, verbose=False)["length"]
+        return [min(n, self.max_length) for n in lengths] if truncate else lengths
 
     def save(self, directory: str) -> None:
         self.tokenizer.save_pretrained(directory)

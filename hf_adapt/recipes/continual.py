@@ -326,10 +326,14 @@ def _choose_thresholds(cfg: ContinualConfig, run, strategy, experience, model, h
 
 def _loaders(cfg: ContinualConfig, run, strategy, experience, train) -> list:
     from hf_adapt.loop import make_loader
+    from hf_adapt.speed import row_lengths
 
-    collate = run.backbone.preprocessor.collate
-    return [make_loader(run.dataset(train), collate, cfg.per_device_train_batch_size, train=True,
-                        seed=cfg.seed + run.step, num_workers=cfg.num_workers),
+    preprocessor = run.backbone.preprocessor
+    collate = preprocessor.collate
+    train_rows = run.dataset(train)
+    return [make_loader(train_rows, collate, cfg.per_device_train_batch_size, train=True,
+                        seed=cfg.seed + run.step, num_workers=cfg.num_workers,
+                        lengths=row_lengths(preprocessor, train_rows.inputs, cfg.group_by_length)),
             make_loader(run.dataset(strategy.validation_rows(run, experience), "validation"), collate,
                         cfg.per_device_eval_batch_size, train=False, seed=cfg.seed, num_workers=cfg.num_workers)]
 

@@ -34,6 +34,7 @@ from hf_adapt.options import (
     ParentOptions,
     QuantizationOptions,
     RuntimeOptions,
+    SpeedOptions,
     TrainingOptions,
 )
 
@@ -45,7 +46,8 @@ RESULTS_FILE = "feedback_results.json"
 _OWN_ARGS = ("output_dir", "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
              "learning_rate", "num_train_epochs", "max_steps", "lr_scheduler_type", "warmup_steps", "weight_decay",
              "max_grad_norm", "seed", "logging_steps", "report_to", "bf16", "fp16", "max_length", "use_cpu",
-             "dataloader_num_workers", "ddp_timeout", "save_strategy", "save_steps", "save_total_limit")
+             "dataloader_num_workers", "ddp_timeout", "save_strategy", "save_steps", "save_total_limit", "tf32",
+             "torch_compile", "torch_compile_mode", "use_liger_kernel")
 
 
 def _default_adapter() -> dict[str, Any]:
@@ -54,7 +56,7 @@ def _default_adapter() -> dict[str, Any]:
 
 @dataclass
 class FeedbackConfig(ModelOptions, ParentOptions, AdapterOptions, QuantizationOptions, TrainingOptions, RuntimeOptions,
-                     CardOptions, CheckpointOptions, PublishOptions):
+                     CardOptions, CheckpointOptions, PublishOptions, SpeedOptions):
     """Train the next version of a model on what its users said about its answers, with a TRL trainer and a peft
     adapter, and score it against the version it started from on held-out prompts."""
 
@@ -120,7 +122,7 @@ class FeedbackConfig(ModelOptions, ParentOptions, AdapterOptions, QuantizationOp
         clash = sorted(set(self.trainer_args) & set(_OWN_ARGS))
         if clash:
             raise ConfigError(f"trainer_args sets {clash}, which are hf-adapt fields here: set them directly "
-                              "(e.g. --learning_rate; warmup_steps is warmup_ratio)")
+                              "(e.g. --learning_rate; warmup_steps is warmup_ratio, use_liger_kernel is liger_kernel)")
         if self.feedback_since not in (None, "parent"):
             from hf_adapt.feedback.log import parse_time
 
@@ -252,6 +254,10 @@ def trl_config(cfg: FeedbackConfig, workdir: str, counts: dict[str, int], num_pr
         # refuses bf16 ("Your setup doesn't support bf16/gpu")
         "use_cpu": not _has_accelerator(), "ddp_timeout": cfg.ddp_timeout,
         "disable_tqdm": True,
+        # the speed options (require_runtime has refused what this machine cannot do); TRL applies them
+        "tf32": True if cfg.tf32 else None, "torch_compile": cfg.torch_compile,
+        "torch_compile_mode": cfg.torch_compile_mode if cfg.torch_compile else None,
+        "use_liger_kernel": cfg.liger_kernel,
     }
     if spec.defaults is not None:
         values.update(spec.defaults(cfg, counts, num_processes))
@@ -276,6 +282,16 @@ def make_trainer(cfg: FeedbackConfig, model, tokenizer, rows: list[dict[str, Any
     if spec.trainer_kwargs is not None:
         kwargs.update(spec.trainer_kwargs(cfg))
     return trainer_class(**kwargs)
+
+
+def check_taken(cfg: FeedbackConfig, trainer) -> None:
+    """Refuse ``trainer_args: {padding_free: true}`` where the TRL trainer turned it off (TRL 1.16's DPOTrainer
+    falls back to padding with a warning): an option asked for must take effect."""
+    if cfg.trainer_args.get("padding_free") and getattr(trainer, "padding_free", True) is False:
+        import trl
+
+        raise ConfigError(f"trainer_args: padding_free: true is turned off by TRL {trl.__version__}'s "
+                          f"{type(trainer).__name__} (it falls back to padded batches); leave padding_free unset")
 
 
 # ----------------------------------------------------------------------------- the run
@@ -346,7 +362,9 @@ def _start(cfg: FeedbackConfig):
     from accelerate.utils import set_seed
 
     from hf_adapt.runtime import set_cpu_threads
+    from hf_adapt.speed import require_runtime
 
+    require_runtime(cfg)  # tf32 or liger_kernel on a machine that cannot run them: refused before anything loads
     state = PartialState(cpu=_cpu_ranks(), timeout=datetime.timedelta(seconds=cfg.ddp_timeout))
     if state.num_processes != int(os.environ.get("WORLD_SIZE", "1")):
         raise RuntimeError(f"launched {os.environ['WORLD_SIZE']} processes but Accelerate joined {state.num_processes}")
@@ -455,6 +473,10 @@ def _trained(cfg: FeedbackConfig, state, plan: _Round):
 
     backbone_model, backbone = build_model(plan.model_block, get_trainer(cfg.trainer).objective, cfg.adapter,
                                            plan.parent.directory if plan.parent else None)
+    if cfg.liger_kernel:
+        from hf_adapt.speed import check_liger_model
+
+        check_liger_model(backbone_model)  # an architecture Liger has no kernels for: refused before training
     tokenizer = backbone.preprocessor.tokenizer
     check_chat_template(tokenizer, plan.summary["conversational"], plan.model_block["name_or_path"])
     checkpoint_dir, resume = trainer_checkpoints(cfg, state, _fingerprint(plan.records))
@@ -462,6 +484,7 @@ def _trained(cfg: FeedbackConfig, state, plan: _Round):
     try:
         args = trl_config(cfg, str(checkpoint_dir or workdir), plan.conversion.counts, state.num_processes)
         trainer = make_trainer(cfg, backbone_model, tokenizer, plan.conversion.rows, args)
+        check_taken(cfg, trainer)
         with preemption.training():
             train_output = trainer.train(resume_from_checkpoint=resume)
             if preemption.requested():

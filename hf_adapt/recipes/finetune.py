@@ -29,6 +29,7 @@ from hf_adapt.options import (
     QuantizationOptions,
     RegimeOptions,
     RuntimeOptions,
+    SpeedOptions,
     StreamingOptions,
     TableFeatureOptions,
     TrainingOptions,
@@ -40,7 +41,8 @@ logger = logging.getLogger("hf_adapt.finetune")
 @dataclass
 class FinetuneConfig(ModelOptions, BackboneOptions, DataOptions, StreamingOptions, LabelOptions, ParentOptions, RegimeOptions,
                      QuantizationOptions, TrainingOptions, ClassifierOptions, TableFeatureOptions, ImbalanceOptions, EvaluationOptions,
-                     CrossValidationOptions, RuntimeOptions, CardOptions, CheckpointOptions, PublishOptions):
+                     CrossValidationOptions, RuntimeOptions, CardOptions, CheckpointOptions, PublishOptions,
+                     SpeedOptions):
     """Fine-tune a timm or transformers backbone on labelled data and write an evaluated adapter with a model card.
 
     With no arguments: LoRA on the pretrained MiniLM-L6 (sentence-transformers/all-MiniLM-L6-v2,
@@ -114,6 +116,7 @@ class _Trainer:
         from hf_adapt import transfer
         from hf_adapt.backbones import build_backbone
         from hf_adapt.regimes import apply_regime
+        from hf_adapt.speed import apply_liger
 
         set_seed(self.cfg.seed)  # every fold starts from the same head initialisation
         if self.parent is not None:
@@ -121,6 +124,7 @@ class _Trainer:
                 backbone = build_backbone(transfer.start_spec(self.parent, self.spec, Path(workdir)))
         else:
             backbone = build_backbone(self.spec)
+        apply_liger(backbone.model, self.cfg)  # Liger's kernels into the transformers model, when asked
         if self.table is None:
             return backbone, apply_regime(backbone, self.cfg.regime, self.cfg.adapter)
         from hf_adapt.backbones.hybrid import fit_hybrid, freeze_wide
@@ -128,18 +132,20 @@ class _Trainer:
         backbone = fit_hybrid(backbone, self.table, rows, self.data.num_labels, self.cfg.seed, self.task)
         return backbone, freeze_wide(apply_regime(backbone, self.cfg.regime, self.cfg.adapter))
 
-    def loader(self, inputs: list[Any], labels: list[int], train: bool, collate):
+    def loader(self, inputs: list[Any], labels: list[int], train: bool, preprocessor):
         from hf_adapt.loop import ExampleDataset, make_loader
+        from hf_adapt.speed import row_lengths
 
         cfg = self.cfg
-        return make_loader(ExampleDataset(inputs, labels), collate,
+        return make_loader(ExampleDataset(inputs, labels), preprocessor.collate,
                            cfg.per_device_train_batch_size if train else cfg.per_device_eval_batch_size,
-                           train=train, seed=cfg.seed, num_workers=cfg.num_workers, balanced=cfg.balanced_sampler)
+                           train=train, seed=cfg.seed, num_workers=cfg.num_workers, balanced=cfg.balanced_sampler,
+                           lengths=row_lengths(preprocessor, inputs, cfg.group_by_length and train))
 
-    def train_loader(self, rows: tuple[list, list], collate):
+    def train_loader(self, rows: tuple[list, list], preprocessor):
         """The loader over the training rows, or this process's share of the streamed train split."""
         if self.stream is None:
-            return self.loader(*rows, train=True, collate=collate)
+            return self.loader(*rows, train=True, preprocessor=preprocessor)
         from hf_adapt.data.stream import RowReader, TrainStream
         from hf_adapt.loop import make_loader
 
@@ -147,7 +153,7 @@ class _Trainer:
         reader = RowReader(self.data, self.kind, cfg.label_column, self.stream.source, self.stream.probe_rows)
         share = TrainStream(self.stream, reader, cfg.seed, cfg.shuffle_buffer_size, accelerator.process_index,
                             accelerator.num_processes)
-        return make_loader(share, collate, cfg.per_device_train_batch_size, train=True, seed=cfg.seed)
+        return make_loader(share, preprocessor.collate, cfg.per_device_train_batch_size, train=True, seed=cfg.seed)
 
     def train(self, train_rows: tuple[list, list], held_rows: tuple[list, list] | None,
               select_epoch: bool = True, phase: str = "train") -> Trained:
@@ -162,16 +168,16 @@ class _Trainer:
         reuse = self.first is not None and (self.table is None or train_rows[0] is self.first_rows[0])
         backbone, model = self.first if reuse else self.build(train_rows)
         self.first = None
-        collate = backbone.preprocessor.collate
+        preprocessor = backbone.preprocessor
         weights = (self.task.class_weights(train_rows[1], self.data.num_labels) if cfg.class_weights == "balanced"
                    else None)
         task = self.task.loss(backbone.logits, weights)
         overrides = {} if select_epoch and held_rows else {"restore_best": False, "early_stopping_patience": None}
         settings = LoopSettings.from_config(cfg, backbone, **overrides)
         callbacks = get_regime(cfg.regime).callbacks(backbone, cfg.unfreeze_every_epochs) + self.callbacks
-        held_loader = self.loader(*held_rows, train=False, collate=collate) if held_rows else None
+        held_loader = self.loader(*held_rows, train=False, preprocessor=preprocessor) if held_rows else None
         checkpoints = self.checkpoints.phase(self.accelerator, phase) if self.checkpoints else None
-        model, history = fit(self.accelerator, model, task, self.train_loader(train_rows, collate),
+        model, history = fit(self.accelerator, model, task, self.train_loader(train_rows, preprocessor),
                              held_loader, settings, evaluate_fn=self.evaluate, callbacks=callbacks,
                              checkpoints=checkpoints)
         trained = Trained(model, backbone, task, history)
@@ -283,6 +289,7 @@ def _prepare(cfg: FinetuneConfig, run) -> _Setup:
     from hf_adapt.data import DataSpec, load_labelled
     from hf_adapt.dicom import check_volume_channels
     from hf_adapt.report import check_subgroups
+    from hf_adapt.speed import row_lengths
     from hf_adapt.table_features import TableInputs
     from hf_adapt.tasks import task_of
 
@@ -318,6 +325,7 @@ def _prepare(cfg: FinetuneConfig, run) -> _Setup:
         logger.info("started from the backbone of %s (%s %s)", cfg.init_from, parent.recipe, parent.info.get("regime"))
     backbone = trainer.first[0]
     check_volume_channels(data, backbone)
+    row_lengths(backbone.preprocessor, [], cfg.group_by_length)  # group_by_length: refused now for images
     trainable, total = count_parameters(trainer.first[1])
     logger.info("%s backbone, %d labels, %s trainable of %s parameters", backbone.family, data.num_labels,
                 f"{trainable:,}", f"{total:,}")
@@ -353,7 +361,7 @@ def _train_and_test(cfg: FinetuneConfig, run, setup: _Setup) -> _Done:
             point_error = str(err)
     accelerator = run.accelerator
     test_loader = accelerator.prepare(trainer.loader(inputs["test"], labels["test"], train=False,
-                                                     collate=trained.backbone.preprocessor.collate))
+                                                     preprocessor=trained.backbone.preprocessor))
     test_logits, test_labels = predict(accelerator, trained.model, trained.task, test_loader)
     groups = list(data.splits["test"][cfg.group_column]) if cfg.group_column else None
     evaluation = _evaluate_test(cfg, setup.task, test_logits, test_labels, setup.positive, point, groups, calibration,
@@ -370,7 +378,8 @@ def _train_and_test(cfg: FinetuneConfig, run, setup: _Setup) -> _Done:
             "float64")), evaluation.labels, keys)
     logger.info("test: %s", " ".join(f"{k}={v:.4f}" for k, v in evaluation.metrics.items()))
     baseline = _compare_baselines(cfg, setup.task, data, cv, evaluation, groups)
-    return _Done(trained, accelerator.unwrap_model(trained.model), cv, point, point_error, evaluation, baseline)
+    unwrapped = accelerator.unwrap_model(trained.model, keep_torch_compile=False)  # the module torch.compile wraps
+    return _Done(trained, unwrapped, cv, point, point_error, evaluation, baseline)
 
 
 def _compare_baselines(cfg: FinetuneConfig, task, data, cv, evaluation, groups) -> dict[str, Any] | None:

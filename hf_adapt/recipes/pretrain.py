@@ -25,6 +25,7 @@ from hf_adapt.options import (
     QuantizationOptions,
     RegimeOptions,
     RuntimeOptions,
+    SpeedOptions,
     TrainingOptions,
 )
 
@@ -33,7 +34,7 @@ logger = logging.getLogger("hf_adapt.pretrain")
 
 @dataclass
 class PretrainConfig(ModelOptions, BackboneOptions, DataOptions, LabelOptions, RegimeOptions, QuantizationOptions,
-                     TrainingOptions, RuntimeOptions, CardOptions, CheckpointOptions, PublishOptions):
+                     TrainingOptions, RuntimeOptions, CardOptions, CheckpointOptions, PublishOptions, SpeedOptions):
     """Continue pretraining a text backbone on unlabelled text (masked LM for encoders, causal LM for
     decoders) and write it with its held-out perplexity before and after, and a model card; or, with
     objective: supervised, pretrain any backbone on a labelled source set (a finetune run, which the backbone
@@ -158,7 +159,7 @@ def main(cfg: PretrainConfig) -> PretrainResult:
                        "perplexity_before": lm.perplexity(before.loss), "eval_tokens": tokens}
             logger.info("test: perplexity %.2f -> %.2f over %d tokens", metrics["perplexity_before"],
                         metrics["perplexity"], tokens)
-            unwrapped = accelerator.unwrap_model(model)
+            unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
             state = gathered_state(accelerator, unwrapped)  # FSDP2 / ZeRO-3 shards, gathered by every process
             blocks = setup.blocks
             token_counts = {split: sum(len(ids) for ids in blocks[split]["input_ids"]) for split in blocks}
@@ -191,6 +192,7 @@ def _prepare(cfg: PretrainConfig, run) -> _Setup:
     from hf_adapt.adapters import count_parameters
     from hf_adapt.data import load_corpus
     from hf_adapt.regimes import get_regime
+    from hf_adapt.speed import apply_liger
 
     corpus = load_corpus(data_spec(cfg))
     backbone, objective = lm.build_lm(backbone_spec(cfg), cfg.objective)
@@ -202,6 +204,7 @@ def _prepare(cfg: PretrainConfig, run) -> _Setup:
     regime = get_regime(cfg.regime)
     if regime.uses_adapter:
         lm.check_mergeable(cfg.adapter)
+    apply_liger(backbone.model, cfg)  # Liger's kernels into the transformers model, when asked
     model = regime.apply(backbone, cfg.adapter)
     if regime.uses_adapter:
         lm.train_new_parameters(model, backbone)
