@@ -59,15 +59,28 @@ def credit_sample(tmp_path_factory, german_credit_csv) -> Path:
     return path
 
 
-def _word_level_tokenizer(texts: list[str]):
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def _word_level_tokenizer(texts: list[str], vocab_size: int = 500):
+    """A WordPiece tokenizer whose vocabulary is the same in every process: the special tokens, every character
+    (alone and as a ``##`` continuation, so no word is unknown) and the most frequent words, ties broken
+    alphabetically. (tokenizers' ``WordPieceTrainer`` orders ties by a per-process hash seed: each test process
+    got another vocabulary, so the tiny models' results changed from run to run.)"""
+    from collections import Counter
+
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(vocab_size=500, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
-    tokenizer.train_from_iterator(texts, trainer)
+    normalizer, pre_tokenizer = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
+    counts = Counter(word for text in texts for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
+    characters = sorted({c for word in counts for c in word})
+    tokens = SPECIAL_TOKENS + characters + [f"##{c}" for c in characters]
+    known = set(tokens)
+    words = [w for w, _ in sorted(counts.items(), key=lambda item: (-item[1], item[0])) if w not in known]
+    tokens += words[:max(vocab_size - len(tokens), 0)]
+    tokenizer = Tokenizer(models.WordPiece(vocab={token: i for i, token in enumerate(tokens)}, unk_token="[UNK]"))
+    tokenizer.normalizer, tokenizer.pre_tokenizer = normalizer, pre_tokenizer
     cls, sep = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
     tokenizer.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]

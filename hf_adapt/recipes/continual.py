@@ -386,7 +386,8 @@ def _results(cfg, run, strategy, rows, row_names, histories) -> dict[str, Any]:
     matrix = matrices[cfg.continual_metric]
     summary = summarize(matrix, trained_at, names, cfg.continual_metric)
     last = rows[-1]
-    overall = run.metrics(np.concatenate([c["_logits"] for c in last]), np.concatenate([c["_labels"] for c in last]))
+    logits, labels = np.concatenate([c["_logits"] for c in last]), np.concatenate([c["_labels"] for c in last])
+    overall = run.metrics(logits, labels)
     return {
         "scenario": cfg.scenario,
         "strategy": {"name": strategy.name, "description": strategy.description, "options": strategy.card_facts()},
@@ -403,7 +404,17 @@ def _results(cfg, run, strategy, rows, row_names, histories) -> dict[str, Any]:
         "training": histories,
         "labels": run.label_names,
         "task": _task(run).info(),
+        "per_label": _per_label(run, logits, labels) if run.multi_label else None,
     }
+
+
+def _per_label(run, logits, labels) -> list[dict[str, Any]]:
+    """Multi-label: each label's test support, AUROC, AP and decisions at its threshold, on the rows that annotate
+    it (None where undefined)."""
+    from hf_adapt.multilabel import per_label_metrics
+
+    rows = per_label_metrics(logits, labels, run.thresholds_for(logits.shape[1]), run.label_names[:logits.shape[1]])
+    return [{k: None if isinstance(v, float) and v != v else v for k, v in row.items()} for row in rows]
 
 
 def _task(run):
@@ -612,6 +623,7 @@ def _write_card(directory: Path, cfg, accelerator, backbone, run, strategy, resu
         "labels": run.label_names,
         "task": results["task"],
         "multi_label": results["task"] if run.multi_label else None,
+        "per_label": results["per_label"],
         "test_metrics": results["test_metrics"],
         "history": history,
         "scenario": cfg.scenario,

@@ -101,7 +101,12 @@ def test_the_saved_model_serves_what_the_run_scored(naive_run, findings):
     card = (out / "README.md").read_text()
     assert "multi-label classifier (3 labels" in card
     assert "| after \\ on | risk | terms |" in card
-    assert "Each experience annotates its own labels only" in card and "| rented |" in card
+    assert "Each experience annotates its own labels only" in card
+    assert "| label | test rows with it | AUROC | average precision | threshold |" in card and "| rented |" in card
+    rows, targets = _annotated_test_targets(findings, "terms")  # rented: only the second experience annotates it
+    per_label = {r["label"]: r for r in naive_run.results["per_label"]}
+    assert per_label["rented"]["support"] == int((targets[:, 2] == 1).sum())
+    assert per_label["rented"]["threshold"] == pytest.approx(record["task"]["thresholds"][2])
     assert "- multi-label" in card  # the Hub tag
 
 
