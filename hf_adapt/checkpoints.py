@@ -112,7 +112,8 @@ class Phase:
         final = self.directory / f"step-{step}"
         partial = self.directory / f".step-{step}.partial"
         sharded = _sharded(tensors)  # the loop's FSDP2 shards (the best epoch's weights): written by every process
-        state = {**state, "sharded_tensors": sorted(sharded), "sharding": _sharding(accelerator, model)}
+        mode = _sharding(accelerator, model)
+        state = {**state, "sharded_tensors": sorted(sharded), "sharding": mode}
 
         def prepare() -> None:
             shutil.rmtree(partial, ignore_errors=True)  # left by a run killed while saving
@@ -127,7 +128,7 @@ class Phase:
 
         with space_checked(final, cleanup=partial):  # a full disk: a clear error, and no empty .partial left
             on_main(accelerator, prepare)
-            _save_training_state(accelerator, partial, model, optimizer, {k: tensors[k] for k in sharded})
+            _save_training_state(accelerator, partial, mode, model, optimizer, {k: tensors[k] for k in sharded})
             accelerator.wait_for_everyone()
             on_main(accelerator, complete)
         logger.info("checkpoint %s", final)
@@ -143,18 +144,18 @@ class Phase:
 
         path = self.resume_from
         state = json.loads((path / STATE_FILE).read_text())
-        saved, now = state.get("sharding", "none"), _sharding(accelerator, model)
+        was, now = state.get("sharding", "none"), _sharding(accelerator, model)
         processes = state.get("num_processes", accelerator.num_processes)
-        if processes != accelerator.num_processes or saved != now:  # before reading what it holds
-            raise ConfigError(f"{path} was saved by {processes} process(es) with sharding {saved}; resume it as it "
+        if processes != accelerator.num_processes or was != now:  # before reading what it holds
+            raise ConfigError(f"{path} was saved by {processes} process(es) with sharding {was}; resume it as it "
                               f"was launched (now {accelerator.num_processes}, sharding {now})")
         tensors = load_file(str(path / TENSORS_FILE))
-        if sharding.is_fsdp2(model):
+        if now == "fsdp2":
             with sharding.accelerate_state_only(accelerator):
                 accelerator.load_state(str(path))  # scheduler, RNG states, scaler
             tensors.update(sharding.load_dcp(path, accelerator.unwrap_model(model), optimizer,
                                              state.get("sharded_tensors", [])))
-        elif sharding.uses_deepspeed(accelerator):
+        elif now == "deepspeed":
             # the engine's own loader; the frozen weights were left out of the checkpoint and stay as built
             accelerator.load_state(str(path), load_module_strict=False)
         else:
@@ -182,17 +183,18 @@ def _sharded(tensors: dict[str, Any]) -> set[str]:
     return {k for k, v in tensors.items() if isinstance(v, DTensor)}
 
 
-def _save_training_state(accelerator, directory: Path, model, optimizer, sharded_tensors: dict[str, Any]) -> None:
-    """Weights, optimizer, scheduler, RNG states: through Accelerate, or (FSDP2) the weights and optimizer through
-    DCP, each process writing its shard. Collective."""
+def _save_training_state(accelerator, directory: Path, mode: str, model, optimizer,
+                         sharded_tensors: dict[str, Any]) -> None:
+    """Weights, optimizer, scheduler, RNG states: through Accelerate, or (FSDP2, ``mode`` from :func:`_sharding`)
+    the weights and optimizer through DCP, each process writing its shard. Collective."""
     from hf_adapt import sharding
 
-    if model is not None and sharding.is_fsdp2(model):
+    if mode == "fsdp2":
         with sharding.accelerate_state_only(accelerator):
             accelerator.save_state(str(directory))  # every process writes its own RNG states
         sharding.save_dcp(directory, accelerator.unwrap_model(model), optimizer, sharded_tensors)
         return
-    if sharding.uses_deepspeed(accelerator):
+    if mode == "deepspeed":
         # the engine's save_checkpoint: each process its partitions of the weights and optimizer state
         accelerator.save_state(str(directory), exclude_frozen_parameters=True)
         return

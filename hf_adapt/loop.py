@@ -96,7 +96,8 @@ class CheckpointPhase(Protocol):
 
     def load(self, accelerator, model: nn.Module, optimizer: torch.optim.Optimizer,
              ) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Restore the state saved in ``resume_from`` (after ``accelerator.prepare``): the loop's state and tensors."""
+        """Restore the state saved in ``resume_from`` (after ``accelerator.prepare``): the loop's state and tensors.
+        A checkpoint saved by another number of processes, or sharded otherwise, is refused before it is read."""
 
 
 class ExampleDataset(Dataset):
@@ -712,11 +713,6 @@ class _Run:
 
     def _resume(self) -> None:
         state, tensors = self.checkpoints.load(self.accelerator, self.model, self.optimizer)
-        if state["num_processes"] != self.accelerator.num_processes:
-            from hf_adapt.errors import ConfigError
-
-            raise ConfigError(f"{self.checkpoints.resume_from} was saved by {state['num_processes']} processes; "
-                              f"resume it with as many (now {self.accelerator.num_processes})")
         self.step, self.epoch, self.batches = state["step"], state["epoch"], state["batches"]
         self.consumed = state.get("consumed", 0)  # checkpoints from before streaming lack it
         self.seen, self.stale, self.finished = state["seen"], state["stale"], state["finished"]

@@ -80,6 +80,8 @@ import base64
 import hashlib
 import json
 import re
+import subprocess
+import sys
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -922,6 +924,10 @@ def hub_env(monkeypatch, hub: LocalHub, tmp_path: Path | str, token: str | None 
 
 def card_snippet(card_text: str) -> str:
     """The Python of a model card's "How to use" section, to run as a user would."""
-    import re
-
     return re.search(r"## How to use\n\n```python\n(.*?)```", card_text, re.S).group(1)
+
+
+def run_card_snippet(card_text: str, cwd) -> subprocess.CompletedProcess:
+    """Run a model card's "How to use" code in a fresh Python, in ``cwd``, as a user would; the finished process."""
+    return subprocess.run([sys.executable, "-c", card_snippet(card_text)], capture_output=True, text=True,
+                          timeout=300, cwd=cwd)

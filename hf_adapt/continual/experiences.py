@@ -112,11 +112,10 @@ def load_experiences(cfg, entries: list[dict[str, Any]], label_names: list[str],
     return experiences
 
 
-def _annotated(name: str, data, entry: dict[str, Any]) -> list[int]:
-    """A multi-label experience's labels (ids in its data): its ``classes``, else every label of its data. Its rows
-    are annotated for these alone; a row's other labels are neither learnt nor scored in this experience."""
+def _class_ids(name: str, data, entry: dict[str, Any]) -> list[int] | None:
+    """The ids in its data of an experience's ``classes`` (None when it names none); an unknown one is refused."""
     if not entry.get("classes"):
-        return list(range(len(data.labels)))
+        return None
     wanted = [str(c) for c in entry["classes"]]
     unknown = [c for c in wanted if c not in data.labels]
     if unknown:
@@ -124,15 +123,19 @@ def _annotated(name: str, data, entry: dict[str, Any]) -> list[int]:
     return sorted(data.labels.index(c) for c in wanted)
 
 
+def _annotated(name: str, data, entry: dict[str, Any]) -> list[int]:
+    """A multi-label experience's labels (ids in its data): its ``classes``, else every label of its data. Its rows
+    are annotated for these alone; a row's other labels are neither learnt nor scored in this experience."""
+    ids = _class_ids(name, data, entry)
+    return list(range(len(data.labels))) if ids is None else ids
+
+
 def _cut(name: str, data, entry: dict[str, Any]) -> dict[str, Any]:
     splits = dict(data.splits)
-    if entry.get("classes") and data.task != "multi_label":  # multi-label: classes pick labels, not rows
-        wanted = [str(c) for c in entry["classes"]]
-        unknown = [c for c in wanted if c not in data.labels]
-        if unknown:
-            raise DataError(f"experience {name!r}: classes {unknown} are not labels of its data; labels are {data.labels}")
-        ids = {data.labels.index(c) for c in wanted}
-        splits = {s: d.filter(lambda row: row["label"] in ids) for s, d in splits.items()}
+    ids = None if data.task == "multi_label" else _class_ids(name, data, entry)  # multi-label: classes pick labels
+    if ids is not None:
+        keep = set(ids)
+        splits = {s: d.filter(lambda row: row["label"] in keep) for s, d in splits.items()}
     for column, values in (entry.get("where") or {}).items():
         if column not in data.splits["train"].column_names:
             raise DataError(f"experience {name!r}: where names column {column!r}, which the data lacks; "

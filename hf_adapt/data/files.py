@@ -270,7 +270,6 @@ def image_root_folder(spec: DataSpec) -> str | None:
     return str(root.resolve())
 
 
-
 STREAM_NEEDS = ("streaming: true reads the train split while it trains and cannot carve validation and test from it; "
                 "give all three, e.g. data_files: {train: train.csv, validation: validation.csv, test: test.csv}, or "
                 "a folder with train/, validation/ and test/ class subfolders")
@@ -295,7 +294,7 @@ def stream_sources(spec: DataSpec) -> tuple[dict[str, str] | Path, DataSpec]:
     if path is None or not path.is_dir():
         raise ConfigError(f"streaming: true reads local files and folders; {spec.source!r} is neither (a Hub "
                           "dataset streams from the Hub, which this version does not do)")
-    folders = {SPLIT_NAMES[p.name]: p for p in _subfolders(path) if p.name in SPLIT_NAMES}
+    folders = _split_folders(path)
     if set(folders) != {"train", "validation", "test"}:
         raise ConfigError(f"{STREAM_NEEDS}; {path} has {sorted(folders) or 'no split folders'}")
     return folders["train"], replace(spec, source=str(path), data_files=None)
@@ -319,6 +318,11 @@ def held_out_folders(root: Path, spec: DataSpec):
     """The validation and test class folders under ``root`` as a ``DatasetDict``, each loaded whole."""
     from datasets import DatasetDict
 
-    folders = {SPLIT_NAMES[p.name]: p for p in _subfolders(root) if p.name in SPLIT_NAMES}
+    folders = _split_folders(root)
     return DatasetDict({split: load_raw(replace(spec, source=str(folders[split]), data_files=None))["train"]
                         for split in ("validation", "test")})
+
+
+def _split_folders(root: Path) -> dict[str, Path]:
+    """``root``'s split subfolders (train/, validation/ or val/, test/ ...) by canonical split name."""
+    return {SPLIT_NAMES[p.name]: p for p in _subfolders(root) if p.name in SPLIT_NAMES}

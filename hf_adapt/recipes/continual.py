@@ -40,7 +40,6 @@ MATRIX_FIGURE = "continual_matrix.png"
 CARD_METRICS = ("accuracy", "macro_f1", "auroc")
 SINGLE_LABEL_METRICS = ("accuracy", "macro_f1", "auroc", "log_loss", "ece")
 MULTI_LABEL_METRICS = ("map", "auroc", "macro_f1", "micro_f1")  # micro/macro-F1 at each label's threshold
-MULTI_LABEL_ONLY = ("map", "micro_f1")
 
 
 @dataclass
@@ -79,20 +78,24 @@ class ContinualConfig(ModelOptions, BackboneOptions, DataOptions, LabelOptions, 
             raise ConfigError("experiences: not set; give the stream as a list, e.g. "
                               "[{name: a, classes: [0, 1]}, {name: b, classes: [2, 3]}] (see recipes/configs/continual_*.yaml)")
         check_entries(self.experiences)
-        if self.task == "multi_label":
-            self._check_multi_label()
-        elif self.task != "classification":
+        if self.task not in ("classification", "multi_label"):
             learning = {"class": "class-incremental learning adds classes to a head",
                         "domain": "domain-incremental learning keeps one set of classes",
                         "task": "task-incremental learning picks a task's classes"}[self.scenario]
             raise ConfigError(f"task: {self.task} does not apply to hf-adapt continual: {learning}, and a "
                               f"{self.task} target has no classes; train a {self.task} model with hf-adapt finetune")
-        else:
-            for name in ("continual_metric", "metric_for_best_model"):
-                if getattr(self, name) in MULTI_LABEL_ONLY:
-                    raise ConfigError(f"{name}: {getattr(self, name)} is a multi-label metric; task: classification "
-                                      f"takes one of {list(SINGLE_LABEL_METRICS)}")
-        self.continual_metric = self.continual_metric or ("map" if self.task == "multi_label" else "accuracy")
+        metrics = MULTI_LABEL_METRICS if self.task == "multi_label" else SINGLE_LABEL_METRICS
+        for name in ("continual_metric", "metric_for_best_model"):
+            if getattr(self, name) not in (None, *metrics):
+                raise ConfigError(f"{name}: {getattr(self, name)} is not a {self.task.replace('_', '-')} metric; "
+                                  f"task: {self.task} takes one of {list(metrics)}, e.g. {name}: {metrics[0]}")
+        if self.task == "multi_label":
+            from hf_adapt.config import refuse_set
+            from hf_adapt.multilabel import SINGLE_LABEL_ONLY
+
+            # what only means something for one class per row; init_from here continues a multi-label version
+            refuse_set(self, {k: v for k, v in SINGLE_LABEL_ONLY.items() if k != "init_from"}, "task: multi_label")
+        self.continual_metric = self.continual_metric or metrics[0]
         self.metric_for_best_model = self.metric_for_best_model or self.continual_metric
         if not get_regime(self.regime).continual:
             raise ConfigError(f"regime {self.regime} is not a continual regime; use one of "
@@ -100,18 +103,6 @@ class ContinualConfig(ModelOptions, BackboneOptions, DataOptions, LabelOptions, 
         if self.max_forgetting is not None and self.max_forgetting < 0:
             raise ConfigError(f"max_forgetting must be >= 0, got {self.max_forgetting}")
         make_strategy(self.strategy, self.strategy_options)  # unknown strategies and options fail here
-
-    def _check_multi_label(self) -> None:
-        """Multi-label streams: new labels (class), new data for the same labels (domain), or known tasks."""
-        from hf_adapt.config import refuse_set
-        from hf_adapt.multilabel import SINGLE_LABEL_ONLY
-
-        for name in ("continual_metric", "metric_for_best_model"):
-            if getattr(self, name) not in (None, *MULTI_LABEL_METRICS):
-                raise ConfigError(f"{name}: {getattr(self, name)} is not a multi-label metric; task: multi_label "
-                                  f"takes one of {list(MULTI_LABEL_METRICS)}, e.g. {name}: map")
-        # what only means something for one class per row; init_from here continues a multi-label version
-        refuse_set(self, {k: v for k, v in SINGLE_LABEL_ONLY.items() if k != "init_from"}, "task: multi_label")
 
 
 @dataclass
@@ -233,9 +224,11 @@ def _prepare(cfg: ContinualConfig, job) -> _Setup:
     stream = ContinualRun(cfg.scenario, experiences, label_names, None, job.accelerator, cfg.seed,
                           multi_label=cfg.task == "multi_label")
     if parent is not None and stream.multi_label:  # the parent's thresholds, until its labels are annotated again
-        block = parent.info["task"]
-        stream.thresholds = [float(t) for t in block["thresholds"]]
-        stream.chosen = {j for j, name in enumerate(parent_labels) if name not in (block.get("default_thresholds") or ())}
+        from hf_adapt.tasks import task_from_info
+
+        saved = task_from_info(parent.info, parent_labels, f"init_from {cfg.init_from!r}: hf_adapt.json")
+        stream.thresholds = list(saved.thresholds)
+        stream.chosen = {j for j, name in enumerate(parent_labels) if name not in saved.defaulted}
     strategy.check(stream, cfg.regime)
     head = stream.head_size = _head_size(parent_labels, cfg.scenario, label_names, new[0])
     backbone, model = _first_model(cfg, parent, parent_labels, head, new)

@@ -544,12 +544,11 @@ def _whole_model(cfg: FeedbackConfig, plan: _Round, accelerator, model):
     inference, and what it scores is exactly what it writes and what ``load_policy`` loads."""
     from hf_adapt.artifacts import gathered_state
     from hf_adapt.feedback.model import build_model
+    from hf_adapt.outputs import on_main
     from hf_adapt.sharding import is_sharded
 
     if not is_sharded(accelerator, model):
         return model
-    from hf_adapt.outputs import on_main
-
     state = gathered_state(accelerator, model, trainable_only=True)
     built = {}
 

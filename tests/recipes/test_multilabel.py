@@ -179,14 +179,12 @@ def test_bad_labels_are_refused_naming_the_row(tiny_bert, findings_csv, tmp_path
 
 @pytest.mark.slow  # the slow tier, which CI also runs: keeps the default tier (README command 2) near 12 minutes on 2 cores
 def test_a_multi_label_model_pushes_and_loads_back_from_the_hub(tiny_bert, findings_csv, tmp_path, monkeypatch):
-    import subprocess
-    import sys
 
     from huggingface_hub import ModelCard
 
     import hf_adapt
     from hf_adapt.hub import PushSettings, push_output
-    from tests.hub_server import LocalHub, card_snippet, hub_env, record_backoff
+    from tests.hub_server import LocalHub, hub_env, record_backoff, run_card_snippet
 
     repo = "hf-adapt-tests/credit-findings"
     out = train_finetune(tmp_path / "out", **_values(tiny_bert, findings_csv, num_train_epochs=1,
@@ -201,9 +199,7 @@ def test_a_multi_label_model_pushes_and_loads_back_from_the_hub(tiny_bert, findi
         np.testing.assert_allclose(pulled.predict_proba(rows), hf_adapt.load_adapted(str(out)).predict_proba(rows),
                                    rtol=1e-6)
         card = hub.repo(repo).files("main")["README.md"].decode()
-        snippet = card_snippet(card)
-        proc = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, timeout=300,
-                              cwd=tmp_path)
+        proc = run_card_snippet(card, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "'labels': [" in proc.stdout.strip().splitlines()[-1]
     assert "multi-label" in ModelCard(card).data.tags

@@ -10,8 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -24,7 +22,7 @@ from hf_adapt.config import config_from_dict
 from hf_adapt.errors import HfAdaptError, HubError
 from hf_adapt.hub import PushSettings, push_output
 from hf_adapt.recipes.finetune import FinetuneConfig, main
-from tests.hub_server import LocalHub, card_snippet, hub_env, record_backoff
+from tests.hub_server import LocalHub, card_snippet, hub_env, record_backoff, run_card_snippet
 
 TOKEN = "hf_TestTokenThatMustNeverLeak0123456789"
 REPO = "hf-adapt-tests/credit-lora"
@@ -172,9 +170,9 @@ def test_pushed_adapter_loads_back_and_its_snippet_runs(credit_run, hub, tmp_pat
     assert any(r.startswith("GET /hf-adapt-tests/tiny-bert/resolve/") for r in hub.requests)  # base from the Hub
     assert torch.equal(hf_adapt.load_adapted(REPO, revision="v1").logits(texts), expected)
 
-    snippet = card_snippet(hub.repo(REPO).files("main")["README.md"].decode())
-    assert f'hf_adapt.load_adapted("{REPO}")' in snippet
-    proc = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    card = hub.repo(REPO).files("main")["README.md"].decode()
+    assert f'hf_adapt.load_adapted("{REPO}")' in card_snippet(card)
+    proc = run_card_snippet(card, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     printed = proc.stdout.strip().splitlines()[-1]
     assert re.search(r"'label': '(good|bad)'", printed)
@@ -324,8 +322,7 @@ def test_image_card_has_gradcam_and_a_runnable_snippet(tiny_timm_convnet, digits
     local_text = (out / "README.md").read_text()
     assert all(f"](figures/{p.name})" in local_text for p in gradcam)
     for text, cwd in ((local_text, Path.cwd()), (hub.repo("hf-adapt-tests/digits-lora").files()["README.md"].decode(), tmp_path)):
-        proc = subprocess.run([sys.executable, "-c", card_snippet(text)], capture_output=True, text=True, timeout=300,
-                              cwd=cwd)
+        proc = run_card_snippet(text, cwd)
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert "'label': '" in proc.stdout
     assert any(r.startswith("GET /hf-adapt-tests/tiny-convnet/resolve/") for r in hub.requests)

@@ -247,14 +247,12 @@ def test_image_regression_writes_examples_and_grad_cam_and_reloads(tiny_timm_con
 @pytest.mark.slow  # the slow tier, which CI also runs: keeps the default tier (README command 2) near 12 minutes on 2 cores
 def test_a_regression_model_pushes_and_loads_back_from_the_hub(tiny_bert, credit_sample, tmp_path, monkeypatch):
     import re
-    import subprocess
-    import sys
 
     from huggingface_hub import ModelCard
 
     import hf_adapt
     from hf_adapt.hub import PushSettings, push_output
-    from tests.hub_server import LocalHub, card_snippet, hub_env, record_backoff
+    from tests.hub_server import LocalHub, hub_env, record_backoff, run_card_snippet
 
     repo = "hf-adapt-tests/credit-amount"
     out = train_finetune(tmp_path / "out", **regression_values(tiny_bert, credit_sample, num_train_epochs=1,
@@ -268,9 +266,7 @@ def test_a_regression_model_pushes_and_loads_back_from_the_hub(tiny_bert, credit
         np.testing.assert_allclose(pulled.predict_values(rows), hf_adapt.load_adapted(str(out)).predict_values(rows),
                                    rtol=1e-6)
         card = hub.repo(repo).files("main")["README.md"].decode()
-        snippet = card_snippet(card)
-        proc = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, timeout=300,
-                              cwd=tmp_path)
+        proc = run_card_snippet(card, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert re.search(r"\[\{'value': -?[0-9.]+", proc.stdout.strip().splitlines()[-1])
     data = ModelCard(card).data
